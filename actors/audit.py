@@ -1,0 +1,153 @@
+"""Audit middleware: writes each message's lifecycle to the audit trail."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from dramatiq import Broker, Middleware
+from dramatiq.common import q_name
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+
+from storage import AuditWriter, TaskEvent, TaskStatus, utc_from_millis, utc_now
+
+#: Longest error text kept in an audit row, in characters.
+MAX_ERROR_LENGTH = 4_000
+
+#: Priority recorded for a message that names none.
+DEFAULT_PRIORITY = "normal"
+
+_HOSTNAME = socket.gethostname()
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process."""
+    return f"{_HOSTNAME}:{os.getpid()}"
+
+
+def describe_exception(exception: BaseException) -> str:
+    text = f"{type(exception).__name__}: {exception}"
+    return text[:MAX_ERROR_LENGTH]
+
+
+class Audit(Middleware):
+    """Records enqueue -> pending, start -> running, failure with retries left ->
+    retrying, success -> completed, retries exhausted -> dead_letter, and an
+    expected (``throws``) error -> failed, one row per message id.
+
+    A finished message is acked only after its row is committed (or after
+    ``commit_wait``), so a SIGKILL can never leave a row ``running`` for a
+    message that completed.  Must come before ``Retries`` in the middleware
+    list: ``after_*`` hooks run in reverse order, and this one needs the
+    retry decision.
+
+    Parameters:
+      writer(AuditWriter): Where events go.
+      default_max_retries(int): Recorded when neither message nor actor sets one.
+      default_time_limit(int): Likewise, in milliseconds.
+      commit_wait(float): Seconds a finished message waits for its row to be
+        committed before the worker acks it anyway.  Defaults to 5.
+    """
+
+    def __init__(
+        self,
+        *,
+        writer: AuditWriter,
+        default_max_retries: int | None = None,
+        default_time_limit: int | None = None,
+        commit_wait: float = 5.0,
+    ) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.writer = writer
+        self.default_max_retries = default_max_retries
+        self.default_time_limit = default_time_limit
+        self.commit_wait = commit_wait
+        self._started: dict[str, tuple[float, int]] = {}
+
+    def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        if message.options.get("retries"):
+            return  # a retry's re-enqueue: after_process_message already recorded it
+        self.writer.submit(self._event(broker, message, TaskStatus.PENDING, seq=0))
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        attempt = message.options.get("retries", 0)
+        self._started[message.message_id] = (time.perf_counter(), attempt)
+        event = self._event(broker, message, TaskStatus.RUNNING, seq=attempt * 3 + 1)
+        event.started_at = utc_now()
+        event.worker_id = worker_id()
+        self.writer.submit(event)
+
+    def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        started, attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))
+        if exception is None:
+            status, retry_count = TaskStatus.COMPLETED, attempt
+        elif not message.failed:
+            status, retry_count = TaskStatus.RETRYING, attempt + 1
+        elif self._is_expected(broker, message, exception):
+            status, retry_count = TaskStatus.FAILED, attempt
+        else:
+            status, retry_count = TaskStatus.DEAD_LETTER, attempt
+        event = self._event(broker, message, status, seq=attempt * 3 + 2)
+        event.retry_count = retry_count
+        event.worker_id = worker_id()
+        if exception is not None:
+            event.error_message = describe_exception(exception)
+        if status is not TaskStatus.RETRYING:
+            event.completed_at = utc_now()
+        if started is not None:
+            event.processing_time_ms = (time.perf_counter() - started) * 1000
+        self._commit(event)
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        _, attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))
+        status = TaskStatus.FAILED if message.failed else TaskStatus.CANCELLED
+        event = self._event(broker, message, status, seq=attempt * 3 + 2)
+        event.retry_count = attempt
+        event.completed_at = utc_now()
+        event.error_message = "skipped before running (message too old)" if message.failed else "skipped"
+        self._commit(event)
+
+    def after_worker_shutdown(self, broker: Broker, worker) -> None:
+        self.writer.close(self.commit_wait)
+
+    def _commit(self, event: TaskEvent) -> None:
+        # While the database is known to be down, waiting would only slow
+        # every message by commit_wait: queue the event and move on.
+        degraded = self.writer.last_error is not None
+        if not self.writer.submit(event, wait=not degraded, timeout=self.commit_wait) and not degraded:
+            self.logger.warning(
+                "Audit row of %s not committed within %.1fs (%s); acking anyway, the write is retried.",
+                event.task_id,
+                self.commit_wait,
+                self.writer.last_error,
+            )
+
+    def _is_expected(self, broker: Broker, message: Message, exception: BaseException) -> bool:
+        actor = broker.actors.get(message.actor_name)
+        throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
+        return bool(throws) and isinstance(exception, throws)
+
+    def _event(self, broker: Broker, message: Message, status: TaskStatus, *, seq: int) -> TaskEvent:
+        options = message.options
+        actor = broker.actors.get(message.actor_name)
+        actor_options = actor.options if actor else {}
+        priority = options.get("priority")
+        return TaskEvent(
+            task_id=message.message_id,
+            task_type=message.actor_name,
+            queue=q_name(message.queue_name),
+            status=status.value,
+            seq=seq,
+            priority=priority if isinstance(priority, str) else DEFAULT_PRIORITY,
+            args={"args": list(message.args), "kwargs": dict(message.kwargs)},
+            user_id=options.get("user_id"),
+            ip_address=options.get("ip_address"),
+            timeout=options.get("time_limit", actor_options.get("time_limit", self.default_time_limit)),
+            max_retries=options.get(
+                "max_retries", actor_options.get("max_retries", self.default_max_retries)
+            ),
+            retry_count=options.get("retries", 0),
+            created_at=utc_from_millis(message.message_timestamp),
+        )

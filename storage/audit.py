@@ -1,0 +1,274 @@
+"""The audit trail's writer: buffered, batched, ordered upserts of task events.
+
+Every process that sends or runs messages owns one :class:`AuditWriter`.  Its
+thread commits whatever events accumulated while the previous commit ran (a
+group commit), so a busy worker pays one transaction for many messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import Engine, case, func
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .models import TaskRecord
+
+#: Longest pause between two attempts to write to an unreachable database, in seconds.
+MAX_RETRY_BACKOFF = 5.0
+
+#: First pause after a failed write, in seconds; it doubles up to MAX_RETRY_BACKOFF.
+MIN_RETRY_BACKOFF = 0.05
+
+
+def utc_from_millis(millis: int | float) -> datetime:
+    """A naive UTC datetime from milliseconds since the epoch."""
+    return datetime.fromtimestamp(millis / 1000, UTC).replace(tzinfo=None)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(slots=True)
+class TaskEvent:
+    """A change of one message's audit row.  ``None`` fields leave the row's value as it is."""
+
+    task_id: str
+    task_type: str
+    queue: str
+    status: str
+    seq: int
+    priority: str = "normal"
+    args: dict[str, Any] | None = None
+    user_id: str | None = None
+    ip_address: str | None = None
+    timeout: int | None = None
+    max_retries: int | None = None
+    retry_count: int = 0
+    error_message: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    processing_time_ms: float | None = None
+    worker_id: str | None = None
+
+
+_FIELDS = tuple(f.name for f in fields(TaskEvent))
+_ALWAYS_SET = ("status", "seq", "retry_count")
+
+
+def merge_events(older: TaskEvent, newer: TaskEvent) -> TaskEvent:
+    """Fold two events of one message: the higher ``seq`` wins, gaps are filled from the other."""
+    winner, other = (newer, older) if newer.seq >= older.seq else (older, newer)
+    gaps = {name: getattr(other, name) for name in _FIELDS if getattr(winner, name) is None}
+    return replace(winner, **gaps) if gaps else winner
+
+
+def collapse(events: list[TaskEvent]) -> list[TaskEvent]:
+    """One event per task id, sorted by id so concurrent writers lock rows in one order."""
+    merged: dict[str, TaskEvent] = {}
+    for event in events:
+        previous = merged.get(event.task_id)
+        merged[event.task_id] = event if previous is None else merge_events(previous, event)
+    return [merged[key] for key in sorted(merged)]
+
+
+def upsert_statement(dialect_name: str):
+    """``INSERT .. ON CONFLICT DO UPDATE`` for the dialect, ordered by ``seq``.
+
+    The event with the higher ``seq`` decides status, seq and retry count; any
+    column that side leaves empty is filled from the other, so a late
+    ``pending`` event still records the arguments and creation time.
+    """
+    table = TaskRecord.__table__
+    insert = sqlite_insert if dialect_name == "sqlite" else pg_insert
+    statement = insert(table)
+    excluded = statement.excluded
+    newer = table.c.seq <= excluded.seq
+    updates = {}
+    for name in _FIELDS:
+        if name == "task_id":
+            continue
+        if name in _ALWAYS_SET:
+            updates[name] = case((newer, excluded[name]), else_=table.c[name])
+        else:
+            updates[name] = case(
+                (newer, func.coalesce(excluded[name], table.c[name])),
+                else_=func.coalesce(table.c[name], excluded[name]),
+            )
+    return statement.on_conflict_do_update(index_elements=[table.c.task_id], set_=updates)
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """A one-line reason, with the fix where we know it."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "no such table" in text or ("does not exist" in text and "relation" in text):
+        return f"the audit table is missing: run `tradeflow db upgrade` ({text})"
+    return text
+
+
+class AuditWriter:
+    """Buffers task events and writes them in ordered batches from one thread.
+
+    Parameters:
+      engine: Where the ``tasks`` table lives.
+      buffer_size: Most events held while the database is unreachable.  When
+        full, the oldest not-yet-written event is dropped and counted in
+        ``dropped`` (a later event of the same message carries its row).
+      batch_size: Most events written in one transaction.
+
+    Fork-safe: a child process that inherits a writer starts its own thread
+    and connections on first use and forgets the parent's buffer.
+    """
+
+    def __init__(self, engine: Engine, *, buffer_size: int = 100_000, batch_size: int = 500) -> None:
+        self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.engine = engine
+        self.buffer_size = buffer_size
+        self.batch_size = batch_size
+        self._statement = upsert_statement(engine.dialect.name)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._committed_cv = threading.Condition(self._lock)
+        self._buffer: deque[tuple[int, TaskEvent]] = deque()
+        self._next_ticket = 1
+        self._committed = 0
+        self._in_flight = 0
+        self._closing = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events accepted but not yet committed."""
+        return len(self._buffer)
+
+    def submit(self, event: TaskEvent, *, wait: bool = False, timeout: float | None = None) -> bool:
+        """Queue ``event``; with ``wait``, block until it is committed.
+
+        Returns False only when ``wait`` timed out (the event stays queued).
+        """
+        self._ensure_started()
+        with self._lock:
+            if len(self._buffer) >= self.buffer_size and not self._drop_oldest():
+                self._count_drop()
+                return not wait
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._buffer.append((ticket, event))
+            self._has_work.notify()
+            if not wait:
+                return True
+            return self._committed_cv.wait_for(lambda: self._committed >= ticket, timeout)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event submitted so far is committed.  False on timeout."""
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None:
+                return not self._buffer
+            target = self._next_ticket - 1
+            return self._committed_cv.wait_for(lambda: self._committed >= target, timeout)
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Flush for up to ``timeout`` seconds, then stop the thread.  False if events were left."""
+        flushed = self.flush(timeout)
+        with self._lock:
+            self._closing = True
+            self._stopping.set()
+            self._has_work.notify_all()
+            thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            thread.join(timeout)
+        if not flushed:
+            self.logger.error(
+                "Audit trail closed with %d events unwritten: %s", self.pending, self.last_error
+            )
+        return flushed
+
+    def _ensure_started(self) -> None:
+        if self._pid != os.getpid():
+            self._reset()
+            self.engine.dispose(close=False)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="tradeflow-audit", daemon=True)
+                    self._thread.start()
+
+    def _drop_oldest(self) -> bool:
+        if self._in_flight >= len(self._buffer):
+            return False
+        del self._buffer[self._in_flight]
+        self._count_drop()
+        return True
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            self.logger.error(
+                "Audit buffer full (%d events): %d events dropped so far.", self.buffer_size, self.dropped
+            )
+
+    def _run(self) -> None:
+        backoff = MIN_RETRY_BACKOFF
+        while True:
+            with self._lock:
+                self._has_work.wait_for(lambda: self._buffer or self._closing)
+                if self._closing and (not self._buffer or self.last_error):
+                    return
+                batch = list(islice(self._buffer, self.batch_size))
+                self._in_flight = len(batch)
+            try:
+                self._write([event for _, event in batch])
+            except Exception as exc:
+                backoff = self._on_failure(exc, backoff)
+                continue
+            self._on_success(batch)
+            backoff = MIN_RETRY_BACKOFF
+
+    def _write(self, events: list[TaskEvent]) -> None:
+        rows = [{name: getattr(event, name) for name in _FIELDS} for event in collapse(events)]
+        with self.engine.begin() as connection:
+            connection.execute(self._statement, rows)
+
+    def _on_success(self, batch: list[tuple[int, TaskEvent]]) -> None:
+        with self._lock:
+            for _ in batch:
+                self._buffer.popleft()
+            self._in_flight = 0
+            self._committed = batch[-1][0]
+            self.written += len(batch)
+            if self.last_error:
+                self.logger.warning("Audit trail writes resumed; %d events waiting.", len(self._buffer))
+            self.last_error = None
+            self._committed_cv.notify_all()
+
+    def _on_failure(self, exc: BaseException, backoff: float) -> float:
+        reason = describe_database_error(exc)
+        with self._lock:
+            self._in_flight = 0
+            self.failures += 1
+            if reason != self.last_error:
+                self.logger.error(
+                    "Audit trail write failed, will retry (%d events waiting): %s", len(self._buffer), reason
+                )
+            self.last_error = reason
+        self._stopping.wait(backoff)
+        return min(backoff * 2, MAX_RETRY_BACKOFF)
