@@ -20,11 +20,16 @@ MAX_ERROR_LENGTH = 4_000
 DEFAULT_PRIORITY = "normal"
 
 _HOSTNAME = socket.gethostname()
+_worker_id = ("", -1)
 
 
 def worker_id() -> str:
     """``host:pid`` of this process."""
-    return f"{_HOSTNAME}:{os.getpid()}"
+    global _worker_id
+    pid = os.getpid()
+    if _worker_id[1] != pid:
+        _worker_id = (f"{_HOSTNAME}:{pid}", pid)
+    return _worker_id[0]
 
 
 def describe_exception(exception: BaseException) -> str:
@@ -49,6 +54,9 @@ class Audit(Middleware):
       default_time_limit(int): Likewise, in milliseconds.
       commit_wait(float): Seconds a finished message waits for its row to be
         committed before the worker acks it anyway.  Defaults to 5.
+      running_delay(float): Seconds a ``running`` event is held before it is
+        written; a message that finishes sooner costs one row write, not two.
+        Defaults to 0.2.
     """
 
     def __init__(
@@ -58,12 +66,14 @@ class Audit(Middleware):
         default_max_retries: int | None = None,
         default_time_limit: int | None = None,
         commit_wait: float = 5.0,
+        running_delay: float = 0.2,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.writer = writer
         self.default_max_retries = default_max_retries
         self.default_time_limit = default_time_limit
         self.commit_wait = commit_wait
+        self.running_delay = running_delay
         self._started: dict[str, tuple[float, int]] = {}
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
@@ -77,7 +87,7 @@ class Audit(Middleware):
         event = self._event(broker, message, TaskStatus.RUNNING, seq=attempt * 3 + 1)
         event.started_at = utc_now()
         event.worker_id = worker_id()
-        self.writer.submit(event)
+        self.writer.submit(event, defer=self.running_delay)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         started, attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))
@@ -89,9 +99,8 @@ class Audit(Middleware):
             status, retry_count = TaskStatus.FAILED, attempt
         else:
             status, retry_count = TaskStatus.DEAD_LETTER, attempt
-        event = self._event(broker, message, status, seq=attempt * 3 + 2)
+        event = self._outcome(message, status, seq=attempt * 3 + 2)
         event.retry_count = retry_count
-        event.worker_id = worker_id()
         if exception is not None:
             event.error_message = describe_exception(exception)
         if status is not TaskStatus.RETRYING:
@@ -103,7 +112,7 @@ class Audit(Middleware):
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         _, attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))
         status = TaskStatus.FAILED if message.failed else TaskStatus.CANCELLED
-        event = self._event(broker, message, status, seq=attempt * 3 + 2)
+        event = self._outcome(message, status, seq=attempt * 3 + 2)
         event.retry_count = attempt
         event.completed_at = utc_now()
         event.error_message = "skipped before running (message too old)" if message.failed else "skipped"
@@ -115,8 +124,8 @@ class Audit(Middleware):
     def _commit(self, event: TaskEvent) -> None:
         # While the database is known to be down, waiting would only slow
         # every message by commit_wait: queue the event and move on.
-        degraded = self.writer.last_error is not None
-        if not self.writer.submit(event, wait=not degraded, timeout=self.commit_wait) and not degraded:
+        wait = self.commit_wait > 0 and self.writer.last_error is None
+        if not self.writer.submit(event, wait=wait, timeout=self.commit_wait) and wait:
             self.logger.warning(
                 "Audit row of %s not committed within %.1fs (%s); acking anyway, the write is retried.",
                 event.task_id,
@@ -128,6 +137,18 @@ class Audit(Middleware):
         actor = broker.actors.get(message.actor_name)
         throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
         return bool(throws) and isinstance(exception, throws)
+
+    def _outcome(self, message: Message, status: TaskStatus, *, seq: int) -> TaskEvent:
+        """An event with only what changes when a delivery ends: the rest of the row is already there."""
+        return TaskEvent(
+            task_id=message.message_id,
+            task_type=message.actor_name,
+            queue=q_name(message.queue_name),
+            status=status.value,
+            seq=seq,
+            priority=None,
+            worker_id=worker_id(),
+        )
 
     def _event(self, broker: Broker, message: Message, status: TaskStatus, *, seq: int) -> TaskEvent:
         options = message.options

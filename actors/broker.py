@@ -52,6 +52,7 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
                 default_max_retries=settings.max_retries,
                 default_time_limit=settings.time_limit_ms,
                 commit_wait=settings.audit_commit_wait_ms / 1000,
+                running_delay=settings.audit_running_delay_ms / 1000,
             )
         )
     middleware += [

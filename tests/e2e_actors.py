@@ -1,0 +1,30 @@
+"""Actors for the end-to-end tests, run by real ``dramatiq actors tests.e2e_actors`` processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dramatiq
+
+import actors  # noqa: F401  (configures the broker from the environment)
+
+#: Queue of the end-to-end actors.
+QUEUE = "e2e"
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def slow_marker(folder: str, seconds: float) -> None:
+    """Append this process's pid to ``starts`` then, after ``seconds``, to ``finishes``."""
+    path = Path(folder)
+    with open(path / "starts", "a") as file:
+        file.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    with open(path / "finishes", "a") as file:
+        file.write(f"{os.getpid()}\n")

@@ -1,0 +1,119 @@
+"""The audit middleware records each message's lifecycle, with a real Redis and real worker threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import dramatiq
+import pytest
+
+from actors import build_broker
+from storage import TERMINAL_STATUSES, create_db_engine, get_task, list_tasks
+
+
+def wait_for_terminal(engine, task_id: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = get_task(engine, task_id)
+        if row is not None and row.status in TERMINAL_STATUSES:
+            return row
+        time.sleep(0.05)
+    pytest.fail(f"task {task_id} not finished within {timeout}s: {get_task(engine, task_id)}")
+
+
+@pytest.fixture
+def harness(settings):
+    broker = build_broker(settings)
+    calls: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def record(name: str) -> int:
+        with lock:
+            calls[name] += 1
+            return calls[name]
+
+    @dramatiq.actor(broker=broker, queue_name="t")
+    def add(x, y):
+        record("add")
+        return x + y
+
+    @dramatiq.actor(broker=broker, queue_name="t", max_retries=3)
+    def flaky(key):
+        if record(key) == 1:
+            raise RuntimeError("first attempt fails")
+
+    @dramatiq.actor(broker=broker, queue_name="t", max_retries=1)
+    def broken():
+        raise KeyError("always")
+
+    @dramatiq.actor(broker=broker, queue_name="t", throws=(ValueError,))
+    def invalid():
+        raise ValueError("bad input")
+
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    yield broker, create_db_engine(settings.database_url), calls, locals()
+    worker.stop()
+    broker.close()
+
+
+def test_success_is_recorded_with_timing_and_context(harness):
+    _broker, engine, _, actors = harness
+    message = actors["add"].send_with_options(args=(2, 3), user_id="trader-7")
+    row = wait_for_terminal(engine, message.message_id)
+    assert row.status == "completed"
+    assert (row.task_type, row.queue, row.user_id) == ("add", "t", "trader-7")
+    assert row.args == {"args": [2, 3], "kwargs": {}}
+    assert row.retry_count == 0 and row.max_retries == 3 and row.timeout == 600_000
+    assert row.started_at is not None and row.completed_at >= row.started_at
+    assert row.processing_time_ms is not None and row.processing_time_ms >= 0
+    assert row.worker_id and row.created_at is not None
+
+
+def test_failure_then_success_is_completed_after_one_retry(harness):
+    _, engine, calls, actors = harness
+    message = actors["flaky"].send("k1")
+    row = wait_for_terminal(engine, message.message_id)
+    assert calls["k1"] == 2
+    assert (row.status, row.retry_count) == ("completed", 1)
+    assert row.error_message == "RuntimeError: first attempt fails"
+
+
+def test_exhausted_retries_end_in_dead_letter(harness):
+    _, engine, _, actors = harness
+    row = wait_for_terminal(engine, actors["broken"].send().message_id)
+    assert (row.status, row.retry_count) == ("dead_letter", 1)
+    assert row.error_message == "KeyError: 'always'"
+
+
+def test_expected_error_fails_without_retry(harness):
+    _, engine, _, actors = harness
+    row = wait_for_terminal(engine, actors["invalid"].send().message_id)
+    assert (row.status, row.retry_count) == ("failed", 0)
+    assert row.error_message == "ValueError: bad input"
+
+
+def test_duplicate_delivery_keeps_one_completed_row(harness):
+    broker, engine, calls, actors = harness
+    message = actors["add"].message(1, 1)
+    broker.enqueue(message)
+    broker.enqueue(message)
+    wait_for_terminal(engine, message.message_id)
+    deadline = time.monotonic() + 10
+    while calls["add"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls["add"] == 2  # at-least-once: both deliveries ran...
+    rows = list_tasks(engine, task_type="add")
+    assert [(r.task_id, r.status) for r in rows] == [(message.message_id, "completed")]  # ...one row
+
+
+def test_delayed_message_is_pending_then_completed(harness):
+    _, engine, _, actors = harness
+    message = actors["add"].send_with_options(args=(1, 2), delay=1_500)
+    deadline = time.monotonic() + 5
+    while get_task(engine, message.message_id) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert get_task(engine, message.message_id).status == "pending"
+    assert wait_for_terminal(engine, message.message_id).status == "completed"

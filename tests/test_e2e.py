@@ -1,0 +1,113 @@
+"""Real ``dramatiq`` worker processes, messages sent with the CLI, rows in the audit trail."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage import create_db_engine, get_task, list_tasks
+
+from .conftest import REPO_ROOT, run_cli, settings_env
+
+pytestmark = pytest.mark.e2e
+
+
+def start_worker(env: dict[str, str], *, threads: int = 2) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "actors", "tests.e2e_actors", "-p", "1", "-t", str(threads)],
+        env=env,
+        cwd=REPO_ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_worker(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    process.wait(30)
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def send(env: dict[str, str], actor: str, args: str) -> str:
+    result = run_cli("send", actor, "--args", args, "--module", "tests.e2e_actors", env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.timeout(120)
+def test_cli_sent_messages_are_processed_and_listed_once(settings):
+    env = settings_env(settings)
+    worker = start_worker(env)
+    try:
+        ids = [send(env, "add", f"[{i}, 1]") for i in range(3)]
+        engine = create_db_engine(settings.database_url)
+        wait_until(
+            lambda: all(getattr(get_task(engine, i), "status", None) == "completed" for i in ids),
+            60,
+            "three completed rows",
+        )
+    finally:
+        stop_worker(worker)
+    listing = run_cli("jobs", "list", "--actor", "add", "--status", "completed", env=env)
+    assert listing.returncode == 0, listing.stderr
+    for task_id in ids:
+        assert listing.stdout.count(task_id) == 1
+    rows = list_tasks(engine, task_type="add")
+    assert len(rows) == 3 and all(row.processing_time_ms is not None for row in rows)
+    shown = run_cli("jobs", "show", ids[0], env=env)
+    assert "completed" in shown.stdout and "processing_time_ms" in shown.stdout
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_mid_task_is_redelivered_and_audited_once(settings, tmp_path: Path):
+    # A dead worker's messages come back once its heartbeat is older than the
+    # timeout and some broker command runs maintenance: make both quick.
+    settings = settings.model_copy(update={"heartbeat_timeout_ms": 2_000, "maintenance_chance": 1_000_000})
+    env = settings_env(settings)
+    starts, finishes = tmp_path / "starts", tmp_path / "finishes"
+    first = start_worker(env)
+    task_id = send(env, "slow_marker", f'["{tmp_path}", 2.0]')
+    victim = int(
+        wait_until(lambda: starts.exists() and starts.read_text().split(), 60, "the task to start")[0]
+    )
+    engine = create_db_engine(settings.database_url)
+    wait_until(lambda: getattr(get_task(engine, task_id), "status", None) == "running", 10, "a running row")
+
+    os.kill(victim, signal.SIGKILL)
+    stop_worker(first, signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert not finishes.exists()
+
+    second = start_worker(env)
+    try:
+        row = wait_until(
+            lambda: (r := get_task(engine, task_id)) is not None and r.status == "completed" and r,
+            60,
+            "the redelivered task to complete",
+        )
+    finally:
+        stop_worker(second)
+    print(f"recovered {time.monotonic() - killed_at:.1f}s after SIGKILL")
+    pids = starts.read_text().split()
+    assert len(pids) == 2 and pids[0] == str(victim) and pids[1] != pids[0]
+    assert finishes.read_text().split() == [pids[1]]
+    assert row.worker_id.endswith(f":{pids[1]}")
+    assert row.retry_count == 0
+    assert [r.task_id for r in list_tasks(engine, task_type="slow_marker")] == [task_id]

@@ -1,0 +1,61 @@
+"""Settings from the environment, and the embedded server fallback."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from api.embedded import redis_answers, redis_for
+from config import DEFAULT_REDIS_URL, Settings
+
+#: An address where nothing listens.
+NOWHERE = "redis://127.0.0.1:1/0"
+
+
+def test_settings_read_prefixed_environment(monkeypatch):
+    monkeypatch.setenv("TRADEFLOW_REDIS_URL", "redis://example:6380/2")
+    monkeypatch.setenv("TRADEFLOW_MAX_RETRIES", "7")
+    monkeypatch.setenv("REDIS_URL", "redis://ignored:1/0")
+    settings = Settings()
+    assert settings.effective_redis_url == "redis://example:6380/2"
+    assert settings.max_retries == 7
+    assert str(settings.delta_root) == ".tradeflow/delta"
+    assert settings.database_url.startswith("sqlite:///.tradeflow/")
+
+
+def test_no_redis_url_means_default_address():
+    assert Settings(redis_url=None).effective_redis_url == DEFAULT_REDIS_URL
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("redis_url", "http://x", "must start with one of redis://"),
+        ("database_url", "mysql://x", "must be a sqlite:// or postgresql:// URL"),
+        ("max_retries", -1, "greater than or equal to 0"),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(field, value, message):
+    with pytest.raises(ValidationError, match=message):
+        Settings(**{field: value})
+
+
+def test_configured_redis_is_used_as_is(redis_url):
+    with redis_for(Settings(redis_url=redis_url)) as url:
+        assert url == redis_url
+
+
+def test_configured_but_unreachable_redis_is_an_error():
+    with (
+        pytest.raises(ConnectionError, match="nothing answers at TRADEFLOW_REDIS_URL"),
+        redis_for(Settings(redis_url=NOWHERE)),
+    ):
+        pass
+
+
+@pytest.mark.timeout(60)
+def test_embedded_valkey_starts_when_nothing_answers_and_stops_after():
+    with redis_for(Settings(redis_url=None), default_url=NOWHERE) as url:
+        assert url != NOWHERE
+        assert redis_answers(url)
+    assert not redis_answers(url)
