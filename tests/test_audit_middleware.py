@@ -117,3 +117,29 @@ def test_delayed_message_is_pending_then_completed(harness):
         time.sleep(0.02)
     assert get_task(engine, message.message_id).status == "pending"
     assert wait_for_terminal(engine, message.message_id).status == "completed"
+
+
+def test_message_from_a_non_python_producer_gets_a_row_when_it_runs(harness, settings):
+    import json
+    import uuid
+
+    import redis
+
+    broker, engine, calls, _ = harness
+    message_id, redis_id = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {
+        "queue_name": "t",
+        "actor_name": "add",
+        "args": [4, 5],
+        "kwargs": {},
+        "options": {},
+        "message_id": message_id,
+        "message_timestamp": int(time.time() * 1000),
+    }
+    client = redis.Redis.from_url(settings.redis_url)
+    # exactly what a Go or Node service does: HSET the body, RPUSH the id
+    client.hset(f"{settings.namespace}:t.msgs", redis_id, json.dumps(body))
+    client.rpush(f"{settings.namespace}:t", redis_id)
+    row = wait_for_terminal(engine, message_id)
+    assert (row.status, row.task_type, row.args) == ("completed", "add", {"args": [4, 5], "kwargs": {}})
+    assert row.created_at is not None and row.started_at is not None
