@@ -231,11 +231,26 @@ def up(
             commands.append(stack.scheduler_command())
         with stack.running(commands, env=stack.child_env(redis_url)) as children:
             try:
-                while all(child.poll() is None for child in children):
-                    time.sleep(0.5)
+                code = _supervise(children[0], children[1:])
             except KeyboardInterrupt:
                 console.print("stopping...")
-    raise typer.Exit(0)
+                code = 0
+    raise typer.Exit(code)
+
+
+def _supervise(workers, others) -> int:
+    """Block while the workers run; a scheduler that exits (e.g. no periodic actor) is reported, not fatal."""
+    reported = set()
+    while workers.poll() is None:
+        for child in others:
+            if child.poll() is not None and child.pid not in reported:
+                reported.add(child.pid)
+                err_console.print(
+                    f"warning: {' '.join(child.args[:3])}... exited with code {child.returncode}"
+                )
+        time.sleep(0.5)
+    err_console.print(f"error: the workers exited with code {workers.returncode}")
+    return 1
 
 
 @app.command()

@@ -125,7 +125,7 @@ def test_message_from_a_non_python_producer_gets_a_row_when_it_runs(harness, set
 
     import redis
 
-    broker, engine, calls, _ = harness
+    _, engine, _, _ = harness
     message_id, redis_id = str(uuid.uuid4()), str(uuid.uuid4())
     body = {
         "queue_name": "t",

@@ -111,3 +111,43 @@ def test_sigkill_mid_task_is_redelivered_and_audited_once(settings, tmp_path: Pa
     assert row.worker_id.endswith(f":{pids[1]}")
     assert row.retry_count == 0
     assert [r.task_id for r in list_tasks(engine, task_type="slow_marker")] == [task_id]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_up_runs_workers_until_interrupted(settings):
+    env = settings_env(settings)
+    env.update(TRADEFLOW_WORKER_PROCESSES="1", TRADEFLOW_WORKER_THREADS="2")
+    up = subprocess.Popen(
+        [str(Path(sys.executable).with_name("tradeflow")), "up"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        result = run_cli("send", "ping", "--args", '["x"]', env=env)
+        assert result.returncode == 0, result.stderr
+        engine = create_db_engine(settings.database_url)
+        wait_until(
+            lambda: getattr(get_task(engine, result.stdout.strip()), "status", None) == "completed",
+            60,
+            "the ping to complete under `tradeflow up`",
+        )
+    finally:
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, output
+    assert f"redis: {settings.redis_url}" in output
+    assert "stopping..." in output
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_demo_pushes_a_batch_through_real_workers(settings):
+    env = settings_env(settings)
+    env.update(TRADEFLOW_WORKER_PROCESSES="1", TRADEFLOW_WORKER_THREADS="4")
+    result = run_cli("demo", "--count", "50", "--timeout", "120", env=env, timeout=170)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "completed │ 51" in result.stdout
