@@ -101,6 +101,7 @@ class Audit(Middleware):
             status, retry_count = TaskStatus.DEAD_LETTER, attempt
         event = self._outcome(message, status, seq=attempt * 3 + 2)
         event.retry_count = retry_count
+        event.worker_id = worker_id()
         if exception is not None:
             event.error_message = describe_exception(exception)
         if status is not TaskStatus.RETRYING:
@@ -114,6 +115,7 @@ class Audit(Middleware):
         status = TaskStatus.FAILED if message.failed else TaskStatus.CANCELLED
         event = self._outcome(message, status, seq=attempt * 3 + 2)
         event.retry_count = attempt
+        event.worker_id = worker_id()
         event.completed_at = utc_now()
         event.error_message = "skipped before running (message too old)" if message.failed else "skipped"
         self._commit(event)
@@ -147,28 +149,23 @@ class Audit(Middleware):
             status=status.value,
             seq=seq,
             priority=None,
-            worker_id=worker_id(),
         )
 
     def _event(self, broker: Broker, message: Message, status: TaskStatus, *, seq: int) -> TaskEvent:
+        """An event carrying everything the message says about itself, for a row that may not exist yet."""
+        event = self._outcome(message, status, seq=seq)
         options = message.options
         actor = broker.actors.get(message.actor_name)
         actor_options = actor.options if actor else {}
         priority = options.get("priority")
-        return TaskEvent(
-            task_id=message.message_id,
-            task_type=message.actor_name,
-            queue=q_name(message.queue_name),
-            status=status.value,
-            seq=seq,
-            priority=priority if isinstance(priority, str) else DEFAULT_PRIORITY,
-            args={"args": list(message.args), "kwargs": dict(message.kwargs)},
-            user_id=options.get("user_id"),
-            ip_address=options.get("ip_address"),
-            timeout=options.get("time_limit", actor_options.get("time_limit", self.default_time_limit)),
-            max_retries=options.get(
-                "max_retries", actor_options.get("max_retries", self.default_max_retries)
-            ),
-            retry_count=options.get("retries", 0),
-            created_at=utc_from_millis(message.message_timestamp),
+        event.priority = priority if isinstance(priority, str) else DEFAULT_PRIORITY
+        event.args = {"args": list(message.args), "kwargs": dict(message.kwargs)}
+        event.user_id = options.get("user_id")
+        event.ip_address = options.get("ip_address")
+        event.timeout = options.get("time_limit", actor_options.get("time_limit", self.default_time_limit))
+        event.max_retries = options.get(
+            "max_retries", actor_options.get("max_retries", self.default_max_retries)
         )
+        event.retry_count = options.get("retries", 0)
+        event.created_at = utc_from_millis(message.message_timestamp)
+        return event
