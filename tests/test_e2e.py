@@ -18,9 +18,15 @@ from .conftest import REPO_ROOT, run_cli, settings_env
 pytestmark = pytest.mark.e2e
 
 
-def start_worker(env: dict[str, str], *, threads: int = 2) -> subprocess.Popen:
+def start_worker(env: dict[str, str], *, threads: int = 2, via_cli: bool = False) -> subprocess.Popen:
+    """``dramatiq actors tests.e2e_actors``, or the same through ``tradeflow worker``."""
+    command = (
+        [str(Path(sys.executable).with_name("tradeflow")), "worker"]
+        if via_cli
+        else [sys.executable, "-m", "dramatiq", "actors"]
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "actors", "tests.e2e_actors", "-p", "1", "-t", str(threads)],
+        [*command, "tests.e2e_actors", "-p", "1", "-t", str(threads)],
         env=env,
         cwd=REPO_ROOT,
         start_new_session=True,
@@ -54,7 +60,7 @@ def send(env: dict[str, str], actor: str, args: str) -> str:
 @pytest.mark.timeout(120)
 def test_cli_sent_messages_are_processed_and_listed_once(settings):
     env = settings_env(settings)
-    worker = start_worker(env)
+    worker = start_worker(env, via_cli=True)
     try:
         ids = [send(env, "add", f"[{i}, 1]") for i in range(3)]
         engine = create_db_engine(settings.database_url)
