@@ -236,7 +236,12 @@ def prepare_news(symbol: str, news: pd.DataFrame) -> pd.DataFrame:
         hashlib.sha256(f"{symbol}|{url or ''}|{headline}|{at.isoformat()}".encode()).hexdigest()[:32]
         for url, headline, at in zip(news["url"], news["headline"], news["published_at"], strict=True)
     ]
-    texts = (news["headline"] + ". " + news["summary"].fillna("")).tolist()
+    for column in ("summary", "source", "url"):  # all-empty CSV columns come back as float NaN
+        news[column] = news[column].astype("object").where(news[column].notna(), None)
+    texts = [
+        f"{headline}. {summary or ''}"
+        for headline, summary in zip(news["headline"], news["summary"], strict=True)
+    ]
     scores = pd.DataFrame([score_sentiment(text) for text in texts], index=news.index)
     return pd.concat([news, scores], axis=1)
 
