@@ -1,7 +1,7 @@
-"""Derived features of a bar series, documented in ``docs/data.md``.
+"""Derived features of bar series, documented in ``docs/data.md``.
 
-Every feature uses only the bar itself and earlier bars, so a bar's features
-never change when later bars arrive.
+Every feature uses only the bar itself and earlier bars of its series, so a
+bar's features never change when later bars arrive.
 """
 
 from __future__ import annotations
@@ -30,21 +30,58 @@ FEATURE_COLUMNS = (
 )
 
 
-def add_features(bars: pd.DataFrame) -> pd.DataFrame:
-    """Return ``bars`` (one series, sorted by timestamp) with the feature columns added."""
+class _Series:
+    """Window operations within each series of a frame (one series when there is no key)."""
+
+    def __init__(self, keys: pd.Series | None):
+        self.keys = keys
+
+    def _grouped(self, values: pd.Series):
+        return values.groupby(self.keys, sort=False) if self.keys is not None else None
+
+    def shift(self, values: pd.Series) -> pd.Series:
+        grouped = self._grouped(values)
+        return grouped.shift(1) if grouped is not None else values.shift(1)
+
+    def rolling_mean(self, values: pd.Series, window: int) -> pd.Series:
+        grouped = self._grouped(values)
+        if grouped is None:
+            return values.rolling(window).mean()
+        return grouped.rolling(window).mean().droplevel(0)
+
+    def ewm_mean(self, values: pd.Series, **options) -> pd.Series:
+        grouped = self._grouped(values)
+        if grouped is None:
+            return values.ewm(adjust=False, **options).mean()
+        return grouped.ewm(adjust=False, **options).mean().droplevel(0)
+
+
+def add_features(bars: pd.DataFrame, *, by: str | None = None) -> pd.DataFrame:
+    """Return ``bars`` with the feature columns added.
+
+    ``bars`` is one series sorted by timestamp, or, with ``by``, several
+    series (e.g. ``by="symbol"``) each sorted by timestamp.
+    """
+    series = _Series(bars[by] if by else None)
     close = bars["close"]
-    previous_close = close.shift(1)
+    previous_close = series.shift(close)
     volume = bars["volume"].astype("float64")
     features = {
         "return_pct": (close / previous_close - 1) * 100,
         "gap_pct": (bars["open"] / previous_close - 1) * 100,
-        "volume_ratio": volume / volume.shift(1).rolling(VOLUME_WINDOW).mean(),
+        "volume_ratio": volume / series.rolling_mean(series.shift(volume), VOLUME_WINDOW),
     }
     for window in SMA_WINDOWS:
-        features[f"sma_{window}"] = close.rolling(window).mean()
+        features[f"sma_{window}"] = series.rolling_mean(close, window)
     for span in EMA_SPANS:
-        features[f"ema_{span}"] = close.ewm(span=span, adjust=False, min_periods=span).mean()
-    features[f"rsi_{WILDER_PERIOD}"] = _wilder_rsi(close, WILDER_PERIOD)
+        features[f"ema_{span}"] = series.ewm_mean(close, span=span, min_periods=span)
+    change = close - previous_close
+    wilder = {"alpha": 1 / WILDER_PERIOD, "min_periods": WILDER_PERIOD}
+    average_gain = series.ewm_mean(change.clip(lower=0), **wilder)
+    average_loss = series.ewm_mean((-change).clip(lower=0), **wilder)
+    rsi = 100 - 100 / (1 + average_gain / average_loss)
+    # No losses at all in the window: RSI is 100 by definition, not 0/0.
+    features[f"rsi_{WILDER_PERIOD}"] = rsi.where(average_loss != 0, 100.0).where(average_gain.notna())
     true_range = pd.concat(
         [
             bars["high"] - bars["low"],
@@ -53,22 +90,8 @@ def add_features(bars: pd.DataFrame) -> pd.DataFrame:
         ],
         axis=1,
     ).max(axis=1, skipna=False)
-    features[f"atr_{WILDER_PERIOD}"] = _wilder_mean(true_range, WILDER_PERIOD)
+    features[f"atr_{WILDER_PERIOD}"] = series.ewm_mean(true_range, **wilder)
     result = bars.copy()
     for name, values in features.items():
         result[name] = values.replace([np.inf, -np.inf], np.nan).astype("float64")
     return result
-
-
-def _wilder_mean(values: pd.Series, period: int) -> pd.Series:
-    """Wilder's smoothing (``alpha = 1/period``), null until ``period`` values exist."""
-    return values.ewm(alpha=1 / period, adjust=False, min_periods=period).mean()
-
-
-def _wilder_rsi(close: pd.Series, period: int) -> pd.Series:
-    change = close.diff()
-    average_gain = _wilder_mean(change.clip(lower=0), period)
-    average_loss = _wilder_mean((-change).clip(lower=0), period)
-    rsi = 100 - 100 / (1 + average_gain / average_loss)
-    # No losses at all in the window: RSI is 100 by definition, not 0/0.
-    return rsi.where(average_loss != 0, 100.0).where(average_gain.notna())

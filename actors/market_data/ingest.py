@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -109,44 +110,48 @@ def fetch_bars(
             fetched[symbol] = bars
         except SymbolDataError as exc:
             result.errors[str(raw_symbol)] = str(exc)
+    if not fetched:
+        return result
+    new_rows = pd.concat(
+        [bars.assign(symbol=symbol) for symbol, bars in fetched.items()], ignore_index=True
+    ).assign(source=provider.name)
     stored = _stored_bars(root, list(fetched), interval)
-    rows = []
+    is_new = _is_new(new_rows, stored)
     for symbol, bars in fetched.items():
-        merged, new_bars = _with_features(stored.get(symbol), bars, provider.name)
-        rows.append(merged.assign(symbol=symbol, interval=interval))
         result.symbols[symbol] = {
             "bars": len(bars),
-            "new_bars": new_bars,
+            "new_bars": int(is_new[new_rows["symbol"] == symbol].sum()),
             "first": bars["timestamp"].iat[0].isoformat(),
             "last": bars["timestamp"].iat[-1].isoformat(),
         }
-    table = pa.Table.from_pandas(pd.concat(rows, ignore_index=True), preserve_index=False) if rows else None
+    rows = _with_features(stored, new_rows).assign(interval=interval)
+    table = pa.Table.from_pandas(rows, preserve_index=False)
     return _store(root, MARKET_BARS, table, result, max_commit_retries=max_commit_retries)
 
 
-def _stored_bars(root: Path, symbols: list[str], interval: str) -> dict[str, pd.DataFrame]:
-    if not symbols:
-        return {}
+def _stored_bars(root: Path, symbols: list[str], interval: str) -> pd.DataFrame:
     table = read_table(
         root,
         MARKET_BARS,
         filter=pc.field("symbol").isin(symbols) & (pc.field("interval") == interval),
     )
-    frame = table.select(["symbol", *BAR_COLUMNS, "source"]).to_pandas()
-    return {symbol: group.drop(columns="symbol") for symbol, group in frame.groupby("symbol")}
+    return table.select(["symbol", *BAR_COLUMNS, "source"]).to_pandas()
 
 
-def _with_features(stored: pd.DataFrame | None, bars: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
-    """The fetched bars and the stored bars after them, with features over the whole series."""
-    bars = bars.assign(source=source)
-    if stored is None or stored.empty:
-        return add_features(bars), len(bars)
-    new_bars = int((~bars["timestamp"].isin(stored["timestamp"])).sum())
-    series = pd.concat([stored, bars], ignore_index=True)
-    series = series.drop_duplicates("timestamp", keep="last").sort_values("timestamp", ignore_index=True)
-    series = add_features(series)
+def _is_new(rows: pd.DataFrame, stored: pd.DataFrame) -> np.ndarray:
+    """Which of ``rows`` have no stored bar with the same symbol and timestamp."""
+    keys = pd.MultiIndex.from_frame(rows[["symbol", "timestamp"]])
+    return ~keys.isin(pd.MultiIndex.from_frame(stored[["symbol", "timestamp"]]))
+
+
+def _with_features(stored: pd.DataFrame, fetched: pd.DataFrame) -> pd.DataFrame:
+    """The fetched bars and the stored bars after them, with features over each whole series."""
+    series = pd.concat([stored, fetched], ignore_index=True) if len(stored) else fetched
+    series = series.drop_duplicates(["symbol", "timestamp"], keep="last")
+    series = add_features(series.sort_values(["symbol", "timestamp"], ignore_index=True), by="symbol")
     # Earlier stored bars cannot change (features never look ahead); later ones may, after a backfill.
-    return series[series["timestamp"] >= bars["timestamp"].iat[0]], new_bars
+    first_fetched = fetched.groupby("symbol")["timestamp"].min()
+    return series[series["timestamp"] >= series["symbol"].map(first_fetched)]
 
 
 def _store(

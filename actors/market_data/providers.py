@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
 
 #: Bar sizes the platform knows, with their length.
@@ -50,6 +51,7 @@ FUNDAMENTALS_COLUMNS = (
     "dividend_yield",
 )
 
+_PRICES = ("open", "high", "low", "close")
 _SYMBOL = re.compile(r"^[A-Z][A-Z0-9.\-]{0,11}$")
 
 
@@ -118,29 +120,31 @@ def check_bars(frame: pd.DataFrame, *, what: str) -> pd.DataFrame:
         raise SymbolDataError(
             f"{what}: missing column(s) {', '.join(missing)} (need {', '.join(BAR_COLUMNS)})"
         )
-    bars = frame.loc[:, list(BAR_COLUMNS)].copy()
     try:
-        bars["timestamp"] = pd.to_datetime(bars["timestamp"], utc=True)
-        for column in ("open", "high", "low", "close"):
-            bars[column] = pd.to_numeric(bars[column]).astype("float64")
-        bars["volume"] = pd.to_numeric(bars["volume"]).round().astype("int64")
+        timestamps = pd.to_datetime(frame["timestamp"], utc=True).astype("datetime64[us, UTC]")
+        prices = {column: pd.to_numeric(frame[column]).to_numpy(dtype="float64") for column in _PRICES}
+        volume = pd.to_numeric(frame["volume"]).to_numpy(dtype="float64")
     except (ValueError, TypeError) as exc:
         raise SymbolDataError(f"{what}: unreadable value ({exc})") from None
-    _check_rows(bars, what=what)
-    bars["timestamp"] = bars["timestamp"].astype("datetime64[us, UTC]")
+    _check_rows(frame, prices, volume, what=what)
+    bars = pd.DataFrame(
+        {"timestamp": timestamps.reset_index(drop=True), **prices, "volume": volume.round().astype("int64")}
+    )
     return bars.drop_duplicates("timestamp", keep="last").sort_values("timestamp").reset_index(drop=True)
 
 
-def _check_rows(bars: pd.DataFrame, *, what: str) -> None:
-    prices = bars[["open", "high", "low", "close"]]
-    problems = {
-        "a missing value": bars.isna().any(axis=1),
-        "a price <= 0": (prices <= 0).any(axis=1),
-        "high below open/close/low": bars["high"] < prices.max(axis=1),
-        "low above open/close/high": bars["low"] > prices.min(axis=1),
-        "a negative volume": bars["volume"] < 0,
-    }
+def _check_rows(frame: pd.DataFrame, prices: dict[str, np.ndarray], volume: np.ndarray, *, what: str) -> None:
+    matrix = np.vstack([prices[column] for column in _PRICES])
+    with np.errstate(invalid="ignore"):
+        problems = {
+            "a missing value": np.isnan(matrix).any(axis=0) | np.isnan(volume),
+            "a price <= 0": (matrix <= 0).any(axis=0),
+            "high below open/close/low": prices["high"] < matrix.max(axis=0),
+            "low above open/close/high": prices["low"] > matrix.min(axis=0),
+            "a negative volume": volume < 0,
+        }
     for problem, bad in problems.items():
         if bad.any():
-            row = int(bad.to_numpy().argmax())
-            raise SymbolDataError(f"{what}: row {row + 1} has {problem}: {bars.iloc[row].to_dict()}")
+            row = int(bad.argmax())
+            values = frame.iloc[row][list(BAR_COLUMNS)].to_dict()
+            raise SymbolDataError(f"{what}: row {row + 1} has {problem}: {values}")

@@ -100,12 +100,12 @@ class SyntheticProvider:
     def fetch_bars(self, request: BarRequest) -> pd.DataFrame:
         symbol = self._known(request.symbol)
         first, last = self._trading_days(request.start, request.end, symbol=symbol)
-        daily = self._daily(symbol, last)
+        daily = self._daily(symbol, last, first)
         if request.interval == "1d":
-            bars = daily.iloc[first : last + 1]
-            return bars[(bars["timestamp"] >= request.start) & (bars["timestamp"] < request.end)]
+            bars = daily[(daily["timestamp"] >= request.start) & (daily["timestamp"] < request.end)]
+            return bars.reset_index(drop=True)
         frames = [
-            self._intraday(symbol, daily.iloc[day], day, request.interval) for day in range(first, last + 1)
+            self._intraday(symbol, daily.loc[day], day, request.interval) for day in range(first, last + 1)
         ]
         bars = pd.concat(frames, ignore_index=True)
         bars = bars[(bars["timestamp"] >= request.start) & (bars["timestamp"] < request.end)]
@@ -116,16 +116,16 @@ class SyntheticProvider:
     def fetch_news(self, symbol: str, *, start: datetime, end: datetime) -> pd.DataFrame:
         symbol = self._known(symbol)
         first, last = self._trading_days(start, end, symbol=symbol)
-        daily = self._daily(symbol, last)
+        daily = self._daily(symbol, last, first)
         rows = []
         for day in range(first, last + 1):
             rng = self._rng(symbol, _STREAM_NEWS, day)
             if rng.random() >= NEWS_CHANCE:
                 continue
-            move = daily["close"].iat[day] / daily["open"].iat[day] - 1
+            move = daily.at[day, "close"] / daily.at[day, "open"] - 1
             templates = _POSITIVE_NEWS if move > 0.01 else _NEGATIVE_NEWS if move < -0.01 else _NEUTRAL_NEWS
             headline = templates[int(rng.integers(len(templates)))].format(symbol=symbol)
-            published = daily["timestamp"].iat[day] + SESSION_OPEN + timedelta(minutes=int(rng.integers(390)))
+            published = daily.at[day, "timestamp"] + SESSION_OPEN + timedelta(minutes=int(rng.integers(390)))
             rows.append(
                 {
                     "published_at": published,
@@ -239,8 +239,12 @@ class SyntheticProvider:
             "dividend_yield": round(float(rng.choice([0.0, rng.uniform(0.5, 4.0)])), 2),
         }
 
-    def _daily(self, symbol: str, last: int) -> pd.DataFrame:
-        """Daily bars of trading days ``0 .. last`` (index = trading day)."""
+    def _daily(self, symbol: str, last: int, first: int = 0) -> pd.DataFrame:
+        """Daily bars of trading days ``first .. last`` (index = trading day since :data:`EPOCH`).
+
+        The whole path from the epoch is simulated (prices depend on it), but
+        only the rows asked for become a frame.
+        """
         count = last + 1
         params = self._params(symbol)
         sigma = params["sigma"]
@@ -273,16 +277,18 @@ class SyntheticProvider:
         )
         volume = params["volume"] * scale**0.8 * np.exp(0.25 * noise[:, 4]) * spike * (1 + 10 * np.abs(gap))
 
-        days = np.busday_offset(np.datetime64(EPOCH), np.arange(count))
+        rows = slice(first, count)
+        days = np.busday_offset(np.datetime64(EPOCH), np.arange(first, count)).astype("datetime64[us]")
         return pd.DataFrame(
             {
-                "timestamp": pd.to_datetime(days).tz_localize(UTC).astype("datetime64[us, UTC]"),
-                "open": open_.round(4),
-                "high": high.round(4),
-                "low": low.round(4),
-                "close": close.round(4),
-                "volume": volume.round().astype("int64"),
-            }
+                "timestamp": pd.DatetimeIndex(days).tz_localize(UTC),
+                "open": open_[rows].round(4),
+                "high": high[rows].round(4),
+                "low": low[rows].round(4),
+                "close": close[rows].round(4),
+                "volume": volume[rows].round().astype("int64"),
+            },
+            index=pd.RangeIndex(first, count),
         )
 
     def _intraday(self, symbol: str, day_bar: pd.Series, day: int, interval: str) -> pd.DataFrame:
