@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
+from periodiq import cron
 
 #: Queue of the data actors.
 QUEUE = "data_fetcher"
@@ -24,6 +25,9 @@ QUEUE = "data_fetcher"
 FETCH_TIME_LIMIT_MS = 30 * 60_000
 #: Time limit of the maintenance actors, in milliseconds.
 MAINTENANCE_TIME_LIMIT_MS = 60 * 60_000
+#: When the scheduler refreshes the 24-hour stats (hourly) and compacts the tables (daily, UTC).
+STATS_SCHEDULE = "5 * * * *"
+OPTIMIZE_SCHEDULE = "30 3 * * *"
 
 _FETCH_OPTIONS = {
     "queue_name": QUEUE,
@@ -111,7 +115,9 @@ def fetch_fundamentals(symbols: list[str]) -> dict:
     return _run(ingest.fetch_fundamentals, symbols=symbols)
 
 
-@dramatiq.actor(queue_name=QUEUE, store_results=True, time_limit=MAINTENANCE_TIME_LIMIT_MS)
+@dramatiq.actor(
+    queue_name=QUEUE, store_results=True, time_limit=MAINTENANCE_TIME_LIMIT_MS, periodic=cron(STATS_SCHEDULE)
+)
 def update_24h_stats() -> dict:
     """Refresh ``stats_24h`` from ``market_bars``."""
     from .market_data import maintenance
@@ -142,7 +148,13 @@ def cleanup_data(older_than: str | int) -> dict:
     return {"cutoff": cutoff.isoformat(), "deleted": deleted}
 
 
-@dramatiq.actor(queue_name=QUEUE, store_results=True, max_retries=1, time_limit=MAINTENANCE_TIME_LIMIT_MS)
+@dramatiq.actor(
+    queue_name=QUEUE,
+    store_results=True,
+    max_retries=1,
+    time_limit=MAINTENANCE_TIME_LIMIT_MS,
+    periodic=cron(OPTIMIZE_SCHEDULE),
+)
 def optimize_tables() -> dict:
     """Compact every Delta table and vacuum files older than the configured retention."""
     from .market_data import maintenance

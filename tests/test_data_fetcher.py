@@ -387,3 +387,18 @@ def test_check_bars_rejects_impossible_bars():
     )
     with pytest.raises(SymbolDataError, match="negative volume"):
         check_bars(bad, what="X")
+
+
+def test_features_of_a_batch_equal_features_of_each_series(synthetic):
+    request = {"start": utc(2024, 1, 1), "end": utc(2024, 6, 1), "interval": "1d"}
+    frames = {
+        symbol: check_bars(synthetic.fetch_bars(BarRequest(symbol, **request)), what=symbol)
+        for symbol in ("AAPL", "MSFT")
+    }
+    batch = pd.concat([bars.assign(symbol=symbol) for symbol, bars in frames.items()], ignore_index=True)
+    together = add_features(batch, by="symbol")
+    for symbol, bars in frames.items():
+        alone = add_features(bars)
+        pd.testing.assert_frame_equal(
+            together[together["symbol"] == symbol].drop(columns="symbol").reset_index(drop=True), alone
+        )
