@@ -43,7 +43,8 @@ def _settings():
     return settings
 
 
-def _provider(settings):
+def provider_from_settings(settings):
+    """The market-data provider ``settings`` configure."""
     from .market_data import build_provider
 
     universe = frozenset(s.strip().upper() for s in settings.data_synthetic_symbols.split(",") if s.strip())
@@ -61,7 +62,7 @@ def _provider(settings):
 def _run(fetch, **arguments) -> dict:
     """Call an ingest function with the configured provider, table root and retries."""
     settings = _settings()
-    provider = _provider(settings)
+    provider = provider_from_settings(settings)
     try:
         result = fetch(
             provider, settings.delta_root, max_commit_retries=settings.data_max_commit_retries, **arguments
