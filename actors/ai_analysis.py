@@ -44,7 +44,7 @@ def _analyzer(settings):
     from .analysis import FallbackAnalyzer, OfflineAnalyzer
 
     if settings.analysis_analyzer == "offline":
-        return FallbackAnalyzer(primary=OfflineAnalyzer(), fallback=OfflineAnalyzer())
+        return FallbackAnalyzer(primary=OfflineAnalyzer())
     from .analysis.llm import LLMAnalyzer
 
     llm = LLMAnalyzer(

@@ -39,25 +39,24 @@ class Outcome:
 
 
 class FallbackAnalyzer:
-    """Asks ``primary`` and, when it fails, ``fallback`` (which must not fail).
+    """Asks ``primary`` and, when it fails, ``fallback``.
 
     Parameters:
       primary(Analyzer): The configured analyzer (e.g. the LLM one).
-      fallback(Analyzer): The deterministic offline analyzer.
+      fallback(Analyzer | None): The deterministic offline analyzer; ``None``
+        (the default) lets the primary's error through.
     """
 
-    def __init__(self, *, primary: Analyzer, fallback: Analyzer):
+    def __init__(self, *, primary: Analyzer, fallback: Analyzer | None = None):
         self.logger = logging.getLogger(type(self).__name__)
         self.primary, self.fallback = primary, fallback
-
-    @property
-    def name(self) -> str:
-        return f"{self.primary.name} (fallback {self.fallback.name})"
 
     def run(self, request: AnalysisRequest) -> Outcome:
         try:
             return Outcome(self.primary.analyze(request), analyzer=self.primary.name)
         except AnalyzerError as exc:
+            if self.fallback is None:
+                raise
             self.logger.warning("%s failed (%s); using %s.", self.primary.name, exc, self.fallback.name)
             return Outcome(
                 self.fallback.analyze(request), analyzer=self.fallback.name, fallback_reason=str(exc)

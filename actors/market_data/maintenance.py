@@ -78,8 +78,11 @@ def _series_stats(symbol: str, interval: str, series: pd.DataFrame) -> dict:
 
 def cleanup_data(
     root: Path, *, older_than: datetime, max_commit_retries: int = DEFAULT_MAX_COMMIT_RETRIES
-) -> dict[str, int]:
-    """Delete bars and news older than ``older_than`` (tz-aware); returns rows deleted per table."""
+) -> dict[str, int | None]:
+    """Delete bars and news older than ``older_than`` (tz-aware); returns rows deleted per table.
+
+    A count is ``None`` when delta-rs could not tell it without scanning.
+    """
     from deltalake import DeltaTable
     from deltalake.transaction import CommitProperties
 
@@ -89,17 +92,13 @@ def cleanup_data(
         path = Path(root) / spec.name
         if not DeltaTable.is_deltatable(str(path)):
             continue
-        before = _row_count(root, spec)
-        DeltaTable(str(path)).delete(
+        metrics = DeltaTable(str(path)).delete(
             f"`{column}` < '{older_than.isoformat()}'",
             commit_properties=CommitProperties(max_commit_retries=max_commit_retries),
         )
-        deleted[name] = before - _row_count(root, spec)
+        # delta-rs omits the count when it cannot tell without a scan (whole files dropped).
+        deleted[name] = metrics.get("num_deleted_rows")
     return deleted
-
-
-def _row_count(root: Path, spec) -> int:
-    return read_table(root, spec).num_rows
 
 
 def optimize_tables(root: Path, *, retention_hours: int) -> dict[str, dict]:
