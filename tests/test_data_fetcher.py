@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import numpy as np
@@ -401,4 +402,33 @@ def test_features_of_a_batch_equal_features_of_each_series(synthetic):
         alone = add_features(bars)
         pd.testing.assert_frame_equal(
             together[together["symbol"] == symbol].drop(columns="symbol").reset_index(drop=True), alone
+        )
+
+
+def test_concurrent_writers_of_one_symbol_rerun_and_agree_with_a_serial_run(tmp_path, synthetic):
+    """delta-rs refuses a MERGE whose partition changed under it; the fetch reruns on fresh data."""
+    ranges = [
+        (utc(2022, 1, 1), utc(2022, 12, 1)),
+        (utc(2024, 1, 1), utc(2024, 12, 1)),
+        (utc(2023, 1, 1), utc(2023, 6, 1)),
+    ]
+    outcomes: list[object] = []
+
+    def fetch_range(first, last):
+        try:
+            outcomes.append(fetch(tmp_path / "concurrent", synthetic, ["AAPL", "MSFT"], first, last))
+        except Exception as exc:  # the assertion below names it
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=fetch_range, args=span) for span in ranges]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=50)
+    assert all(isinstance(outcome, ingest.BatchResult) for outcome in outcomes), outcomes
+    for first, last in ranges:
+        fetch(tmp_path / "serial", synthetic, ["AAPL", "MSFT"], first, last)
+    for symbol in ("AAPL", "MSFT"):
+        pd.testing.assert_frame_equal(
+            stored(tmp_path / "concurrent", symbol), stored(tmp_path / "serial", symbol)
         )

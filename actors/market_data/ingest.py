@@ -26,7 +26,17 @@ from .providers import (
     check_bars,
     normalize_symbol,
 )
-from .tables import EARNINGS, FUNDAMENTALS, MARKET_BARS, NEWS, TableSpec, read_table, upsert
+from .tables import (
+    EARNINGS,
+    FUNDAMENTALS,
+    MARKET_BARS,
+    NEWS,
+    TableSpec,
+    UpsertResult,
+    read_table,
+    rerun_on_conflict,
+    upsert,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,18 +125,23 @@ def fetch_bars(
     new_rows = pd.concat(
         [bars.assign(symbol=symbol) for symbol, bars in fetched.items()], ignore_index=True
     ).assign(source=provider.name)
-    stored = _stored_bars(root, list(fetched), interval)
-    is_new = _is_new(new_rows, stored)
-    for symbol, bars in fetched.items():
-        result.symbols[symbol] = {
-            "bars": len(bars),
-            "new_bars": int(is_new[new_rows["symbol"] == symbol].sum()),
-            "first": bars["timestamp"].iat[0].isoformat(),
-            "last": bars["timestamp"].iat[-1].isoformat(),
-        }
-    rows = _with_features(stored, new_rows).assign(interval=interval)
-    table = pa.Table.from_pandas(rows, preserve_index=False)
-    return _store(root, MARKET_BARS, table, result, max_commit_retries=max_commit_retries)
+
+    def write() -> UpsertResult:
+        # Rerun whole on a conflict: the features depend on the stored bars read here.
+        stored = _stored_bars(root, list(fetched), interval)
+        is_new = _is_new(new_rows, stored)
+        for symbol, bars in fetched.items():
+            result.symbols[symbol] = {
+                "bars": len(bars),
+                "new_bars": int(is_new[new_rows["symbol"] == symbol].sum()),
+                "first": bars["timestamp"].iat[0].isoformat(),
+                "last": bars["timestamp"].iat[-1].isoformat(),
+            }
+        rows = _with_features(stored, new_rows).assign(interval=interval)
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        return upsert(root, MARKET_BARS, table, max_commit_retries=max_commit_retries)
+
+    return _record(result, rerun_on_conflict(write))
 
 
 def _stored_bars(root: Path, symbols: list[str], interval: str) -> pd.DataFrame:
@@ -154,17 +169,12 @@ def _with_features(stored: pd.DataFrame, fetched: pd.DataFrame) -> pd.DataFrame:
     return series[series["timestamp"] >= series["symbol"].map(first_fetched)]
 
 
-def _store(
-    root: Path, spec: TableSpec, rows: pa.Table | None, result: BatchResult, *, max_commit_retries: int
-) -> BatchResult:
-    if rows is None:
-        return result
-    written = upsert(root, spec, rows, max_commit_retries=max_commit_retries)
+def _record(result: BatchResult, written: UpsertResult) -> BatchResult:
     result.version_before, result.version = written.version_before, written.version_after
     result.inserted, result.updated = written.inserted, written.updated
     logger.info(
         "%s: %d inserted, %d updated, version %d -> %d, %d symbol error(s).",
-        spec.name,
+        written.table,
         written.inserted,
         written.updated,
         written.version_before,
@@ -206,11 +216,12 @@ def fetch_per_symbol(
             continue
         frames.append(frame)
         result.symbols[symbol] = {"rows": len(frame)}
-    rows = None
-    if frames:
-        combined = pd.concat(frames, ignore_index=True)
-        rows = pa.Table.from_pandas(combined[list(spec.schema.names)], preserve_index=False)
-    return _store(root, spec, rows, result, max_commit_retries=max_commit_retries)
+    if not frames:
+        return result
+    combined = pd.concat(frames, ignore_index=True)
+    rows = pa.Table.from_pandas(combined[list(spec.schema.names)], preserve_index=False)
+    written = rerun_on_conflict(lambda: upsert(root, spec, rows, max_commit_retries=max_commit_retries))
+    return _record(result, written)
 
 
 @lru_cache(maxsize=1)

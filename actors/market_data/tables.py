@@ -9,10 +9,12 @@ threaded reads abort the process at exit (delta-rs #2184).
 from __future__ import annotations
 
 import logging
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 
@@ -26,10 +28,17 @@ if TYPE_CHECKING:
 DEFAULT_MAX_COMMIT_RETRIES = 50
 #: Attempts to open a table that another process is creating at the same moment.
 CREATE_ATTEMPTS = 5
+#: Times a write is read, recomputed and committed again after a concurrent writer changed the
+#: partitions it read (delta-rs refuses such a commit: retrying the same commit cannot help).
+RERUN_ATTEMPTS = 8
+#: Upper bound of the first random pause before a rerun, in seconds; it doubles each time.
+RERUN_PAUSE = 0.05
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,23 @@ def upsert(
         inserted=metrics["num_target_rows_inserted"],
         updated=metrics["num_target_rows_updated"],
     )
+
+
+def rerun_on_conflict(write: Callable[[], T], *, attempts: int = RERUN_ATTEMPTS) -> T:
+    """Call ``write``; when its commit fails because another writer committed to the data it read,
+    call it again (it must read afresh) after a random pause, up to ``attempts`` times."""
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except CommitFailedError as exc:
+            if attempt == attempts:
+                raise
+            pause = random.uniform(0, RERUN_PAUSE * 2**attempt)
+            logger.info("Concurrent commit (%s); rerunning in %.2fs (attempt %d).", exc, pause, attempt + 1)
+            time.sleep(pause)
+    raise ValueError(f"attempts must be at least 1, got {attempts}")
 
 
 def append(
