@@ -39,9 +39,16 @@ def test_fetch_twice_extend_and_per_symbol_errors_through_a_worker(client):
     stats = client.call("update_24h_stats")
     assert stats["series"] == 3 and stats["stats"]["AAPL/1d"]["as_of"].startswith("2024-04-30")
 
+    cleaned = client.call("cleanup_data", "2024-01-01")
+    assert cleaned["deleted"]["market_bars"] == 2 * 260  # GOOG's and MSFT's 2023
+    optimized = client.call("optimize_tables")
+    assert optimized["market_bars"]["files_removed"] > 0
+
 
 def test_a_bad_batch_fails_at_once_with_the_reason(client):
     with pytest.raises(ResultFailure, match="interval '2d' is unknown"):
         client.call("fetch_market_data", ["AAPL"], "2024-01-01", "2024-02-01", "2d")
     with pytest.raises(ResultFailure, match="start='soon' is not an ISO date"):
         client.call("fetch_market_data", ["AAPL"], "soon", "2024-02-01")
+    with pytest.raises(ResultFailure, match="older_than=-3 days must not be negative"):
+        client.call("cleanup_data", -3)
