@@ -11,7 +11,7 @@ from llm_standin import ChatStandIn
 
 from actors.market_data import ingest
 from actors.market_data.synthetic import SyntheticProvider
-from storage import create_db_engine, get_analysis
+from storage import create_db_engine, get_analysis, list_analyses
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -71,4 +71,23 @@ def test_analyses_through_a_worker_with_the_llm_and_its_fallback(settings, stand
 
         with pytest.raises(ResultFailure, match="backtest result lacks sharpe"):
             client.call("analyze_strategy", {"total_return_pct": 4, "max_drawdown_pct": 2, "trades": 40})
+
+        standin.mode = "error"  # the endpoint is broken from here on: every answer is the offline one
+        portfolio = {"positions": {"AAPL": 10, "MSFT": 10}, "cash": 1_000_000}
+        review = client.call("evening_review", portfolio)
+        assert review["analyzer"] == "offline" and "HTTP 500" in review["fallback_reason"]
+        assert review["report"]["summary"].startswith("Day P&L")
+        risk = client.call("assess_risk", portfolio, {"max_position_pct": 50})
+        assert risk["report"]["summary"].endswith("Within all limits.")
+        assert risk["report"]["figures"]["headroom_position_pct"] > 0
+        strategy = client.call(
+            "analyze_strategy",
+            {
+                "name": "gap_fade",
+                "metrics": {"total_return_pct": 30, "max_drawdown_pct": -8, "sharpe": 1.5, "trades": 90},
+            },
+        )
+        assert strategy["report"]["recommendations"][0]["action"] == "deploy"
+        kinds = {row.kind for row in list_analyses(engine)}
+        assert kinds == {"morning_prep", "recommendations", "evening_review", "risk", "strategy"}
     engine.dispose()
