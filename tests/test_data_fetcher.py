@@ -432,3 +432,23 @@ def test_concurrent_writers_of_one_symbol_rerun_and_agree_with_a_serial_run(tmp_
         pd.testing.assert_frame_equal(
             stored(tmp_path / "concurrent", symbol), stored(tmp_path / "serial", symbol)
         )
+
+
+def test_a_malformed_earnings_file_is_a_per_symbol_error(tmp_path):
+    folder = tmp_path / "files" / "earnings"
+    folder.mkdir(parents=True)
+    good = {
+        "fiscal_period": ["2024Q1"],
+        "report_date": ["2024-04-25"],
+        "eps_estimate": [1.0],
+        "eps_actual": [1.1],
+    }
+    pd.DataFrame(good).to_csv(folder / "GOOD.csv", index=False)
+    pd.DataFrame({**good, "eps_actual": ["a lot"]}).to_csv(folder / "BAD.csv", index=False)
+    result = ingest.fetch_earnings(
+        FileProvider(folder=tmp_path / "files"), tmp_path / "delta", symbols=["GOOD", "BAD"], **RETRIES
+    )
+    assert result.inserted == 1 and list(result.symbols) == ["GOOD"]
+    assert "BAD: malformed earnings from files" in result.errors["BAD"] and "a lot" in result.errors["BAD"]
+    stored_row = read_table(tmp_path / "delta", EARNINGS).to_pylist()[0]
+    assert stored_row["eps_surprise_pct"] == pytest.approx(10.0) and stored_row["revenue_actual"] is None

@@ -262,15 +262,26 @@ def prepare_news(symbol: str, news: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([news, scores], axis=1)
 
 
+def _numeric(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """``frame`` with ``columns`` as floats; a value that is not a number is a ``ValueError`` naming it."""
+    frame = frame.copy()
+    for column in columns:
+        frame[column] = pd.to_numeric(frame[column]).astype("float64")
+    return frame
+
+
 def prepare_earnings(symbol: str, earnings: pd.DataFrame) -> pd.DataFrame:
-    earnings = earnings.copy()
+    earnings = _numeric(earnings, ("eps_estimate", "eps_actual", "revenue_estimate", "revenue_actual"))
+    earnings["fiscal_period"] = earnings["fiscal_period"].astype(str)
     earnings["report_date"] = pd.to_datetime(earnings["report_date"]).dt.date
     earnings["eps_surprise_pct"] = (earnings["eps_actual"] / earnings["eps_estimate"] - 1) * 100
     return earnings
 
 
 def prepare_fundamentals(symbol: str, fundamentals: pd.DataFrame) -> pd.DataFrame:
-    fundamentals = fundamentals.copy()
+    fundamentals = _numeric(
+        fundamentals, ("market_cap", "pe_ratio", "eps", "revenue", "debt_to_equity", "dividend_yield")
+    )
     fundamentals["as_of"] = pd.to_datetime(fundamentals["as_of"]).dt.date
     return fundamentals
 
