@@ -15,9 +15,15 @@ module before forking its workers.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import dramatiq
 from periodiq import cron
+
+if TYPE_CHECKING:
+    from config import Settings
+
+    from .market_data import MarketDataProvider
 
 #: Queue of the data actors.
 QUEUE = "data_fetcher"
@@ -37,13 +43,13 @@ _FETCH_OPTIONS = {
 }
 
 
-def _settings():
+def _settings() -> Settings:
     from . import settings
 
     return settings
 
 
-def provider_from_settings(settings):
+def provider_from_settings(settings: Settings) -> MarketDataProvider:
     """The market-data provider ``settings`` configure."""
     from .market_data import build_provider
 

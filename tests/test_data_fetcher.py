@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 
@@ -9,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pytest
+from conftest import REPO_ROOT
 
 from actors.market_data import (
     BarRequest,
@@ -452,3 +456,20 @@ def test_a_malformed_earnings_file_is_a_per_symbol_error(tmp_path):
     assert "BAD: malformed earnings from files" in result.errors["BAD"] and "a lot" in result.errors["BAD"]
     stored_row = read_table(tmp_path / "delta", EARNINGS).to_pylist()[0]
     assert stored_row["eps_surprise_pct"] == pytest.approx(10.0) and stored_row["revenue_actual"] is None
+
+
+def test_importing_the_actors_leaves_deltalake_unloaded(tmp_path):
+    """The dramatiq master imports ``actors`` before forking; deltalake is not fork-safe."""
+    code = (
+        "import sys, actors; print(sorted(m for m in ('deltalake', 'pandas', 'pyarrow') if m in sys.modules))"
+    )
+    env = {
+        **os.environ,
+        "TRADEFLOW_AUDIT_ENABLED": "false",
+        "TRADEFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/t.db",
+    }
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"
