@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,14 +31,13 @@ def data_settings(redis_url: str, namespace: str, tmp_path: Path, **overrides) -
     engine = create_db_engine(database_url)
     upgrade(engine)
     engine.dispose()
+    defaults = {"data_synthetic_seed": 5, "data_synthetic_symbols": "AAPL,MSFT,GOOG"}
     return Settings(
         redis_url=redis_url,
         namespace=namespace,
         database_url=database_url,
         delta_root=tmp_path / "delta",
-        data_synthetic_seed=5,
-        data_synthetic_symbols="AAPL,MSFT,GOOG",
-        **overrides,
+        **{**defaults, **overrides},
     )
 
 
@@ -50,18 +50,27 @@ def worker(settings: Settings, *queues: str) -> Iterator[subprocess.Popen]:
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so a test can kill -9 master and worker at once
     )
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
+        killed = process.poll() is not None  # by the test (kill_hard)
+        if not killed:
+            process.send_signal(signal.SIGTERM)
         try:
             _, stderr = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             _, stderr = process.communicate()
     # A clean exit also proves the reads did not trip delta-rs #2184 (SIGABRT at exit).
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert killed or process.returncode == 0, stderr.decode()[-3000:]
+
+
+def kill_hard(process: subprocess.Popen) -> None:
+    """SIGKILL the worker's whole process group, as a crash or OOM kill would."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 class Client:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from data_workers import Client, data_settings, worker
+from data_workers import Client, data_settings, kill_hard, worker
 from dramatiq.results import ResultFailure
+
+from actors.market_data.tables import MARKET_BARS, read_table, table_version
+from storage import create_db_engine, get_task
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -52,3 +57,33 @@ def test_a_bad_batch_fails_at_once_with_the_reason(client):
         client.call("fetch_market_data", ["AAPL"], "soon", "2024-02-01")
     with pytest.raises(ResultFailure, match="older_than=-3 days must not be negative"):
         client.call("cleanup_data", -3)
+
+
+def test_a_worker_killed_mid_fetch_loses_nothing(redis_url, namespace, tmp_path):
+    """kill -9 during a fetch: the message is redelivered to the next worker and the table ends complete."""
+    settings = data_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        data_synthetic_symbols="",
+        heartbeat_timeout_ms=2_000,
+        maintenance_chance=1_000_000,
+    )
+    symbols = [f"K{index:03d}" for index in range(150)]
+    engine = create_db_engine(settings.database_url)
+    with worker(settings, "data_fetcher") as first:
+        client = Client(settings, "data_fetcher")
+        message = client.send("fetch_market_data", symbols, "2023-01-01", "2024-12-31")
+        deadline = time.monotonic() + 60
+        while (task := get_task(engine, message.message_id)) is None or task.status != "running":
+            assert time.monotonic() < deadline, "the fetch never started"
+            time.sleep(0.05)
+        kill_hard(first)
+    assert table_version(settings.delta_root, MARKET_BARS) is None  # cut before its commit
+    with worker(settings, "data_fetcher"):
+        result = client.result(message)
+    assert result["errors"] == {} and len(result["symbols"]) == 150
+    bars = read_table(settings.delta_root, MARKET_BARS).to_pandas()
+    assert len(bars) == 150 * 522 and not bars.duplicated(["symbol", "timestamp"]).any()
+    assert get_task(engine, message.message_id).status == "completed"
+    engine.dispose()
