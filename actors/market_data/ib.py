@@ -88,7 +88,9 @@ class IBProvider:
             ib = IB()
             ib.RaiseRequestErrors = True
             try:
-                await ib.connectAsync(self.host, self.port, clientId=self.client_id, timeout=CONNECT_TIMEOUT)
+                await ib.connectAsync(
+                    self.host, self.port, clientId=self.client_id, timeout=CONNECT_TIMEOUT, readonly=True
+                )
             except (OSError, TimeoutError) as exc:
                 raise ConnectionError(
                     f"cannot reach IB at {self.host}:{self.port} (client id {self.client_id}): {exc!r}; "
