@@ -103,6 +103,31 @@ def test_backtest_facts_need_the_core_figures():
     assert nested["strategy"] == "gap_fade" and nested["figures"]["trades"] == 5.0
 
 
+def test_backtest_facts_read_the_strategy_queues_fractions():
+    result = {
+        "strategy": "gap_and_go",
+        "metrics": {
+            "total_return": 0.25,
+            "win_rate": 0.55,
+            "sharpe": None,
+            "max_drawdown": -0.12,
+            "number_of_trades": 42,
+            "exposure": 0.3,
+        },
+    }
+    figures = backtest_facts(result)["figures"]
+    assert figures == pytest.approx(
+        {
+            "total_return_pct": 25.0,
+            "max_drawdown_pct": -12.0,
+            "sharpe": 0.0,
+            "trades": 42.0,
+            "win_rate_pct": 55.0,
+            "exposure_pct": 30.0,
+        }
+    )
+
+
 # -- offline analyzer -----------------------------------------------------------------------------
 
 

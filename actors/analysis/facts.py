@@ -34,6 +34,14 @@ DEFAULT_LIMITS = {"max_position_pct": 20.0, "max_gross_exposure_pct": 100.0, "ma
 BACKTEST_FIGURES = ("total_return_pct", "max_drawdown_pct", "sharpe", "trades")
 #: Optional figures of a backtest result.
 BACKTEST_OPTIONAL = ("win_rate_pct", "profit_factor", "annual_return_pct", "exposure_pct")
+#: Figures as the strategy queue's backtest reports them (fractions), and what they become here.
+BACKTEST_ALIASES = {
+    "total_return": ("total_return_pct", 100.0),
+    "max_drawdown": ("max_drawdown_pct", 100.0),
+    "win_rate": ("win_rate_pct", 100.0),
+    "exposure": ("exposure_pct", 100.0),
+    "number_of_trades": ("trades", 1.0),
+}
 
 
 def market_facts(root: Path, symbols: list[str], *, as_of: datetime | None = None) -> dict[str, Any]:
@@ -161,7 +169,7 @@ def backtest_facts(backtest: dict) -> dict[str, Any]:
         raise ValueError(
             f"backtest must be an object with {', '.join(BACKTEST_FIGURES)}, got {type(backtest).__name__}"
         )
-    metrics = backtest.get("metrics", backtest)
+    metrics = _in_percent(backtest.get("metrics", backtest))
     missing = [name for name in BACKTEST_FIGURES if name not in metrics]
     if missing:
         raise ValueError(f"backtest result lacks {', '.join(missing)} (need {', '.join(BACKTEST_FIGURES)})")
@@ -174,6 +182,23 @@ def backtest_facts(backtest: dict) -> dict[str, Any]:
         "symbols": [str(symbol) for symbol in backtest.get("symbols", [])],
         "figures": figures,
     }
+
+
+def _in_percent(metrics: dict) -> dict:
+    """``metrics`` with the strategy queue's fraction figures also given under our percent names.
+
+    A Sharpe ratio of ``None`` (no variance: no or constant returns) counts as 0.
+    """
+    if not isinstance(metrics, dict):
+        raise ValueError(f"backtest metrics must be an object, got {type(metrics).__name__}")
+    converted = dict(metrics)
+    for name, (ours, scale) in BACKTEST_ALIASES.items():
+        value = metrics.get(name)
+        if ours not in metrics and isinstance(value, int | float) and not isinstance(value, bool):
+            converted[ours] = value * scale
+    if "sharpe" in converted and converted["sharpe"] is None:
+        converted["sharpe"] = 0.0
+    return converted
 
 
 def _positions(portfolio: dict) -> tuple[dict[str, float], float]:
