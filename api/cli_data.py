@@ -40,7 +40,6 @@ def fetch(
     interval: Annotated[str, typer.Option(help="1m, 5m, 15m, 30m, 1h or 1d.")] = "1d",
 ) -> None:
     """Fetch bars with the configured provider into market_bars, here (no worker); prints the result."""
-    from actors.data_fetcher import provider_from_settings
     from actors.market_data import ingest
 
     settings = _settings()
@@ -50,6 +49,8 @@ def fetch(
         ingest.check_batch(symbols, begin, finish, interval)
     except ValueError as exc:
         raise _cli_error(str(exc)) from None
+    from actors.data_fetcher import provider_from_settings
+
     provider = provider_from_settings(settings)
     try:
         result = ingest.fetch_bars(
