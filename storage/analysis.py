@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Any
@@ -35,13 +36,29 @@ class AnalysisRecord(SQLModel, table=True):
 
 
 def save_analysis(engine: Engine, record: AnalysisRecord) -> AnalysisRecord:
-    """Insert ``record``; a redelivered message with the same id replaces its earlier row."""
+    """Insert ``record``; a redelivered message with the same id replaces its earlier row.
+
+    Non-finite numbers (NaN, infinity) in ``inputs`` and ``report`` are stored
+    as null: PostgreSQL's JSON has no NaN.
+    """
+    record.inputs, record.report = json_safe(record.inputs), json_safe(record.report)
     with Session(engine) as session:
         merged = session.merge(record)
         session.commit()
         session.refresh(merged)
         session.expunge(merged)
         return merged
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def list_analyses(engine: Engine, *, kind: str | None = None, limit: int = 50) -> list[AnalysisRecord]:

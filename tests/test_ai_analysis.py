@@ -298,8 +298,16 @@ def test_llm_timeout_and_unreachable_endpoint(root, standin):
 def test_analysis_records_are_stored_and_queryable(migrated_url):
     engine = create_db_engine(migrated_url)
     first = save_analysis(
-        engine, AnalysisRecord(id="m1", kind="risk", analyzer="offline", inputs={"v": 1}, report={"a": 1})
+        engine,
+        AnalysisRecord(
+            id="m1",
+            kind="risk",
+            analyzer="offline",
+            inputs={"v": 1},
+            report={"a": 1, "f": {"x": [float("nan")]}},
+        ),
     )
+    assert get_analysis(engine, "m1").report == {"a": 1, "f": {"x": [None]}}  # PostgreSQL's JSON has no NaN
     save_analysis(
         engine, AnalysisRecord(kind="strategy", analyzer="llm:x", fallback_reason=None, report={"b": 2})
     )
