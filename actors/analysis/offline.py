@@ -54,9 +54,9 @@ class OfflineAnalyzer:
         for symbol, figures in facts["market"]["symbols"].items():
             recommendation = symbol_signal(symbol, figures)
             anomalies = _anomalies(figures)
-            if figures.get("gap_pct") is not None and abs(figures["gap_pct"]) >= GAP_ANOMALY:
+            if _gapped(figures):
                 gappers.append(f"{symbol} ({figures['gap_pct']:+.1f}%)")
-            if (figures.get("volume_ratio") or 0) >= VOLUME_ANOMALY:
+            if _volume_spike(figures):
                 spikes.append(f"{symbol} ({figures['volume_ratio']:.1f}x)")
             if anomalies and recommendation.action == "hold":
                 recommendation = recommendation.model_copy(
@@ -293,11 +293,19 @@ def symbol_signal(symbol: str, figures: dict) -> Recommendation:
     )
 
 
+def _gapped(figures: dict) -> bool:
+    return figures.get("gap_pct") is not None and abs(figures["gap_pct"]) >= GAP_ANOMALY
+
+
+def _volume_spike(figures: dict) -> bool:
+    return (figures.get("volume_ratio") or 0) >= VOLUME_ANOMALY
+
+
 def _anomalies(figures: dict) -> list[str]:
     anomalies = []
-    if figures.get("gap_pct") is not None and abs(figures["gap_pct"]) >= GAP_ANOMALY:
+    if _gapped(figures):
         anomalies.append(f"gapped {figures['gap_pct']:+.1f}%")
-    if (figures.get("volume_ratio") or 0) >= VOLUME_ANOMALY:
+    if _volume_spike(figures):
         anomalies.append(f"volume {figures['volume_ratio']:.1f}x its 20-day average")
     return anomalies
 
