@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
         long a finished message waits for its row to commit before it is acked
         (0: never waits), and how long a ``running`` event is held so that a
         quick message costs one write (0: written at once), in milliseconds.
+      audit_*: The audit trail's buffer bound, batch size, flush interval and how
+        long a finished message waits for its audit row to commit before it is acked.
+      data_*: Market data (``docs/data.md``): the provider (``synthetic``, ``files``,
+        ``ib``, ``yfinance``), the synthetic seed and universe (comma-separated; empty:
+        any ticker), the folder of the files provider, the IB Gateway of the ``ib``
+        provider, commit retries of concurrent Delta writers, vacuum retention in hours.
+      analysis_*: The ``ai_analysis`` queue: the analyzer (``offline`` or ``llm``) and the
+        OpenAI-compatible endpoint, model, key and timeout (seconds) of the ``llm`` one.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -58,6 +67,22 @@ class Settings(BaseSettings):
     audit_batch_size: int = Field(default=500, gt=0)
     audit_commit_wait_ms: int = Field(default=5_000, ge=0)
     audit_running_delay_ms: int = Field(default=200, ge=0)
+
+    data_provider: Literal["synthetic", "files", "ib", "yfinance"] = "synthetic"
+    data_synthetic_seed: int = 7
+    data_synthetic_symbols: str = ""
+    data_files_dir: Path = Path(".tradeflow/market_files")
+    data_ib_host: str = "127.0.0.1"
+    data_ib_port: int = Field(default=4002, gt=0, lt=65536)
+    data_ib_client_id: int = 17
+    data_max_commit_retries: int = Field(default=50, ge=0)
+    data_vacuum_retention_hours: int = Field(default=168, ge=0)
+
+    analysis_analyzer: Literal["offline", "llm"] = "offline"
+    analysis_llm_base_url: str = "http://127.0.0.1:8000/v1"
+    analysis_llm_model: str = "gpt-4o-mini"
+    analysis_llm_api_key: str = "not-needed"
+    analysis_llm_timeout_s: float = Field(default=30.0, gt=0)
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)

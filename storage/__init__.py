@@ -1,5 +1,6 @@
 """Durable state in SQL: the audit trail of every task (SQLite or PostgreSQL)."""
 
+from .analysis import AnalysisRecord, get_analysis, list_analyses, save_analysis
 from .audit import AuditWriter, TaskEvent, describe_database_error, utc_from_millis, utc_now
 from .db import create_db_engine, normalize_url
 from .migrate import current_revisions, head_revisions, upgrade
@@ -8,6 +9,7 @@ from .tasks import get_task, list_tasks, status_counts
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "AnalysisRecord",
     "AuditWriter",
     "TaskEvent",
     "TaskRecord",
@@ -15,10 +17,13 @@ __all__ = [
     "create_db_engine",
     "current_revisions",
     "describe_database_error",
+    "get_analysis",
     "get_task",
     "head_revisions",
+    "list_analyses",
     "list_tasks",
     "normalize_url",
+    "save_analysis",
     "status_counts",
     "upgrade",
     "utc_from_millis",
