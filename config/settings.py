@@ -36,8 +36,6 @@ class Settings(BaseSettings):
         long a finished message waits for its row to commit before it is acked
         (0: never waits), and how long a ``running`` event is held so that a
         quick message costs one write (0: written at once), in milliseconds.
-      audit_*: The audit trail's buffer bound, batch size, flush interval and how
-        long a finished message waits for its audit row to commit before it is acked.
       data_*: Market data (``docs/data.md``): the provider (``synthetic``, ``files``,
         ``ib``, ``yfinance``), the synthetic seed and universe (comma-separated; empty:
         any ticker), the folder of the files provider, the IB Gateway of the ``ib``
