@@ -7,10 +7,9 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from tcp_proxy import TcpProxy
 
 from storage import AuditWriter, TaskEvent, create_db_engine, get_task, status_counts, upgrade
-
-from .tcp_proxy import TcpProxy
 
 
 def _event(i: int, status: str = "completed", seq: int = 2) -> TaskEvent:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import run_cli, settings_env
 
 from config import Settings
 from storage import create_db_engine, get_task, head_revisions, upgrade
-
-from .conftest import run_cli, settings_env
 
 
 def _assert_one_line_error(result, expected: str) -> None:

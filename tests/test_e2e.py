@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, run_cli, settings_env
 
 from storage import create_db_engine, get_task, list_tasks
-
-from .conftest import REPO_ROOT, run_cli, settings_env
 
 pytestmark = pytest.mark.e2e
 
