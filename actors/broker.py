@@ -23,6 +23,7 @@ from config import Settings
 from storage import AuditWriter, create_db_engine
 
 from .audit import Audit
+from .schedules import ScheduleControl
 
 #: Seconds after its tick a periodic message is still worth running.
 PERIODIC_SKIP_DELAY = 30
@@ -66,6 +67,13 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             result_ttl=settings.result_ttl_ms,
         ),
         PeriodiqMiddleware(skip_delay=PERIODIC_SKIP_DELAY),
+        ScheduleControl(
+            overrides=settings.schedules,
+            catch_up=settings.schedule_catch_up,
+            timezone=settings.schedule_timezone,
+            lease_ttl=settings.schedule_lease_ms,
+            database_url=settings.database_url,
+        ),
     ]
     return middleware
 

@@ -24,3 +24,38 @@ __all__ = [
     "utc_from_millis",
     "utc_now",
 ]
+
+from .housekeeping import delete_finished_before, status_counts_since, vacuum
+from .outbox import OutboxMessage, OutboxRecord, add_to_outbox, claim_unsent, mark_sent, unsent_count
+from .schedules import (
+    ScheduleDefinition,
+    ScheduleRecord,
+    UnknownSchedule,
+    get_schedule,
+    list_schedules,
+    record_fired,
+    record_manual_run,
+    record_outcome,
+    register_schedules,
+    set_enabled,
+)
+
+__all__ += [
+    "OutboxMessage",
+    "OutboxRecord",
+    "ScheduleDefinition",
+    "ScheduleRecord",
+    "UnknownSchedule",
+    "add_to_outbox",
+    "claim_unsent",
+    "get_schedule",
+    "list_schedules",
+    "mark_sent",
+    "record_fired",
+    "record_manual_run",
+    "record_outcome",
+    "register_schedules",
+    "set_enabled",
+    "unsent_count",
+]
+__all__ += ["delete_finished_before", "status_counts_since", "vacuum"]
