@@ -21,6 +21,8 @@ from sqlalchemy import Engine
 from storage import ScheduleDefinition, TaskStatus, create_db_engine, record_outcome
 
 from .cron import Cron
+from .errors import JobCancelled
+from .options import DUPLICATE, SKIP_REASON, SKIP_STATUS
 
 CatchUp = Literal["skip", "run_once"]
 
@@ -130,13 +132,19 @@ class ScheduleControl(Middleware):
     ) -> None:
         if exception is None:
             self._record(message, TaskStatus.COMPLETED, None)
+        elif isinstance(exception, JobCancelled):
+            self._record(message, TaskStatus.CANCELLED, "cancelled while running")
         elif message.failed:
             self._record(message, TaskStatus.FAILED, f"{type(exception).__name__}: {exception}")
         else:
             self._record(message, TaskStatus.RETRYING, f"{type(exception).__name__}: {exception}")
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
-        self._record(message, TaskStatus.FAILED if message.failed else TaskStatus.CANCELLED, "skipped")
+        if message.options.get(SKIP_STATUS) == DUPLICATE:
+            return
+        status = TaskStatus.FAILED if message.failed else TaskStatus.CANCELLED
+        status = TaskStatus(message.options.get(SKIP_STATUS, status))
+        self._record(message, status, message.options.get(SKIP_REASON, "skipped"))
 
     def _record(self, message: Message, status: TaskStatus, error: str | None) -> None:
         name = message.options.get(SCHEDULE_OPTION)

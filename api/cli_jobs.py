@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -125,12 +126,135 @@ def schedules_run(name: Annotated[str, typer.Argument(help="Schedule (actor) nam
     actors, settings = _schedule_name(name)
     message = actors.broker.actors[name].send_with_options(**{SCHEDULE_OPTION: name})
     record_manual_run(_engine(settings), name, message_id=message.message_id)
-    writer = actors.audit_writer_of(actors.broker)
-    if writer is not None:
-        writer.flush(settings.audit_commit_wait_ms / 1000)
+    _flush_audit(settings)
     console.print(message.message_id, soft_wrap=True)
+
+
+dlq_app = typer.Typer(help="Dead letters: list, show, retry, purge.", no_args_is_help=True)
+
+#: Units accepted by ``--older-than``, in milliseconds.
+DURATION_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"90s"``, ``"15m"``, ``"12h"``, ``"7d"`` -> milliseconds; a clear error otherwise."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in DURATION_UNITS or not number.isdigit():
+        raise CliError(f"invalid duration {text!r}: use a whole number and a unit s, m, h or d (e.g. 7d)")
+    return int(number) * DURATION_UNITS[unit]
+
+
+def _broker():
+    settings = _settings()
+    return _actors_module(settings).broker, settings
+
+
+@dlq_app.command("list")
+def dlq_list(queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None) -> None:
+    """Every dead letter, oldest first."""
+    from actors.dead_letters import list_dead_letters
+
+    broker, _ = _broker()
+    table = Table("message id", "actor", "queue", "args", "error", "failed at", "attempts")
+    for letter in list_dead_letters(broker, queue=queue):
+        arguments = json.dumps({"args": list(letter.message.args), "kwargs": letter.message.kwargs})
+        table.add_row(
+            letter.message_id,
+            letter.message.actor_name,
+            letter.queue,
+            arguments[:60],
+            letter.reason[:80],
+            str(letter.failed_at),
+            str(letter.attempts),
+        )
+    console.print(table)
+
+
+def _find(broker, message_id: str):
+    from actors.dead_letters import UnknownDeadLetter, find_dead_letter
+
+    try:
+        return find_dead_letter(broker, message_id)
+    except UnknownDeadLetter as exc:
+        raise CliError(str(exc)) from None
+
+
+@dlq_app.command("show")
+def dlq_show(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
+    """Everything about one dead letter, with its last traceback."""
+    broker, _ = _broker()
+    letter = _find(broker, message_id)
+    table = Table("field", "value", show_header=False)
+    rows = {
+        "message id": letter.message_id,
+        "actor": letter.message.actor_name,
+        "queue": letter.queue,
+        "args": json.dumps(list(letter.message.args)),
+        "kwargs": json.dumps(letter.message.kwargs),
+        "error": letter.reason,
+        "failed at": str(letter.failed_at),
+        "attempts": str(letter.attempts),
+        "traceback": letter.message.options.get("traceback", ""),
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
+    console.print(table)
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    message_id: Annotated[str | None, typer.Argument(help="Message id (or --all).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Retry every dead letter.")] = False,
+) -> None:
+    """Enqueue dead letters again with a fresh retry budget."""
+    from actors.dead_letters import list_dead_letters, retry_dead_letter
+
+    if (message_id is None) == (not all_):
+        raise CliError("give either a message id or --all")
+    broker, settings = _broker()
+    letters = list_dead_letters(broker) if all_ else [_find(broker, message_id)]
+    retried = [letter.message_id for letter in letters if retry_dead_letter(broker, letter) is not None]
+    _flush_audit(settings)
+    for retried_id in retried:
+        console.print(retried_id, soft_wrap=True)
+    err_console.print(f"retried {len(retried)} of {len(letters)}")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    older_than: Annotated[
+        str | None, typer.Option(help="Only those dead longer than this (e.g. 7d, 12h).")
+    ] = None,
+) -> None:
+    """Delete dead letters (all, or those older than --older-than); their audit rows stay dead_letter."""
+    from actors.dead_letters import purge_dead_letters
+
+    older_than_ms = parse_duration_ms(older_than) if older_than is not None else None
+    broker, _ = _broker()
+    console.print(f"purged {purge_dead_letters(broker, older_than_ms=older_than_ms)}")
+
+
+def cancel(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
+    """Cancel a pending, delayed or running job: it never starts, or is interrupted; never retried."""
+    from actors.cancellation import cancel_job
+
+    broker, settings = _broker()
+    outcome = cancel_job(broker, message_id, engine=_engine(settings), ttl=settings.cancel_ttl_ms)
+    console.print(
+        f"{message_id}: {outcome.state.value}" + (f" (was {outcome.status})" if outcome.status else "")
+    )
+
+
+def _flush_audit(settings: Settings) -> None:
+    import actors
+
+    writer = actors.audit_writer_of(actors.broker)
+    if writer is not None and not writer.flush(settings.audit_commit_wait_ms / 1000):
+        err_console.print(f"warning: audit rows not written yet: {writer.last_error}")
 
 
 def register(app: typer.Typer, jobs_app: typer.Typer) -> None:
     """Add these commands to the ``tradeflow`` app."""
     app.add_typer(schedules_app, name="schedules")
+    app.add_typer(dlq_app, name="dlq")
+    jobs_app.command("cancel")(cancel)

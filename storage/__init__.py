@@ -39,6 +39,7 @@ from .schedules import (
     register_schedules,
     set_enabled,
 )
+from .task_control import cancel_waiting_task
 
 __all__ += [
     "OutboxMessage",
@@ -59,3 +60,5 @@ __all__ += [
     "unsent_count",
 ]
 __all__ += ["delete_finished_before", "status_counts_since", "vacuum"]
+
+__all__ += ["cancel_waiting_task"]

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import pendulum
+import pytest
 import redis
 from dramatiq.message import Message
 
@@ -108,3 +109,7 @@ class TcpProxy:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+#: For tests whose subject is Redis-side: run them on SQLite only (the SQL parts run on both elsewhere).
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -14,7 +14,7 @@ import pendulum
 import pytest
 import redis
 from conftest import REPO_ROOT, run_cli, settings_env
-from jobs_support import FastClock, FixedClock, TcpProxy, queued_messages, wait_for
+from jobs_support import FastClock, FixedClock, TcpProxy, queued_messages, sqlite_only, wait_for
 from periodiq import cron as periodiq_cron
 
 from actors import audit_writer_of, build_broker
@@ -127,6 +127,7 @@ def test_two_schedulers_fire_each_tick_once(settings, namespace, brokers):
     assert row.next_run_at == SUNDAY_4AM.add(minutes=3).naive()
 
 
+@sqlite_only
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_two_scheduler_processes_fire_each_tick_once(settings, namespace, brokers):
@@ -146,6 +147,7 @@ def test_two_scheduler_processes_fire_each_tick_once(settings, namespace, broker
     assert all((b - a).in_minutes() == 1 for a, b in itertools.pairwise(minutes)), minutes
 
 
+@sqlite_only
 @pytest.mark.parametrize(("policy", "expected"), [("skip", 1), ("run_once", 2)])
 def test_catch_up_after_downtime(settings, namespace, policy, expected, brokers):
     broker, actors_ = _broker_with(settings, ("every_five", "*/5 * * * *", policy), brokers=brokers)
@@ -187,6 +189,7 @@ def proxied(settings, proxy):
     return settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{proxy.port}/{db}"})
 
 
+@sqlite_only
 @pytest.mark.timeout(60)
 def test_scheduler_survives_a_redis_outage(proxied, proxy, namespace, brokers):
     broker, actors_ = _broker_with(proxied, ("resilient", "* * * * *", "run_once"), brokers=brokers)
@@ -202,6 +205,7 @@ def test_scheduler_survives_a_redis_outage(proxied, proxy, namespace, brokers):
     assert [(f.tick.minute, f.catch_up) for f in fired] == [(1, True), (2, False)]
 
 
+@sqlite_only
 @pytest.mark.timeout(60)
 def test_run_forever_retries_a_tick_through_an_outage(settings, proxied, proxy, namespace, brokers):
     broker, actors_ = _broker_with(proxied, ("steady", "* * * * *", "skip"), brokers=brokers)
@@ -219,6 +223,7 @@ def test_run_forever_retries_a_tick_through_an_outage(settings, proxied, proxy, 
     assert not thread.is_alive()
 
 
+@sqlite_only
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
 def test_cli_lists_disables_enables_and_runs_a_schedule(settings, namespace, brokers):
@@ -254,6 +259,7 @@ def test_cli_lists_disables_enables_and_runs_a_schedule(settings, namespace, bro
     assert unknown.returncode == 1 and "no schedule named 'nope'" in unknown.stderr
 
 
+@sqlite_only
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_periodiq_command_runs_the_leased_scheduler(settings, namespace):

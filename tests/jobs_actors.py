@@ -1,0 +1,34 @@
+"""Actors the job-control tests run in real worker processes (``dramatiq actors tests.jobs_actors``).
+
+Each leaves marks in Redis under the key it is given, so the test can see what ran.
+"""
+
+import os
+import signal
+import time
+
+import dramatiq
+
+
+def _client():
+    return dramatiq.get_broker().client
+
+
+@dramatiq.actor(queue_name="crashing", max_retries=3)
+def crash(key: str) -> None:
+    """Kill this worker process, like a segfault or the OOM killer would."""
+    _client().incr(f"{key}:starts")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dramatiq.actor(queue_name="crashing", max_retries=0)
+def healthy(key: str) -> None:
+    _client().incr(f"{key}:done")
+
+
+@dramatiq.actor(queue_name="idle", max_retries=0, time_limit=120_000)
+def slow(key: str, seconds: float) -> None:
+    """Mark each start with its time, then work for ``seconds``."""
+    _client().rpush(f"{key}:starts", time.time())
+    time.sleep(seconds)
+    _client().incr(f"{key}:done")
