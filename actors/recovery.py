@@ -23,9 +23,14 @@ _HARMLESS_COMMAND = "qsize"
 
 
 def recover_stalled(broker: RedisBroker) -> dict[str, int]:
-    """Requeue the unacked messages of every dead worker; how many, per queue."""
+    """Requeue the unacked messages of every dead worker; how many, per queue.
+
+    Also beats this process's heart: a worker whose threads are all busy with
+    long jobs makes no broker call that would, and must not look dead.
+    """
     client, namespace = broker.client, broker.namespace
     now = int(time.time() * 1000)
+    client.zadd(f"{namespace}:__heartbeats__", {broker.broker_id: now})
     dead = client.zrangebyscore(f"{namespace}:__heartbeats__", 0, now - broker.heartbeat_timeout)
     recovered: dict[str, int] = {}
     for worker in dead:
@@ -62,7 +67,8 @@ class StalledRecovery(Middleware):
     """Runs :func:`recover_stalled` every ``interval`` in each worker process.
 
     Parameters:
-      interval(int): Milliseconds between two recovery passes.  Defaults to 15 s.
+      interval(int): Milliseconds between two recovery passes; must be well
+        under the broker's heartbeat timeout.  Defaults to 15 s.
     """
 
     def __init__(self, *, interval: int = 15_000) -> None:

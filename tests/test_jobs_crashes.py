@@ -1,0 +1,135 @@
+"""Workers killed with SIGKILL: poison messages are quarantined, stalled messages come back in bounded time.
+
+Real worker processes (``dramatiq actors tests.jobs_actors``), short heartbeat
+and recovery settings, and Dramatiq's random maintenance switched off so that
+only our recovery can bring messages back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import redis
+from conftest import REPO_ROOT, settings_env
+from dramatiq.message import Message
+from jobs_support import sqlite_only, wait_for
+
+from actors import audit_writer_of, build_broker
+from actors.dead_letters import list_dead_letters
+from storage import create_db_engine, get_task
+
+#: Heartbeat timeout and recovery interval of these tests, in milliseconds.
+HEARTBEAT_MS, RECOVERY_MS = 2_000, 500
+
+
+@pytest.fixture
+def crash_settings(settings):
+    return settings.model_copy(
+        update={
+            "heartbeat_timeout_ms": HEARTBEAT_MS,
+            "recovery_interval_ms": RECOVERY_MS,
+            "maintenance_chance": 0,
+            "max_deliveries": 2,
+        }
+    )
+
+
+@pytest.fixture
+def producer(crash_settings):
+    broker = build_broker(crash_settings)
+    yield broker
+    audit_writer_of(broker).close(5)
+
+
+class Workers:
+    """Real ``dramatiq`` worker processes, each in its own process group."""
+
+    def __init__(self, settings) -> None:
+        self.env = settings_env(settings)
+        self.running: list[subprocess.Popen] = []
+
+    def start(self, *queues: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "dramatiq", "actors", "tests.jobs_actors", "-p", "1", "-t", "1"]
+        command += ["-Q", *queues]
+        process = subprocess.Popen(command, env=self.env, cwd=REPO_ROOT, start_new_session=True)
+        self.running.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.running:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill(process)
+
+
+@pytest.fixture
+def workers(crash_settings):
+    group = Workers(crash_settings)
+    yield group
+    group.stop_all()
+
+
+def _send(broker, actor: str, queue: str, *args) -> Message:
+    return broker.enqueue(Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={}))
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_poison_message_is_dead_lettered_after_n_crashes_without_hurting_others(
+    producer, workers, crash_settings
+):
+    key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
+    poison = _send(producer, "crash", "crashing", key)
+    _send(producer, "healthy", "crashing", key)
+    client = redis.Redis.from_url(crash_settings.redis_url)
+    deadline = time.monotonic() + 100
+    worker = workers.start("crashing")
+    while not list_dead_letters(producer) and time.monotonic() < deadline:
+        if worker.poll() is not None:  # it crashed: the next one must recover its message
+            worker = workers.start("crashing")
+        time.sleep(0.2)
+    [letter] = list_dead_letters(producer)
+    assert letter.message_id == poison.message_id
+    assert letter.reason == "worker crashed 2 times"
+    assert int(client.get(f"{key}:starts")) == 2  # never a third time
+    wait_for(lambda: client.get(f"{key}:done"), timeout=30, what="the healthy message")
+    row = get_task(create_db_engine(crash_settings.database_url), poison.message_id)
+    assert row.status == "dead_letter" and row.error_message == "worker crashed 2 times"
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_message_of_a_killed_worker_runs_again_within_the_recovery_bound(producer, workers, crash_settings):
+    key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(crash_settings.redis_url)
+    first = workers.start("idle")
+    _send(producer, "slow", "idle", key, 8.0)
+    wait_for(lambda: client.llen(f"{key}:starts") == 1, timeout=60, what="the first start")
+    workers.start("idle", "crashing")  # the survivor; "idle" has nothing else to do
+    time.sleep(2)  # let it boot before the kill
+    workers.kill(first)
+    killed_at = time.time()
+    wait_for(lambda: client.llen(f"{key}:starts") == 2, timeout=60, what="the restart")
+    recovered_after = float(client.lindex(f"{key}:starts", 1)) - killed_at
+    print(
+        f"\nrecovered {recovered_after:.1f}s after SIGKILL (heartbeat {HEARTBEAT_MS}, pass {RECOVERY_MS} ms)"
+    )
+    # bound: heartbeat timeout + one pass + the survivor's fetch backoff (<= 5 s) + slack for a loaded machine
+    assert recovered_after <= (HEARTBEAT_MS + RECOVERY_MS) / 1000 + 5 + 10
+    wait_for(lambda: client.get(f"{key}:done"), timeout=30, what="the rerun to finish")
