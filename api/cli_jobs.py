@@ -1,7 +1,8 @@
-"""``tradeflow schedules``, ``tradeflow dlq``, ``tradeflow jobs cancel`` and ``tradeflow outbox``."""
+"""``tradeflow schedules``, ``dlq``, ``jobs cancel`` and ``outbox``: job control from the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Annotated
 
@@ -245,6 +246,44 @@ def cancel(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> No
     )
 
 
+outbox_app = typer.Typer(
+    help="Transactional outbox: relay committed messages to Redis.", no_args_is_help=True
+)
+
+
+@outbox_app.command("relay")
+def outbox_relay(once: Annotated[bool, typer.Option(help="Relay what is there, then exit.")] = False) -> None:
+    """Run the relay (until Ctrl-C / SIGTERM); several may run at once on PostgreSQL."""
+    import signal
+
+    from actors.outbox import OutboxRelay
+
+    broker, settings = _broker()
+    relay = OutboxRelay(
+        broker=broker,
+        engine=_engine(settings),
+        batch_size=settings.outbox_batch_size,
+        poll_interval=settings.outbox_poll_interval_ms / 1000,
+    )
+    if once:
+        while relay.relay_once() == relay.batch_size:
+            pass
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+        with contextlib.suppress(KeyboardInterrupt):
+            relay.run_forever()
+    _flush_audit(settings)
+    console.print(f"relayed {relay.relayed}")
+
+
+@outbox_app.command("status")
+def outbox_status() -> None:
+    """How many committed messages wait for the relay."""
+    from storage import unsent_count
+
+    console.print(f"unsent {unsent_count(_engine(_settings()))}")
+
+
 def _flush_audit(settings: Settings) -> None:
     import actors
 
@@ -258,3 +297,4 @@ def register(app: typer.Typer, jobs_app: typer.Typer) -> None:
     app.add_typer(schedules_app, name="schedules")
     app.add_typer(dlq_app, name="dlq")
     jobs_app.command("cancel")(cancel)
+    app.add_typer(outbox_app, name="outbox")

@@ -32,3 +32,9 @@ def slow(key: str, seconds: float) -> None:
     _client().rpush(f"{key}:starts", time.time())
     time.sleep(seconds)
     _client().incr(f"{key}:done")
+
+
+@dramatiq.actor(queue_name="orders", max_retries=0)
+def order_placed(key: str, order_id: int) -> None:
+    """Count runs per order: a duplicate would show as 2."""
+    _client().hincrby(f"{key}:runs", str(order_id), 1)
