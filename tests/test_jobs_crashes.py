@@ -119,10 +119,11 @@ def test_message_of_a_killed_worker_runs_again_within_the_recovery_bound(produce
     key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(crash_settings.redis_url)
     first = workers.start("idle")
-    _send(producer, "slow", "idle", key, 8.0)
+    _send(producer, "slow", "idle", key, 10.0)
     wait_for(lambda: client.llen(f"{key}:starts") == 1, timeout=60, what="the first start")
     workers.start("idle", "crashing")  # the survivor; "idle" has nothing else to do
-    time.sleep(2)  # let it boot before the kill
+    time.sleep(4)  # it boots, and runs recovery passes past a heartbeat timeout...
+    assert client.llen(f"{key}:starts") == 1  # ...without taking the busy worker for dead
     workers.kill(first)
     killed_at = time.time()
     wait_for(lambda: client.llen(f"{key}:starts") == 2, timeout=60, what="the restart")

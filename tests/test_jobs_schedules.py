@@ -20,6 +20,7 @@ from periodiq import cron as periodiq_cron
 from actors import audit_writer_of, build_broker
 from actors.cron import cron, daily_at, every_minutes, weekly_at
 from actors.scheduler import Scheduler
+from config import Settings
 from storage import create_db_engine, get_schedule, set_enabled
 
 #: A Sunday, 04:00 UTC.
@@ -240,21 +241,21 @@ def test_cli_lists_disables_enables_and_runs_a_schedule(settings, namespace, bro
     ran = run_cli("schedules", "run", "health_check", env=env)
     assert ran.returncode == 0, ran.stderr
     message_id = ran.stdout.strip()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "1", "-Q", "system"],
-        env=env,
-        cwd=REPO_ROOT,
-    )
+    assert get_schedule(engine, "health_check").last_message_id == message_id
+    broker = build_broker(settings)  # a worker with the same actors, in this process
+    brokers.append(broker)
+    dramatiq.actor(broker=broker, queue_name="system", actor_name="health_check")(lambda: None)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
     try:
         row = wait_for(
             lambda: (r := get_schedule(engine, "health_check")).last_status == "completed" and r,
-            timeout=60,
+            timeout=30,
             what="the run-now to complete",
         )
     finally:
-        worker.terminate()
-        worker.wait(30)
-    assert row.last_message_id == message_id
+        worker.stop(timeout=10_000)
+    assert row.last_message_id == message_id and row.last_finished_at is not None
     unknown = run_cli("schedules", "disable", "nope", env=env)
     assert unknown.returncode == 1 and "no schedule named 'nope'" in unknown.stderr
 
@@ -290,3 +291,25 @@ def _schedule_or_none(engine, name):
         return get_schedule(engine, name)
     except UnknownSchedule:
         return None
+
+
+def test_bad_schedule_settings_say_what_to_fix(settings):
+    with pytest.raises(
+        ValueError, match="schedule override of 'daily_summary': invalid cron spec 'at eight'"
+    ):
+        build_broker(settings.model_copy(update={"schedules": {"daily_summary": "at eight"}}))
+    with pytest.raises(ValueError, match="schedule_catch_up"):
+        Settings(schedule_catch_up={"daily_summary": "always"})
+
+
+def test_settings_override_and_switch_off_seed_schedules(settings, brokers):
+    overrides = {"daily_summary": "30 7 * * mon-fri", "vacuum_database": "off"}
+    broker = build_broker(settings.model_copy(update={"schedules": overrides}))
+    brokers.append(broker)
+    import actors.maintenance as maintenance
+
+    for name in ("daily_summary", "vacuum_database", "cleanup_data"):
+        dramatiq.actor(getattr(maintenance, name).fn, broker=broker, queue_name="maintenance")
+    assert str(broker.actors["daily_summary"].options["periodic"]) == "30 7 * * mon-fri"
+    assert "periodic" not in broker.actors["vacuum_database"].options
+    assert str(broker.actors["cleanup_data"].options["periodic"]) == "0 3 * * *"
