@@ -279,3 +279,36 @@ def test_a_retried_message_is_not_mistaken_for_a_duplicate(harness, settings):
     harness.start_worker()
     assert _row(settings, message.message_id, status="completed").retry_count == 1
     assert len(runs) == 2
+
+
+def test_eta_must_be_aware_and_within_seven_days():
+    from datetime import UTC, datetime, timedelta
+
+    from actors.delayed import delay_until
+
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert delay_until(now + timedelta(seconds=90), now=now) == 90_000
+    assert delay_until(now - timedelta(hours=1), now=now) == 0
+    with pytest.raises(ValueError, match="has no timezone"):
+        delay_until(datetime(2026, 11, 23, 12, 0), now=now)
+    with pytest.raises(ValueError, match="more than 7 days ahead"):
+        delay_until(now + timedelta(days=8), now=now)
+
+
+@sqlite_only
+def test_job_sent_for_an_eta_runs_once_at_or_after_it(harness, settings):
+    from datetime import UTC, datetime, timedelta
+
+    from actors.delayed import send_at
+
+    ran_at = []
+
+    @dramatiq.actor(broker=harness)
+    def at_eta():
+        ran_at.append(datetime.now(UTC))
+
+    eta = datetime.now(UTC) + timedelta(seconds=1)
+    message = send_at(at_eta, eta)
+    harness.start_worker()
+    _row(settings, message.message_id, status="completed")
+    assert len(ran_at) == 1 and ran_at[0] >= eta
