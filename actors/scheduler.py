@@ -90,7 +90,7 @@ class Scheduler(periodiq.Scheduler):
       control(ScheduleControl): Timezone, policies, lease and database; by
         default the middleware of the actors' broker.
       clock(Clock): Time source.  Defaults to the wall clock in the control's timezone.
-      scheduler_id(str): Recorded as the lease holder.  Defaults to ``host:pid``.
+      scheduler_id(str): Recorded as the lease holder.  Defaults to ``host:pid:random``.
     """
 
     def __init__(
@@ -108,7 +108,7 @@ class Scheduler(periodiq.Scheduler):
         self.broker = actors[0].broker
         self.control = control or schedule_control_of(self.broker)
         self.clock = clock or WallClock(self.control.timezone)
-        self.scheduler_id = scheduler_id or worker_id()
+        self.scheduler_id = scheduler_id or f"{worker_id()}:{uuid.uuid4().hex[:8]}"
         self._states: dict[str, ScheduleRecord] = {}
         self._registered = False
         self._stopping = threading.Event()
@@ -136,6 +136,8 @@ class Scheduler(periodiq.Scheduler):
                     self._sleep(RETRY_PAUSE)
                     continue
                 self.logger.error("Tick %s dropped, Redis unreachable for too long: %s", pending, exc)
+            except Exception:  # a bug must not stop every schedule: log it, go on with the next tick
+                self.logger.exception("Tick %s failed.", pending)
             pending = pending.add(minutes=1)
             self._sleep((pending - self.clock.now()).total_seconds())
             pending = max(pending, _minute(self.clock.now()))
@@ -185,7 +187,7 @@ class Scheduler(periodiq.Scheduler):
         name = actor.actor_name
         tick_utc = tick.in_timezone("UTC")
         lease = f"{self.broker.namespace}:schedule-lease:{name}:{tick_utc:%Y%m%dT%H%M}"
-        if not self.broker.client.set(lease, self.scheduler_id, nx=True, px=self.control.lease_ttl):
+        if not self._hold(lease):
             return None
         message_id = str(uuid.uuid5(TICK_ID_NAMESPACE, f"{self.broker.namespace}/{lease}"))
         message = actor.message_with_options(
@@ -195,6 +197,14 @@ class Scheduler(periodiq.Scheduler):
         self.logger.info("Fired %s for tick %s%s.", name, tick, " (catch-up)" if catch_up else "")
         self._record(actor, tick_utc, message_id)
         return Fired(schedule=name, tick=tick_utc.naive(), message_id=message_id, catch_up=catch_up)
+
+    def _hold(self, lease: str) -> bool:
+        """Win the lease, or find we won it before (a send that failed after it is being retried)."""
+        client = self.broker.client
+        if client.set(lease, self.scheduler_id, nx=True, px=self.control.lease_ttl):
+            return True
+        holder = client.get(lease)
+        return holder is not None and holder.decode() == self.scheduler_id
 
     def _record(self, actor: dramatiq.Actor, tick_utc, message_id: str) -> None:
         engine = self.control.engine

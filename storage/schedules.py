@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Column, DateTime, Engine, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from .audit import utc_now
@@ -55,16 +57,22 @@ class UnknownSchedule(LookupError):
 
 
 def register_schedules(engine: Engine, definitions: list[ScheduleDefinition]) -> None:
-    """Insert new schedules, refresh the spec of known ones; the enabled flag is kept."""
-    with Session(engine) as session:
+    """Insert new schedules, refresh the spec of known ones; the enabled flag is kept.
+
+    Safe when several schedulers register the same schedules at once.
+    """
+    insert = sqlite_insert if engine.dialect.name == "sqlite" else pg_insert
+    table = ScheduleRecord.__table__
+    now = utc_now()
+    with engine.begin() as connection:
         for definition in definitions:
-            row = session.get(ScheduleRecord, definition.name)
-            if row is None:
-                row = ScheduleRecord(name=definition.name, queue=definition.queue, spec=definition.spec)
-            row.queue, row.spec, row.catch_up = definition.queue, definition.spec, definition.catch_up
-            row.updated_at = utc_now()
-            session.add(row)
-        session.commit()
+            values = {"queue": definition.queue, "spec": definition.spec, "catch_up": definition.catch_up}
+            statement = insert(table).values(name=definition.name, enabled=True, updated_at=now, **values)
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[table.c.name], set_={**values, "updated_at": now}
+                )
+            )
 
 
 def list_schedules(engine: Engine) -> list[ScheduleRecord]:
