@@ -156,18 +156,12 @@ def test_dlq_cli_lists_shows_retries_and_purges(harness, settings):
     assert row.retry_count == 0 and row.error_message is not None  # the row kept its history
     assert [letter.message_id for letter in list_dead_letters(harness)] == [second.message_id]
 
-    kept = run_cli("dlq", "purge", "--older-than", "1h", env=env)
-    assert kept.returncode == 0 and "purged 0" in kept.stdout
     purged = run_cli("dlq", "purge", env=env)
     assert "purged 1" in purged.stdout and list_dead_letters(harness) == []
     assert get_task(create_db_engine(settings.database_url), second.message_id).status == "dead_letter"
 
-    for args, complaint in [
-        (("dlq", "show", "nope"), "no dead letter with message id 'nope'"),
-        (("dlq", "purge", "--older-than", "soon"), "invalid duration 'soon'"),
-    ]:
-        result = run_cli(*args, env=env)
-        assert result.returncode == 1 and complaint in result.stderr, result.stderr
+    result = run_cli("dlq", "show", "nope", env=env)
+    assert result.returncode == 1 and "no dead letter with message id 'nope'" in result.stderr, result.stderr
 
 
 @sqlite_only
@@ -279,6 +273,15 @@ def test_a_retried_message_is_not_mistaken_for_a_duplicate(harness, settings):
     harness.start_worker()
     assert _row(settings, message.message_id, status="completed").retry_count == 1
     assert len(runs) == 2
+
+
+def test_durations_parse_or_say_what_is_expected():
+    from api.cli_jobs import CliError, parse_duration_ms
+
+    assert parse_duration_ms("90s") == 90_000 and parse_duration_ms("7d") == 7 * 86_400_000
+    for bad in ("soon", "7", "d", "1.5h"):
+        with pytest.raises(CliError):
+            parse_duration_ms(bad)
 
 
 def test_eta_must_be_aware_and_within_seven_days():

@@ -92,6 +92,7 @@ def test_bad_outbox_call_is_refused(engine):
         add_to_outbox(connection, queue_name="", actor_name="x")
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_relay_process_delivers_committed_jobs_once_to_a_worker_process(broker, engine, settings):
