@@ -16,20 +16,9 @@ settings = Settings()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)
 
-from . import (  # noqa: E402
-    maintenance,
-    scheduler,
-    system,
-)
+from . import system  # noqa: E402  (actors register on the broker set above)
 
-__all__ = [
-    "Audit",
-    "audit_writer_of",
-    "broker",
-    "build_broker",
-    "maintenance",
-    "scheduler",
-    "settings",
-    "system",
-    "worker_id",
-]
+__all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "system", "worker_id"]
+
+# Job control: the seed's housekeeping schedules, and the leased scheduler ``periodiq actors`` runs.
+from . import maintenance, scheduler  # noqa: E402, F401

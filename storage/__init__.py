@@ -41,14 +41,16 @@ from .schedules import (
 )
 from .task_control import cancel_waiting_task
 
-__all__ += [
+__all__ += [  # job control
     "OutboxMessage",
     "OutboxRecord",
     "ScheduleDefinition",
     "ScheduleRecord",
     "UnknownSchedule",
     "add_to_outbox",
+    "cancel_waiting_task",
     "claim_unsent",
+    "delete_finished_before",
     "get_schedule",
     "list_schedules",
     "mark_sent",
@@ -57,8 +59,7 @@ __all__ += [
     "record_outcome",
     "register_schedules",
     "set_enabled",
+    "status_counts_since",
     "unsent_count",
+    "vacuum",
 ]
-__all__ += ["delete_finished_before", "status_counts_since", "vacuum"]
-
-__all__ += ["cancel_waiting_task"]
