@@ -10,9 +10,11 @@ configuration from this middleware.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from typing import Any, Literal
 
 import dramatiq
+import pendulum
 from dramatiq import Broker, Middleware
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
@@ -154,6 +156,13 @@ class ScheduleControl(Middleware):
             record_outcome(self.engine, name, message_id=message.message_id, status=status.value, error=error)
         except Exception as exc:  # the run's outcome is in the audit trail too: never fail the message
             self.logger.warning("Could not record the outcome of schedule %r: %s", name, exc)
+
+
+def next_tick(actor: dramatiq.Actor, *, timezone: str, after: datetime | None = None) -> datetime:
+    """The next tick of a periodic actor after ``after`` (default: now), as naive UTC."""
+    start = pendulum.instance(after, tz="UTC") if after is not None else pendulum.now("UTC")
+    tick = actor.options["periodic"].next_valid_date(start.in_timezone(timezone))
+    return tick.in_timezone("UTC").naive()
 
 
 def schedule_control_of(broker: Broker) -> ScheduleControl:

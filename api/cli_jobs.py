@@ -79,12 +79,17 @@ def _schedule_name(name: str):
 
 @schedules_app.command("list")
 def schedules_list() -> None:
-    """Every schedule with its state: enabled, last run and status, next run."""
-    from storage import list_schedules
+    """Every schedule with its state: enabled, last run and status, next run (times in UTC)."""
+    from actors.schedules import next_tick
+    from storage import list_schedules, utc_now
 
-    _, settings = _registered_schedules()
+    actors, settings = _registered_schedules()
     table = Table("name", "spec", "queue", "enabled", "catch-up", "last run", "last status", "next run")
     for row in list_schedules(_engine(settings)):
+        actor = actors.broker.actors.get(row.name)
+        next_run = row.next_run_at
+        if actor is not None and "periodic" in actor.options and (next_run is None or next_run < utc_now()):
+            next_run = next_tick(actor, timezone=settings.schedule_timezone)
         table.add_row(
             row.name,
             row.spec,
@@ -93,7 +98,7 @@ def schedules_list() -> None:
             row.catch_up,
             str(row.last_run_at or ""),
             row.last_status or "",
-            str(row.next_run_at or ""),
+            str(next_run or "") if row.enabled else "",
         )
     console.print(table)
 

@@ -113,3 +113,15 @@ class TcpProxy:
 
 #: For tests whose subject is Redis-side: run them on SQLite only (the SQL parts run on both elsewhere).
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@contextlib.contextmanager
+def cuttable_redis(settings):
+    """``(proxy, proxied_settings)``: the test's settings reaching Redis through a cuttable link."""
+    host, port = settings.redis_url.split("//")[1].split("/")[0].split(":")
+    link = TcpProxy(host, int(port))
+    db = settings.redis_url.rsplit("/", 1)[1]
+    try:
+        yield link, settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{link.port}/{db}"})
+    finally:
+        link.close()

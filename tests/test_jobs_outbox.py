@@ -12,7 +12,7 @@ import dramatiq
 import pytest
 import redis
 from conftest import REPO_ROOT, settings_env
-from jobs_support import queued_messages, wait_for
+from jobs_support import cuttable_redis, queued_messages, wait_for
 from sqlalchemy import text
 
 from actors import audit_writer_of, build_broker
@@ -82,6 +82,24 @@ def test_resend_after_a_relay_crash_runs_once(broker, engine, settings):
     finally:
         worker.stop(timeout=10_000)
     assert broker.client.hgetall(f"{key}:runs") == {b"7": b"1"}
+
+
+@pytest.mark.timeout(60)
+def test_relay_keeps_messages_through_a_redis_outage(settings, engine, namespace):
+    with cuttable_redis(settings) as (proxy, proxied):
+        broker = build_broker(proxied)
+        broker.client.connection_pool.connection_kwargs.update(socket_timeout=1, socket_connect_timeout=1)
+        actor = _declare_order_placed(broker)
+        _place_order(engine, actor, "k", 1)
+        relay = OutboxRelay(broker=broker, engine=engine)
+        proxy.cut()
+        with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+            relay.relay_once()
+        assert unsent_count(engine) == 1  # the claim rolled back: still waiting
+        proxy.restore()
+        assert relay.relay_once() == 1 and unsent_count(engine) == 0
+        assert [m.args for m in queued_messages(broker.client, namespace, "orders")] == [("k", 1)]
+        audit_writer_of(broker).close(5)
 
 
 def test_bad_outbox_call_is_refused(engine):

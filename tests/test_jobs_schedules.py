@@ -14,12 +14,21 @@ import pendulum
 import pytest
 import redis
 from conftest import REPO_ROOT, run_cli, settings_env
-from jobs_support import FastClock, FixedClock, TcpProxy, queued_messages, sqlite_only, wait_for
+from jobs_support import (
+    FastClock,
+    FixedClock,
+    cuttable_redis,
+    queued_messages,
+    sqlite_only,
+    wait_for,
+)
 from periodiq import cron as periodiq_cron
 
+import actors as actors_module
 from actors import audit_writer_of, build_broker
 from actors.cron import cron, daily_at, every_minutes, weekly_at
 from actors.scheduler import Scheduler
+from actors.schedules import next_tick
 from config import Settings
 from storage import create_db_engine, get_schedule, set_enabled
 
@@ -182,24 +191,16 @@ def test_disabled_schedule_does_not_fire_and_enabled_again_does(settings, namesp
 
 
 @pytest.fixture
-def proxy(settings):
-    """A cuttable TCP link to the test Redis."""
-    host, port = settings.redis_url.split("//")[1].split("/")[0].split(":")
-    link = TcpProxy(host, int(port))
-    yield link
-    link.close()
-
-
-@pytest.fixture
-def proxied(settings, proxy):
-    """The test's settings, reaching Redis through ``proxy``."""
-    db = settings.redis_url.rsplit("/", 1)[1]
-    return settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{proxy.port}/{db}"})
+def outage(settings):
+    """``(proxy, settings through it)``: a Redis link the test can cut."""
+    with cuttable_redis(settings) as pair:
+        yield pair
 
 
 @sqlite_only
 @pytest.mark.timeout(60)
-def test_scheduler_survives_a_redis_outage(proxied, proxy, namespace, brokers):
+def test_scheduler_survives_a_redis_outage(outage, namespace, brokers):
+    proxy, proxied = outage
     broker, actors_ = _broker_with(proxied, ("resilient", "* * * * *", "run_once"), brokers=brokers)
     broker.client.connection_pool.connection_kwargs.update(socket_timeout=1, socket_connect_timeout=1)
     clock = FixedClock(SUNDAY_4AM.add(seconds=5))
@@ -215,7 +216,8 @@ def test_scheduler_survives_a_redis_outage(proxied, proxy, namespace, brokers):
 
 @sqlite_only
 @pytest.mark.timeout(60)
-def test_run_forever_retries_a_tick_through_an_outage(settings, proxied, proxy, namespace, brokers):
+def test_run_forever_retries_a_tick_through_an_outage(settings, outage, namespace, brokers):
+    proxy, proxied = outage
     broker, actors_ = _broker_with(proxied, ("steady", "* * * * *", "skip"), brokers=brokers)
     broker.client.connection_pool.connection_kwargs.update(socket_timeout=1, socket_connect_timeout=1)
     proxy.cut()
@@ -238,7 +240,10 @@ def test_cli_lists_disables_enables_and_runs_a_schedule(settings, namespace, bro
     env = {**settings_env(settings), "COLUMNS": "250"}
     listed = run_cli("schedules", "list", env=env)
     assert listed.returncode == 0, listed.stderr
-    assert "vacuum_database" in listed.stdout and "0 4 * * sun" in listed.stdout
+    vacuum_line = next(line for line in listed.stdout.splitlines() if "vacuum_database" in line)
+    assert "0 4 * * sun" in vacuum_line
+    next_sunday = next_tick(actors_module.maintenance.vacuum_database, timezone="UTC")
+    assert next_sunday.isoweekday() == 7 and str(next_sunday) in vacuum_line
     disabled = run_cli("schedules", "disable", "health_check", env=env)
     assert disabled.returncode == 0, disabled.stderr
     engine = create_db_engine(settings.database_url)
