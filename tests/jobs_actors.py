@@ -38,3 +38,13 @@ def slow(key: str, seconds: float) -> None:
 def order_placed(key: str, order_id: int) -> None:
     """Count runs per order: a duplicate would show as 2."""
     _client().hincrby(f"{key}:runs", str(order_id), 1)
+
+
+@dramatiq.actor(queue_name="idle", max_retries=3, min_backoff=10, time_limit=120_000)
+def stepwise(key: str, seconds: float) -> None:
+    """Work for ``seconds`` in short steps (a cancellation lands between two of them)."""
+    _client().rpush(f"{key}:starts", time.time())
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+    _client().incr(f"{key}:done")

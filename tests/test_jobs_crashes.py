@@ -134,3 +134,24 @@ def test_message_of_a_killed_worker_runs_again_within_the_recovery_bound(produce
     # bound: heartbeat timeout + one pass + the survivor's fetch backoff (<= 5 s) + slack for a loaded machine
     assert recovered_after <= (HEARTBEAT_MS + RECOVERY_MS) / 1000 + 5 + 10
     wait_for(lambda: client.get(f"{key}:done"), timeout=30, what="the rerun to finish")
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_cli_cancels_a_job_running_in_a_worker_process(producer, workers, crash_settings):
+    from conftest import run_cli
+
+    key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(crash_settings.redis_url)
+    workers.start("idle")
+    message = _send(producer, "stepwise", "idle", key, 60.0)
+    wait_for(lambda: client.llen(f"{key}:starts") == 1, timeout=60, what="the job to start")
+    result = run_cli("jobs", "cancel", message.message_id, env=settings_env(crash_settings))
+    assert result.returncode == 0 and "cancelling (was running)" in result.stdout, result.stderr
+    engine = create_db_engine(crash_settings.database_url)
+    wait_for(lambda: get_task(engine, message.message_id).status == "cancelled", timeout=20, what="cancelled")
+    time.sleep(1)
+    assert (
+        client.llen(f"{key}:starts") == 1 and client.get(f"{key}:done") is None
+    )  # not retried, not finished
