@@ -4,13 +4,15 @@
 has not started is skipped by :class:`actors.admission.Admission` when its
 turn comes (its audit row turns ``cancelled`` at once); a running one gets
 :class:`JobCancelled` raised in its thread by :class:`CancelWatcher` within one
-poll interval.  The saga engine, which must not import actors, is handed
-``functools.partial(cancel_job, broker, engine=...)`` as its canceller.
+poll interval.  The saga engine, which must not import actors, is handed a
+:data:`Canceller` made by :func:`canceller`.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -77,6 +79,15 @@ def cancel_job(
         broker.client.delete(cancel_key(broker.namespace, message_id))  # it finished meanwhile
         return CancelOutcome(message_id, CancelState.FINISHED, row.status)
     return CancelOutcome(message_id, CancelState.CANCELLING, row.status)
+
+
+#: What the saga engine is given to cancel a job by message id (it never imports actors).
+Canceller = Callable[[str], CancelOutcome]
+
+
+def canceller(broker: RedisBroker, *, engine: Engine | None, ttl: int = DEFAULT_CANCEL_TTL) -> Canceller:
+    """``cancel_job`` bound to a broker and database: the function orchestration hands to the saga engine."""
+    return functools.partial(cancel_job, broker, engine=engine, ttl=ttl)
 
 
 class CancelWatcher(Middleware):

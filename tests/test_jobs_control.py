@@ -14,7 +14,7 @@ from dramatiq.common import dq_name
 from jobs_support import sqlite_only, wait_for
 
 from actors import audit_writer_of, build_broker
-from actors.cancellation import CancelState, cancel_job
+from actors.cancellation import CancelState, cancel_job, canceller
 from actors.dead_letters import list_dead_letters, purge_dead_letters
 from actors.errors import NonRetryableError
 from actors.retries import Retries, backoff_ms
@@ -187,7 +187,7 @@ def test_cancel_delayed_job_never_starts(harness, settings):
     message = later.send_with_options(delay=1500)
     _row(settings, message.message_id, status="pending")
     engine = create_db_engine(settings.database_url)
-    outcome = cancel_job(harness, message.message_id, engine=engine)
+    outcome = canceller(harness, engine=engine)(message.message_id)  # as the saga engine calls it
     assert outcome.state is CancelState.CANCELLED
     assert get_task(engine, message.message_id).status == "cancelled"
     harness.start_worker()
