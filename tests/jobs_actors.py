@@ -48,3 +48,26 @@ def stepwise(key: str, seconds: float) -> None:
     while time.monotonic() < deadline:
         time.sleep(0.1)
     _client().incr(f"{key}:done")
+
+
+@dramatiq.actor(queue_name="delayed", max_retries=0)
+def delayed_once(key: str) -> None:
+    _client().incr(f"{key}:runs")
+
+
+class KillDuringDelayMove(dramatiq.Middleware):
+    """Reproduces Dramatiq's non-atomic delay move for ``delayed_once``: counts each move of the
+    message to its queue, and, when ``<key>:kill`` is set, dies between the move and the ack
+    of the delay-queue entry, so that entry is recovered and moved a second time."""
+
+    def after_enqueue(self, broker, message, delay):
+        if message.actor_name == "delayed_once" and delay is None:
+            broker.client.incr(f"{message.args[0]}:moves")
+
+    def before_ack(self, broker, message):
+        moving = message.actor_name == "delayed_once" and message.queue_name.endswith(".DQ")
+        if moving and broker.client.getdel(f"{message.args[0]}:kill"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+dramatiq.get_broker().add_middleware(KillDuringDelayMove())

@@ -155,3 +155,27 @@ def test_cli_cancels_a_job_running_in_a_worker_process(producer, workers, crash_
     assert (
         client.llen(f"{key}:starts") == 1 and client.get(f"{key}:done") is None
     )  # not retried, not finished
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_delayed_job_moved_twice_by_a_crash_runs_once(producer, workers, crash_settings):
+    key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(crash_settings.redis_url)
+    client.set(f"{key}:kill", 1)  # the worker dies after moving the due message, before its ack
+    message = producer.enqueue(
+        Message(queue_name="delayed", actor_name="delayed_once", args=(key,), kwargs={}, options={}),
+        delay=500,
+    )
+    worker = workers.start("delayed")
+    wait_for(lambda: worker.poll() is not None, timeout=60, what="the worker to die mid-move")
+    workers.start("delayed")
+    wait_for(lambda: int(client.get(f"{key}:moves") or 0) >= 2, timeout=60, what="the second move")
+    engine = create_db_engine(crash_settings.database_url)
+    wait_for(
+        lambda: get_task(engine, message.message_id).status == "completed", timeout=30, what="completion"
+    )
+    producer.join("delayed", timeout=30_000)
+    assert int(client.get(f"{key}:moves")) == 2  # the duplicate really was made...
+    assert int(client.get(f"{key}:runs")) == 1  # ...and ran once
