@@ -83,6 +83,11 @@ def workers(crash_settings):
     group.stop_all()
 
 
+def _marks(settings) -> tuple[str, redis.Redis]:
+    """A fresh key prefix for the actors' marks, and a client to read them."""
+    return f"{settings.namespace}:marks:{uuid.uuid4().hex[:6]}", redis.Redis.from_url(settings.redis_url)
+
+
 def _send(broker, actor: str, queue: str, *args) -> Message:
     return broker.enqueue(Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={}))
 
@@ -93,10 +98,9 @@ def _send(broker, actor: str, queue: str, *args) -> Message:
 def test_poison_message_is_dead_lettered_after_n_crashes_without_hurting_others(
     producer, workers, crash_settings
 ):
-    key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
+    key, client = _marks(crash_settings)
     poison = _send(producer, "crash", "crashing", key)
     _send(producer, "healthy", "crashing", key)
-    client = redis.Redis.from_url(crash_settings.redis_url)
     deadline = time.monotonic() + 100
     worker = workers.start("crashing")
     while not list_dead_letters(producer) and time.monotonic() < deadline:
@@ -116,8 +120,7 @@ def test_poison_message_is_dead_lettered_after_n_crashes_without_hurting_others(
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_message_of_a_killed_worker_runs_again_within_the_recovery_bound(producer, workers, crash_settings):
-    key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
-    client = redis.Redis.from_url(crash_settings.redis_url)
+    key, client = _marks(crash_settings)
     first = workers.start("idle")
     _send(producer, "slow", "idle", key, 10.0)
     wait_for(lambda: client.llen(f"{key}:starts") == 1, timeout=60, what="the first start")
@@ -142,8 +145,7 @@ def test_message_of_a_killed_worker_runs_again_within_the_recovery_bound(produce
 def test_cli_cancels_a_job_running_in_a_worker_process(producer, workers, crash_settings):
     from conftest import run_cli
 
-    key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
-    client = redis.Redis.from_url(crash_settings.redis_url)
+    key, client = _marks(crash_settings)
     workers.start("idle")
     message = _send(producer, "stepwise", "idle", key, 60.0)
     wait_for(lambda: client.llen(f"{key}:starts") == 1, timeout=60, what="the job to start")
@@ -161,8 +163,7 @@ def test_cli_cancels_a_job_running_in_a_worker_process(producer, workers, crash_
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_delayed_job_moved_twice_by_a_crash_runs_once(producer, workers, crash_settings):
-    key = f"{crash_settings.namespace}:marks:{uuid.uuid4().hex[:6]}"
-    client = redis.Redis.from_url(crash_settings.redis_url)
+    key, client = _marks(crash_settings)
     client.set(f"{key}:kill", 1)  # the worker dies after moving the due message, before its ack
     message = producer.enqueue(
         Message(queue_name="delayed", actor_name="delayed_once", args=(key,), kwargs={}, options={}),
