@@ -19,3 +19,6 @@ dramatiq.set_broker(broker)
 from . import ai_analysis, data_fetcher, system  # noqa: E402, F401  (actors register on the broker set above)
 
 __all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "system", "worker_id"]
+
+# Job control: the seed's housekeeping schedules, and the leased scheduler ``periodiq actors`` runs.
+from . import maintenance, scheduler  # noqa: E402, F401

@@ -13,6 +13,9 @@ from dramatiq.message import Message
 
 from storage import AuditWriter, TaskEvent, TaskStatus, utc_from_millis, utc_now
 
+from .errors import JobCancelled
+from .options import AUDIT_SEQ_BASE, DUPLICATE, SKIP_REASON, SKIP_STATUS
+
 #: Longest error text kept in an audit row, in characters.
 MAX_ERROR_LENGTH = 4_000
 
@@ -39,8 +42,11 @@ def describe_exception(exception: BaseException) -> str:
 
 class Audit(Middleware):
     """Records enqueue -> pending, start -> running, failure with retries left ->
-    retrying, success -> completed, retries exhausted -> dead_letter, and an
-    expected (``throws``) error -> failed, one row per message id.
+    retrying, success -> completed, retries exhausted -> dead_letter, an
+    expected (``throws``) error -> failed, a cancelled job -> cancelled, one row
+    per message id.  A message skipped by ``Admission`` is recorded with the
+    status and reason it set (a duplicate delivery is not recorded at all); a
+    retry from the dead letters continues the row with a higher ``seq``.
 
     A finished message is acked only after its row is committed (or after
     ``commit_wait``), so a SIGKILL can never leave a row ``running`` for a
@@ -93,6 +99,8 @@ class Audit(Middleware):
         started, attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))
         if exception is None:
             status, retry_count = TaskStatus.COMPLETED, attempt
+        elif isinstance(exception, JobCancelled):
+            status, retry_count = TaskStatus.CANCELLED, attempt
         elif not message.failed:
             status, retry_count = TaskStatus.RETRYING, attempt + 1
         elif self._is_expected(broker, message, exception):
@@ -111,13 +119,18 @@ class Audit(Middleware):
         self._commit(event)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
+        if message.options.get(SKIP_STATUS) == DUPLICATE:
+            return  # the original delivery (maybe running here now) owns the row
         _, attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))
         status = TaskStatus.FAILED if message.failed else TaskStatus.CANCELLED
-        event = self._outcome(message, status, seq=attempt * 3 + 2)
+        status = TaskStatus(message.options.get(SKIP_STATUS, status))
+        # a skipped message may never have had a row: write all it says about itself
+        event = self._event(broker, message, status, seq=attempt * 3 + 2)
         event.retry_count = attempt
         event.worker_id = worker_id()
         event.completed_at = utc_now()
-        event.error_message = "skipped before running (message too old)" if message.failed else "skipped"
+        default_reason = "skipped before running (message too old)" if message.failed else "skipped"
+        event.error_message = message.options.get(SKIP_REASON, default_reason)
         self._commit(event)
 
     def after_worker_shutdown(self, broker: Broker, worker) -> None:
@@ -147,7 +160,7 @@ class Audit(Middleware):
             task_type=message.actor_name,
             queue=q_name(message.queue_name),
             status=status.value,
-            seq=seq,
+            seq=message.options.get(AUDIT_SEQ_BASE, 0) + seq,
             priority=None,
         )
 

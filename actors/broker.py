@@ -11,7 +11,6 @@ from dramatiq.middleware import (
     CurrentMessage,
     Middleware,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -22,7 +21,13 @@ from periodiq import PeriodiqMiddleware
 from config import Settings
 from storage import AuditWriter, create_db_engine
 
+from .admission import Admission
 from .audit import Audit
+from .cancellation import CancelWatcher
+from .dead_letters import DeadLetterLog
+from .recovery import StalledRecovery
+from .retries import Retries
+from .schedules import ScheduleControl
 
 #: Seconds after its tick a periodic message is still worth running.
 PERIODIC_SKIP_DELAY = 30
@@ -37,13 +42,18 @@ def build_audit_writer(settings: Settings) -> AuditWriter:
 
 
 def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) -> list[Middleware]:
-    """The middleware stack, in order.  Audit sits before Retries so it sees the retry decision."""
+    """The middleware stack, in order.
+
+    Admission sits before Audit (a skipped message is never recorded running),
+    Audit before Retries (it sees the retry decision), CancelWatcher last.
+    """
     middleware: list[Middleware] = [
         AgeLimit(max_age=settings.max_age_ms),
         TimeLimit(time_limit=settings.time_limit_ms),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        Admission(max_deliveries=settings.max_deliveries, ttl=settings.run_once_ttl_ms),
     ]
     if audit_writer is not None:
         middleware.append(
@@ -60,6 +70,7 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             max_retries=settings.max_retries,
             min_backoff=settings.min_backoff_ms,
             max_backoff=settings.max_backoff_ms,
+            jitter=settings.retry_jitter,
         ),
         CurrentMessage(),
         Results(
@@ -67,6 +78,17 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             result_ttl=settings.result_ttl_ms,
         ),
         PeriodiqMiddleware(skip_delay=PERIODIC_SKIP_DELAY),
+        ScheduleControl(
+            overrides=settings.schedules,
+            catch_up=settings.schedule_catch_up,
+            timezone=settings.schedule_timezone,
+            lease_ttl=settings.schedule_lease_ms,
+            database_url=settings.database_url,
+        ),
+        DeadLetterLog(),
+        StalledRecovery(interval=settings.recovery_interval_ms),
+        # last: its after-hook runs first, so a job stops being interruptible as soon as it returns
+        CancelWatcher(interval=settings.cancel_poll_interval_ms),
     ]
     return middleware
 

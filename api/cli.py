@@ -296,6 +296,11 @@ def _run_demo_batch(settings: Settings, *, count: int, timeout: float) -> None:
         raise CliError(f"only {done} of {len(ids)} messages finished within {timeout:.0f}s")
 
 
+from . import cli_jobs  # noqa: E402  (its commands use the helpers above)
+
+cli_jobs.register(app, jobs_app)
+
+
 def main() -> None:
     """Console entry point: user errors are one line on stderr and exit code 1."""
     import redis

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,23 @@ class Settings(BaseSettings):
         provider, commit retries of concurrent Delta writers, vacuum retention in hours.
       analysis_*: The ``ai_analysis`` queue: the analyzer (``offline`` or ``llm``) and the
         OpenAI-compatible endpoint, model, key and timeout (seconds) of the ``llm`` one.
+      audit_*: The audit trail's buffer bound, batch size, flush interval and how
+        long a finished message waits for its audit row to commit before it is acked.
+      retry_jitter: Fraction (0..1) by which a retry's backoff is randomly
+        stretched or shrunk, so failed jobs do not all come back at once.
+      schedules: Overrides of the schedule table, actor name -> cron spec
+        (``"*/10 * * * *"``, ``"@daily"``) or ``"off"``; JSON in the environment.
+      schedule_catch_up: Per actor name, ``skip`` or ``run_once`` after scheduler downtime.
+      schedule_timezone: Timezone the cron specs are read in.
+      schedule_lease_ms: How long the Redis lease of one (schedule, tick) is kept.
+      max_deliveries: A message whose worker died this many times while running
+        it is moved to the dead letters (``worker crashed N times``).
+      run_once_ttl_ms: How long a message id is remembered to drop duplicate deliveries.
+      cancel_ttl_ms: How long a cancellation is kept (must outlive the longest delay).
+      cancel_poll_interval_ms: How often a worker checks its running jobs for cancellation.
+      recovery_interval_ms: How often a worker requeues the messages of dead workers
+        (after ``heartbeat_timeout_ms`` of silence), on every queue.
+      outbox_batch_size / outbox_poll_interval_ms: The outbox relay's batch and idle pause.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -53,7 +71,7 @@ class Settings(BaseSettings):
 
     result_ttl_ms: int = Field(default=86_400_000, gt=0)
     max_retries: int = Field(default=3, ge=0)
-    min_backoff_ms: int = Field(default=15_000, ge=0)
+    min_backoff_ms: int = Field(default=120_000, ge=0)
     max_backoff_ms: int = Field(default=3_600_000, ge=0)
     time_limit_ms: int = Field(default=600_000, gt=0)
     max_age_ms: int | None = Field(default=None, gt=0)
@@ -82,6 +100,19 @@ class Settings(BaseSettings):
     analysis_llm_api_key: str = "not-needed"
     analysis_llm_timeout_s: float = Field(default=30.0, gt=0)
 
+    retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    schedules: dict[str, str] = Field(default_factory=dict)
+    schedule_catch_up: dict[str, Literal["skip", "run_once"]] = Field(default_factory=dict)
+    schedule_timezone: str = "UTC"
+    schedule_lease_ms: int = Field(default=86_400_000, gt=0)
+    max_deliveries: int = Field(default=3, ge=1)
+    run_once_ttl_ms: int = Field(default=86_400_000, gt=0)
+    cancel_ttl_ms: int = Field(default=8 * 86_400_000, gt=0)
+    cancel_poll_interval_ms: int = Field(default=500, gt=0)
+    recovery_interval_ms: int = Field(default=15_000, gt=0)
+    outbox_batch_size: int = Field(default=500, gt=0)
+    outbox_poll_interval_ms: int = Field(default=200, gt=0)
+
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)
 
@@ -97,6 +128,15 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(_DATABASE_SCHEMES):
             raise ValueError(f"must be a sqlite:// or postgresql:// URL (got {value!r})")
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name like 'Europe/Paris'") from None
         return value
 
     @property

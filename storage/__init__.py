@@ -29,3 +29,42 @@ __all__ = [
     "utc_from_millis",
     "utc_now",
 ]
+
+from .housekeeping import delete_finished_before, status_counts_since, vacuum
+from .outbox import OutboxMessage, OutboxRecord, add_to_outbox, claim_unsent, mark_sent, unsent_count
+from .schedules import (
+    ScheduleDefinition,
+    ScheduleRecord,
+    UnknownSchedule,
+    get_schedule,
+    list_schedules,
+    record_fired,
+    record_manual_run,
+    record_outcome,
+    register_schedules,
+    set_enabled,
+)
+from .task_control import cancel_waiting_task
+
+__all__ += [  # job control
+    "OutboxMessage",
+    "OutboxRecord",
+    "ScheduleDefinition",
+    "ScheduleRecord",
+    "UnknownSchedule",
+    "add_to_outbox",
+    "cancel_waiting_task",
+    "claim_unsent",
+    "delete_finished_before",
+    "get_schedule",
+    "list_schedules",
+    "mark_sent",
+    "record_fired",
+    "record_manual_run",
+    "record_outcome",
+    "register_schedules",
+    "set_enabled",
+    "status_counts_since",
+    "unsent_count",
+    "vacuum",
+]

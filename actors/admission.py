@@ -1,0 +1,97 @@
+"""The gate every message passes before it runs: cancelled, duplicate or poison?
+
+One Lua call per message decides, against two keys:
+
+* ``<ns>:cancel:<message id>``: set by :func:`actors.cancellation.cancel_job`; the
+  message is skipped and recorded ``cancelled``.
+* ``<ns>:admit:<message id>:<audit base>:<attempt>``: the first Redis entry
+  (``redis_message_id``) to start this attempt claims it.  Another entry of the
+  same attempt is a duplicate (Dramatiq's delay-queue move, an outbox relay
+  resend, two schedulers) and is dropped; the same entry coming back was
+  redelivered after its worker died, and counts a delivery.  After
+  ``max_deliveries`` deliveries that never finished, the message is dead-lettered
+  with ``worker crashed N times`` instead of killing another worker.
+"""
+
+from __future__ import annotations
+
+from dramatiq import Broker, Middleware
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+from dramatiq.middleware import SkipMessage
+
+from .options import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, DUPLICATE, SKIP_REASON, SKIP_STATUS
+
+_ADMIT = """
+if redis.call('exists', KEYS[2]) == 1 then
+    return {'cancelled', 0}
+end
+local owner = redis.call('hget', KEYS[1], 'rid')
+if owner and owner ~= ARGV[1] then
+    return {'duplicate', 0}
+end
+local deliveries = redis.call('hincrby', KEYS[1], 'deliveries', 1)
+if not owner then
+    redis.call('hset', KEYS[1], 'rid', ARGV[1])
+end
+redis.call('pexpire', KEYS[1], ARGV[2])
+if deliveries > tonumber(ARGV[3]) then
+    return {'poison', deliveries - 1}
+end
+return {'run', deliveries}
+"""
+
+
+def cancel_key(namespace: str, message_id: str) -> str:
+    return f"{namespace}:cancel:{message_id}"
+
+
+def admission_key(namespace: str, message: Message) -> str:
+    base = message.options.get(AUDIT_SEQ_BASE, 0)
+    return f"{namespace}:admit:{message.message_id}:{base}:{message.options.get('retries', 0)}"
+
+
+class Admission(Middleware):
+    """Skips cancelled and duplicate messages and quarantines poison ones, before they run.
+
+    Must come before ``Audit`` so a skipped message is never recorded ``running``.
+
+    Parameters:
+      max_deliveries(int): Deliveries of one attempt whose worker died before a
+        message is dead-lettered.  Defaults to 3.
+      ttl(int): How long an attempt's claim is kept, in milliseconds (the window
+        in which a duplicate is recognised).  Defaults to one day.
+    """
+
+    def __init__(self, *, max_deliveries: int = 3, ttl: int = 86_400_000) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.max_deliveries = max_deliveries
+        self.ttl = ttl
+        self._script = None
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        if self._script is None:
+            self._script = broker.client.register_script(_ADMIT)
+        namespace = broker.namespace
+        verdict, count = self._script(
+            keys=[admission_key(namespace, message), cancel_key(namespace, message.message_id)],
+            args=[message.options.get("redis_message_id", ""), self.ttl, self.max_deliveries],
+        )
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        if verdict == "run":
+            return
+        if verdict == "cancelled":
+            self._skip(message, "cancelled", "cancelled before it started")
+        elif verdict == "duplicate":
+            message.options["store_results"] = False  # keep the original run's result
+            self._skip(message, DUPLICATE, "duplicate delivery")
+        reason = f"worker crashed {count} times"
+        message.options[DEAD_LETTER_REASON] = reason
+        message.fail()
+        self._skip(message, "dead_letter", reason)
+
+    def _skip(self, message: Message, status: str, reason: str) -> None:
+        self.logger.warning("Skipping message %r: %s.", message.message_id, reason)
+        message.options[SKIP_STATUS] = status
+        message.options[SKIP_REASON] = reason
+        raise SkipMessage(reason)

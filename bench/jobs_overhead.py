@@ -1,0 +1,111 @@
+"""Cost of tradeflow's job-control middleware per message, against raw Dramatiq, in one run.
+
+Three brokers on the same Redis, each draining N no-op messages with one
+in-process worker (8 threads):
+
+* raw:        Dramatiq's RedisBroker with its default middleware;
+* base:       tradeflow's stack without the job-control middleware;
+* jobs:       tradeflow's full stack (admission gate, cancel watcher, dead-letter
+              log, stalled recovery, schedule control, backoff retries).
+
+The audit trail is off in both tradeflow stacks, so the difference is the job
+control alone.  Usage: ``python bench/jobs_overhead.py [N] [REDIS_URL]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from actors.admission import Admission
+from actors.broker import build_broker
+from actors.cancellation import CancelWatcher
+from actors.dead_letters import DeadLetterLog
+from actors.recovery import StalledRecovery
+from actors.schedules import ScheduleControl
+from config import Settings
+
+#: Middleware types that make up job control.
+JOB_CONTROL = (Admission, CancelWatcher, DeadLetterLog, StalledRecovery, ScheduleControl)
+
+
+#: Rounds per broker, interleaved; the best round counts (the machine is shared).
+ROUNDS = 3
+
+
+def drain(broker: RedisBroker, count: int) -> float:
+    """Seconds for one worker to process ``count`` messages sent up front."""
+    noop = broker.actors.get("_noop") or dramatiq.actor(
+        _noop, broker=broker, queue_name="bench", max_retries=0
+    )
+    for i in range(count):
+        noop.send(i)
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=50)
+    started = time.perf_counter()
+    worker.start()
+    broker.join("bench", interval=20)
+    elapsed = time.perf_counter() - started
+    worker.stop()
+    return elapsed
+
+
+def _noop(i: int) -> None:
+    pass
+
+
+def admission_latency(broker: RedisBroker, count: int) -> float:
+    """Microseconds of one admission check (the one Redis round trip job control adds per message)."""
+    gate = next(m for m in broker.middleware if isinstance(m, Admission))
+    messages = [
+        dramatiq.Message("bench", "_noop", (), {}, {"redis_message_id": str(uuid.uuid4())})
+        for _ in range(count)
+    ]
+    started = time.perf_counter()
+    for message in messages:
+        gate.before_process_message(broker, message)
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3_000
+    url = sys.argv[2] if len(sys.argv) > 2 else "redis://127.0.0.1:6379/15"
+    namespaces = []
+
+    def settings() -> Settings:
+        namespaces.append(f"bench-{uuid.uuid4().hex[:8]}")
+        return Settings(redis_url=url, namespace=namespaces[-1], audit_enabled=False)
+
+    raw = RedisBroker(url=url, namespace=f"bench-{uuid.uuid4().hex[:8]}")
+    namespaces.append(raw.namespace)
+    base = build_broker(settings())
+    for middleware in [m for m in base.middleware if isinstance(m, JOB_CONTROL)]:
+        base.middleware.remove(middleware)
+    jobs = build_broker(settings())
+    try:
+        results: dict[str, float] = {}
+        for _ in range(ROUNDS):
+            for name, broker in (("raw", raw), ("base", base), ("jobs", jobs)):
+                results[name] = min(results.get(name, float("inf")), drain(broker, count))
+        admission_us = admission_latency(jobs, count)
+    finally:
+        client = redis.Redis.from_url(url)
+        for namespace in namespaces:
+            keys = list(client.scan_iter(match=f"{namespace}*"))
+            if keys:
+                client.delete(*keys)
+    for name, seconds in results.items():
+        print(f"{name:5s} {count / seconds:8.0f} msg/s  ({seconds:.2f}s for {count})")
+    print(f"best of {ROUNDS} interleaved rounds")
+    print(f"jobs/raw  throughput ratio: {results['raw'] / results['jobs']:.2f}")
+    print(f"jobs/base throughput ratio: {results['base'] / results['jobs']:.2f}")
+    print(f"job-control cost per message: {(results['jobs'] - results['base']) / count * 1e6:.0f} us")
+    print(f"admission check alone, sequential: {admission_us:.0f} us per message")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Workers killed with SIGKILL: poison messages are quarantined, stalled messages come back in bounded time.
+
+Real worker processes (``dramatiq actors tests.jobs_actors``), short heartbeat
+and recovery settings, and Dramatiq's random maintenance switched off so that
+only our recovery can bring messages back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import redis
+from conftest import REPO_ROOT, settings_env
+from dramatiq.message import Message
+from jobs_support import sqlite_only, wait_for
+
+from actors import audit_writer_of, build_broker
+from actors.dead_letters import list_dead_letters
+from storage import create_db_engine, get_task
+
+#: Heartbeat timeout and recovery interval of these tests, in milliseconds.
+HEARTBEAT_MS, RECOVERY_MS = 2_000, 500
+
+
+@pytest.fixture
+def crash_settings(settings):
+    return settings.model_copy(
+        update={
+            "heartbeat_timeout_ms": HEARTBEAT_MS,
+            "recovery_interval_ms": RECOVERY_MS,
+            "maintenance_chance": 0,
+            "max_deliveries": 2,
+        }
+    )
+
+
+@pytest.fixture
+def producer(crash_settings):
+    broker = build_broker(crash_settings)
+    yield broker
+    audit_writer_of(broker).close(5)
+
+
+class Workers:
+    """Real ``dramatiq`` worker processes, each in its own process group."""
+
+    def __init__(self, settings) -> None:
+        self.env = settings_env(settings)
+        self.running: list[subprocess.Popen] = []
+
+    def start(self, *queues: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "dramatiq", "actors", "tests.jobs_actors", "-p", "1", "-t", "1"]
+        command += ["-Q", *queues]
+        process = subprocess.Popen(command, env=self.env, cwd=REPO_ROOT, start_new_session=True)
+        self.running.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.running:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill(process)
+
+
+@pytest.fixture
+def workers(crash_settings):
+    group = Workers(crash_settings)
+    yield group
+    group.stop_all()
+
+
+def _marks(settings) -> tuple[str, redis.Redis]:
+    """A fresh key prefix for the actors' marks, and a client to read them."""
+    return f"{settings.namespace}:marks:{uuid.uuid4().hex[:6]}", redis.Redis.from_url(settings.redis_url)
+
+
+def _send(broker, actor: str, queue: str, *args) -> Message:
+    return broker.enqueue(Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={}))
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_poison_message_is_dead_lettered_after_n_crashes_without_hurting_others(
+    producer, workers, crash_settings
+):
+    key, client = _marks(crash_settings)
+    poison = _send(producer, "crash", "crashing", key)
+    _send(producer, "healthy", "crashing", key)
+    deadline = time.monotonic() + 100
+    worker = workers.start("crashing")
+    while not list_dead_letters(producer) and time.monotonic() < deadline:
+        if worker.poll() is not None:  # it crashed: the next one must recover its message
+            worker = workers.start("crashing")
+        time.sleep(0.2)
+    [letter] = list_dead_letters(producer)
+    assert letter.message_id == poison.message_id
+    assert letter.reason == "worker crashed 2 times"
+    assert int(client.get(f"{key}:starts")) == 2  # never a third time
+    wait_for(lambda: client.get(f"{key}:done"), timeout=30, what="the healthy message")
+    row = get_task(create_db_engine(crash_settings.database_url), poison.message_id)
+    assert row.status == "dead_letter" and row.error_message == "worker crashed 2 times"
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_message_of_a_killed_worker_runs_again_within_the_recovery_bound(producer, workers, crash_settings):
+    key, client = _marks(crash_settings)
+    first = workers.start("idle")
+    _send(producer, "slow", "idle", key, 10.0)
+    wait_for(lambda: client.llen(f"{key}:starts") == 1, timeout=60, what="the first start")
+    workers.start("idle", "crashing")  # the survivor; "idle" has nothing else to do
+    time.sleep(4)  # it boots, and runs recovery passes past a heartbeat timeout...
+    assert client.llen(f"{key}:starts") == 1  # ...without taking the busy worker for dead
+    workers.kill(first)
+    killed_at = time.time()
+    wait_for(lambda: client.llen(f"{key}:starts") == 2, timeout=60, what="the restart")
+    recovered_after = float(client.lindex(f"{key}:starts", 1)) - killed_at
+    print(
+        f"\nrecovered {recovered_after:.1f}s after SIGKILL (heartbeat {HEARTBEAT_MS}, pass {RECOVERY_MS} ms)"
+    )
+    # bound: heartbeat timeout + one pass + the survivor's fetch backoff (<= 5 s) + slack for a loaded machine
+    assert recovered_after <= (HEARTBEAT_MS + RECOVERY_MS) / 1000 + 5 + 10
+    wait_for(lambda: client.get(f"{key}:done"), timeout=30, what="the rerun to finish")
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_cli_cancels_a_job_running_in_a_worker_process(producer, workers, crash_settings):
+    from conftest import run_cli
+
+    key, client = _marks(crash_settings)
+    workers.start("idle")
+    message = _send(producer, "stepwise", "idle", key, 60.0)
+    wait_for(lambda: client.llen(f"{key}:starts") == 1, timeout=60, what="the job to start")
+    result = run_cli("jobs", "cancel", message.message_id, env=settings_env(crash_settings))
+    assert result.returncode == 0 and "cancelling (was running)" in result.stdout, result.stderr
+    engine = create_db_engine(crash_settings.database_url)
+    wait_for(lambda: get_task(engine, message.message_id).status == "cancelled", timeout=20, what="cancelled")
+    time.sleep(1)
+    assert (
+        client.llen(f"{key}:starts") == 1 and client.get(f"{key}:done") is None
+    )  # not retried, not finished
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_delayed_job_moved_twice_by_a_crash_runs_once(producer, workers, crash_settings):
+    key, client = _marks(crash_settings)
+    client.set(f"{key}:kill", 1)  # the worker dies after moving the due message, before its ack
+    message = producer.enqueue(
+        Message(queue_name="delayed", actor_name="delayed_once", args=(key,), kwargs={}, options={}),
+        delay=500,
+    )
+    worker = workers.start("delayed")
+    wait_for(lambda: worker.poll() is not None, timeout=60, what="the worker to die mid-move")
+    workers.start("delayed")
+    wait_for(lambda: int(client.get(f"{key}:moves") or 0) >= 2, timeout=60, what="the second move")
+    engine = create_db_engine(crash_settings.database_url)
+    wait_for(
+        lambda: get_task(engine, message.message_id).status == "completed", timeout=30, what="completion"
+    )
+    producer.join("delayed", timeout=30_000)
+    assert int(client.get(f"{key}:moves")) == 2  # the duplicate really was made...
+    assert int(client.get(f"{key}:runs")) == 1  # ...and ran once

@@ -1,0 +1,324 @@
+"""Schedules: Sunday crons, one fire per tick over two schedulers, catch-up, runtime control, outages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import dramatiq
+import pendulum
+import pytest
+import redis
+from conftest import REPO_ROOT, run_cli, settings_env
+from jobs_support import (
+    FastClock,
+    FixedClock,
+    cuttable_redis,
+    queued_messages,
+    sqlite_only,
+    wait_for,
+)
+from periodiq import cron as periodiq_cron
+
+import actors as actors_module
+from actors import audit_writer_of, build_broker
+from actors.cron import cron, daily_at, every_minutes, weekly_at
+from actors.scheduler import Scheduler
+from actors.schedules import next_tick
+from config import Settings
+from storage import create_db_engine, get_schedule, set_enabled
+
+#: A Sunday, 04:00 UTC.
+SUNDAY_4AM = pendulum.datetime(2026, 11, 22, 4, 0)
+
+
+@pytest.mark.parametrize("spec", ["0 4 * * 0", "0 4 * * sun", "0 4 * * 7", "0 4 * * SUN"])
+def test_sunday_specs_fire_on_sunday_only(spec):
+    schedule = cron(spec)
+    assert schedule.validate(SUNDAY_4AM)
+    assert not schedule.validate(SUNDAY_4AM.add(days=1))
+    assert schedule.next_valid_date(SUNDAY_4AM.subtract(days=3)) == SUNDAY_4AM
+
+
+def test_weekly_fires_at_sunday_midnight_where_periodiq_does_not():
+    midnight = SUNDAY_4AM.replace(hour=0)
+    assert cron("@weekly").validate(midnight)
+    assert weekly_at("sunday", 0).validate(midnight)
+    assert not periodiq_cron("@weekly").validate(midnight)  # the upstream bug this fixes
+
+
+def test_sugar_builds_the_seed_specs():
+    assert [every_minutes(5).validate(SUNDAY_4AM.add(minutes=m)) for m in range(6)] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert daily_at(8, 0).validate(SUNDAY_4AM.replace(hour=8)) and not daily_at(8, 0).validate(SUNDAY_4AM)
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ("@fortnightly", "unknown cron name"),
+        ("1 2 3", "expected 5 fields"),
+        ("61 * * * *", "minute must be within 0-59"),
+        ("* * * * 9", "dow must be within"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(spec, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        cron(spec)
+
+
+def test_bad_sugar_is_refused():
+    with pytest.raises(ValueError, match="must divide 60"):
+        every_minutes(7)
+    with pytest.raises(ValueError, match="hour must be 0-23"):
+        daily_at(25)
+    with pytest.raises(ValueError, match="unknown weekday"):
+        weekly_at("someday", 1)
+
+
+@pytest.fixture
+def brokers():
+    """Builds brokers whose audit writers are closed after the test."""
+    built = []
+    yield built
+    for broker in built:
+        audit_writer_of(broker).close(5)
+
+
+def _broker_with(settings, *specs: tuple[str, str, str], brokers: list):
+    """A broker with periodic actors (name, spec, catch_up) on the ``ticks`` queue."""
+    broker = build_broker(settings)
+    brokers.append(broker)
+    created = []
+    for name, spec, catch_up in specs:
+
+        def run() -> None:
+            pass
+
+        run.__name__ = name
+        created.append(
+            dramatiq.actor(run, broker=broker, queue_name="ticks", periodic=cron(spec), catch_up=catch_up)
+        )
+    return broker, created
+
+
+def _ticks(broker, namespace) -> Counter:
+    return Counter(
+        (m.actor_name, m.options["schedule_tick"]) for m in queued_messages(broker.client, namespace, "ticks")
+    )
+
+
+def test_two_schedulers_fire_each_tick_once(settings, namespace, brokers):
+    broker, actors_ = _broker_with(
+        settings, ("every_minute", "* * * * *", "skip"), ("sundays", "0 4 * * sun", "skip"), brokers=brokers
+    )
+    first = Scheduler(actors_, clock=FixedClock(SUNDAY_4AM), scheduler_id="a")
+    second = Scheduler(actors_, clock=FixedClock(SUNDAY_4AM), scheduler_id="b")
+    for minute in range(5):
+        now = SUNDAY_4AM.subtract(minutes=2).add(minutes=minute, seconds=1)
+        for scheduler in (first, second) if minute % 2 else (second, first):
+            scheduler.run_tick(now)
+    ticks = _ticks(broker, namespace)
+    assert set(ticks.values()) == {1}
+    assert sum(1 for actor, _ in ticks if actor == "every_minute") == 5
+    assert [tick for actor, tick in ticks if actor == "sundays"] == [str(SUNDAY_4AM)]
+    row = get_schedule(create_db_engine(settings.database_url), "every_minute")
+    assert row.last_tick == SUNDAY_4AM.add(minutes=2).naive()
+    assert row.next_run_at == SUNDAY_4AM.add(minutes=3).naive()
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_two_scheduler_processes_fire_each_tick_once(settings, namespace, brokers):
+    env = settings_env(settings)
+    script = str(REPO_ROOT / "tests" / "jobs_scheduler_proc.py")
+    processes = [
+        subprocess.Popen([sys.executable, script, "2", "6"], env=env, cwd=REPO_ROOT) for _ in range(2)
+    ]
+    assert [process.wait(45) for process in processes] == [0, 0]
+    client = redis.Redis.from_url(settings.redis_url)
+    ticks = Counter(m.options["schedule_tick"] for m in queued_messages(client, namespace, "probe"))
+    assert len(ticks) >= 4, ticks  # 6 virtual minutes ran (a loaded machine may skip one)
+    assert set(ticks.values()) == {1}, f"a tick fired twice: {ticks}"
+
+
+@sqlite_only
+def test_a_tick_whose_send_failed_after_the_lease_is_sent_by_its_holder_only(settings, namespace, brokers):
+    broker, actors_ = _broker_with(settings, ("held", "* * * * *", "skip"), brokers=brokers)
+    lease = f"{namespace}:schedule-lease:held:{SUNDAY_4AM:%Y%m%dT%H%M}"
+    broker.client.set(lease, "a")  # "a" won the lease, then Redis failed before its send
+    assert Scheduler(actors_, clock=FixedClock(SUNDAY_4AM), scheduler_id="b").run_tick(SUNDAY_4AM) == []
+    assert len(Scheduler(actors_, clock=FixedClock(SUNDAY_4AM), scheduler_id="a").run_tick(SUNDAY_4AM)) == 1
+
+
+@sqlite_only
+@pytest.mark.parametrize(("policy", "expected"), [("skip", 1), ("run_once", 2)])
+def test_catch_up_after_downtime(settings, namespace, policy, expected, brokers):
+    broker, actors_ = _broker_with(settings, ("every_five", "*/5 * * * *", policy), brokers=brokers)
+    Scheduler(actors_, clock=FixedClock(SUNDAY_4AM)).run_tick(SUNDAY_4AM)
+    # down for an hour: 11 ticks missed, back at 05:00
+    back = SUNDAY_4AM.add(hours=1)
+    fired = Scheduler(actors_, clock=FixedClock(back)).run_tick(back)
+    assert [f.catch_up for f in fired] == ([True, False] if policy == "run_once" else [False])
+    if policy == "run_once":
+        assert fired[0].tick == SUNDAY_4AM.add(minutes=55).naive()  # the latest missed tick only
+    assert sum(_ticks(broker, namespace).values()) == 1 + expected
+
+
+def test_disabled_schedule_does_not_fire_and_enabled_again_does(settings, namespace, brokers):
+    broker, actors_ = _broker_with(settings, ("togglable", "* * * * *", "skip"), brokers=brokers)
+    scheduler = Scheduler(actors_, clock=FixedClock(SUNDAY_4AM))
+    scheduler.run_tick(SUNDAY_4AM)
+    engine = create_db_engine(settings.database_url)
+    set_enabled(engine, "togglable", False)
+    assert scheduler.run_tick(SUNDAY_4AM.add(minutes=1)) == []
+    set_enabled(engine, "togglable", True)
+    assert len(scheduler.run_tick(SUNDAY_4AM.add(minutes=2))) == 1
+    assert sum(_ticks(broker, namespace).values()) == 2
+
+
+@pytest.fixture
+def outage(settings):
+    """``(proxy, settings through it)``: a Redis link the test can cut."""
+    with cuttable_redis(settings) as pair:
+        yield pair
+
+
+@sqlite_only
+@pytest.mark.timeout(60)
+def test_scheduler_survives_a_redis_outage(outage, namespace, brokers):
+    proxy, proxied = outage
+    broker, actors_ = _broker_with(proxied, ("resilient", "* * * * *", "run_once"), brokers=brokers)
+    broker.client.connection_pool.connection_kwargs.update(socket_timeout=1, socket_connect_timeout=1)
+    clock = FixedClock(SUNDAY_4AM.add(seconds=5))
+    scheduler = Scheduler(actors_, clock=clock)
+    scheduler.run_tick(clock.now())
+    proxy.cut()
+    with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+        scheduler.run_tick(SUNDAY_4AM.add(minutes=1))
+    proxy.restore()
+    fired = scheduler.run_tick(SUNDAY_4AM.add(minutes=2))  # reconnects; catches up the lost tick
+    assert [(f.tick.minute, f.catch_up) for f in fired] == [(1, True), (2, False)]
+
+
+@sqlite_only
+@pytest.mark.timeout(60)
+def test_run_forever_retries_a_tick_through_an_outage(settings, outage, namespace, brokers):
+    proxy, proxied = outage
+    broker, actors_ = _broker_with(proxied, ("steady", "* * * * *", "skip"), brokers=brokers)
+    broker.client.connection_pool.connection_kwargs.update(socket_timeout=1, socket_connect_timeout=1)
+    proxy.cut()
+    scheduler = Scheduler(actors_, clock=FastClock(SUNDAY_4AM.add(seconds=1), time.time(), speed=1.0))
+    thread = threading.Thread(target=scheduler.run_forever, daemon=True)
+    thread.start()
+    time.sleep(2.5)  # a few failed attempts at this minute's tick
+    proxy.restore()
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_for(lambda: queued_messages(client, namespace, "ticks"), timeout=30, what="the retried tick")
+    scheduler.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_cli_lists_disables_enables_and_runs_a_schedule(settings, namespace, brokers):
+    env = {**settings_env(settings), "COLUMNS": "250"}
+    listed = run_cli("schedules", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    vacuum_line = next(line for line in listed.stdout.splitlines() if "vacuum_database" in line)
+    assert "0 4 * * sun" in vacuum_line
+    next_sunday = next_tick(actors_module.maintenance.vacuum_database, timezone="UTC")
+    assert next_sunday.isoweekday() == 7 and str(next_sunday) in vacuum_line
+    disabled = run_cli("schedules", "disable", "health_check", env=env)
+    assert disabled.returncode == 0, disabled.stderr
+    engine = create_db_engine(settings.database_url)
+    assert get_schedule(engine, "health_check").enabled is False
+    assert run_cli("schedules", "enable", "health_check", env=env).returncode == 0
+    assert get_schedule(engine, "health_check").enabled is True
+    ran = run_cli("schedules", "run", "health_check", env=env)
+    assert ran.returncode == 0, ran.stderr
+    message_id = ran.stdout.strip()
+    assert get_schedule(engine, "health_check").last_message_id == message_id
+    broker = build_broker(settings)  # a worker with the same actors, in this process
+    brokers.append(broker)
+    dramatiq.actor(broker=broker, queue_name="system", actor_name="health_check")(lambda: None)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        row = wait_for(
+            lambda: (r := get_schedule(engine, "health_check")).last_status == "completed" and r,
+            timeout=30,
+            what="the run-now to complete",
+        )
+    finally:
+        worker.stop(timeout=10_000)
+    assert row.last_message_id == message_id and row.last_finished_at is not None
+    unknown = run_cli("schedules", "disable", "nope", env=env)
+    assert unknown.returncode == 1 and "no schedule named 'nope'" in unknown.stderr
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_periodiq_command_runs_the_leased_scheduler(settings, namespace):
+    from api.stack import scheduler_command
+
+    process = subprocess.Popen(
+        scheduler_command(), env=settings_env(settings), cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "Scheduler" in line and "started" in line:
+                break
+        assert any("vacuum_database@maintenance" in line for line in lines), "".join(lines)
+        engine = create_db_engine(settings.database_url)
+        row = wait_for(lambda: _schedule_or_none(engine, "vacuum_database"), timeout=20, what="registration")
+        assert row.spec == "0 4 * * sun"
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def _schedule_or_none(engine, name):
+    from storage import UnknownSchedule
+
+    try:
+        return get_schedule(engine, name)
+    except UnknownSchedule:
+        return None
+
+
+def test_bad_schedule_settings_say_what_to_fix(settings):
+    with pytest.raises(
+        ValueError, match="schedule override of 'daily_summary': invalid cron spec 'at eight'"
+    ):
+        build_broker(settings.model_copy(update={"schedules": {"daily_summary": "at eight"}}))
+    with pytest.raises(ValueError, match="schedule_catch_up"):
+        Settings(schedule_catch_up={"daily_summary": "always"})
+
+
+def test_settings_override_and_switch_off_seed_schedules(settings, brokers):
+    overrides = {"daily_summary": "30 7 * * mon-fri", "vacuum_database": "off"}
+    broker = build_broker(settings.model_copy(update={"schedules": overrides}))
+    brokers.append(broker)
+    import actors.maintenance as maintenance
+
+    for name in ("daily_summary", "vacuum_database", "cleanup_data"):
+        dramatiq.actor(getattr(maintenance, name).fn, broker=broker, queue_name="maintenance")
+    assert str(broker.actors["daily_summary"].options["periodic"]) == "30 7 * * mon-fri"
+    assert "periodic" not in broker.actors["vacuum_database"].options
+    assert str(broker.actors["cleanup_data"].options["periodic"]) == "0 3 * * *"
