@@ -18,7 +18,7 @@ from .schedules import schedule_control_of
 #: Queue of the maintenance actors.
 QUEUE = "maintenance"
 
-#: Days finished tasks and relayed outbox rows are kept by ``cleanup_data``.
+#: Days finished tasks and relayed outbox rows are kept by ``cleanup_tasks``.
 RETENTION_DAYS = 30
 
 
@@ -30,7 +30,7 @@ def _engine():
 
 
 @dramatiq.actor(queue_name=QUEUE, store_results=True, max_retries=1)
-def cleanup_data(retention_days: int = RETENTION_DAYS) -> dict[str, int]:
+def cleanup_tasks(retention_days: int = RETENTION_DAYS) -> dict[str, int]:
     """Delete finished tasks and relayed outbox rows older than ``retention_days``."""
     if retention_days < 1:
         raise ValueError(f"retention_days must be at least 1 (got {retention_days})")

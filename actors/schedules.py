@@ -37,7 +37,7 @@ DEFAULT_SCHEDULES: dict[str, str] = {
     "sync_portfolio": "*/5 * * * *",
     "evaluate_risk_limits": "* * * * *",
     "health_check": "*/2 * * * *",
-    "cleanup_data": "0 3 * * *",
+    "cleanup_tasks": "0 3 * * *",
     "vacuum_database": "0 4 * * sun",
     "daily_summary": "0 8 * * *",
 }

@@ -317,8 +317,8 @@ def test_settings_override_and_switch_off_seed_schedules(settings, brokers):
     brokers.append(broker)
     import actors.maintenance as maintenance
 
-    for name in ("daily_summary", "vacuum_database", "cleanup_data"):
+    for name in ("daily_summary", "vacuum_database", "cleanup_tasks"):
         dramatiq.actor(getattr(maintenance, name).fn, broker=broker, queue_name="maintenance")
     assert str(broker.actors["daily_summary"].options["periodic"]) == "30 7 * * mon-fri"
     assert "periodic" not in broker.actors["vacuum_database"].options
-    assert str(broker.actors["cleanup_data"].options["periodic"]) == "0 3 * * *"
+    assert str(broker.actors["cleanup_tasks"].options["periodic"]) == "0 3 * * *"
