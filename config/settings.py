@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
       maintenance_chance: Per million broker commands, how many run queue maintenance.
       audit_*: The audit trail's buffer bound, batch size, flush interval and how
         long a finished message waits for its audit row to commit before it is acked.
+      strategy_*: The strategy queue: the seed-compatible result keys (``task_result:{id}``
+        prefix and TTL in seconds), the legacy Redis list other languages LPUSH tasks to,
+        the sandbox's limits (CPU seconds, MiB of address space, wall seconds, MiB of
+        output, seccomp on/off), the default holding period and entry rule of a backtest,
+        and how many recent bars of each symbol a screening reads.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -56,6 +62,18 @@ class Settings(BaseSettings):
     audit_batch_size: int = Field(default=500, gt=0)
     audit_flush_interval_ms: int = Field(default=10, ge=0)
     audit_commit_wait_ms: int = Field(default=5_000, ge=0)
+
+    strategy_result_prefix: str = Field(default="task_result:", min_length=1)
+    strategy_result_ttl_s: int = Field(default=86_400, gt=0)
+    strategy_legacy_queue: str = Field(default="strategy_queue", min_length=1)
+    strategy_cpu_seconds: int = Field(default=20, gt=0)
+    strategy_memory_mb: int = Field(default=2_048, ge=256)
+    strategy_wall_seconds: float = Field(default=30.0, gt=0)
+    strategy_output_mb: int = Field(default=16, gt=0)
+    strategy_seccomp: bool = True
+    strategy_holding_period: int = Field(default=5, ge=1)
+    strategy_entry: Literal["next_open", "close"] = "next_open"
+    strategy_screen_lookback_bars: int = Field(default=120, ge=1)
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)
