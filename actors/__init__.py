@@ -18,4 +18,4 @@ dramatiq.set_broker(broker)
 
 from . import strategy, system  # noqa: E402  (actors register on the broker set above)
 
-__all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "strategy", "system", "worker_id"]
+__all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "system", "worker_id"]
