@@ -16,6 +16,6 @@ settings = Settings()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)
 
-from . import strategy, system  # noqa: E402  (actors register on the broker set above)
+from . import strategy, system  # noqa: E402, F401  (actors register on the broker set above)
 
 __all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "system", "worker_id"]
