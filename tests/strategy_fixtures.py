@@ -59,3 +59,47 @@ def write_market_bars(delta_root: Path, bars: pd.DataFrame) -> Path:
     path = Path(delta_root) / "market_bars"
     write_deltalake(str(path), bars, mode="overwrite", partition_by=["ticker"])
     return path
+
+
+def reference_backtest(bars: pd.DataFrame, signals: pd.DataFrame, *, holding_period: int, entry: str) -> dict:
+    """The same backtest written the obvious way, one Python step per row: the engine's oracle."""
+    wanted = {
+        (t, d) for t, d, s in zip(signals["ticker"], signals["date"], signals["signal"], strict=True) if s
+    }
+    daily: dict = {d: [0.0, 0] for d in sorted(set(bars["date"]))}
+    trades, unfilled = [], 0
+    for ticker, frame in bars.sort_values(["ticker", "date"]).groupby("ticker"):
+        rows = list(frame.itertuples(index=False))
+        for i, row in enumerate(rows):
+            if (ticker, row.date) not in wanted:
+                continue
+            if i + holding_period >= len(rows):
+                unfilled += 1
+                continue
+            entry_price = rows[i + 1].open if entry == "next_open" else row.close
+            previous = entry_price
+            for held in rows[i + 1 : i + holding_period + 1]:
+                daily[held.date][0] += held.close / previous - 1
+                daily[held.date][1] += 1
+                previous = held.close
+            trades.append((ticker, rows[i + holding_period].close / entry_price - 1))
+    returns = [earned / held if held else 0.0 for earned, held in daily.values()]
+    equity, peak, worst, value = [], 0.0, 0.0, 1.0
+    for r in returns:
+        value *= 1 + r
+        peak = max(peak, value)
+        worst = min(worst, value / peak - 1)
+        equity.append(value)
+    mean = sum(returns) / len(returns)
+    std = (sum((r - mean) ** 2 for r in returns) / (len(returns) - 1)) ** 0.5
+    trade_returns = [r for _, r in trades]
+    return {
+        "total_return": equity[-1] - 1,
+        "win_rate": sum(r > 0 for r in trade_returns) / len(trades) if trades else None,
+        "avg_return": sum(trade_returns) / len(trades) if trades else None,
+        "sharpe": mean / std * 252**0.5 if std else None,
+        "max_drawdown": worst,
+        "number_of_trades": len(trades),
+        "exposure": sum(1 for _, held in daily.values() if held) / len(daily),
+        "signals_unfilled": unfilled,
+    }
