@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 
 import redis
+from dramatiq import Broker, Message
 from dramatiq.logging import get_logger
 
 from .strategy_wire import InvalidTask, StrategyTask, parse_task
@@ -29,6 +30,10 @@ BLOCK_SECONDS = 1.0
 
 #: Invalid documents kept for inspection, newest first.
 INVALID_KEPT = 1_000
+
+#: Queue and actor of each seed ``task_type`` (see :mod:`actors.strategy`).
+QUEUE = "strategy"
+ACTOR_OF_TYPE = {"backtest": "run_backtest", "screening": "run_screening"}
 
 Dispatch = Callable[[StrategyTask], None]
 
@@ -103,8 +108,20 @@ class StrategyQueueRelay:
         self.client.pipeline().lpush(self.invalid, entry).ltrim(self.invalid, 0, INVALID_KEPT - 1).execute()
 
 
-def dispatch_to_actors(task: StrategyTask) -> None:
-    """Send ``task`` to ``run_backtest`` or ``run_screening`` on the configured broker."""
-    from .strategy import ACTORS
+def dispatch_through(broker: Broker) -> Dispatch:
+    """A dispatch that enqueues ``run_backtest`` / ``run_screening`` messages on ``broker``.
 
-    ACTORS[task.task_type].send(task.task_id, task.args)
+    Messages are addressed by actor name, so the relay needs no actor code.
+    """
+
+    def dispatch(task: StrategyTask) -> None:
+        message = Message(
+            queue_name=QUEUE,
+            actor_name=ACTOR_OF_TYPE[task.task_type],
+            args=(task.task_id, task.args),
+            kwargs={},
+            options={},
+        )
+        broker.enqueue(message)
+
+    return dispatch
