@@ -61,17 +61,18 @@ class BacktestOutcome:
 def backtest(bars: pd.DataFrame, signals: pd.DataFrame, config: BacktestConfig) -> BacktestOutcome:
     """Run ``signals`` (ticker, date, signal) over ``bars`` (ticker, date, open, close)."""
     bars = bars.sort_values(["ticker", "date"], kind="stable").reset_index(drop=True)
-    trades = _trades(bars, signals, config)
-    daily = _daily_returns(bars, trades, config)
+    trades, unfilled = _trades(bars, signals, config)
+    daily, exposure = _daily_returns(bars, trades)
     metrics = _metrics(trades, daily)
-    metrics["signals_unfilled"] = int(trades.attrs["unfilled"])
+    metrics["exposure"] = _number(exposure)
+    metrics["signals_unfilled"] = unfilled
     return BacktestOutcome(
         trades=trades, daily_returns=daily, metrics=metrics, per_symbol=_per_symbol(trades)
     )
 
 
-def _trades(bars: pd.DataFrame, signals: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
-    """One row per traded signal: signal/entry/exit row numbers, prices, return."""
+def _trades(bars: pd.DataFrame, signals: pd.DataFrame, config: BacktestConfig) -> tuple[pd.DataFrame, int]:
+    """One row per traded signal (row numbers, prices, return), and how many signals could not be closed."""
     position = bars.groupby("ticker", sort=False).cumcount().to_numpy()
     length = bars.groupby("ticker", sort=False)["date"].transform("size").to_numpy()
     rows = pd.DataFrame({"ticker": bars["ticker"], "date": bars["date"], "row": np.arange(len(bars))})
@@ -98,12 +99,11 @@ def _trades(bars: pd.DataFrame, signals: pd.DataFrame, config: BacktestConfig) -
             "return": exit_price / entry_price - 1.0,
         }
     )
-    trades.attrs["unfilled"] = len(wanted) - len(signal_row)
-    return trades
+    return trades, len(wanted) - len(signal_row)
 
 
-def _daily_returns(bars: pd.DataFrame, trades: pd.DataFrame, config: BacktestConfig) -> pd.Series:
-    """Equal-weight portfolio return per date, from per-row position counts."""
+def _daily_returns(bars: pd.DataFrame, trades: pd.DataFrame) -> tuple[pd.Series, float]:
+    """Equal-weight portfolio return per date, from per-row position counts, and the exposure."""
     size = len(bars) + 1
     close = bars["close"].to_numpy(float)
     bar_return = bars.groupby("ticker", sort=False)["close"].pct_change().fillna(0.0).to_numpy()
@@ -115,9 +115,8 @@ def _daily_returns(bars: pd.DataFrame, trades: pd.DataFrame, config: BacktestCon
     earned = (held - entering) * bar_return + np.bincount(first, weights=first_return, minlength=size)[:-1]
     per_date = pd.DataFrame({"date": bars["date"], "held": held, "earned": earned}).groupby("date").sum()
     daily = per_date["earned"] / per_date["held"].where(per_date["held"] > 0)
-    daily = daily.fillna(0.0)
-    daily.attrs["exposure"] = float((per_date["held"] > 0).mean()) if len(per_date) else 0.0
-    return daily
+    exposure = float((per_date["held"] > 0).mean()) if len(per_date) else 0.0
+    return daily.fillna(0.0), exposure
 
 
 def _metrics(trades: pd.DataFrame, daily: pd.Series) -> dict:
@@ -132,7 +131,6 @@ def _metrics(trades: pd.DataFrame, daily: pd.Series) -> dict:
         "sharpe": _number(daily.mean() / spread * np.sqrt(TRADING_DAYS) if spread > 0 else None),
         "max_drawdown": _number(drawdown.min() if len(drawdown) else 0.0),
         "number_of_trades": len(trades),
-        "exposure": _number(daily.attrs.get("exposure", 0.0)),
     }
 
 

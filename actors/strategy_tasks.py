@@ -100,7 +100,8 @@ class StrategyTasks:
         started = time.perf_counter()
         by_ticker = self.sandbox.run(code=args.strategy_code, bars=bars, function_name=args.function_name)
         sandbox_ms = (time.perf_counter() - started) * 1000
-        instances = instances_frame(by_ticker, require_date=True)
+        records = instance_records(by_ticker)
+        instances = instances_frame(records, require_date=True)
         config = BacktestConfig(
             holding_period=args.holding_period or self.config.holding_period,
             entry=EntryRule(args.entry) if args.entry else self.config.entry,
@@ -115,7 +116,7 @@ class StrategyTasks:
             "entry": config.entry.value,
         }
         return {
-            "instances": instances.attrs["records"],
+            "instances": records,
             "summary": {
                 "total_instances": len(instances),
                 "positive_signals": int(instances["signal"].sum()),
@@ -133,7 +134,7 @@ class StrategyTasks:
         bars = self._bars(args.universe, None, None)
         bars = bars.groupby("ticker", sort=False).tail(self.screen_lookback_bars).reset_index(drop=True)
         by_ticker = self.sandbox.run(code=args.strategy_code, bars=bars, function_name=args.function_name)
-        ranked = rank(instances_frame(by_ticker, require_date=False), limit=args.limit)
+        ranked = rank(instances_frame(instance_records(by_ticker), require_date=False), limit=args.limit)
         return {
             "ranked_results": ranked,
             "universe_size": len(args.universe),
@@ -149,13 +150,13 @@ class StrategyTasks:
         return bars
 
 
-def instances_frame(by_ticker: dict[str, list[dict]], *, require_date: bool) -> pd.DataFrame:
-    """The strategy's instances as a frame (ticker, date, signal, score, message), checked.
+def instance_records(by_ticker: dict[str, list[dict]]) -> list[dict]:
+    """The instances as the strategy returned them, each with its ``ticker`` filled in."""
+    return [{"ticker": ticker, **instance} for ticker, items in by_ticker.items() for instance in items]
 
-    ``frame.attrs["records"]`` keeps the instances as the strategy returned
-    them, with ``ticker`` filled in, for the result document.
-    """
-    records = [{"ticker": ticker, **instance} for ticker, items in by_ticker.items() for instance in items]
+
+def instances_frame(records: list[dict], *, require_date: bool) -> pd.DataFrame:
+    """The instances as a checked frame: ticker, date, signal, score, message."""
     frame = pd.DataFrame.from_records(records, columns=_columns(records))
     frame["ticker"] = frame["ticker"].astype(str)
     if require_date and frame["date"].isna().any():
@@ -166,15 +167,12 @@ def instances_frame(by_ticker: dict[str, list[dict]], *, require_date: bool) -> 
     _reject(frame, dates.isna() & frame["date"].notna(), "has a 'date' that is not a date")
     frame["date"] = dates.dt.normalize()
     frame["signal"] = frame["signal"].where(frame["signal"].notna(), True)
-    _reject(
-        frame, ~frame["signal"].map(lambda v: isinstance(v, bool)), "has a 'signal' that is not true or false"
-    )
+    _reject(frame, ~frame["signal"].map(type).isin([bool]), "has a 'signal' that is not true or false")
     frame["signal"] = frame["signal"].astype(bool)
     scores = pd.to_numeric(frame["score"], errors="coerce")
     _reject(frame, scores.isna() & frame["score"].notna(), "has a 'score' that is not a number")
     frame["score"] = scores.fillna(frame["signal"].map(SIGNAL_SCORE)).astype(float)
     frame["message"] = frame["message"].where(frame["message"].notna(), "").astype(str)
-    frame.attrs["records"] = records
     return frame
 
 

@@ -11,7 +11,7 @@ from strategy_fixtures import reference_backtest, synthetic_bars
 
 from actors.backtest import BacktestConfig, EntryRule, backtest
 from actors.market_bars import normalise_bars
-from actors.strategy_tasks import instances_frame, rank
+from actors.strategy_tasks import instance_records, instances_frame, rank
 from actors.strategy_wire import StrategyFailed
 
 DAYS = pd.bdate_range("2024-01-01", periods=6)
@@ -145,10 +145,11 @@ def test_bars_read_with_other_column_names_get_the_derived_columns() -> None:
 
 def test_instances_are_checked_with_the_ticker_and_position_named() -> None:
     good = {"AAA": [{"date": "2024-01-02", "message": "m"}], "BBB": [{"date": "2024-01-03", "signal": False}]}
-    frame = instances_frame(good, require_date=True)
+    records = instance_records(good)
+    frame = instances_frame(records, require_date=True)
     assert frame["ticker"].tolist() == ["AAA", "BBB"]
     assert frame["signal"].tolist() == [True, False]
-    assert frame.attrs["records"][0] == {"ticker": "AAA", "date": "2024-01-02", "message": "m"}
+    assert records[0] == {"ticker": "AAA", "date": "2024-01-02", "message": "m"}
     bad_cases = [
         ({"AAA": [{"date": "2024-01-02"}, {"message": "no date"}]}, "instance 2 of AAA has no 'date'"),
         ({"AAA": [{"date": "soon"}]}, "instance 1 of AAA has a 'date' that is not a date"),
@@ -157,20 +158,22 @@ def test_instances_are_checked_with_the_ticker_and_position_named() -> None:
     ]
     for instances, message in bad_cases:
         with pytest.raises(StrategyFailed, match=message):
-            instances_frame(instances, require_date=True)
+            instances_frame(instance_records(instances), require_date=True)
 
 
 def test_rank_takes_each_tickers_latest_instance_and_honours_limit() -> None:
     instances = instances_frame(
-        {
-            "AAA": [
-                {"date": "2024-01-02", "score": 9.0},
-                {"date": "2024-01-05", "score": 2.0, "message": "latest"},
-            ],
-            "BBB": [{"date": "2024-01-04", "score": 5.0}],
-            "CCC": [{"date": "2024-01-04", "signal": True}],
-            "DDD": [{"date": "2024-01-04", "signal": False}],
-        },
+        instance_records(
+            {
+                "AAA": [
+                    {"date": "2024-01-02", "score": 9.0},
+                    {"date": "2024-01-05", "score": 2.0, "message": "latest"},
+                ],
+                "BBB": [{"date": "2024-01-04", "score": 5.0}],
+                "CCC": [{"date": "2024-01-04", "signal": True}],
+                "DDD": [{"date": "2024-01-04", "signal": False}],
+            }
+        ),
         require_date=False,
     )
     ranked = rank(instances, limit=3)
@@ -178,4 +181,4 @@ def test_rank_takes_each_tickers_latest_instance_and_honours_limit() -> None:
     assert ranked[1]["message"] == "latest" and ranked[1]["date"] == "2024-01-05"
     assert [r["rank"] for r in ranked] == [1, 2, 3]
     assert len(rank(instances, limit=10)) == 4
-    assert rank(instances_frame({}, require_date=False), limit=5) == []
+    assert rank(instances_frame([], require_date=False), limit=5) == []
