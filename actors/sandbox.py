@@ -80,6 +80,8 @@ def validate_code(code: str, function_name: str | None = None) -> str:
         raise StrategyFailed(f"{SECURITY_PREFIX}{exc}") from None
     except StrategyCodeError as exc:
         raise StrategyFailed(f"Invalid strategy code: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise StrategyFailed("Invalid strategy code: expressions nested too deeply to compile") from None
 
 
 def arrow_stream(frame: pd.DataFrame) -> bytes:

@@ -99,6 +99,8 @@ def test_static_escapes_are_rejected_with_their_line(code: str, expected: str) -
         ("x = 1", "Invalid strategy code: strategy code defines no function"),
         ("def a(df):\n    return []\ndef b(df):\n    return []", "defines several functions (a, b)"),
         ("def s(df, other):\n    return []", "Line 1: s() must take exactly one argument"),
+        ("def s(df):\n    return " + "+".join(["1"] * 50_000), "nested too deeply to compile"),
+        ("def s(df):\n    return " + "-" * 100_000 + "1", "nested too deeply to compile"),
     ],
 )
 def test_code_that_is_no_strategy_is_rejected(code: str, expected: str) -> None:
