@@ -214,3 +214,52 @@ def test_cli_backtest_and_screen_print_their_tables(stack: Settings, tmp_path: P
     done = run_cli("screen", str(strategy), "--universe", "T00", env=env, timeout=120)
     assert done.returncode == 1
     assert "Security validation failed: Line 1: import of 'os' is not allowed" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def node_producer() -> Path:
+    """The Node.js producer with the `redis` npm package installed (cached in .tradeflow/)."""
+    import shutil
+
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed for the Node.js producer")
+    folder = REPO_ROOT / ".tradeflow" / "node-producer"
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "node_producer.mjs"
+    shutil.copy(Path(__file__).parent / "producers" / "node_producer.mjs", script)
+    if not (folder / "node_modules" / "redis").exists():
+        install = subprocess.run(
+            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(folder), "redis@4"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if install.returncode != 0:
+            pytest.skip(f"npm could not install the redis package: {install.stderr.strip()[-300:]}")
+    return script
+
+
+def test_a_node_producer_gets_its_result(stack: Settings, node_producer: Path) -> None:
+    task = {
+        "task_id": "e2e-node",
+        "task_type": "screening",
+        "args": {"strategy_code": SCORED, "universe": SYMBOLS, "limit": 4},
+    }
+    done = subprocess.run(
+        [
+            "node",
+            str(node_producer),
+            stack.effective_redis_url,
+            stack.strategy_legacy_queue,
+            stack.strategy_result_prefix,
+            json.dumps(task),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["status"] == "completed"
+    assert document["data"]["results_returned"] == 4
+    assert [r["rank"] for r in document["data"]["ranked_results"]] == [1, 2, 3, 4]
