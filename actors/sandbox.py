@@ -110,15 +110,36 @@ class Sandbox:
       restricted(bool): Run the code under RestrictedPython.  Defaults to
         True; False exists only for tests that prove the process boundary
         holds without it.
+      prestart(bool): Keep one child started ahead, hardened and waiting
+        for its task, so a run does not wait for the interpreter and the
+        numpy/pandas imports (about 0.5 s of CPU).  Each child still runs
+        exactly one task.  Defaults to True.
     """
 
     def __init__(
-        self, *, limits: SandboxLimits | None = None, python: str = sys.executable, restricted: bool = True
+        self,
+        *,
+        limits: SandboxLimits | None = None,
+        python: str = sys.executable,
+        restricted: bool = True,
+        prestart: bool = True,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.limits = limits or SandboxLimits()
         self.python = python
         self.restricted = restricted
+        self.prestart = prestart
+        self._spare: subprocess.Popen | None = None
+        self._spare_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the child started ahead, if any."""
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            _kill_group(spare)
+            spare.wait()
+            _close_pipes(spare)
 
     def run(
         self, *, code: str, bars: pd.DataFrame, function_name: str | None = None
@@ -145,8 +166,8 @@ class Sandbox:
             command.append("--unrestricted")
         return command
 
-    def _run_child(self, payload: bytes) -> _ChildOutput:
-        child = subprocess.Popen(
+    def _start_child(self) -> subprocess.Popen:
+        return subprocess.Popen(
             self.command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -156,6 +177,21 @@ class Sandbox:
             close_fds=True,
             start_new_session=True,
         )
+
+    def _take_child(self) -> subprocess.Popen:
+        """The spare child if it is still alive, else a new one; starts the next spare."""
+        if not self.prestart:
+            return self._start_child()
+        with self._spare_lock:
+            child, self._spare = self._spare, None
+            if child is not None and child.poll() is not None:
+                _close_pipes(child)
+                child = None
+            self._spare = self._start_child()
+        return child or self._start_child()
+
+    def _run_child(self, payload: bytes) -> _ChildOutput:
+        child = self._take_child()
         feeder = threading.Thread(target=_feed, args=(child.stdin, payload), daemon=True)
         feeder.start()
         try:
@@ -165,6 +201,7 @@ class Sandbox:
                 _kill_group(child)
             child.wait()
             feeder.join(timeout=5)
+            _close_pipes(child)
         return _ChildOutput(stdout, stderr, child.returncode, timed_out, overflowed)
 
     def _collect(self, child: subprocess.Popen) -> tuple[bytes, bytes, bool, bool]:
@@ -252,6 +289,12 @@ def _feed(pipe, payload: bytes) -> None:
         pipe.close()
     except (BrokenPipeError, OSError):
         pass
+
+
+def _close_pipes(child: subprocess.Popen) -> None:
+    for pipe in (child.stdin, child.stdout, child.stderr):
+        if pipe is not None and not pipe.closed:
+            pipe.close()
 
 
 def _kill_group(child: subprocess.Popen) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -24,13 +25,17 @@ SECURITY = "Security validation failed: "
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(limits=LIMITS)
+def sandbox() -> Iterator[Sandbox]:
+    sandbox = Sandbox(limits=LIMITS)
+    yield sandbox
+    sandbox.close()
 
 
 @pytest.fixture(scope="module")
-def bare() -> Sandbox:
-    return Sandbox(limits=LIMITS, restricted=False)
+def bare() -> Iterator[Sandbox]:
+    bare = Sandbox(limits=LIMITS, restricted=False)
+    yield bare
+    bare.close()
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +216,7 @@ def test_ctypes_system_call_cannot_start_a_process(bare: Sandbox, bars: pd.DataF
 
 def test_without_seccomp_the_child_is_still_nobody_offline_and_limited(bars: pd.DataFrame) -> None:
     """The layers under seccomp: privilege drop, network namespace, rlimits."""
-    layers = Sandbox(limits=SandboxLimits(memory_mb=1024, seccomp=False), restricted=False)
+    layers = Sandbox(limits=SandboxLimits(memory_mb=1024, seccomp=False), restricted=False, prestart=False)
     code = (
         "import os, resource, socket\n"
         "def attempt(call):\n"
@@ -238,13 +243,38 @@ def test_without_seccomp_the_child_is_still_nobody_offline_and_limited(bars: pd.
     }
 
 
+def test_each_run_gets_its_own_child_started_ahead(bars: pd.DataFrame) -> None:
+    sandbox = Sandbox(limits=LIMITS, restricted=False)
+    code = "import os\ndef s(df):\n    return [{'pid': os.getpid()}]"
+    try:
+        first = sandbox.run(code=code, bars=bars, function_name="s")["AAA"][0]["pid"]
+        spare = sandbox._spare.pid
+        second = sandbox.run(code=code, bars=bars, function_name="s")["AAA"][0]["pid"]
+        assert second == spare != first
+        assert sandbox._spare.pid not in (first, second)
+    finally:
+        sandbox.close()
+    assert sandbox._spare is None
+
+
+def test_a_dead_spare_is_replaced(bars: pd.DataFrame) -> None:
+    sandbox = Sandbox(limits=LIMITS)
+    try:
+        sandbox.run(code="def s(df):\n    return []", bars=bars)
+        sandbox._spare.kill()
+        sandbox._spare.wait()
+        assert sandbox.run(code="def s(df):\n    return [{'n': len(df)}]", bars=bars)["AAA"] == [{"n": 4}]
+    finally:
+        sandbox.close()
+
+
 def test_an_infinite_loop_hits_the_cpu_limit(sandbox: Sandbox, bars: pd.DataFrame) -> None:
     reason = _fails(sandbox, "def s(df):\n    while True:\n        pass", bars)
     assert reason == "Sandbox error: strategy exceeded the CPU limit of 2 s"
 
 
 def test_a_sleeping_strategy_hits_the_wall_clock_limit(bars: pd.DataFrame) -> None:
-    sleeper = Sandbox(limits=SandboxLimits(wall_seconds=3, seccomp=True), restricted=False)
+    sleeper = Sandbox(limits=SandboxLimits(wall_seconds=3), restricted=False, prestart=False)
     reason = _fails(sleeper, "import time\ndef s(df):\n    time.sleep(60)", bars)
     assert reason == "Sandbox error: strategy exceeded the wall-clock limit of 3 s"
 
