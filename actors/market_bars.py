@@ -33,19 +33,22 @@ def load_bars(
     delta_root: Path, symbols: list[str], start: date | None = None, end: date | None = None
 ) -> pd.DataFrame:
     """Bars of ``symbols`` between ``start`` and ``end`` (inclusive), sorted by ticker and date."""
+    import pyarrow.dataset
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     path = Path(delta_root) / TABLE
     try:
-        dataset = DeltaTable(str(path)).to_pyarrow_dataset()
+        table = DeltaTable(str(path))
     except TableNotFoundError:
         raise MarketDataMissing(f"no market data: the Delta table {path} does not exist") from None
-    import pyarrow.dataset as ds
-
-    ticker_column = "ticker" if "ticker" in dataset.schema.names else "symbol"
-    table = dataset.to_table(filter=ds.field(ticker_column).isin(symbols), use_threads=False)
-    return normalise_bars(table.to_pandas(), start=start, end=end)
+    names = table.schema().to_arrow().names
+    ticker = "ticker" if "ticker" in names else "symbol"
+    # Prune files first (by partition or statistics): listing every file of a
+    # large table costs more than reading ours.
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=[(ticker, "in", symbols)])
+    rows = dataset.to_table(filter=pyarrow.dataset.field(ticker).isin(symbols), use_threads=False)
+    return normalise_bars(rows.to_pandas(), start=start, end=end)
 
 
 def normalise_bars(

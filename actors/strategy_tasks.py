@@ -96,7 +96,9 @@ class StrategyTasks:
         return data
 
     def _backtest(self, args: BacktestArgs) -> dict:
+        started = time.perf_counter()
         bars = self._bars(args.symbols, args.start_date, args.end_date)
+        load_ms = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
         by_ticker = self.sandbox.run(code=args.strategy_code, bars=bars, function_name=args.function_name)
         sandbox_ms = (time.perf_counter() - started) * 1000
@@ -126,6 +128,7 @@ class StrategyTasks:
                 "data_shape": list(bars.shape),
             },
             "performance_metrics": metrics,
+            "load_time_ms": round(load_ms, 3),
             "sandbox_time_ms": round(sandbox_ms, 3),
             "engine_time_ms": round(engine_ms, 3),
         }

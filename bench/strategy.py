@@ -160,7 +160,12 @@ def bench_end_to_end(bars: pd.DataFrame, screen_symbols: int) -> None:
             ("screening", run_screening, screen_args),
         ):
             seconds, data = _round_trip(client, actor, args)
-            engine = f"engine {data['engine_time_ms']:.1f} ms, " if "engine_time_ms" in data else ""
+            parts = [
+                f"{k} {data[k + '_time_ms']:.0f} ms"
+                for k in ("load", "sandbox", "engine")
+                if k + "_time_ms" in data
+            ]
+            engine = ", ".join(parts) + ", " if parts else ""
             print(
                 f"e2e      {label:9}: {seconds * 1000:8.1f} ms enqueue -> completed "
                 f"({engine}task {data['execution_time_ms']:.1f} ms)"

@@ -182,3 +182,31 @@ def test_rank_takes_each_tickers_latest_instance_and_honours_limit() -> None:
     assert [r["rank"] for r in ranked] == [1, 2, 3]
     assert len(rank(instances, limit=10)) == 4
     assert rank(instances_frame([], require_date=False), limit=5) == []
+
+
+def test_load_bars_reads_partitioned_and_unpartitioned_tables(tmp_path) -> None:
+    from deltalake import write_deltalake
+    from strategy_fixtures import write_market_bars
+
+    from actors.market_bars import MarketDataMissing, load_bars
+
+    with pytest.raises(MarketDataMissing, match="does not exist"):
+        load_bars(tmp_path, ["AAA"])
+    bars = synthetic_bars(["AAA", "BBB", "CCC"], days=30, seed=2)
+    write_market_bars(tmp_path / "partitioned", bars)
+    first, last = pd.Timestamp(bars["date"].iloc[3]), pd.Timestamp(bars["date"].iloc[10])
+    loaded = load_bars(tmp_path / "partitioned", ["CCC", "AAA"], first.date(), last.date())
+    assert loaded["ticker"].unique().tolist() == ["AAA", "CCC"]
+    expected = bars[bars["ticker"].isin(["AAA", "CCC"]) & bars["date"].between(first, last)]
+    assert len(loaded) == len(expected) == 16
+    assert loaded["close"].tolist() == pytest.approx(expected["close"].tolist())
+
+    other = bars.rename(columns={"ticker": "symbol", "date": "timestamp"}).drop(
+        columns=["gap_pct", "volume_ratio"]
+    )
+    write_deltalake(str(tmp_path / "plain" / "market_bars"), other)
+    plain = load_bars(tmp_path / "plain", ["BBB"])
+    assert len(plain) == 30 and set(plain["ticker"]) == {"BBB"}
+    assert plain["gap_pct"].iloc[1:].tolist() == pytest.approx(
+        bars[bars["ticker"] == "BBB"]["gap_pct"].iloc[1:].tolist()
+    )
