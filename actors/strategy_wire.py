@@ -81,8 +81,9 @@ ARGS_OF_TYPE: dict[str, type[_Args]] = {"backtest": BacktestArgs, "screening": S
 def describe_errors(error: ValidationError, *, prefix: str = "") -> str:
     parts = []
     for problem in error.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "document"
-        parts.append(f"{prefix}{where}: {problem['msg']}")
+        where = ".".join(str(p) for p in problem["loc"])
+        text = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{prefix}{where}: {text}" if where else text)
     return "; ".join(parts)
 
 

@@ -29,7 +29,7 @@ SYMBOL_ROWS = 20
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"error: {message}", highlight=False)
+    err_console.print(f"error: {message}", highlight=False, soft_wrap=True, markup=False)
     return typer.Exit(1)
 
 

@@ -210,6 +210,13 @@ def test_cli_backtest_and_screen_print_their_tables(stack: Settings, tmp_path: P
     )
     assert done.returncode == 0, done.stderr
     assert "screening: 2 of 12" in done.stdout
+    done = run_cli(
+        "backtest", str(strategy), "--symbols", "T00", "--start", "2024-02-01", "--end", "2024-01-01", env=env
+    )
+    assert done.returncode == 1
+    assert "Invalid task: start_date 2024-02-01 is after end_date 2024-01-01" in done.stderr
+    done = run_cli("screen", str(tmp_path / "missing.py"), "--universe", "T00", env=env)
+    assert done.returncode == 1 and "cannot read" in done.stderr
     strategy.write_text("import os\ndef s(df):\n    return []")
     done = run_cli("screen", str(strategy), "--universe", "T00", env=env, timeout=120)
     assert done.returncode == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -162,3 +163,57 @@ def test_a_task_left_by_a_crashed_relay_is_sent_on_restart(
     assert relay.relay_one()
     assert [m["args"][0] for m in enqueued(client, namespace)] == ["bt-1", "sc-1"]
     assert client.llen(relay.processing) == 0
+
+
+def test_a_relay_killed_with_sigkill_loses_nothing(client, namespace: str, redis_url: str) -> None:
+    """A real relay process is SIGKILLed; tasks pushed meanwhile, and one it had moved, all get sent."""
+    import signal
+    import sys
+
+    from conftest import REPO_ROOT, settings_env
+
+    settings = Settings(
+        redis_url=redis_url,
+        namespace=namespace,
+        audit_enabled=False,
+        strategy_legacy_queue=f"{namespace}-strategy_queue",
+        strategy_result_prefix=f"{namespace}-task_result:",
+    )
+    source, processing = settings.strategy_legacy_queue, f"{settings.strategy_legacy_queue}:processing"
+
+    def start_relay() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "strategy-relay"],
+            env=settings_env(settings),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_until(condition, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    relay = start_relay()
+    assert "relaying" in relay.stdout.readline()
+    redis_cli(redis_url, "LPUSH", source, json.dumps(BACKTEST))
+    wait_until(lambda: len(enqueued(client, namespace)) == 1, "the first task was not relayed")
+    relay.send_signal(signal.SIGKILL)
+    relay.wait(timeout=10)
+    relay.stdout.close()
+
+    redis_cli(redis_url, "LPUSH", source, json.dumps({**BACKTEST, "task_id": "bt-2"}))
+    redis_cli(redis_url, "LPUSH", source, json.dumps(SCREENING))
+    redis_cli(redis_url, "LMOVE", source, processing, "RIGHT", "LEFT")  # as if moved right before the kill
+    relay = start_relay()
+    try:
+        wait_until(lambda: len(enqueued(client, namespace)) == 3, "tasks were lost across the SIGKILL")
+        wait_until(lambda: client.llen(processing) == 0 and client.llen(source) == 0, "lists not drained")
+    finally:
+        relay.terminate()
+        relay.wait(timeout=10)
+        relay.stdout.close()
+    assert relay.returncode == 0
+    assert [m["args"][0] for m in enqueued(client, namespace)] == ["bt-1", "bt-2", "sc-1"]
