@@ -56,6 +56,9 @@ def normalise_bars(
 ) -> pd.DataFrame:
     """``frame`` with our column names, naive daily dates, derived columns, in range and sorted."""
     frame = frame.rename(columns={k: v for k, v in _RENAMES.items() if k in frame and v not in frame})
+    missing = [c for c in BAR_COLUMNS[:7] if c not in frame]
+    if missing:
+        raise MarketDataMissing(f"the market bars lack the column(s) {', '.join(missing)}")
     dates = pd.to_datetime(frame["date"])
     if dates.dt.tz is not None:
         dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)

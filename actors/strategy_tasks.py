@@ -79,10 +79,12 @@ class StrategyTasks:
             data = work()
         except (StrategyFailed, InvalidTask, MarketDataMissing) as exc:
             self.logger.info("Strategy task %s failed: %s", task_id, exc)
-            self.results.error(
-                task_id, str(exc), task_type=task_type, worker_id=worker_id(), completed_at=_now()
-            )
+            self._error(task_id, task_type, str(exc))
             raise StrategyFailed(str(exc)) from None
+        except Exception as exc:
+            # Ours, not the user's: say so, and let Dramatiq retry (a retry overwrites this).
+            self._error(task_id, task_type, f"Internal error: {type(exc).__name__}: {exc}")
+            raise
         elapsed = time.perf_counter() - started
         data.update(
             task_id=task_id,
@@ -94,6 +96,9 @@ class StrategyTasks:
         )
         self.results.completed(task_id, data)
         return data
+
+    def _error(self, task_id: str, task_type: str, reason: str) -> None:
+        self.results.error(task_id, reason, task_type=task_type, worker_id=worker_id(), completed_at=_now())
 
     def _backtest(self, args: BacktestArgs) -> dict:
         started = time.perf_counter()

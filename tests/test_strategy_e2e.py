@@ -177,11 +177,18 @@ def test_bad_strategies_end_in_error_and_the_worker_keeps_working(stack: Setting
     }
     for task_id, (code, _) in bad.items():
         push(stack, {"task_id": task_id, "task_type": "backtest", "args": {"strategy_code": code, **base}})
+    no_data = {**base, "symbols": ["NOPE"]}
+    push(
+        stack,
+        {"task_id": "e2e-nodata", "task_type": "backtest", "args": {"strategy_code": GAP_UP, **no_data}},
+    )
     push(stack, {"task_id": "e2e-after", "task_type": "backtest", "args": {"strategy_code": GAP_UP, **base}})
     for task_id, (_, reason) in bad.items():
         document = wait_for(stack, task_id)
         assert document["status"] == "error"
         assert document["data"]["error"].startswith(reason), document
+    document = wait_for(stack, "e2e-nodata")
+    assert document["data"]["error"] == "no market data for NOPE between 2023-01-01 and 2023-03-31"
     assert wait_for(stack, "e2e-after")["status"] == "completed"
 
 
