@@ -33,6 +33,7 @@ from RestrictedPython.Guards import (
     full_write_guard,
     guarded_iter_unpack_sequence,
     guarded_unpack_sequence,
+    raise_,
     safer_getattr,
 )
 
@@ -198,13 +199,24 @@ def _forbidden_names(code: str) -> list[str]:
         if isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES and node.id not in bound:
             problems.append(f"Line {node.lineno}: name {node.id!r} is not allowed")
         elif isinstance(node, ast.Import | ast.ImportFrom):
-            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            for name in names:
-                if name not in ALLOWED_IMPORTS:
-                    allowed = ", ".join(sorted(ALLOWED_IMPORTS))
-                    problems.append(
-                        f"Line {node.lineno}: import of {name!r} is not allowed (allowed: {allowed})"
-                    )
+            problems += _forbidden_imports(node)
+    return problems
+
+
+def _forbidden_imports(node: ast.Import | ast.ImportFrom) -> list[str]:
+    allowed = ", ".join(sorted(ALLOWED_IMPORTS))
+    modules = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+    problems = [
+        f"Line {node.lineno}: import of {module!r} is not allowed (allowed: {allowed})"
+        for module in modules
+        if module not in ALLOWED_IMPORTS
+    ]
+    if isinstance(node, ast.ImportFrom):
+        problems += [
+            f"Line {node.lineno}: import of {node.module}.{alias.name} is not allowed"
+            for alias in node.names
+            if forbidden_attribute(alias.name)
+        ]
     return problems
 
 
@@ -236,16 +248,21 @@ def _entry_function(tree: ast.Module, function_name: str | None) -> str:
     return chosen.name
 
 
-def guarded_getattr(obj: object, name: str, default: object = None) -> object:
+def forbidden_attribute(name: str) -> bool:
+    return name in FORBIDDEN_ATTRIBUTES or name.startswith(("_", "read_"))
+
+
+def guarded_getattr(obj: object, name: str, *default: object) -> object:
     """RestrictedPython's ``safer_getattr`` plus our deny-list, as a security error.
 
     A module reached through an attribute (``pd.compat.platform.os``) must
-    belong to an allowed package.
+    belong to an allowed package.  Like ``getattr``: a missing attribute
+    raises unless a default is given.
     """
-    if name in FORBIDDEN_ATTRIBUTES or name.startswith(("_", "read_")):
+    if forbidden_attribute(name):
         raise SecurityViolation(f"access to attribute {name!r} is not allowed")
     try:
-        value = safer_getattr(obj, name, default)
+        value = safer_getattr(obj, name, *(default or (raise_,)))
     except NotImplementedError as exc:
         raise SecurityViolation(str(exc)) from None
     if isinstance(value, types.ModuleType) and value.__name__.partition(".")[0] not in ALLOWED_IMPORTS:
@@ -257,7 +274,7 @@ def guarded_import(name: str, globals=None, locals=None, fromlist=(), level=0):
     if level != 0 or name not in ALLOWED_IMPORTS:
         raise SecurityViolation(f"import of {name!r} is not allowed")
     for attribute in fromlist or ():
-        if attribute in FORBIDDEN_ATTRIBUTES or attribute.startswith("_"):
+        if forbidden_attribute(attribute):
             raise SecurityViolation(f"import of {name}.{attribute} is not allowed")
     return __import__(name, globals, locals, fromlist, level)
 
@@ -285,7 +302,7 @@ def restricted_globals() -> dict:
         iter=iter,
         next=next,
         abs=abs,
-        hasattr=lambda obj, name: _hasattr(obj, name),
+        hasattr=_hasattr,
     )
     return {
         "__builtins__": builtins,
@@ -303,13 +320,10 @@ def restricted_globals() -> dict:
 
 def _hasattr(obj: object, name: str) -> bool:
     try:
-        guarded_getattr(obj, name, _MISSING)
+        guarded_getattr(obj, name)
     except (AttributeError, SecurityViolation):
         return False
     return True
-
-
-_MISSING = object()
 
 
 def _inplacevar(op: str, x, y):

@@ -88,6 +88,8 @@ def test_seed_gap_up_strategy_finds_the_right_instances(sandbox: Sandbox, bars: 
         ("def s(df):\n    return [df.__class__.__mro__]", 'Line 2: "__mro__" is an invalid attribute name'),
         ("def s(df):\n    return eval('1')", "Line 2: name 'eval' is not allowed"),
         ("def s(df):\n    return __import__('os')", 'Line 2: "__import__" is an invalid variable name'),
+        ("from pandas import read_pickle\ndef s(df):\n    return []", "Line 1: import of pandas.read_pickle"),
+        ("from numpy import ctypeslib\ndef s(df):\n    return []", "Line 1: import of numpy.ctypeslib"),
     ],
 )
 def test_static_escapes_are_rejected_with_their_line(code: str, expected: str) -> None:
@@ -312,6 +314,19 @@ def test_wrong_results_are_strategy_errors(
     code: str, expected: str, sandbox: Sandbox, bars: pd.DataFrame
 ) -> None:
     assert expected in _fails(sandbox, code, bars)
+
+
+def test_attribute_access_behaves_like_python(sandbox: Sandbox, bars: pd.DataFrame) -> None:
+    code = (
+        "def s(df):\n"
+        "    found = [hasattr(df, 'close'), hasattr(df, 'nope'), hasattr(df, 'to_csv')]\n"
+        "    found.append(getattr(df, 'nope', 7))\n"
+        "    return [{'found': found, 'missing': df.nope}]"
+    )
+    reason = _fails(sandbox, code, bars)
+    assert reason.startswith("Strategy error: AttributeError") and "nope" in reason
+    results = sandbox.run(code=code.replace(", 'missing': df.nope", ""), bars=bars)
+    assert results["AAA"] == [{"found": [True, False, False, 7]}]
 
 
 def test_print_does_not_corrupt_the_answer(sandbox: Sandbox, bars: pd.DataFrame) -> None:
