@@ -28,6 +28,9 @@ from .task_results import TaskResultStore
 #: Seconds one BLMOVE waits before the relay checks whether it should stop.
 BLOCK_SECONDS = 1.0
 
+#: Seconds between two attempts while Redis is unreachable.
+RETRY_SECONDS = 1.0
+
 #: Invalid documents kept for inspection, newest first.
 INVALID_KEPT = 1_000
 
@@ -85,10 +88,17 @@ class StrategyQueueRelay:
         return True
 
     def run(self, stop: threading.Event) -> None:
-        """Recover, then relay until ``stop`` is set."""
-        self.recover()
+        """Recover, then relay until ``stop`` is set; waits out Redis outages (the lists keep the tasks)."""
+        recovered = False
         while not stop.is_set():
-            self.relay_one()
+            try:
+                if not recovered:
+                    self.recover()
+                    recovered = True
+                self.relay_one()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.logger.warning("Redis unreachable (%s); retrying in %.0fs.", exc, RETRY_SECONDS)
+                stop.wait(RETRY_SECONDS)
 
     def _handle(self, raw: bytes) -> None:
         try:

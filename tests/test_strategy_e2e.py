@@ -277,3 +277,29 @@ def test_a_node_producer_gets_its_result(stack: Settings, node_producer: Path) -
     assert document["status"] == "completed"
     assert document["data"]["results_returned"] == 4
     assert [r["rank"] for r in document["data"]["ranked_results"]] == [1, 2, 3, 4]
+
+
+def test_the_actor_result_is_in_the_dramatiq_results_backend_too(stack: Settings) -> None:
+    from dramatiq import Message
+    from dramatiq.results import Results
+
+    from actors.broker import build_broker
+
+    broker = build_broker(stack.model_copy(update={"audit_enabled": False}))
+    backend = next(m for m in broker.middleware if isinstance(m, Results)).backend
+    args = {"strategy_code": SCORED, "universe": SYMBOLS, "limit": 2}
+    message = broker.enqueue(
+        Message(
+            queue_name="strategy",
+            actor_name="run_screening",
+            args=("e2e-results", args),
+            kwargs={},
+            options={},
+        )
+    )
+    try:
+        result = message.get_result(backend=backend, block=True, timeout=90_000)
+    finally:
+        broker.close()
+    assert result == wait_for(stack, "e2e-results")["data"]
+    assert result["results_returned"] == 2

@@ -217,3 +217,25 @@ def test_a_relay_killed_with_sigkill_loses_nothing(client, namespace: str, redis
         relay.stdout.close()
     assert relay.returncode == 0
     assert [m["args"][0] for m in enqueued(client, namespace)] == ["bt-1", "bt-2", "sc-1"]
+
+
+def test_the_relay_waits_out_an_unreachable_redis(namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    relay = StrategyQueueRelay(
+        client=down,
+        source=f"{namespace}-strategy_queue",
+        results=TaskResultStore(client=down, prefix=f"{namespace}-task_result:"),
+        dispatch=lambda task: None,
+        block_seconds=0.1,
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=relay.run, args=(stop,))
+    runner.start()
+    time.sleep(1.5)
+    assert runner.is_alive()
+    stop.set()
+    runner.join(timeout=5)
+    assert not runner.is_alive()
+    assert "Redis unreachable" in caplog.text and "retrying" in caplog.text
