@@ -16,7 +16,7 @@ settings = Settings()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)
 
-from . import ai_analysis, data_fetcher, system  # noqa: E402, F401  (actors register on the broker set above)
+from . import ai_analysis, data_fetcher, strategy, system  # noqa: E402, F401  (actors register on the broker set above)
 
 __all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "system", "worker_id"]
 

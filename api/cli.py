@@ -16,6 +16,7 @@ from config import Settings
 
 from . import stack
 from .cli_data import data_app
+from .cli_strategy import strategy_app
 from .embedded import redis_answers, redis_for
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
+app.add_typer(strategy_app)  # backtest, screen, strategy-relay
 
 console = Console()
 err_console = Console(stderr=True)

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
       recovery_interval_ms: How often a worker requeues the messages of dead workers
         (after ``heartbeat_timeout_ms`` of silence), on every queue.
       outbox_batch_size / outbox_poll_interval_ms: The outbox relay's batch and idle pause.
+      strategy_*: The strategy queue: the seed-compatible result keys (``task_result:{id}``
+        prefix and TTL in seconds), the legacy Redis list other languages LPUSH tasks to,
+        the sandbox's limits (CPU seconds, MiB of address space, wall seconds, MiB of
+        output, seccomp on/off), the default holding period and entry rule of a backtest,
+        and how many recent bars of each symbol a screening reads.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -112,6 +117,18 @@ class Settings(BaseSettings):
     recovery_interval_ms: int = Field(default=15_000, gt=0)
     outbox_batch_size: int = Field(default=500, gt=0)
     outbox_poll_interval_ms: int = Field(default=200, gt=0)
+
+    strategy_result_prefix: str = Field(default="task_result:", min_length=1)
+    strategy_result_ttl_s: int = Field(default=86_400, gt=0)
+    strategy_legacy_queue: str = Field(default="strategy_queue", min_length=1)
+    strategy_cpu_seconds: int = Field(default=20, gt=0)
+    strategy_memory_mb: int = Field(default=2_048, ge=256)
+    strategy_wall_seconds: float = Field(default=30.0, gt=0)
+    strategy_output_mb: int = Field(default=16, gt=0)
+    strategy_seccomp: bool = True
+    strategy_holding_period: int = Field(default=5, ge=1)
+    strategy_entry: Literal["next_open", "close"] = "next_open"
+    strategy_screen_lookback_bars: int = Field(default=120, ge=1)
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)
