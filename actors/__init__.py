@@ -16,6 +16,15 @@ settings = Settings()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)
 
-from . import system  # noqa: E402  (actors register on the broker set above)
+from . import ib_positions, system  # noqa: E402  (actors register on the broker set above)
 
-__all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "system", "worker_id"]
+__all__ = [
+    "Audit",
+    "audit_writer_of",
+    "broker",
+    "build_broker",
+    "ib_positions",
+    "settings",
+    "system",
+    "worker_id",
+]

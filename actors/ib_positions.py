@@ -1,0 +1,358 @@
+"""The ``ib_positions`` queue: position-update requests fulfilled in batches.
+
+Requests wait in SQL (``storage.ib_positions``).  Adding one makes sure a
+``process_position_batch`` message is due within ``ib_batch_interval_ms`` (a Redis flag
+with ``SET NX`` keeps it to one message per interval, so a trickle costs one batch per
+interval and an idle queue costs nothing).  A batch claims up to ``ib_batch_size`` requests,
+asks the gateway for every position with ONE ``reqPositionsAsync()`` (no market-data lines),
+appends a row per fulfilled request to the Delta table ``position_updates`` in one commit,
+marks each request SUCCESS or FAILED (with the reason) and, while a backlog remains, sends
+the next batch at once.  A gateway that is down or drops mid-batch fails nothing: the batch
+gives its requests back and retries after the session's reconnect backoff, until a request
+has been tried ``ib_max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import dramatiq
+from periodiq import cron
+from sqlalchemy import Engine
+
+from storage import create_db_engine, utc_now
+from storage.ib_models import PositionBatch
+from storage.ib_positions import (
+    ClaimedRequest,
+    Enqueued,
+    NewRequest,
+    claim_requests,
+    claimable_count,
+    enqueue_requests,
+    finish_requests,
+    record_batch,
+    release_requests,
+)
+
+from .ib_session import GatewayUnavailable, IBSession
+
+#: Queue of the position actors.
+QUEUE = "ib_positions"
+
+#: Redis key (after the namespace) that exists while a batch message is due.
+BATCH_DUE_KEY = "ib:batch-due"
+
+#: Redis counter handing out clientIds to worker processes.
+CLIENT_ID_KEY = "ib:client-ids"
+
+#: Distinct clientIds handed out before the counter wraps.
+CLIENT_ID_SPAN = 10_000
+
+#: Seconds a due flag outlives its interval, so a lost message cannot block scheduling for long.
+DUE_FLAG_GRACE_S = 30
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One position as the gateway reported it, with its mark where the portfolio has one."""
+
+    account: str
+    conid: int
+    symbol: str
+    sec_type: str
+    currency: str
+    position: float
+    avg_cost: float
+    market_price: float | None
+    market_value: float | None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    batch_id: str
+    size: int
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    rows_written: int = 0
+    error: str | None = None
+    retry_in: float | None = None
+
+
+async def fetch_holdings(ib) -> list[Holding]:
+    """Every position of every account (one ``reqPositions``), marked from the portfolio cache."""
+    positions = await ib.reqPositionsAsync()
+    marks = {(item.account, item.contract.conId): item for item in ib.portfolio()}
+    holdings = []
+    for p in positions:
+        item = marks.get((p.account, p.contract.conId))
+        holdings.append(
+            Holding(
+                account=p.account,
+                conid=p.contract.conId,
+                symbol=p.contract.symbol,
+                sec_type=p.contract.secType,
+                currency=p.contract.currency,
+                position=p.position,
+                avg_cost=p.avgCost,
+                market_price=item.marketPrice if item else None,
+                market_value=item.marketValue if item else None,
+            )
+        )
+    return holdings
+
+
+def match_requests(
+    claimed: list[ClaimedRequest], holdings: list[Holding]
+) -> tuple[list[tuple[ClaimedRequest, Holding]], dict[int, str]]:
+    """Pair each request with its holdings (an empty account means every account).
+
+    Returns the pairs and, per unfulfilled request id, why it failed.
+    """
+    by_conid: dict[int, list[Holding]] = defaultdict(list)
+    for holding in holdings:
+        by_conid[holding.conid].append(holding)
+    pairs, failures = [], {}
+    for request in claimed:
+        held = [h for h in by_conid.get(request.conid, []) if request.account in ("", h.account)]
+        if not held:
+            where = f"account {request.account}" if request.account else "any account"
+            failures[request.request_id] = f"conid {request.conid} not held in {where}"
+        pairs.extend((request, h) for h in held)
+    return pairs, failures
+
+
+class PositionBatcher:
+    """Runs one batch: claim, fetch, write Delta rows, finish each request, record the batch.
+
+    Parameters:
+      engine: Database of the request queue.
+      delta_root: Root of the Delta tables (``position_updates`` lives below it).
+      session: The process's gateway connection.
+      batch_size: Requests per batch (default 50).
+      lease: A claim older than this is considered abandoned, in seconds (default 60).
+      max_attempts: Batches a request may be tried in before it fails for good (default 10).
+      worker: Name recorded on claims and batches (default host:pid).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        delta_root: Path,
+        session: IBSession,
+        batch_size: int = 50,
+        lease: float = 60.0,
+        max_attempts: int = 10,
+        worker: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.delta_root = Path(delta_root)
+        self.session = session
+        self.batch_size = batch_size
+        self.lease = timedelta(seconds=lease)
+        self.max_attempts = max_attempts
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        self.logger = logging.getLogger(type(self).__name__)
+
+    def run_batch(self) -> BatchResult:
+        batch_id = uuid.uuid4().hex
+        started = utc_now()
+        claimed = claim_requests(
+            self.engine, batch_id=batch_id, worker=self.worker, limit=self.batch_size, lease=self.lease
+        )
+        if not claimed:
+            return BatchResult(batch_id=batch_id, size=0)
+        try:
+            holdings = self.session.call(fetch_holdings)
+            result = self._write(batch_id, claimed, holdings)
+        except GatewayUnavailable as exc:
+            result = self._give_back(batch_id, claimed, exc.reason, retry_in=exc.retry_in)
+        except Exception as exc:
+            # e.g. the Delta write failed: nothing was marked, the requests go back
+            self.logger.exception("batch %s failed", batch_id)
+            result = self._give_back(batch_id, claimed, f"{type(exc).__name__}: {exc}", retry_in=1.0)
+        self._record(result, started)
+        return result
+
+    def _write(self, batch_id: str, claimed: list[ClaimedRequest], holdings: list[Holding]) -> BatchResult:
+        from storage.position_updates import PositionUpdate, append_position_updates
+
+        fetched_at = utc_now()
+        pairs, failures = match_requests(claimed, holdings)
+        updates = [
+            PositionUpdate(
+                request_id=request.request_id,
+                batch_id=batch_id,
+                fetched_at=fetched_at,
+                **asdict(holding),
+            )
+            for request, holding in pairs
+        ]
+        # rows first, then the marks: a crash in between re-runs the request (at least once)
+        append_position_updates(self.delta_root, updates)
+        outcomes: dict[int, str | None] = {r.request_id: failures.get(r.request_id) for r in claimed}
+        finish_requests(self.engine, batch_id=batch_id, outcomes=outcomes)
+        return BatchResult(
+            batch_id=batch_id,
+            size=len(claimed),
+            succeeded=len(claimed) - len(failures),
+            failed=len(failures),
+            rows_written=len(updates),
+        )
+
+    def _give_back(self, batch_id: str, claimed: list, reason: str, *, retry_in: float) -> BatchResult:
+        released, failed = release_requests(
+            self.engine, batch_id=batch_id, reason=reason, max_attempts=self.max_attempts
+        )
+        return BatchResult(
+            batch_id=batch_id,
+            size=len(claimed),
+            failed=failed,
+            released=released,
+            error=reason,
+            retry_in=retry_in,
+        )
+
+    def _record(self, result: BatchResult, started) -> None:
+        record_batch(
+            self.engine,
+            PositionBatch(
+                batch_id=result.batch_id,
+                worker=self.worker,
+                started_at=started,
+                finished_at=utc_now(),
+                size=result.size,
+                succeeded=result.succeeded,
+                failed=result.failed,
+                released=result.released,
+                rows_written=result.rows_written,
+                error=result.error,
+            ),
+        )
+
+
+class BatchScheduler:
+    """Keeps one ``process_position_batch`` message due while requests wait, and none when idle.
+
+    Parameters:
+      redis: Redis client.
+      key: The due flag's key.
+      interval: Longest wait of a request for its batch, in seconds.
+      send: Sends a batch message with a delay in milliseconds.
+    """
+
+    def __init__(self, *, redis, key: str, interval: float, send) -> None:
+        self.redis, self.key, self.interval, self.send = redis, key, interval, send
+
+    def requests_added(self, *, backlog: bool) -> bool:
+        """Schedule a batch unless one is due; a full batch's worth goes at once.  True if sent."""
+        ttl_ms = int((self.interval + DUE_FLAG_GRACE_S) * 1000)
+        if not self.redis.set(self.key, "1", nx=True, px=ttl_ms):
+            return False
+        self.send(0 if backlog else int(self.interval * 1000))
+        return True
+
+    def batch_started(self) -> None:
+        """Requests arriving from now on are not covered by the running batch: let them schedule."""
+        self.redis.delete(self.key)
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    engine: Engine
+    settings: object
+    scheduler: BatchScheduler
+
+
+@functools.cache
+def _runtime() -> _Runtime:
+    import actors
+
+    settings = actors.settings
+    broker = dramatiq.get_broker()
+    scheduler = BatchScheduler(
+        redis=broker.client,
+        key=f"{settings.namespace}:{BATCH_DUE_KEY}",
+        interval=settings.ib_batch_interval_ms / 1000,
+        send=lambda delay: process_position_batch.send_with_options(delay=delay),
+    )
+    return _Runtime(engine=create_db_engine(settings.database_url), settings=settings, scheduler=scheduler)
+
+
+@functools.cache
+def shared_session() -> IBSession:
+    """This process's gateway connection (built on first use, never in the forking master)."""
+    settings = _runtime().settings
+    client = dramatiq.get_broker().client
+    counter = f"{settings.namespace}:{CLIENT_ID_KEY}"
+    return IBSession(
+        host=settings.ib_host,
+        port=settings.ib_port,
+        next_client_id=lambda: settings.ib_client_id_base + client.incr(counter) % CLIENT_ID_SPAN,
+        account=settings.ib_account,
+        timeout=settings.ib_timeout_ms / 1000,
+        reconnect_max=settings.ib_reconnect_max_ms / 1000,
+    )
+
+
+@functools.cache
+def _batcher() -> PositionBatcher:
+    runtime = _runtime()
+    settings = runtime.settings
+    return PositionBatcher(
+        engine=runtime.engine,
+        delta_root=settings.delta_root,
+        session=shared_session(),
+        batch_size=settings.ib_batch_size,
+        lease=settings.ib_lease_ms / 1000,
+        max_attempts=settings.ib_max_attempts,
+    )
+
+
+def request_position_updates(requests: list[NewRequest]) -> list[Enqueued]:
+    """Queue requests (duplicates of open ones coalesce) and make sure a batch is due."""
+    runtime = _runtime()
+    enqueued = enqueue_requests(runtime.engine, requests)
+    runtime.scheduler.requests_added(backlog=len(requests) >= runtime.settings.ib_batch_size)
+    return enqueued
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000)
+def request_position_update(conid: int, account: str = "", priority: int = 0, requested_by: str = "") -> dict:
+    """Queue one request from anywhere a message can be sent; returns its id and whether it merged."""
+    request = NewRequest(conid=conid, account=account, priority=priority, requested_by=requested_by or None)
+    (enqueued,) = request_position_updates([request])
+    return asdict(enqueued)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=300_000)
+def process_position_batch() -> dict:
+    """Run one batch; chain the next at once while a backlog remains, or after a gateway backoff."""
+    runtime = _runtime()
+    runtime.scheduler.batch_started()
+    result = _batcher().run_batch()
+    if result.retry_in is not None:
+        process_position_batch.send_with_options(delay=int(result.retry_in * 1000))
+    elif result.size and claimable_count(runtime.engine, lease=_batcher().lease):
+        process_position_batch.send()
+    return asdict(result)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000, periodic=cron("* * * * *"))
+def sweep_position_requests() -> int:
+    """Safety net (each minute): schedule a batch if requests wait, e.g. claims of a killed worker."""
+    runtime = _runtime()
+    lease = timedelta(milliseconds=runtime.settings.ib_lease_ms)
+    waiting = claimable_count(runtime.engine, lease=lease)
+    if waiting:
+        runtime.scheduler.requests_added(backlog=True)
+    return waiting
