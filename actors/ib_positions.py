@@ -56,6 +56,9 @@ CLIENT_ID_KEY = "ib:client-ids"
 #: Distinct clientIds handed out before the counter wraps.
 CLIENT_ID_SPAN = 10_000
 
+#: Shortest delay before a batch that met a gateway failure runs again, in seconds.
+MIN_RETRY_DELAY_S = 0.1
+
 #: Seconds a due flag outlives its interval, so a lost message cannot block scheduling for long.
 DUE_FLAG_GRACE_S = 30
 
@@ -240,30 +243,53 @@ class PositionBatcher:
         )
 
 
+def batch_message() -> dramatiq.Message:
+    """A ``process_position_batch`` message (sendable through any broker, declared or not)."""
+    return dramatiq.Message(
+        queue_name=QUEUE, actor_name="process_position_batch", args=(), kwargs={}, options={}
+    )
+
+
 class BatchScheduler:
-    """Keeps one ``process_position_batch`` message due while requests wait, and none when idle.
+    """Keeps one batch message due while requests wait, and none when the queue is idle.
 
     Parameters:
-      redis: Redis client.
-      key: The due flag's key.
-      interval: Longest wait of a request for its batch, in seconds.
-      send: Sends a batch message with a delay in milliseconds.
+      broker: Broker the batch messages go through.
+      namespace: Redis key prefix (``Settings.namespace``).
+      interval: Longest wait of a request for its batch, in seconds (default 5).
+      batch_size: Requests that make a full batch: that many at once are sent without delay.
     """
 
-    def __init__(self, *, redis, key: str, interval: float, send) -> None:
-        self.redis, self.key, self.interval, self.send = redis, key, interval, send
+    def __init__(self, *, broker, namespace: str, interval: float = 5.0, batch_size: int = 50) -> None:
+        self.broker = broker
+        self.key = f"{namespace}:{BATCH_DUE_KEY}"
+        self.interval = interval
+        self.batch_size = batch_size
 
-    def requests_added(self, *, backlog: bool) -> bool:
+    def requests_added(self, count: int) -> bool:
         """Schedule a batch unless one is due; a full batch's worth goes at once.  True if sent."""
         ttl_ms = int((self.interval + DUE_FLAG_GRACE_S) * 1000)
-        if not self.redis.set(self.key, "1", nx=True, px=ttl_ms):
+        if not self.broker.client.set(self.key, "1", nx=True, px=ttl_ms):
             return False
-        self.send(0 if backlog else int(self.interval * 1000))
+        self.send_batch(None if count >= self.batch_size else self.interval)
         return True
 
     def batch_started(self) -> None:
         """Requests arriving from now on are not covered by the running batch: let them schedule."""
-        self.redis.delete(self.key)
+        self.broker.client.delete(self.key)
+
+    def send_batch(self, delay: float | None = None) -> None:
+        """Send a batch message now or after ``delay`` seconds."""
+        self.broker.enqueue(batch_message(), delay=int(delay * 1000) if delay else None)
+
+
+def request_position_updates(
+    engine: Engine, scheduler: BatchScheduler, requests: list[NewRequest]
+) -> list[Enqueued]:
+    """Queue requests (duplicates of open ones coalesce) and make sure a batch is due."""
+    enqueued = enqueue_requests(engine, requests)
+    scheduler.requests_added(len(requests))
+    return enqueued
 
 
 @dataclass(frozen=True)
@@ -278,12 +304,11 @@ def _runtime() -> _Runtime:
     import actors
 
     settings = actors.settings
-    broker = dramatiq.get_broker()
     scheduler = BatchScheduler(
-        redis=broker.client,
-        key=f"{settings.namespace}:{BATCH_DUE_KEY}",
+        broker=dramatiq.get_broker(),
+        namespace=settings.namespace,
         interval=settings.ib_batch_interval_ms / 1000,
-        send=lambda delay: process_position_batch.send_with_options(delay=delay),
+        batch_size=settings.ib_batch_size,
     )
     return _Runtime(engine=create_db_engine(settings.database_url), settings=settings, scheduler=scheduler)
 
@@ -318,19 +343,12 @@ def _batcher() -> PositionBatcher:
     )
 
 
-def request_position_updates(requests: list[NewRequest]) -> list[Enqueued]:
-    """Queue requests (duplicates of open ones coalesce) and make sure a batch is due."""
-    runtime = _runtime()
-    enqueued = enqueue_requests(runtime.engine, requests)
-    runtime.scheduler.requests_added(backlog=len(requests) >= runtime.settings.ib_batch_size)
-    return enqueued
-
-
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000)
 def request_position_update(conid: int, account: str = "", priority: int = 0, requested_by: str = "") -> dict:
     """Queue one request from anywhere a message can be sent; returns its id and whether it merged."""
     request = NewRequest(conid=conid, account=account, priority=priority, requested_by=requested_by or None)
-    (enqueued,) = request_position_updates([request])
+    runtime = _runtime()
+    (enqueued,) = request_position_updates(runtime.engine, runtime.scheduler, [request])
     return asdict(enqueued)
 
 
@@ -341,9 +359,9 @@ def process_position_batch() -> dict:
     runtime.scheduler.batch_started()
     result = _batcher().run_batch()
     if result.retry_in is not None:
-        process_position_batch.send_with_options(delay=int(result.retry_in * 1000))
+        runtime.scheduler.send_batch(max(result.retry_in, MIN_RETRY_DELAY_S))
     elif result.size and claimable_count(runtime.engine, lease=_batcher().lease):
-        process_position_batch.send()
+        runtime.scheduler.send_batch()
     return asdict(result)
 
 
@@ -354,5 +372,5 @@ def sweep_position_requests() -> int:
     lease = timedelta(milliseconds=runtime.settings.ib_lease_ms)
     waiting = claimable_count(runtime.engine, lease=lease)
     if waiting:
-        runtime.scheduler.requests_added(backlog=True)
+        runtime.scheduler.requests_added(runtime.settings.ib_batch_size)
     return waiting

@@ -1,0 +1,126 @@
+"""The ib_positions queue end to end: real dramatiq worker processes, real Redis, the simulator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO_ROOT, settings_env
+
+from actors.broker import build_broker
+from actors.ib_gateway_sim import GatewaySimulator, Scenario, SimPosition
+from actors.ib_positions import BatchScheduler, request_position_updates
+from storage import create_db_engine
+from storage.ib_models import PositionBatch
+from storage.ib_positions import NewRequest, list_requests, queue_stats
+from storage.position_updates import read_position_updates
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def sqlite_only(database_url, request):
+    if "postgresql" in request.node.callspec.params.get("database_url", ""):
+        pytest.skip("worker process tests run once, on SQLite")
+
+
+def _workers(settings, processes: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "actors", "-p", str(processes), "-t", "2", "-Q", "ib_positions"],
+        env=settings_env(settings),
+        cwd=REPO_ROOT,
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _positions(count: int) -> list[SimPosition]:
+    return [
+        SimPosition(
+            account="DU1",
+            conid=1000 + i,
+            symbol=f"S{i}",
+            position=i + 1,
+            avg_cost=10.0 + i,
+            market_price=11.0 + i,
+        )
+        for i in range(count)
+    ]
+
+
+def _batches(engine) -> list[PositionBatch]:
+    from sqlmodel import Session, select
+
+    with Session(engine) as session:
+        return list(session.exec(select(PositionBatch)))
+
+
+def test_a_trickle_waits_for_one_batch_and_idle_costs_nothing(settings, sqlite_only):
+    with GatewaySimulator(scenario=Scenario(accounts=["DU1"], positions=_positions(3))) as gateway:
+        settings = settings.model_copy(update={"ib_port": gateway.port, "ib_batch_interval_ms": 1_000})
+        broker = build_broker(settings)
+        scheduler = BatchScheduler(broker=broker, namespace=settings.namespace, interval=1.0, batch_size=50)
+        engine = create_db_engine(settings.database_url)
+        workers = _workers(settings, processes=1)
+        try:
+            for conid in (1000, 1001, 1002, 1000):
+                request_position_updates(engine, scheduler, [NewRequest(conid=conid, account="DU1")])
+            _wait_for(lambda: queue_stats(engine).succeeded == 3, 60, "3 successful requests")
+            positions_requests = gateway.request_counts["positions"]
+            time.sleep(2.5)  # more than two intervals: an idle queue must not run batches
+            assert gateway.request_counts["positions"] == positions_requests
+        finally:
+            _stop(workers)
+    (batch,) = _batches(engine)
+    assert (batch.size, batch.succeeded, batch.rows_written) == (3, 3, 3)
+    first_request = min(r.created_at for r in list_requests(engine))
+    # the batch waited for the interval to gather the trickle instead of running per request
+    assert (batch.started_at - first_request).total_seconds() >= 0.9
+    assert queue_stats(engine).coalesced == 1
+    rows = read_position_updates(settings.delta_root).to_pylist()
+    assert sorted((r["conid"], r["position"], r["avg_cost"], r["market_price"]) for r in rows) == [
+        (1000, 1.0, 10.0, 11.0), (1001, 2.0, 11.0, 12.0), (1002, 3.0, 12.0, 13.0)
+    ]  # fmt: skip
+
+
+def test_a_backlog_drains_back_to_back_across_two_racing_workers(settings, sqlite_only):
+    with GatewaySimulator(scenario=Scenario(accounts=["DU1"], positions=_positions(400))) as gateway:
+        settings = settings.model_copy(update={"ib_port": gateway.port, "ib_batch_interval_ms": 60_000})
+        broker = build_broker(settings)
+        scheduler = BatchScheduler(broker=broker, namespace=settings.namespace, interval=60.0, batch_size=50)
+        engine = create_db_engine(settings.database_url)
+        requests = [NewRequest(conid=1000 + i, account="DU1") for i in range(400)]
+        request_position_updates(engine, scheduler, [*requests, NewRequest(conid=5)])
+        for _ in range(3):  # extra batch messages: the two processes race for the same requests
+            scheduler.send_batch()
+        workers = _workers(settings, processes=2)
+        try:
+            _wait_for(lambda: queue_stats(engine).processed == 401, 90, "401 finished requests")
+        finally:
+            _stop(workers)
+    # the 60 s interval never elapsed: the backlog went without waiting for it
+    stats = queue_stats(engine)
+    assert (stats.succeeded, stats.failed) == (400, 1)
+    batches = [b for b in _batches(engine) if b.size]
+    assert sum(b.size for b in batches) == 401 and all(b.size <= 50 for b in batches)
+    rows = read_position_updates(settings.delta_root)
+    request_ids = rows.column("request_id").to_pylist()
+    assert len(request_ids) == 400 and len(set(request_ids)) == 400
+    assert sorted(rows.column("conid").to_pylist()) == list(range(1000, 1400))
