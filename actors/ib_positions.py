@@ -300,7 +300,8 @@ class _Runtime:
 
 
 @functools.cache
-def _runtime() -> _Runtime:
+def runtime() -> _Runtime:
+    """This process's settings, database engine and batch scheduler (built on first use)."""
     import actors
 
     settings = actors.settings
@@ -316,7 +317,7 @@ def _runtime() -> _Runtime:
 @functools.cache
 def shared_session() -> IBSession:
     """This process's gateway connection (built on first use, never in the forking master)."""
-    settings = _runtime().settings
+    settings = runtime().settings
     client = dramatiq.get_broker().client
     counter = f"{settings.namespace}:{CLIENT_ID_KEY}"
     return IBSession(
@@ -331,10 +332,10 @@ def shared_session() -> IBSession:
 
 @functools.cache
 def _batcher() -> PositionBatcher:
-    runtime = _runtime()
-    settings = runtime.settings
+    state = runtime()
+    settings = state.settings
     return PositionBatcher(
-        engine=runtime.engine,
+        engine=state.engine,
         delta_root=settings.delta_root,
         session=shared_session(),
         batch_size=settings.ib_batch_size,
@@ -347,30 +348,30 @@ def _batcher() -> PositionBatcher:
 def request_position_update(conid: int, account: str = "", priority: int = 0, requested_by: str = "") -> dict:
     """Queue one request from anywhere a message can be sent; returns its id and whether it merged."""
     request = NewRequest(conid=conid, account=account, priority=priority, requested_by=requested_by or None)
-    runtime = _runtime()
-    (enqueued,) = request_position_updates(runtime.engine, runtime.scheduler, [request])
+    state = runtime()
+    (enqueued,) = request_position_updates(state.engine, state.scheduler, [request])
     return asdict(enqueued)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=300_000)
 def process_position_batch() -> dict:
     """Run one batch; chain the next at once while a backlog remains, or after a gateway backoff."""
-    runtime = _runtime()
-    runtime.scheduler.batch_started()
+    state = runtime()
+    state.scheduler.batch_started()
     result = _batcher().run_batch()
     if result.retry_in is not None:
-        runtime.scheduler.send_batch(max(result.retry_in, MIN_RETRY_DELAY_S))
-    elif result.size and claimable_count(runtime.engine, lease=_batcher().lease):
-        runtime.scheduler.send_batch()
+        state.scheduler.send_batch(max(result.retry_in, MIN_RETRY_DELAY_S))
+    elif result.size and claimable_count(state.engine, lease=_batcher().lease):
+        state.scheduler.send_batch()
     return asdict(result)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000, periodic=cron("* * * * *"))
 def sweep_position_requests() -> int:
     """Safety net (each minute): schedule a batch if requests wait, e.g. claims of a killed worker."""
-    runtime = _runtime()
-    lease = timedelta(milliseconds=runtime.settings.ib_lease_ms)
-    waiting = claimable_count(runtime.engine, lease=lease)
+    state = runtime()
+    lease = timedelta(milliseconds=state.settings.ib_lease_ms)
+    waiting = claimable_count(state.engine, lease=lease)
     if waiting:
-        runtime.scheduler.requests_added(runtime.settings.ib_batch_size)
+        state.scheduler.requests_added(state.settings.ib_batch_size)
     return waiting
