@@ -72,6 +72,7 @@ class IBSession:
         self._next_attempt = 0.0
         self._last_error = ""
         self._loop = asyncio.new_event_loop()
+        self._lock: asyncio.Lock | None = None
         self._thread = threading.Thread(target=self._run_loop, name="ib-session", daemon=True)
         self._thread.start()
 
@@ -82,7 +83,7 @@ class IBSession:
     def call(self, work: Callable[..., Awaitable[T]]) -> T:
         """Run ``work(ib)`` on a connected client; raise :class:`GatewayUnavailable` if it cannot."""
         future = asyncio.run_coroutine_threadsafe(self._call(work), self._loop)
-        return future.result(timeout=self.timeout * 3)
+        return future.result()  # bounded: connect and work each have ``timeout``
 
     def close(self) -> None:
         """Disconnect and stop the loop thread."""
@@ -97,6 +98,13 @@ class IBSession:
             self._thread.join(timeout=5)
 
     async def _call(self, work: Callable[..., Awaitable[T]]) -> T:
+        # one call at a time: ib_async keys some requests by name (positions, account updates),
+        # so two concurrent ones on a connection would steal each other's answer
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            return await self._call_connected(work)
+
+    async def _call_connected(self, work: Callable[..., Awaitable[T]]) -> T:
         ib = await self._connected()
         try:
             return await asyncio.wait_for(work(ib), self.timeout)

@@ -172,3 +172,17 @@ def test_gateway_timeout_fails_for_good_after_max_attempts(engine, tmp_path):
     assert second.failed == 1
     (row,) = list_requests(engine)
     assert row.status == "failed" and row.reason.startswith("gave up after 2 attempts: gateway timed out")
+
+
+def test_concurrent_calls_on_one_session_each_get_their_answer():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actors.ib_positions import fetch_holdings
+
+    with GatewaySimulator(scenario=held_scenario(latency_ms=20)) as gateway:
+        session = IBSession(host="127.0.0.1", port=gateway.port, next_client_id=_ClientIds(), timeout=5)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: session.call(fetch_holdings), range(8)))
+        session.close()
+    assert [len(holdings) for holdings in answers] == [3] * 8
+    assert session.connects == 1

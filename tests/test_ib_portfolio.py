@@ -149,7 +149,9 @@ def test_monitor_risk_in_worker_processes_raises_alerts(settings, request):
                                        options={})  # fmt: skip
             broker.enqueue(message)
             deadline = time.monotonic() + 60
-            while not list_breaches(engine) and time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (
+                list_breaches(engine) and len(list_snapshots(engine)) == 2
+            ):
                 time.sleep(0.2)
         finally:
             workers.terminate()
