@@ -548,3 +548,41 @@ async def _read_message(reader: asyncio.StreamReader) -> list[str]:
     if not fields or not fields[0].isdigit():
         raise ValueError(f"malformed message {payload[:80]!r}")
     return fields
+
+
+def demo_scenario(*, holdings: int = 5, accounts: tuple[str, ...] = ("DU1", "DU2")) -> Scenario:
+    """A plausible gateway: ``holdings`` stock positions per account with marks, account values,
+    20 daily bars per symbol and one execution per account."""
+    positions, bars, executions = [], {}, []
+    for a, account in enumerate(accounts):
+        for i in range(holdings):
+            price = 50.0 + i
+            symbol = f"SYM{i}"
+            positions.append(
+                SimPosition(account=account, conid=100_000 + i, symbol=symbol, position=10 * (i + 1) - a,
+                            avg_cost=price - 2.0, market_price=price)
+            )  # fmt: skip
+            bars[symbol] = [
+                SimBar(date=f"202611{day:02d}", open=price, high=price + 1, low=price - 1, close=price + 0.5,
+                       volume=1000 + day, average=price, bar_count=10)
+                for day in range(1, 21)
+            ]  # fmt: skip
+        executions.append(
+            SimExecution(exec_id=f"0000e.{a}", account=account, conid=100_000, symbol="SYM0", side="SLD",
+                         shares=5, price=51.0, time="20261123 14:30:00", realized_pnl=15.0, commission=1.0)
+        )  # fmt: skip
+    values = {
+        account: {
+            "NetLiquidation": 100_000.0,
+            "TotalCashValue": 60_000.0,
+            "PreviousDayEquityWithLoanValue": 99_000.0,
+        }
+        for account in accounts
+    }
+    return Scenario(
+        accounts=list(accounts),
+        positions=positions,
+        account_values=values,
+        historical_bars=bars,
+        executions=executions,
+    )

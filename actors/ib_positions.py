@@ -344,7 +344,7 @@ def _batcher() -> PositionBatcher:
     )
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000)
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000, store_results=True)
 def request_position_update(conid: int, account: str = "", priority: int = 0, requested_by: str = "") -> dict:
     """Queue one request from anywhere a message can be sent; returns its id and whether it merged."""
     request = NewRequest(conid=conid, account=account, priority=priority, requested_by=requested_by or None)
@@ -353,7 +353,7 @@ def request_position_update(conid: int, account: str = "", priority: int = 0, re
     return asdict(enqueued)
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=300_000)
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=300_000, store_results=True)
 def process_position_batch() -> dict:
     """Run one batch; chain the next at once while a backlog remains, or after a gateway backoff."""
     state = runtime()

@@ -20,6 +20,9 @@ T = TypeVar("T")
 #: First reconnect delay after a failure, in seconds; it doubles up to ``reconnect_max``.
 RECONNECT_MIN_S = 0.5
 
+#: ib_async logs every position and portfolio row at INFO; a batch of 500 would flood worker logs.
+IB_ASYNC_LOG_LEVEL = logging.WARNING
+
 #: What a connection fetches at startup: positions always, portfolio of ``account`` if set.
 STARTUP_FETCH = "ACCOUNT_UPDATES"
 
@@ -66,6 +69,7 @@ class IBSession:
         self.timeout = timeout
         self.reconnect_max = reconnect_max
         self.logger = logging.getLogger(type(self).__name__)
+        logging.getLogger("ib_async").setLevel(IB_ASYNC_LOG_LEVEL)
         self.connects = 0
         self._ib = None
         self._failures = 0

@@ -176,14 +176,14 @@ def _service() -> PortfolioService:
     )
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000)
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000, store_results=True)
 def sync_portfolio(account: str) -> dict:
     """Snapshot one account; returns its P&L figures."""
     snapshot = _service().sync(account)
     return snapshot.model_dump(mode="json", exclude={"positions", "summary"})
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000)
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000, store_results=True)
 def sync_all_portfolios(evaluate_limits: bool = False) -> list[str]:
     """Snapshot every managed account (and check its limits afterwards if asked)."""
     accounts = _service().accounts()
@@ -196,7 +196,7 @@ def sync_all_portfolios(evaluate_limits: bool = False) -> list[str]:
     return accounts
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000)
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000, store_results=True)
 def evaluate_risk_limits(account: str) -> list[dict]:
     """Check the latest snapshot of ``account``; each breach is stored and raised as an alert."""
     return [b.model_dump(mode="json") for b in _service().check(account)]

@@ -15,6 +15,7 @@ from rich.table import Table
 from config import Settings
 
 from . import stack
+from .cli_ib import ib_app, ib_sim_app
 from .embedded import redis_answers, redis_for
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ jobs_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
+app.add_typer(ib_app, name="ib")
+app.add_typer(ib_sim_app, name="ib-sim")
 
 console = Console()
 err_console = Console(stderr=True)
