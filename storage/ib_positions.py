@@ -16,6 +16,9 @@ from .ib_models import PositionBatch, PositionRequest, RequestStatus
 #: Longest account code accepted.
 MAX_ACCOUNT_LENGTH = 64
 
+#: Pending keys looked up per query after an enqueue.
+KEY_CHUNK = 500
+
 #: Priorities accepted (higher first).
 PRIORITY_RANGE = range(-1000, 1001)
 
@@ -87,36 +90,67 @@ def _upsert(engine: Engine):
 def enqueue_requests(engine: Engine, requests: Iterable[NewRequest]) -> list[Enqueued]:
     """Queue requests; a duplicate of a pending (or processing) one merges into it.
 
-    A merge keeps the higher priority and counts itself in ``coalesced``.
+    A merge keeps the higher priority and counts itself in ``coalesced``.  All requests go in
+    one transaction with one multi-row statement (duplicates within the call merged first).
     """
+    requests = list(requests)
+    groups: dict[str, list[NewRequest]] = {}
+    for request in requests:
+        groups.setdefault(request.pending_key, []).append(request)
+    if not groups:
+        return []
     table = PositionRequest.__table__
     now = utc_now()
-    results = []
+    rows = [
+        {
+            "conid": same[0].conid,
+            "account": same[0].account,
+            "priority": max(r.priority for r in same),
+            "requested_by": same[0].requested_by,
+            "status": RequestStatus.PENDING,
+            "pending_key": key,
+            "coalesced": len(same) - 1,
+            "attempts": 0,
+            "created_at": now,
+        }
+        for key, same in groups.items()
+    ]
+    statement = _upsert(engine)(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["pending_key"],
+        set_={
+            "coalesced": table.c.coalesced + statement.excluded.coalesced + 1,
+            "priority": case(
+                (statement.excluded.priority > table.c.priority, statement.excluded.priority),
+                else_=table.c.priority,
+            ),
+        },
+    )
+    found: dict[str, tuple[int, int]] = {}
+    keys = list(groups)
     with engine.begin() as connection:
-        for request in requests:
-            statement = _upsert(engine)(table).values(
-                conid=request.conid,
-                account=request.account,
-                priority=request.priority,
-                requested_by=request.requested_by,
-                status=RequestStatus.PENDING,
-                pending_key=request.pending_key,
-                coalesced=0,
-                attempts=0,
-                created_at=now,
+        connection.execute(statement, rows)
+        for start in range(0, len(keys), KEY_CHUNK):
+            chunk = keys[start : start + KEY_CHUNK]
+            query = select(table.c.pending_key, table.c.id, table.c.coalesced).where(
+                table.c.pending_key.in_(chunk)
             )
-            statement = statement.on_conflict_do_update(
-                index_elements=["pending_key"],
-                set_={
-                    "coalesced": table.c.coalesced + 1,
-                    "priority": case(
-                        (statement.excluded.priority > table.c.priority, statement.excluded.priority),
-                        else_=table.c.priority,
-                    ),
-                },
-            ).returning(table.c.id, table.c.coalesced)
-            row = connection.execute(statement).one()
-            results.append(Enqueued(request_id=row.id, coalesced=row.coalesced > 0))
+            found.update({key: (rid, merged) for key, rid, merged in connection.execute(query)})
+    return _enqueued(requests, groups, found)
+
+
+def _enqueued(
+    requests: list[NewRequest], groups: dict[str, list[NewRequest]], found: dict[str, tuple[int, int]]
+) -> list[Enqueued]:
+    # a key's row existed before this call if it merged more duplicates than this call brought
+    seen: set[str] = set()
+    results = []
+    for request in requests:
+        key = request.pending_key
+        request_id, merged = found[key]
+        existed = merged >= len(groups[key])
+        results.append(Enqueued(request_id=request_id, coalesced=key in seen or existed))
+        seen.add(key)
     return results
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,8 +84,9 @@ def append_position_updates(delta_root: Path, updates: list[PositionUpdate]) -> 
     from deltalake import CommitProperties, write_deltalake
     from deltalake.exceptions import CommitFailedError
 
-    rows = [asdict(update) | {"date": update.date} for update in updates]
-    data = pa.Table.from_pylist(rows, schema=_schema())
+    schema = _schema()
+    columns = {name: [getattr(u, name) for u in updates] for name in schema.names}
+    data = pa.Table.from_pydict(columns, schema=schema)
     path = table_path(delta_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, APPEND_ATTEMPTS + 1):
