@@ -16,7 +16,7 @@ settings = Settings()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)
 
-from . import ib_positions, portfolio, system  # noqa: E402  (actors register on the broker set above)
+from . import ib_positions, ib_routing, portfolio, system  # noqa: E402  (actors register on the broker set above)
 
 __all__ = [
     "Audit",
@@ -24,6 +24,7 @@ __all__ = [
     "broker",
     "build_broker",
     "ib_positions",
+    "ib_routing",
     "portfolio",
     "settings",
     "system",

@@ -83,7 +83,8 @@ class QueueStats:
         return self.succeeded + self.failed
 
 
-def _upsert(engine: Engine):
+def dialect_insert(engine: Engine):
+    """The dialect's INSERT, which has ``on_conflict_do_*``."""
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
@@ -115,7 +116,7 @@ def enqueue_requests(engine: Engine, requests: Iterable[NewRequest]) -> list[Enq
         }
         for key, same in groups.items()
     ]
-    statement = _upsert(engine)(table)
+    statement = dialect_insert(engine)(table)
     statement = statement.on_conflict_do_update(
         index_elements=["pending_key"],
         set_={
