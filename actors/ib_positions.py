@@ -38,6 +38,7 @@ from storage.ib_positions import (
     claimable_count,
     enqueue_requests,
     finish_requests,
+    oldest_claim,
     record_batch,
     release_requests,
 )
@@ -355,14 +356,23 @@ def request_position_update(conid: int, account: str = "", priority: int = 0, re
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=300_000, store_results=True)
 def process_position_batch() -> dict:
-    """Run one batch; chain the next at once while a backlog remains, or after a gateway backoff."""
+    """Run one batch; chain the next at once while a backlog remains, or after a gateway backoff.
+
+    A batch that finds nothing to claim while claims are in progress elsewhere comes back when
+    the oldest of them expires, so a worker killed mid-batch delays its requests by one lease.
+    """
     state = runtime()
     state.scheduler.batch_started()
     result = _batcher().run_batch()
+    lease = _batcher().lease
     if result.retry_in is not None:
         state.scheduler.send_batch(max(result.retry_in, MIN_RETRY_DELAY_S))
-    elif result.size and claimable_count(state.engine, lease=_batcher().lease):
+    elif result.size and claimable_count(state.engine, lease=lease):
         state.scheduler.send_batch()
+    elif not result.size and (claimed_at := oldest_claim(state.engine)) is not None:
+        # claimed elsewhere: come back when that claim expires, in case its worker died
+        expires_in = (claimed_at + lease - utc_now()).total_seconds()
+        state.scheduler.send_batch(max(expires_in, MIN_RETRY_DELAY_S))
     return asdict(result)
 
 

@@ -1,14 +1,16 @@
 """Position requests drained through the simulator to Delta Lake: batches vs one request per call.
 
-    python bench/ib_batch.py [--requests 10000] [--contracts 500] [--accounts 20] [--batch-size 50]
-                             [--workers 2] [--baseline-sample 200]
+    python bench/ib_batch.py [--contracts 500] [--accounts 1] [--duplicates 20] [--batch-size 50]
+                             [--workers 2] [--baseline-sample 100]
 
 Both runs use the same code path and real parts: the simulator (``tradeflow ib-sim``) in its
 own process, ``dramatiq actors`` worker processes, real Redis, SQLite, Delta Lake.
-- batched: ``--requests`` distinct requests (``--contracts`` conids x ``--accounts``
-  accounts, every contract held in every account), ``--batch-size`` per batch.
-- baseline: the same with one request per call (batch size 1: one reqPositions, one Delta
-  commit and one SQL update per request), on ``--baseline-sample`` requests, extrapolated.
+- The gateway holds ``--contracts`` contracts in each of ``--accounts`` accounts.
+- batched: every (account, contract) is requested ``--duplicates`` times, all queued before
+  the batches start (default: 10,000 requests for 500 held contracts); duplicates of an open
+  request coalesce, each distinct request gets its row.  ``--batch-size`` per batch.
+- baseline: one request per call (batch size 1: one reqPositions, one Delta commit and one SQL
+  update per request), on ``--baseline-sample`` distinct requests, extrapolated.
 Worker start-up and the first gateway connection are warmed up before the clock starts.
 """
 
@@ -64,13 +66,14 @@ def _scenario(contracts: int, accounts: int) -> Scenario:
     return Scenario(accounts=_accounts(accounts), positions=positions)
 
 
-def _requests(count: int, contracts: int, accounts: int) -> list[NewRequest]:
+def _requests(contracts: int, accounts: int, duplicates: int) -> list[NewRequest]:
+    """Each (account, contract) ``duplicates`` times, interleaved as independent requesters would."""
     pairs = [(a, FIRST_CONID + i) for a in _accounts(accounts) for i in range(contracts)]
-    if count > len(pairs):
-        raise SystemExit(
-            f"--requests {count} exceeds contracts x accounts ({len(pairs)}): they would coalesce"
-        )
-    return [NewRequest(conid=conid, account=account) for account, conid in pairs[:count]]
+    return [
+        NewRequest(conid=conid, account=account, requested_by=f"strategy-{d}")
+        for d in range(duplicates)
+        for account, conid in pairs
+    ]
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -136,8 +139,9 @@ def run(*, label: str, requests: list[NewRequest], batch_size: int, workers: int
         enqueued = time.perf_counter() - started
         for _ in range(workers):  # one chain per worker process
             scheduler.send_batch()
-        total = len(warm) + len(requests)
-        _wait(lambda: queue_stats(engine).processed >= total, 1_800, f"{len(requests)} requests")
+        distinct = len({r.pending_key for r in requests})
+        total = len(warm) + distinct
+        _wait(lambda: queue_stats(engine).processed >= total, 1_800, f"{distinct} distinct requests")
         elapsed = time.perf_counter() - started
     finally:
         process.terminate()
@@ -154,6 +158,7 @@ def run(*, label: str, requests: list[NewRequest], batch_size: int, workers: int
     return {
         "label": label,
         "requests": len(requests),
+        "distinct": distinct,
         "succeeded": stats.succeeded - warm_stats.succeeded,
         "failed": stats.failed - warm_stats.failed,
         "rows": rows,
@@ -175,16 +180,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--contracts", type=int, default=500)
-    parser.add_argument("--accounts", type=int, default=20)
+    parser.add_argument("--accounts", type=int, default=1)
+    parser.add_argument("--duplicates", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--baseline-sample", type=int, default=200)
+    parser.add_argument("--baseline-sample", type=int, default=100)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()
 
-    requests = _requests(args.requests, args.contracts, args.accounts)
+    requests = _requests(args.contracts, args.accounts, args.duplicates)
     with tempfile.TemporaryDirectory(prefix="bench-ib-") as tmp:
         work = Path(tmp)
         scenario_file = work / "scenario.json"
@@ -205,7 +210,7 @@ def main() -> None:
             _wait(lambda: _port_open(port), 30, "the simulator")
             common = dict(port=port, work=work, redis_url=args.redis_url, workers=args.workers)
             batched = run(label="batched", requests=requests, batch_size=args.batch_size, **common)
-            sample = requests[: args.baseline_sample]
+            sample = _requests(args.contracts, args.accounts, 1)[: args.baseline_sample]
             single = run(label="one-per-call", requests=sample, batch_size=1, **common)
         finally:
             simulator.terminate()
@@ -228,16 +233,17 @@ def _report(args, batched: dict, single: dict) -> None:
     for run_ in (batched, single):
         rate = run_["requests"] / run_["seconds"]
         print(
-            f"{run_['label']:>13}: {run_['requests']:>6} requests in {run_['seconds']:7.2f}s "
-            f"({rate:8.1f} req/s, {run_['rows'] / run_['seconds']:8.1f} rows/s), "
+            f"{run_['label']:>13}: {run_['requests']:>6} requests ({run_['distinct']} distinct) in "
+            f"{run_['seconds']:7.2f}s ({rate:8.1f} req/s, {run_['rows'] / run_['seconds']:8.1f} rows/s), "
             f"{run_['succeeded']} ok / {run_['failed']} failed, {run_['batches']} batches, "
             f"{run_['commits']} Delta commits ({run_['commits'] / max(run_['batches'], 1):.2f} per batch), "
             f"enqueue {run_['enqueue_seconds']:.2f}s"
         )
     per_request = single["seconds"] / single["requests"]
-    projected = per_request * batched["requests"]
-    print(f"one-per-call projected for {batched['requests']} requests: {projected:.1f}s")
-    print(f"speed-up of batches: x{projected / batched['seconds']:.1f}")
+    for what, count in (("distinct", batched["distinct"]), ("submitted", batched["requests"])):
+        projected = per_request * count
+        print(f"one-per-call projected for the {count} {what} requests: {projected:.1f}s "
+              f"-> batches are x{projected / batched['seconds']:.1f} faster")  # fmt: skip
 
 
 if __name__ == "__main__":

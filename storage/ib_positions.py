@@ -284,6 +284,15 @@ def claimable_count(engine: Engine, *, lease: timedelta) -> int:
         ).scalar_one()
 
 
+def oldest_claim(engine: Engine) -> datetime | None:
+    """When the oldest claim still in progress was taken (``None``: nothing is processing)."""
+    table = PositionRequest.__table__
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.min(table.c.claimed_at)).where(table.c.status == RequestStatus.PROCESSING)
+        ).scalar_one()
+
+
 def queue_stats(engine: Engine) -> QueueStats:
     requests, batches = PositionRequest.__table__, PositionBatch.__table__
     with engine.connect() as connection:

@@ -56,7 +56,7 @@ def test_simulator_workers_and_cli_end_to_end(settings, request, tmp_path):
     settings = settings.model_copy(
         update={
             "ib_port": port,
-            "ib_batch_interval_ms": 4_000,
+            "ib_batch_interval_ms": 1_000,
             "ib_account": "DU1",
             "risk_max_gross_exposure": 1000.0,
         }
@@ -72,13 +72,11 @@ def test_simulator_workers_and_cli_end_to_end(settings, request, tmp_path):
     )  # fmt: skip
     try:
         _wait_port(port)
-        queued = run_cli(
-            "ib", "request", "100000", "100001", "999", "--account", "DU1", "--by", "cli", env=env
-        )
+        args = ("ib", "request", "100000", "100001", "999", "100000", "--account", "DU1", "--by", "cli")
+        queued = run_cli(*args, env=env)
         assert queued.returncode == 0, queued.stderr
         assert "conid 100000: queued as request 1" in queued.stdout
-        again = run_cli("ib", "request", "100000", "--account", "DU1", env=env)
-        assert "conid 100000: merged into pending request 1" in again.stdout
+        assert "conid 100000: merged into pending request 1" in queued.stdout
         stats = _wait_output(["ib", "stats"], env, _stat("processed", 3))
         for name, value in (("succeeded", 2), ("failed", 1), ("coalesced duplicates", 1), ("batches", 1)):
             assert _stat(name, value) in stats, stats

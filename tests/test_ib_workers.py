@@ -124,3 +124,51 @@ def test_a_backlog_drains_back_to_back_across_two_racing_workers(settings, sqlit
     request_ids = rows.column("request_id").to_pylist()
     assert len(request_ids) == 400 and len(set(request_ids)) == 400
     assert sorted(rows.column("conid").to_pylist()) == list(range(1000, 1400))
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(settings, sqlite_only):
+    import os
+    import signal
+
+    # every answer takes 3 s, so the kill lands while the batch waits for its positions
+    scenario = Scenario(accounts=["DU1"], positions=_positions(20), latency_ms=3_000)
+    with GatewaySimulator(scenario=scenario) as gateway:
+        settings = settings.model_copy(
+            update={"ib_port": gateway.port, "ib_lease_ms": 2_000, "heartbeat_timeout_ms": 3_000,
+                    "maintenance_chance": 1_000_000,
+                    "ib_timeout_ms": 30_000}
+        )  # fmt: skip
+        broker = build_broker(settings)
+        scheduler = BatchScheduler(broker=broker, namespace=settings.namespace, interval=60.0, batch_size=20)
+        engine = create_db_engine(settings.database_url)
+        request_position_updates(
+            engine, scheduler, [NewRequest(conid=1000 + i, account="DU1") for i in range(20)]
+        )
+        doomed = _workers(settings, processes=1)
+        try:
+            _wait_for(lambda: queue_stats(engine).processing == 20, 60, "the batch to claim its requests")
+            for child in _children(doomed.pid):
+                os.kill(child, signal.SIGKILL)
+            os.kill(doomed.pid, signal.SIGKILL)
+            doomed.wait(timeout=10)
+            assert queue_stats(engine).processing == 20  # stuck with a dead worker's claim
+            scenario.latency_ms = 0
+            survivor = _workers(settings, processes=1)
+            try:
+                _wait_for(lambda: queue_stats(engine).succeeded == 20, 90, "the requests to be retried")
+            finally:
+                _stop(survivor)
+        finally:
+            if doomed.poll() is None:
+                doomed.kill()
+    (row, *_) = list_requests(engine)
+    assert row.attempts == 2
+    request_ids = read_position_updates(settings.delta_root).column("request_id").to_pylist()
+    assert len(set(request_ids)) == 20
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
