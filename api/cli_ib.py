@@ -248,3 +248,53 @@ def breaches(
             str(b.detected_at),
         )
     console.print(table)
+
+
+@ib_app.command("demo")
+def demo(
+    holdings: Annotated[int, typer.Option(min=1, max=5_000, help="Positions per simulated account.")] = 50,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the workers.")] = 120.0,
+) -> None:
+    """The IB flow on embedded defaults: simulator, a worker, position requests, a portfolio sync."""
+    import os
+    import time
+
+    from actors.ib_gateway_sim import GatewaySimulator, demo_scenario
+    from api import stack
+    from api.embedded import redis_for
+    from storage import create_db_engine, upgrade
+    from storage.ib_positions import NewRequest, queue_stats
+    from storage.portfolio import list_snapshots
+
+    settings = _settings()
+    engine = create_db_engine(settings.database_url)
+    upgrade(engine)
+    scenario = demo_scenario(holdings=holdings)
+    with redis_for(settings) as redis_url, GatewaySimulator(scenario=scenario) as gateway:
+        os.environ.update(
+            TRADEFLOW_REDIS_URL=redis_url,
+            TRADEFLOW_IB_PORT=str(gateway.port),
+            TRADEFLOW_IB_ACCOUNT=scenario.accounts[0],
+            TRADEFLOW_IB_BATCH_INTERVAL_MS="1000",
+        )
+        console.print(f"redis: {redis_url}; IB gateway simulator on port {gateway.port}")
+        with stack.running([stack.worker_command(processes=1, threads=2)], env=dict(os.environ)):
+            actors = _actors()
+            from actors.ib_positions import request_position_updates, runtime
+
+            state = runtime()
+            before = queue_stats(engine).processed
+            conids = [*sorted({p.conid for p in scenario.positions}), 999_999_999]  # the last is not held
+            request_position_updates(state.engine, state.scheduler, [NewRequest(conid=c) for c in conids])
+            snapshots = len(list_snapshots(engine, limit=10_000))
+            actors.portfolio.sync_all_portfolios.send(evaluate_limits=True)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                done = queue_stats(engine).processed - before >= len(conids)
+                if done and len(list_snapshots(engine, limit=10_000)) >= snapshots + len(scenario.accounts):
+                    break
+                time.sleep(0.2)
+            else:
+                raise _fail(f"the workers did not finish within {timeout:.0f}s")
+    stats()
+    portfolio(account=None, limit=len(scenario.accounts))

@@ -118,3 +118,14 @@ def test_cli_reports_bad_input(settings, tmp_path, request):
     finally:
         busy.close()
     assert result.returncode == 1 and "cannot listen on 127.0.0.1" in result.stderr
+
+
+def test_ib_demo_runs_the_whole_flow(settings, request):
+    if "postgresql" in request.node.callspec.params.get("database_url", ""):
+        pytest.skip("runs once, on SQLite")
+    env = settings_env(settings) | {"COLUMNS": "250"}
+    result = run_cli("ib", "demo", "--holdings", "3", "--timeout", "60", env=env, timeout=100)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name, value in (("processed", 4), ("succeeded", 3), ("failed", 1)):
+        assert _stat(name, value) in result.stdout, result.stdout
+    assert "│ DU1     │" in result.stdout and "│ DU2     │" in result.stdout

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import dramatiq
 import pytest
 from conftest import REPO_ROOT, settings_env
 
@@ -74,17 +75,27 @@ def _batches(engine) -> list[PositionBatch]:
 
 def test_a_trickle_waits_for_one_batch_and_idle_costs_nothing(settings, sqlite_only):
     with GatewaySimulator(scenario=Scenario(accounts=["DU1"], positions=_positions(3))) as gateway:
-        settings = settings.model_copy(update={"ib_port": gateway.port, "ib_batch_interval_ms": 1_000})
+        settings = settings.model_copy(update={"ib_port": gateway.port, "ib_batch_interval_ms": 3_000})
         broker = build_broker(settings)
-        scheduler = BatchScheduler(broker=broker, namespace=settings.namespace, interval=1.0, batch_size=50)
+        scheduler = BatchScheduler(broker=broker, namespace=settings.namespace, interval=3.0, batch_size=50)
         engine = create_db_engine(settings.database_url)
         workers = _workers(settings, processes=1)
         try:
-            for conid in (1000, 1001, 1002, 1000):
+            # the first request comes as a message to the request_position_update actor
+            message = dramatiq.Message(
+                queue_name="ib_positions",
+                actor_name="request_position_update",
+                args=(1002, "DU1"),
+                kwargs={"requested_by": "actor"},
+                options={},
+            )
+            broker.enqueue(message)
+            _wait_for(lambda: list_requests(engine), 60, "the request sent as a message")
+            for conid in (1000, 1001, 1000):
                 request_position_updates(engine, scheduler, [NewRequest(conid=conid, account="DU1")])
             _wait_for(lambda: queue_stats(engine).succeeded == 3, 60, "3 successful requests")
             positions_requests = gateway.request_counts["positions"]
-            time.sleep(2.5)  # more than two intervals: an idle queue must not run batches
+            time.sleep(2.5)  # an idle queue must not run batches (no polling)
             assert gateway.request_counts["positions"] == positions_requests
         finally:
             _stop(workers)
@@ -92,7 +103,7 @@ def test_a_trickle_waits_for_one_batch_and_idle_costs_nothing(settings, sqlite_o
     assert (batch.size, batch.succeeded, batch.rows_written) == (3, 3, 3)
     first_request = min(r.created_at for r in list_requests(engine))
     # the batch waited for the interval to gather the trickle instead of running per request
-    assert (batch.started_at - first_request).total_seconds() >= 0.9
+    assert (batch.started_at - first_request).total_seconds() >= 2.5
     assert queue_stats(engine).coalesced == 1
     rows = read_position_updates(settings.delta_root).to_pylist()
     assert sorted((r["conid"], r["position"], r["avg_cost"], r["market_price"]) for r in rows) == [
