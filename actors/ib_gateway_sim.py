@@ -163,7 +163,9 @@ class Scenario:
       positions: Positions with their marks.
       account_values: account -> tag -> value (account values and account summary).
       base_currency: Currency of the account values (default USD).
-      historical_bars: symbol -> bars, answered to any ``reqHistoricalData`` for that symbol.
+      historical_bars: symbol (or conid as a string) -> bars, answered in full to any
+        ``reqHistoricalData`` for that contract (end date, duration, bar size and what-to-show
+        are not applied; ``keepUpToDate`` gets no updates).
       executions: Past executions for ``reqExecutions``.
       next_order_id: First valid order id announced.
       latency_ms: Delay before every answer, in milliseconds (default 0).
@@ -493,8 +495,8 @@ class GatewaySimulator:
         yield frame(EXECUTION_DATA_END, 1, req_id)
 
     def _historical_data(self, fields: list[str]):
-        req_id, symbol = fields[1], fields[3]
-        bars = self.scenario.historical_bars.get(symbol)
+        req_id, conid, symbol = fields[1], fields[2], fields[3]
+        bars = self.scenario.historical_bars.get(symbol) or self.scenario.historical_bars.get(conid)
         if not bars:
             text = f"Historical Market Data Service error message:HMDS query returned no data: {symbol}"
             yield frame(ERR_MSG, 2, req_id, HISTORICAL_DATA_ERROR, text, "")

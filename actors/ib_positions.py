@@ -28,6 +28,7 @@ import dramatiq
 from periodiq import cron
 from sqlalchemy import Engine
 
+from config import Settings
 from storage import create_db_engine, utc_now
 from storage.ib_models import PositionBatch
 from storage.ib_positions import (
@@ -296,7 +297,7 @@ def request_position_updates(
 @dataclass(frozen=True)
 class _Runtime:
     engine: Engine
-    settings: object
+    settings: Settings
     scheduler: BatchScheduler
 
 

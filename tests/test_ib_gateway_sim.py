@@ -226,3 +226,17 @@ def test_scenario_from_file_and_errors(tmp_path):
         Scenario.from_file(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="cannot read scenario"):
         Scenario.from_file(tmp_path / "missing.json")
+
+
+def test_bars_by_conid_and_disconnect_after_n_requests():
+    bars = [SimBar(date="20261120 09:30:00 UTC", open=1, high=2, low=0.5, close=1.5, volume=10)]
+    scenario = _scenario(historical_bars={"265598": bars}, disconnect_after_requests=6)
+    with GatewaySimulator(scenario=scenario) as gateway:
+        ib = _connect(gateway.port, readonly=True, account="DU1")  # connect itself sends 5 requests
+        contract = ib_async.Contract(conId=265598, exchange="SMART")
+        (bar,) = ib.reqHistoricalData(contract, "", "1 D", "1 min", "TRADES", True)
+        assert bar.date.isoformat() == "2026-11-20T09:30:00+00:00" and bar.close == 1.5
+        assert ib.isConnected()
+        with pytest.raises(ConnectionError):
+            ib.reqHistoricalData(contract, "", "1 D", "1 min", "TRADES", True)  # the 7th request
+        assert not ib.isConnected()
