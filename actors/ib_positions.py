@@ -43,6 +43,7 @@ from storage.ib_positions import (
     record_batch,
     release_requests,
 )
+from storage.position_updates import Holding, PositionUpdate, append_position_updates
 
 from .ib_session import GatewayUnavailable, IBSession
 
@@ -63,21 +64,6 @@ MIN_RETRY_DELAY_S = 0.1
 
 #: Seconds a due flag outlives its interval, so a lost message cannot block scheduling for long.
 DUE_FLAG_GRACE_S = 30
-
-
-@dataclass(frozen=True)
-class Holding:
-    """One position as the gateway reported it, with its mark where the portfolio has one."""
-
-    account: str
-    conid: int
-    symbol: str
-    sec_type: str
-    currency: str
-    position: float
-    avg_cost: float
-    market_price: float | None
-    market_value: float | None
 
 
 @dataclass(frozen=True)
@@ -189,8 +175,6 @@ class PositionBatcher:
         return result
 
     def _write(self, batch_id: str, claimed: list[ClaimedRequest], holdings: list[Holding]) -> BatchResult:
-        from storage.position_updates import PositionUpdate, append_position_updates
-
         fetched_at = utc_now()
         pairs, failures = match_requests(claimed, holdings)
         updates = [

@@ -26,15 +26,10 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _settings() -> Settings:
-    from pydantic import ValidationError
+    """The settings, or a one-line error naming the bad variable."""
+    from .cli import _settings as read_settings  # api.cli imports this module: import it late
 
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"TRADEFLOW_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        raise _fail(f"invalid settings: {problems}") from None
+    return read_settings()
 
 
 def _actors():

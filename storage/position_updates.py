@@ -29,13 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PositionUpdate:
-    """One position as a batch fetched it, for one request."""
+class Holding:
+    """One position as the gateway reported it, with its mark where the portfolio has one."""
 
-    request_id: int
-    batch_id: str
-    conid: int
     account: str
+    conid: int
     symbol: str
     sec_type: str
     currency: str
@@ -43,6 +41,14 @@ class PositionUpdate:
     avg_cost: float
     market_price: float | None
     market_value: float | None
+
+
+@dataclass(frozen=True)
+class PositionUpdate(Holding):
+    """A holding as one batch fetched it for one request: a row of the table."""
+
+    request_id: int
+    batch_id: str
     fetched_at: datetime
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -183,3 +184,10 @@ def _children(pid: int) -> list[int]:
 
     children = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(child) for child in children.read_text().split()] if children.exists() else []
+
+
+def test_importing_actors_never_loads_deltalake():
+    # the dramatiq master imports ``actors`` and then forks: deltalake is not fork-safe
+    code = "import sys, actors; sys.exit('deltalake' in sys.modules)"
+    env = {**os.environ, "TRADEFLOW_DATABASE_URL": "sqlite:///:memory:", "PYTHONPATH": str(REPO_ROOT)}
+    assert subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, timeout=60).returncode == 0
