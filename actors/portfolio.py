@@ -204,5 +204,8 @@ def evaluate_risk_limits(account: str) -> list[dict]:
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000, periodic=cron("* * * * *"))
 def monitor_risk() -> list[str]:
-    """Each minute: snapshot every account, then check its limits."""
+    """Each minute: snapshot every account, then check its limits (idle while no limit is set,
+    so deployments without a gateway are not bothered)."""
+    if not _service().limits.configured:
+        return []
     return sync_all_portfolios.fn(evaluate_limits=True)

@@ -33,6 +33,11 @@ class RiskLimits:
                 f"max_concentration_pct must be at most 100 (got {self.max_concentration_pct!r})"
             )
 
+    @property
+    def configured(self) -> bool:
+        """True when at least one limit is set."""
+        return any(value is not None for value in vars(self).values())
+
 
 def evaluate(limits: RiskLimits, snapshot: PortfolioSnapshot) -> list[RiskBreach]:
     """Every limit ``snapshot`` breaks (positions without a mark count at cost)."""

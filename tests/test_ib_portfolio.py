@@ -162,3 +162,8 @@ def test_monitor_risk_in_worker_processes_raises_alerts(settings, request):
     entries = redis.Redis.from_url(settings.effective_redis_url).xrange(f"{settings.namespace}:alerts")
     (alert,) = [json.loads(fields[b"breach"]) for _, fields in entries]
     assert (alert["account"], alert["limit_name"], alert["limit_value"]) == ("DU1", "max_daily_loss", 1000.0)
+
+
+def test_limits_know_whether_any_is_set():
+    assert not RiskLimits().configured
+    assert RiskLimits(max_daily_loss=500).configured

@@ -191,3 +191,40 @@ def test_importing_actors_never_loads_deltalake():
     code = "import sys, actors; sys.exit('deltalake' in sys.modules)"
     env = {**os.environ, "TRADEFLOW_DATABASE_URL": "sqlite:///:memory:", "PYTHONPATH": str(REPO_ROOT)}
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, timeout=60).returncode == 0
+
+
+def test_gateway_down_then_up_in_worker_processes(settings, sqlite_only):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = settings.model_copy(
+        update={
+            "ib_port": port,
+            "ib_batch_interval_ms": 200,
+            "ib_reconnect_max_ms": 1_000,
+            "ib_max_attempts": 100,
+        }
+    )
+    broker = build_broker(settings)
+    scheduler = BatchScheduler(broker=broker, namespace=settings.namespace, interval=0.2, batch_size=50)
+    engine = create_db_engine(settings.database_url)
+    workers = _workers(settings, processes=1)
+    try:
+        request_position_updates(
+            engine, scheduler, [NewRequest(conid=1000 + i, account="DU1") for i in range(3)]
+        )
+        _wait_for(
+            lambda: all(r.attempts >= 2 for r in list_requests(engine)),
+            60,
+            "retries while the gateway is down",
+        )
+        assert queue_stats(engine).succeeded == 0
+        assert all("cannot connect to IB gateway" in r.reason for r in list_requests(engine))
+        with GatewaySimulator(scenario=Scenario(accounts=["DU1"], positions=_positions(3)), port=port):
+            _wait_for(lambda: queue_stats(engine).succeeded == 3, 60, "success once the gateway is up")
+    finally:
+        _stop(workers)
+    assert len(read_position_updates(settings.delta_root)) == 3
+    assert {r.status for r in list_requests(engine)} == {"success"}
