@@ -9,24 +9,33 @@ request goes to the ``ib_positions`` batch queue.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
 import dramatiq
+from periodiq import cron
 from sqlalchemy import Engine
 
 from storage.ib_contracts import active_conids, unregister_active_contract
 from storage.ib_positions import NewRequest
 
 from . import ib_positions
+from .stream_owner import StreamOwner
 
-#: Queue of the stream actors.  Streams live in the process that opened them, so exactly one
-#: worker process must consume this queue (``dramatiq actors -Q ib_streams -p 1``).
+#: Queue of the stream actors.  Streams live in the process that opened them; any number of
+#: processes may consume this queue, only the lease owner (``stream_owner``) acts on it.
 QUEUE = "ib_streams"
 
 #: Redis set (after the namespace) of the conids holding a streaming line.
 SLOTS_KEY = "ib:stream-slots"
+
+#: Redis key (after the namespace) of the stream-owner lease.
+OWNER_KEY = "ib:stream-owner"
+
+#: Milliseconds before a stream message that reached a non-owner process is sent again.
+NOT_OWNER_RESEND_MS = 1_000
 
 #: Take a line for ARGV[1] if it has none and fewer than ARGV[2] are taken; 1 if it holds one.
 ACQUIRE_SCRIPT = """
@@ -116,6 +125,20 @@ def _slots() -> StreamSlots:
                        budget=settings.ib_stream_slots)  # fmt: skip
 
 
+@functools.cache
+def _owner() -> StreamOwner:
+    settings = ib_positions.runtime().settings
+    return StreamOwner(client=dramatiq.get_broker().client, key=f"{settings.namespace}:{OWNER_KEY}")
+
+
+def _owned(actor, conid: int) -> bool:
+    """True if this process owns the streams; otherwise the message goes round again."""
+    if _owner().claim():
+        return True
+    actor.send_with_options(args=(conid,), delay=NOT_OWNER_RESEND_MS)
+    return False
+
+
 def router() -> PositionRouter:
     """The router of this process, from the settings."""
     state = ib_positions.runtime()
@@ -141,7 +164,12 @@ def route_position_updates(requests: list[dict]) -> list[str]:
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=60_000, store_results=True)
 def open_stream(conid: int) -> float | None:
-    """Subscribe market data of ``conid`` on this process's gateway connection; returns the first mark."""
+    """Subscribe market data of ``conid`` in the stream-owner process; returns the first mark.
+
+    Reaching another process, the message is sent again until the owner gets it (``None``).
+    """
+    if not _owned(open_stream, conid):
+        return None
     if conid in _tickers:
         return _tickers[conid].marketPrice()
 
@@ -159,7 +187,9 @@ def open_stream(conid: int) -> float | None:
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000)
 def close_stream(conid: int) -> None:
-    """Give the line of ``conid`` back (the contract is no longer active)."""
+    """Give the line of ``conid`` back (the contract is no longer active), in the owner process."""
+    if not _owned(close_stream, conid):
+        return
     ticker = _tickers.pop(conid, None)
     if ticker is not None:
 
@@ -168,3 +198,29 @@ def close_stream(conid: int) -> None:
 
         ib_positions.shared_session().call(cancel)
     _slots().release(conid)
+
+
+def stream_changes(*, held: set[int], active: set[int], open_here: set[int]) -> tuple[set[int], set[int]]:
+    """What the stream process must do: (conids to open, conids to close).
+
+    A line held for an active contract but not open in this process (it restarted) is opened
+    again; a line held for a contract no strategy trades any more is closed.
+    """
+    return (held & active) - open_here, held - active
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000, periodic=cron("* * * * *"))
+def reconcile_streams() -> dict:
+    """Each minute, in the stream owner: reopen streams lost with a dead owner, close inactive ones."""
+    if not _owner().claim():
+        return {"owner": False}
+    slots = _slots()
+    held = slots.held()
+    to_open, to_close = stream_changes(
+        held=held, active=active_conids(ib_positions.runtime().engine), open_here=set(_tickers)
+    )
+    for conid in to_open:
+        open_stream.fn(conid)
+    for conid in to_close:
+        close_stream.fn(conid)
+    return {"opened": sorted(to_open), "closed": sorted(to_close)}

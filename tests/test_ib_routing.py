@@ -84,52 +84,81 @@ def test_registry_refuses_bad_input(engine):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
-def test_streams_open_and_close_in_the_stream_worker(settings, request):
+def test_streams_open_once_in_the_owner_process_and_close(settings, request):
     import subprocess
     import sys
     import time
 
     import dramatiq
     from conftest import REPO_ROOT, settings_env
-    from dramatiq.results import ResultMissing, Results
 
     from actors.ib_gateway_sim import GatewaySimulator, Scenario, SimPosition
 
     if "postgresql" in request.node.callspec.params.get("database_url", ""):
         pytest.skip("worker process tests run once, on SQLite")
-    held = SimPosition(account="DU1", conid=101, symbol="AAPL", position=1, avg_cost=1.0, market_price=190.5)
-    scenario = Scenario(positions=[held])
+    scenario = Scenario(
+        positions=[
+            SimPosition(
+                account="DU1", conid=conid, symbol=f"S{conid}", position=1, avg_cost=1.0, market_price=190.5
+            )
+            for conid in (101, 102)
+        ]
+    )
     with GatewaySimulator(scenario=scenario) as gateway:
         settings = settings.model_copy(update={"ib_port": gateway.port})
         broker = build_broker(settings)
-        backend = next(m for m in broker.middleware if isinstance(m, Results)).backend
-        slots = StreamSlots(client=broker.client, namespace=settings.namespace, budget=1)
-        assert slots.acquire(101)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "1", "-Q", "ib_streams"],
+        slots = StreamSlots(client=broker.client, namespace=settings.namespace, budget=2)
+        assert slots.acquire(101) and slots.acquire(102)
+        # two processes consume the stream queue: only the lease owner may subscribe
+        workers = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "actors", "-p", "2", "-t", "1", "-Q", "ib_streams"],
             env=settings_env(settings), cwd=REPO_ROOT,
         )  # fmt: skip
+
+        def send(actor_name: str, conid: int) -> None:
+            options = {"queue_name": "ib_streams", "actor_name": actor_name, "kwargs": {}, "options": {}}
+            broker.enqueue(dramatiq.Message(args=(conid,), **options))
+
         try:
-
-            def send(actor_name: str) -> dramatiq.Message:
-                return broker.enqueue(dramatiq.Message(queue_name="ib_streams", actor_name=actor_name,
-                                                       args=(101,), kwargs={}, options={}))  # fmt: skip
-
-            opened = send("open_stream")
+            for conid in (101, 102, 101, 102, 101, 102):
+                send("open_stream", conid)
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    mark = opened.get_result(backend=backend)
-                    break
-                except ResultMissing:
-                    time.sleep(0.1)
-            assert mark == 190.5
-            assert gateway.request_counts["market_data"] == 1
-            send("close_stream")
+            while gateway.request_counts["market_data"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(3)  # resent duplicates have had time to arrive
+            assert gateway.request_counts["market_data"] == 2  # one subscription per contract
+            assert gateway.connection_count == 1  # only the owner process connected
+            for conid in (101, 102):
+                send("close_stream", conid)
             deadline = time.monotonic() + 30
             while slots.held() and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert slots.held() == set()
         finally:
-            worker.terminate()
-            worker.wait(timeout=20)
+            workers.terminate()
+            workers.wait(timeout=20)
+
+
+def test_stream_reconciliation_reopens_lost_streams_and_closes_inactive_ones():
+    from actors.ib_routing import stream_changes
+
+    to_open, to_close = stream_changes(held={1, 2, 3, 4}, active={1, 2, 3, 9}, open_here={1})
+    assert (to_open, to_close) == ({2, 3}, {4})
+    assert stream_changes(held=set(), active={1}, open_here=set()) == (set(), set())
+
+
+def test_stream_owner_lease_is_renewed_and_taken_over_when_it_lapses(broker, settings):
+    import time
+
+    from actors.stream_owner import StreamOwner
+
+    key = f"{settings.namespace}:ib:stream-owner"
+    first = StreamOwner(client=broker.client, key=key, ttl=0.6, name="first")
+    second = StreamOwner(client=broker.client, key=key, ttl=0.6, name="second")
+    assert first.claim() and not second.claim()
+    time.sleep(1.5)  # more than two lifetimes: the renewer kept it
+    assert first.holds() and not second.claim()
+    first.release()
+    time.sleep(1.2)
+    assert second.claim() and not first.holds()
+    second.release()
