@@ -262,6 +262,8 @@ class GatewaySimulator:
         self.connection_count = 0
         self.logger = logging.getLogger(type(self).__name__)
         self._client_ids: dict[asyncio.StreamWriter, int] = {}
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._client_tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -349,20 +351,25 @@ class GatewaySimulator:
         self.logger.info("IB gateway simulator listening on %s:%d", self.host, self.port)
 
     async def _close(self) -> None:
-        self._drop_all()
+        self._drop_all()  # each client task then ends on its own
+        if self._client_tasks:
+            await asyncio.wait(self._client_tasks, timeout=5)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
 
     def _drop_all(self) -> None:
-        for writer in list(self._client_ids):
+        for writer in list(self._writers):
             writer.transport.abort()
-        self._client_ids.clear()
 
     # -- connection --------------------------------------------------------------------------
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connection_count += 1
+        task = asyncio.current_task()
+        self._client_tasks.add(task)
+        task.add_done_callback(self._client_tasks.discard)
+        self._writers.add(writer)
         if self.scenario.refuse_connections:
             writer.transport.abort()
             return
@@ -385,6 +392,7 @@ class GatewaySimulator:
             self.logger.warning("closing connection: %s", exc)
         finally:
             self._client_ids.pop(writer, None)
+            self._writers.discard(writer)
             writer.transport.abort()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
