@@ -16,9 +16,33 @@ settings = Settings()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)
 
-from . import ai_analysis, data_fetcher, strategy, system  # noqa: E402, F401  (actors register on the broker set above)
+# Every actor module, one per queue (and the leased scheduler that ``periodiq actors`` runs).
+from . import (  # noqa: E402  (actors register on the broker set above)
+    ai_analysis,
+    data_fetcher,
+    ib_positions,
+    ib_routing,
+    maintenance,
+    portfolio,
+    scheduler,
+    strategy,
+    system,
+)
 
-__all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "system", "worker_id"]
-
-# Job control: the seed's housekeeping schedules, and the leased scheduler ``periodiq actors`` runs.
-from . import maintenance, scheduler  # noqa: E402, F401
+__all__ = [
+    "Audit",
+    "ai_analysis",
+    "audit_writer_of",
+    "broker",
+    "build_broker",
+    "data_fetcher",
+    "ib_positions",
+    "ib_routing",
+    "maintenance",
+    "portfolio",
+    "scheduler",
+    "settings",
+    "strategy",
+    "system",
+    "worker_id",
+]

@@ -16,6 +16,7 @@ from config import Settings
 
 from . import stack
 from .cli_data import data_app
+from .cli_ib import ib_app, ib_sim_app
 from .cli_strategy import strategy_app
 from .embedded import redis_answers, redis_for
 
@@ -31,6 +32,8 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(strategy_app)  # backtest, screen, strategy-relay
+app.add_typer(ib_app, name="ib")
+app.add_typer(ib_sim_app, name="ib-sim")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -65,6 +65,18 @@ class Settings(BaseSettings):
         the sandbox's limits (CPU seconds, MiB of address space, wall seconds, MiB of
         output, seccomp on/off), the default holding period and entry rule of a backtest,
         and how many recent bars of each symbol a screening reads.
+      ib_host / ib_port: Address of the IB Gateway (or ``tradeflow ib-sim``).
+      ib_client_id_base: Each worker process connects with its own clientId above this.
+      ib_account: Account whose portfolio updates (market prices) a connection subscribes to.
+      ib_timeout_ms: Connect and request timeout towards the gateway.
+      ib_reconnect_max_ms: Upper bound of the reconnect backoff after a drop.
+      ib_batch_size / ib_batch_interval_ms: Position requests per batch (50) and the longest a
+        request waits for its batch (5 s).
+      ib_max_attempts: Batches a request may be tried in before it fails for good.
+      ib_lease_ms: A claimed request whose worker went silent this long is claimed again.
+      ib_stream_slots: Streaming market-data subscriptions the router may hold (IB's line budget).
+      risk_*: Portfolio risk limits (``None``: not checked): position value, concentration in %
+        of net liquidation, gross exposure, daily loss (a positive amount).
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -129,6 +141,22 @@ class Settings(BaseSettings):
     strategy_holding_period: int = Field(default=5, ge=1)
     strategy_entry: Literal["next_open", "close"] = "next_open"
     strategy_screen_lookback_bars: int = Field(default=120, ge=1)
+
+    ib_host: str = "127.0.0.1"
+    ib_port: int = Field(default=4002, gt=0, lt=65536)
+    ib_client_id_base: int = Field(default=100, ge=1)
+    ib_account: str = ""
+    ib_timeout_ms: int = Field(default=10_000, gt=0)
+    ib_reconnect_max_ms: int = Field(default=30_000, gt=0)
+    ib_batch_size: int = Field(default=50, gt=0, le=10_000)
+    ib_batch_interval_ms: int = Field(default=5_000, ge=0)
+    ib_max_attempts: int = Field(default=10, gt=0)
+    ib_lease_ms: int = Field(default=60_000, gt=0)
+    ib_stream_slots: int = Field(default=100, ge=0)
+    risk_max_position_value: float | None = Field(default=None, gt=0)
+    risk_max_concentration_pct: float | None = Field(default=None, gt=0, le=100)
+    risk_max_gross_exposure: float | None = Field(default=None, gt=0)
+    risk_max_daily_loss: float | None = Field(default=None, gt=0)
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)
