@@ -20,6 +20,7 @@ from dramatiq.results.backends import RedisBackend
 from periodiq import PeriodiqMiddleware
 
 from config import Settings
+from saga import Saga
 from storage import AuditWriter, create_db_engine
 
 from .audit import Audit
@@ -37,7 +38,7 @@ def build_audit_writer(settings: Settings) -> AuditWriter:
 
 
 def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) -> list[Middleware]:
-    """The middleware stack, in order.  Audit sits before Retries so it sees the retry decision."""
+    """The middleware stack, in order.  Audit and Saga sit before Retries so they see the retry decision."""
     middleware: list[Middleware] = [
         AgeLimit(max_age=settings.max_age_ms),
         TimeLimit(time_limit=settings.time_limit_ms),
@@ -55,6 +56,13 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             )
         )
     middleware += [
+        Saga(
+            database=create_db_engine(settings.database_url),
+            lease_ms=settings.workflow_lease_ms,
+            recovery_after_ms=settings.workflow_recovery_after_ms,
+            recovery_interval_ms=settings.workflow_recovery_interval_ms,
+            concurrency_lease_ms=settings.workflow_concurrency_lease_ms,
+        ),
         Retries(
             max_retries=settings.max_retries,
             min_backoff=settings.min_backoff_ms,

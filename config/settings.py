@@ -33,6 +33,9 @@ class Settings(BaseSettings):
       maintenance_chance: Per million broker commands, how many run queue maintenance.
       audit_*: The audit trail's buffer bound, batch size, flush interval and how
         long a finished message waits for its audit row to commit before it is acked.
+      workflow_*: Saga engine: how long a running step's claim outlives its worker's
+        last heartbeat, after how long a step not picked up is sent again, how often
+        that recovery sweep runs, and the lifetime of a concurrency-key lease.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -56,6 +59,11 @@ class Settings(BaseSettings):
     audit_batch_size: int = Field(default=500, gt=0)
     audit_flush_interval_ms: int = Field(default=10, ge=0)
     audit_commit_wait_ms: int = Field(default=5_000, ge=0)
+
+    workflow_lease_ms: int = Field(default=60_000, gt=0)
+    workflow_recovery_after_ms: int = Field(default=60_000, gt=0)
+    workflow_recovery_interval_ms: int = Field(default=10_000, gt=0)
+    workflow_concurrency_lease_ms: int = Field(default=600_000, gt=0)
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)

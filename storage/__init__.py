@@ -24,3 +24,31 @@ __all__ = [
     "utc_from_millis",
     "utc_now",
 ]
+
+from .workflows import (
+    DONE_STEP_STATUSES,
+    FINAL_RUN_STATUSES,
+    TERMINAL_STEP_STATUSES,
+    RunStatus,
+    StepStatus,
+    WorkflowRun,
+    WorkflowStep,
+    get_run,
+    get_steps,
+    list_runs,
+    run_status_counts,
+)
+
+__all__ += [
+    "DONE_STEP_STATUSES",
+    "FINAL_RUN_STATUSES",
+    "TERMINAL_STEP_STATUSES",
+    "RunStatus",
+    "StepStatus",
+    "WorkflowRun",
+    "WorkflowStep",
+    "get_run",
+    "get_steps",
+    "list_runs",
+    "run_status_counts",
+]
