@@ -31,7 +31,7 @@ def declare_actors(broker) -> SimpleNamespace:
         return {"label": label, "piped": list(piped), "kwargs": kwargs}
 
     @actor
-    def add(a, b):
+    def add(a, b, *piped):
         client.rpush(log_key, f"add:{a}+{b}")
         return a + b
 
@@ -46,7 +46,7 @@ def declare_actors(broker) -> SimpleNamespace:
         raise Boom(f"{label} failed on purpose")
 
     @actor
-    def flaky(label, failures):
+    def flaky(label, failures, *piped):
         attempt = client.hincrby(count_key, label, 1)
         if attempt <= failures:
             raise Boom(f"{label} attempt {attempt} failed on purpose")
@@ -64,7 +64,7 @@ def declare_actors(broker) -> SimpleNamespace:
         raise Boom(f"cannot undo {label}")
 
     @actor
-    def slow(label, seconds):
+    def slow(label, seconds, *piped):
         client.rpush(log_key, f"start:{label}")
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:  # short sleeps: an abort lands between them
@@ -73,7 +73,7 @@ def declare_actors(broker) -> SimpleNamespace:
         return label
 
     @actor
-    def resumable(label, steps):
+    def resumable(label, steps, *piped):
         context = current_step()
         done = (context.checkpoint or {}).get("done", 0)
         client.rpush(log_key, f"{label}:from:{done}:attempt:{context.attempt}")
