@@ -41,6 +41,12 @@ def declare_actors(broker) -> SimpleNamespace:
         return label
 
     @actor
+    def tick(label, ms, *piped):
+        client.hincrby(count_key, label, 1)
+        time.sleep(ms / 1000)
+        return label
+
+    @actor
     def fail(label, *piped):
         client.rpush(log_key, f"fail:{label}")
         raise Boom(f"{label} failed on purpose")
@@ -84,5 +90,5 @@ def declare_actors(broker) -> SimpleNamespace:
         return done
 
     return SimpleNamespace(
-        **{a.actor_name: a for a in (record, add, count, fail, flaky, undo, undo_fail, slow, resumable)}
+        **{a.actor_name: a for a in (record, add, count, tick, fail, flaky, undo, undo_fail, slow, resumable)}
     )
