@@ -12,26 +12,27 @@ recovery sweep (:meth:`SagaEngine.recover`) sends it again.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from dramatiq import Message
 from dramatiq.logging import get_logger
-from sqlalchemy import Engine, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from storage import DONE_STEP_STATUSES, RunStatus, StepStatus, WorkflowRun, WorkflowStep, utc_now
+from storage import DONE_STEP_STATUSES, RunStatus, StepStatus, utc_now
 
+from . import statements as sql
 from .definition import Workflow
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
 from .values import MissingValue, call_arguments, conditions_hold, referenced_steps
 
-RUNS = WorkflowRun.__table__
-STEPS = WorkflowStep.__table__
+RUNS, STEPS = sql.RUNS, sql.STEPS
 
 #: Namespace of the deterministic message ids of step dispatches.
 MESSAGE_ID_NAMESPACE = uuid.UUID("6f1d4c8e-2f4b-4f43-9d0e-5a3c1b7e9a10")
@@ -44,6 +45,10 @@ STEP, COMPENSATE = "step", "compensate"
 
 #: Longest error text kept on a step or run, in characters.
 MAX_ERROR_LENGTH = 4_000
+
+
+class Unchanged(Exception):
+    """Raised inside a locked block to roll it back: the delivery was stale."""
 
 
 class WorkflowError(RuntimeError):
@@ -111,6 +116,7 @@ class SagaEngine:
             broker.client, namespace=broker.namespace, ttl_ms=concurrency_lease_ms
         )
         self._sqlite = database.dialect.name == "sqlite"
+        self._write_lock = threading.RLock() if self._sqlite else nullcontext()
 
     # -- starting runs -------------------------------------------------------------------------
 
@@ -219,10 +225,11 @@ class SagaEngine:
                 connection.execute(insert(RUNS), [_run_defaults(run)])
                 connection.execute(insert(STEPS), [_step_defaults(step) for step in steps])
                 state = self._lock(connection, run_id)
+                snapshot = dict(state)
                 roots = [s["name"] for s in steps if s["remaining_deps"] == 0 and s["name"] not in done]
-                outgoing = self._admit(connection, state, roots)
+                outgoing = self._admit(connection, state, self._steps(connection, run_id, roots).values())
                 self._finish_if_done(connection, state)
-                self._save(connection, state)
+                self._save(connection, state, snapshot)
         except Exception:
             self._release_slot(run)
             raise
@@ -232,7 +239,15 @@ class SagaEngine:
     # -- claims, from the saga middleware -----------------------------------------------------
 
     def claim(
-        self, *, run_id: str, step: str, kind: str, epoch: int, retry: int, worker: str
+        self,
+        *,
+        run_id: str,
+        step: str,
+        kind: str,
+        epoch: int,
+        retry: int,
+        worker: str,
+        concurrency_key: str | None = None,
     ) -> Claim | None:
         """Take a delivery of a step (or of its compensation); None if it must not run.
 
@@ -243,62 +258,31 @@ class SagaEngine:
         now = utc_now()
         token = uuid.uuid4().hex
         step_kind = kind == STEP
-        claimable = [StepStatus.READY, StepStatus.RUNNING] if step_kind else [StepStatus.COMPENSATING]
-        phase = RunStatus.RUNNING if step_kind else RunStatus.COMPENSATING
-        run_conditions = [RUNS.c.run_id == run_id, RUNS.c.status == phase]
-        if step_kind:
-            run_conditions.append(or_(RUNS.c.deadline_at.is_(None), RUNS.c.deadline_at > now))
-        run_in_phase = exists().where(*run_conditions)
-        values: dict[str, Any] = {
-            "claim": token,
-            "claimed_retry": retry,
-            "lease_until": now + self.lease,
-            "worker_id": worker,
+        params = {
+            "b_run": run_id,
+            "b_step": step,
+            "b_epoch": epoch,
+            "b_retry": retry,
+            "b_now": now,
+            "b_token": token,
+            "b_lease_until": now + self.lease,
+            "b_worker": worker,
+            "b_phase": sql.PHASES[step_kind],
         }
-        if step_kind:
-            values.update(
-                status=StepStatus.RUNNING,
-                attempts=STEPS.c.attempts + 1,
-                started_at=func.coalesce(STEPS.c.started_at, now),
-            )
-        statement = (
-            update(STEPS)
-            .where(
-                STEPS.c.run_id == run_id,
-                STEPS.c.name == step,
-                STEPS.c.epoch == epoch,
-                STEPS.c.status.in_(claimable),
-                or_(
-                    and_(STEPS.c.claim.is_(None), STEPS.c.min_retry <= retry),
-                    STEPS.c.lease_until < now,
-                    STEPS.c.claimed_retry < retry,
-                ),
-                run_in_phase,
-            )
-            .values(**values)
-        )
-        with self.database.begin() as connection:
-            if connection.execute(statement).rowcount != 1:
-                row = None
-            else:
-                query = (
-                    select(STEPS.c.attempts, STEPS.c.checkpoint, STEPS.c.progress, RUNS.c.concurrency_key)
-                    .join(RUNS, RUNS.c.run_id == STEPS.c.run_id)
-                    .where(STEPS.c.run_id == run_id, STEPS.c.name == step)
-                )
-                row = connection.execute(query).first()
+        with self._transaction() as connection:
+            row = connection.execute(sql.CLAIM_STEP if step_kind else sql.CLAIM_COMPENSATION, params).first()
         if row is None:
             self._fail_if_past_deadline(run_id)
             return None
-        if row.concurrency_key:
-            self.leases.renew(row.concurrency_key, run_id)
+        if concurrency_key:
+            self.leases.renew(concurrency_key, run_id)
         attempt = row.attempts if step_kind else retry + 1
         return Claim(run_id, step, kind, token, attempt, row.checkpoint, row.progress)
 
     def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
         """Record a running step's progress and checkpoint; False if the claim was lost."""
         _check_json(payload, f"checkpoint of step {claim.step!r}")
-        with self.database.begin() as connection:
+        with self._transaction() as connection:
             statement = (
                 update(STEPS)
                 .where(
@@ -312,7 +296,7 @@ class SagaEngine:
         """Extend the leases of claims still running; return the tokens whose run wants them aborted."""
         if not tokens:
             return set()
-        with self.database.begin() as connection:
+        with self._transaction() as connection:
             connection.execute(
                 update(STEPS).where(STEPS.c.claim.in_(tokens)).values(lease_until=utc_now() + self.lease)
             )
@@ -341,9 +325,23 @@ class SagaEngine:
         except WorkflowError as exc:
             self.failed(claim, str(exc), retry=None)
             return
-        with self._locked(claim.run_id) as (connection, run):
-            outgoing = self._record_success(connection, run, claim, result)
+        try:
+            if claim.kind == COMPENSATE:
+                with self._locked(claim.run_id) as (connection, run):
+                    outgoing = self._record_compensated(connection, run, claim)
+            else:
+                with self._locked(claim.run_id, for_success=True) as (connection, run):
+                    outgoing = self._record_success(connection, run, claim, result)
+        except Unchanged:
+            return
         self._send(outgoing)
+
+    def _record_compensated(self, connection, run: dict, claim: Claim) -> list[Message]:
+        if not self._update_claimed(
+            connection, claim, StepStatus.COMPENSATING, status=StepStatus.COMPENSATED
+        ):
+            raise Unchanged
+        return self._unwind(connection, run)
 
     def failed(self, claim: Claim, error: str, *, retry: int | None, aborted: bool = False) -> None:
         """The delivery holding ``claim`` raised ``error``; ``retry`` is the retry number
@@ -355,7 +353,7 @@ class SagaEngine:
 
     def release(self, claim: Claim) -> None:
         """Give a claim back unfinished (the message was skipped after the claim)."""
-        with self.database.begin() as connection:
+        with self._transaction() as connection:
             connection.execute(
                 update(STEPS)
                 .where(
@@ -365,17 +363,19 @@ class SagaEngine:
             )
 
     def _record_success(self, connection, run: dict, claim: Claim, result: Any) -> list[Message]:
-        if claim.kind == COMPENSATE:
-            compensated = self._update_claimed(
-                connection, claim, StepStatus.COMPENSATING, status="compensated"
-            )
-            return self._unwind(connection, run) if compensated else []
-        seq = run["completions"] + 1
-        values = {"status": StepStatus.SUCCEEDED, "result": result, "completion_seq": seq, "error": None}
-        if not self._update_claimed(connection, claim, StepStatus.RUNNING, **values):
-            return []
-        run["completions"] = seq
-        return self._finished(connection, run, claim.step)
+        """The run was locked with ``completions + 1`` and ``open_steps - 1`` already applied."""
+        params = {
+            "b_run": claim.run_id,
+            "b_step": claim.step,
+            "b_token": claim.token,
+            "b_result": result,
+            "b_seq": run["completions"],
+            "b_now": utc_now(),
+        }
+        step = connection.execute(sql.SUCCEED_STEP, params).mappings().first()
+        if step is None:
+            raise Unchanged  # a stale delivery: roll the counters back
+        return self._finished(connection, run, step)
 
     def _record_failure(
         self, connection, run: dict, claim: Claim, error: str, retry: int | None, aborted: bool
@@ -410,8 +410,9 @@ class SagaEngine:
 
     def _update_claimed(
         self, connection, claim: Claim, expected: str, *, finish: bool = True, **values
-    ) -> bool:
-        """Apply ``values`` to the step if ``claim`` still holds it in status ``expected``."""
+    ) -> dict[str, Any] | None:
+        """Apply ``values`` to the step if ``claim`` still holds it in status ``expected``;
+        returns the step's name, status, dependents and group, or None."""
         values.update(claim=None, lease_until=None)
         if finish:
             values["finished_at"] = utc_now()
@@ -424,25 +425,24 @@ class SagaEngine:
                 STEPS.c.status == expected,
             )
             .values(**values)
+            .returning(STEPS.c.name, STEPS.c.status, STEPS.c.dependents, STEPS.c.group_name)
         )
-        return connection.execute(statement).rowcount == 1
+        row = connection.execute(statement).mappings().first()
+        return dict(row) if row else None
 
     # -- advancing the graph (inside a locked transaction) --------------------------------------
 
-    def _finished(self, connection, run: dict, name: str) -> list[Message]:
-        """A step is done (succeeded or skipped): release its dependents and its group slot."""
-        run["open_steps"] -= 1
+    def _finished(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
+        """A step is done (succeeded or skipped; ``open_steps`` already counts it): release its
+        dependents and its group slot.  ``step`` holds its name, status, dependents and group."""
         outgoing: list[Message] = []
         if run["status"] == RunStatus.RUNNING:
-            step = self._steps(connection, run["run_id"], [name])[name]
-            candidates = []
+            candidates: list[dict[str, Any]] = []
             if step["dependents"]:
-                connection.execute(
-                    update(STEPS)
-                    .where(STEPS.c.run_id == run["run_id"], STEPS.c.name.in_(step["dependents"]))
-                    .values(remaining_deps=STEPS.c.remaining_deps - 1)
-                )
-                candidates += step["dependents"]
+                skipped = int(step["status"] == StepStatus.SKIPPED)
+                params = {"b_run": run["run_id"], "b_names": step["dependents"], "b_skipped": skipped}
+                released = connection.execute(sql.RELEASE_DEPENDENTS, params)
+                candidates += [dict(row) for row in released.mappings()]
             if step["group_name"]:
                 candidates += self._waiting_in_group(connection, run["run_id"], step["group_name"])
             outgoing = self._admit(connection, run, candidates)
@@ -451,18 +451,18 @@ class SagaEngine:
         self._finish_if_done(connection, run)
         return outgoing
 
-    def _admit(self, connection, run: dict, candidates: list[str]) -> list[Message]:
-        """Make ready every candidate whose dependencies are done; skip those whose conditions fail."""
+    def _admit(self, connection, run: dict, candidates: Iterable[dict[str, Any]]) -> list[Message]:
+        """Make ready every candidate (a step row) whose dependencies are done; skip those whose
+        dependencies were all skipped or whose conditions fail."""
         outgoing: list[Message] = []
-        steps = self._steps(connection, run["run_id"], list(dict.fromkeys(candidates)))
-        for step in steps.values():
+        for step in {row["name"]: row for row in candidates}.values():
             if step["status"] != StepStatus.PENDING or step["remaining_deps"] != 0:
                 continue
-            results, statuses = self._results(connection, run["run_id"], step)
+            results = self._results(connection, run["run_id"], step)
             deps = step["depends_on"]
-            only_skipped_deps = bool(deps) and all(statuses[d] == StepStatus.SKIPPED for d in deps)
+            only_skipped_deps = bool(deps) and step["skipped_deps"] == len(deps)
             if only_skipped_deps or not conditions_hold(step["spec"], results=results, inputs=run["inputs"]):
-                outgoing += self._skip(connection, run, step["name"])
+                outgoing += self._skip(connection, run, step)
             elif not self._group_has_room(connection, run["run_id"], step):
                 continue
             else:
@@ -478,24 +478,19 @@ class SagaEngine:
                 connection, run, step["name"], StepStatus.PENDING, status=StepStatus.FAILED, error=error
             )
             return self._stopped(connection, run, f"step {step['name']!r} failed: {error}")
-        epoch = step["epoch"] + 1
-        values = {
-            "status": StepStatus.READY,
-            "call_args": call_args,
-            "epoch": epoch,
-            "min_retry": 0,
-            "claimed_retry": None,
-            "ready_at": utc_now(),
-        }
-        if not self._set_step(connection, run, step["name"], StepStatus.PENDING, **values):
+        values = {"call_args": call_args, "epoch": step["epoch"] + 1}
+        params = {"b_run": run["run_id"], "b_step": step["name"], "b_call_args": call_args}
+        params.update(b_epoch=values["epoch"], b_now=utc_now())
+        if connection.execute(sql.MAKE_READY, params).rowcount != 1:
             return []
         step.update(values)
-        return [self._message(run["run_id"], step, STEP)]
+        return [self._message(run, step, STEP)]
 
-    def _skip(self, connection, run: dict, name: str) -> list[Message]:
-        if not self._set_step(connection, run, name, StepStatus.PENDING, status=StepStatus.SKIPPED):
+    def _skip(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
+        if not self._set_step(connection, run, step["name"], StepStatus.PENDING, status=StepStatus.SKIPPED):
             return []
-        return self._finished(connection, run, name)
+        run["open_steps"] -= 1
+        return self._finished(connection, run, {**step, "status": StepStatus.SKIPPED})
 
     def _set_step(self, connection, run: dict, name: str, expected: str, **values) -> bool:
         statement = (
@@ -515,9 +510,9 @@ class SagaEngine:
         )
         return connection.execute(query).scalar() < step["group_limit"]
 
-    def _waiting_in_group(self, connection, run_id: str, group: str) -> list[str]:
+    def _waiting_in_group(self, connection, run_id: str, group: str) -> list[dict[str, Any]]:
         query = (
-            select(STEPS.c.name)
+            select(STEPS)
             .where(
                 STEPS.c.run_id == run_id,
                 STEPS.c.group_name == group,
@@ -526,18 +521,15 @@ class SagaEngine:
             )
             .order_by(STEPS.c.position)
         )
-        return list(connection.execute(query).scalars())
+        return [dict(row) for row in connection.execute(query).mappings()]
 
-    def _results(self, connection, run_id: str, step: dict) -> tuple[dict[str, Any], dict[str, str]]:
-        """Results and statuses of the steps ``step`` depends on or refers to."""
-        names = set(step["depends_on"]) | referenced_steps(step["spec"])
+    def _results(self, connection, run_id: str, step: dict) -> dict[str, Any]:
+        """Results of the steps ``step`` refers to (in arguments, conditions or piping)."""
+        names = referenced_steps(step["spec"])
         if not names:
-            return {}, {}
-        query = select(STEPS.c.name, STEPS.c.status, STEPS.c.result).where(
-            STEPS.c.run_id == run_id, STEPS.c.name.in_(names)
-        )
-        rows = connection.execute(query).all()
-        return {row.name: row.result for row in rows}, {row.name: row.status for row in rows}
+            return {}
+        rows = connection.execute(sql.RESULTS, {"b_run": run_id, "b_names": sorted(names)})
+        return {row.name: row.result for row in rows}
 
     def _finish_if_done(self, connection, run: dict) -> None:
         if run["status"] == RunStatus.RUNNING and run["open_steps"] == 0:
@@ -589,7 +581,7 @@ class SagaEngine:
         if not self._set_step(connection, run, step["name"], step["status"], **values):
             return []
         step.update(values)
-        return [self._message(run["run_id"], step, COMPENSATE)]
+        return [self._message(run, step, COMPENSATE)]
 
     def cancel(self, run_id: str, *, compensate: bool = True) -> None:
         """Cancel a running run: pending steps never start, running ones are asked to abort,
@@ -627,13 +619,19 @@ class SagaEngine:
             for name, row in rows.items():
                 if name in done:
                     continue
-                remaining = sum(1 for d in row["depends_on"] if d not in done)
+                values = {
+                    "status": StepStatus.PENDING,
+                    "remaining_deps": sum(1 for d in row["depends_on"] if d not in done),
+                    "skipped_deps": sum(
+                        1 for d in row["depends_on"] if rows[d]["status"] == StepStatus.SKIPPED
+                    ),
+                    "claim": None,
+                    "lease_until": None,
+                }
                 connection.execute(
-                    update(STEPS)
-                    .where(STEPS.c.run_id == run_id, STEPS.c.name == name)
-                    .values(status=StepStatus.PENDING, remaining_deps=remaining, claim=None, lease_until=None)
+                    update(STEPS).where(STEPS.c.run_id == run_id, STEPS.c.name == name).values(values)
                 )
-                row.update(status=StepStatus.PENDING, remaining_deps=remaining)
+                row.update(values)
             run.update(
                 status=RunStatus.RUNNING,
                 open_steps=len(rows) - len(done),
@@ -643,7 +641,7 @@ class SagaEngine:
                 cancel_requested=False,
                 compensate=True,
             )
-            roots = [name for name, row in rows.items() if name not in done and row["remaining_deps"] == 0]
+            roots = [row for name, row in rows.items() if name not in done and row["remaining_deps"] == 0]
             outgoing = self._admit(connection, run, roots)
             self._finish_if_done(connection, run)
         self._send(outgoing)
@@ -691,7 +689,7 @@ class SagaEngine:
             STEPS.c.claim.is_(None), STEPS.c.status.in_([StepStatus.READY, StepStatus.COMPENSATING])
         )
         query = (
-            select(STEPS, RUNS.c.status.label("run_status"))
+            select(STEPS, RUNS.c.status.label("run_status"), RUNS.c.concurrency_key)
             .join(RUNS, RUNS.c.run_id == STEPS.c.run_id)
             .where(
                 RUNS.c.status.in_([RunStatus.RUNNING, RunStatus.COMPENSATING]),
@@ -714,9 +712,9 @@ class SagaEngine:
                 self._abandon(row)
                 continue
             retry = row["claimed_retry"] if row["claim"] else row["min_retry"]
-            outgoing.append(self._message(row["run_id"], row, kind, retry=retry or 0))
+            outgoing.append(self._message(row, row, kind, retry=retry or 0))
         if outgoing:
-            with self.database.begin() as connection:
+            with self._transaction() as connection:
                 for row in rows:
                     connection.execute(
                         update(STEPS)
@@ -752,13 +750,17 @@ class SagaEngine:
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    def _message(self, run_id: str, step: dict, kind: str, *, retry: int = 0) -> Message:
+    def _message(self, run: dict, step: dict, kind: str, *, retry: int = 0) -> Message:
+        """The message of one dispatch of ``step``; ``run`` needs ``run_id`` and ``concurrency_key``."""
+        run_id = run["run_id"]
         args, kwargs = step["call_args"]
         if kind == STEP:
             name, options = step["actor"], dict(step["spec"]["options"])
         else:
             name, options, kwargs = step["spec"]["compensate_with"], {}, {**kwargs, "result": step["result"]}
         options[SAGA_OPTION] = {"run": run_id, "step": step["name"], "kind": kind, "epoch": step["epoch"]}
+        if run.get("concurrency_key"):
+            options[SAGA_OPTION]["key"] = run["concurrency_key"]
         if retry:
             options["retries"] = retry
         actor = self.broker.get_actor(name)
@@ -780,38 +782,38 @@ class SagaEngine:
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
-        with self.database.begin() as connection:
+        """A write transaction.  On SQLite, threads of this process queue on a lock (cheaper
+        than SQLite's sleeping busy handler) and the write lock is taken up front: a deferred
+        transaction that reads, then writes, fails at once when another writer got in between."""
+        with self._write_lock, self.database.begin() as connection:
             if self._sqlite:
-                # Take the write lock first: a deferred transaction that reads
-                # then writes fails at once when another writer got in between.
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             yield connection
 
-    def _lock(self, connection, run_id: str) -> dict[str, Any]:
-        row = (
-            connection.execute(select(RUNS).where(RUNS.c.run_id == run_id).with_for_update())
-            .mappings()
-            .first()
-        )
+    def _lock(self, connection, run_id: str, *, for_success: bool = False) -> dict[str, Any]:
+        """Lock the run's row (an update takes the row lock on every database) and read it;
+        ``for_success`` also counts one more completion and one step less open."""
+        statement = sql.LOCK_RUN_FOR_SUCCESS if for_success else sql.LOCK_RUN
+        row = connection.execute(statement, {"b_run": run_id, "b_now": utc_now()}).mappings().first()
         if row is None:
             raise WorkflowError(f"no run with id {run_id!r}")
         return dict(row)
 
     @contextmanager
-    def _locked(self, run_id: str) -> Iterator[tuple[Any, dict[str, Any]]]:
-        """A transaction holding ``run_id``'s lock; changes made to the yielded run dict are saved."""
+    def _locked(self, run_id: str, *, for_success: bool = False) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """A transaction holding ``run_id``'s lock (see :meth:`_lock`);
+        changes made to the yielded run dict are saved.  Raising :class:`Unchanged` inside
+        rolls everything back."""
         with self._transaction() as connection:
-            run = self._lock(connection, run_id)
+            run = self._lock(connection, run_id, for_success=for_success)
+            snapshot = dict(run)
             yield connection, run
-            self._save(connection, run)
+            self._save(connection, run, snapshot)
 
-    def _save(self, connection, run: dict[str, Any]) -> None:
-        run["updated_at"] = utc_now()
-        names = ("status", "open_steps", "completions", "error", "finished_at", "updated_at")
-        names += ("abort_requested", "cancel_requested", "compensate")
-        connection.execute(
-            update(RUNS).where(RUNS.c.run_id == run["run_id"]).values({name: run[name] for name in names})
-        )
+    def _save(self, connection, run: dict[str, Any], snapshot: dict[str, Any]) -> None:
+        changed = {name: value for name, value in run.items() if snapshot[name] != value}
+        if changed:
+            connection.execute(update(RUNS).where(RUNS.c.run_id == run["run_id"]).values(**changed))
 
     def _run(self, run_id: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
         with self.database.connect() as connection:
@@ -874,6 +876,13 @@ def _run_defaults(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _step_defaults(step: dict[str, Any]) -> dict[str, Any]:
-    defaults = {"epoch": 0, "attempts": 0, "min_retry": 0, "call_args": None, "result": None}
+    defaults = {
+        "epoch": 0,
+        "attempts": 0,
+        "min_retry": 0,
+        "skipped_deps": 0,
+        "call_args": None,
+        "result": None,
+    }
     defaults.update(completion_seq=None, started_at=None, finished_at=None)
     return {**defaults, **step}

@@ -109,6 +109,7 @@ class Saga(Middleware):
                 epoch=marker["epoch"],
                 retry=message.options.get("retries", 0),
                 worker=_WORKER_ID,
+                concurrency_key=marker.get("key"),
             )
         except Exception as exc:
             raise StepStateUnavailable(f"cannot claim step {marker['step']!r}: {describe(exc)}") from exc

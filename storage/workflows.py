@@ -102,7 +102,8 @@ class WorkflowStep(SQLModel, table=True):
 
     ``remaining_deps`` counts dependencies not yet done: it reaches zero
     exactly once, in the transaction that finishes the last dependency, which
-    is what makes a fan-in fire exactly once.  ``epoch`` numbers dispatches
+    is what makes a fan-in fire exactly once; ``skipped_deps`` counts the
+    dependencies that were skipped (all skipped -> the step is skipped).  ``epoch`` numbers dispatches
     (a resume starts a new one) and ``claim``/``lease_until`` say which
     delivery is executing the step and until when its worker is trusted.
     """
@@ -122,6 +123,7 @@ class WorkflowStep(SQLModel, table=True):
     depends_on: list[str] = Field(sa_column=Column(JSON, nullable=False))
     dependents: list[str] = Field(sa_column=Column(JSON, nullable=False))
     remaining_deps: int = 0
+    skipped_deps: int = 0
     group_name: str | None = Field(default=None, max_length=200)
     group_limit: int | None = None
     epoch: int = 0

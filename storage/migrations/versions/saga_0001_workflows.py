@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("depends_on", sa.JSON, nullable=False),
         sa.Column("dependents", sa.JSON, nullable=False),
         sa.Column("remaining_deps", sa.Integer, nullable=False),
+        sa.Column("skipped_deps", sa.Integer, nullable=False),
         sa.Column("group_name", sa.String(200), nullable=True),
         sa.Column("group_limit", sa.Integer, nullable=True),
         sa.Column("epoch", sa.Integer, nullable=False),
