@@ -78,6 +78,7 @@ class Saga(Middleware):
         self._engine: SagaEngine | None = None
         self._engine_lock = threading.Lock()
         self._held: dict[str, int] = {}
+        self._held_lock = threading.Lock()
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
 
@@ -115,7 +116,8 @@ class Saga(Middleware):
             raise StepStateUnavailable(f"cannot claim step {marker['step']!r}: {describe(exc)}") from exc
         if claim is None:
             raise SkipMessage(f"step {marker['step']!r} of run {marker['run']} is not due")
-        self._held[claim.token] = threading.get_ident()
+        with self._held_lock:
+            self._held[claim.token] = threading.get_ident()
         enter(StepContext(claim, engine, claim.checkpoint, claim.progress))
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
@@ -151,7 +153,8 @@ class Saga(Middleware):
         context = current_step()
         enter(None)
         if context is not None:
-            self._held.pop(context.claim.token, None)
+            with self._held_lock:
+                self._held.pop(context.claim.token, None)
         return context
 
     def _record(self, claim: Claim, record, *args, **kwargs) -> None:
@@ -183,12 +186,18 @@ class Saga(Middleware):
                 self.logger.error("Workflow maintenance failed, will retry: %s", describe(exc))
 
     def _heartbeat(self, engine: SagaEngine) -> None:
-        held = dict(self._held)
-        for token in engine.renew(list(held)):
-            thread_id = self._held.get(token)
-            if thread_id is not None:
-                self.logger.info("Aborting a step whose run is stopping.")
-                raise_thread_exception(thread_id, StepAborted)
+        with self._held_lock:
+            tokens = list(self._held)
+        for token in engine.renew(tokens):
+            # Under the lock, so the step cannot finish (and its thread move on to
+            # another message) between the check and the raise.  The claim stops
+            # being renewed: if the exception lands late and the outcome is lost,
+            # the lease runs out and recovery settles the step.
+            with self._held_lock:
+                thread_id = self._held.pop(token, None)
+                if thread_id is not None:
+                    self.logger.info("Aborting a step whose run is stopping.")
+                    raise_thread_exception(thread_id, StepAborted)
 
     def _sweep_is_mine(self, broker: Broker) -> bool:
         """One recovery sweep per interval across all workers."""
