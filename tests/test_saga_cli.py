@@ -16,8 +16,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def env(settings):
-    return settings_env(fast(settings))
+def env(redis_url, namespace, tmp_path):
+    """A user's environment: the CLI is an edge over the engine, whose tests cover both databases,
+    so it runs on SQLite only (each command is a new Python process)."""
+    database_url = f"sqlite:///{tmp_path / 'tradeflow.db'}"
+    upgrade(create_db_engine(database_url))
+    return settings_env(fast(Settings(redis_url=redis_url, namespace=namespace, database_url=database_url)))
 
 
 @pytest.fixture(scope="module")
