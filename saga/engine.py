@@ -220,14 +220,16 @@ class SagaEngine:
             if finished:
                 for key in ("call_args", "result", "completion_seq", "attempts", "started_at", "finished_at"):
                     step[key] = finished[key]
+        state = _run_defaults(run)
+        rows = [_step_defaults(step) for step in steps]
         try:
             with self._transaction() as connection:
-                connection.execute(insert(RUNS), [_run_defaults(run)])
-                connection.execute(insert(STEPS), [_step_defaults(step) for step in steps])
-                state = self._lock(connection, run_id)
+                # Nobody else knows the run yet: no lock, and the rows in hand are current.
+                connection.execute(insert(RUNS), [state])
+                connection.execute(insert(STEPS), rows)
                 snapshot = dict(state)
-                roots = [s["name"] for s in steps if s["remaining_deps"] == 0 and s["name"] not in done]
-                outgoing = self._admit(connection, state, self._steps(connection, run_id, roots).values())
+                roots = [row for row in rows if row["remaining_deps"] == 0 and row["name"] not in done]
+                outgoing = self._admit(connection, state, roots)
                 self._finish_if_done(connection, state)
                 self._save(connection, state, snapshot)
         except Exception:
