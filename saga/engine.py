@@ -117,6 +117,7 @@ class SagaEngine:
         )
         self._sqlite = database.dialect.name == "sqlite"
         self._write_lock = threading.RLock() if self._sqlite else nullcontext()
+        self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
 
     # -- starting runs -------------------------------------------------------------------------
 
@@ -271,7 +272,7 @@ class SagaEngine:
             "b_worker": worker,
             "b_phase": sql.PHASES[step_kind],
         }
-        with self._transaction() as connection:
+        with self._single_statement() as connection:
             row = connection.execute(sql.CLAIM_STEP if step_kind else sql.CLAIM_COMPENSATION, params).first()
         if row is None:
             self._fail_if_past_deadline(run_id)
@@ -284,7 +285,7 @@ class SagaEngine:
     def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
         """Record a running step's progress and checkpoint; False if the claim was lost."""
         _check_json(payload, f"checkpoint of step {claim.step!r}")
-        with self._transaction() as connection:
+        with self._single_statement() as connection:
             statement = (
                 update(STEPS)
                 .where(
@@ -355,7 +356,7 @@ class SagaEngine:
 
     def release(self, claim: Claim) -> None:
         """Give a claim back unfinished (the message was skipped after the claim)."""
-        with self._transaction() as connection:
+        with self._single_statement() as connection:
             connection.execute(
                 update(STEPS)
                 .where(
@@ -791,6 +792,17 @@ class SagaEngine:
             if self._sqlite:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             yield connection
+
+    @contextmanager
+    def _single_statement(self) -> Iterator[Any]:
+        """A connection for one write statement.  On PostgreSQL it runs in autocommit:
+        one round trip instead of three (``BEGIN``, the statement, ``COMMIT``)."""
+        if self._sqlite:
+            with self._transaction() as connection:
+                yield connection
+        else:
+            with self._autocommit.connect() as connection:
+                yield connection
 
     def _lock(self, connection, run_id: str, *, for_success: bool = False) -> dict[str, Any]:
         """Lock the run's row (an update takes the row lock on every database) and read it;
