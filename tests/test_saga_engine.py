@@ -184,3 +184,54 @@ def test_a_redelivered_step_receives_its_last_checkpoint(stack):
         "long:from:1:attempt:2",
     ]
     assert step.result == 1 and step.progress == 100 and step.checkpoint == {"done": 3}
+
+
+def _siblings(on_failure: str) -> Workflow:
+    return Workflow(
+        f"siblings_{on_failure}",
+        [
+            Step("a", "record", args=("a",), compensate_with="undo"),
+            Step("slow", "slow", args=("slow", 1.5), depends_on=["a"], compensate_with="undo"),
+            Step("boom", "fail", args=("boom",), depends_on=["a"]),
+            Step("after", "record", args=("after",), depends_on=["slow", "boom"]),
+        ],
+        on_failure=on_failure,
+    )
+
+
+def test_on_failure_finish_lets_a_running_sibling_finish_then_compensates_it_first(stack):
+    run_id = stack.engine.start(_siblings("finish"))
+    run = wait_for_run(stack.db, run_id)
+    steps = steps_of(stack.db, run_id)
+    assert run.status == "compensated"
+    assert (steps["slow"].status, steps["after"].status) == ("compensated", "cancelled")
+    log = log_of(stack.broker)
+    assert log.index("slow") < log.index("undo:slow") < log.index("undo:a")
+
+
+def test_on_failure_cancel_aborts_a_running_sibling(stack):
+    run_id = stack.engine.start(_siblings("cancel"))
+    run = wait_for_run(stack.db, run_id)
+    steps = steps_of(stack.db, run_id)
+    assert run.status == "compensated"
+    assert steps["slow"].status == "cancelled" and "StepAborted" in steps["slow"].error
+    assert "slow" not in log_of(stack.broker) and "undo:slow" not in log_of(stack.broker)
+    assert counts_of(stack.broker) == {"undo:a": 1}
+
+
+def test_a_step_whose_send_was_lost_after_the_commit_is_sent_again(stack):
+    enqueue, lost = stack.broker.enqueue, []
+
+    def lose_first_step_message(message, *, delay=None):
+        if message.options.get("saga", {}).get("step") == "b" and not lost:
+            lost.append(message.message_id)
+            raise ConnectionError("connection reset while sending")
+        return enqueue(message, delay=delay)
+
+    stack.broker.enqueue = lose_first_step_message
+    workflow = Workflow("lost", [pipeline(Step("a", "count", args=("a",)), Step("b", "count", args=("b",)))])
+    run_id = stack.engine.start(workflow)
+    run = wait_for_run(stack.db, run_id)
+    assert lost, "the send of step b was never attempted"
+    assert run.status == "succeeded"
+    assert counts_of(stack.broker) == {"a": 1, "b": 1}
