@@ -475,8 +475,9 @@ class SagaEngine:
     def _make_ready(self, connection, run: dict, step: dict, results: dict) -> list[Message]:
         try:
             call_args = call_arguments(step["spec"], results=results, inputs=run["inputs"])
-        except MissingValue as exc:
-            error = f"cannot build the arguments: {exc}"
+            self._check_declared(step["actor"])
+        except (MissingValue, WorkflowError) as exc:
+            error = f"cannot dispatch: {exc}"
             self._set_step(
                 connection, run, step["name"], StepStatus.PENDING, status=StepStatus.FAILED, error=error
             )
@@ -579,6 +580,16 @@ class SagaEngine:
         return []
 
     def _dispatch_compensation(self, connection, run: dict, step: dict) -> list[Message]:
+        try:
+            self._check_declared(step["spec"]["compensate_with"])
+        except WorkflowError as exc:
+            error = f"cannot dispatch the compensation: {exc}"
+            values = {"status": StepStatus.COMPENSATING, "compensation_error": error}
+            self._set_step(connection, run, step["name"], step["status"], **values)
+            run.update(
+                status=RunStatus.COMPENSATION_FAILED, error=f"compensation of {step['name']!r}: {error}"
+            )
+            return []
         values = {"status": StepStatus.COMPENSATING, "epoch": step["epoch"] + 1, "min_retry": 0}
         values.update(claimed_retry=None, claim=None, ready_at=utc_now(), compensation_error=None)
         if not self._set_step(connection, run, step["name"], step["status"], **values):
@@ -775,6 +786,13 @@ class SagaEngine:
             options=options,
             message_id=message_id(run_id, step["name"], kind, step["epoch"]),
         )
+
+    def _check_declared(self, actor: str) -> None:
+        """Steps are sent by whichever process finished the step before: it must know the actor."""
+        if actor not in self.broker.actors:
+            raise WorkflowError(
+                f"actor {actor!r} is not declared in this process (import its module in every worker)"
+            )
 
     def _send(self, outgoing: list[Message]) -> None:
         try:

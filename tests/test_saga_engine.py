@@ -235,3 +235,16 @@ def test_a_step_whose_send_was_lost_after_the_commit_is_sent_again(stack):
     assert lost, "the send of step b was never attempted"
     assert run.status == "succeeded"
     assert counts_of(stack.broker) == {"a": 1, "b": 1}
+
+
+def test_a_step_whose_actor_this_worker_does_not_declare_fails_the_run_clearly(stack):
+    workflow = Workflow(
+        "undeclared", [pipeline(Step("a", "slow", args=("a", 0.3)), Step("b", "count", args=("b",)))]
+    )
+    run_id = stack.engine.start(workflow)
+    del stack.broker.actors["count"]  # like a worker deployed without the module of `count`
+    run = wait_for_run(stack.db, run_id)
+    assert run.status == "failed"
+    assert steps_of(stack.db, run_id)["b"].error == (
+        "cannot dispatch: actor 'count' is not declared in this process (import its module in every worker)"
+    )
