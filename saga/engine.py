@@ -346,12 +346,15 @@ class SagaEngine:
             raise Unchanged
         return self._unwind(connection, run)
 
-    def failed(self, claim: Claim, error: str, *, retry: int | None, aborted: bool = False) -> None:
+    def failed(
+        self, claim: Claim, error: str, *, retry: int | None, retry_delay_ms: int = 0, aborted: bool = False
+    ) -> None:
         """The delivery holding ``claim`` raised ``error``; ``retry`` is the retry number
-        Dramatiq scheduled, or None when the failure is final.  An ``aborted`` step (its run
-        is stopping) ends ``cancelled``."""
+        Dramatiq scheduled (due within ``retry_delay_ms``), or None when the failure is final.
+        An ``aborted`` step (its run is stopping) ends ``cancelled``."""
+        retry_due = utc_now() + timedelta(milliseconds=retry_delay_ms)
         with self._locked(claim.run_id) as (connection, run):
-            outgoing = self._record_failure(connection, run, claim, error, retry, aborted)
+            outgoing = self._record_failure(connection, run, claim, error, retry, retry_due, aborted)
         self._send(outgoing)
 
     def release(self, claim: Claim) -> None:
@@ -381,13 +384,21 @@ class SagaEngine:
         return self._finished(connection, run, step)
 
     def _record_failure(
-        self, connection, run: dict, claim: Claim, error: str, retry: int | None, aborted: bool
+        self,
+        connection,
+        run: dict,
+        claim: Claim,
+        error: str,
+        retry: int | None,
+        retry_due: datetime,
+        aborted: bool,
     ) -> list[Message]:
         expected = StepStatus.RUNNING if claim.kind == STEP else StepStatus.COMPENSATING
         error_column = "error" if claim.kind == STEP else "compensation_error"
         if retry is not None and (claim.kind == COMPENSATE or run["status"] == RunStatus.RUNNING):
             status = _unclaimed_status(claim.kind)
-            values = {"status": status, "min_retry": retry, error_column: error, "ready_at": utc_now()}
+            # The sweep sends a step again only once its retry is overdue.
+            values = {"status": status, "min_retry": retry, error_column: error, "ready_at": retry_due}
             self._update_claimed(connection, claim, expected, finish=False, **values)
             return []
         if claim.kind == COMPENSATE:

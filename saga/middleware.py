@@ -9,9 +9,11 @@ import threading
 import time
 
 from dramatiq import Broker, Middleware
+from dramatiq.errors import Retry
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
-from dramatiq.middleware import MiddlewareError, SkipMessage
+from dramatiq.middleware import MiddlewareError, Retries, SkipMessage
+from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
 from dramatiq.threading import raise_thread_exception
 from sqlalchemy import Engine
 
@@ -23,6 +25,9 @@ RECORD_ATTEMPTS = 5
 
 #: Pause before the first repeated attempt, in seconds; it doubles each time.
 RECORD_BACKOFF = 0.2
+
+#: Largest exponent ``dramatiq.common.compute_backoff`` uses.
+MAX_BACKOFF_EXPONENT = 32
 
 _WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -128,9 +133,12 @@ class Saga(Middleware):
         if exception is None:
             self._record(claim, engine.succeeded, claim, result)
             return
-        retry = None if message.failed or isinstance(exception, StepAborted) else message.options["retries"]
         aborted = isinstance(exception, StepAborted)
-        self._record(claim, engine.failed, claim, describe(exception), retry=retry, aborted=aborted)
+        if message.failed or aborted:
+            self._record(claim, engine.failed, claim, describe(exception), retry=None, aborted=aborted)
+            return
+        retry, delay = message.options["retries"], longest_retry_delay(broker, message, exception)
+        self._record(claim, engine.failed, claim, describe(exception), retry=retry, retry_delay_ms=delay)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         context = self._leave()
@@ -203,6 +211,25 @@ class Saga(Middleware):
         """One recovery sweep per interval across all workers."""
         key = f"{broker.namespace}:saga-recovery"
         return bool(broker.client.set(key, _WORKER_ID, nx=True, px=self.recovery_interval_ms))
+
+
+def longest_retry_delay(broker: Broker, message: Message, exception: BaseException) -> int:
+    """The longest backoff ``Retries`` can have given the retry it just scheduled, in
+    milliseconds, so recovery does not send the step again before its retry is due."""
+    if isinstance(exception, Retry) and exception.delay is not None:
+        return exception.delay
+    retries = next((m for m in broker.middleware if isinstance(m, Retries)), None)
+    actor_options = broker.get_actor(message.actor_name).options
+    options = message.options
+
+    def option(name: str, default: int) -> int:
+        return options.get(name, actor_options.get(name, getattr(retries, name, default)))
+
+    min_backoff = option("min_backoff", DEFAULT_MIN_BACKOFF)
+    max_backoff = min(option("max_backoff", DEFAULT_MAX_BACKOFF), DEFAULT_MAX_BACKOFF)
+    attempts = min(options["retries"] - 1, MAX_BACKOFF_EXPONENT)
+    # compute_backoff's jitter doubles at most: factor * 2 ** attempts * 2.
+    return min(2 * min_backoff * 2**attempts, max_backoff)
 
 
 def engine_of(broker: Broker) -> SagaEngine:
