@@ -1,8 +1,8 @@
 """The saga engine: durable run and step state, and every transition between states.
 
-Each transition is one SQL transaction holding the run's row lock (``SELECT
-.. FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and changing
-rows only through conditional updates (``.. WHERE status = 'running' AND
+Each transition is one SQL transaction holding the run's row lock (an
+``UPDATE .. RETURNING`` of the run row; on SQLite, ``BEGIN IMMEDIATE`` holds
+the database) and changing rows only through conditional updates (``.. WHERE status = 'running' AND
 claim = :claim``), so a duplicate delivery or a stale worker changes nothing,
 and a dependent's ``remaining_deps`` reaches zero exactly once.  Messages are
 sent after the commit; a crash in between leaves the step ``ready`` and the
