@@ -248,3 +248,12 @@ def test_a_step_whose_actor_this_worker_does_not_declare_fails_the_run_clearly(s
     assert steps_of(stack.db, run_id)["b"].error == (
         "cannot dispatch: actor 'count' is not declared in this process (import its module in every worker)"
     )
+
+
+def test_a_step_time_limit_fails_the_step(stack):
+    stack.broker.emit_after("process_boot")  # what `dramatiq` does in a worker process: starts TimeLimit
+    workflow = Workflow("limited", [Step("slow", "slow", args=("slow", 10), time_limit=300, max_retries=0)])
+    run_id = stack.engine.start(workflow)
+    run = wait_for_run(stack.db, run_id, timeout=20)
+    assert run.status == "failed"
+    assert steps_of(stack.db, run_id)["slow"].error.startswith("TimeLimitExceeded")
