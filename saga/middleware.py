@@ -18,7 +18,7 @@ from dramatiq.threading import raise_thread_exception
 from sqlalchemy import Engine
 
 from .context import StepContext, current_step, enter
-from .engine import SAGA_OPTION, Claim, SagaEngine, describe
+from .engine import COMPENSATE, SAGA_OPTION, STEP, Claim, SagaEngine, describe
 
 #: Attempts at recording a step's outcome while the database does not answer.
 RECORD_ATTEMPTS = 5
@@ -107,6 +107,12 @@ class Saga(Middleware):
             return
         enter(None)
         engine = self.engine(broker)
+        if not _well_formed(marker):
+            self.logger.error(
+                "Message %s has a malformed %r option %r; failing it.", message, SAGA_OPTION, marker
+            )
+            message.fail()
+            raise SkipMessage(f"malformed {SAGA_OPTION!r} option")
         try:
             claim = engine.claim(
                 run_id=marker["run"],
@@ -211,6 +217,15 @@ class Saga(Middleware):
         """One recovery sweep per interval across all workers."""
         key = f"{broker.namespace}:saga-recovery"
         return bool(broker.client.set(key, _WORKER_ID, nx=True, px=self.recovery_interval_ms))
+
+
+def _well_formed(marker: object) -> bool:
+    return (
+        isinstance(marker, dict)
+        and all(isinstance(marker.get(key), str) for key in ("run", "step"))
+        and marker.get("kind") in (STEP, COMPENSATE)
+        and isinstance(marker.get("epoch"), int)
+    )
 
 
 def longest_retry_delay(broker: Broker, message: Message, exception: BaseException) -> int:

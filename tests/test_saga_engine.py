@@ -3,6 +3,8 @@ retries, compensations, duplicate delivery and checkpoints."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from saga_helpers import counts_of, fast, log_of, running_stack, steps_of, wait_for_run
 
@@ -257,3 +259,16 @@ def test_a_step_time_limit_fails_the_step(stack):
     run = wait_for_run(stack.db, run_id, timeout=20)
     assert run.status == "failed"
     assert steps_of(stack.db, run_id)["slow"].error.startswith("TimeLimitExceeded")
+
+
+@pytest.mark.parametrize(
+    "marker", [{"run": "r"}, "text", {"run": "r", "step": "s", "kind": "other", "epoch": 1}]
+)
+def test_a_malformed_saga_option_fails_the_message_without_running_it(stack, marker):
+    stack.actors.count.send_with_options(args=("x",), saga=marker)
+    stack.actors.count.send_with_options(args=("plain",))  # a plain message after it still runs
+    deadline = time.monotonic() + 20
+    while counts_of(stack.broker).get("plain") != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "x" not in counts_of(stack.broker)
