@@ -29,6 +29,7 @@ from storage import DONE_STEP_STATUSES, RunStatus, StepStatus, utc_now
 
 from . import statements as sql
 from .definition import Workflow
+from .driver import DriverStatement
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
 from .values import MissingValue, call_arguments, conditions_hold, referenced_steps
 
@@ -118,6 +119,7 @@ class SagaEngine:
         self._sqlite = database.dialect.name == "sqlite"
         self._write_lock = threading.RLock() if self._sqlite else nullcontext()
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
+        self._hot = HotStatements(database.dialect)
 
     # -- starting runs -------------------------------------------------------------------------
 
@@ -273,14 +275,17 @@ class SagaEngine:
             "b_phase": sql.PHASES[step_kind],
         }
         with self._single_statement() as connection:
-            row = connection.execute(sql.CLAIM_STEP if step_kind else sql.CLAIM_COMPENSATION, params).first()
-        if row is None:
+            rows = (self._hot.claim_step if step_kind else self._hot.claim_compensation).rows(
+                connection, params
+            )
+        if not rows:
             self._fail_if_past_deadline(run_id)
             return None
         if concurrency_key:
             self.leases.renew(concurrency_key, run_id)
-        attempt = row.attempts if step_kind else retry + 1
-        return Claim(run_id, step, kind, token, attempt, row.checkpoint, row.progress)
+        row = rows[0]
+        attempt = row["attempts"] if step_kind else retry + 1
+        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"])
 
     def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
         """Record a running step's progress and checkpoint; False if the claim was lost."""
@@ -378,9 +383,10 @@ class SagaEngine:
             "b_seq": run["completions"],
             "b_now": utc_now(),
         }
-        step = connection.execute(sql.SUCCEED_STEP, params).mappings().first()
-        if step is None:
+        steps = self._hot.succeed_step.rows(connection, params)
+        if not steps:
             raise Unchanged  # a stale delivery: roll the counters back
+        step = steps[0]
         return self._finished(connection, run, step)
 
     def _record_failure(
@@ -454,9 +460,9 @@ class SagaEngine:
             candidates: list[dict[str, Any]] = []
             if step["dependents"]:
                 skipped = int(step["status"] == StepStatus.SKIPPED)
-                params = {"b_run": run["run_id"], "b_names": step["dependents"], "b_skipped": skipped}
-                released = connection.execute(sql.RELEASE_DEPENDENTS, params)
-                candidates += [dict(row) for row in released.mappings()]
+                for name in step["dependents"]:
+                    params = {"b_run": run["run_id"], "b_step": name, "b_skipped": skipped}
+                    candidates += self._hot.release_dependent.rows(connection, params)
             if step["group_name"]:
                 candidates += self._waiting_in_group(connection, run["run_id"], step["group_name"])
             outgoing = self._admit(connection, run, candidates)
@@ -496,7 +502,7 @@ class SagaEngine:
         values = {"call_args": call_args, "epoch": step["epoch"] + 1}
         params = {"b_run": run["run_id"], "b_step": step["name"], "b_call_args": call_args}
         params.update(b_epoch=values["epoch"], b_now=utc_now())
-        if connection.execute(sql.MAKE_READY, params).rowcount != 1:
+        if self._hot.make_ready.rowcount(connection, params) != 1:
             return []
         step.update(values)
         return [self._message(run, step, STEP)]
@@ -836,11 +842,11 @@ class SagaEngine:
     def _lock(self, connection, run_id: str, *, for_success: bool = False) -> dict[str, Any]:
         """Lock the run's row (an update takes the row lock on every database) and read it;
         ``for_success`` also counts one more completion and one step less open."""
-        statement = sql.LOCK_RUN_FOR_SUCCESS if for_success else sql.LOCK_RUN
-        row = connection.execute(statement, {"b_run": run_id, "b_now": utc_now()}).mappings().first()
-        if row is None:
+        statement = self._hot.lock_run_for_success if for_success else self._hot.lock_run
+        rows = statement.rows(connection, {"b_run": run_id, "b_now": utc_now()})
+        if not rows:
             raise WorkflowError(f"no run with id {run_id!r}")
-        return dict(row)
+        return rows[0]
 
     @contextmanager
     def _locked(self, run_id: str, *, for_success: bool = False) -> Iterator[tuple[Any, dict[str, Any]]]:
@@ -888,6 +894,27 @@ class SagaEngine:
     def _release_slot(self, run: dict) -> None:
         if run.get("concurrency_key"):
             self.leases.release(run["concurrency_key"], run["run_id"])
+
+
+class HotStatements:
+    """The statements every step runs, compiled for one dialect (see :mod:`saga.driver`)."""
+
+    def __init__(self, dialect) -> None:
+        self.claim_step = DriverStatement(sql.CLAIM_STEP, dialect, json_columns=("checkpoint",))
+        self.claim_compensation = DriverStatement(
+            sql.CLAIM_COMPENSATION, dialect, json_columns=("checkpoint",)
+        )
+        self.lock_run = DriverStatement(sql.LOCK_RUN, dialect, json_columns=("inputs",))
+        self.lock_run_for_success = DriverStatement(
+            sql.LOCK_RUN_FOR_SUCCESS, dialect, json_columns=("inputs",)
+        )
+        self.succeed_step = DriverStatement(
+            sql.SUCCEED_STEP, dialect, json_params=("b_result",), json_columns=("dependents",)
+        )
+        self.release_dependent = DriverStatement(
+            sql.RELEASE_DEPENDENT, dialect, json_columns=("spec", "depends_on", "dependents")
+        )
+        self.make_ready = DriverStatement(sql.MAKE_READY, dialect, json_params=("b_call_args",))
 
 
 def _unclaimed_status(kind: str) -> str:

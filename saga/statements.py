@@ -34,13 +34,15 @@ def _claim(*, forward: bool):
             attempts=STEPS.c.attempts + 1,
             started_at=func.coalesce(STEPS.c.started_at, bindparam("b_now")),
         )
+    # Plain comparisons, not IN: an IN list compiles to a placeholder expanded at run time.
     claimable = [StepStatus.READY, StepStatus.RUNNING] if forward else [StepStatus.COMPENSATING]
+    status_claimable = or_(*(STEPS.c.status == status for status in claimable))
     return (
         update(STEPS)
         .where(
             *_THIS_STEP,
             STEPS.c.epoch == bindparam("b_epoch"),
-            STEPS.c.status.in_(claimable),
+            status_claimable,
             or_(
                 and_(STEPS.c.claim.is_(None), STEPS.c.min_retry <= bindparam("b_retry")),
                 STEPS.c.lease_until < bindparam("b_now"),
@@ -94,15 +96,30 @@ SUCCEED_STEP = (
     .returning(STEPS.c.name, STEPS.c.status, STEPS.c.dependents, STEPS.c.group_name)
 )
 
-#: One dependency of ``b_names`` is done (``b_skipped``: 1 if it was skipped); returns their rows.
-RELEASE_DEPENDENTS = (
+#: Columns of a step that deciding its readiness and dispatching it need.
+ADMISSION_COLUMNS = (
+    STEPS.c.name,
+    STEPS.c.status,
+    STEPS.c.actor,
+    STEPS.c.spec,
+    STEPS.c.depends_on,
+    STEPS.c.dependents,
+    STEPS.c.remaining_deps,
+    STEPS.c.skipped_deps,
+    STEPS.c.epoch,
+    STEPS.c.group_name,
+    STEPS.c.group_limit,
+)
+
+#: One dependency of step ``b_step`` is done (``b_skipped``: 1 if it was skipped); returns the step.
+RELEASE_DEPENDENT = (
     update(STEPS)
-    .where(STEPS.c.run_id == bindparam("b_run"), STEPS.c.name.in_(bindparam("b_names", expanding=True)))
+    .where(*_THIS_STEP)
     .values(
         remaining_deps=STEPS.c.remaining_deps - 1,
         skipped_deps=STEPS.c.skipped_deps + bindparam("b_skipped"),
     )
-    .returning(*STEPS.c)
+    .returning(*ADMISSION_COLUMNS)
 )
 
 #: A pending step becomes ready with its call arguments: ``b_run, b_step, b_call_args, b_epoch, b_now``.
