@@ -57,7 +57,8 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
         )
     middleware += [
         Saga(
-            database=create_db_engine(settings.database_url),
+            # No pre-ping: the saga retries a failed claim or outcome itself.
+            database=create_db_engine(settings.database_url, pre_ping=False),
             lease_ms=settings.workflow_lease_ms,
             recovery_after_ms=settings.workflow_recovery_after_ms,
             recovery_interval_ms=settings.workflow_recovery_interval_ms,

@@ -11,19 +11,20 @@ recovery sweep (:meth:`SagaEngine.recover`) sends it again.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from dramatiq import Message
 from dramatiq.logging import get_logger
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from storage import DONE_STEP_STATUSES, RunStatus, StepStatus, utc_now
 
@@ -34,6 +35,8 @@ from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
 from .values import MissingValue, call_arguments, conditions_hold, referenced_steps
 
 RUNS, STEPS = sql.RUNS, sql.STEPS
+
+T = TypeVar("T")
 
 #: Namespace of the deterministic message ids of step dispatches.
 MESSAGE_ID_NAMESPACE = uuid.UUID("6f1d4c8e-2f4b-4f43-9d0e-5a3c1b7e9a10")
@@ -84,6 +87,22 @@ def dispatch(broker, messages: list[Message]) -> None:
         broker.enqueue(message)
 
 
+def _reconnecting(operation: Callable[..., T]) -> Callable[..., T]:
+    """Run ``operation`` again once if its database connection turned out dead (the engine's
+    pool does not pre-ping).  Safe: a transaction cut that way was rolled back."""
+
+    @functools.wraps(operation)
+    def wrapper(*args, **kwargs):
+        try:
+            return operation(*args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            return operation(*args, **kwargs)
+
+    return wrapper
+
+
 class SagaEngine:
     """Starts runs and moves them forward as steps finish.
 
@@ -123,6 +142,7 @@ class SagaEngine:
 
     # -- starting runs -------------------------------------------------------------------------
 
+    @_reconnecting
     def start(
         self,
         workflow: Workflow,
@@ -177,6 +197,7 @@ class SagaEngine:
                 raise
             return existing
 
+    @_reconnecting
     def fork(self, run_id: str, *, inputs: Any = None) -> str:
         """A new run of the same steps that reuses the results of ``run_id``'s succeeded steps."""
         with self.database.connect() as connection:
@@ -614,6 +635,7 @@ class SagaEngine:
         step.update(values)
         return [self._message(run, step, COMPENSATE)]
 
+    @_reconnecting
     def cancel(self, run_id: str, *, compensate: bool = True) -> None:
         """Cancel a running run: pending steps never start, running ones are asked to abort,
         and (unless ``compensate`` is False) succeeded steps are compensated."""
@@ -627,6 +649,7 @@ class SagaEngine:
                 outgoing = self._unwind(connection, run)
         self._send(outgoing)
 
+    @_reconnecting
     def fail(self, run_id: str, reason: str) -> None:
         """Fail a running run (deadline expiry): like a failed step, with ``reason`` as the error."""
         with self._locked(run_id) as (connection, run):
@@ -635,6 +658,7 @@ class SagaEngine:
             outgoing = self._begin_unwinding(connection, run, reason, abort=True)
         self._send(outgoing)
 
+    @_reconnecting
     def resume(self, run_id: str) -> None:
         """Continue a run that stopped: a failed, compensated or cancelled run re-runs every step
         that did not succeed; a ``compensation_failed`` run retries the failed compensation."""
@@ -689,6 +713,7 @@ class SagaEngine:
                 outgoing += self._dispatch_compensation(connection, run, step)
         self._send(outgoing)
 
+    @_reconnecting
     def resolve(self, run_id: str) -> None:
         """An operator undid a failed compensation by hand: mark it compensated and carry on."""
         with self._locked(run_id) as (connection, run):

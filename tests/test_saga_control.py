@@ -170,3 +170,18 @@ def test_recovery_does_not_send_a_retry_before_its_backoff_is_over(stack):
     assert run.status == "succeeded"
     assert time.monotonic() - started >= 1.9, "the retry ran before its backoff was over"
     assert steps_of(stack.db, run_id)["f"].attempts == 2
+
+
+def test_a_start_survives_a_database_connection_cut_by_a_restart(stack, postgres_admin_url):
+    if stack.db.dialect.name != "postgresql":
+        pytest.skip("a SQLite connection cannot be cut from outside")
+    from sqlalchemy import create_engine, text
+
+    with stack.db.connect() as connection:  # the pooled connection the next start will reuse
+        pid = connection.connection.driver_connection.info.backend_pid
+    admin = create_engine(postgres_admin_url)
+    with admin.begin() as connection:
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+    run_id = stack.engine.start(Workflow("after_cut", [Step("a", "count", args=("a",))]))
+    assert wait_for_run(stack.db, run_id).status == "succeeded"
