@@ -47,6 +47,9 @@ SAGA_OPTION = "saga"
 #: Kinds of saga messages.
 STEP, COMPENSATE = "step", "compensate"
 
+#: Steps inserted by one statement (PostgreSQL takes at most 65,535 parameters, 28 per step).
+INSERT_CHUNK = 1_000
+
 #: Longest error text kept on a step or run, in characters.
 MAX_ERROR_LENGTH = 4_000
 
@@ -249,8 +252,10 @@ class SagaEngine:
         try:
             with self._transaction() as connection:
                 # Nobody else knows the run yet: no lock, and the rows in hand are current.
-                connection.execute(insert(RUNS), [state])
-                connection.execute(insert(STEPS), rows)
+                connection.execute(insert(RUNS).values(state))
+                for first in range(0, len(rows), INSERT_CHUNK):
+                    # One multi-row INSERT per chunk: one round trip, not one per row.
+                    connection.execute(insert(STEPS).values(rows[first : first + INSERT_CHUNK]))
                 snapshot = dict(state)
                 roots = [row for row in rows if row["remaining_deps"] == 0 and row["name"] not in done]
                 outgoing = self._admit(connection, state, roots)
