@@ -6,8 +6,8 @@
    starting (target: <= 1 s).
 
 Usage: ``python bench/workflow_throughput.py [--database sqlite|postgresql] [--runs 300]
-[--rounds 3] [--width 1000] [--processes 2] [--threads 8]``.  Needs Redis on 127.0.0.1:6379 (and
-PostgreSQL on 127.0.0.1:5432 for ``--database postgresql``).
+[--rounds 3] [--producers 4] [--width 1000] [--processes 2] [--threads 8]``.
+Needs Redis on 127.0.0.1:6379 (and PostgreSQL on 127.0.0.1:5432 for ``--database postgresql``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +75,7 @@ def main() -> None:
         "--runs", type=int, default=300, help="linear workflows (and raw pipelines) per round"
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw/saga rounds")
+    parser.add_argument("--producers", type=int, default=4, help="threads sending pipelines / starting runs")
     parser.add_argument("--width", type=int, default=1000, help="fan-out width")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
@@ -121,7 +123,7 @@ def run(options, url: str) -> None:
         wait_until(lambda: calls() == 1, timeout=60, what="the workers to start")
         print(
             f"database={options.database} workers={options.processes}x{options.threads} "
-            f"runs={options.runs} rounds={options.rounds} width={options.width}"
+            f"runs={options.runs} rounds={options.rounds} producers={options.producers} width={options.width}"
         )
 
         linear = Workflow(
@@ -137,14 +139,17 @@ def run(options, url: str) -> None:
         def raw_round() -> float:
             base = calls()
             started = time.perf_counter()
-            for index in range(options.runs):
+
+            def send(index: int) -> None:
                 dramatiq.pipeline([noop.message(index), noop.message(), noop.message()], broker=broker).run()
+
+            list(producers.map(send, range(options.runs)))
             wait_until(lambda: calls() - base == 3 * options.runs, timeout=600, what="raw pipelines")
             return options.runs / (time.perf_counter() - started)
 
         def saga_round() -> tuple[float, float]:
             started = time.perf_counter()
-            run_ids = [engine.start(linear) for _ in range(options.runs)]
+            run_ids = list(producers.map(lambda _: engine.start(linear), range(options.runs)))
             starting = time.perf_counter() - started
             wait_until(
                 lambda: run_status_counts(db, run_ids=run_ids).get("succeeded", 0) == options.runs,
@@ -153,7 +158,9 @@ def run(options, url: str) -> None:
             )
             return options.runs / (time.perf_counter() - started), starting
 
-        # 1. Rounds alternate raw and saga, so that load from elsewhere hits both alike.
+        # 1. Rounds alternate raw and saga, so that load from elsewhere hits both alike;
+        #    both sides send from the same pool of producer threads.
+        producers = ThreadPoolExecutor(options.producers)
         ratios = []
         for number in range(1, options.rounds + 1):
             raw_rate, (saga_rate, starting) = raw_round(), saga_round()
