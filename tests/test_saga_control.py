@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from saga_helpers import counts_of, fast, log_of, running_stack, steps_of, wait_for_run
 
+from orchestration import UnknownWorkflow, WorkflowRegistry
 from orchestration.builders import pipeline
 from saga import ConcurrencyLimitExceeded, Step, Workflow, inputs
 from storage import list_runs
@@ -185,3 +186,20 @@ def test_a_start_survives_a_database_connection_cut_by_a_restart(stack, postgres
     admin.dispose()
     run_id = stack.engine.start(Workflow("after_cut", [Step("a", "count", args=("a",))]))
     assert wait_for_run(stack.db, run_id).status == "succeeded"
+
+
+def test_publishing_an_event_starts_its_workflows_with_the_payload_once_per_event_id(stack):
+    registry = WorkflowRegistry()
+    registry.register(Workflow("fetch", [Step("f", "add", args=(inputs("a"), 1))]), on=("market.closed",))
+    registry.register(Workflow("report", [Step("r", "add", args=(inputs("a"), 2))]), on=("market.closed",))
+    registry.register(Workflow("other", [Step("o", "count", args=("o",))]), on=("market.opened",))
+    run_ids = registry.publish(stack.engine, "market.closed", {"a": 40}, event_id="close-1")
+    assert registry.publish(stack.engine, "market.closed", {"a": 40}, event_id="close-1") == run_ids
+    for run_id in run_ids:
+        wait_for_run(stack.db, run_id)
+    assert steps_of(stack.db, run_ids[0])["f"].result == 41
+    assert steps_of(stack.db, run_ids[1])["r"].result == 42
+    assert registry.publish(stack.engine, "nothing.happened", {}) == []
+    assert "o" not in counts_of(stack.broker)
+    with pytest.raises(UnknownWorkflow, match="no workflow named 'missing'"):
+        registry.on("market.closed", "missing")
