@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import dramatiq
 from saga_actors import declare_actors
 
-from actors import build_broker
+from actors import audit_writer_of, build_broker
 from config import Settings
 from saga import engine_of
 from storage import FINAL_RUN_STATUSES, RunStatus, get_run, get_steps
@@ -43,6 +43,10 @@ def running_stack(settings: Settings, *, threads: int = 4, worker: bool = True):
     finally:
         if running:
             running.stop(timeout=10_000)
+        writer = audit_writer_of(broker)
+        if writer is not None:
+            writer.close(5)  # before the test's database goes away
+        engine.database.dispose()
         broker.close()
 
 
