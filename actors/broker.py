@@ -19,6 +19,7 @@ from dramatiq.results.backends import RedisBackend
 from periodiq import PeriodiqMiddleware
 
 from config import Settings
+from saga import Saga
 from storage import AuditWriter, create_db_engine
 
 from .admission import Admission
@@ -45,7 +46,8 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
     """The middleware stack, in order.
 
     Admission sits before Audit (a skipped message is never recorded running),
-    Audit before Retries (it sees the retry decision), CancelWatcher last.
+    Audit and Saga before Retries (after_* hooks run in reverse order, and both
+    need the retry decision), CancelWatcher last.
     """
     middleware: list[Middleware] = [
         AgeLimit(max_age=settings.max_age_ms),
@@ -66,6 +68,14 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             )
         )
     middleware += [
+        Saga(
+            # No pre-ping: the saga retries a failed claim or outcome itself.
+            database=create_db_engine(settings.database_url, pre_ping=False),
+            lease_ms=settings.workflow_lease_ms,
+            recovery_after_ms=settings.workflow_recovery_after_ms,
+            recovery_interval_ms=settings.workflow_recovery_interval_ms,
+            concurrency_lease_ms=settings.workflow_concurrency_lease_ms,
+        ),
         Retries(
             max_retries=settings.max_retries,
             min_backoff=settings.min_backoff_ms,

@@ -18,6 +18,7 @@ from . import stack
 from .cli_data import data_app
 from .cli_ib import ib_app, ib_sim_app
 from .cli_strategy import strategy_app
+from .cli_workflow import workflow_app
 from .embedded import redis_answers, redis_for
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(strategy_app)  # backtest, screen, strategy-relay
 app.add_typer(ib_app, name="ib")
 app.add_typer(ib_sim_app, name="ib-sim")
+app.add_typer(workflow_app, name="workflow")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
       ib_stream_slots: Streaming market-data subscriptions the router may hold (IB's line budget).
       risk_*: Portfolio risk limits (``None``: not checked): position value, concentration in %
         of net liquidation, gross exposure, daily loss (a positive amount).
+      workflow_*: Saga engine: how long a running step's claim outlives its worker's
+        last heartbeat, after how long a step not picked up is sent again, how often
+        that recovery sweep runs, and the lifetime of a concurrency-key lease.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -157,6 +160,11 @@ class Settings(BaseSettings):
     risk_max_concentration_pct: float | None = Field(default=None, gt=0, le=100)
     risk_max_gross_exposure: float | None = Field(default=None, gt=0)
     risk_max_daily_loss: float | None = Field(default=None, gt=0)
+
+    workflow_lease_ms: int = Field(default=60_000, gt=0)
+    workflow_recovery_after_ms: int = Field(default=60_000, gt=0)
+    workflow_recovery_interval_ms: int = Field(default=10_000, gt=0)
+    workflow_concurrency_lease_ms: int = Field(default=600_000, gt=0)
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)

@@ -1,0 +1,34 @@
+"""The saga engine: durable DAG workflows with compensations, on Dramatiq.
+
+Refers to actors by name and sends through the broker it is given; it never
+imports ``actors``.
+"""
+
+from .context import StepContext, checkpoint, current_step
+from .definition import Condition, Fragment, Ref, Step, Workflow, WorkflowDefinitionError, inputs, result
+from .engine import SAGA_OPTION, SagaEngine, WorkflowError, dispatch
+from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
+from .middleware import Saga, StepAborted, engine_of
+
+__all__ = [
+    "SAGA_OPTION",
+    "ConcurrencyLeases",
+    "ConcurrencyLimitExceeded",
+    "Condition",
+    "Fragment",
+    "Ref",
+    "Saga",
+    "SagaEngine",
+    "Step",
+    "StepAborted",
+    "StepContext",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "WorkflowError",
+    "checkpoint",
+    "current_step",
+    "dispatch",
+    "engine_of",
+    "inputs",
+    "result",
+]

@@ -67,4 +67,30 @@ __all__ += [  # job control
     "status_counts_since",
     "unsent_count",
     "vacuum",
+from .workflows import (
+    DONE_STEP_STATUSES,
+    FINAL_RUN_STATUSES,
+    TERMINAL_STEP_STATUSES,
+    RunStatus,
+    StepStatus,
+    WorkflowRun,
+    WorkflowStep,
+    get_run,
+    get_steps,
+    list_runs,
+    run_status_counts,
+)
+
+__all__ += [
+    "DONE_STEP_STATUSES",
+    "FINAL_RUN_STATUSES",
+    "TERMINAL_STEP_STATUSES",
+    "RunStatus",
+    "StepStatus",
+    "WorkflowRun",
+    "WorkflowStep",
+    "get_run",
+    "get_steps",
+    "list_runs",
+    "run_status_counts",
 ]

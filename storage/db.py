@@ -19,13 +19,15 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, pre_ping: bool = True) -> Engine:
     """Create an engine for ``url``.
 
     SQLite gets WAL journaling, a busy timeout and ``synchronous=NORMAL`` so
     that many processes can write the audit trail at once; its folder is
     created if missing.  PostgreSQL uses psycopg 3 with pre-ping, so a
-    connection cut by a restart is replaced instead of failing a write.
+    connection cut by a restart is replaced instead of failing a write;
+    ``pre_ping=False`` saves that round trip per checkout for callers that
+    retry a failed write themselves.
     """
     url = normalize_url(url)
     parsed = make_url(url)
@@ -34,7 +36,7 @@ def create_db_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
     return create_engine(
-        url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args={"connect_timeout": 5}
+        url, pool_pre_ping=pre_ping, pool_size=4, max_overflow=4, connect_args={"connect_timeout": 5}
     )
 
 

@@ -1,0 +1,207 @@
+"""Saga engine versus raw Dramatiq, in one run on the same Redis, workers and database.
+
+1. Throughput of 3-step linear workflows versus a raw Dramatiq ``pipeline`` of the same
+   no-op actors (target: >= 50% of raw).
+2. A 1,000-way fan-out / fan-in: time from the last child's completion to the fan-in step
+   starting (target: <= 1 s).
+
+Usage: ``python bench/workflow_throughput.py [--database sqlite|postgresql] [--runs 300]
+[--rounds 3] [--producers 4] [--width 1000] [--processes 2] [--threads 8]``.
+Needs Redis on 127.0.0.1:6379 (and PostgreSQL on 127.0.0.1:5432 for ``--database postgresql``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+#: PostgreSQL the benchmark makes a scratch schema in.
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+#: Redis the benchmark uses (its keys live under a fresh namespace, deleted afterwards).
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def database_url(kind: str, folder: str) -> tuple[str, callable]:
+    """A scratch database and the function that drops it."""
+    if kind == "sqlite":
+        return f"sqlite:///{folder}/bench.db", lambda: None
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+
+    def drop() -> None:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", drop
+
+
+def child_env(settings) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TRADEFLOW_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"TRADEFLOW_{name.upper()}"] = str(value)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+def wait_until(predicate, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--runs", type=int, default=300, help="linear workflows (and raw pipelines) per round"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/saga rounds")
+    parser.add_argument("--producers", type=int, default=4, help="threads sending pipelines / starting runs")
+    parser.add_argument("--width", type=int, default=1000, help="fan-out width")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    options = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        url, drop = database_url(options.database, folder)
+        try:
+            run(options, url)
+        finally:
+            drop()
+
+
+def run(options, url: str) -> None:
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    os.environ.update(
+        TRADEFLOW_REDIS_URL=REDIS_URL, TRADEFLOW_NAMESPACE=namespace, TRADEFLOW_DATABASE_URL=url
+    )
+    from config import Settings
+    from storage import create_db_engine, upgrade
+
+    settings = Settings()
+    upgrade(create_db_engine(url))
+    import dramatiq
+
+    import actors
+    from bench import workflow_actors  # noqa: F401  (declares noop on the global broker)
+    from bench.workflow_actors import CALLS_KEY
+    from saga import Step, Workflow, engine_of
+    from storage import get_steps, run_status_counts
+
+    broker = actors.broker
+    engine = engine_of(broker)
+    noop = broker.get_actor("noop")
+    calls_key = f"{namespace}:{CALLS_KEY}"
+
+    def calls() -> int:
+        return int(broker.client.get(calls_key) or 0)
+
+    command = [sys.executable, "-m", "dramatiq", "bench.workflow_actors", "-p", str(options.processes)]
+    command += ["-t", str(options.threads)]
+    worker = subprocess.Popen(command, env=child_env(settings), cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    try:
+        noop.send()
+        wait_until(lambda: calls() == 1, timeout=60, what="the workers to start")
+        print(
+            f"database={options.database} workers={options.processes}x{options.threads} "
+            f"runs={options.runs} rounds={options.rounds} producers={options.producers} width={options.width}"
+        )
+
+        linear = Workflow(
+            "bench_linear",
+            [
+                Step("a", "noop", args=(1,)),
+                Step("b", "noop", depends_on=["a"]),
+                Step("c", "noop", depends_on=["b"]),
+            ],
+        )
+        db = engine.database
+
+        def raw_round() -> float:
+            base = calls()
+            started = time.perf_counter()
+
+            def send(index: int) -> None:
+                dramatiq.pipeline([noop.message(index), noop.message(), noop.message()], broker=broker).run()
+
+            list(producers.map(send, range(options.runs)))
+            wait_until(lambda: calls() - base == 3 * options.runs, timeout=600, what="raw pipelines")
+            return options.runs / (time.perf_counter() - started)
+
+        def saga_round() -> tuple[float, float]:
+            started = time.perf_counter()
+            run_ids = list(producers.map(lambda _: engine.start(linear), range(options.runs)))
+            starting = time.perf_counter() - started
+            wait_until(
+                lambda: run_status_counts(db, run_ids=run_ids).get("succeeded", 0) == options.runs,
+                timeout=600,
+                what="workflows",
+            )
+            return options.runs / (time.perf_counter() - started), starting
+
+        # 1. Rounds alternate raw and saga, so that load from elsewhere hits both alike;
+        #    both sides send from the same pool of producer threads.
+        producers = ThreadPoolExecutor(options.producers)
+        ratios = []
+        for number in range(1, options.rounds + 1):
+            raw_rate, (saga_rate, starting) = raw_round(), saga_round()
+            ratios.append(saga_rate / raw_rate)
+            print(
+                f"round {number}: raw pipeline {raw_rate:.0f}/s, saga workflow {saga_rate:.0f}/s"
+                f" ({options.runs} x 3 steps each; the {options.runs} starts took {starting:.2f}s)"
+                f" -> {ratios[-1]:.0%}"
+            )
+        print(f"ratio          : median {statistics.median(ratios):.0%} of raw (target >= 50%)")
+
+        # 2. fan-out / fan-in
+        leaves = [Step(f"leaf{i}", "noop", args=(i,), depends_on=["root"]) for i in range(options.width)]
+        fan = Workflow(
+            "bench_fan",
+            [Step("root", "noop"), *leaves, Step("fan_in", "noop", depends_on=[s.name for s in leaves])],
+        )
+        started = time.perf_counter()
+        run_id = engine.start(fan)
+        wait_until(
+            lambda: run_status_counts(db, run_ids=[run_id]).get("succeeded") == 1, timeout=600, what="fan-out"
+        )
+        total = time.perf_counter() - started
+        steps = {step.name: step for step in get_steps(db, run_id)}
+        last_leaf = max(steps[s.name].finished_at for s in leaves)
+        fan_in_start = steps["fan_in"].started_at
+        latency = (fan_in_start - last_leaf).total_seconds()
+        print(
+            f"fan-out/fan-in : {options.width} children in {total:.2f}s ({options.width / total:.0f} steps/s)"
+        )
+        print(
+            f"fan-in latency : {latency * 1000:.0f} ms from the last child's completion"
+            " to the fan-in start (target <= 1000 ms)"
+        )
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        keys = list(broker.client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            broker.client.delete(*keys)
+
+
+if __name__ == "__main__":
+    main()

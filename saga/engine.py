@@ -1,0 +1,988 @@
+"""The saga engine: durable run and step state, and every transition between states.
+
+Each transition is one SQL transaction holding the run's row lock (an
+``UPDATE .. RETURNING`` of the run row; on SQLite, ``BEGIN IMMEDIATE`` holds
+the database) and changing rows only through conditional updates (``.. WHERE status = 'running' AND
+claim = :claim``), so a duplicate delivery or a stale worker changes nothing,
+and a dependent's ``remaining_deps`` reaches zero exactly once.  Messages are
+sent after the commit; a crash in between leaves the step ``ready`` and the
+recovery sweep (:meth:`SagaEngine.recover`) sends it again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from dramatiq import Message
+from dramatiq.logging import get_logger
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from storage import DONE_STEP_STATUSES, RunStatus, StepStatus, utc_now
+
+from . import statements as sql
+from .definition import Workflow
+from .driver import DriverStatement
+from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
+from .values import MissingValue, call_arguments, conditions_hold, referenced_steps
+
+RUNS, STEPS = sql.RUNS, sql.STEPS
+
+T = TypeVar("T")
+
+#: Namespace of the deterministic message ids of step dispatches.
+MESSAGE_ID_NAMESPACE = uuid.UUID("6f1d4c8e-2f4b-4f43-9d0e-5a3c1b7e9a10")
+
+#: Message option that marks a message as a workflow step: ``{run, step, kind, epoch}``.
+SAGA_OPTION = "saga"
+
+#: Kinds of saga messages.
+STEP, COMPENSATE = "step", "compensate"
+
+#: Steps inserted by one statement (PostgreSQL takes at most 65,535 parameters, 28 per step).
+INSERT_CHUNK = 1_000
+
+#: Longest error text kept on a step or run, in characters.
+MAX_ERROR_LENGTH = 4_000
+
+
+class Unchanged(Exception):
+    """Raised inside a locked block to roll it back: the delivery was stale."""
+
+
+class WorkflowError(RuntimeError):
+    """An operation on a run is not possible; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a worker learns when it claims a step delivery."""
+
+    run_id: str
+    step: str
+    kind: str
+    token: str
+    attempt: int
+    checkpoint: Any
+    progress: float | None
+
+
+def describe(exception: BaseException) -> str:
+    return f"{type(exception).__name__}: {exception}"[:MAX_ERROR_LENGTH]
+
+
+def message_id(run_id: str, step: str, kind: str, epoch: int) -> str:
+    """The same id for every send of one dispatch, so duplicates are recognisable in the audit trail."""
+    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{run_id}/{step}/{kind}/{epoch}"))
+
+
+def dispatch(broker, messages: list[Message]) -> None:
+    """Send step messages.  The one place fan-out goes through (a batch send can replace the loop)."""
+    for message in messages:
+        broker.enqueue(message)
+
+
+def _reconnecting(operation: Callable[..., T]) -> Callable[..., T]:
+    """Run ``operation`` again once if its database connection turned out dead (the engine's
+    pool does not pre-ping).  Safe: a transaction cut that way was rolled back."""
+
+    @functools.wraps(operation)
+    def wrapper(*args, **kwargs):
+        try:
+            return operation(*args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            return operation(*args, **kwargs)
+
+    return wrapper
+
+
+class SagaEngine:
+    """Starts runs and moves them forward as steps finish.
+
+    Parameters:
+      database(Engine): Where ``workflow_runs`` and ``workflow_steps`` live.
+      broker: The Dramatiq broker steps are sent through (a ``RedisBroker``:
+        its client also holds the concurrency leases).
+      lease_ms(int): How long a claimed step is trusted without a heartbeat
+        from its worker, in milliseconds.  Defaults to 60 seconds.
+      recovery_after_ms(int): A ``ready`` step not picked up for this long is
+        sent again by :meth:`recover`, in milliseconds.  Defaults to 60 seconds.
+      concurrency_lease_ms(int): Lifetime of a concurrency-key lease unless
+        renewed by the run's activity.  Defaults to 10 minutes.
+    """
+
+    def __init__(
+        self,
+        *,
+        database: Engine,
+        broker,
+        lease_ms: int = 60_000,
+        recovery_after_ms: int = 60_000,
+        concurrency_lease_ms: int = 600_000,
+    ) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.database = database
+        self.broker = broker
+        self.lease = timedelta(milliseconds=lease_ms)
+        self.recovery_after = timedelta(milliseconds=recovery_after_ms)
+        self.leases = ConcurrencyLeases(
+            broker.client, namespace=broker.namespace, ttl_ms=concurrency_lease_ms
+        )
+        self._sqlite = database.dialect.name == "sqlite"
+        self._write_lock = threading.RLock() if self._sqlite else nullcontext()
+        self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
+        self._hot = HotStatements(database.dialect)
+
+    # -- starting runs -------------------------------------------------------------------------
+
+    @_reconnecting
+    def start(
+        self,
+        workflow: Workflow,
+        inputs: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        deadline: datetime | timedelta | None = None,
+    ) -> str:
+        """Start a run of ``workflow`` and return its id.
+
+        With an ``idempotency_key`` already used, nothing starts and the
+        existing run's id is returned.  ``deadline`` (a naive UTC time or a
+        duration from now) overrides the workflow's.
+        """
+        workflow.check_actors(self.broker.actors)
+        _check_json(inputs, "the run's inputs")
+        if idempotency_key and (existing := self._run_with_key(idempotency_key)):
+            return existing
+        now = utc_now()
+        deadline = deadline if deadline is not None else workflow.deadline
+        if isinstance(deadline, timedelta):
+            deadline = now + deadline
+        dependents = workflow.dependents()
+        steps = [
+            {
+                "name": step.name,
+                "position": position,
+                "actor": step.actor,
+                "spec": step.spec(),
+                "depends_on": list(step.depends_on),
+                "dependents": dependents[step.name],
+                "group_name": step.group,
+                "group_limit": step.group_limit,
+            }
+            for position, step in enumerate(workflow.steps)
+        ]
+        run = {
+            "run_id": uuid.uuid4().hex,
+            "workflow": workflow.name,
+            "inputs": inputs,
+            "idempotency_key": idempotency_key,
+            "on_failure": workflow.on_failure,
+            "concurrency_key": _concurrency_key(workflow, inputs),
+            "concurrency_limit": workflow.concurrency_limit,
+            "deadline_at": deadline,
+        }
+        try:
+            return self._create(run, steps, done={})
+        except IntegrityError:
+            existing = self._run_with_key(idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return existing
+
+    @_reconnecting
+    def fork(self, run_id: str, *, inputs: Any = None) -> str:
+        """A new run of the same steps that reuses the results of ``run_id``'s succeeded steps."""
+        with self.database.connect() as connection:
+            source = connection.execute(select(RUNS).where(RUNS.c.run_id == run_id)).mappings().first()
+            if source is None:
+                raise WorkflowError(f"no run with id {run_id!r}")
+            rows = connection.execute(
+                select(STEPS).where(STEPS.c.run_id == run_id).order_by(STEPS.c.position)
+            ).mappings()
+            rows = [dict(row) for row in rows]
+        keep = ("name", "position", "actor", "spec", "depends_on", "dependents", "group_name", "group_limit")
+        steps = [{key: row[key] for key in keep} for row in rows]
+        done = {row["name"]: row for row in rows if row["status"] == StepStatus.SUCCEEDED}
+        run = {
+            "run_id": uuid.uuid4().hex,
+            "workflow": source["workflow"],
+            "inputs": source["inputs"] if inputs is None else inputs,
+            "on_failure": source["on_failure"],
+            "concurrency_key": source["concurrency_key"],
+            "concurrency_limit": source["concurrency_limit"],
+            "forked_from": run_id,
+        }
+        return self._create(run, steps, done=done)
+
+    def _run_with_key(self, idempotency_key: str) -> str | None:
+        with self.database.connect() as connection:
+            query = select(RUNS.c.run_id).where(RUNS.c.idempotency_key == idempotency_key)
+            return connection.execute(query).scalar()
+
+    def _create(self, run: dict[str, Any], steps: list[dict[str, Any]], *, done: dict[str, dict]) -> str:
+        """Insert a run and its steps (``done``: steps already succeeded, by name) and dispatch the roots."""
+        run_id = run["run_id"]
+        self._acquire_slot(run)
+        now = utc_now()
+        run.update(
+            status=RunStatus.RUNNING, created_at=now, updated_at=now, open_steps=len(steps) - len(done)
+        )
+        run["completions"] = max((row["completion_seq"] or 0 for row in done.values()), default=0)
+        for step in steps:
+            finished = done.get(step["name"])
+            step["run_id"] = run_id
+            step["remaining_deps"] = sum(1 for d in step["depends_on"] if d not in done)
+            step["status"] = StepStatus.SUCCEEDED if finished else StepStatus.PENDING
+            if finished:
+                for key in ("call_args", "result", "completion_seq", "attempts", "started_at", "finished_at"):
+                    step[key] = finished[key]
+        state = _run_defaults(run)
+        rows = [_step_defaults(step) for step in steps]
+        try:
+            with self._transaction() as connection:
+                # Nobody else knows the run yet: no lock, and the rows in hand are current.
+                connection.execute(insert(RUNS).values(state))
+                for first in range(0, len(rows), INSERT_CHUNK):
+                    # One multi-row INSERT per chunk: one round trip, not one per row.
+                    connection.execute(insert(STEPS).values(rows[first : first + INSERT_CHUNK]))
+                snapshot = dict(state)
+                roots = [row for row in rows if row["remaining_deps"] == 0 and row["name"] not in done]
+                outgoing = self._admit(connection, state, roots)
+                self._finish_if_done(connection, state)
+                self._save(connection, state, snapshot)
+        except Exception:
+            self._release_slot(run)
+            raise
+        self._send(outgoing)
+        return run_id
+
+    # -- claims, from the saga middleware -----------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        run_id: str,
+        step: str,
+        kind: str,
+        epoch: int,
+        retry: int,
+        worker: str,
+        concurrency_key: str | None = None,
+    ) -> Claim | None:
+        """Take a delivery of a step (or of its compensation); None if it must not run.
+
+        It must not run when the step finished already, another live delivery
+        holds it, the dispatch is stale (older epoch, or a retry already
+        superseded), or the run is no longer in the matching phase.
+        """
+        now = utc_now()
+        token = uuid.uuid4().hex
+        step_kind = kind == STEP
+        params = {
+            "b_run": run_id,
+            "b_step": step,
+            "b_epoch": epoch,
+            "b_retry": retry,
+            "b_now": now,
+            "b_token": token,
+            "b_lease_until": now + self.lease,
+            "b_worker": worker,
+            "b_phase": sql.PHASES[step_kind],
+        }
+        with self._single_statement() as connection:
+            rows = (self._hot.claim_step if step_kind else self._hot.claim_compensation).rows(
+                connection, params
+            )
+        if not rows:
+            self._fail_if_past_deadline(run_id)
+            return None
+        if concurrency_key:
+            self.leases.renew(concurrency_key, run_id)
+        row = rows[0]
+        attempt = row["attempts"] if step_kind else retry + 1
+        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"])
+
+    def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
+        """Record a running step's progress and checkpoint; False if the claim was lost."""
+        _check_json(payload, f"checkpoint of step {claim.step!r}")
+        with self._single_statement() as connection:
+            statement = (
+                update(STEPS)
+                .where(
+                    STEPS.c.run_id == claim.run_id, STEPS.c.name == claim.step, STEPS.c.claim == claim.token
+                )
+                .values(progress=progress, checkpoint=payload)
+            )
+            return connection.execute(statement).rowcount == 1
+
+    def renew(self, tokens: list[str]) -> set[str]:
+        """Extend the leases of claims still running; return the tokens whose run wants them aborted."""
+        if not tokens:
+            return set()
+        with self._transaction() as connection:
+            connection.execute(
+                update(STEPS).where(STEPS.c.claim.in_(tokens)).values(lease_until=utc_now() + self.lease)
+            )
+            query = (
+                select(
+                    STEPS.c.claim,
+                    STEPS.c.status,
+                    RUNS.c.run_id,
+                    RUNS.c.abort_requested,
+                    RUNS.c.concurrency_key,
+                )
+                .join(RUNS, RUNS.c.run_id == STEPS.c.run_id)
+                .where(STEPS.c.claim.in_(tokens))
+            )
+            rows = connection.execute(query).all()
+        for key, run_id in {(row.concurrency_key, row.run_id) for row in rows if row.concurrency_key}:
+            self.leases.renew(key, run_id)
+        return {row.claim for row in rows if row.abort_requested and row.status == StepStatus.RUNNING}
+
+    # -- step outcomes ---------------------------------------------------------------------------
+
+    def succeeded(self, claim: Claim, result: Any) -> None:
+        """The delivery holding ``claim`` returned ``result``."""
+        try:
+            _check_json(result, f"result of step {claim.step!r}")
+        except WorkflowError as exc:
+            self.failed(claim, str(exc), retry=None)
+            return
+        try:
+            if claim.kind == COMPENSATE:
+                with self._locked(claim.run_id) as (connection, run):
+                    outgoing = self._record_compensated(connection, run, claim)
+            else:
+                with self._locked(claim.run_id, for_success=True) as (connection, run):
+                    outgoing = self._record_success(connection, run, claim, result)
+        except Unchanged:
+            return
+        self._send(outgoing)
+
+    def _record_compensated(self, connection, run: dict, claim: Claim) -> list[Message]:
+        if not self._update_claimed(
+            connection, claim, StepStatus.COMPENSATING, status=StepStatus.COMPENSATED
+        ):
+            raise Unchanged
+        return self._unwind(connection, run)
+
+    def failed(
+        self, claim: Claim, error: str, *, retry: int | None, retry_delay_ms: int = 0, aborted: bool = False
+    ) -> None:
+        """The delivery holding ``claim`` raised ``error``; ``retry`` is the retry number
+        Dramatiq scheduled (due within ``retry_delay_ms``), or None when the failure is final.
+        An ``aborted`` step (its run is stopping) ends ``cancelled``."""
+        retry_due = utc_now() + timedelta(milliseconds=retry_delay_ms)
+        with self._locked(claim.run_id) as (connection, run):
+            outgoing = self._record_failure(connection, run, claim, error, retry, retry_due, aborted)
+        self._send(outgoing)
+
+    def release(self, claim: Claim) -> None:
+        """Give a claim back unfinished (the message was skipped after the claim)."""
+        with self._single_statement() as connection:
+            connection.execute(
+                update(STEPS)
+                .where(
+                    STEPS.c.run_id == claim.run_id, STEPS.c.name == claim.step, STEPS.c.claim == claim.token
+                )
+                .values(claim=None, lease_until=None, status=_unclaimed_status(claim.kind))
+            )
+
+    def _record_success(self, connection, run: dict, claim: Claim, result: Any) -> list[Message]:
+        """The run was locked with ``completions + 1`` and ``open_steps - 1`` already applied."""
+        params = {
+            "b_run": claim.run_id,
+            "b_step": claim.step,
+            "b_token": claim.token,
+            "b_result": result,
+            "b_seq": run["completions"],
+            "b_now": utc_now(),
+        }
+        steps = self._hot.succeed_step.rows(connection, params)
+        if not steps:
+            raise Unchanged  # a stale delivery: roll the counters back
+        step = steps[0]
+        return self._finished(connection, run, step)
+
+    def _record_failure(
+        self,
+        connection,
+        run: dict,
+        claim: Claim,
+        error: str,
+        retry: int | None,
+        retry_due: datetime,
+        aborted: bool,
+    ) -> list[Message]:
+        expected = StepStatus.RUNNING if claim.kind == STEP else StepStatus.COMPENSATING
+        error_column = "error" if claim.kind == STEP else "compensation_error"
+        if retry is not None and (claim.kind == COMPENSATE or run["status"] == RunStatus.RUNNING):
+            status = _unclaimed_status(claim.kind)
+            # The sweep sends a step again only once its retry is overdue.
+            values = {"status": status, "min_retry": retry, error_column: error, "ready_at": retry_due}
+            self._update_claimed(connection, claim, expected, finish=False, **values)
+            return []
+        if claim.kind == COMPENSATE:
+            values = {error_column: error}
+            if self._update_claimed(connection, claim, expected, finish=False, **values):
+                run.update(
+                    status=RunStatus.COMPENSATION_FAILED, error=f"compensation of {claim.step!r}: {error}"
+                )
+            return []
+        status = StepStatus.CANCELLED if aborted else StepStatus.FAILED
+        if not self._update_claimed(connection, claim, expected, status=status, error=error):
+            return []
+        return self._stopped(connection, run, f"step {claim.step!r} failed: {error}")
+
+    def _stopped(self, connection, run: dict, reason: str) -> list[Message]:
+        """A step ended without succeeding: the run stops starting steps and unwinds."""
+        run["open_steps"] -= 1
+        if run["status"] == RunStatus.RUNNING:
+            return self._begin_unwinding(connection, run, reason, abort=run["on_failure"] == "cancel")
+        if run["status"] == RunStatus.COMPENSATING:
+            return self._unwind(connection, run)
+        return []
+
+    def _update_claimed(
+        self, connection, claim: Claim, expected: str, *, finish: bool = True, **values
+    ) -> dict[str, Any] | None:
+        """Apply ``values`` to the step if ``claim`` still holds it in status ``expected``;
+        returns the step's name, status, dependents and group, or None."""
+        values.update(claim=None, lease_until=None)
+        if finish:
+            values["finished_at"] = utc_now()
+        statement = (
+            update(STEPS)
+            .where(
+                STEPS.c.run_id == claim.run_id,
+                STEPS.c.name == claim.step,
+                STEPS.c.claim == claim.token,
+                STEPS.c.status == expected,
+            )
+            .values(**values)
+            .returning(STEPS.c.name, STEPS.c.status, STEPS.c.dependents, STEPS.c.group_name)
+        )
+        row = connection.execute(statement).mappings().first()
+        return dict(row) if row else None
+
+    # -- advancing the graph (inside a locked transaction) --------------------------------------
+
+    def _finished(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
+        """A step is done (succeeded or skipped; ``open_steps`` already counts it): release its
+        dependents and its group slot.  ``step`` holds its name, status, dependents and group."""
+        outgoing: list[Message] = []
+        if run["status"] == RunStatus.RUNNING:
+            candidates: list[dict[str, Any]] = []
+            if step["dependents"]:
+                skipped = int(step["status"] == StepStatus.SKIPPED)
+                for name in step["dependents"]:
+                    params = {"b_run": run["run_id"], "b_step": name, "b_skipped": skipped}
+                    candidates += self._hot.release_dependent.rows(connection, params)
+            if step["group_name"]:
+                candidates += self._waiting_in_group(connection, run["run_id"], step["group_name"])
+            outgoing = self._admit(connection, run, candidates)
+        elif run["status"] == RunStatus.COMPENSATING:
+            outgoing = self._unwind(connection, run)
+        self._finish_if_done(connection, run)
+        return outgoing
+
+    def _admit(self, connection, run: dict, candidates: Iterable[dict[str, Any]]) -> list[Message]:
+        """Make ready every candidate (a step row) whose dependencies are done; skip those whose
+        dependencies were all skipped or whose conditions fail."""
+        outgoing: list[Message] = []
+        for step in {row["name"]: row for row in candidates}.values():
+            if step["status"] != StepStatus.PENDING or step["remaining_deps"] != 0:
+                continue
+            results = self._results(connection, run["run_id"], step)
+            deps = step["depends_on"]
+            only_skipped_deps = bool(deps) and step["skipped_deps"] == len(deps)
+            if only_skipped_deps or not conditions_hold(step["spec"], results=results, inputs=run["inputs"]):
+                outgoing += self._skip(connection, run, step)
+            elif not self._group_has_room(connection, run["run_id"], step):
+                continue
+            else:
+                outgoing += self._make_ready(connection, run, step, results)
+        return outgoing
+
+    def _make_ready(self, connection, run: dict, step: dict, results: dict) -> list[Message]:
+        try:
+            call_args = call_arguments(step["spec"], results=results, inputs=run["inputs"])
+            self._check_declared(step["actor"])
+        except (MissingValue, WorkflowError) as exc:
+            error = f"cannot dispatch: {exc}"
+            self._set_step(
+                connection, run, step["name"], StepStatus.PENDING, status=StepStatus.FAILED, error=error
+            )
+            return self._stopped(connection, run, f"step {step['name']!r} failed: {error}")
+        values = {"call_args": call_args, "epoch": step["epoch"] + 1}
+        params = {"b_run": run["run_id"], "b_step": step["name"], "b_call_args": call_args}
+        params.update(b_epoch=values["epoch"], b_now=utc_now())
+        if self._hot.make_ready.rowcount(connection, params) != 1:
+            return []
+        step.update(values)
+        return [self._message(run, step, STEP)]
+
+    def _skip(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
+        if not self._set_step(connection, run, step["name"], StepStatus.PENDING, status=StepStatus.SKIPPED):
+            return []
+        run["open_steps"] -= 1
+        return self._finished(connection, run, {**step, "status": StepStatus.SKIPPED})
+
+    def _set_step(self, connection, run: dict, name: str, expected: str, **values) -> bool:
+        statement = (
+            update(STEPS)
+            .where(STEPS.c.run_id == run["run_id"], STEPS.c.name == name, STEPS.c.status == expected)
+            .values(**values)
+        )
+        return connection.execute(statement).rowcount == 1
+
+    def _group_has_room(self, connection, run_id: str, step: dict) -> bool:
+        if not step["group_name"] or not step["group_limit"]:
+            return True
+        query = select(func.count()).where(
+            STEPS.c.run_id == run_id,
+            STEPS.c.group_name == step["group_name"],
+            STEPS.c.status.in_([StepStatus.READY, StepStatus.RUNNING]),
+        )
+        return connection.execute(query).scalar() < step["group_limit"]
+
+    def _waiting_in_group(self, connection, run_id: str, group: str) -> list[dict[str, Any]]:
+        query = (
+            select(STEPS)
+            .where(
+                STEPS.c.run_id == run_id,
+                STEPS.c.group_name == group,
+                STEPS.c.status == StepStatus.PENDING,
+                STEPS.c.remaining_deps == 0,
+            )
+            .order_by(STEPS.c.position)
+        )
+        return [dict(row) for row in connection.execute(query).mappings()]
+
+    def _results(self, connection, run_id: str, step: dict) -> dict[str, Any]:
+        """Results of the steps ``step`` refers to (in arguments, conditions or piping)."""
+        names = referenced_steps(step["spec"])
+        if not names:
+            return {}
+        rows = connection.execute(sql.RESULTS, {"b_run": run_id, "b_names": sorted(names)})
+        return {row.name: row.result for row in rows}
+
+    def _finish_if_done(self, connection, run: dict) -> None:
+        if run["status"] == RunStatus.RUNNING and run["open_steps"] == 0:
+            run.update(status=RunStatus.SUCCEEDED, finished_at=utc_now())
+            self._release_slot(run)
+
+    # -- failure, cancellation and compensation ------------------------------------------------
+
+    def _begin_unwinding(self, connection, run: dict, reason: str, *, abort: bool) -> list[Message]:
+        """Stop starting steps and, once nothing runs, compensate in reverse order of completion."""
+        run.update(status=RunStatus.COMPENSATING, error=reason[:MAX_ERROR_LENGTH], abort_requested=abort)
+        cancelled = connection.execute(
+            update(STEPS)
+            .where(
+                STEPS.c.run_id == run["run_id"], STEPS.c.status.in_([StepStatus.PENDING, StepStatus.READY])
+            )
+            .values(status=StepStatus.CANCELLED, claim=None, finished_at=utc_now())
+        ).rowcount
+        run["open_steps"] -= cancelled
+        return self._unwind(connection, run)
+
+    def _unwind(self, connection, run: dict) -> list[Message]:
+        """Dispatch the next compensation, or finish the run when none is left."""
+        statuses = self._status_counts(connection, run["run_id"])
+        if statuses.get(StepStatus.RUNNING) or statuses.get(StepStatus.COMPENSATING):
+            return []
+        if run["compensate"]:
+            query = (
+                select(STEPS)
+                .where(STEPS.c.run_id == run["run_id"], STEPS.c.status == StepStatus.SUCCEEDED)
+                .order_by(STEPS.c.completion_seq.desc())
+            )
+            for step in connection.execute(query).mappings():
+                if step["spec"].get("compensate_with"):
+                    return self._dispatch_compensation(connection, run, dict(step))
+        if run["cancel_requested"]:
+            final = RunStatus.CANCELLED
+        elif statuses.get(StepStatus.COMPENSATED):
+            final = RunStatus.COMPENSATED
+        else:
+            final = RunStatus.FAILED
+        run.update(status=final, finished_at=utc_now(), abort_requested=False)
+        self._release_slot(run)
+        return []
+
+    def _dispatch_compensation(self, connection, run: dict, step: dict) -> list[Message]:
+        try:
+            self._check_declared(step["spec"]["compensate_with"])
+        except WorkflowError as exc:
+            error = f"cannot dispatch the compensation: {exc}"
+            values = {"status": StepStatus.COMPENSATING, "compensation_error": error}
+            self._set_step(connection, run, step["name"], step["status"], **values)
+            run.update(
+                status=RunStatus.COMPENSATION_FAILED, error=f"compensation of {step['name']!r}: {error}"
+            )
+            return []
+        values = {"status": StepStatus.COMPENSATING, "epoch": step["epoch"] + 1, "min_retry": 0}
+        values.update(claimed_retry=None, claim=None, ready_at=utc_now(), compensation_error=None)
+        if not self._set_step(connection, run, step["name"], step["status"], **values):
+            return []
+        step.update(values)
+        return [self._message(run, step, COMPENSATE)]
+
+    @_reconnecting
+    def cancel(self, run_id: str, *, compensate: bool = True) -> None:
+        """Cancel a running run: pending steps never start, running ones are asked to abort,
+        and (unless ``compensate`` is False) succeeded steps are compensated."""
+        with self._locked(run_id) as (connection, run):
+            if run["status"] not in (RunStatus.RUNNING, RunStatus.COMPENSATING):
+                raise WorkflowError(f"run {run_id} is {run['status']}; only a running run can be cancelled")
+            run.update(cancel_requested=True, compensate=run["compensate"] and compensate)
+            if run["status"] == RunStatus.RUNNING:
+                outgoing = self._begin_unwinding(connection, run, "cancelled by an operator", abort=True)
+            else:
+                outgoing = self._unwind(connection, run)
+        self._send(outgoing)
+
+    @_reconnecting
+    def fail(self, run_id: str, reason: str) -> None:
+        """Fail a running run (deadline expiry): like a failed step, with ``reason`` as the error."""
+        with self._locked(run_id) as (connection, run):
+            if run["status"] != RunStatus.RUNNING:
+                return
+            outgoing = self._begin_unwinding(connection, run, reason, abort=True)
+        self._send(outgoing)
+
+    @_reconnecting
+    def resume(self, run_id: str) -> None:
+        """Continue a run that stopped: a failed, compensated or cancelled run re-runs every step
+        that did not succeed; a ``compensation_failed`` run retries the failed compensation."""
+        run = self._run(run_id)
+        if run["status"] == RunStatus.COMPENSATION_FAILED:
+            return self._retry_compensation(run_id)
+        if run["status"] not in (RunStatus.FAILED, RunStatus.COMPENSATED, RunStatus.CANCELLED):
+            raise WorkflowError(f"run {run_id} is {run['status']}; only a stopped run can be resumed")
+        self._acquire_slot(run)
+        with self._locked(run_id) as (connection, run):
+            rows = self._steps(connection, run_id, None)
+            done = {name for name, row in rows.items() if row["status"] in DONE_STEP_STATUSES}
+            for name, row in rows.items():
+                if name in done:
+                    continue
+                values = {
+                    "status": StepStatus.PENDING,
+                    "remaining_deps": sum(1 for d in row["depends_on"] if d not in done),
+                    "skipped_deps": sum(
+                        1 for d in row["depends_on"] if rows[d]["status"] == StepStatus.SKIPPED
+                    ),
+                    "claim": None,
+                    "lease_until": None,
+                }
+                connection.execute(
+                    update(STEPS).where(STEPS.c.run_id == run_id, STEPS.c.name == name).values(values)
+                )
+                row.update(values)
+            run.update(
+                status=RunStatus.RUNNING,
+                open_steps=len(rows) - len(done),
+                error=None,
+                finished_at=None,
+                abort_requested=False,
+                cancel_requested=False,
+                compensate=True,
+            )
+            roots = [row for name, row in rows.items() if name not in done and row["remaining_deps"] == 0]
+            outgoing = self._admit(connection, run, roots)
+            self._finish_if_done(connection, run)
+        self._send(outgoing)
+        return None
+
+    def _retry_compensation(self, run_id: str) -> None:
+        with self._locked(run_id) as (connection, run):
+            failed = [
+                s for s in self._steps(connection, run_id, None).values() if s["status"] == "compensating"
+            ]
+            run.update(status=RunStatus.COMPENSATING, error=None)
+            outgoing = []
+            for step in failed:
+                outgoing += self._dispatch_compensation(connection, run, step)
+        self._send(outgoing)
+
+    @_reconnecting
+    def resolve(self, run_id: str) -> None:
+        """An operator undid a failed compensation by hand: mark it compensated and carry on."""
+        with self._locked(run_id) as (connection, run):
+            if run["status"] != RunStatus.COMPENSATION_FAILED:
+                raise WorkflowError(
+                    f"run {run_id} is {run['status']}; only compensation_failed can be resolved"
+                )
+            connection.execute(
+                update(STEPS)
+                .where(STEPS.c.run_id == run_id, STEPS.c.status == StepStatus.COMPENSATING)
+                .values(
+                    status=StepStatus.COMPENSATED, claim=None, compensation_error="resolved by an operator"
+                )
+            )
+            run["status"] = RunStatus.COMPENSATING
+            outgoing = self._unwind(connection, run)
+        self._send(outgoing)
+
+    # -- recovery ----------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Send again what was lost: ``ready`` steps (and queued compensations) not picked up within
+        ``recovery_after``, and claims whose worker stopped renewing its lease.  Fail runs past their
+        deadline.  Duplicates this creates are dropped at claim time.  Returns how many were sent."""
+        now = utc_now()
+        stale = now - self.recovery_after
+        lost_claim = and_(STEPS.c.claim.is_not(None), STEPS.c.lease_until < now)
+        waiting = and_(
+            STEPS.c.claim.is_(None), STEPS.c.status.in_([StepStatus.READY, StepStatus.COMPENSATING])
+        )
+        query = (
+            select(STEPS, RUNS.c.status.label("run_status"), RUNS.c.concurrency_key)
+            .join(RUNS, RUNS.c.run_id == STEPS.c.run_id)
+            .where(
+                RUNS.c.status.in_([RunStatus.RUNNING, RunStatus.COMPENSATING]),
+                STEPS.c.ready_at < stale,
+                or_(lost_claim, waiting),
+            )
+        )
+        with self.database.connect() as connection:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+            expired = connection.execute(
+                select(RUNS.c.run_id).where(RUNS.c.status == RunStatus.RUNNING, RUNS.c.deadline_at < now)
+            ).scalars()
+            expired = list(expired)
+        for run_id in expired:
+            self.fail(run_id, "deadline exceeded")
+        outgoing = []
+        for row in rows:
+            kind = COMPENSATE if row["status"] == StepStatus.COMPENSATING else STEP
+            if kind == STEP and row["run_status"] != RunStatus.RUNNING:
+                self._abandon(row)
+                continue
+            retry = row["claimed_retry"] if row["claim"] else row["min_retry"]
+            outgoing.append(self._message(row, row, kind, retry=retry or 0))
+        if outgoing:
+            with self._transaction() as connection:
+                for row in rows:
+                    connection.execute(
+                        update(STEPS)
+                        .where(STEPS.c.run_id == row["run_id"], STEPS.c.name == row["name"])
+                        .values(ready_at=now)
+                    )
+            self.logger.warning("Recovery: sending %d lost step message(s) again.", len(outgoing))
+        self._send(outgoing)
+        return len(outgoing)
+
+    def _abandon(self, row: dict) -> None:
+        """A step's worker died while its run was unwinding: count the step as cancelled."""
+        claim = Claim(row["run_id"], row["name"], STEP, row["claim"], row["attempts"], None, None)
+        with self._locked(row["run_id"]) as (connection, run):
+            error = "worker lost while the run was stopping"
+            if self._update_claimed(
+                connection, claim, StepStatus.RUNNING, status=StepStatus.CANCELLED, error=error
+            ):
+                outgoing = self._stopped(connection, run, error)
+            else:
+                outgoing = []
+        self._send(outgoing)
+
+    def _fail_if_past_deadline(self, run_id: str) -> None:
+        run = self._run(run_id, missing_ok=True)
+        if (
+            run
+            and run["status"] == RunStatus.RUNNING
+            and run["deadline_at"]
+            and run["deadline_at"] <= utc_now()
+        ):
+            self.fail(run_id, "deadline exceeded")
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _message(self, run: dict, step: dict, kind: str, *, retry: int = 0) -> Message:
+        """The message of one dispatch of ``step``; ``run`` needs ``run_id`` and ``concurrency_key``."""
+        run_id = run["run_id"]
+        args, kwargs = step["call_args"]
+        if kind == STEP:
+            name, options = step["actor"], dict(step["spec"]["options"])
+        else:
+            name, options, kwargs = step["spec"]["compensate_with"], {}, {**kwargs, "result": step["result"]}
+        options[SAGA_OPTION] = {"run": run_id, "step": step["name"], "kind": kind, "epoch": step["epoch"]}
+        if run.get("concurrency_key"):
+            options[SAGA_OPTION]["key"] = run["concurrency_key"]
+        if retry:
+            options["retries"] = retry
+        actor = self.broker.get_actor(name)
+        return Message(
+            queue_name=actor.queue_name,
+            actor_name=name,
+            args=tuple(args),
+            kwargs=kwargs,
+            options=options,
+            message_id=message_id(run_id, step["name"], kind, step["epoch"]),
+        )
+
+    def _check_declared(self, actor: str) -> None:
+        """Steps are sent by whichever process finished the step before: it must know the actor."""
+        if actor not in self.broker.actors:
+            raise WorkflowError(
+                f"actor {actor!r} is not declared in this process (import its module in every worker)"
+            )
+
+    def _send(self, outgoing: list[Message]) -> None:
+        try:
+            dispatch(self.broker, outgoing)
+        except Exception:
+            # Committed as ready: the recovery sweep sends them again.
+            self.logger.exception("Sending %d step message(s) failed; recovery will resend.", len(outgoing))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A write transaction.  On SQLite, threads of this process queue on a lock (cheaper
+        than SQLite's sleeping busy handler) and the write lock is taken up front: a deferred
+        transaction that reads, then writes, fails at once when another writer got in between."""
+        with self._write_lock, self.database.begin() as connection:
+            if self._sqlite:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+
+    @contextmanager
+    def _single_statement(self) -> Iterator[Any]:
+        """A connection for one write statement.  On PostgreSQL it runs in autocommit:
+        one round trip instead of three (``BEGIN``, the statement, ``COMMIT``)."""
+        if self._sqlite:
+            with self._transaction() as connection:
+                yield connection
+        else:
+            with self._autocommit.connect() as connection:
+                yield connection
+
+    def _lock(self, connection, run_id: str, *, for_success: bool = False) -> dict[str, Any]:
+        """Lock the run's row (an update takes the row lock on every database) and read it;
+        ``for_success`` also counts one more completion and one step less open."""
+        statement = self._hot.lock_run_for_success if for_success else self._hot.lock_run
+        rows = statement.rows(connection, {"b_run": run_id, "b_now": utc_now()})
+        if not rows:
+            raise WorkflowError(f"no run with id {run_id!r}")
+        return rows[0]
+
+    @contextmanager
+    def _locked(self, run_id: str, *, for_success: bool = False) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """A transaction holding ``run_id``'s lock (see :meth:`_lock`);
+        changes made to the yielded run dict are saved.  Raising :class:`Unchanged` inside
+        rolls everything back."""
+        with self._transaction() as connection:
+            run = self._lock(connection, run_id, for_success=for_success)
+            snapshot = dict(run)
+            yield connection, run
+            self._save(connection, run, snapshot)
+
+    def _save(self, connection, run: dict[str, Any], snapshot: dict[str, Any]) -> None:
+        changed = {name: value for name, value in run.items() if snapshot[name] != value}
+        if changed:
+            connection.execute(update(RUNS).where(RUNS.c.run_id == run["run_id"]).values(**changed))
+
+    def _run(self, run_id: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+        with self.database.connect() as connection:
+            row = connection.execute(select(RUNS).where(RUNS.c.run_id == run_id)).mappings().first()
+        if row is None and not missing_ok:
+            raise WorkflowError(f"no run with id {run_id!r}")
+        return dict(row) if row else None
+
+    def _steps(self, connection, run_id: str, names: list[str] | None) -> dict[str, dict[str, Any]]:
+        query = select(STEPS).where(STEPS.c.run_id == run_id).order_by(STEPS.c.position)
+        if names is not None:
+            if not names:
+                return {}
+            query = query.where(STEPS.c.name.in_(names))
+        return {row["name"]: dict(row) for row in connection.execute(query).mappings()}
+
+    def _status_counts(self, connection, run_id: str) -> dict[str, int]:
+        query = select(STEPS.c.status, func.count()).where(STEPS.c.run_id == run_id).group_by(STEPS.c.status)
+        return dict(connection.execute(query).all())
+
+    def _acquire_slot(self, run: dict) -> None:
+        key = run.get("concurrency_key")
+        if key and not self.leases.acquire(key, run["run_id"], limit=run["concurrency_limit"] or 1):
+            holders = ", ".join(self.leases.holders(key))
+            raise ConcurrencyLimitExceeded(
+                f"concurrency key {key!r} allows {run['concurrency_limit']} active run(s); held by {holders}"
+            )
+
+    def _release_slot(self, run: dict) -> None:
+        if run.get("concurrency_key"):
+            self.leases.release(run["concurrency_key"], run["run_id"])
+
+
+class HotStatements:
+    """The statements every step runs, compiled for one dialect (see :mod:`saga.driver`)."""
+
+    def __init__(self, dialect) -> None:
+        self.claim_step = DriverStatement(sql.CLAIM_STEP, dialect, json_columns=("checkpoint",))
+        self.claim_compensation = DriverStatement(
+            sql.CLAIM_COMPENSATION, dialect, json_columns=("checkpoint",)
+        )
+        self.lock_run = DriverStatement(sql.LOCK_RUN, dialect, json_columns=("inputs",))
+        self.lock_run_for_success = DriverStatement(
+            sql.LOCK_RUN_FOR_SUCCESS, dialect, json_columns=("inputs",)
+        )
+        self.succeed_step = DriverStatement(
+            sql.SUCCEED_STEP, dialect, json_params=("b_result",), json_columns=("dependents",)
+        )
+        self.release_dependent = DriverStatement(
+            sql.RELEASE_DEPENDENT, dialect, json_columns=("spec", "depends_on", "dependents")
+        )
+        self.make_ready = DriverStatement(sql.MAKE_READY, dialect, json_params=("b_call_args",))
+
+
+def _unclaimed_status(kind: str) -> str:
+    return StepStatus.READY if kind == STEP else StepStatus.COMPENSATING
+
+
+def _check_json(value: Any, what: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise WorkflowError(f"{what} must be a JSON value: {exc}") from None
+
+
+def _concurrency_key(workflow: Workflow, inputs: Any) -> str | None:
+    if workflow.concurrency_key is None:
+        return None
+    try:
+        return workflow.concurrency_key.format(**(inputs if isinstance(inputs, dict) else {}))
+    except (KeyError, IndexError) as exc:
+        raise WorkflowError(
+            f"workflow {workflow.name!r}: concurrency key {workflow.concurrency_key!r} needs input {exc}"
+        ) from None
+
+
+def _run_defaults(run: dict[str, Any]) -> dict[str, Any]:
+    defaults = {"idempotency_key": None, "deadline_at": None, "forked_from": None, "error": None}
+    defaults.update(abort_requested=False, cancel_requested=False, compensate=True, finished_at=None)
+    return {**defaults, **run}
+
+
+def _step_defaults(step: dict[str, Any]) -> dict[str, Any]:
+    defaults = {
+        "epoch": 0,
+        "attempts": 0,
+        "min_retry": 0,
+        "skipped_deps": 0,
+        "call_args": None,
+        "result": None,
+    }
+    defaults.update(completion_seq=None, started_at=None, finished_at=None)
+    return {**defaults, **step}

@@ -1,0 +1,182 @@
+"""Tables of durable workflows: one row per run, one row per step of a run.
+
+The saga engine (``saga``) owns every write; this module holds the schema,
+the status vocabularies and the read queries the CLI and API use.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Engine, Index, Text
+from sqlmodel import Field, Session, SQLModel, col, select
+
+
+class RunStatus(StrEnum):
+    """Lifecycle of a workflow run."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(StrEnum):
+    """Lifecycle of one step of a run."""
+
+    PENDING = "pending"
+    READY = "ready"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    CANCELLED = "cancelled"
+
+
+#: Run statuses after which nothing happens unless an operator resumes the run.
+FINAL_RUN_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.COMPENSATED, RunStatus.CANCELLED}
+)
+
+#: Step statuses that count as "done" for the step's dependents.
+DONE_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
+
+#: Step statuses that end the forward phase of a step.
+TERMINAL_STEP_STATUSES = frozenset(
+    {
+        StepStatus.SUCCEEDED,
+        StepStatus.FAILED,
+        StepStatus.SKIPPED,
+        StepStatus.CANCELLED,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATED,
+    }
+)
+
+
+class WorkflowRun(SQLModel, table=True):
+    """One execution of a workflow definition.
+
+    ``open_steps`` counts steps not yet terminal and ``completions`` numbers
+    step successes (a step's ``completion_seq``), so that compensations can
+    run in reverse order of completion.  All times are naive UTC.
+    """
+
+    __tablename__ = "workflow_runs"
+    __table_args__ = (
+        Index("ix_workflow_runs_status_created_at", "status", "created_at"),
+        Index("ix_workflow_runs_workflow_created_at", "workflow", "created_at"),
+        Index("ix_workflow_runs_idempotency_key", "idempotency_key", unique=True),
+    )
+
+    run_id: str = Field(primary_key=True, max_length=32)
+    workflow: str = Field(max_length=200)
+    status: str = Field(max_length=30)
+    inputs: Any = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    on_failure: str = Field(default="finish", max_length=20)
+    concurrency_key: str | None = Field(default=None, max_length=200)
+    concurrency_limit: int | None = None
+    open_steps: int = 0
+    completions: int = 0
+    abort_requested: bool = False
+    cancel_requested: bool = False
+    compensate: bool = True
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    forked_from: str | None = Field(default=None, max_length=32)
+    deadline_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+    created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+
+
+class WorkflowStep(SQLModel, table=True):
+    """One step of a run, with the static parts of its definition.
+
+    ``remaining_deps`` counts dependencies not yet done: it reaches zero
+    exactly once, in the transaction that finishes the last dependency, which
+    is what makes a fan-in fire exactly once; ``skipped_deps`` counts the
+    dependencies that were skipped (all skipped -> the step is skipped).  ``epoch`` numbers dispatches
+    (a resume starts a new one) and ``claim``/``lease_until`` say which
+    delivery is executing the step and until when its worker is trusted.
+    """
+
+    __tablename__ = "workflow_steps"
+    __table_args__ = (
+        Index("ix_workflow_steps_status_ready_at", "status", "ready_at"),
+        Index("ix_workflow_steps_claim", "claim"),
+    )
+
+    run_id: str = Field(primary_key=True, max_length=32, foreign_key="workflow_runs.run_id")
+    name: str = Field(primary_key=True, max_length=200)
+    position: int
+    actor: str = Field(max_length=200)
+    status: str = Field(max_length=30)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    depends_on: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    dependents: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    remaining_deps: int = 0
+    skipped_deps: int = 0
+    group_name: str | None = Field(default=None, max_length=200)
+    group_limit: int | None = None
+    epoch: int = 0
+    attempts: int = 0
+    min_retry: int = 0
+    claimed_retry: int | None = None
+    claim: str | None = Field(default=None, max_length=32)
+    lease_until: datetime | None = Field(default=None, sa_column=Column(DateTime))
+    call_args: Any = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    result: Any = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    checkpoint: Any = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    progress: float | None = None
+    completion_seq: int | None = None
+    compensation_error: str | None = Field(default=None, sa_column=Column(Text))
+    worker_id: str | None = Field(default=None, max_length=200)
+    ready_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+    started_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+
+
+def list_runs(
+    engine: Engine, *, status: str | None = None, workflow: str | None = None, limit: int = 50
+) -> list[WorkflowRun]:
+    """The newest runs first, filtered by status and workflow name."""
+    query = select(WorkflowRun)
+    if status:
+        query = query.where(WorkflowRun.status == status)
+    if workflow:
+        query = query.where(WorkflowRun.workflow == workflow)
+    query = query.order_by(col(WorkflowRun.created_at).desc(), col(WorkflowRun.run_id)).limit(limit)
+    with Session(engine) as session:
+        return list(session.exec(query))
+
+
+def get_run(engine: Engine, run_id: str) -> WorkflowRun | None:
+    with Session(engine) as session:
+        return session.get(WorkflowRun, run_id)
+
+
+def get_steps(engine: Engine, run_id: str) -> list[WorkflowStep]:
+    """The steps of a run in definition order."""
+    query = select(WorkflowStep).where(WorkflowStep.run_id == run_id).order_by(col(WorkflowStep.position))
+    with Session(engine) as session:
+        return list(session.exec(query))
+
+
+def run_status_counts(engine: Engine, *, run_ids: list[str] | None = None) -> dict[str, int]:
+    """How many runs are in each status, over all runs or the given ids."""
+    from sqlalchemy import func
+
+    query = select(WorkflowRun.status, func.count()).group_by(WorkflowRun.status)
+    if run_ids is not None:
+        query = query.where(col(WorkflowRun.run_id).in_(run_ids))
+    with Session(engine) as session:
+        return {status: count for status, count in session.exec(query)}

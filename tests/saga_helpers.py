@@ -1,0 +1,75 @@
+"""Fixtures' building blocks for the saga tests: an in-process stack and waiting for runs."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import dramatiq
+from saga_actors import declare_actors
+
+from actors import audit_writer_of, build_broker
+from config import Settings
+from saga import engine_of
+from storage import FINAL_RUN_STATUSES, RunStatus, get_run, get_steps
+
+#: Workflow settings that make recovery quick enough for tests.
+FAST_WORKFLOW_SETTINGS = {
+    "workflow_lease_ms": 1_500,
+    "workflow_recovery_after_ms": 1_000,
+    "workflow_recovery_interval_ms": 300,
+}
+
+#: Statuses a test waits for by default.
+SETTLED = {*FINAL_RUN_STATUSES, RunStatus.COMPENSATION_FAILED}
+
+
+def fast(settings: Settings, **overrides) -> Settings:
+    return settings.model_copy(update={**FAST_WORKFLOW_SETTINGS, **overrides})
+
+
+@contextmanager
+def running_stack(settings: Settings, *, threads: int = 4, worker: bool = True):
+    """A broker with the test actors and (optionally) a real worker in this process."""
+    broker = build_broker(settings)
+    actors = declare_actors(broker)
+    engine = engine_of(broker)
+    running = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100) if worker else None
+    if running:
+        running.start()
+    try:
+        yield SimpleNamespace(broker=broker, actors=actors, engine=engine, db=engine.database, worker=running)
+    finally:
+        if running:
+            running.stop(timeout=10_000)
+        writer = audit_writer_of(broker)
+        if writer is not None:
+            writer.close(5)  # before the test's database goes away
+        engine.database.dispose()
+        broker.close()
+
+
+def wait_for_run(db, run_id: str, statuses=SETTLED, *, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        run = get_run(db, run_id)
+        if run is not None and run.status in statuses:
+            return run
+        if time.monotonic() > deadline:
+            steps = {s.name: (s.status, s.attempts, s.error) for s in get_steps(db, run_id)}
+            raise AssertionError(f"run {run_id} is {run and run.status} after {timeout}s; steps: {steps}")
+        time.sleep(0.05)
+
+
+def steps_of(db, run_id: str) -> dict:
+    return {step.name: step for step in get_steps(db, run_id)}
+
+
+def log_of(broker) -> list[str]:
+    return [item.decode() for item in broker.client.lrange(f"{broker.namespace}:log", 0, -1)]
+
+
+def counts_of(broker) -> dict[str, int]:
+    raw = broker.client.hgetall(f"{broker.namespace}:count")
+    return {key.decode(): int(value) for key, value in raw.items()}

@@ -1,0 +1,6 @@
+"""Worker entry point of the saga process tests: ``dramatiq tests.saga_worker``."""
+
+import actors
+from tests.saga_actors import declare_actors
+
+declare_actors(actors.broker)
