@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,10 +34,14 @@ from .tables import (
     NEWS,
     TableSpec,
     UpsertResult,
+    open_table,
     read_table,
     rerun_on_conflict,
     upsert,
 )
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +132,10 @@ def fetch_bars(
     ).assign(source=provider.name)
 
     def write() -> UpsertResult:
-        # Rerun whole on a conflict: the features depend on the stored bars read here.
-        stored = _stored_bars(root, list(fetched), interval)
+        # Rerun whole on a conflict: the features depend on the stored bars read
+        # here, so the MERGE may commit only on top of the version they came from.
+        pinned = open_table(root, MARKET_BARS)
+        stored = _stored_bars(root, list(fetched), interval, table=pinned)
         is_new = _is_new(new_rows, stored)
         for symbol, bars in fetched.items():
             result.symbols[symbol] = {
@@ -139,16 +146,17 @@ def fetch_bars(
             }
         rows = _with_features(stored, new_rows).assign(interval=interval)
         table = pa.Table.from_pandas(rows, preserve_index=False)
-        return upsert(root, MARKET_BARS, table, max_commit_retries=max_commit_retries)
+        return upsert(root, MARKET_BARS, table, max_commit_retries=max_commit_retries, based_on=pinned)
 
     return _record(result, rerun_on_conflict(write))
 
 
-def _stored_bars(root: Path, symbols: list[str], interval: str) -> pd.DataFrame:
+def _stored_bars(root: Path, symbols: list[str], interval: str, *, table: DeltaTable) -> pd.DataFrame:
     table = read_table(
         root,
         MARKET_BARS,
         filter=pc.field("symbol").isin(symbols) & (pc.field("interval") == interval),
+        table=table,
     )
     return table.select(["symbol", *BAR_COLUMNS, "source"]).to_pandas()
 

@@ -203,28 +203,40 @@ def table_version(root: Path, spec: TableSpec) -> int | None:
     return DeltaTable(str(path)).version() if DeltaTable.is_deltatable(str(path)) else None
 
 
-def read_table(root: Path, spec: TableSpec, *, filter: pc.Expression | None = None) -> pa.Table:
-    """Rows of the table matching ``filter`` (an empty table with the schema if it does not exist)."""
+def read_table(
+    root: Path, spec: TableSpec, *, filter: pc.Expression | None = None, table: DeltaTable | None = None
+) -> pa.Table:
+    """Rows of the table (or of ``table``, a pinned version) matching ``filter``; empty if none."""
     from deltalake import DeltaTable
 
     path = table_path(root, spec)
-    if not DeltaTable.is_deltatable(str(path)):
+    if table is None and not DeltaTable.is_deltatable(str(path)):
         return spec.schema.empty_table()
-    dataset = DeltaTable(str(path)).to_pyarrow_dataset()
+    dataset = (table or DeltaTable(str(path))).to_pyarrow_dataset()
     return dataset.to_table(filter=filter, use_threads=False)
 
 
 def upsert(
-    root: Path, spec: TableSpec, rows: pa.Table, *, max_commit_retries: int = DEFAULT_MAX_COMMIT_RETRIES
+    root: Path,
+    spec: TableSpec,
+    rows: pa.Table,
+    *,
+    max_commit_retries: int = DEFAULT_MAX_COMMIT_RETRIES,
+    based_on: DeltaTable | None = None,
 ) -> UpsertResult:
     """MERGE ``rows`` into the table on its keys: insert new rows, update rows whose values differ.
 
     Rows equal to the stored ones are left alone, and a MERGE that changes
     nothing commits no version: writing the same rows twice is a no-op.
+    ``based_on``: the table, pinned at the version ``rows`` were computed
+    from; delta-rs then checks every commit since that version for conflicts
+    with the partitions the MERGE reads, so a concurrent write of the same
+    symbols raises ``CommitFailedError`` instead of storing rows derived from
+    data that has since changed (writes of other symbols still just retry).
     """
     from deltalake.transaction import CommitProperties
 
-    table = open_table(root, spec)
+    table = based_on if based_on is not None else open_table(root, spec)
     before = table.version()
     if rows.num_rows == 0:
         return UpsertResult(spec.name, before, before)
