@@ -23,6 +23,8 @@ from config import Settings
 from storage import AuditWriter, create_db_engine
 
 from .audit import Audit
+from .metrics import Metrics
+from .tracing import Tracing, tracer_provider_for
 
 #: Seconds after its tick a periodic message is still worth running.
 PERIODIC_SKIP_DELAY = 30
@@ -37,8 +39,21 @@ def build_audit_writer(settings: Settings) -> AuditWriter:
 
 
 def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) -> list[Middleware]:
-    """The middleware stack, in order.  Audit sits before Retries so it sees the retry decision."""
-    middleware: list[Middleware] = [
+    """The middleware stack, in order.  Audit sits before Retries so it sees the retry decision;
+    Tracing comes first so its span is still open while the others enqueue (retries, pipelines)."""
+    middleware: list[Middleware] = []
+    tracer_provider = tracer_provider_for(settings)
+    if tracer_provider is not None:
+        middleware.append(Tracing(tracer_provider=tracer_provider))
+    if settings.metrics_enabled:
+        middleware.append(
+            Metrics(
+                directory=settings.effective_metrics_dir,
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+            )
+        )
+    middleware += [
         AgeLimit(max_age=settings.max_age_ms),
         TimeLimit(time_limit=settings.time_limit_ms),
         ShutdownNotifications(),

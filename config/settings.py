@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +35,20 @@ class Settings(BaseSettings):
       maintenance_chance: Per million broker commands, how many run queue maintenance.
       audit_*: The audit trail's buffer bound, batch size, flush interval and how
         long a finished message waits for its audit row to commit before it is acked.
+      tracing_exporter: Where OpenTelemetry spans go: ``none`` (default: the tracing
+        middleware is not even installed), ``console``, ``otlp-grpc`` or ``otlp-http``.
+      tracing_endpoint: OTLP endpoint; default ``http://127.0.0.1:4317`` for gRPC,
+        ``http://127.0.0.1:4318/v1/traces`` for HTTP (Jaeger accepts both).
+      tracing_service_name: ``service.name`` of the spans this process exports.
+      metrics_enabled: Collect Prometheus metrics in worker processes.
+      metrics_dir: prometheus-client multiprocess directory; default
+        ``<tmp>/tradeflow-metrics/<namespace>``.  One per worker master.
+      metrics_host / metrics_port: Where the workers' exposition process serves
+        ``/metrics``; port 0 serves nothing.  Loopback by default.
+      health_max_queue_depth: ``tradeflow health`` is unhealthy above this many
+        ready messages in one queue.
+      health_scheduler_silence_ms: ...or when a scheduler that ticked once has been
+        silent this long.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -57,6 +73,18 @@ class Settings(BaseSettings):
     audit_flush_interval_ms: int = Field(default=10, ge=0)
     audit_commit_wait_ms: int = Field(default=5_000, ge=0)
 
+    tracing_exporter: Literal["none", "console", "otlp-grpc", "otlp-http"] = "none"
+    tracing_endpoint: str | None = None
+    tracing_service_name: str = Field(default="tradeflow", min_length=1)
+
+    metrics_enabled: bool = True
+    metrics_dir: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9191, ge=0, le=65_535)
+
+    health_max_queue_depth: int = Field(default=10_000, gt=0)
+    health_scheduler_silence_ms: int = Field(default=300_000, gt=0)
+
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)
 
@@ -73,6 +101,11 @@ class Settings(BaseSettings):
         if not value.startswith(_DATABASE_SCHEMES):
             raise ValueError(f"must be a sqlite:// or postgresql:// URL (got {value!r})")
         return value
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        """The multiprocess metrics directory: the configured one or one per namespace."""
+        return self.metrics_dir or Path(tempfile.gettempdir()) / "tradeflow-metrics" / self.namespace
 
     @property
     def effective_redis_url(self) -> str:
