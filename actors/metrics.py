@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
-from .audit import DEFAULT_PRIORITY
+from .audit import DEFAULT_PRIORITY, worker_id
 
 #: Buckets of the processing duration histogram, in seconds.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, float("inf"))
@@ -36,6 +37,18 @@ BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, float("inf"))
 
 #: Redis hash (under the namespace) where scheduler ticks are counted.
 SCHEDULER_KEY = "__scheduler__"
+
+#: Redis sorted set (under the namespace) of worker processes by last heartbeat.
+WORKERS_KEY = "__workers__"
+
+#: Redis set (under the namespace) of the queues worker processes declared.
+QUEUES_KEY = "__queues__"
+
+#: Seconds between two heartbeats of a worker process.
+HEARTBEAT_INTERVAL = 5.0
+
+#: Seconds after which a silent worker's heartbeat entry is removed.
+FORGET_WORKERS_AFTER = 86_400.0
 
 #: File of the metrics directory naming the worker master that owns it.
 OWNER_FILE = "owner"
@@ -131,6 +144,7 @@ class Metrics(Middleware):
         self.worker_metrics: WorkerMetrics | None = None
         self._started: dict[str, float] = {}
         self._delayed: set[str] = set()
+        self._heartbeat: WorkerHeartbeat | None = None
 
     @property
     def forks(self) -> list:
@@ -142,7 +156,17 @@ class Metrics(Middleware):
         self.worker_metrics = WorkerMetrics.create()
         self.worker_metrics.processes.set(1)
 
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        # The exposition process imports only ``actors``: tell it every queue workers know.
+        queues = {q_name(queue) for queue in broker.get_declared_queues()}
+        if queues:
+            broker.client.sadd(f"{broker.namespace}:{QUEUES_KEY}", *queues)
+        self._heartbeat = WorkerHeartbeat(client=broker.client, key=f"{broker.namespace}:{WORKERS_KEY}")
+        self._heartbeat.start()
+
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self.worker_metrics is None:
             return
         from prometheus_client import multiprocess
@@ -213,6 +237,49 @@ class Metrics(Middleware):
         started = self._started.pop(message.message_id, None)
         if started is not None:
             self.worker_metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+
+
+class WorkerHeartbeat:
+    """Records ``host:pid`` with the time in a Redis sorted set every ``interval`` seconds.
+
+    Dramatiq's own heartbeats come from every broker client, producers
+    included; this one counts only processes running a worker.
+
+    Parameters:
+      client(redis.Redis): Where to write.
+      key(str): The sorted set.
+      interval(float): Seconds between beats.  Defaults to :data:`HEARTBEAT_INTERVAL`.
+    """
+
+    def __init__(self, *, client: redis.Redis, key: str, interval: float = HEARTBEAT_INTERVAL) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.client = client
+        self.key = key
+        self.interval = interval
+        self.member = worker_id()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tradeflow-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(self.interval)
+        with contextlib.suppress(redis.RedisError):
+            self.client.zrem(self.key, self.member)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            now = time.time()
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.zadd(self.key, {self.member: now})
+                    pipe.zremrangebyscore(self.key, 0, now - FORGET_WORKERS_AFTER)  # killed long ago
+                    pipe.execute()
+            except redis.RedisError as exc:
+                self.logger.warning("Heartbeat not recorded (%s); retrying in %.0fs.", exc, self.interval)
+            self._stopped.wait(self.interval)
 
 
 def _count_scheduler_tick(broker: Broker, outcome: str) -> None:
@@ -324,7 +391,7 @@ class RedisStateCollector:
             for state, count in counts.items():
                 depth.add_metric([queue, state], count)
         yield depth
-        workers = GaugeMetricFamily("task_queue_workers_alive", "Workers whose heartbeat is recent.")
+        workers = GaugeMetricFamily("task_queue_workers_alive", "Worker processes whose heartbeat is recent.")
         workers.add_metric([], self.workers_alive())
         yield workers
         ticks = self.scheduler_ticks()
@@ -342,20 +409,22 @@ class RedisStateCollector:
 
     def depths(self) -> dict[str, dict[str, int]]:
         """Per queue: ``ready``, ``delayed`` and ``dead_letter`` message counts."""
+        known = {member.decode() for member in self.client.smembers(f"{self.namespace}:{QUEUES_KEY}")}
+        queues = sorted(known.union(self.queues))
         with self.client.pipeline(transaction=False) as pipe:
-            for queue in self.queues:
+            for queue in queues:
                 pipe.llen(f"{self.namespace}:{queue}")
                 pipe.llen(f"{self.namespace}:{dq_name(queue)}")
                 pipe.zcard(f"{self.namespace}:{xq_name(queue)}")
             counts = pipe.execute()
         return {
             queue: dict(zip(("ready", "delayed", "dead_letter"), counts[i * 3 : i * 3 + 3], strict=True))
-            for i, queue in enumerate(self.queues)
+            for i, queue in enumerate(queues)
         }
 
     def workers_alive(self) -> int:
-        since = (time.time() - self.heartbeat_timeout) * 1000
-        return int(self.client.zcount(f"{self.namespace}:__heartbeats__", since, "+inf"))
+        since = time.time() - self.heartbeat_timeout
+        return int(self.client.zcount(f"{self.namespace}:{WORKERS_KEY}", since, "+inf"))
 
     def scheduler_ticks(self) -> dict[str, float]:
         raw = self.client.hgetall(f"{self.namespace}:{SCHEDULER_KEY}")

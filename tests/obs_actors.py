@@ -6,6 +6,7 @@ Worker processes load them with ``dramatiq actors tests.obs_worker``.
 from __future__ import annotations
 
 import logging
+import time
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -24,6 +25,7 @@ tracer = trace.get_tracer("tests.obs_actors")
 def obs_step(value: int) -> int:
     with tracer.start_as_current_span("obs_step work"):
         logger.warning("obs_step handling %s", value)
+        time.sleep(0.02)  # long enough for every worker process to get a share
         return value + 1
 
 

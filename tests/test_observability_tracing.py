@@ -4,18 +4,15 @@ cross-process trace exported over OTLP/HTTP by real worker processes."""
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import time
 
 import dramatiq
 import pytest
-from conftest import settings_env
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, CurrentMessage, Pipelines, Retries
-from dramatiq.results import ResultMissing, Results
 from obs_actors import QUEUE, declare
+from obs_support import result_of, start_workers, stop_workers
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -35,6 +32,8 @@ from saga.run_tracing import (
     start_run_trace,
     step_trace_options,
 )
+
+pytest_plugins = ["obs_support"]
 
 
 @pytest.fixture
@@ -217,8 +216,9 @@ def test_workflow_run_is_one_trace_and_large_fan_out_links(provider, exporter) -
     assert end.context.trace_id == run_trace and end.status.status_code is StatusCode.ERROR
 
 
-def test_tracing_off_installs_nothing(settings: Settings) -> None:
-    broker = build_broker(settings.model_copy(update={"audit_enabled": False}))
+def test_tracing_off_installs_nothing(obs_settings: Settings) -> None:
+    settings = obs_settings
+    broker = build_broker(settings)
     assert settings.tracing_exporter == "none"
     assert not any(isinstance(m, Tracing) for m in broker.middleware)
     assert tracer_provider_for(settings) is None
@@ -240,72 +240,31 @@ def test_log_lines_carry_trace_ids(provider) -> None:
     assert formatter.format(outside) == "plain"
 
 
-def _result(broker: dramatiq.Broker, message: dramatiq.Message, timeout: float = 60.0) -> object:
-    # Polled: a long blocking read would outlast the Redis client's socket timeout.
-    backend = next(m.backend for m in broker.middleware if isinstance(m, Results))
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return message.get_result(backend=backend)
-        except ResultMissing:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def _start_workers(settings: Settings, endpoint: str, processes: int = 2) -> subprocess.Popen:
-    env = settings_env(settings)
-    env.update(
-        TRADEFLOW_TRACING_EXPORTER="otlp-http",
-        TRADEFLOW_TRACING_ENDPOINT=endpoint,
-        TRADEFLOW_TRACING_SERVICE_NAME="tradeflow-worker",
-        TRADEFLOW_METRICS_PORT="0",
-        OTEL_BSP_SCHEDULE_DELAY="100",
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "actors",
-        "tests.obs_worker",
-        "-p",
-        str(processes),
-        "-t",
-        "2",
-    ]
-    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-
-
-def _stop(process: subprocess.Popen) -> str:
-    process.terminate()
-    try:
-        _, stderr = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-    return stderr
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
-def test_cross_process_trace_over_otlp_http(settings: Settings) -> None:
+def test_cross_process_trace_over_otlp_http(obs_settings: Settings) -> None:
     """A 3-step pipeline and a failing-then-retried actor, run by real worker processes."""
     with OTLPReceiver() as receiver:
-        producer_settings = settings.model_copy(
-            update={"tracing_exporter": "otlp-http", "tracing_endpoint": receiver.url, "audit_enabled": False}
+        producer_settings = obs_settings.model_copy(
+            update={"tracing_exporter": "otlp-http", "tracing_endpoint": receiver.url}
         )
         broker = build_broker(producer_settings)
         declared = declare(broker)
         provider = tracer_provider_for(producer_settings)
-        workers = _start_workers(settings, receiver.url)
+        workers = start_workers(
+            obs_settings,
+            TRADEFLOW_TRACING_EXPORTER="otlp-http",
+            TRADEFLOW_TRACING_ENDPOINT=receiver.url,
+            TRADEFLOW_TRACING_SERVICE_NAME="tradeflow-worker",
+        )
         try:
             with provider.get_tracer("test").start_as_current_span("test run") as root:
                 step = declared["obs_step"]
                 pipe = dramatiq.pipeline([step.message(1), step.message(), step.message()], broker=broker)
                 pipe.run()
             flaky_message = declared["obs_flaky"].send(5)
-            assert _result(broker, pipe.messages[-1]) == 4
-            assert _result(broker, flaky_message) == 5
+            assert result_of(broker, pipe.messages[-1]) == 4
+            assert result_of(broker, flaky_message) == 5
             provider.force_flush()
             trace_id = trace.format_trace_id(root.get_span_context().trace_id)
 
@@ -318,7 +277,7 @@ def test_cross_process_trace_over_otlp_http(settings: Settings) -> None:
 
             spans = receiver.wait_for(complete, timeout=45)
         finally:
-            stderr = _stop(workers)
+            stderr = stop_workers(workers)
 
     in_trace = [s for s in spans if s.trace_id == trace_id]
     by_id = {s.span_id: s for s in in_trace}

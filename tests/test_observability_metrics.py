@@ -1,0 +1,183 @@
+"""Prometheus metrics: scraped over HTTP from real worker processes after real work."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import urllib.request
+from pathlib import Path
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.common import dq_name, xq_name
+from obs_actors import IDLE_QUEUE, QUEUE, declare
+from obs_support import free_port, result_of, start_workers, stop_workers, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.broker import build_broker
+from actors.metrics import claim_directory, mark_dead_processes, use_directory
+from config import Settings
+
+pytest_plugins = ["obs_support"]
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and wanted <= sample_labels
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_settings: Settings) -> None:
+    port = free_port()
+    settings = obs_settings.model_copy(update={"metrics_port": port})
+    broker = build_broker(settings)
+    declared = declare(broker)
+    workers = start_workers(settings, processes=2, queues=(QUEUE,))
+    try:
+        wait_until(
+            lambda: _alive(settings) == 2 and _answers(port), timeout=60, what="2 workers and /metrics"
+        )
+        steps = [declared["obs_step"].send(i) for i in range(40)]
+        for i in range(3):
+            declared["obs_fail"].send(i)
+        flaky = declared["obs_flaky"].send(1)
+        pipe = dramatiq.pipeline(
+            [declared["obs_step"].message(0), declared["obs_step"].message()], broker=broker
+        )
+        pipe.run()
+        for message in [*steps, flaky, pipe.messages[-1]]:
+            result_of(broker, message)
+        for _ in range(4):
+            declared["obs_idle"].send()
+        declared["obs_idle"].send_with_options(delay=600_000)
+
+        client = redis.Redis.from_url(settings.effective_redis_url)
+        ns = settings.namespace
+        wait_until(lambda: client.zcard(f"{ns}:{xq_name(QUEUE)}") == 3, what="3 dead letters")
+        wait_until(lambda: _value(_scrape(port), "task_queue_completed_total") == 43, what="43 completions")
+        samples = _scrape(port)
+    finally:
+        stop_workers(workers)
+
+    by_step = {"queue": QUEUE, "actor": "obs_step"}
+    assert _value(samples, "task_queue_completed_total", **by_step) == 42
+    assert _value(samples, "task_queue_dequeued_total", **by_step) == 42
+    assert _value(samples, "task_queue_processing_duration_seconds_count", **by_step) == 42
+    # the pipeline's second message is the only obs_step enqueue made by a worker
+    assert _value(samples, "task_queue_enqueued_total", priority="normal", **by_step) == 1
+    assert _value(samples, "task_queue_failed_total", actor="obs_fail", reason="ValueError") == 3
+    assert _value(samples, "task_queue_dlq_total", actor="obs_fail") == 3
+    assert _value(samples, "task_queue_failed_total", actor="obs_flaky", reason="RuntimeError") == 1
+    assert _value(samples, "task_queue_retried_total", actor="obs_flaky") == 1
+    assert _value(samples, "task_queue_completed_total", actor="obs_flaky") == 1
+    assert _value(samples, "task_queue_in_progress") == 0
+    assert _value(samples, "task_queue_worker_processes") == 2
+    assert _value(samples, "task_queue_workers_alive") == 2
+
+    counter_pids = {
+        path.name.rsplit("_", 1)[1] for path in settings.effective_metrics_dir.glob("counter_*.db")
+    }
+    assert len(counter_pids) == 2, f"both worker processes counted: {counter_pids}"
+
+    assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="ready") == 4
+    assert client.llen(f"{ns}:{IDLE_QUEUE}") == 4
+    assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="delayed") == 1
+    assert client.llen(f"{ns}:{dq_name(IDLE_QUEUE)}") == 1
+    assert _value(samples, "task_queue_depth_current", queue=QUEUE, state="dead_letter") == 3
+    assert _value(samples, "task_queue_depth_current", queue=QUEUE, state="ready") == 0
+
+
+def test_directory_is_wiped_once_per_master(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_1.db").write_bytes(b"stale")
+    claim_directory(directory)
+    assert not (directory / "counter_1.db").exists(), "a new master starts from zero"
+    (directory / "counter_2.db").write_bytes(b"sibling")
+    claim_directory(directory)
+    assert (directory / "counter_2.db").exists(), "a sibling worker of the same master keeps it"
+
+
+def test_processes_killed_without_shutdown_are_marked_dead(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    (directory / f"gauge_livesum_{child}.db").write_bytes(b"")
+    (directory / f"gauge_livesum_{os.getpid()}.db").write_bytes(b"")
+    (directory / f"counter_{child}.db").write_bytes(b"")
+    assert mark_dead_processes(directory) == [child]
+    assert not (directory / f"gauge_livesum_{child}.db").exists()
+    assert (directory / f"gauge_livesum_{os.getpid()}.db").exists(), "live processes stay"
+    assert (directory / f"counter_{child}.db").exists(), "a dead process's counts still count"
+
+
+def test_use_directory_switches_prometheus_client_to_multiprocess_mode(tmp_path: Path) -> None:
+    from prometheus_client import values
+
+    saved = os.environ.get("PROMETHEUS_MULTIPROC_DIR"), values.ValueClass
+    try:
+        use_directory(tmp_path / "m")
+        assert values.ValueClass is not values.MutexValue
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "m")
+    finally:
+        values.ValueClass = saved[1]
+        if saved[0] is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = saved[0]
+
+
+def test_metrics_port_in_use_is_reported_not_fatal(obs_settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        workers = start_workers(obs_settings.model_copy(update={"metrics_port": port}), processes=1)
+        reported = threading.Event()
+
+        def read_log() -> None:
+            for line in workers.stderr:
+                if f"Cannot serve metrics on 127.0.0.1:{port}" in line and "TRADEFLOW_METRICS_PORT" in line:
+                    reported.set()
+
+        threading.Thread(target=read_log, daemon=True).start()
+        try:
+            assert reported.wait(60), "the exposition process said nothing about the taken port"
+            wait_until(lambda: _alive(obs_settings) == 1, timeout=30, what="worker heartbeat")
+            assert workers.poll() is None, "the workers keep running without /metrics"
+        finally:
+            workers.terminate()
+            workers.wait(60)
+
+
+def _answers(port: int) -> bool:
+    try:
+        _scrape(port)
+    except OSError:
+        return False
+    return True
+
+
+def _alive(settings: Settings) -> int:
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    return client.zcard(f"{settings.namespace}:__workers__")
