@@ -431,37 +431,39 @@ class RedisStateCollector:
         return {key.decode(): float(value) for key, value in raw.items()}
 
 
-def build_registry(settings: Any, broker: Broker) -> Any:
-    """The registry ``/metrics`` serves: the workers' files merged, plus Redis state."""
+def build_registry(
+    *, directory: Path, client: redis.Redis, namespace: str, queues: list[str], heartbeat_timeout: float
+) -> Any:
+    """The registry ``/metrics`` serves: the worker processes' files merged, plus Redis state."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    directory = settings.effective_metrics_dir
     directory.mkdir(parents=True, exist_ok=True)
+    mark_dead_processes(directory)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
     registry.register(
         RedisStateCollector(
-            client=broker.client,
-            namespace=settings.namespace,
-            queues=[q_name(queue) for queue in broker.get_declared_queues()],
-            heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,
+            client=client, namespace=namespace, queues=queues, heartbeat_timeout=heartbeat_timeout
         )
     )
     return registry
 
 
-def scrape(settings: Any, broker: Broker) -> bytes:
-    """One scrape in the text exposition format (marks dead processes first)."""
-    from prometheus_client import generate_latest
-
-    mark_dead_processes(settings.effective_metrics_dir)
-    return generate_latest(build_registry(settings, broker))
+def registry_for(settings: Any, client: redis.Redis, queues: list[str] = ()) -> Any:
+    """:func:`build_registry` with the values of ``settings`` (a ``config.Settings``)."""
+    return build_registry(
+        directory=settings.effective_metrics_dir,
+        client=client,
+        namespace=settings.namespace,
+        queues=[q_name(queue) for queue in queues],
+        heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,
+    )
 
 
 def serve_metrics() -> int:
     """Fork function of the exposition process: serve ``/metrics`` until stopped."""
-    from prometheus_client import CONTENT_TYPE_LATEST
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from prometheus_client.exposition import MetricsHandler
 
     import actors  # this process is an edge: the broker and settings come from the environment
@@ -475,7 +477,7 @@ def serve_metrics() -> int:
                 self.send_error(404, "try /metrics")
                 return
             try:
-                output = scrape(settings, broker)
+                output = generate_latest(registry_for(settings, broker.client, broker.get_declared_queues()))
             except redis.RedisError as exc:
                 self.send_error(503, f"cannot read Redis: {exc}")
                 return

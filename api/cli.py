@@ -15,6 +15,7 @@ from rich.table import Table
 from config import Settings
 
 from . import stack
+from .cli_ops import ops_app
 from .embedded import redis_answers, redis_for
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ jobs_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
+app.add_typer(ops_app)  # metrics, health
 
 console = Console()
 err_console = Console(stderr=True)
