@@ -23,6 +23,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from config import Settings
@@ -161,7 +162,6 @@ class Tracing(Middleware):
         attributes = {
             "messaging.system": MESSAGING_SYSTEM,
             "messaging.operation.type": operation,
-            "messaging.operation.name": operation,
             "messaging.destination.name": queue,
             "messaging.message.id": message.message_id,
             "messaging.dramatiq.actor": message.actor_name,
@@ -184,7 +184,7 @@ def _carrier_of(span: Span) -> dict[str, str]:
     return carrier
 
 
-_providers: dict[tuple[int, str, str | None, str], TracerProvider] = {}
+_providers: dict[tuple, TracerProvider] = {}
 _providers_lock = threading.Lock()
 
 
@@ -197,12 +197,19 @@ def tracer_provider_for(settings: Settings) -> TracerProvider | None:
     """
     if settings.tracing_exporter == "none":
         return None
-    key = (os.getpid(), settings.tracing_exporter, settings.tracing_endpoint, settings.tracing_service_name)
+    key = (
+        os.getpid(),
+        settings.tracing_exporter,
+        settings.tracing_endpoint,
+        settings.tracing_service_name,
+        settings.tracing_sample_ratio,
+    )
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
             provider = TracerProvider(
-                resource=Resource.create({"service.name": settings.tracing_service_name})
+                resource=Resource.create({"service.name": settings.tracing_service_name}),
+                sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_ratio)),
             )
             provider.add_span_processor(BatchSpanProcessor(build_exporter(settings)))
             _providers[key] = provider

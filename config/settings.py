@@ -40,6 +40,8 @@ class Settings(BaseSettings):
       tracing_endpoint: OTLP endpoint; default ``http://127.0.0.1:4317`` for gRPC,
         ``http://127.0.0.1:4318/v1/traces`` for HTTP (Jaeger accepts both).
       tracing_service_name: ``service.name`` of the spans this process exports.
+      tracing_sample_ratio: Share of new traces recorded (0..1, default 1); a message
+        follows the decision of the trace it belongs to.
       metrics_enabled: Collect Prometheus metrics in worker processes.
       metrics_dir: prometheus-client multiprocess directory; default
         ``<tmp>/tradeflow-metrics/<namespace>``.  One per worker master.
@@ -76,6 +78,7 @@ class Settings(BaseSettings):
     tracing_exporter: Literal["none", "console", "otlp-grpc", "otlp-http"] = "none"
     tracing_endpoint: str | None = None
     tracing_service_name: str = Field(default="tradeflow", min_length=1)
+    tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     metrics_enabled: bool = True
     metrics_dir: Path | None = None

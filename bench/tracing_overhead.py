@@ -1,0 +1,167 @@
+"""What tracing costs: throughput of raw Dramatiq, tradeflow with tracing off, and tradeflow with
+tracing exporting every span over OTLP/HTTP to a local receiver (another process), side by side.
+
+    .venv/bin/python bench/tracing_overhead.py [--messages 3000] [--rounds 3] [--threads 8] [--work-ms 0]
+
+Each round sends N messages to an actor that burns ``--work-ms`` of CPU (0: a no-op, the worst
+case for any per-message overhead) (timed: enqueue rate), then runs an in-process worker until the
+queue is drained (timed: processing rate).  The best round of each configuration is kept, and the
+configurations alternate so machine noise hits all of them alike.  The tradeflow broker runs with
+its metrics middleware booted and without the audit trail (measured in bench/throughput.py), so the
+difference between the last two rows is the tracing middleware and its exporter alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from otlp_receiver import OTLPReceiver
+
+from actors.broker import build_broker
+from actors.tracing import tracer_provider_for
+from config import Settings
+
+#: Redis of the benchmark (a database of its own, keys under a fresh namespace).
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+@dataclass
+class Round:
+    name: str
+    enqueue_per_s: float
+    process_per_s: float
+
+
+def _receive(url_pipe, stop_event) -> None:
+    with OTLPReceiver(keep_spans=False) as receiver:
+        url_pipe.send(receiver.url)
+        stop_event.wait()
+        url_pipe.send(receiver.span_count)
+
+
+def _run_round(name: str, broker: dramatiq.Broker, *, messages: int, threads: int) -> Round:
+    noop = dramatiq.actor(
+        lambda i: None, broker=broker, actor_name="bench_noop", queue_name="bench", max_retries=0
+    )
+    started = time.perf_counter()
+    for i in range(messages):
+        noop.send(i)
+    enqueued = time.perf_counter() - started
+    worker = dramatiq.Worker(broker, worker_threads=threads)
+    started = time.perf_counter()
+    worker.start()
+    broker.join("bench", timeout=600_000)
+    worker.join()
+    processed = time.perf_counter() - started
+    worker.stop()
+    return Round(name, messages / enqueued, messages / processed)
+
+
+def _settings(namespace: str, **update: object) -> Settings:
+    return Settings(
+        redis_url=REDIS_URL,
+        namespace=namespace,
+        audit_enabled=False,
+        metrics_dir=Path("/tmp") / f"tradeflow-bench-metrics-{namespace}",
+        metrics_port=0,
+        **update,
+    )
+
+
+def _broker(config: str, namespace: str, endpoint: str) -> dramatiq.Broker:
+    if config == "raw dramatiq":
+        return RedisBroker(url=REDIS_URL, namespace=namespace)
+    update = {}
+    if config.startswith("tracing on"):
+        ratio = 0.1 if "10%" in config else 1.0
+        update = {
+            "tracing_exporter": "otlp-http",
+            "tracing_endpoint": endpoint,
+            "tracing_sample_ratio": ratio,
+        }
+    broker = build_broker(_settings(namespace, **update))
+    broker.emit_after("process_boot")  # metrics on, as in a worker process
+    return broker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--work-ms", type=float, default=0.0, help="CPU each message burns, in ms")
+    args = parser.parse_args()
+
+    url_pipe, child_pipe = multiprocessing.Pipe()
+    stop = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receive, args=(child_pipe, stop), daemon=True)
+    receiver.start()
+    endpoint = url_pipe.recv()
+    client = redis.Redis.from_url(REDIS_URL)
+    configs = ("raw dramatiq", "tracing off", "tracing on", "tracing on 10%")
+    best: dict[str, Round] = {}
+    try:
+        for round_number in range(args.rounds):
+            for config in configs:
+                namespace = f"bench-{uuid.uuid4().hex[:8]}"
+                try:
+                    result = _run_round(
+                        config,
+                        _broker(config, namespace, endpoint),
+                        messages=args.messages,
+                        threads=args.threads,
+                    )
+                finally:
+                    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+                    if keys:
+                        client.delete(*keys)
+                print(
+                    f"round {round_number + 1} {config:>15}: enqueue {result.enqueue_per_s:8.0f}/s  "
+                    f"process {result.process_per_s:8.0f}/s",
+                    flush=True,
+                )
+                kept = best.get(config)
+                if kept is None or result.process_per_s > kept.process_per_s:
+                    best[config] = result
+        provider = tracer_provider_for(
+            _settings("flush", tracing_exporter="otlp-http", tracing_endpoint=endpoint)
+        )
+        provider.force_flush()
+    finally:
+        stop.set()
+    received = url_pipe.recv()
+    receiver.join(10)
+
+    raw, off, on, sampled = (best[config] for config in configs)
+    print(f"\nwork per message: {args.work_ms} ms of CPU, {args.messages} messages, {args.threads} threads")
+    print(f"{'configuration':>15} {'enqueue/s':>10} {'process/s':>10} {'vs raw':>7} {'vs off':>7}")
+    for result in (raw, off, on, sampled):
+        print(
+            f"{result.name:>15} {result.enqueue_per_s:10.0f} {result.process_per_s:10.0f} "
+            f"{result.process_per_s / raw.process_per_s:7.2f} {result.process_per_s / off.process_per_s:7.2f}"
+        )
+    for result in (on, sampled):
+        cost = 1 - result.process_per_s / off.process_per_s
+        enqueue_cost = 1 - result.enqueue_per_s / off.enqueue_per_s
+        print(f"{result.name}: costs {cost:.1%} of processing, {enqueue_cost:.1%} of enqueue (target <= 15%)")
+    expected = 2 * args.messages * args.rounds
+    print(
+        f"spans received by the OTLP receiver: {received} (all recorded: {expected}, plus about 10% of that)"
+    )
+
+
+if __name__ == "__main__":
+    main()
