@@ -174,8 +174,7 @@ class Metrics(Middleware):
         multiprocess.mark_process_dead(os.getpid(), str(self.directory))
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
-        actor = broker.actors.get(message.actor_name)
-        if actor is not None and "periodic" in actor.options and not message.options.get("retries"):
+        if _is_scheduler_tick(message) and not message.options.get("retries"):
             _count_scheduler_tick(broker, "fired")
         if self.worker_metrics is None:
             return
@@ -218,8 +217,7 @@ class Metrics(Middleware):
             self.worker_metrics.retried.labels(*labels).inc()
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
-        actor = broker.actors.get(message.actor_name)
-        if actor is not None and "periodic" in actor.options:
+        if _is_scheduler_tick(message):
             _count_scheduler_tick(broker, "skipped")
         if self.worker_metrics is None:
             return
@@ -280,6 +278,11 @@ class WorkerHeartbeat:
             except redis.RedisError as exc:
                 self.logger.warning("Heartbeat not recorded (%s); retrying in %.0fs.", exc, self.interval)
             self._stopped.wait(self.interval)
+
+
+def _is_scheduler_tick(message: Message) -> bool:
+    # periodiq's scheduler stamps what it sends; a manual send of a periodic actor is no tick.
+    return "scheduled_at" in message.options
 
 
 def _count_scheduler_tick(broker: Broker, outcome: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from obs_support import free_port, result_of, start_workers, stop_workers, wait_
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.broker import build_broker
-from actors.metrics import claim_directory, mark_dead_processes, use_directory
+from actors.metrics import (
+    SCHEDULER_KEY,
+    RedisStateCollector,
+    claim_directory,
+    mark_dead_processes,
+    use_directory,
+)
 from config import Settings
 
 pytest_plugins = ["obs_support"]
@@ -181,3 +188,27 @@ def _answers(port: int) -> bool:
 def _alive(settings: Settings) -> int:
     client = redis.Redis.from_url(settings.effective_redis_url)
     return client.zcard(f"{settings.namespace}:__workers__")
+
+
+def test_scheduler_ticks_are_counted_in_redis(obs_settings: Settings) -> None:
+    import pendulum
+    from periodiq import cron
+
+    broker = build_broker(obs_settings)
+    tick = dramatiq.actor(lambda: None, broker=broker, actor_name="obs_tick", periodic=cron("* * * * *"))
+    tick.send_with_options(scheduled_at=str(pendulum.now()))
+    tick.send()  # a manual run is no tick
+    key = f"{obs_settings.namespace}:{SCHEDULER_KEY}"
+    assert broker.client.hget(key, "fired") == b"1", "only the scheduler's stamped send is a tick"
+    tick.send_with_options(scheduled_at=str(pendulum.now().subtract(hours=1)))  # too late: skipped
+    worker = dramatiq.Worker(broker, worker_threads=1)
+    worker.start()
+    try:
+        wait_until(lambda: broker.client.hget(key, "skipped") == b"1", what="a skipped tick")
+    finally:
+        worker.stop()
+    ticks = RedisStateCollector(
+        client=broker.client, namespace=obs_settings.namespace, queues=[], heartbeat_timeout=60
+    ).scheduler_ticks()
+    assert ticks["fired"] == 2 and ticks["skipped"] == 1
+    assert time.time() - ticks["last_fired"] < 60
