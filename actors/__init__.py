@@ -17,5 +17,6 @@ broker = build_broker(settings)
 dramatiq.set_broker(broker)
 
 from . import system  # noqa: E402  (actors register on the broker set above)
+from .monitoring import monitor_health  # noqa: E402, F401
 
 __all__ = ["Audit", "audit_writer_of", "broker", "build_broker", "settings", "system", "worker_id"]

@@ -7,6 +7,7 @@ serve :meth:`HealthReport.as_dict` as it is.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +16,15 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .metrics import RedisStateCollector
+
+#: Severity of an alert raised by each failing check (``Settings.health_severities`` overrides).
+DEFAULT_SEVERITIES = {
+    "broker": "critical",
+    "database": "critical",
+    "workers": "critical",
+    "scheduler": "critical",
+    "queues": "warning",
+}
 
 
 @dataclass
@@ -38,8 +48,20 @@ class HealthReport:
     def healthy(self) -> bool:
         return all(check.ok for check in self.checks)
 
+    def check(self, name: str) -> Check:
+        """The check called ``name``."""
+        return next(check for check in self.checks if check.name == name)
+
     def as_dict(self) -> dict[str, Any]:
         return {"healthy": self.healthy, **asdict(self)}
+
+    def record(self, engine: Engine, *, severities: Mapping[str, str] | None = None) -> list[Any]:
+        """Store the verdicts as monitoring alerts (raise and resolve); the alerts raised now."""
+        from storage import sync_alerts
+
+        levels = {**DEFAULT_SEVERITIES, **(severities or {})}
+        failing = {c.name: (levels.get(c.name, "critical"), c.detail) for c in self.checks if not c.ok}
+        return sync_alerts(engine, failing=failing, passing=[c.name for c in self.checks if c.ok])
 
 
 def check_health(

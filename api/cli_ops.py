@@ -117,20 +117,27 @@ def metrics(
 @ops_app.command()
 def health(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    record: Annotated[
+        bool,
+        typer.Option(help="Also store failing checks as monitoring alerts in SQL, resolve passing ones."),
+    ] = False,
 ) -> None:
     """Broker, database, workers, scheduler and queue depths; exit code 1 when unhealthy."""
     from actors.health import check_health
     from storage import create_db_engine
 
     settings = _settings()
+    engine = create_db_engine(settings.database_url)
     report = check_health(
         client=_redis(settings),
         namespace=settings.namespace,
-        engine=create_db_engine(settings.database_url),
+        engine=engine,
         heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,
         max_queue_depth=settings.health_max_queue_depth,
         scheduler_silence=settings.health_scheduler_silence_ms / 1000,
     )
+    if record and report.check("database").ok:
+        report.record(engine, severities=settings.health_severities)
     if as_json:
         console.print_json(json.dumps(report.as_dict()))
     else:

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         ready messages in one queue.
       health_scheduler_silence_ms: ...or when a scheduler that ticked once has been
         silent this long.
+      health_severities: Severity (``warning``/``critical``) of the SQL alert a failing
+        check raises, by check name (JSON); unnamed checks keep their defaults.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -87,6 +89,7 @@ class Settings(BaseSettings):
 
     health_max_queue_depth: int = Field(default=10_000, gt=0)
     health_scheduler_silence_ms: int = Field(default=300_000, gt=0)
+    health_severities: dict[str, Literal["warning", "critical"]] = {}
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)

@@ -24,3 +24,7 @@ __all__ = [
     "utc_from_millis",
     "utc_now",
 ]
+
+from .monitoring import SEVERITIES, MonitoringAlert, open_alerts, sync_alerts
+
+__all__ += ["SEVERITIES", "MonitoringAlert", "open_alerts", "sync_alerts"]
