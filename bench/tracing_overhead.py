@@ -54,13 +54,19 @@ def _receive(url_pipe, stop_event) -> None:
         url_pipe.send(receiver.span_count)
 
 
-def _run_round(name: str, broker: dramatiq.Broker, *, messages: int, threads: int) -> Round:
-    noop = dramatiq.actor(
-        lambda i: None, broker=broker, actor_name="bench_noop", queue_name="bench", max_retries=0
+def _burn(seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+def _run_round(name: str, broker: dramatiq.Broker, *, messages: int, threads: int, work: float) -> Round:
+    actor = dramatiq.actor(
+        lambda i: _burn(work), broker=broker, actor_name="bench_work", queue_name="bench", max_retries=0
     )
     started = time.perf_counter()
     for i in range(messages):
-        noop.send(i)
+        actor.send(i)
     enqueued = time.perf_counter() - started
     worker = dramatiq.Worker(broker, worker_threads=threads)
     started = time.perf_counter()
@@ -125,6 +131,7 @@ def main() -> None:
                         _broker(config, namespace, endpoint),
                         messages=args.messages,
                         threads=args.threads,
+                        work=args.work_ms / 1000,
                     )
                 finally:
                     keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
