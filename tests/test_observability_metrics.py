@@ -78,7 +78,10 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
         client = redis.Redis.from_url(settings.effective_redis_url)
         ns = settings.namespace
         wait_until(lambda: client.zcard(f"{ns}:{xq_name(QUEUE)}") == 3, what="3 dead letters")
-        wait_until(lambda: _value(_scrape(port), "task_queue_completed_total") == 43, what="43 completions")
+        # counters move just after Redis does (post-processing): wait for the scrape to settle
+        wait_until(
+            lambda: _settled(_scrape(port)), what="43 completions, 3 dead letters, nothing in progress"
+        )
         samples = _scrape(port)
     finally:
         stop_workers(workers)
@@ -175,6 +178,14 @@ def test_metrics_port_in_use_is_reported_not_fatal(obs_settings: Settings) -> No
         finally:
             workers.terminate()
             workers.wait(60)
+
+
+def _settled(samples: dict) -> bool:
+    return (
+        _value(samples, "task_queue_completed_total") == 43
+        and _value(samples, "task_queue_dlq_total") == 3
+        and _value(samples, "task_queue_in_progress") == 0
+    )
 
 
 def _answers(port: int) -> bool:
