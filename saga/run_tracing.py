@@ -55,31 +55,45 @@ WORKFLOW_STEP = "tradeflow.workflow.step"
 WORKFLOW_COMPENSATION = "tradeflow.workflow.compensation"
 WORKFLOW_STATUS = "tradeflow.workflow.status"
 
-_tracer = trace.get_tracer(__name__)
+
+def _tracer(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
+    return trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
 
-def start_run_trace(workflow: str, run_id: str) -> dict[str, str]:
+def start_run_trace(
+    workflow: str, run_id: str, *, tracer_provider: trace.TracerProvider | None = None
+) -> dict[str, str]:
     """Open and close the run's root span ``workflow {workflow}``; the carrier of its context.
 
     The root span is parented to the current span, if any (e.g. the API
     request that started the run).  It ends at once: a durable run outlives
     the process that starts it, and its steps are children in the same trace.
+    ``tracer_provider`` defaults to the global one.
     """
     attributes = {WORKFLOW_NAME: workflow, WORKFLOW_RUN_ID: run_id}
-    with _tracer.start_as_current_span(f"workflow {workflow}", kind=SpanKind.INTERNAL, attributes=attributes):
+    with _tracer(tracer_provider).start_as_current_span(
+        f"workflow {workflow}", kind=SpanKind.INTERNAL, attributes=attributes
+    ):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return carrier
 
 
-def end_run_trace(carrier: Mapping[str, str], workflow: str, run_id: str, *, status: str) -> None:
+def end_run_trace(
+    carrier: Mapping[str, str],
+    workflow: str,
+    run_id: str,
+    *,
+    status: str,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> None:
     """Record the run's end as a span ``workflow {workflow} {status}`` in the run's trace.
 
     ``status`` is the engine's terminal status; ``failed`` and
     ``compensation_failed`` mark the span as an error.
     """
     attributes = {WORKFLOW_NAME: workflow, WORKFLOW_RUN_ID: run_id, WORKFLOW_STATUS: status}
-    span = _tracer.start_span(
+    span = _tracer(tracer_provider).start_span(
         f"workflow {workflow} {status}", context=propagate.extract(carrier), attributes=attributes
     )
     if status in ("failed", "compensation_failed"):

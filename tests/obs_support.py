@@ -1,4 +1,4 @@
-"""Helpers of the observability tests: settings without a database, real worker processes."""
+"""Helpers of the observability tests: real worker processes, results, waiting."""
 
 from __future__ import annotations
 
@@ -6,29 +6,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import dramatiq
-import pytest
 from conftest import settings_env
 from dramatiq.results import ResultMissing, Results
 
 from config import Settings
-
-
-@pytest.fixture
-def obs_settings(redis_url: str, namespace: str, tmp_path: Path) -> Settings:
-    """Settings of one test: its namespace, metrics directory, fast retries, no audit trail."""
-    return Settings(
-        redis_url=redis_url,
-        namespace=namespace,
-        database_url=f"sqlite:///{tmp_path / 'tradeflow.db'}",
-        audit_enabled=False,
-        metrics_dir=tmp_path / "metrics",
-        metrics_port=0,
-        min_backoff_ms=10,
-        max_backoff_ms=50,
-    )
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from actors.metrics import (
 )
 from config import Settings
 
-pytest_plugins = ["obs_support"]
+pytest_plugins = ["obs_fixtures"]
 
 
 def _scrape(port: int) -> dict[tuple[str, frozenset], float]:

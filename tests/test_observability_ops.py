@@ -16,7 +16,7 @@ from actors.broker import build_broker
 from actors.metrics import SCHEDULER_KEY
 from config import Settings
 
-pytest_plugins = ["obs_support"]
+pytest_plugins = ["obs_fixtures"]
 
 
 def _health(settings: Settings, **env: str) -> tuple[int, dict]:
