@@ -56,8 +56,9 @@ class Tracing(Middleware):
     Must be the FIRST middleware: ``after_*`` hooks run in reverse order, so
     only then are Retries, Pipelines and Callbacks done enqueueing (inside
     the process span) before this one closes the span and detaches its
-    context.  Retries continue the original trace in any order anyway: the
-    process span's context is written into the message options, which the
+    context.  Retries continue the original trace in any order anyway: a
+    re-enqueue of a message being processed is parented to its process
+    span, and a failed attempt's context is written into the options the
     retry re-enqueues.
 
     Parameters:
@@ -77,7 +78,7 @@ class Tracing(Middleware):
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         options = message.options
         links = links_from(options.get(LINKS_OPTION))
-        parent = self._parent_of_send(options, bool(links))
+        parent = self._parent_of_send(message, bool(links))
         queue = q_name(message.queue_name)
         span = self.tracer.start_span(
             f"send {queue}",
@@ -113,19 +114,19 @@ class Tracing(Middleware):
             attributes=self._attributes(message, "process", queue),
         )
         token = context.attach(trace.set_span_in_context(span))
-        self._process_spans[_send_key(message)] = (span, token)
-        # A retry re-enqueues these very options: it continues from this attempt.
-        options[CONTEXT_OPTION] = _carrier_of(span)
+        self._process_spans[message.message_id] = (span, token)
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
-        entry = self._process_spans.pop(_send_key(message), None)
+        entry = self._process_spans.pop(message.message_id, None)
         if entry is None:
             return
         span, token = entry
         try:
             if exception is not None:
+                # A retry re-enqueues these very options: it continues from this attempt.
+                message.options[CONTEXT_OPTION] = _carrier_of(span)
                 span.record_exception(exception)
                 span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
                 span.set_attribute("messaging.dramatiq.will_retry", not message.failed)
@@ -134,7 +135,7 @@ class Tracing(Middleware):
             context.detach(token)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
-        entry = self._process_spans.pop(_send_key(message), None)
+        entry = self._process_spans.pop(message.message_id, None)
         if entry is None:
             return
         span, token = entry
@@ -149,9 +150,13 @@ class Tracing(Middleware):
         if flush is not None:
             flush(int(SHUTDOWN_FLUSH_TIMEOUT * 1000))
 
-    def _parent_of_send(self, options: dict[str, Any], linked: bool) -> context.Context | None:
+    def _parent_of_send(self, message: Message, linked: bool) -> context.Context | None:
+        processing = self._process_spans.get(message.message_id)
+        if processing is not None:  # a retry enqueued while its failed attempt's span is open
+            return trace.set_span_in_context(processing[0])
         # A message that already carries a context is being re-enqueued (a
         # retry, or a delayed message reaching its queue): it stays in its trace.
+        options = message.options
         for key in (CONTEXT_OPTION, PARENT_OPTION):
             parent = context_from(options.get(key))
             if parent is not None:
