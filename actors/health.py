@@ -15,7 +15,7 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from .metrics import RedisStateCollector
+from .exposition import RedisStateCollector
 
 #: Severity of an alert raised by each failing check (``Settings.health_severities`` overrides).
 DEFAULT_SEVERITIES = {

@@ -47,7 +47,7 @@ def _exposition_text(settings, url: str | None) -> str:
     if url is None:
         from prometheus_client import generate_latest
 
-        from actors.metrics import registry_for
+        from actors.exposition import registry_for
 
         return generate_latest(registry_for(settings, _redis(settings))).decode()
     try:

@@ -16,7 +16,8 @@ import redis
 import yaml
 from conftest import REPO_ROOT
 
-from actors.metrics import RedisStateCollector, WorkerMetrics
+from actors.exposition import RedisStateCollector
+from actors.metrics import WorkerMetrics
 from config import Settings
 from saga.run_metrics import COUNTERS
 

@@ -18,9 +18,9 @@ from obs_support import free_port, result_of, start_workers, stop_workers, wait_
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.broker import build_broker
+from actors.exposition import RedisStateCollector
 from actors.metrics import (
     SCHEDULER_KEY,
-    RedisStateCollector,
     claim_directory,
     mark_dead_processes,
     use_directory,
