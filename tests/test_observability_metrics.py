@@ -61,7 +61,13 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
         wait_until(
             lambda: _alive(settings) == 2 and _answers(port), timeout=60, what="2 workers and /metrics"
         )
-        steps = [declared["obs_step"].send(i) for i in range(40)]
+        # batches until both worker processes have counted some: the scrape must merge several
+        steps: list[dramatiq.Message] = []
+        while len(_counting_pids(settings)) < 2 and len(steps) < 200:
+            batch = [declared["obs_step"].send(i) for i in range(len(steps), len(steps) + 20)]
+            for message in batch:
+                result_of(broker, message)
+            steps += batch
         for i in range(3):
             declared["obs_fail"].send(i)
         flaky = declared["obs_flaky"].send(1)
@@ -77,19 +83,22 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
 
         client = redis.Redis.from_url(settings.effective_redis_url)
         ns = settings.namespace
-        wait_until(lambda: client.zcard(f"{ns}:{xq_name(QUEUE)}") == 3, what="3 dead letters")
+        wait_until(lambda: client.zcard(f"{ns}:{xq_name(QUEUE)}") == 3, timeout=60, what="3 dead letters")
         # counters move just after Redis does (post-processing): wait for the scrape to settle
+        completions = len(steps) + 3
         wait_until(
-            lambda: _settled(_scrape(port)), what="43 completions, 3 dead letters, nothing in progress"
+            lambda: _settled(_scrape(port), completions),
+            timeout=60,
+            what=f"{completions} completions, 3 dead letters, nothing in progress",
         )
         samples = _scrape(port)
     finally:
         stop_workers(workers)
 
     by_step = {"queue": QUEUE, "actor": "obs_step"}
-    assert _value(samples, "task_queue_completed_total", **by_step) == 42
-    assert _value(samples, "task_queue_dequeued_total", **by_step) == 42
-    assert _value(samples, "task_queue_processing_duration_seconds_count", **by_step) == 42
+    assert _value(samples, "task_queue_completed_total", **by_step) == len(steps) + 2
+    assert _value(samples, "task_queue_dequeued_total", **by_step) == len(steps) + 2
+    assert _value(samples, "task_queue_processing_duration_seconds_count", **by_step) == len(steps) + 2
     # the pipeline's second message is the only obs_step enqueue made by a worker
     assert _value(samples, "task_queue_enqueued_total", priority="normal", **by_step) == 1
     assert _value(samples, "task_queue_failed_total", actor="obs_fail", reason="ValueError") == 3
@@ -101,10 +110,7 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
     assert _value(samples, "task_queue_worker_processes") == 2
     assert _value(samples, "task_queue_workers_alive") == 2
 
-    counter_pids = {
-        path.name.rsplit("_", 1)[1] for path in settings.effective_metrics_dir.glob("counter_*.db")
-    }
-    assert len(counter_pids) == 2, f"both worker processes counted: {counter_pids}"
+    assert len(_counting_pids(settings)) == 2, "both worker processes counted"
 
     assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="ready") == 4
     assert client.llen(f"{ns}:{IDLE_QUEUE}") == 4
@@ -180,9 +186,13 @@ def test_metrics_port_in_use_is_reported_not_fatal(obs_settings: Settings) -> No
             workers.wait(60)
 
 
-def _settled(samples: dict) -> bool:
+def _counting_pids(settings: Settings) -> set[str]:
+    return {path.name.rsplit("_", 1)[1] for path in settings.effective_metrics_dir.glob("counter_*.db")}
+
+
+def _settled(samples: dict, completions: int) -> bool:
     return (
-        _value(samples, "task_queue_completed_total") == 43
+        _value(samples, "task_queue_completed_total") == completions
         and _value(samples, "task_queue_dlq_total") == 3
         and _value(samples, "task_queue_in_progress") == 0
     )
