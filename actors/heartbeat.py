@@ -58,6 +58,7 @@ class WorkerHeartbeat:
                 with self.client.pipeline(transaction=False) as pipe:
                     pipe.zadd(self.key, {self.member: now})
                     pipe.zremrangebyscore(self.key, 0, now - FORGET_WORKERS_AFTER)  # killed long ago
+                    pipe.expire(self.key, int(FORGET_WORKERS_AFTER))  # the whole set, once nobody beats
                     pipe.execute()
             except redis.RedisError as exc:
                 self.logger.warning("Heartbeat not recorded (%s); retrying in %.0fs.", exc, self.interval)

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.broker import build_broker
 from actors.exposition import RedisStateCollector
+from actors.heartbeat import WorkerHeartbeat, workers_alive
 from actors.metrics import (
     SCHEDULER_KEY,
     claim_directory,
@@ -233,3 +234,20 @@ def test_scheduler_ticks_are_counted_in_redis(obs_settings: Settings) -> None:
     ).scheduler_ticks()
     assert ticks["fired"] == 2 and ticks["skipped"] == 1
     assert time.time() - ticks["last_fired"] < 60
+
+
+def test_worker_heartbeat_beats_and_leaves_on_stop(redis_url: str, namespace: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{namespace}:__workers__"
+    heartbeat = WorkerHeartbeat(client=client, key=key, interval=0.05)
+    heartbeat.start()
+    try:
+        wait_until(lambda: client.zscore(key, heartbeat.member) is not None, what="first beat")
+        first = client.zscore(key, heartbeat.member)
+        wait_until(lambda: client.zscore(key, heartbeat.member) > first, what="a later beat")
+        assert workers_alive(client, namespace, timeout=60) == 1
+        assert 0 < client.ttl(key) <= 86_400, "the set expires once nobody beats"
+    finally:
+        heartbeat.stop()
+    assert client.zscore(key, heartbeat.member) is None, "a stopped worker leaves at once"
+    assert workers_alive(client, namespace, timeout=60) == 0
