@@ -73,12 +73,15 @@ class Tracing(Middleware):
         self.tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._send_spans: OrderedDict[str, Span] = OrderedDict()
         self._send_lock = threading.Lock()
-        self._process_spans: dict[str, tuple[Span, object]] = {}
+        self._process_spans: dict[str, tuple[Span | None, object]] = {}
 
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         options = message.options
         links = links_from(options.get(LINKS_OPTION))
         parent = self._parent_of_send(message, bool(links))
+        if _not_sampled(parent):  # nothing would be recorded: pass the decision on, spend nothing
+            options[CONTEXT_OPTION] = _carrier_of(trace.get_current_span(parent))
+            return
         queue = q_name(message.queue_name)
         span = self.tracer.start_span(
             f"send {queue}",
@@ -105,10 +108,14 @@ class Tracing(Middleware):
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         options = message.options
+        parent = context_from(options.get(CONTEXT_OPTION)) or context.Context()
+        if _not_sampled(parent):  # the actor's own sends still carry the trace's decision
+            self._process_spans[message.message_id] = (None, context.attach(parent))
+            return
         queue = q_name(message.queue_name)
         span = self.tracer.start_span(
             f"process {queue}",
-            context=context_from(options.get(CONTEXT_OPTION)) or context.Context(),
+            context=parent,
             kind=SpanKind.CONSUMER,
             links=links_from(options.get(LINKS_OPTION)),
             attributes=self._attributes(message, "process", queue),
@@ -123,6 +130,9 @@ class Tracing(Middleware):
         if entry is None:
             return
         span, token = entry
+        if span is None:
+            context.detach(token)
+            return
         try:
             if exception is not None:
                 # A retry re-enqueues these very options: it continues from this attempt.
@@ -139,6 +149,9 @@ class Tracing(Middleware):
         if entry is None:
             return
         span, token = entry
+        if span is None:
+            context.detach(token)
+            return
         span.set_attribute("messaging.dramatiq.skipped", True)
         if message.failed:
             span.set_status(Status(StatusCode.ERROR, "skipped and failed (e.g. too old)"))
@@ -152,7 +165,7 @@ class Tracing(Middleware):
 
     def _parent_of_send(self, message: Message, linked: bool) -> context.Context | None:
         processing = self._process_spans.get(message.message_id)
-        if processing is not None:  # a retry enqueued while its failed attempt's span is open
+        if processing is not None and processing[0] is not None:  # a retry, its attempt's span open
             return trace.set_span_in_context(processing[0])
         # A message that already carries a context is being re-enqueued (a
         # retry, or a delayed message reaching its queue): it stays in its trace.
@@ -176,6 +189,12 @@ class Tracing(Middleware):
         if isinstance(extra, dict):
             attributes.update(extra)
         return attributes
+
+
+def _not_sampled(parent: context.Context | None) -> bool:
+    # Parent-based sampling: below a parent that was not sampled, no span would be recorded.
+    span_context = trace.get_current_span(parent).get_span_context()
+    return span_context.is_valid and not span_context.trace_flags.sampled
 
 
 def _send_key(message: Message) -> str:

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 from otlp_receiver import OTLPReceiver
 
@@ -297,3 +298,23 @@ def test_cross_process_trace_over_otlp_http(obs_settings: Settings) -> None:
     )
     assert failed.status == "ERROR" and "exception" in failed.events
     assert succeeded.status == "UNSET" and succeeded.attributes["messaging.dramatiq.retry_count"] == 1
+
+
+def test_unsampled_traces_propagate_their_decision_without_spans(exporter) -> None:
+    unsampled = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    unsampled.add_span_processor(SimpleSpanProcessor(exporter))
+    broker = _stub_broker(unsampled)
+    seen = []
+
+    @dramatiq.actor(broker=broker, actor_name="quiet")
+    def quiet(value: int) -> int:
+        seen.append(trace.get_current_span().get_span_context())
+        return value
+
+    dramatiq.pipeline([quiet.message(1), quiet.message(), quiet.message()], broker=broker).run()
+    _run(broker)
+
+    assert exporter.get_finished_spans() == ()
+    assert len(seen) == 3 and len({span_context.trace_id for span_context in seen}) == 1, "one trace"
+    assert all(span_context.is_valid and not span_context.trace_flags.sampled for span_context in seen)
+    assert not trace.get_current_span().get_span_context().is_valid
