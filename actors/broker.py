@@ -26,9 +26,11 @@ from .admission import Admission
 from .audit import Audit
 from .cancellation import CancelWatcher
 from .dead_letters import DeadLetterLog
+from .metrics import Metrics
 from .recovery import StalledRecovery
 from .retries import Retries
 from .schedules import ScheduleControl
+from .tracing import Tracing, tracer_provider_for
 
 #: Seconds after its tick a periodic message is still worth running.
 PERIODIC_SKIP_DELAY = 30
@@ -45,11 +47,24 @@ def build_audit_writer(settings: Settings) -> AuditWriter:
 def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) -> list[Middleware]:
     """The middleware stack, in order.
 
-    Admission sits before Audit (a skipped message is never recorded running),
-    Audit and Saga before Retries (after_* hooks run in reverse order, and both
-    need the retry decision), CancelWatcher last.
+    Tracing comes first so its span is still open while the others enqueue
+    (retries, pipelines); Admission sits before Audit (a skipped message is
+    never recorded running); Audit and Saga before Retries (after_* hooks run
+    in reverse order, and both need the retry decision); CancelWatcher last.
     """
-    middleware: list[Middleware] = [
+    middleware: list[Middleware] = []
+    tracer_provider = tracer_provider_for(settings)
+    if tracer_provider is not None:
+        middleware.append(Tracing(tracer_provider=tracer_provider))
+    if settings.metrics_enabled:
+        middleware.append(
+            Metrics(
+                directory=settings.effective_metrics_dir,
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+            )
+        )
+    middleware += [
         AgeLimit(max_age=settings.max_age_ms),
         TimeLimit(time_limit=settings.time_limit_ms),
         ShutdownNotifications(),

@@ -17,6 +17,7 @@ from config import Settings
 from . import stack
 from .cli_data import data_app
 from .cli_ib import ib_app, ib_sim_app
+from .cli_ops import ops_app
 from .cli_strategy import strategy_app
 from .cli_workflow import workflow_app
 from .embedded import redis_answers, redis_for
@@ -36,6 +37,7 @@ app.add_typer(strategy_app)  # backtest, screen, strategy-relay
 app.add_typer(ib_app, name="ib")
 app.add_typer(ib_sim_app, name="ib-sim")
 app.add_typer(workflow_app, name="workflow")
+app.add_typer(ops_app)  # metrics, health
 
 console = Console()
 err_console = Console(stderr=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -43,8 +44,6 @@ class Settings(BaseSettings):
         provider, commit retries of concurrent Delta writers, vacuum retention in hours.
       analysis_*: The ``ai_analysis`` queue: the analyzer (``offline`` or ``llm``) and the
         OpenAI-compatible endpoint, model, key and timeout (seconds) of the ``llm`` one.
-      audit_*: The audit trail's buffer bound, batch size, flush interval and how
-        long a finished message waits for its audit row to commit before it is acked.
       retry_jitter: Fraction (0..1) by which a retry's backoff is randomly
         stretched or shrunk, so failed jobs do not all come back at once.
       schedules: Overrides of the schedule table, actor name -> cron spec
@@ -80,6 +79,24 @@ class Settings(BaseSettings):
       workflow_*: Saga engine: how long a running step's claim outlives its worker's
         last heartbeat, after how long a step not picked up is sent again, how often
         that recovery sweep runs, and the lifetime of a concurrency-key lease.
+      tracing_exporter: Where OpenTelemetry spans go: ``none`` (default: the tracing
+        middleware is not even installed), ``console``, ``otlp-grpc`` or ``otlp-http``.
+      tracing_endpoint: OTLP endpoint; default ``http://127.0.0.1:4317`` for gRPC,
+        ``http://127.0.0.1:4318/v1/traces`` for HTTP (Jaeger accepts both).
+      tracing_service_name: ``service.name`` of the spans this process exports.
+      tracing_sample_ratio: Share of new traces recorded (0..1, default 1); a message
+        follows the decision of the trace it belongs to.
+      metrics_enabled: Collect Prometheus metrics in worker processes.
+      metrics_dir: prometheus-client multiprocess directory; default
+        ``<tmp>/tradeflow-metrics/<namespace>``.  One per worker master.
+      metrics_host / metrics_port: Where the workers' exposition process serves
+        ``/metrics``; port 0 serves nothing.  Loopback by default.
+      health_max_queue_depth: ``tradeflow health`` is unhealthy above this many
+        ready messages in one queue.
+      health_scheduler_silence_ms: ...or when a scheduler that ticked once has been
+        silent this long.
+      health_severities: Severity (``warning``/``critical``) of the SQL alert a failing
+        check raises, by check name (JSON); unnamed checks keep their defaults.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -166,6 +183,20 @@ class Settings(BaseSettings):
     workflow_recovery_interval_ms: int = Field(default=10_000, gt=0)
     workflow_concurrency_lease_ms: int = Field(default=600_000, gt=0)
 
+    tracing_exporter: Literal["none", "console", "otlp-grpc", "otlp-http"] = "none"
+    tracing_endpoint: str | None = None
+    tracing_service_name: str = Field(default="tradeflow", min_length=1)
+    tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    metrics_enabled: bool = True
+    metrics_dir: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9191, ge=0, le=65_535)
+
+    health_max_queue_depth: int = Field(default=10_000, gt=0)
+    health_scheduler_silence_ms: int = Field(default=300_000, gt=0)
+    health_severities: dict[str, Literal["warning", "critical"]] = {}
+
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)
 
@@ -191,6 +222,11 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {value!r}; use an IANA name like 'Europe/Paris'") from None
         return value
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        """The multiprocess metrics directory: the configured one or one per namespace."""
+        return self.metrics_dir or Path(tempfile.gettempdir()) / "tradeflow-metrics" / self.namespace
 
     @property
     def effective_redis_url(self) -> str:

@@ -88,3 +88,7 @@ __all__ = [
     "utc_now",
     "vacuum",
 ]
+
+from .monitoring import SEVERITIES, MonitoringAlert, open_alerts, sync_alerts
+
+__all__ += ["SEVERITIES", "MonitoringAlert", "open_alerts", "sync_alerts"]

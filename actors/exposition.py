@@ -1,0 +1,157 @@
+"""What ``/metrics`` serves: the worker processes' files merged, plus Redis state read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import redis
+from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.logging import get_logger
+
+from .heartbeat import workers_alive
+from .metrics import QUEUES_KEY, SCHEDULER_KEY, mark_dead_processes
+
+
+class RedisStateCollector:
+    """Values read from Redis at scrape time: queue depths, live workers, scheduler ticks.
+
+    Parameters:
+      client(redis.Redis): The broker's Redis.
+      namespace(str): The broker's key prefix.
+      queues(list[str]): Queues to report (canonical names).
+      heartbeat_timeout(float): Seconds after which a silent worker is not counted alive.
+    """
+
+    def __init__(
+        self, *, client: redis.Redis, namespace: str, queues: list[str], heartbeat_timeout: float
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.queues = sorted(set(queues))
+        self.heartbeat_timeout = heartbeat_timeout
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        depth = GaugeMetricFamily(
+            "task_queue_depth_current",
+            "Messages in Redis now: ready, delayed (ETA not reached) and dead_letter.",
+            labels=["queue", "state"],
+        )
+        for queue, counts in self.depths().items():
+            for state, count in counts.items():
+                depth.add_metric([queue, state], count)
+        yield depth
+        workers = GaugeMetricFamily("task_queue_workers_alive", "Worker processes whose heartbeat is recent.")
+        workers.add_metric([], self.workers_alive())
+        yield workers
+        ticks = self.scheduler_ticks()
+        fired = CounterMetricFamily(
+            "scheduler_ticks", "Periodic messages sent or skipped.", labels=["outcome"]
+        )
+        for outcome in ("fired", "skipped"):
+            fired.add_metric([outcome], ticks.get(outcome, 0.0))
+        yield fired
+        last = GaugeMetricFamily(
+            "scheduler_last_tick_timestamp_seconds", "Unix time of the scheduler's last periodic message."
+        )
+        last.add_metric([], ticks.get("last_fired", 0.0))
+        yield last
+
+    def depths(self) -> dict[str, dict[str, int]]:
+        """Per queue: ``ready``, ``delayed`` and ``dead_letter`` message counts."""
+        known = {member.decode() for member in self.client.smembers(f"{self.namespace}:{QUEUES_KEY}")}
+        queues = sorted(known.union(self.queues))
+        with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(f"{self.namespace}:{queue}")
+                pipe.llen(f"{self.namespace}:{dq_name(queue)}")
+                pipe.zcard(f"{self.namespace}:{xq_name(queue)}")
+            counts = pipe.execute()
+        return {
+            queue: dict(zip(("ready", "delayed", "dead_letter"), counts[i * 3 : i * 3 + 3], strict=True))
+            for i, queue in enumerate(queues)
+        }
+
+    def workers_alive(self) -> int:
+        return workers_alive(self.client, self.namespace, timeout=self.heartbeat_timeout)
+
+    def scheduler_ticks(self) -> dict[str, float]:
+        raw = self.client.hgetall(f"{self.namespace}:{SCHEDULER_KEY}")
+        return {key.decode(): float(value) for key, value in raw.items()}
+
+
+def build_registry(
+    *, directory: Path, client: redis.Redis, namespace: str, queues: list[str], heartbeat_timeout: float
+) -> Any:
+    """The registry ``/metrics`` serves: the worker processes' files merged, plus Redis state."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    directory.mkdir(parents=True, exist_ok=True)
+    mark_dead_processes(directory)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    registry.register(
+        RedisStateCollector(
+            client=client, namespace=namespace, queues=queues, heartbeat_timeout=heartbeat_timeout
+        )
+    )
+    return registry
+
+
+def registry_for(settings: Any, client: redis.Redis, queues: list[str] = ()) -> Any:
+    """:func:`build_registry` with the values of ``settings`` (a ``config.Settings``)."""
+    return build_registry(
+        directory=settings.effective_metrics_dir,
+        client=client,
+        namespace=settings.namespace,
+        queues=[q_name(queue) for queue in queues],
+        heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,
+    )
+
+
+def serve_metrics() -> int:
+    """Fork function of the exposition process: serve ``/metrics`` until stopped."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client.exposition import MetricsHandler
+
+    import actors  # this process is an edge: the broker and settings come from the environment
+
+    logger = get_logger(__name__, "serve_metrics")
+    settings, broker = actors.settings, actors.broker
+
+    class Handler(MetricsHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404, "try /metrics")
+                return
+            try:
+                output = generate_latest(registry_for(settings, broker.client, broker.get_declared_queues()))
+            except redis.RedisError as exc:
+                self.send_error(503, f"cannot read Redis: {exc}")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.end_headers()
+            self.wfile.write(output)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            logger.debug(fmt, *args)
+
+    try:
+        server = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
+    except OSError as exc:
+        logger.error(
+            "Cannot serve metrics on %s:%d (%s); set TRADEFLOW_METRICS_PORT (0 disables).",
+            settings.metrics_host,
+            settings.metrics_port,
+            exc,
+        )
+        return 1
+    logger.info("Serving metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    server.serve_forever()
+    return 0

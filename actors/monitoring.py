@@ -1,0 +1,33 @@
+"""The periodic health monitor: every minute, failing checks become alerts in SQL."""
+
+from __future__ import annotations
+
+import dramatiq
+from periodiq import cron
+
+from .system import QUEUE
+
+
+@dramatiq.actor(queue_name=QUEUE, periodic=cron("* * * * *"), max_retries=0, time_limit=30_000)
+def monitor_health() -> dict:
+    """Run the health checks with this deployment's thresholds and store raised/resolved alerts."""
+    import actors
+    from storage import create_db_engine
+
+    from .health import check_health
+
+    settings = actors.settings
+    engine = create_db_engine(settings.database_url)
+    try:
+        report = check_health(
+            client=actors.broker.client,
+            namespace=settings.namespace,
+            engine=engine,
+            heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,
+            max_queue_depth=settings.health_max_queue_depth,
+            scheduler_silence=settings.health_scheduler_silence_ms / 1000,
+        )
+        raised = report.record(engine, severities=settings.health_severities)
+    finally:
+        engine.dispose()
+    return {"healthy": report.healthy, "raised": [alert.check_name for alert in raised]}

@@ -1,0 +1,305 @@
+"""OpenTelemetry tracing middleware: one trace from send to process, across processes and retries.
+
+Modelled on the contrib Remoulade instrumentation and the messaging semantic
+conventions: a PRODUCER span ``send {queue}`` per enqueue whose context
+travels in the message options, and a CONSUMER span ``process {queue}``
+parented to it and made current while the actor runs, so the actor's own
+spans (and any redis/psycopg/sqlalchemy instrumentation) nest under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from dramatiq import Broker, Middleware
+from dramatiq.common import q_name
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from config import Settings
+from saga.run_tracing import (
+    ATTRIBUTES_OPTION,
+    CONTEXT_OPTION,
+    LINKS_OPTION,
+    PARENT_OPTION,
+    context_from,
+    links_from,
+)
+
+#: ``messaging.system`` of our spans.
+MESSAGING_SYSTEM = "dramatiq"
+
+#: Default OTLP endpoints, by exporter (Jaeger all-in-one listens on both).
+DEFAULT_ENDPOINTS = {"otlp-grpc": "http://127.0.0.1:4317", "otlp-http": "http://127.0.0.1:4318/v1/traces"}
+
+#: Most ``send`` spans waiting for their enqueue to finish; beyond it the
+#: oldest are ended as failed (their enqueue raised and never came back).
+MAX_OPEN_SEND_SPANS = 10_000
+
+#: Seconds a worker waits at shutdown for its last spans to be exported.
+SHUTDOWN_FLUSH_TIMEOUT = 10.0
+
+
+class Tracing(Middleware):
+    """Traces every message: ``send {queue}`` on enqueue, ``process {queue}`` on processing.
+
+    Must be the FIRST middleware: ``after_*`` hooks run in reverse order, so
+    only then are Retries, Pipelines and Callbacks done enqueueing (inside
+    the process span) before this one closes the span and detaches its
+    context.  Retries continue the original trace in any order anyway: a
+    re-enqueue of a message being processed is parented to its process
+    span, and a failed attempt's context is written into the options the
+    retry re-enqueues.
+
+    Parameters:
+      tracer_provider(TracerProvider): Where spans go.  Defaults to the global one.
+    """
+
+    actor_options = {PARENT_OPTION, LINKS_OPTION, ATTRIBUTES_OPTION}
+
+    def __init__(self, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.tracer_provider = tracer_provider
+        self.tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        self._send_spans: OrderedDict[str, Span] = OrderedDict()
+        self._send_lock = threading.Lock()
+        self._process_spans: dict[str, tuple[Span | None, object]] = {}
+
+    def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        options = message.options
+        links = links_from(options.get(LINKS_OPTION))
+        parent = self._parent_of_send(message, bool(links))
+        if _not_sampled(parent):  # nothing would be recorded: pass the decision on, spend nothing
+            options[CONTEXT_OPTION] = _carrier_of(trace.get_current_span(parent))
+            return
+        queue = q_name(message.queue_name)
+        span = self.tracer.start_span(
+            f"send {queue}",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            links=links,
+            attributes=self._attributes(message, "send", queue),
+        )
+        if delay:
+            span.set_attribute("messaging.dramatiq.delay_ms", delay)
+        options[CONTEXT_OPTION] = _carrier_of(span)
+        with self._send_lock:
+            self._send_spans[_send_key(message)] = span
+            while len(self._send_spans) > MAX_OPEN_SEND_SPANS:
+                _, stale = self._send_spans.popitem(last=False)
+                stale.set_status(Status(StatusCode.ERROR, "enqueue did not complete"))
+                stale.end()
+
+    def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        with self._send_lock:
+            span = self._send_spans.pop(_send_key(message), None)
+        if span is not None:
+            span.end()
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        options = message.options
+        parent = context_from(options.get(CONTEXT_OPTION)) or context.Context()
+        if _not_sampled(parent):  # the actor's own sends still carry the trace's decision
+            self._process_spans[message.message_id] = (None, context.attach(parent))
+            return
+        queue = q_name(message.queue_name)
+        span = self.tracer.start_span(
+            f"process {queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links_from(options.get(LINKS_OPTION)),
+            attributes=self._attributes(message, "process", queue),
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        self._process_spans[message.message_id] = (span, token)
+
+    def after_process_message(
+        self, broker: Broker, message: Message, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        entry = self._process_spans.pop(message.message_id, None)
+        if entry is None:
+            return
+        span, token = entry
+        if span is None:
+            context.detach(token)
+            return
+        try:
+            if exception is not None:
+                # A retry re-enqueues these very options: it continues from this attempt.
+                message.options[CONTEXT_OPTION] = _carrier_of(span)
+                span.record_exception(exception)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
+                span.set_attribute("messaging.dramatiq.will_retry", not message.failed)
+        finally:
+            span.end()
+            context.detach(token)
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        entry = self._process_spans.pop(message.message_id, None)
+        if entry is None:
+            return
+        span, token = entry
+        if span is None:
+            context.detach(token)
+            return
+        span.set_attribute("messaging.dramatiq.skipped", True)
+        if message.failed:
+            span.set_status(Status(StatusCode.ERROR, "skipped and failed (e.g. too old)"))
+        span.end()
+        context.detach(token)
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        flush = getattr(self.tracer_provider or trace.get_tracer_provider(), "force_flush", None)
+        if flush is not None:
+            flush(int(SHUTDOWN_FLUSH_TIMEOUT * 1000))
+
+    def _parent_of_send(self, message: Message, linked: bool) -> context.Context | None:
+        processing = self._process_spans.get(message.message_id)
+        if processing is not None and processing[0] is not None:  # a retry, its attempt's span open
+            return trace.set_span_in_context(processing[0])
+        # A message that already carries a context is being re-enqueued (a
+        # retry, or a delayed message reaching its queue): it stays in its trace.
+        options = message.options
+        for key in (CONTEXT_OPTION, PARENT_OPTION):
+            parent = context_from(options.get(key))
+            if parent is not None:
+                return parent
+        return context.Context() if linked else None
+
+    def _attributes(self, message: Message, operation: str, queue: str) -> dict[str, Any]:
+        attributes = {
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.type": operation,
+            "messaging.destination.name": queue,
+            "messaging.message.id": message.message_id,
+            "messaging.dramatiq.actor": message.actor_name,
+            "messaging.dramatiq.retry_count": message.options.get("retries", 0),
+        }
+        extra = message.options.get(ATTRIBUTES_OPTION)
+        if isinstance(extra, dict):
+            attributes.update(extra)
+        return attributes
+
+
+def _not_sampled(parent: context.Context | None) -> bool:
+    # Parent-based sampling: below a parent that was not sampled, no span would be recorded.
+    span_context = trace.get_current_span(parent).get_span_context()
+    return span_context.is_valid and not span_context.trace_flags.sampled
+
+
+def _send_key(message: Message) -> str:
+    # The Redis broker gives every enqueue its own id; a retry reuses the message id.
+    return message.options.get("redis_message_id") or message.message_id
+
+
+def _carrier_of(span: Span) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
+
+
+_providers: dict[tuple, TracerProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def tracer_provider_for(settings: Settings) -> TracerProvider | None:
+    """This process's TracerProvider for ``settings`` (``None`` when tracing is off).
+
+    Created on first use in each process, so every forked worker process
+    gets its own exporter thread; the first one becomes the global provider,
+    so ``trace.get_tracer(...)`` in actors uses it too.
+    """
+    if settings.tracing_exporter == "none":
+        return None
+    key = (
+        os.getpid(),
+        settings.tracing_exporter,
+        settings.tracing_endpoint,
+        settings.tracing_service_name,
+        settings.tracing_sample_ratio,
+    )
+    with _providers_lock:
+        provider = _providers.get(key)
+        if provider is None:
+            provider = TracerProvider(
+                resource=Resource.create({"service.name": settings.tracing_service_name}),
+                sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_ratio)),
+            )
+            provider.add_span_processor(BatchSpanProcessor(build_exporter(settings)))
+            _providers[key] = provider
+            if not isinstance(trace.get_tracer_provider(), TracerProvider):
+                trace.set_tracer_provider(provider)
+            install_log_trace_ids()
+    return provider
+
+
+def build_exporter(settings: Settings) -> SpanExporter:
+    """The span exporter the settings name."""
+    endpoint = settings.tracing_endpoint or DEFAULT_ENDPOINTS.get(settings.tracing_exporter)
+    if settings.tracing_exporter == "otlp-grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
+    if settings.tracing_exporter == "otlp-http":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=endpoint)
+    if settings.tracing_exporter == "console":
+        return ConsoleSpanExporter()
+    raise ValueError(f"unknown tracing exporter {settings.tracing_exporter!r}")
+
+
+def install_log_trace_ids() -> None:
+    """Give every log record ``trace_id`` and ``span_id`` and append them to formatted lines.
+
+    Records made outside a span get empty ids and are printed unchanged.
+    Idempotent.
+    """
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "adds_trace_ids", False):
+        return
+
+    def record_with_trace_ids(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            record.trace_id = trace.format_trace_id(span_context.trace_id)
+            record.span_id = trace.format_span_id(span_context.span_id)
+        else:
+            record.trace_id = record.span_id = ""
+        return record
+
+    record_with_trace_ids.adds_trace_ids = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(record_with_trace_ids)
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, TraceIdFormatter):
+            handler.setFormatter(TraceIdFormatter(handler.formatter or logging.Formatter()))
+
+
+class TraceIdFormatter(logging.Formatter):
+    """Formats with ``inner`` and appends ``trace_id=... span_id=...`` when the record has them.
+
+    Parameters:
+      inner(logging.Formatter): The formatter whose lines are extended.
+    """
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        trace_id = getattr(record, "trace_id", "")
+        if not trace_id:
+            return line
+        return f"{line} [trace_id={trace_id} span_id={record.span_id}]"

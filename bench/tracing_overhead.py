@@ -1,0 +1,231 @@
+"""What tracing costs: throughput of raw Dramatiq, tradeflow with tracing off, tradeflow with
+tracing exporting every span over OTLP/HTTP to a local receiver (another process), and the same
+sampling 10% of traces, side by side.
+
+    .venv/bin/python bench/tracing_overhead.py [--messages 3000] [--rounds 3] [--threads 8] [--work-ms 0]
+
+Each round sends N messages (timed: enqueue rate) to an actor that burns ``--work-ms`` of CPU
+(0: a no-op, the worst case for any per-message overhead), then runs an in-process worker until
+the queue is drained (timed: processing rate).  The best enqueue and processing rates of each
+configuration are kept, and the configurations alternate so machine noise hits all of them
+alike.  The tradeflow broker runs with its metrics middleware booted and without the audit trail
+(measured in bench/throughput.py), so "tracing off" versus "tracing on" is the tracing middleware
+and its exporter alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from otlp_receiver import OTLPReceiver
+
+from actors.broker import build_broker
+from actors.tracing import tracer_provider_for
+from config import Settings
+
+#: Redis of the benchmark (a database of its own, keys under a fresh namespace).
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+@dataclass
+class Round:
+    """Rates (messages per wall-clock second) and CPU time of this process per message (µs)."""
+
+    name: str
+    enqueue_per_s: float
+    process_per_s: float
+    enqueue_cpu_us: float
+    process_cpu_us: float
+
+    def best(self, other: Round) -> Round:
+        return Round(
+            self.name,
+            max(self.enqueue_per_s, other.enqueue_per_s),
+            max(self.process_per_s, other.process_per_s),
+            min(self.enqueue_cpu_us, other.enqueue_cpu_us),
+            min(self.process_cpu_us, other.process_cpu_us),
+        )
+
+
+def _receive(url_pipe, stop_event) -> None:
+    with OTLPReceiver(keep_spans=False) as receiver:
+        url_pipe.send(receiver.url)
+        stop_event.wait()
+        url_pipe.send(receiver.span_count)
+
+
+def _burn(seconds: float) -> None:
+    # Thread CPU time, not wall time: the same work per message however busy the machine is.
+    deadline = time.thread_time() + seconds
+    while time.thread_time() < deadline:
+        pass
+
+
+def _run_round(
+    name: str, broker: dramatiq.Broker, *, messages: int, threads: int, work: float, provider: object
+) -> Round:
+    actor = dramatiq.actor(
+        lambda i: _burn(work), broker=broker, actor_name="bench_work", queue_name="bench", max_retries=0
+    )
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for i in range(messages):
+        actor.send(i)
+    enqueued, enqueue_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    worker = dramatiq.Worker(broker, worker_threads=threads)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    worker.start()
+    broker.join("bench", timeout=600_000)
+    worker.join()
+    if provider is not None:  # the round pays for exporting its own spans, and only for those
+        provider.force_flush()
+    processed, process_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    worker.stop()
+    us = 1e6 / messages
+    return Round(name, messages / enqueued, messages / processed, enqueue_cpu * us, process_cpu * us)
+
+
+def _settings(namespace: str, **update: object) -> Settings:
+    return Settings(
+        redis_url=REDIS_URL,
+        namespace=namespace,
+        audit_enabled=False,
+        metrics_dir=Path("/tmp") / f"tradeflow-bench-metrics-{namespace}",
+        metrics_port=0,
+        **update,
+    )
+
+
+def _broker(config: str, namespace: str, endpoint: str) -> tuple[dramatiq.Broker, object]:
+    """The broker of a configuration and its tracer provider (``None`` when not tracing)."""
+    if config == "raw dramatiq":
+        return RedisBroker(url=REDIS_URL, namespace=namespace), None
+    update = {}
+    if config.startswith("tracing on"):
+        ratio = 0.1 if "10%" in config else 1.0
+        update = {
+            "tracing_exporter": "otlp-http",
+            "tracing_endpoint": endpoint,
+            "tracing_sample_ratio": ratio,
+        }
+    settings = _settings(namespace, **update)
+    broker = build_broker(settings)
+    broker.emit_after("process_boot")  # metrics on, as in a worker process
+    return broker, tracer_provider_for(settings)
+
+
+def hook_costs(messages: int = 5000) -> None:
+    """CPU of the Tracing middleware's own hooks per message, no broker and no exporter."""
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from actors.tracing import Tracing
+
+    print("\nTracing hooks alone (span creation, propagation, context; no export), µs CPU per message:")
+    for ratio in (1.0, 0.0):
+        tracing = Tracing(tracer_provider=TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio))))
+        broker = StubBroker()
+        actor = dramatiq.actor(lambda: None, broker=broker, actor_name="bench_hooks")
+        batch = [actor.message() for _ in range(messages)]
+        started = time.process_time()
+        for message in batch:
+            tracing.before_enqueue(broker, message, None)
+            tracing.after_enqueue(broker, message, None)
+        sent = time.process_time()
+        for message in batch:
+            proxy = MessageProxy(message)
+            tracing.before_process_message(broker, proxy)
+            tracing.after_process_message(broker, proxy)
+        done = time.process_time()
+        us = 1e6 / messages
+        print(f"  sampled {ratio:4.0%}: send {(sent - started) * us:5.0f}, process {(done - sent) * us:5.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--work-ms", type=float, default=0.0, help="CPU each message burns, in ms")
+    args = parser.parse_args()
+
+    url_pipe, child_pipe = multiprocessing.Pipe()
+    stop = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receive, args=(child_pipe, stop), daemon=True)
+    receiver.start()
+    endpoint = url_pipe.recv()
+    client = redis.Redis.from_url(REDIS_URL)
+    configs = ("raw dramatiq", "tracing off", "tracing on", "tracing on 10%")
+    best: dict[str, Round] = {}
+    try:
+        for round_number in range(args.rounds):
+            for config in configs:
+                namespace = f"bench-{uuid.uuid4().hex[:8]}"
+                try:
+                    broker, provider = _broker(config, namespace, endpoint)
+                    result = _run_round(
+                        config,
+                        broker,
+                        provider=provider,
+                        messages=args.messages,
+                        threads=args.threads,
+                        work=args.work_ms / 1000,
+                    )
+                finally:
+                    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+                    if keys:
+                        client.delete(*keys)
+                print(
+                    f"round {round_number + 1} {config:>15}: enqueue {result.enqueue_per_s:6.0f}/s "
+                    f"{result.enqueue_cpu_us:5.0f} µs CPU, process {result.process_per_s:6.0f}/s "
+                    f"{result.process_cpu_us:5.0f} µs CPU",
+                    flush=True,
+                )
+                best[config] = best[config].best(result) if config in best else result
+    finally:
+        stop.set()
+    received = url_pipe.recv()
+    receiver.join(10)
+
+    raw, off, on, sampled = (best[config] for config in configs)
+    print(f"\nwork per message: {args.work_ms} ms of CPU, {args.messages} messages, {args.threads} threads")
+    print("best rates (messages/s) and least CPU time of this process per message (µs), of all rounds")
+    header = f"{'configuration':>15} {'enqueue/s':>10} {'process/s':>10} {'enq µs':>7} {'proc µs':>7}"
+    print(f"{header} {'rate vs off':>11} {'CPU vs off':>10}")
+    cpu_off = off.enqueue_cpu_us + off.process_cpu_us
+    for result in (raw, off, on, sampled):
+        cpu = result.enqueue_cpu_us + result.process_cpu_us
+        print(
+            f"{result.name:>15} {result.enqueue_per_s:10.0f} {result.process_per_s:10.0f} "
+            f"{result.enqueue_cpu_us:7.0f} {result.process_cpu_us:7.0f} "
+            f"{result.process_per_s / off.process_per_s:11.2f} {cpu / cpu_off:10.2f}"
+        )
+    for result in (on, sampled):
+        rate_cost = 1 - result.process_per_s / off.process_per_s
+        cpu_cost = (result.enqueue_cpu_us + result.process_cpu_us) / cpu_off - 1
+        print(
+            f"{result.name}: processing rate {-rate_cost:+.1%}, CPU per message {cpu_cost:+.1%} (target 15%)"
+        )
+    hook_costs()
+    expected = 2 * args.messages * args.rounds
+    print(
+        f"spans received by the OTLP receiver: {received} (all recorded: {expected}, plus about 10% of that)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Tracing middleware: spans, attributes, errors, detached contexts, retries, workflows, and a
+cross-process trace exported over OTLP/HTTP by real worker processes."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import dramatiq
+import pytest
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, CurrentMessage, Pipelines, Retries
+from obs_actors import QUEUE, declare
+from obs_support import result_of, start_workers, stop_workers
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import SpanKind, StatusCode
+from otlp_receiver import OTLPReceiver
+
+from actors import tracing
+from actors.broker import build_broker
+from actors.tracing import TraceIdFormatter, Tracing, tracer_provider_for
+from config import Settings
+from saga.run_tracing import (
+    FAN_OUT_LINK_THRESHOLD,
+    WORKFLOW_COMPENSATION,
+    WORKFLOW_STEP,
+    end_run_trace,
+    start_run_trace,
+    step_trace_options,
+)
+
+pytest_plugins = ["obs_fixtures"]
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def _stub_broker(provider: TracerProvider, *, tracing_first: bool = True) -> StubBroker:
+    middleware = [AgeLimit(), Pipelines(), Retries(min_backoff=10, max_backoff=20), CurrentMessage()]
+    traced = Tracing(tracer_provider=provider)
+    middleware = [traced, *middleware] if tracing_first else [*middleware, traced]
+    broker = StubBroker(middleware=middleware)
+    broker.emit_after("process_boot")
+    return broker
+
+
+def _run(broker: StubBroker, queue: str = "default") -> None:
+    worker = dramatiq.Worker(broker, worker_threads=1)
+    worker.start()
+    try:
+        broker.join(queue, fail_fast=False, timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+
+
+def _by_name(spans, name: str) -> list:
+    return [span for span in spans if span.name == name]
+
+
+def test_send_and_process_spans_carry_messaging_attributes(provider, exporter) -> None:
+    broker = _stub_broker(provider)
+    seen = {}
+
+    @dramatiq.actor(broker=broker, queue_name="orders")
+    def place(order: int) -> None:
+        seen["span"] = trace.get_current_span().get_span_context()
+
+    message = place.send(7)
+    _run(broker, "orders")
+
+    (send,) = _by_name(exporter.get_finished_spans(), "send orders")
+    (process,) = _by_name(exporter.get_finished_spans(), "process orders")
+    assert send.kind is SpanKind.PRODUCER and process.kind is SpanKind.CONSUMER
+    assert process.parent.span_id == send.context.span_id
+    assert process.context.trace_id == send.context.trace_id
+    assert seen["span"].span_id == process.context.span_id, "the process span is current in the actor"
+    for span, operation in ((send, "send"), (process, "process")):
+        assert span.attributes["messaging.system"] == "dramatiq"
+        assert span.attributes["messaging.operation.type"] == operation
+        assert span.attributes["messaging.destination.name"] == "orders"
+        assert span.attributes["messaging.message.id"] == message.message_id
+        assert span.attributes["messaging.dramatiq.actor"] == "place"
+        assert span.attributes["messaging.dramatiq.retry_count"] == 0
+
+
+def test_exception_is_recorded_with_error_status_and_context_detached(provider, exporter) -> None:
+    middleware = Tracing(tracer_provider=provider)
+    stub = StubBroker()
+
+    @dramatiq.actor(broker=stub, max_retries=0)
+    def boom() -> None: ...
+
+    message = boom.message()
+    middleware.before_enqueue(stub, message, None)
+    middleware.after_enqueue(stub, message, None)
+    proxy = MessageProxy(message)
+    middleware.before_process_message(stub, proxy)
+    assert trace.get_current_span().get_span_context().is_valid
+    proxy.fail()
+    middleware.after_process_message(stub, proxy, exception=KeyError("missing"))
+
+    assert not trace.get_current_span().get_span_context().is_valid, "context leaked after processing"
+    (process,) = _by_name(exporter.get_finished_spans(), "process default")
+    assert process.status.status_code is StatusCode.ERROR
+    assert "KeyError" in process.status.description
+    assert [event.name for event in process.events] == ["exception"]
+    assert process.events[0].attributes["exception.type"] == "KeyError"
+    assert process.attributes["messaging.dramatiq.will_retry"] is False
+
+
+def test_skipped_message_ends_its_span_and_detaches(provider, exporter) -> None:
+    broker = _stub_broker(provider)
+
+    @dramatiq.actor(broker=broker)
+    def stale() -> None:
+        raise AssertionError("a message older than max_age must not run")
+
+    stale.send_with_options(max_age=1)
+    time.sleep(0.05)
+    _run(broker)
+
+    (process,) = _by_name(exporter.get_finished_spans(), "process default")
+    assert process.attributes["messaging.dramatiq.skipped"] is True
+    assert process.status.status_code is StatusCode.ERROR
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+@pytest.mark.parametrize("tracing_first", [True, False], ids=["tracing-first", "tracing-last"])
+def test_retry_continues_the_original_trace(provider, exporter, tracing_first: bool) -> None:
+    """Whatever the middleware order, the retry's spans stay in the first attempt's trace."""
+    broker = _stub_broker(provider, tracing_first=tracing_first)
+    attempts = []
+
+    @dramatiq.actor(broker=broker, max_retries=2)
+    def flaky() -> None:
+        attempts.append(trace.get_current_span().get_span_context().trace_id)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+
+    flaky.send()
+    _run(broker)
+
+    spans = exporter.get_finished_spans()
+    processes = _by_name(spans, "process default")
+    assert len(processes) == 2 and len(attempts) == 2
+    assert len({span.context.trace_id for span in spans}) == 1, [span.name for span in spans]
+    failed, retried = sorted(processes, key=lambda span: span.start_time)
+    assert failed.status.status_code is StatusCode.ERROR
+    assert retried.status.status_code is StatusCode.UNSET
+    assert retried.attributes["messaging.dramatiq.retry_count"] == 1
+    retry_sends = [
+        s for s in _by_name(spans, "send default") if s.attributes["messaging.dramatiq.retry_count"]
+    ]
+    assert retry_sends and retry_sends[0].parent.span_id == failed.context.span_id
+
+
+def test_pipeline_is_one_trace_nested_step_by_step(provider, exporter) -> None:
+    broker = _stub_broker(provider)
+    step = dramatiq.actor(lambda value: value + 1, broker=broker, actor_name="step")
+
+    dramatiq.pipeline([step.message(1), step.message(), step.message()], broker=broker).run()
+    _run(broker)
+
+    spans = exporter.get_finished_spans()
+    assert len({span.context.trace_id for span in spans}) == 1
+    by_id = {span.context.span_id: span for span in spans}
+    chain = [span.name for span in spans if span.name == "process default"]
+    assert len(chain) == 3
+    # every send after the first is made inside the previous step's process span
+    nested_sends = [s for s in _by_name(spans, "send default") if s.parent is not None]
+    assert len(nested_sends) == 2
+    assert all(by_id[s.parent.span_id].name == "process default" for s in nested_sends)
+
+
+def test_workflow_run_is_one_trace_and_large_fan_out_links(provider, exporter) -> None:
+    broker = _stub_broker(provider)
+    step = dramatiq.actor(lambda: None, broker=broker, actor_name="wf_step")
+
+    carrier = start_run_trace("settle", "run-1", tracer_provider=provider)
+    step.send_with_options(**step_trace_options(carrier, step="reserve"))
+    step.send_with_options(**step_trace_options(carrier, step="refund", compensation=True))
+    step.send_with_options(**step_trace_options(carrier, step="fan", fan_out=FAN_OUT_LINK_THRESHOLD + 1))
+    _run(broker)
+    end_run_trace(carrier, "settle", "run-1", status="compensation_failed", tracer_provider=provider)
+
+    spans = exporter.get_finished_spans()
+    (root,) = _by_name(spans, "workflow settle")
+    run_trace = root.context.trace_id
+    nested = [s for s in spans if s.attributes.get(WORKFLOW_STEP) in ("reserve", "refund")]
+    assert len(nested) == 4 and all(s.context.trace_id == run_trace for s in nested)
+    assert [s.attributes[WORKFLOW_COMPENSATION] for s in nested if s.kind is SpanKind.CONSUMER].count(
+        True
+    ) == 1
+    fanned = [s for s in spans if s.attributes.get(WORKFLOW_STEP) == "fan"]
+    send = next(s for s in fanned if s.kind is SpanKind.PRODUCER)
+    assert send.context.trace_id != run_trace and send.parent is None
+    assert [link.context.span_id for link in send.links] == [root.context.span_id]
+    (end,) = _by_name(spans, "workflow settle compensation_failed")
+    assert end.context.trace_id == run_trace and end.status.status_code is StatusCode.ERROR
+
+
+def test_tracing_off_installs_nothing(obs_settings: Settings) -> None:
+    settings = obs_settings
+    broker = build_broker(settings)
+    assert settings.tracing_exporter == "none"
+    assert not any(isinstance(m, Tracing) for m in broker.middleware)
+    assert tracer_provider_for(settings) is None
+
+
+def test_unknown_exporter_is_a_clear_settings_error() -> None:
+    with pytest.raises(ValueError, match="tracing_exporter"):
+        Settings(tracing_exporter="zipkin")
+
+
+def test_log_lines_carry_trace_ids(provider) -> None:
+    tracing.install_log_trace_ids()
+    formatter = TraceIdFormatter(logging.Formatter("%(message)s"))
+    with provider.get_tracer("t").start_as_current_span("work") as span:
+        record = logging.getLogger("t").makeRecord("t", logging.INFO, __file__, 1, "hello", (), None)
+    trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+    assert formatter.format(record) == f"hello [trace_id={trace_id} span_id={record.span_id}]"
+    outside = logging.getLogger("t").makeRecord("t", logging.INFO, __file__, 1, "plain", (), None)
+    assert formatter.format(outside) == "plain"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_cross_process_trace_over_otlp_http(obs_settings: Settings) -> None:
+    """A 3-step pipeline and a failing-then-retried actor, run by real worker processes."""
+    with OTLPReceiver() as receiver:
+        producer_settings = obs_settings.model_copy(
+            update={"tracing_exporter": "otlp-http", "tracing_endpoint": receiver.url}
+        )
+        broker = build_broker(producer_settings)
+        declared = declare(broker)
+        provider = tracer_provider_for(producer_settings)
+        workers = start_workers(
+            obs_settings,
+            TRADEFLOW_TRACING_EXPORTER="otlp-http",
+            TRADEFLOW_TRACING_ENDPOINT=receiver.url,
+            TRADEFLOW_TRACING_SERVICE_NAME="tradeflow-worker",
+        )
+        try:
+            with provider.get_tracer("test").start_as_current_span("test run") as root:
+                step = declared["obs_step"]
+                pipe = dramatiq.pipeline([step.message(1), step.message(), step.message()], broker=broker)
+                pipe.run()
+            flaky_message = declared["obs_flaky"].send(5)
+            assert result_of(broker, pipe.messages[-1]) == 4
+            assert result_of(broker, flaky_message) == 5
+            provider.force_flush()
+            trace_id = trace.format_trace_id(root.get_span_context().trace_id)
+
+            def complete(spans) -> bool:
+                in_trace = [s for s in spans if s.trace_id == trace_id]
+                flaky = [
+                    s for s in spans if s.attributes.get("messaging.message.id") == flaky_message.message_id
+                ]
+                return len(in_trace) >= 10 and len([s for s in flaky if s.kind == "CONSUMER"]) == 2
+
+            spans = receiver.wait_for(complete, timeout=45)
+        finally:
+            stderr = stop_workers(workers)
+
+    in_trace = [s for s in spans if s.trace_id == trace_id]
+    by_id = {s.span_id: s for s in in_trace}
+    processes = [s for s in in_trace if s.name == f"process {QUEUE}"]
+    assert len(processes) == 3 and {s.service for s in processes} == {"tradeflow-worker"}
+    # root -> send -> process -> (work, send) -> process -> ... : every hop is a child of the one before
+    for process in processes:
+        send = by_id[process.parent_span_id]
+        assert send.kind == "PRODUCER" and send.name == f"send {QUEUE}"
+        assert send.parent_span_id in by_id
+    work = [s for s in in_trace if s.name == "obs_step work"]
+    assert len(work) == 3 and all(by_id[s.parent_span_id].name == f"process {QUEUE}" for s in work)
+    assert f"trace_id={trace_id}" in stderr, "worker log lines carry the trace id"
+
+    flaky = [s for s in spans if s.attributes.get("messaging.message.id") == flaky_message.message_id]
+    assert len({s.trace_id for s in flaky}) == 1, "the retry continues the first attempt's trace"
+    failed, succeeded = sorted(
+        (s for s in flaky if s.kind == "CONSUMER"),
+        key=lambda s: s.attributes["messaging.dramatiq.retry_count"],
+    )
+    assert failed.status == "ERROR" and "exception" in failed.events
+    assert succeeded.status == "UNSET" and succeeded.attributes["messaging.dramatiq.retry_count"] == 1
+
+
+def test_unsampled_traces_propagate_their_decision_without_spans(exporter) -> None:
+    unsampled = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    unsampled.add_span_processor(SimpleSpanProcessor(exporter))
+    broker = _stub_broker(unsampled)
+    seen = []
+
+    @dramatiq.actor(broker=broker, actor_name="quiet")
+    def quiet(value: int) -> int:
+        seen.append(trace.get_current_span().get_span_context())
+        return value
+
+    dramatiq.pipeline([quiet.message(1), quiet.message(), quiet.message()], broker=broker).run()
+    _run(broker)
+
+    assert exporter.get_finished_spans() == ()
+    assert len(seen) == 3 and len({span_context.trace_id for span_context in seen}) == 1, "one trace"
+    assert all(span_context.is_valid and not span_context.trace_flags.sampled for span_context in seen)
+    assert not trace.get_current_span().get_span_context().is_valid
