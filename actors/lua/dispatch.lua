@@ -148,13 +148,17 @@ if command == "enqueue" then
 
 
 -- enqueue_many(marker_key, marker_ttl_ms, message_id, message_data, lane, ...)
+-- The marker makes a call idempotent (a client retry after a broken
+-- connection stores nothing twice) and tells a producer it ran.
 elseif command == "enqueue_many" then
+    if not redis.call("set", ARGS[1], "1", "NX", "PX", ARGS[2]) then
+        return 0
+    end
     local woken = false
     for i = 3, #ARGS, 3 do
         redis.call("hset", queue_messages, ARGS[i], ARGS[i + 1])
         woken = push(ARGS[i + 2], ARGS[i]) or woken
     end
-    redis.call("set", ARGS[1], "1", "PX", ARGS[2])
     if woken then
         wake()
     end

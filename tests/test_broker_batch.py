@@ -1,0 +1,163 @@
+"""send_many: one round trip, every message run once with its audit row, exact report of a broken batch."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+import dramatiq
+import pytest
+import redis
+from broker_support import running_worker, sqlite_settings, wait_until
+from dramatiq.middleware import CurrentMessage
+
+from actors import audit_writer_of, build_broker
+from actors.batch import EnqueueBatch, SendManyError, send_many
+from actors.redis_broker import DISPATCH_SCRIPT, ENQUEUE_CHUNK, WakeupRedisBroker
+from storage import create_db_engine, status_counts
+
+
+def _recording_actor(broker, client: redis.Redis, namespace: str) -> dramatiq.Actor:
+    @dramatiq.actor(broker=broker, queue_name="fanout", max_retries=0)
+    def record(index: int) -> None:
+        message_id = CurrentMessage.get_current_message().message_id
+        pipeline = client.pipeline()
+        pipeline.hincrby(f"{namespace}:runs", index, 1)
+        pipeline.hset(f"{namespace}:ids", index, message_id)
+        pipeline.execute()
+
+    return record
+
+
+@pytest.mark.timeout(120)
+def test_send_many_ten_thousand_run_once_in_order_with_audit_rows(settings, redis_url):
+    count = 10_000
+    broker = build_broker(settings)
+    client = redis.Redis.from_url(redis_url)
+    record = _recording_actor(broker, client, settings.namespace)
+
+    ids = send_many(record, [(index,) for index in range(count)])
+
+    assert len(ids) == count == len(set(ids))
+    with running_worker(broker, threads=8):
+        assert wait_until(lambda: client.hlen(f"{settings.namespace}:runs") == count, timeout=90)
+        broker.join(record.queue_name, timeout=30_000)
+    runs = client.hgetall(f"{settings.namespace}:runs")
+    assert {int(value) for value in runs.values()} == {1}, "some message ran twice"
+    stored = {
+        int(index): message_id.decode()
+        for index, message_id in client.hgetall(f"{settings.namespace}:ids").items()
+    }
+    assert [stored[index] for index in range(count)] == ids, "ids not returned in order"
+    assert audit_writer_of(broker).close(30)
+    assert status_counts(create_db_engine(settings.database_url), task_ids=ids) == {"completed": count}
+
+
+def test_send_many_rejects_bad_items_and_priorities_before_sending(redis_url, namespace, tmp_path):
+    broker = build_broker(sqlite_settings(redis_url, namespace, tmp_path))
+    record = _recording_actor(broker, redis.Redis.from_url(redis_url), namespace)
+
+    with pytest.raises(TypeError, match=r"item 1 is a int .*written \(5,\)"):
+        send_many(record, [(1,), 5])
+    with pytest.raises(ValueError, match="priority must be one of critical, high, normal, low"):
+        send_many(record, [(1,)], priority="urgent")
+    assert broker.client.hlen(f"{namespace}:fanout.msgs") == 0
+
+
+def test_send_many_falls_back_to_single_sends_on_stock_broker(redis_url, namespace, tmp_path):
+    broker = build_broker(sqlite_settings(redis_url, namespace, tmp_path, stock_broker=True))
+    client = redis.Redis.from_url(redis_url)
+    record = _recording_actor(broker, client, namespace)
+
+    ids = send_many(record, [(index,) for index in range(20)])
+
+    with running_worker(broker):
+        assert wait_until(lambda: client.hlen(f"{namespace}:ids") == 20, timeout=20)
+    stored = {int(index): value.decode() for index, value in client.hgetall(f"{namespace}:ids").items()}
+    assert [stored[index] for index in range(20)] == ids
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that breaks its first connection after ``limit`` bytes from the client.
+
+    Later connections pass through whole, as when Redis is reachable again.
+    """
+
+    def __init__(self, target: tuple[str, int], *, limit: int) -> None:
+        self.target = target
+        self.limit = limit
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(self.target)
+            limit = self.limit if self.connections == 1 else None
+            threading.Thread(target=self._pipe, args=(client, upstream, limit), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                if limit is not None and sent + len(data) > limit:
+                    sink.sendall(data[: limit - sent])
+                    break
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_broken_batch_reports_exactly_which_messages_were_enqueued(redis_url, namespace, tmp_path):
+    settings = sqlite_settings(redis_url, namespace, tmp_path, audit_enabled=False)
+    direct = redis.Redis.from_url(redis_url)
+    direct.script_load(DISPATCH_SCRIPT)
+    messages_count = 3 * ENQUEUE_CHUNK
+    probe = build_broker(settings)
+    record = _recording_actor(probe, direct, namespace)
+    messages = [record.message(index) for index in range(messages_count)]
+    # Cut the pipeline half way through its second chunk: the first ran, the others did not.
+    chunks = EnqueueBatch(probe, messages, delay=None)._chunks(
+        [probe._prepare(message, None) for message in messages], ["normal"] * messages_count
+    )
+    sha = probe.scripts["dispatch"].sha
+    packer = redis.connection.Connection()
+    sizes = [len(b"".join(packer.pack_command("EVALSHA", sha, 1, namespace, *argv))) for _, argv in chunks]
+    proxy = CuttingProxy(("127.0.0.1", 6379), limit=sizes[0] + sizes[1] // 2)
+    client = redis.Redis(
+        host="127.0.0.1", port=proxy.port, db=15, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    )
+    broker = WakeupRedisBroker(client=client, namespace=namespace)
+    try:
+        with pytest.raises(SendManyError) as caught:
+            broker.enqueue_many(messages)
+    finally:
+        proxy.close()
+
+    error = caught.value
+    first_chunk = [message.message_id for message in messages[:ENQUEUE_CHUNK]]
+    assert error.enqueued_ids == first_chunk
+    assert [message.message_id for message in error.not_enqueued] == [
+        m.message_id for m in messages[ENQUEUE_CHUNK:]
+    ]
+    assert error.unknown == []
+    assert f"{ENQUEUE_CHUNK} of {messages_count} messages enqueued" in str(error)
+    assert direct.llen(f"{namespace}:fanout") == ENQUEUE_CHUNK
+    assert direct.hlen(f"{namespace}:fanout.msgs") == ENQUEUE_CHUNK
