@@ -97,6 +97,7 @@ def send(
     kwargs: Annotated[str | None, typer.Option(help="JSON object of keyword arguments.")] = None,
     delay: Annotated[int | None, typer.Option(help="Delay in milliseconds.", min=0)] = None,
     user_id: Annotated[str | None, typer.Option(help="Recorded in the audit trail.")] = None,
+    priority: Annotated[str | None, typer.Option(help="Lane: critical, high, normal or low.")] = None,
 ) -> None:
     """Send one message; prints its id."""
     settings = _settings()
@@ -110,7 +111,12 @@ def send(
         known = ", ".join(sorted(actors.broker.actors))
         raise CliError(f"unknown actor {actor!r}; known actors: {known}") from None
     options = {"user_id": user_id} if user_id else {}
-    message = target.send_with_options(args=tuple(positional), kwargs=keyword, delay=delay, **options)
+    if priority:
+        options["priority"] = priority
+    try:
+        message = target.send_with_options(args=tuple(positional), kwargs=keyword, delay=delay, **options)
+    except ValueError as exc:  # a bad priority
+        raise CliError(str(exc)) from None
     writer = actors.audit_writer_of(actors.broker)
     if writer is not None and not writer.flush(settings.audit_commit_wait_ms / 1000):
         err_console.print(f"warning: audit row not written yet: {writer.last_error}")
