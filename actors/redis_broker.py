@@ -73,6 +73,11 @@ def lane_of(message: Message) -> str:
     return priority
 
 
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern."""
+    return "".join(f"\\{char}" if char in "\\*?[]" else char for char in text)
+
+
 @dataclass
 class LanePolicy:
     """Which lane a consumer's fetch serves first.
@@ -173,7 +178,7 @@ class WakeupListener:
     def _listen(self, client: redis.Redis) -> None:
         pubsub = client.pubsub()
         try:
-            pubsub.psubscribe(self.prefix + "*")
+            pubsub.psubscribe(glob_escape(self.prefix) + "*")
             while not self._stopping.is_set():
                 notification = pubsub.get_message(timeout=1.0)
                 if notification is None:

@@ -8,7 +8,9 @@ counts only this benchmark), with real worker processes
 * first message after 2 s idle (median of 5);
 * idle Redis load: commands per second while the workers wait for work;
 * enqueue rate from one producer: single sends, and ``send_many`` (audit on, SQLite);
-* drain throughput: a backlog of no-op messages, audit off.
+* drain throughput: a backlog of no-op messages, audit off (tradeflow also
+  with the backlog spread over the four priority lanes);
+* how long a critical message waits behind 2,000 low 20 ms jobs.
 
 Usage: ``python bench/latency.py [--sparse 40] [--drain 20000]``.
 """
@@ -35,9 +37,13 @@ from latency_actors import declare  # noqa: E402
 
 from actors import audit_writer_of, build_broker  # noqa: E402
 from actors.batch import send_many  # noqa: E402
+from actors.redis_broker import LANES  # noqa: E402
 from api.stack import stop, worker_command  # noqa: E402
 from config import Settings  # noqa: E402
 from storage import create_db_engine, upgrade  # noqa: E402
+
+#: Low jobs queued ahead of the critical message, and how long each runs, in seconds.
+BACKLOG, JOB_SECONDS = 2_000, 0.02
 
 #: Brokers compared, by the value of ``stock_broker``.
 BROKERS = {"tradeflow": False, "dramatiq": True}
@@ -89,8 +95,7 @@ def env_for(settings: Settings) -> dict[str, str]:
 def producer(settings: Settings):
     """This process's broker for ``settings`` and the bench actors declared on it."""
     broker = build_broker(settings)
-    stamp, noop = declare(broker)
-    return broker, stamp, noop
+    return broker, *declare(broker)
 
 
 @contextmanager
@@ -131,7 +136,7 @@ def measure(url: str, name: str, workdir: Path, *, sparse: int, drain: int) -> d
     upgrade(engine)
     engine.dispose()
     settings = settings_for(url, name, database, audit=True)
-    broker, stamp, noop = producer(settings)
+    broker, stamp, noop, busy = producer(settings)
     client = redis.Redis.from_url(url)
     latency_key = f"{settings.namespace}:latency"
     figures: dict[str, float] = {}
@@ -179,17 +184,43 @@ def measure(url: str, name: str, workdir: Path, *, sparse: int, drain: int) -> d
     broker.close()
 
     settings = settings_for(url, name, database, audit=False)
-    broker, stamp, noop = producer(settings)
+    broker, stamp, noop, busy = producer(settings)
+    figures["drain_per_s"] = drain_rate(settings, noop, [{}], drain)
+    if name == "tradeflow":
+        lanes = [{"priority": lane} for lane in LANES]
+        figures["drain_lanes_per_s"] = drain_rate(settings, noop, lanes, drain)
+    figures["critical_wait_ms"] = critical_wait(settings, stamp, busy)
+    return figures
+
+
+def drain_rate(settings: Settings, noop, options: list[dict], count: int) -> float:
+    """Messages/s with which the workers empty a backlog of ``count`` no-ops spread over ``options``."""
+    client = redis.Redis.from_url(settings.effective_redis_url)
     done_key = f"{settings.namespace}:done"
     client.delete(done_key)
-    send_many(noop, [(index,) for index in range(drain)])  # one by one on stock Dramatiq
+    for extra in options:  # one by one on stock Dramatiq
+        send_many(noop, [(index,) for index in range(count // len(options))], **extra)
     with workers(settings):
         wait_for(lambda: client.get(done_key) is not None, 60)
         started = time.monotonic()
         first = int(client.get(done_key))
-        wait_for(lambda: int(client.get(done_key) or 0) >= drain, 300)
-        figures["drain_per_s"] = (drain - first) / (time.monotonic() - started)
-    return figures
+        wait_for(lambda: int(client.get(done_key) or 0) >= count, 300)
+        return (count - first) / (time.monotonic() - started)
+
+
+def critical_wait(settings: Settings, stamp, busy) -> float:
+    """Milliseconds a critical message waits behind a backlog of low 20 ms jobs on busy workers."""
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    latency_key, busy_key = f"{settings.namespace}:latency", f"{settings.namespace}:busy"
+    client.delete(latency_key, busy_key)
+    send_many(busy, [(JOB_SECONDS,)] * BACKLOG, priority="low")
+    with workers(settings):
+        wait_for(lambda: int(client.get(busy_key) or 0) >= 32, 60)
+        stamp.send_with_options(args=(time.time(),), priority="critical")
+        wait_for(lambda: client.llen(latency_key) == 1, 120)
+        wait = float(client.lindex(latency_key, 0))
+    stamp.broker.flush_all()
+    return wait
 
 
 def main() -> None:
@@ -209,6 +240,7 @@ def main() -> None:
         ("idle Redis commands/s", "idle_cmds_per_s", False),
         ("enqueue, single sends (msg/s, audit on)", "single_sends_per_s", True),
         ("drain throughput (msg/s, audit off)", "drain_per_s", True),
+        (f"critical behind {BACKLOG} low {JOB_SECONDS * 1000:.0f} ms jobs (ms)", "critical_wait_ms", False),
     ]
     print(f"{'':44} {'tradeflow':>12} {'dramatiq':>12} {'ratio':>10}")
     for label, key, higher_is_better in rows:
@@ -217,6 +249,10 @@ def main() -> None:
     ratio = ours["send_many_per_s"] / stock["single_sends_per_s"]
     print(
         f"{'enqueue, send_many (msg/s, audit on)':44} {ours['send_many_per_s']:12.1f} {'-':>12} {ratio:9.1f}x"
+    )
+    ratio = ours["drain_lanes_per_s"] / stock["drain_per_s"]
+    print(
+        f"{'drain, spread over 4 lanes (msg/s)':44} {ours['drain_lanes_per_s']:12.1f} {'-':>12} {ratio:9.1f}x"
     )
     print("(ratio: how many times better tradeflow is; send_many is compared with stock single sends)")
     catch_up = f"tradeflow {ours['audit_catch_up_s']:.1f}, dramatiq {stock['audit_catch_up_s']:.1f}"

@@ -8,8 +8,9 @@ import dramatiq
 QUEUE = "bench"
 
 
-def declare(broker: dramatiq.Broker) -> tuple[dramatiq.Actor, dramatiq.Actor]:
-    """``stamp(sent)`` records its wait in ms; ``noop(index)`` counts runs.  Both on ``broker``."""
+def declare(broker: dramatiq.Broker) -> tuple[dramatiq.Actor, dramatiq.Actor, dramatiq.Actor]:
+    """On ``broker``: ``stamp(sent)`` records its wait in ms, ``noop(index)`` counts runs,
+    ``busy(seconds)`` counts starts and sleeps."""
     client, namespace = broker.client, broker.namespace
 
     @dramatiq.actor(broker=broker, queue_name=QUEUE, max_retries=0)
@@ -20,7 +21,12 @@ def declare(broker: dramatiq.Broker) -> tuple[dramatiq.Actor, dramatiq.Actor]:
     def noop(index: int) -> None:
         client.incr(f"{namespace}:done")
 
-    return stamp, noop
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, max_retries=0)
+    def busy(seconds: float) -> None:
+        client.incr(f"{namespace}:busy")
+        time.sleep(seconds)
+
+    return stamp, noop, busy
 
 
-stamp, noop = declare(dramatiq.get_broker())
+stamp, noop, busy = declare(dramatiq.get_broker())
