@@ -21,7 +21,7 @@ from dramatiq import Actor, Broker
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
-from .redis_broker import BATCH_MARKER_TTL, ENQUEUE_CHUNK, WakeupRedisBroker, lane_of
+from .redis_broker import BATCH_MARKER_TTL, DEFAULT_LANE, ENQUEUE_CHUNK, WakeupRedisBroker, lane_of
 
 
 class SendManyError(Exception):
@@ -127,7 +127,9 @@ class EnqueueBatch:
         self.delay = delay
 
     def run(self) -> list[Message]:
-        lanes = [lane_of(message) for message in self.messages]
+        lanes = [lane_of(message) for message in self.messages]  # validates every priority
+        if self.delay is not None:
+            lanes = [DEFAULT_LANE] * len(lanes)  # the delay queue has one lane
         prepared = [self.broker._prepare(message, self.delay) for message in self.messages]
         stored = [message for message, _ in prepared]
         for message in stored:

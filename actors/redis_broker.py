@@ -143,9 +143,11 @@ class WakeupListener:
             self._events.get(queue_name, set()).discard(event)
 
     def close(self) -> None:
+        """Stop listening; a later consumer starts a new listener."""
         self._stopping.set()
         if self._thread is not None and self._pid == os.getpid():
             self._thread.join(2)
+        self._pid = None
 
     def _ensure_started(self) -> None:
         with self._lock:
@@ -335,6 +337,7 @@ class WakeupRedisBroker(RedisBroker):
         """Enqueue ``message`` on the lane its ``priority`` option names (see :data:`LANES`)."""
         lane = lane_of(message)
         message, queue_name = self._prepare(message, delay)
+        lane = DEFAULT_LANE if delay is not None else lane  # the delay queue has one lane
         self.logger.debug("Enqueueing message %r on queue %r.", message.message_id, queue_name)
         self.emit_before("enqueue", message, delay)
         self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode(), lane)

@@ -109,3 +109,22 @@ def test_cli_send_takes_priority_and_refuses_unknown_ones(broker_settings):
     refused = run_cli("send", "ping", "--priority", "urgent", env=env)
     assert refused.returncode != 0
     assert "priority must be one of critical, high, normal, low" in refused.stdout + refused.stderr
+
+
+@pytest.mark.timeout(60)
+def test_delayed_messages_run_on_their_lane_when_due(broker_settings, redis_url):
+    broker = build_broker(broker_settings)
+    client = redis.Redis.from_url(redis_url)
+    runs = f"{broker_settings.namespace}:runs"
+
+    @dramatiq.actor(broker=broker, queue_name="later", max_retries=0)
+    def job(tag: str) -> None:
+        client.rpush(runs, tag)
+
+    single = job.send_with_options(args=("single",), delay=300, priority="critical")
+    send_many(job, [("batch",)] * 3, delay=300, priority="high")
+    with running_worker(broker):
+        assert wait_until(lambda: client.llen(runs) == 4, timeout=15)
+    assert sorted(client.lrange(runs, 0, -1)) == [b"batch"] * 3 + [b"single"]
+    assert audit_writer_of(broker).close(10)
+    assert get_task(create_db_engine(broker_settings.database_url), single.message_id).priority == "critical"

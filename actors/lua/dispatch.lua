@@ -68,8 +68,9 @@ local function iter_chunks(tbl)
     end
 end
 
+-- A delay queue has one lane: its messages go to their own lane when due.
 local function lane_key(lane)
-    if lane == nil or lane == "" or lane == "normal" then
+    if lane == nil or lane == "" or lane == "normal" or queue_name ~= queue_canonical_name then
         return queue_full_name
     end
     return queue_full_name .. ":" .. lane
