@@ -56,6 +56,9 @@ ENQUEUE_CHUNK = 500
 #: How long the marker of an ``enqueue_many`` chunk lives, in milliseconds.
 BATCH_MARKER_TTL = 3_600_000
 
+#: Oldest Redis whose commands the dispatch script uses (LMPOP).
+MIN_SERVER_VERSION = (7, 0)
+
 #: Client name of the wake-up listener's connection (shown by ``CLIENT LIST``).
 LISTENER_CLIENT_NAME = "tradeflow-wakeup"
 
@@ -178,7 +181,7 @@ class WakeupListener:
         client.close()
 
     def _listen(self, client: redis.Redis) -> None:
-        pubsub = client.pubsub()
+        pubsub = self._pubsub = client.pubsub()
         try:
             pubsub.psubscribe(glob_escape(self.prefix) + "*")
             while not self._stopping.is_set():
@@ -319,12 +322,14 @@ class WakeupRedisBroker(RedisBroker):
         self.prefetch_scale = prefetch_scale
         self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
         self.listener = WakeupListener(client=self.client, namespace=self.namespace)
+        self._server_checked = False
 
     @property
     def consumer_class(self) -> type[WakeupConsumer]:
         return WakeupConsumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> WakeupConsumer:
+        self._check_server()
         if not queue_name.endswith(".DQ"):
             prefetch = max(1, math.ceil(prefetch * self.prefetch_scale))
         return self.consumer_class(self, queue_name, prefetch, timeout)
@@ -332,6 +337,18 @@ class WakeupRedisBroker(RedisBroker):
     def close(self) -> None:
         self.listener.close()
         super().close()
+
+    def _check_server(self) -> None:
+        """Fail with the fix when the server is too old for the dispatch script."""
+        if self._server_checked:
+            return
+        version = str(self.client.info("server").get("redis_version", "0"))
+        if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < MIN_SERVER_VERSION:
+            raise RuntimeError(
+                f"tradeflow's broker needs Redis or Valkey >= 7.0 (LMPOP); this server is {version}."
+                " Upgrade it, or set TRADEFLOW_STOCK_BROKER=true for Dramatiq's own broker."
+            )
+        self._server_checked = True
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         """Enqueue ``message`` on the lane its ``priority`` option names (see :data:`LANES`)."""

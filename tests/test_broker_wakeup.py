@@ -129,3 +129,39 @@ def test_killed_worker_message_is_recovered_after_heartbeat_timeout(broker_setti
                 process.terminate()
                 process.wait(20)
         producer.close()
+
+
+@pytest.mark.timeout(60)
+def test_wakeups_resume_after_the_listener_connection_is_killed(broker_settings, redis_url):
+    broker = build_broker(broker_settings)
+    client = redis.Redis.from_url(redis_url)
+    key = f"{broker_settings.namespace}:latency"
+
+    @dramatiq.actor(broker=broker, queue_name="killed", max_retries=0)
+    def record(sent: float) -> None:
+        client.rpush(key, (time.time() - sent) * 1000)
+
+    def latencies_after_idle(count: int) -> list[float]:
+        client.delete(key)
+        for _ in range(count):
+            time.sleep(0.3)
+            record.send(time.time())
+        assert wait_until(lambda: client.llen(key) == count, timeout=10)
+        return [float(value) for value in client.lrange(key, 0, -1)]
+
+    with running_worker(broker):
+        listener = broker.listener
+        assert listener.connected.wait(5)
+        host, port = listener._pubsub.connection._sock.getsockname()[:2]
+        ours = [c for c in client.client_list() if c["addr"] == f"{host}:{port}"]
+        assert len(ours) == 1 and ours[0]["name"] == "tradeflow-wakeup"
+        client.client_kill_filter(_id=ours[0]["id"])  # only this test's own connection
+        latencies_after_idle(1)  # found by polling or by the reconnected listener: never lost
+
+        def reconnected() -> bool:
+            sock = listener._pubsub.connection and listener._pubsub.connection._sock
+            return listener.connected.is_set() and sock is not None and sock.getsockname()[1] != port
+
+        assert wait_until(reconnected, timeout=10), "the listener did not reconnect"
+        assert ours[0]["id"] not in {c["id"] for c in client.client_list()}
+        assert median(latencies_after_idle(3)) < 100
