@@ -173,9 +173,9 @@ class WakeupListener:
             try:
                 self._listen(client)
                 backoff = 0.05
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:  # this thread must outlive any error: consumers rely on it
                 self.connected.clear()
-                self.logger.warning("Wake-up listener lost Redis (%s); consumers poll meanwhile.", exc)
+                self.logger.warning("Wake-up listener failed (%s); consumers poll meanwhile.", exc)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, LISTENER_MAX_BACKOFF)
         client.close()

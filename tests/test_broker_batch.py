@@ -10,7 +10,7 @@ import dramatiq
 import pytest
 import redis
 from broker_support import running_worker, sqlite_settings, wait_until
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, MiddlewareError
 
 from actors import audit_writer_of, build_broker
 from actors.batch import EnqueueBatch, SendManyError, send_many
@@ -81,12 +81,14 @@ def test_send_many_falls_back_to_single_sends_on_stock_broker(redis_url, namespa
 class CuttingProxy:
     """A TCP proxy to Redis that breaks its first connection after ``limit`` bytes from the client.
 
-    Later connections pass through whole, as when Redis is reachable again.
+    Later connections pass through whole (Redis is reachable again), or with
+    ``refuse_later`` are closed at once (Redis is still away).
     """
 
-    def __init__(self, target: tuple[str, int], *, limit: int) -> None:
+    def __init__(self, target: tuple[str, int], *, limit: int, refuse_later: bool = False) -> None:
         self.target = target
         self.limit = limit
+        self.refuse_later = refuse_later
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -99,6 +101,9 @@ class CuttingProxy:
             except OSError:
                 return
             self.connections += 1
+            if self.refuse_later and self.connections > 1:
+                client.close()
+                continue
             upstream = socket.create_connection(self.target)
             limit = self.limit if self.connections == 1 else None
             threading.Thread(target=self._pipe, args=(client, upstream, limit), daemon=True).start()
@@ -125,39 +130,86 @@ class CuttingProxy:
         self.listener.close()
 
 
-def test_broken_batch_reports_exactly_which_messages_were_enqueued(redis_url, namespace, tmp_path):
+def _send_through_cut(redis_url: str, namespace: str, tmp_path, *, refuse_later: bool):
+    """enqueue_many of three chunks through a proxy that cuts the pipeline half way through chunk two."""
     settings = sqlite_settings(redis_url, namespace, tmp_path, audit_enabled=False)
     direct = redis.Redis.from_url(redis_url)
     direct.script_load(DISPATCH_SCRIPT)
-    messages_count = 3 * ENQUEUE_CHUNK
     probe = build_broker(settings)
     record = _recording_actor(probe, direct, namespace)
-    messages = [record.message(index) for index in range(messages_count)]
-    # Cut the pipeline half way through its second chunk: the first ran, the others did not.
+    messages = [record.message(index) for index in range(3 * ENQUEUE_CHUNK)]
     chunks = EnqueueBatch(probe, messages, delay=None)._chunks(
-        [probe._prepare(message, None) for message in messages], ["normal"] * messages_count
+        [probe._prepare(message, None) for message in messages], ["normal"] * len(messages)
     )
     sha = probe.scripts["dispatch"].sha
     packer = redis.connection.Connection()
     sizes = [len(b"".join(packer.pack_command("EVALSHA", sha, 1, namespace, *argv))) for _, argv in chunks]
-    proxy = CuttingProxy(("127.0.0.1", 6379), limit=sizes[0] + sizes[1] // 2)
-    client = redis.Redis(
-        host="127.0.0.1", port=proxy.port, db=15, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-    )
+    proxy = CuttingProxy(("127.0.0.1", 6379), limit=sizes[0] + sizes[1] // 2, refuse_later=refuse_later)
+    no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, db=15, retry=no_retry)
     broker = WakeupRedisBroker(client=client, namespace=namespace)
     try:
         with pytest.raises(SendManyError) as caught:
             broker.enqueue_many(messages)
     finally:
         proxy.close()
+    return messages, caught.value
 
-    error = caught.value
-    first_chunk = [message.message_id for message in messages[:ENQUEUE_CHUNK]]
-    assert error.enqueued_ids == first_chunk
-    assert [message.message_id for message in error.not_enqueued] == [
-        m.message_id for m in messages[ENQUEUE_CHUNK:]
-    ]
+
+def _ids(messages) -> list[str]:
+    return [message.message_id for message in messages]
+
+
+def test_broken_batch_reports_exactly_which_messages_were_enqueued(redis_url, namespace, tmp_path):
+    messages, error = _send_through_cut(redis_url, namespace, tmp_path, refuse_later=False)
+
+    assert error.enqueued_ids == _ids(messages[:ENQUEUE_CHUNK])
+    assert _ids(error.not_enqueued) == _ids(messages[ENQUEUE_CHUNK:])
     assert error.unknown == []
-    assert f"{ENQUEUE_CHUNK} of {messages_count} messages enqueued" in str(error)
+    assert f"{ENQUEUE_CHUNK} of {len(messages)} messages enqueued" in str(error)
+    direct = redis.Redis.from_url(redis_url)
     assert direct.llen(f"{namespace}:fanout") == ENQUEUE_CHUNK
     assert direct.hlen(f"{namespace}:fanout.msgs") == ENQUEUE_CHUNK
+
+
+def test_broken_batch_with_redis_still_away_reports_unknown(redis_url, namespace, tmp_path):
+    messages, error = _send_through_cut(redis_url, namespace, tmp_path, refuse_later=True)
+
+    assert error.enqueued == [] and error.not_enqueued == []
+    assert _ids(error.unknown) == _ids(messages)
+    assert f"0 of {len(messages)} messages enqueued" in str(error) and f"{len(messages)} unknown" in str(
+        error
+    )
+
+
+class Gate(dramatiq.Middleware):
+    """Counts enqueue hooks; refuses the message whose first argument is ``refuse``."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        self.refuse = refuse
+        self.before: list[str] = []
+        self.after: list[str] = []
+
+    def before_enqueue(self, broker, message, delay) -> None:
+        if message.args and message.args[0] == self.refuse:
+            raise MiddlewareError(f"refused {self.refuse}")  # the one error Dramatiq lets through
+        self.before.append(message.message_id)
+
+    def after_enqueue(self, broker, message, delay) -> None:
+        self.after.append(message.message_id)
+
+
+def test_send_many_runs_enqueue_hooks_per_message_and_a_refusal_sends_nothing(redis_url, namespace, tmp_path):
+    broker = build_broker(sqlite_settings(redis_url, namespace, tmp_path, audit_enabled=False))
+    gate = Gate()
+    broker.add_middleware(gate)
+    record = _recording_actor(broker, redis.Redis.from_url(redis_url), namespace)
+
+    ids = send_many(record, [(index,) for index in range(1_200)])
+    assert gate.before == gate.after == ids
+
+    gate.refuse = 7
+    with pytest.raises(SendManyError, match="0 of 10 messages enqueued, 10 not enqueued") as caught:
+        send_many(record, [(index,) for index in range(10)])
+    assert isinstance(caught.value.cause, MiddlewareError)
+    assert broker.client.llen(f"{namespace}:fanout") == 1_200
