@@ -12,6 +12,7 @@ there, batched by the :class:`~storage.AuditWriter`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 from uuid import uuid4
@@ -111,6 +112,17 @@ def _message(actor: Actor, index: int, call: Any, options: dict[str, Any]) -> Me
     )
 
 
+@dataclass
+class Chunk:
+    """Messages stored by one atomic call of the dispatch script."""
+
+    messages: list[Message]
+    #: Key the call sets: it ran iff the key exists (for an hour).
+    marker: str
+    #: The script's ARGV.
+    argv: list
+
+
 class EnqueueBatch:
     """One ``enqueue_many`` call of a :class:`~actors.redis_broker.WakeupRedisBroker`.
 
@@ -140,18 +152,16 @@ class EnqueueBatch:
         chunks = self._chunks(prepared, lanes)
         outcomes, cause = self._send(chunks)
         enqueued, not_enqueued, unknown = [], [], []
-        for (messages, _), outcome in zip(chunks, outcomes, strict=True):
-            {True: enqueued, False: not_enqueued, None: unknown}[outcome].extend(messages)
+        for chunk, outcome in zip(chunks, outcomes, strict=True):
+            {True: enqueued, False: not_enqueued, None: unknown}[outcome].extend(chunk.messages)
         for message in enqueued:
             self.broker.emit_after("enqueue", message, self.delay)
         if cause is not None:
             raise SendManyError(enqueued=enqueued, not_enqueued=not_enqueued, unknown=unknown, cause=cause)
         return enqueued
 
-    def _chunks(
-        self, prepared: list[tuple[Message, str]], lanes: list[str]
-    ) -> list[tuple[list[Message], list]]:
-        """(messages, script ARGV) per chunk: consecutive messages of one queue, at most ENQUEUE_CHUNK."""
+    def _chunks(self, prepared: list[tuple[Message, str]], lanes: list[str]) -> list[Chunk]:
+        """Consecutive messages of one queue, at most ENQUEUE_CHUNK per chunk."""
         chunks = []
         rows = [
             (message, queue_name, lane) for (message, queue_name), lane in zip(prepared, lanes, strict=True)
@@ -167,35 +177,33 @@ class EnqueueBatch:
                 argv = self.broker._dispatch_args(
                     "enqueue_many", queue_name, marker, BATCH_MARKER_TTL, *triples
                 )
-                chunks.append(([message for message, _, _ in part], argv))
+                chunks.append(Chunk(messages=[message for message, _, _ in part], marker=marker, argv=argv))
         return chunks
 
-    def _send(
-        self, chunks: list[tuple[list[Message], list]]
-    ) -> tuple[list[bool | None], BaseException | None]:
+    def _send(self, chunks: list[Chunk]) -> tuple[list[bool | None], BaseException | None]:
         """Per chunk True (stored), False (not) or None (unknown), and the first error."""
         try:
-            results = self._pipeline([argv for _, argv in chunks])
+            results = self._pipeline(chunks)
+            missing = [
+                index
+                for index, result in enumerate(results)
+                if isinstance(result, redis.exceptions.NoScriptError)
+            ]
+            if missing:  # the script cache was flushed: nothing ran, load it and send those again
+                self.broker.client.script_load(self.broker.scripts["dispatch"].script)
+                for index, result in zip(missing, self._pipeline([chunks[i] for i in missing]), strict=True):
+                    results[index] = result
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            return self._ask_markers([argv[8] for _, argv in chunks]), exc
-        missing = [
-            index
-            for index, result in enumerate(results)
-            if isinstance(result, redis.exceptions.NoScriptError)
-        ]
-        if missing:  # the script cache was flushed: nothing ran, load it and send those again
-            self.broker.client.script_load(self.broker.scripts["dispatch"].script)
-            retried = self._pipeline([chunks[index][1] for index in missing])
-            for index, result in zip(missing, retried, strict=True):
-                results[index] = result
+            # Chunks are idempotent and leave a marker: asking is exact.
+            return self._ask_markers([chunk.marker for chunk in chunks]), exc
         errors = [result for result in results if isinstance(result, Exception)]
         return [not isinstance(result, Exception) for result in results], (errors[0] if errors else None)
 
-    def _pipeline(self, argvs: list[list]) -> list:
+    def _pipeline(self, chunks: list[Chunk]) -> list:
         pipeline = self.broker.client.pipeline(transaction=False)
         sha = self.broker.scripts["dispatch"].sha
-        for argv in argvs:
-            pipeline.evalsha(sha, 1, self.broker.namespace, *argv)
+        for chunk in chunks:
+            pipeline.evalsha(sha, 1, self.broker.namespace, *chunk.argv)
         return pipeline.execute(raise_on_error=False)
 
     def _ask_markers(self, markers: list[str]) -> list[bool | None]:

@@ -106,25 +106,35 @@ class CuttingProxy:
                 continue
             upstream = socket.create_connection(self.target)
             limit = self.limit if self.connections == 1 else None
-            threading.Thread(target=self._pipe, args=(client, upstream, limit), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+            threading.Thread(target=self._requests, args=(client, upstream, limit), daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client), daemon=True).start()
 
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+    def _requests(client: socket.socket, upstream: socket.socket, limit: int | None) -> None:
+        """Client to Redis; past ``limit`` the client is cut off, and Redis sees a clean end of input
+        (it runs every command it received whole: an abortive close could make it drop them)."""
         sent = 0
-        try:
-            while data := source.recv(65536):
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
                 if limit is not None and sent + len(data) > limit:
-                    sink.sendall(data[: limit - sent])
+                    upstream.sendall(data[: limit - sent])
                     break
-                sink.sendall(data)
+                upstream.sendall(data)
                 sent += len(data)
-        except OSError:
-            pass
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-            end.close()
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
+        client.close()
+
+    @staticmethod
+    def _replies(upstream: socket.socket, client: socket.socket) -> None:
+        """Redis to client, until Redis closes; replies to a cut-off client are dropped."""
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                with contextlib.suppress(OSError):
+                    client.sendall(data)
+        upstream.close()
 
     def close(self) -> None:
         self.listener.close()
@@ -143,7 +153,9 @@ def _send_through_cut(redis_url: str, namespace: str, tmp_path, *, refuse_later:
     )
     sha = probe.scripts["dispatch"].sha
     packer = redis.connection.Connection()
-    sizes = [len(b"".join(packer.pack_command("EVALSHA", sha, 1, namespace, *argv))) for _, argv in chunks]
+    sizes = [
+        len(b"".join(packer.pack_command("EVALSHA", sha, 1, namespace, *chunk.argv))) for chunk in chunks
+    ]
     proxy = CuttingProxy(("127.0.0.1", 6379), limit=sizes[0] + sizes[1] // 2, refuse_later=refuse_later)
     no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
     client = redis.Redis(host="127.0.0.1", port=proxy.port, db=15, retry=no_retry)
