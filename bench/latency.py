@@ -11,7 +11,8 @@ counts only this benchmark), with real worker processes
   ``send_many``, as returned and until the audit rows are committed, the
   brokers alternating, median of 3 rounds;
 * drain throughput: a backlog of no-op messages, audit off (tradeflow also
-  with the backlog spread over the four priority lanes);
+  with the backlog spread over the four priority lanes), brokers alternating,
+  median of 3 rounds;
 * how long a critical message waits behind 2,000 low 20 ms jobs.
 
 Usage: ``python bench/latency.py [--sparse 40] [--drain 20000]``.
@@ -132,13 +133,13 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def measure(url: str, name: str, workdir: Path, *, sparse: int, drain: int) -> dict[str, float]:
+def measure(url: str, name: str, workdir: Path, *, sparse: int) -> dict[str, float]:
     database = workdir / f"{name}.db"
     engine = create_db_engine(f"sqlite:///{database}")
     upgrade(engine)
     engine.dispose()
     settings = settings_for(url, name, database, audit=True)
-    broker, stamp, noop, busy = producer(settings)
+    broker, stamp, _, _ = producer(settings)
     client = redis.Redis.from_url(url)
     latency_key = f"{settings.namespace}:latency"
     figures: dict[str, float] = {}
@@ -172,12 +173,9 @@ def measure(url: str, name: str, workdir: Path, *, sparse: int, drain: int) -> d
     broker.close()
 
     settings = settings_for(url, name, database, audit=False)
-    broker, stamp, noop, busy = producer(settings)
-    figures["drain_per_s"] = drain_rate(settings, noop, [{}], drain)
-    if name == "tradeflow":
-        lanes = [{"priority": lane} for lane in LANES]
-        figures["drain_lanes_per_s"] = drain_rate(settings, noop, lanes, drain)
+    broker, stamp, _, busy = producer(settings)
     figures["critical_wait_ms"] = critical_wait(settings, stamp, busy)
+    broker.close()
     return figures
 
 
@@ -216,6 +214,26 @@ def single_sends(actor, calls) -> None:
         actor.send(*args)
 
 
+def measure_drain(url: str, workdir: Path, *, rounds: int, count: int) -> dict[str, dict[str, float]]:
+    """Drain rates, audit off, brokers alternating, median of ``rounds``; tradeflow also over 4 lanes."""
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in BROKERS}
+    lanes = [{"priority": lane} for lane in LANES]
+    for _ in range(rounds):
+        for name in BROKERS:
+            settings = settings_for(url, name, workdir / f"{name}.db", audit=False)
+            broker, _, noop, _ = producer(settings)
+            samples[name].setdefault("drain_per_s", []).append(drain_rate(settings, noop, [{}], count))
+            if name == "tradeflow":
+                samples[name].setdefault("drain_lanes_per_s", []).append(
+                    drain_rate(settings, noop, lanes, count)
+                )
+            broker.close()
+    return {
+        name: {key: statistics.median(values) for key, values in figures.items()}
+        for name, figures in samples.items()
+    }
+
+
 def drain_rate(settings: Settings, noop, options: list[dict], count: int) -> float:
     """Messages/s with which the workers empty a backlog of ``count`` no-ops spread over ``options``."""
     client = redis.Redis.from_url(settings.effective_redis_url)
@@ -250,13 +268,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparse", type=int, default=40, help="sparse messages per broker")
     parser.add_argument("--drain", type=int, default=20_000, help="backlog size of the drain test")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the enqueue test")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the enqueue and drain tests")
     args = parser.parse_args()
     with private_redis() as url, tempfile.TemporaryDirectory() as workdir:
-        results = {
-            name: measure(url, name, Path(workdir), sparse=args.sparse, drain=args.drain) for name in BROKERS
-        }
+        results = {name: measure(url, name, Path(workdir), sparse=args.sparse) for name in BROKERS}
         for name, figures in measure_enqueue(url, Path(workdir), rounds=args.rounds).items():
+            results[name].update(figures)
+        for name, figures in measure_drain(url, Path(workdir), rounds=args.rounds, count=args.drain).items():
             results[name].update(figures)
     ours, stock = results["tradeflow"], results["dramatiq"]
     rows = [
