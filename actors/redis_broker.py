@@ -271,7 +271,7 @@ class WakeupConsumer(_RedisConsumer):
 
     def _take(self) -> MessageProxy | None:
         data = self.message_cache.pop(0)
-        if data is None:  # the message was acked by a dead worker's twin meanwhile
+        if data is None:  # its data is gone (acked elsewhere after a requeue): nothing to run
             return None
         message = Message.decode(data)
         self.queued_message_ids.add(message.message_id)
