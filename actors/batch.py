@@ -77,10 +77,18 @@ def send_many(
       SendManyError: Redis failed part way; it says which messages were enqueued.
     """
     messages = [_message(actor, index, call, options) for index, call in enumerate(calls)]
-    enqueue_many = getattr(actor.broker, "enqueue_many", None)
+    return [message.message_id for message in enqueue_messages(actor.broker, messages, delay=delay)]
+
+
+def enqueue_messages(
+    broker: Broker, messages: Sequence[Message], *, delay: int | None = None
+) -> list[Message]:
+    """Enqueue built messages, of any actors and queues (a saga's group), in one round trip where
+    the broker can; returns them as enqueued, in order.  Errors as :func:`send_many`."""
+    enqueue_many = getattr(broker, "enqueue_many", None)
     if enqueue_many is not None:
-        return [message.message_id for message in enqueue_many(messages, delay=delay)]
-    return [message.message_id for message in enqueue_one_by_one(actor.broker, messages, delay=delay)]
+        return enqueue_many(messages, delay=delay)
+    return enqueue_one_by_one(broker, messages, delay=delay)
 
 
 def enqueue_one_by_one(broker: Broker, messages: Sequence[Message], *, delay: int | None) -> list[Message]:

@@ -13,7 +13,7 @@ from broker_support import running_worker, sqlite_settings, wait_until
 from dramatiq.middleware import CurrentMessage, MiddlewareError
 
 from actors import audit_writer_of, build_broker
-from actors.batch import EnqueueBatch, SendManyError, send_many
+from actors.batch import EnqueueBatch, SendManyError, enqueue_messages, send_many
 from actors.redis_broker import DISPATCH_SCRIPT, ENQUEUE_CHUNK, WakeupRedisBroker
 from storage import create_db_engine, status_counts
 
@@ -225,3 +225,29 @@ def test_send_many_runs_enqueue_hooks_per_message_and_a_refusal_sends_nothing(re
         send_many(record, [(index,) for index in range(10)])
     assert isinstance(caught.value.cause, MiddlewareError)
     assert broker.client.llen(f"{namespace}:fanout") == 1_200
+
+
+@pytest.mark.parametrize("stock", [False, True], ids=["tradeflow", "stock"])
+def test_enqueue_messages_sends_a_group_of_several_actors(redis_url, namespace, tmp_path, stock):
+    broker = build_broker(
+        sqlite_settings(redis_url, namespace, tmp_path, audit_enabled=False, stock_broker=stock)
+    )
+    client = redis.Redis.from_url(redis_url)
+    runs = f"{namespace}:group"
+
+    @dramatiq.actor(broker=broker, queue_name="group-a", max_retries=0)
+    def first(index: int) -> None:
+        client.rpush(runs, f"first:{index}")
+
+    @dramatiq.actor(broker=broker, queue_name="group-b", max_retries=0)
+    def second(index: int) -> None:
+        client.rpush(runs, f"second:{index}")
+
+    group = [first.message(0), second.message(1), first.message(2)]
+    enqueued = enqueue_messages(broker, group)
+
+    assert [message.message_id for message in enqueued] == [message.message_id for message in group]
+    assert [message.queue_name for message in enqueued] == ["group-a", "group-b", "group-a"]
+    with running_worker(broker):
+        assert wait_until(lambda: client.llen(runs) == 3, timeout=20)
+    assert sorted(client.lrange(runs, 0, -1)) == [b"first:0", b"first:2", b"second:1"]
