@@ -132,6 +132,7 @@ class WakeupListener:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pubsub: redis.client.PubSub | None = None
+        self._failing = False
 
     def register(self, queue_name: str) -> threading.Event:
         """An event set whenever ``queue_name`` gets work."""
@@ -175,7 +176,9 @@ class WakeupListener:
                 backoff = 0.05
             except Exception as exc:  # this thread must outlive any error: consumers rely on it
                 self.connected.clear()
-                self.logger.warning("Wake-up listener failed (%s); consumers poll meanwhile.", exc)
+                log = self.logger.debug if self._failing else self.logger.warning
+                log("Wake-up listener failed (%s); consumers poll until it reconnects.", exc)
+                self._failing = True
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, LISTENER_MAX_BACKOFF)
         client.close()
@@ -189,12 +192,18 @@ class WakeupListener:
                 if notification is None:
                     continue
                 if notification["type"] == "psubscribe":
-                    self.connected.set()
+                    self._on_subscribed()
                     continue
                 self._wake(notification["channel"].decode()[len(self.prefix) :])
         finally:
             self.connected.clear()
             pubsub.close()
+
+    def _on_subscribed(self) -> None:
+        if self._failing:
+            self.logger.info("Wake-up listener reconnected.")
+            self._failing = False
+        self.connected.set()
 
     def _subscriber(self) -> redis.Redis:
         """A client like the broker's, named so ``CLIENT LIST`` shows what the connection is."""
@@ -329,7 +338,10 @@ class WakeupRedisBroker(RedisBroker):
         return WakeupConsumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> WakeupConsumer:
-        self._check_server()
+        try:
+            self._check_server()
+        except redis.ConnectionError as exc:  # the worker retries a consumer that lost its connection
+            raise ConnectionClosed(exc) from None
         if not queue_name.endswith(".DQ"):
             prefetch = max(1, math.ceil(prefetch * self.prefetch_scale))
         return self.consumer_class(self, queue_name, prefetch, timeout)

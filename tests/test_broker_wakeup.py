@@ -13,6 +13,7 @@ import dramatiq
 import pytest
 import redis
 from broker_support import (
+    RedisProxy,
     declare_slow,
     median,
     running_worker,
@@ -165,3 +166,39 @@ def test_wakeups_resume_after_the_listener_connection_is_killed(broker_settings,
         assert wait_until(reconnected, timeout=10), "the listener did not reconnect"
         assert ours[0]["id"] not in {c["id"] for c in client.client_list()}
         assert median(latencies_after_idle(3)) < 100
+
+
+@pytest.mark.timeout(90)
+def test_worker_survives_a_redis_outage_and_wakeups_resume(redis_url, namespace, tmp_path):
+    proxy = RedisProxy()
+    settings = sqlite_settings(proxy.url(15), namespace, tmp_path, audit_enabled=False)
+    broker = build_broker(settings)
+    client = redis.Redis.from_url(redis_url)  # the producer and the test talk to Redis directly
+    producer = WakeupRedisBroker(url=redis_url, namespace=namespace)
+    key = f"{namespace}:latency"
+
+    @dramatiq.actor(broker=broker, queue_name="outage", max_retries=0)
+    def record(sent: float) -> None:
+        client.rpush(key, (time.time() - sent) * 1000)
+
+    def send() -> None:
+        producer.enqueue(record.message(time.time()))
+
+    try:
+        with running_worker(broker):
+            assert broker.listener.connected.wait(5)
+            proxy.go_down()
+            time.sleep(2)
+            send()  # while the worker cannot reach Redis
+            proxy.come_back()
+            assert wait_until(lambda: client.llen(key) == 1, timeout=30), "message lost in the outage"
+            assert wait_until(broker.listener.connected.is_set, timeout=30), "wake-ups did not resume"
+            client.delete(key)
+            for _ in range(3):
+                time.sleep(1.2)
+                send()
+            assert wait_until(lambda: client.llen(key) == 3, timeout=10)
+            assert median([float(value) for value in client.lrange(key, 0, -1)]) < 100
+    finally:
+        proxy.close()
+        producer.close()
