@@ -28,6 +28,7 @@ from .cancellation import CancelWatcher
 from .dead_letters import DeadLetterLog
 from .metrics import Metrics
 from .recovery import StalledRecovery
+from .redis_broker import WakeupRedisBroker
 from .retries import Retries
 from .schedules import ScheduleControl
 from .tracing import Tracing, tracer_provider_for
@@ -119,15 +120,25 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
 
 
 def build_broker(settings: Settings) -> RedisBroker:
-    """A Redis broker with tradeflow's middleware.  Nothing connects until first use."""
+    """A Redis broker with tradeflow's middleware.  Nothing connects until first use.
+
+    The waking broker with priority lanes (:mod:`actors.redis_broker`), or
+    Dramatiq's own with ``stock_broker``.
+    """
     audit_writer = build_audit_writer(settings) if settings.audit_enabled else None
-    broker = RedisBroker(
+    options = dict(
         url=settings.effective_redis_url,
         namespace=settings.namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         maintenance_chance=settings.maintenance_chance,
         middleware=build_middleware(settings, audit_writer=audit_writer),
     )
+    if settings.stock_broker:
+        broker = RedisBroker(**options)
+    else:
+        broker = WakeupRedisBroker(
+            aging_every=settings.broker_aging_every, prefetch_scale=settings.broker_prefetch_scale, **options
+        )
     if audit_writer is not None:
         # Producers (CLI, services) exit right after sending: give their
         # pending rows a chance to land.

@@ -121,6 +121,7 @@ def send(
     module: Annotated[
         list[str] | None, typer.Option("--module", "-m", help="Extra actor module to import.")
     ] = None,
+    priority: Annotated[str | None, typer.Option(help="Lane: critical, high, normal or low.")] = None,
 ) -> None:
     """Send one message; prints its id."""
     settings = _settings()
@@ -135,7 +136,12 @@ def send(
         known = ", ".join(sorted(actors.broker.actors))
         raise CliError(f"unknown actor {actor!r}; known actors: {known}") from None
     options = {"user_id": user_id} if user_id else {}
-    message = target.send_with_options(args=tuple(positional), kwargs=keyword, delay=delay, **options)
+    if priority:
+        options["priority"] = priority
+    try:
+        message = target.send_with_options(args=tuple(positional), kwargs=keyword, delay=delay, **options)
+    except ValueError as exc:  # a bad priority
+        raise CliError(str(exc)) from None
     writer = actors.audit_writer_of(actors.broker)
     if writer is not None and not writer.flush(settings.audit_commit_wait_ms / 1000):
         err_console.print(f"warning: audit row not written yet: {writer.last_error}")
@@ -193,7 +199,7 @@ def db_upgrade() -> None:
 
     engine = _engine(_settings())
     upgrade(engine)
-    console.print(f"database at revision {', '.join(sorted(current_revisions(engine)))}")
+    console.print(f"database at revision {', '.join(sorted(current_revisions(engine)))}", soft_wrap=True)
 
 
 @app.command()

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         silent this long.
       health_severities: Severity (``warning``/``critical``) of the SQL alert a failing
         check raises, by check name (JSON); unnamed checks keep their defaults.
+      stock_broker: Use Dramatiq's own RedisBroker (polling consumers, no
+        priority lanes) instead of tradeflow's waking broker.
+      broker_aging_every: Priority lanes: every this many fetches a lower lane
+        is served first, so it is never starved (0: strict priority).
+      broker_prefetch_scale: Fraction of Dramatiq's prefetch (2 x threads) a
+        consumer holds; 0.5 (one per thread) lets urgent lanes start soonest.
+      audit_*: The audit trail's buffer bound, batch size, flush interval and how
+        long a finished message waits for its audit row to commit before it is acked.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -114,6 +122,10 @@ class Settings(BaseSettings):
     max_age_ms: int | None = Field(default=None, gt=0)
     heartbeat_timeout_ms: int = Field(default=60_000, gt=0)
     maintenance_chance: int = Field(default=1_000, ge=0, le=1_000_000)
+
+    stock_broker: bool = False
+    broker_aging_every: int = Field(default=8, ge=0)
+    broker_prefetch_scale: float = Field(default=0.5, gt=0, le=1)
 
     audit_enabled: bool = True
     audit_buffer_size: int = Field(default=100_000, gt=0)

@@ -1,0 +1,270 @@
+-- Tradeflow's dispatch script: Dramatiq 2.2's redis/dispatch.lua (LGPL-3.0,
+-- Copyright (C) 2017-2020 CLEARTYPE SRL) with three additions:
+--
+--   * priority lanes: a queue is four lists, $namespace:$queue_name (the
+--     "normal" lane, the list stock Dramatiq uses) and
+--     $namespace:$queue_name:critical|high|low.  ":" cannot appear in a
+--     queue name, so lane keys never collide with a queue.  The message
+--     hash, ack sets and dead letters stay one per queue.
+--   * wake-up: a push that makes a lane non-empty publishes on
+--     $namespace:__wake__.$queue_name, so idle consumers fetch at once.
+--   * enqueue_many: many messages in one call, with a marker key that lets
+--     a producer whose connection broke find out whether the call ran.
+--
+-- Needs Redis >= 7.0 (LMPOP).
+--
+-- luacheck: globals ARGV KEYS redis unpack cjson
+-- dispatch(
+--   args=[command, timestamp, queue_name, worker_id, heartbeat_timeout, dead_message_ttl, do_maintenance, max_unpack_size, ...],
+--   keys=[namespace]
+-- )
+
+local namespace = KEYS[1]
+
+local command = ARGV[1]
+local timestamp = ARGV[2]
+local queue_name = ARGV[3]
+local worker_id = ARGV[4]
+local heartbeat_timeout = ARGV[5]
+local dead_message_ttl = ARGV[6]
+local do_maintenance = ARGV[7]
+local max_unpack_size = tonumber(ARGV[8])
+
+local acks = namespace .. ":__acks__." .. worker_id
+local heartbeats = namespace .. ":__heartbeats__"
+redis.call("zadd", heartbeats, timestamp, worker_id)
+
+local queue_canonical_name = queue_name
+if string.sub(queue_name, -3) == ".DQ" then
+    queue_canonical_name = string.sub(queue_name, 1, -4)
+end
+
+local queue_acks = acks .. "." .. queue_name
+local queue_full_name = namespace .. ":" .. queue_name
+local queue_messages = queue_full_name .. ".msgs"
+local xqueue_full_name = namespace .. ":" .. queue_canonical_name .. ".XQ"
+local xqueue_messages = xqueue_full_name .. ".msgs"
+local wake_channel = namespace .. ":__wake__." .. queue_name
+local lanes = {"critical", "high", "normal", "low"}
+
+local ARGS = {}
+for i=9,#ARGV do
+    ARGS[i - 8] = ARGV[i]
+end
+
+local function iter_chunks(tbl)
+    local len = #tbl
+    local i = 1
+    return function()
+        if i <= len then
+            local chunk = {}
+            local last_idx = math.min(i + max_unpack_size - 1, len)
+            for j = i, last_idx do
+                table.insert(chunk, tbl[j])
+            end
+            i = last_idx + 1
+            return chunk
+        end
+    end
+end
+
+-- A delay queue has one lane: its messages go to their own lane when due.
+local function lane_key(lane)
+    if lane == nil or lane == "" or lane == "normal" or queue_name ~= queue_canonical_name then
+        return queue_full_name
+    end
+    return queue_full_name .. ":" .. lane
+end
+
+-- The lane a stored message belongs to, read from its own options.
+local function lane_of(message_data)
+    local ok, decoded = pcall(cjson.decode, message_data)
+    if ok and type(decoded) == "table" and type(decoded.options) == "table" then
+        local priority = decoded.options.priority
+        if priority == "critical" or priority == "high" or priority == "low" then
+            return priority
+        end
+    end
+    return "normal"
+end
+
+-- Appends a message id to a lane; true when the lane was empty before.
+local function push(lane, message_id)
+    return redis.call("rpush", lane_key(lane), message_id) == 1
+end
+
+-- Puts a known message back on its lane (requeue, dead-worker recovery).
+local function push_back(message_id)
+    local message_data = redis.call("hget", queue_messages, message_id)
+    if message_data then
+        return push(lane_of(message_data), message_id)
+    end
+    return false
+end
+
+local function wake()
+    redis.call("publish", wake_channel, "1")
+end
+
+if do_maintenance == "1" then
+    local woken = false
+    local dead_workers = redis.call("zrangebyscore", heartbeats, 0, timestamp - heartbeat_timeout)
+    for i=1,#dead_workers do
+        local dead_worker = dead_workers[i]
+        local dead_worker_acks = namespace .. ":__acks__." .. dead_worker
+        local dead_worker_queue_acks = dead_worker_acks .. "." .. queue_name
+        local message_ids = redis.call("smembers", dead_worker_queue_acks)
+        if next(message_ids) then
+            for _, message_id in ipairs(message_ids) do
+                woken = push_back(message_id) or woken
+            end
+            redis.call("del", dead_worker_queue_acks)
+        end
+
+        local ack_queues = redis.call("keys", dead_worker_acks .. "*")
+        if not next(ack_queues) then
+            redis.call("zrem", heartbeats, dead_worker)
+        end
+    end
+    if woken then
+        wake()
+    end
+
+    local dead_message_ids = redis.call("zrangebyscore", xqueue_full_name, 0, timestamp - dead_message_ttl)
+    if next(dead_message_ids) then
+        for dead_message_ids_batch in iter_chunks(dead_message_ids) do
+            redis.call("zrem", xqueue_full_name, unpack(dead_message_ids_batch))
+            redis.call("hdel", xqueue_messages, unpack(dead_message_ids_batch))
+        end
+    end
+end
+
+
+-- enqueue(message_id, message_data[, lane])
+if command == "enqueue" then
+    redis.call("hset", queue_messages, ARGS[1], ARGS[2])
+    if push(ARGS[3], ARGS[1]) then
+        wake()
+    end
+
+
+-- enqueue_many(marker_key, marker_ttl_ms, message_id, message_data, lane, ...)
+-- The marker makes a call idempotent (a client retry after a broken
+-- connection stores nothing twice) and tells a producer it ran.
+elseif command == "enqueue_many" then
+    if not redis.call("set", ARGS[1], "1", "NX", "PX", ARGS[2]) then
+        return 0
+    end
+    local woken = false
+    for i = 3, #ARGS, 3 do
+        redis.call("hset", queue_messages, ARGS[i], ARGS[i + 1])
+        woken = push(ARGS[i + 2], ARGS[i]) or woken
+    end
+    if woken then
+        wake()
+    end
+
+
+-- fetch(prefetch[, lane, ...]): up to $prefetch messages, taking the lanes
+-- in the order given (default: critical, high, normal, low).
+elseif command == "fetch" then
+    local prefetch = math.min(tonumber(ARGS[1]), max_unpack_size)
+    local order = {}
+    if #ARGS > 1 then
+        for i = 2, #ARGS do
+            order[i - 1] = lane_key(ARGS[i])
+        end
+    else
+        for i = 1, #lanes do
+            order[i] = lane_key(lanes[i])
+        end
+    end
+
+    local message_ids = {}
+    local first = 1
+    while #message_ids < prefetch and first <= #order do
+        local lmpop_args = {#order - first + 1}
+        for i = first, #order do
+            table.insert(lmpop_args, order[i])
+        end
+        table.insert(lmpop_args, "LEFT")
+        table.insert(lmpop_args, "COUNT")
+        table.insert(lmpop_args, prefetch - #message_ids)
+        local popped = redis.call("lmpop", unpack(lmpop_args))
+        if not popped then
+            break
+        end
+        for _, message_id in ipairs(popped[2]) do
+            table.insert(message_ids, message_id)
+        end
+        -- LMPOP took from the first non-empty lane: go on after it.
+        for i = first, #order do
+            if order[i] == popped[1] then
+                first = i + 1
+                break
+            end
+        end
+    end
+
+    if next(message_ids) ~= nil then
+        redis.call("sadd", queue_acks, unpack(message_ids))
+        return redis.call("hmget", queue_messages, unpack(message_ids))
+    else
+        return {}
+    end
+
+
+elseif command == "requeue" then
+    local woken = false
+    for i=1,#ARGS do
+        local message_id = ARGS[i]
+        if redis.call("srem", queue_acks, message_id) > 0 then
+            woken = push_back(message_id) or woken
+        end
+    end
+    if woken then
+        wake()
+    end
+
+
+elseif command == "ack" then
+    local message_id = ARGS[1]
+
+    if redis.call("srem", queue_acks, message_id) > 0 then
+        redis.call("hdel", queue_messages, message_id)
+    end
+
+
+elseif command == "nack" then
+    local message_id = ARGS[1]
+
+    if redis.call("srem", queue_acks, message_id) > 0 then
+        local message = redis.call("hget", queue_messages, message_id)
+        if message then
+            redis.call("zadd", xqueue_full_name, timestamp, message_id)
+            redis.call("hset", xqueue_messages, message_id, message)
+            redis.call("hdel", queue_messages, message_id)
+        end
+    end
+
+
+elseif command == "purge" then
+    redis.call("del", queue_acks, queue_messages, xqueue_full_name, xqueue_messages)
+    for i = 1, #lanes do
+        redis.call("del", lane_key(lanes[i]))
+    end
+
+
+elseif command == "qsize" then
+    local q_aks = acks .. "." .. queue_canonical_name
+    local q_fn = namespace .. ":" .. queue_canonical_name
+    local q_msgs = q_fn .. ".msgs"
+    local dq_q_aks = q_aks .. ".DQ"
+    local dq_q_msgs = q_fn .. ".DQ" .. ".msgs"
+
+    return redis.call("hlen", dq_q_msgs) +
+           redis.call("scard", dq_q_aks) +
+           redis.call("hlen", q_msgs) +
+           redis.call("scard", q_aks)
+
+end

@@ -1,0 +1,408 @@
+"""A Redis broker whose idle consumers wake when work arrives, with priority lanes and batch enqueue.
+
+Dramatiq's Redis consumer never blocks: after an empty fetch it sleeps with
+a back-off that grows to ``worker_timeout`` (1 s), so a sparse message waits
+up to a second.  This broker keeps Dramatiq's Redis semantics (one Lua
+dispatch script, ack sets, heartbeats, dead-worker requeue, delay and dead
+letter queues) and adds:
+
+* **wake-up**: a push that makes a queue's lane non-empty publishes on
+  ``<namespace>:__wake__.<queue>`` inside the same script.  One pub/sub
+  connection per process (:class:`WakeupListener`) turns that into a
+  ``threading.Event`` the idle consumer waits on.  The wait is bounded by
+  the worker timeout, after which the consumer polls as before, so a lost
+  notification costs at most the old latency and never a message.  Waiting
+  on the event costs Redis nothing, so idle load is the polling alone.
+* **priority lanes**: the ``priority`` message option (``critical``,
+  ``high``, ``normal``, ``low``) picks one of four lists per queue; see
+  :class:`LanePolicy` for the order and the anti-starvation rule.
+* **batch enqueue**: :meth:`WakeupRedisBroker.enqueue_many` sends many
+  messages in one pipelined round trip (see :mod:`actors.batch`).
+
+Needs Redis (or Valkey) 7.0 or newer, for ``LMPOP``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import uuid4
+
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis, dq_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+
+#: Priority lanes of a queue, most urgent first.
+LANES = ("critical", "high", "normal", "low")
+
+#: Lane of a message that names no priority.
+DEFAULT_LANE = "normal"
+
+#: The dispatch script: Dramatiq's, plus lanes, wake-up and enqueue_many.
+DISPATCH_SCRIPT = (Path(__file__).parent / "lua" / "dispatch.lua").read_bytes()
+
+#: Messages per ``enqueue_many`` script call: one call is atomic, so a broken
+#: batch is reported per chunk; small enough to keep each call short.
+ENQUEUE_CHUNK = 500
+
+#: How long the marker of an ``enqueue_many`` chunk lives, in milliseconds.
+BATCH_MARKER_TTL = 3_600_000
+
+#: Oldest Redis whose commands the dispatch script uses (LMPOP).
+MIN_SERVER_VERSION = (7, 0)
+
+#: Client name of the wake-up listener's connection (shown by ``CLIENT LIST``).
+LISTENER_CLIENT_NAME = "tradeflow-wakeup"
+
+#: Longest pause before the wake-up listener reconnects, in seconds.
+LISTENER_MAX_BACKOFF = 5.0
+
+
+def lane_of(message: Message) -> str:
+    """The lane ``message`` goes to; a clear ``ValueError`` for an unknown priority."""
+    priority = message.options.get("priority")
+    if priority is None:
+        return DEFAULT_LANE
+    if priority not in LANES:
+        raise ValueError(f"priority must be one of {', '.join(LANES)} (got {priority!r})")
+    return priority
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern."""
+    return "".join(f"\\{char}" if char in "\\*?[]" else char for char in text)
+
+
+@dataclass
+class LanePolicy:
+    """Which lane a consumer's fetch serves first.
+
+    Strict priority, with a guaranteed share for the lower lanes: every
+    ``aging_every``-th fetch of a consumer starts with ``high``, ``normal``
+    or ``low`` in turn (then the rest in priority order).  So while lower
+    lanes hold messages, each of them gets at least one fetch in
+    ``3 * aging_every`` and is never starved, and a critical message
+    is served by all other fetches.
+
+    Parameters:
+      aging_every(int): How often (in fetches) a lower lane goes first.
+        Defaults to 8.  0 means strict priority (lower lanes can starve).
+    """
+
+    aging_every: int = 8
+    _fetches: int = field(default=0, init=False)
+
+    def next_order(self) -> Sequence[str]:
+        self._fetches += 1
+        if not self.aging_every or self._fetches % self.aging_every:
+            return LANES
+        first = LANES[1 + (self._fetches // self.aging_every) % (len(LANES) - 1)]
+        return (first, *(lane for lane in LANES if lane != first))
+
+
+class WakeupListener:
+    """One pub/sub connection per process that wakes idle consumers.
+
+    Subscribes to ``<namespace>:__wake__.*`` and sets the events of the
+    consumers registered for the queue named in each notification.  On a
+    connection error it reconnects with a back-off; meanwhile consumers poll.
+    Fork-safe: a child process starts its own thread on first use.
+
+    Parameters:
+      client(redis.Redis): Connection settings to subscribe with.
+      namespace(str): The broker's key prefix.
+    """
+
+    def __init__(self, *, client: redis.Redis, namespace: str) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.client = client
+        self.prefix = f"{namespace}:__wake__."
+        self.connected = threading.Event()
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._events: dict[str, set[threading.Event]] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pubsub: redis.client.PubSub | None = None
+        self._failing = False
+
+    def register(self, queue_name: str) -> threading.Event:
+        """An event set whenever ``queue_name`` gets work."""
+        self._ensure_started()
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(queue_name, set()).add(event)
+        return event
+
+    def unregister(self, queue_name: str, event: threading.Event) -> None:
+        with self._lock:
+            self._events.get(queue_name, set()).discard(event)
+
+    def close(self) -> None:
+        """Stop listening; a later consumer starts a new listener."""
+        self._stopping.set()
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(2)
+        self._pid = None
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._events = {}
+            self.connected.clear()
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="tradeflow-wakeup", daemon=True)
+            self._thread.start()
+        # Consumers created before the subscription would miss a first
+        # notification (and poll for it): give it a moment.
+        self.connected.wait(1)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        client = self._subscriber()
+        while not self._stopping.is_set():
+            try:
+                self._listen(client)
+                backoff = 0.05
+            except Exception as exc:  # this thread must outlive any error: consumers rely on it
+                self.connected.clear()
+                log = self.logger.debug if self._failing else self.logger.warning
+                log("Wake-up listener failed (%s); consumers poll until it reconnects.", exc)
+                self._failing = True
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, LISTENER_MAX_BACKOFF)
+        client.close()
+
+    def _listen(self, client: redis.Redis) -> None:
+        pubsub = self._pubsub = client.pubsub()
+        try:
+            pubsub.psubscribe(glob_escape(self.prefix) + "*")
+            while not self._stopping.is_set():
+                notification = pubsub.get_message(timeout=1.0)
+                if notification is None:
+                    continue
+                if notification["type"] == "psubscribe":
+                    self._on_subscribed()
+                    continue
+                self._wake(notification["channel"].decode()[len(self.prefix) :])
+        finally:
+            self.connected.clear()
+            pubsub.close()
+
+    def _on_subscribed(self) -> None:
+        if self._failing:
+            self.logger.info("Wake-up listener reconnected.")
+            self._failing = False
+        self.connected.set()
+
+    def _subscriber(self) -> redis.Redis:
+        """A client like the broker's, named so ``CLIENT LIST`` shows what the connection is."""
+        pool = self.client.connection_pool
+        kwargs = {**pool.connection_kwargs, "client_name": LISTENER_CLIENT_NAME}
+        return redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
+
+    def _wake(self, queue_name: str) -> None:
+        with self._lock:
+            events = tuple(self._events.get(queue_name, ()))
+        for event in events:
+            event.set()
+
+
+class WakeupConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, waiting on a wake-up event instead of sleeping.
+
+    After an empty fetch it waits until a notification arrives or the
+    timeout passes (then it polls: the fallback for lost notifications); on
+    a delay queue it also wakes when the earliest held message becomes due.
+    With its prefetch full it waits for an ack instead of a growing sleep.
+    """
+
+    def __init__(self, broker: WakeupRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.is_delay_queue = queue_name.endswith(".DQ")
+        self.lanes = LanePolicy(aging_every=broker.aging_every)
+        self.room = threading.Event()
+        self.etas: dict[str, int] = {}
+        self.wakeup = broker.listener.register(queue_name)
+
+    def ack(self, message: MessageProxy) -> None:
+        try:
+            super().ack(message)
+        finally:
+            self._release(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)
+        finally:
+            self._release(message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        messages = list(messages)
+        super().requeue(messages)
+        for message in messages:
+            self.etas.pop(message.message_id, None)
+
+    def close(self) -> None:
+        self.broker.listener.unregister(self.queue_name, self.wakeup)
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    message = self._take()
+                    if message is not None:
+                        return message
+                    continue
+                room = self.prefetch - self.outstanding_message_count
+                if room <= 0:
+                    self._wait_for_room()
+                    return None
+                self.wakeup.clear()
+                self.message_cache = self.broker.do_fetch(self.queue_name, room, *self._lane_order())
+                if not self.message_cache:
+                    self.wakeup.wait(self._idle_wait())
+                    return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def _take(self) -> MessageProxy | None:
+        data = self.message_cache.pop(0)
+        if data is None:  # its data is gone (acked elsewhere after a requeue): nothing to run
+            return None
+        message = Message.decode(data)
+        self.queued_message_ids.add(message.message_id)
+        eta = message.options.get("eta")
+        if self.is_delay_queue and isinstance(eta, int | float):
+            self.etas[message.message_id] = eta
+        return MessageProxy(message)
+
+    def _lane_order(self) -> Sequence[str]:
+        return (DEFAULT_LANE,) if self.is_delay_queue else self.lanes.next_order()
+
+    def _idle_wait(self) -> float:
+        """Seconds to wait for a notification: the poll interval, or less if a delayed message falls due."""
+        wait_ms = self.timeout
+        if self.etas:
+            wait_ms = min(wait_ms, max(0, min(self.etas.values()) - current_millis()))
+        return wait_ms / 1000
+
+    def _wait_for_room(self) -> None:
+        self.room.clear()
+        if self.outstanding_message_count >= self.prefetch:
+            self.room.wait(self._idle_wait())
+
+    def _release(self, message: MessageProxy) -> None:
+        self.etas.pop(message.message_id, None)
+        self.room.set()
+
+
+class WakeupRedisBroker(RedisBroker):
+    """Dramatiq's :class:`~dramatiq.brokers.redis.RedisBroker` with wake-up, lanes and batch enqueue.
+
+    Parameters:
+      aging_every(int): See :class:`LanePolicy`.  Defaults to 8.
+      prefetch_scale(float): Fraction of Dramatiq's queue prefetch (twice
+        the worker threads) a consumer keeps.  Defaults to 0.5: one message
+        per thread, so a critical message fetched when a thread frees up
+        starts at once instead of queueing behind locally held ones.
+      **kwargs: Everything :class:`~dramatiq.brokers.redis.RedisBroker` takes.
+    """
+
+    def __init__(self, *, aging_every: int = 8, prefetch_scale: float = 0.5, **kwargs) -> None:
+        if aging_every < 0:
+            raise ValueError(f"aging_every must be >= 0 (got {aging_every})")
+        if not 0 < prefetch_scale <= 1:
+            raise ValueError(f"prefetch_scale must be in (0, 1] (got {prefetch_scale})")
+        super().__init__(**kwargs)
+        self.aging_every = aging_every
+        self.prefetch_scale = prefetch_scale
+        self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
+        self.listener = WakeupListener(client=self.client, namespace=self.namespace)
+        self._server_checked = False
+
+    @property
+    def consumer_class(self) -> type[WakeupConsumer]:
+        return WakeupConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> WakeupConsumer:
+        try:
+            self._check_server()
+        except redis.ConnectionError as exc:  # the worker retries a consumer that lost its connection
+            raise ConnectionClosed(exc) from None
+        if not queue_name.endswith(".DQ"):
+            prefetch = max(1, math.ceil(prefetch * self.prefetch_scale))
+        return self.consumer_class(self, queue_name, prefetch, timeout)
+
+    def close(self) -> None:
+        self.listener.close()
+        super().close()
+
+    def _check_server(self) -> None:
+        """Fail with the fix when the server is too old for the dispatch script."""
+        if self._server_checked:
+            return
+        version = str(self.client.info("server").get("redis_version", "0"))
+        if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < MIN_SERVER_VERSION:
+            raise RuntimeError(
+                f"tradeflow's broker needs Redis or Valkey >= 7.0 (LMPOP); this server is {version}."
+                " Upgrade it, or set TRADEFLOW_STOCK_BROKER=true for Dramatiq's own broker."
+            )
+        self._server_checked = True
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        """Enqueue ``message`` on the lane its ``priority`` option names (see :data:`LANES`)."""
+        lane = lane_of(message)
+        message, queue_name = self._prepare(message, delay)
+        lane = DEFAULT_LANE if delay is not None else lane  # the delay queue has one lane
+        self.logger.debug("Enqueueing message %r on queue %r.", message.message_id, queue_name)
+        self.emit_before("enqueue", message, delay)
+        self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode(), lane)
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def enqueue_many(self, messages: Sequence[Message], *, delay: int | None = None) -> list[Message]:
+        """Enqueue ``messages`` in one pipelined round trip; returns them as enqueued, in order.
+
+        Each message gets its ``before_enqueue`` hook first and its
+        ``after_enqueue`` hook once Redis confirmed it.  Raises
+        :class:`actors.batch.SendManyError` (naming the enqueued, not
+        enqueued and unknown messages) if anything fails part way.
+        """
+        from .batch import EnqueueBatch
+
+        return EnqueueBatch(self, messages, delay=delay).run()
+
+    def _prepare(self, message: Message, delay: int | None) -> tuple[Message, str]:
+        """The message as stored (own Redis id, eta when delayed) and the queue it goes to."""
+        message = message.copy(options={"redis_message_id": str(uuid4())})
+        if delay is None:
+            return message, message.queue_name
+        queue_name = dq_name(message.queue_name)
+        return message.copy(queue_name=queue_name, options={"eta": current_millis() + delay}), queue_name
+
+    def _dispatch_args(self, command: str, queue_name: str, *args) -> list:
+        """ARGV of one dispatch call, as Dramatiq's ``_dispatch`` builds it."""
+        return [
+            command,
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            self._should_do_maintenance(command),
+            self._max_unpack_size(),
+            *args,
+        ]
