@@ -212,7 +212,19 @@ def test_on_failure_finish_lets_a_running_sibling_finish_then_compensates_it_fir
 
 
 def test_on_failure_cancel_aborts_a_running_sibling(stack):
-    run_id = stack.engine.start(_siblings("cancel"))
+    # boom fails only once slow has started, so slow is surely running when it is aborted
+    workflow = Workflow(
+        "siblings_cancel",
+        [
+            Step("a", "record", args=("a",), compensate_with="undo"),
+            Step("slow", "slow", args=("slow", 3.0), depends_on=["a"], compensate_with="undo"),
+            Step("pause", "slow", args=("pause", 0.5), depends_on=["a"]),
+            Step("boom", "fail", args=("boom",), depends_on=["pause"]),
+            Step("after", "record", args=("after",), depends_on=["slow", "boom"]),
+        ],
+        on_failure="cancel",
+    )
+    run_id = stack.engine.start(workflow)
     run = wait_for_run(stack.db, run_id)
     steps = steps_of(stack.db, run_id)
     assert run.status == "compensated"
