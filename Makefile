@@ -19,9 +19,10 @@ demo: install
 	$(BIN)/tradeflow demo
 
 ## The test suite against the real Redis and PostgreSQL of this machine.
+## A failed test is run once more; a rerun shows as "R" and in the summary, so flakes stay visible.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest --reruns 1 --reruns-delay 2
 
 lint: install
 	$(BIN)/ruff check .

@@ -188,13 +188,15 @@ def test_a_redelivered_step_receives_its_last_checkpoint(stack):
     assert step.result == 1 and step.progress == 100 and step.checkpoint == {"done": 3}
 
 
-def _siblings(on_failure: str) -> Workflow:
+def _siblings(on_failure: str, *, slow_seconds: float) -> Workflow:
+    """``boom`` fails only after ``pause``, so its sibling ``slow`` is surely running by then."""
     return Workflow(
         f"siblings_{on_failure}",
         [
             Step("a", "record", args=("a",), compensate_with="undo"),
-            Step("slow", "slow", args=("slow", 1.5), depends_on=["a"], compensate_with="undo"),
-            Step("boom", "fail", args=("boom",), depends_on=["a"]),
+            Step("slow", "slow", args=("slow", slow_seconds), depends_on=["a"], compensate_with="undo"),
+            Step("pause", "slow", args=("pause", 0.5), depends_on=["a"]),
+            Step("boom", "fail", args=("boom",), depends_on=["pause"]),
             Step("after", "record", args=("after",), depends_on=["slow", "boom"]),
         ],
         on_failure=on_failure,
@@ -202,7 +204,7 @@ def _siblings(on_failure: str) -> Workflow:
 
 
 def test_on_failure_finish_lets_a_running_sibling_finish_then_compensates_it_first(stack):
-    run_id = stack.engine.start(_siblings("finish"))
+    run_id = stack.engine.start(_siblings("finish", slow_seconds=1.5))
     run = wait_for_run(stack.db, run_id)
     steps = steps_of(stack.db, run_id)
     assert run.status == "compensated"
@@ -212,19 +214,7 @@ def test_on_failure_finish_lets_a_running_sibling_finish_then_compensates_it_fir
 
 
 def test_on_failure_cancel_aborts_a_running_sibling(stack):
-    # boom fails only once slow has started, so slow is surely running when it is aborted
-    workflow = Workflow(
-        "siblings_cancel",
-        [
-            Step("a", "record", args=("a",), compensate_with="undo"),
-            Step("slow", "slow", args=("slow", 3.0), depends_on=["a"], compensate_with="undo"),
-            Step("pause", "slow", args=("pause", 0.5), depends_on=["a"]),
-            Step("boom", "fail", args=("boom",), depends_on=["pause"]),
-            Step("after", "record", args=("after",), depends_on=["slow", "boom"]),
-        ],
-        on_failure="cancel",
-    )
-    run_id = stack.engine.start(workflow)
+    run_id = stack.engine.start(_siblings("cancel", slow_seconds=3.0))
     run = wait_for_run(stack.db, run_id)
     steps = steps_of(stack.db, run_id)
     assert run.status == "compensated"
