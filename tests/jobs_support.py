@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 from dataclasses import dataclass
 
@@ -12,6 +10,7 @@ import pendulum
 import pytest
 import redis
 from dramatiq.message import Message
+from tcp_proxy import TcpProxy
 
 
 @dataclass
@@ -57,60 +56,6 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1, what: str = "c
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class TcpProxy:
-    """A TCP relay to ``target`` that a test can cut (connections dropped, new ones refused) and restore."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._open = threading.Event()
-        self._open.set()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def cut(self) -> None:
-        self._open.clear()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self._sockets.clear()
-
-    def restore(self) -> None:
-        self._open.set()
-
-    def close(self) -> None:
-        self.cut()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if not self._open.is_set():
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.close()
-
-
 #: For tests whose subject is Redis-side: run them on SQLite only (the SQL parts run on both elsewhere).
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -119,7 +64,7 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def cuttable_redis(settings):
     """``(proxy, proxied_settings)``: the test's settings reaching Redis through a cuttable link."""
     host, port = settings.redis_url.split("//")[1].split("/")[0].split(":")
-    link = TcpProxy(host, int(port))
+    link = TcpProxy((host, int(port)))
     db = settings.redis_url.rsplit("/", 1)[1]
     try:
         yield link, settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{link.port}/{db}"})
