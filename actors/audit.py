@@ -13,6 +13,7 @@ from dramatiq.message import Message
 
 from storage import AuditWriter, TaskEvent, TaskStatus, utc_from_millis, utc_now
 
+from .acks import hold_ack
 from .errors import JobCancelled
 from .options import AUDIT_SEQ_BASE, DUPLICATE, SKIP_REASON, SKIP_STATUS
 
@@ -40,6 +41,46 @@ def describe_exception(exception: BaseException) -> str:
     return text[:MAX_ERROR_LENGTH]
 
 
+class CommitHold:
+    """Holds a message's ack until its audit row is committed.
+
+    Released early when the database is failing (the row is retried; waiting
+    would only stall the queue) or after ``wait`` seconds, with a warning.
+
+    Parameters:
+      writer(AuditWriter): The writer the row went to.
+      ticket(int): The row's ticket from :meth:`AuditWriter.track`.
+      wait(float): Longest hold, in seconds.
+    """
+
+    __slots__ = ("_expired", "deadline", "ticket", "writer")
+
+    def __init__(self, *, writer: AuditWriter, ticket: int, wait: float) -> None:
+        self.writer = writer
+        self.ticket = ticket
+        self.deadline = time.monotonic() + wait
+        self._expired = False
+
+    def released(self) -> bool:
+        if self.writer.settled(self.ticket):
+            return True
+        if time.monotonic() < self.deadline:
+            return False
+        if not self._expired:
+            self._expired = True
+            get_logger(__name__, type(self)).warning(
+                "Audit row not committed in time (%s); acking anyway, the write is retried.",
+                self.writer.last_error or "writer busy",
+            )
+        return True
+
+    def notify(self, callback) -> None:
+        self.writer.on_settle(callback)
+
+    def wait(self, timeout: float) -> None:
+        self.writer.wait_settled(self.ticket, min(timeout, max(0.0, self.deadline - time.monotonic())))
+
+
 class Audit(Middleware):
     """Records enqueue -> pending, start -> running, failure with retries left ->
     retrying, success -> completed, retries exhausted -> dead_letter, an
@@ -50,8 +91,10 @@ class Audit(Middleware):
 
     A finished message is acked only after its row is committed (or after
     ``commit_wait``), so a SIGKILL can never leave a row ``running`` for a
-    message that completed.  Must come before ``Retries`` in the middleware
-    list: ``after_*`` hooks run in reverse order, and this one needs the
+    message that completed.  On a broker that defers acks
+    (:mod:`actors.acks`) the worker thread does not wait for that: the
+    message carries a :class:`CommitHold` its consumer honours.  Must come
+    before ``Retries`` in the middleware list: ``after_*`` hooks run in reverse order, and this one needs the
     retry decision.
 
     Parameters:
@@ -116,7 +159,7 @@ class Audit(Middleware):
             event.completed_at = utc_now()
         if started is not None:
             event.processing_time_ms = (time.perf_counter() - started) * 1000
-        self._commit(event)
+        self._commit(broker, message, event)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if message.options.get(SKIP_STATUS) == DUPLICATE:
@@ -131,12 +174,17 @@ class Audit(Middleware):
         event.completed_at = utc_now()
         default_reason = "skipped before running (message too old)" if message.failed else "skipped"
         event.error_message = message.options.get(SKIP_REASON, default_reason)
-        self._commit(event)
+        self._commit(broker, message, event)
 
     def after_worker_shutdown(self, broker: Broker, worker) -> None:
         self.writer.close(self.commit_wait)
 
-    def _commit(self, event: TaskEvent) -> None:
+    def _commit(self, broker: Broker, message: Message, event: TaskEvent) -> None:
+        if self.commit_wait > 0 and getattr(broker, "defers_acks", False):
+            # The worker thread moves on; the consumer acks once the row is in.
+            ticket = self.writer.track(event)
+            hold_ack(message, CommitHold(writer=self.writer, ticket=ticket, wait=self.commit_wait))
+            return
         # While the database is known to be down, waiting would only slow
         # every message by commit_wait: queue the event and move on.
         wait = self.commit_wait > 0 and self.writer.last_error is None

@@ -42,6 +42,7 @@ def build_audit_writer(settings: Settings) -> AuditWriter:
         create_db_engine(settings.database_url),
         buffer_size=settings.audit_buffer_size,
         batch_size=settings.audit_batch_size,
+        commit_interval=settings.audit_commit_interval_ms / 1000,
     )
 
 
@@ -137,7 +138,10 @@ def build_broker(settings: Settings) -> RedisBroker:
         broker = RedisBroker(**options)
     else:
         broker = WakeupRedisBroker(
-            aging_every=settings.broker_aging_every, prefetch_scale=settings.broker_prefetch_scale, **options
+            aging_every=settings.broker_aging_every,
+            prefetch_scale=settings.broker_prefetch_scale,
+            ack_flush_timeout=settings.audit_commit_wait_ms / 1000,
+            **options,
         )
     if audit_writer is not None:
         # Producers (CLI, services) exit right after sending: give their

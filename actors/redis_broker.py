@@ -40,6 +40,8 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
+from .acks import ACK_HOLD_ATTRIBUTE, PendingAcks
+
 #: Priority lanes of a queue, most urgent first.
 LANES = ("critical", "high", "normal", "low")
 
@@ -227,6 +229,8 @@ class WakeupConsumer(_RedisConsumer):
     timeout passes (then it polls: the fallback for lost notifications); on
     a delay queue it also wakes when the earliest held message becomes due.
     With its prefetch full it waits for an ack instead of a growing sleep.
+    Acks are deferred (:mod:`actors.acks`): sent with the next fetch, once
+    their holds are released.
     """
 
     def __init__(self, broker: WakeupRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -236,12 +240,12 @@ class WakeupConsumer(_RedisConsumer):
         self.room = threading.Event()
         self.etas: dict[str, int] = {}
         self.wakeup = broker.listener.register(queue_name)
+        self.pending = broker.pending_acks(queue_name)
 
     def ack(self, message: MessageProxy) -> None:
-        try:
-            super().ack(message)
-        finally:
-            self._release(message)
+        self.pending.add(message.options["redis_message_id"], getattr(message, ACK_HOLD_ATTRIBUTE, None))
+        self.queued_message_ids.discard(message.message_id)
+        self._release(message)
 
     def nack(self, message: MessageProxy) -> None:
         try:
@@ -257,6 +261,7 @@ class WakeupConsumer(_RedisConsumer):
 
     def close(self) -> None:
         self.broker.listener.unregister(self.queue_name, self.wakeup)
+        self._send_acks(self.pending.take_all(timeout=self.broker.ack_flush_timeout))
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -266,17 +271,41 @@ class WakeupConsumer(_RedisConsumer):
                     if message is not None:
                         return message
                     continue
+                acks = self.pending.take_released(self._poke)
                 room = self.prefetch - self.outstanding_message_count
-                if room <= 0:
+                if room <= 0 and not acks:
                     self._wait_for_room()
                     return None
                 self.wakeup.clear()
-                self.message_cache = self.broker.do_fetch(self.queue_name, room, *self._lane_order())
+                self.message_cache = self._fetch(max(room, 0), acks)
+                if room <= 0:
+                    continue
                 if not self.message_cache:
                     self.wakeup.wait(self._idle_wait())
                     return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
+
+    def _fetch(self, room: int, acks: list[str]) -> list:
+        try:
+            return self.broker.do_fetch(self.queue_name, room, len(acks), *acks, *self._lane_order())
+        except Exception:
+            self.pending.put_back(acks)
+            raise
+
+    def _send_acks(self, acks: list[str]) -> None:
+        """Ack ``acks`` now (on close); a failure leaves them to be redelivered, and says so."""
+        if not acks:
+            return
+        try:
+            self.broker.do_fetch(self.queue_name, 0, len(acks), *acks)
+        except redis.ConnectionError as exc:
+            self.logger.error(
+                "Could not ack %d finished messages of %r (%s): they run again after the heartbeat timeout.",
+                len(acks),
+                self.queue_name,
+                exc,
+            )
 
     def _take(self) -> MessageProxy | None:
         data = self.message_cache.pop(0)
@@ -301,12 +330,22 @@ class WakeupConsumer(_RedisConsumer):
 
     def _wait_for_room(self) -> None:
         self.room.clear()
-        if self.outstanding_message_count >= self.prefetch:
+        if self.outstanding_message_count >= self.prefetch and not self._acks_released():
             self.room.wait(self._idle_wait())
+
+    def _acks_released(self) -> bool:
+        acks = self.pending.take_released(self._poke)
+        self.pending.put_back(acks)
+        return bool(acks)
 
     def _release(self, message: MessageProxy) -> None:
         self.etas.pop(message.message_id, None)
+        self._poke()
+
+    def _poke(self) -> None:
+        """Make the consumer loop run again now: room freed, or an ack to send."""
         self.room.set()
+        self.wakeup.set()
 
 
 class WakeupRedisBroker(RedisBroker):
@@ -318,10 +357,18 @@ class WakeupRedisBroker(RedisBroker):
         the worker threads) a consumer keeps.  Defaults to 0.5: one message
         per thread, so a critical message fetched when a thread frees up
         starts at once instead of queueing behind locally held ones.
+      ack_flush_timeout(float): Seconds a closing consumer waits for the
+        holds of its deferred acks (e.g. audit rows being committed).
+        Defaults to 5.
       **kwargs: Everything :class:`~dramatiq.brokers.redis.RedisBroker` takes.
     """
 
-    def __init__(self, *, aging_every: int = 8, prefetch_scale: float = 0.5, **kwargs) -> None:
+    #: Acks are deferred and honour :data:`actors.acks.ACK_HOLD_ATTRIBUTE`.
+    defers_acks = True
+
+    def __init__(
+        self, *, aging_every: int = 8, prefetch_scale: float = 0.5, ack_flush_timeout: float = 5.0, **kwargs
+    ) -> None:
         if aging_every < 0:
             raise ValueError(f"aging_every must be >= 0 (got {aging_every})")
         if not 0 < prefetch_scale <= 1:
@@ -331,7 +378,16 @@ class WakeupRedisBroker(RedisBroker):
         self.prefetch_scale = prefetch_scale
         self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
         self.listener = WakeupListener(client=self.client, namespace=self.namespace)
+        self.ack_flush_timeout = ack_flush_timeout
+        self._pending_acks: dict[str, PendingAcks] = {}
         self._server_checked = False
+
+    def pending_acks(self, queue_name: str) -> PendingAcks:
+        """The deferred acks of ``queue_name`` in this process."""
+        pending = self._pending_acks.get(queue_name)
+        if pending is None:
+            pending = self._pending_acks.setdefault(queue_name, PendingAcks(queue_name=queue_name))
+        return pending
 
     @property
     def consumer_class(self) -> type[WakeupConsumer]:

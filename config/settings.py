@@ -35,9 +35,11 @@ class Settings(BaseSettings):
         its unacknowledged messages are requeued.
       maintenance_chance: Per million broker commands, how many run queue maintenance.
       audit_*: The audit trail's buffer bound (events), batch size (events), how
-        long a finished message waits for its row to commit before it is acked
-        (0: never waits), and how long a ``running`` event is held so that a
-        quick message costs one write (0: written at once), in milliseconds.
+        long the first event of a batch waits for more before the batch is
+        committed (``commit_interval``), how long a finished message's ack
+        waits for its row to commit (0: never waits), and how long a
+        ``running`` event is held so that a quick message costs one write
+        (0: written at once), in milliseconds.
       data_*: Market data (``docs/data.md``): the provider (``synthetic``, ``files``,
         ``ib``, ``yfinance``), the synthetic seed and universe (comma-separated; empty:
         any ticker), the folder of the files provider, the IB Gateway of the ``ib``
@@ -103,8 +105,6 @@ class Settings(BaseSettings):
         is served first, so it is never starved (0: strict priority).
       broker_prefetch_scale: Fraction of Dramatiq's prefetch (2 x threads) a
         consumer holds; 0.5 (one per thread) lets urgent lanes start soonest.
-      audit_*: The audit trail's buffer bound, batch size, flush interval and how
-        long a finished message waits for its audit row to commit before it is acked.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     audit_enabled: bool = True
     audit_buffer_size: int = Field(default=100_000, gt=0)
     audit_batch_size: int = Field(default=500, gt=0)
+    audit_commit_interval_ms: int = Field(default=20, ge=0)
     audit_commit_wait_ms: int = Field(default=5_000, ge=0)
     audit_running_delay_ms: int = Field(default=200, ge=0)
 

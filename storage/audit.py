@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -203,6 +204,11 @@ class AuditWriter:
         full, the oldest not-yet-written event is dropped and counted in
         ``dropped`` (a later event of the same message carries its row).
       batch_size: Most events written in one transaction.
+      commit_interval: Seconds the first event of a batch waits for others
+        before the batch is written, unless someone waits for a commit
+        (``submit(wait=True)``, :meth:`flush`, :meth:`wait_settled`) or the
+        batch is full.  Fewer, larger transactions cost far less CPU than
+        one per event.  Defaults to 0 (write at once).
 
     Counters: ``written``; ``dropped`` (buffer full); ``rejected`` (refused by
     the database for their content: logged, not retried, the rest of their
@@ -212,11 +218,19 @@ class AuditWriter:
     and connections on first use and forgets the parent's buffer.
     """
 
-    def __init__(self, engine: Engine, *, buffer_size: int = 100_000, batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        buffer_size: int = 100_000,
+        batch_size: int = 500,
+        commit_interval: float = 0.0,
+    ) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.engine = engine
         self.buffer_size = buffer_size
         self.batch_size = batch_size
+        self.commit_interval = commit_interval
         compiled = upsert_statement(engine.dialect.name).compile(dialect=engine.dialect)
         self._postgres = engine.dialect.name == "postgresql"
         if self._postgres:
@@ -237,9 +251,13 @@ class AuditWriter:
         self._committed = 0
         self._in_flight = 0
         self._closing = False
+        self._first_at = 0.0  # when the oldest unwritten event was queued
+        self._urgent = 0  # callers blocked on a commit: no lingering for them
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._settle_callbacks: set[Callable[[], None]] = set()
         self.written = 0
+        self.commits = 0
         self.dropped = 0
         self.rejected = 0
         self.failures = 0
@@ -266,22 +284,56 @@ class AuditWriter:
             if held is not None:
                 event = merge_events(held[1], event)
             if defer > 0 and not wait:
+                # All share one delay: a new deferred event is never due before the
+                # ones held already, so only the first needs to wake the writer.
+                if not self._deferred and not self._buffer:
+                    self._has_work.notify()
                 self._deferred[event.task_id] = (time.monotonic() + defer, event)
-                self._has_work.notify()
                 return True
-            return self._enqueue(event, wait=wait, timeout=timeout)
+            ticket = self._enqueue(event)
+            if not wait:
+                return True
+            return ticket == 0 or self._wait_urgently(lambda: self._committed >= ticket, timeout)
 
-    def _enqueue(self, event: TaskEvent, *, wait: bool, timeout: float | None) -> bool:
+    def track(self, event: TaskEvent) -> int:
+        """Queue ``event`` without waiting; returns its ticket for :meth:`settled` (0: dropped)."""
+        self._ensure_started()
+        with self._lock:
+            held = self._deferred.pop(event.task_id, None)
+            if held is not None:
+                event = merge_events(held[1], event)
+            return self._enqueue(event)
+
+    def settled(self, ticket: int) -> bool:
+        """Whether waiting for ``ticket`` is over: committed, or the database is failing."""
+        return self._committed >= ticket or self.last_error is not None or self._pid != os.getpid()
+
+    def wait_settled(self, ticket: int, timeout: float | None) -> bool:
+        """Block until :meth:`settled` (``ticket``), for at most ``timeout`` seconds."""
+        with self._lock:
+            return self._wait_urgently(lambda: self.settled(ticket), timeout)
+
+    def on_settle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, from the writer's thread, after its next commit or failure.
+
+        Keep it short (set an event): it runs while the writer holds its lock.
+        """
+        with self._lock:
+            self._settle_callbacks.add(callback)
+
+    def _enqueue(self, event: TaskEvent) -> int:
         if len(self._buffer) >= self.buffer_size and not self._drop_oldest():
             self._count_drop()
-            return not wait
+            return 0
         ticket = self._next_ticket
         self._next_ticket += 1
+        if not self._buffer:
+            self._first_at = time.monotonic()
+            self._has_work.notify()
         self._buffer.append((ticket, event))
-        self._has_work.notify()
-        if not wait:
-            return True
-        return self._committed_cv.wait_for(lambda: self._committed >= ticket, timeout)
+        if len(self._buffer) == self.batch_size:
+            self._has_work.notify()
+        return ticket
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event submitted so far is committed.  False on timeout."""
@@ -290,7 +342,18 @@ class AuditWriter:
                 return not self._buffer
             self._release_deferred(until=math.inf)
             target = self._next_ticket - 1
-            return self._committed_cv.wait_for(lambda: self._committed >= target, timeout)
+            return self._wait_urgently(lambda: self._committed >= target, timeout)
+
+    def _wait_urgently(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait (lock held) for ``predicate``, with the writer committing at once meanwhile."""
+        if predicate():
+            return True
+        self._urgent += 1
+        self._has_work.notify()
+        try:
+            return self._committed_cv.wait_for(predicate, timeout)
+        finally:
+            self._urgent -= 1
 
     def close(self, timeout: float | None = 5.0) -> bool:
         """Flush for up to ``timeout`` seconds, then stop the thread.  False if events were left."""
@@ -363,11 +426,18 @@ class AuditWriter:
 
     def _wait_for_work(self) -> None:
         while True:
-            self._release_deferred(until=time.monotonic())
-            if self._buffer or self._closing:
+            now = time.monotonic()
+            self._release_deferred(until=now)
+            if self._closing:
                 return
+            if self._buffer:
+                write_at = self._first_at + self.commit_interval
+                if self._urgent or len(self._buffer) >= self.batch_size or now >= write_at:
+                    return
+                self._has_work.wait(write_at - now)
+                continue
             first_due = next(iter(self._deferred.values()), (None,))[0]
-            self._has_work.wait(None if first_due is None else max(0.0, first_due - time.monotonic()))
+            self._has_work.wait(None if first_due is None else max(0.0, first_due - now))
 
     def _release_deferred(self, *, until: float) -> None:
         while self._deferred:
@@ -375,7 +445,7 @@ class AuditWriter:
             if due > until:
                 return
             del self._deferred[task_id]
-            self._enqueue(event, wait=False, timeout=None)
+            self._enqueue(event)
 
     def _write_batch(self, events: list[TaskEvent]) -> None:
         """Write ``events``; if the database refuses their content, save every one it accepts."""
@@ -405,13 +475,24 @@ class AuditWriter:
         with self._lock:
             for _ in batch:
                 self._buffer.popleft()
+            self._first_at = time.monotonic()
             self._in_flight = 0
             self._committed = batch[-1][0]
             self.written += len(batch)
+            self.commits += 1
             if self.last_error:
                 self.logger.warning("Audit trail writes resumed; %d events waiting.", len(self._buffer))
             self.last_error = None
             self._committed_cv.notify_all()
+            self._run_settle_callbacks()
+
+    def _run_settle_callbacks(self) -> None:
+        callbacks, self._settle_callbacks = self._settle_callbacks, set()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                self.logger.exception("Audit settle callback %r failed.", callback)
 
     def _on_failure(self, exc: BaseException, backoff: float) -> float:
         reason = describe_database_error(exc)
@@ -423,5 +504,7 @@ class AuditWriter:
                     "Audit trail write failed, will retry (%d events waiting): %s", len(self._buffer), reason
                 )
             self.last_error = reason
+            self._committed_cv.notify_all()
+            self._run_settle_callbacks()
         self._stopping.wait(backoff)
         return min(backoff * 2, MAX_RETRY_BACKOFF)

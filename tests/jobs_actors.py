@@ -52,7 +52,7 @@ def stepwise(key: str, seconds: float) -> None:
 
 @dramatiq.actor(queue_name="delayed", max_retries=0)
 def delayed_once(key: str) -> None:
-    _client().incr(f"{key}:runs")
+    _client().rpush(f"{key}:runs", os.getpid())
 
 
 class KillDuringDelayMove(dramatiq.Middleware):

@@ -156,3 +156,16 @@ def test_deferred_running_event_is_written_when_due(migrated_url):
         time.sleep(0.02)
     assert get_task(engine, "long").status == "running"
     assert writer.close(10)
+
+
+def test_commit_interval_groups_events_and_a_waiter_commits_at_once(migrated_url):
+    writer = AuditWriter(create_db_engine(migrated_url), commit_interval=5.0)
+    for i in range(10):
+        writer.submit(_event(i))
+    time.sleep(0.3)
+    assert writer.written == 0  # lingering for more events
+    started = time.monotonic()
+    assert writer.submit(_event(10), wait=True, timeout=10)
+    assert time.monotonic() - started < 2.5  # the waiter did not sit out the interval
+    assert (writer.written, writer.commits) == (11, 1)
+    writer.close(5)

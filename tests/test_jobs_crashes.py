@@ -179,4 +179,8 @@ def test_delayed_job_moved_twice_by_a_crash_runs_once(producer, workers, crash_s
     )
     producer.join("delayed", timeout=30_000)
     assert int(client.get(f"{key}:moves")) == 2  # the duplicate really was made...
-    assert int(client.get(f"{key}:runs")) == 1  # ...and ran once
+    runs = client.lrange(f"{key}:runs", 0, -1)
+    # ...and the surviving worker ran the job once.  The dying worker may have
+    # started the first copy before its SIGKILL: that run is redone (at least
+    # once), but the second copy must never run.
+    assert runs.count(runs[-1]) == 1 and len(runs) <= 2, runs

@@ -1,5 +1,5 @@
 -- Tradeflow's dispatch script: Dramatiq 2.2's redis/dispatch.lua (LGPL-3.0,
--- Copyright (C) 2017-2020 CLEARTYPE SRL) with three additions:
+-- Copyright (C) 2017-2020 CLEARTYPE SRL) with four additions:
 --
 --   * priority lanes: a queue is four lists, $namespace:$queue_name (the
 --     "normal" lane, the list stock Dramatiq uses) and
@@ -10,6 +10,8 @@
 --     $namespace:__wake__.$queue_name, so idle consumers fetch at once.
 --   * enqueue_many: many messages in one call, with a marker key that lets
 --     a producer whose connection broke find out whether the call ran.
+--   * fetch carries the consumer's deferred acks, so a busy consumer makes
+--     one call per batch instead of one per message.
 --
 -- Needs Redis >= 7.0 (LMPOP).
 --
@@ -165,14 +167,25 @@ elseif command == "enqueue_many" then
     end
 
 
--- fetch(prefetch[, lane, ...]): up to $prefetch messages, taking the lanes
--- in the order given (default: critical, high, normal, low).
+-- fetch(prefetch, n_acks, ack_id * n_acks[, lane, ...]): first ack the
+-- messages named (the consumer's deferred acks), then take up to $prefetch
+-- messages, taking the lanes in the order given (default: critical, high,
+-- normal, low).
 elseif command == "fetch" then
+    local n_acks = tonumber(ARGS[2])
+    for i = 3, n_acks + 2 do
+        if redis.call("srem", queue_acks, ARGS[i]) > 0 then
+            redis.call("hdel", queue_messages, ARGS[i])
+        end
+    end
     local prefetch = math.min(tonumber(ARGS[1]), max_unpack_size)
+    if prefetch <= 0 then
+        return {}
+    end
     local order = {}
-    if #ARGS > 1 then
-        for i = 2, #ARGS do
-            order[i - 1] = lane_key(ARGS[i])
+    if #ARGS > n_acks + 2 then
+        for i = n_acks + 3, #ARGS do
+            order[#order + 1] = lane_key(ARGS[i])
         end
     else
         for i = 1, #lanes do

@@ -1,0 +1,96 @@
+"""Deferred acks: a finished message is acked on its consumer's next broker call.
+
+Stock Dramatiq acks each message with its own Redis round trip, from the
+worker thread, and the audit trail made that thread wait for the message's
+row to commit first (so a SIGKILL can never leave a row ``running`` for a
+message that completed).  Here the worker thread only records the ack and
+moves on; the queue's consumer sends every ack whose hold is released
+together with its next fetch, in one script call.
+
+A *hold* is what an ack must wait for (:class:`AckHold`; the audit trail's
+commit is one).  A message without a hold is acked on the next call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from dramatiq.broker import MessageProxy
+from dramatiq.logging import get_logger
+
+#: Attribute of a :class:`~dramatiq.broker.MessageProxy` naming what its ack waits for.
+ACK_HOLD_ATTRIBUTE = "tradeflow_ack_hold"
+
+
+class AckHold(Protocol):
+    """What a deferred ack waits for."""
+
+    def released(self) -> bool:
+        """True once the ack may go to Redis."""
+
+    def notify(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once) when :meth:`released` may have become true."""
+
+    def wait(self, timeout: float) -> None:
+        """Block until released, for at most ``timeout`` seconds."""
+
+
+def hold_ack(message: MessageProxy, hold: AckHold) -> None:
+    """Make ``message``'s ack wait for ``hold`` (on brokers that defer acks)."""
+    setattr(message, ACK_HOLD_ATTRIBUTE, hold)
+
+
+class PendingAcks:
+    """The finished messages of one queue whose ack has not reached Redis yet.
+
+    Shared by every consumer of the queue in a process, so the consumer
+    Dramatiq starts after a connection error sends what the old one could not.
+
+    Parameters:
+      queue_name(str): The queue (or delay queue) the messages were fetched from.
+    """
+
+    def __init__(self, *, queue_name: str) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.queue_name = queue_name
+        self._lock = threading.Lock()
+        self._entries: list[tuple[str, AckHold | None]] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, redis_message_id: str, hold: AckHold | None) -> None:
+        with self._lock:
+            self._entries.append((redis_message_id, hold))
+
+    def take_released(self, wake: Callable[[], None]) -> list[str]:
+        """The ids whose ack may go now; ``wake`` is called when a held one is released."""
+        with self._lock:
+            if not self._entries:
+                return []
+            ready, held = [], []
+            for entry in self._entries:
+                hold = entry[1]
+                (ready if hold is None or hold.released() else held).append(entry)
+            self._entries = held
+        if held:
+            held[0][1].notify(wake)
+        return [redis_message_id for redis_message_id, _ in ready]
+
+    def put_back(self, redis_message_ids: list[str]) -> None:
+        """Ids whose ack call failed: sent again with the next call."""
+        with self._lock:
+            self._entries[:0] = [(redis_message_id, None) for redis_message_id in redis_message_ids]
+
+    def take_all(self, *, timeout: float) -> list[str]:
+        """Every id, after waiting (up to ``timeout`` seconds in all) for their holds."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            entries, self._entries = self._entries, []
+        for _, hold in entries:
+            if hold is not None:
+                hold.wait(max(0.0, deadline - time.monotonic()))
+        return [redis_message_id for redis_message_id, _ in entries]
