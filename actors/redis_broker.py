@@ -24,6 +24,7 @@ Needs Redis (or Valkey) 7.0 or newer, for ``LMPOP``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -41,6 +42,7 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
 from .acks import ACK_HOLD_ATTRIBUTE, PendingAcks
+from .hooks import HookTable
 
 #: Priority lanes of a queue, most urgent first.
 LANES = ("critical", "high", "normal", "low")
@@ -108,6 +110,28 @@ class LanePolicy:
             return LANES
         first = LANES[1 + (self._fetches // self.aging_every) % (len(LANES) - 1)]
         return (first, *(lane for lane in LANES if lane != first))
+
+
+class UniqueIds:
+    """Ids unique across processes and hosts, cheaper than one ``uuid4`` each.
+
+    A random 128-bit prefix, drawn again in a forked child, and a counter:
+    ``<32 hex digits>-<n>``.  Used for Redis entry ids, which only need to be unique.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._source = ("", itertools.count())
+
+    def next(self) -> str:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._source = (uuid4().hex, itertools.count())
+                    self._pid = os.getpid()
+        prefix, counter = self._source
+        return f"{prefix}-{next(counter)}"
 
 
 class WakeupListener:
@@ -348,8 +372,10 @@ class WakeupConsumer(_RedisConsumer):
         self.wakeup.set()
 
 
-class WakeupRedisBroker(RedisBroker):
+class WakeupRedisBroker(HookTable, RedisBroker):
     """Dramatiq's :class:`~dramatiq.brokers.redis.RedisBroker` with wake-up, lanes and batch enqueue.
+
+    Middleware hooks go only to the middleware that implement them (:class:`~actors.hooks.HookTable`).
 
     Parameters:
       aging_every(int): See :class:`LanePolicy`.  Defaults to 8.
@@ -379,6 +405,7 @@ class WakeupRedisBroker(RedisBroker):
         self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
         self.listener = WakeupListener(client=self.client, namespace=self.namespace)
         self.ack_flush_timeout = ack_flush_timeout
+        self._redis_ids = UniqueIds()
         self._pending_acks: dict[str, PendingAcks] = {}
         self._server_checked = False
 
@@ -443,11 +470,22 @@ class WakeupRedisBroker(RedisBroker):
 
     def _prepare(self, message: Message, delay: int | None) -> tuple[Message, str]:
         """The message as stored (own Redis id, eta when delayed) and the queue it goes to."""
-        message = message.copy(options={"redis_message_id": str(uuid4())})
-        if delay is None:
-            return message, message.queue_name
-        queue_name = dq_name(message.queue_name)
-        return message.copy(queue_name=queue_name, options={"eta": current_millis() + delay}), queue_name
+        options = {**message.options, "redis_message_id": self._redis_ids.next()}
+        queue_name = message.queue_name
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            options["eta"] = current_millis() + delay
+        # The constructor, not message.copy(): dataclasses.replace costs more than the rest of a send.
+        stored = Message(
+            queue_name=queue_name,
+            actor_name=message.actor_name,
+            args=message.args,
+            kwargs=message.kwargs,
+            options=options,
+            message_id=message.message_id,
+            message_timestamp=message.message_timestamp,
+        )
+        return stored, queue_name
 
     def _dispatch_args(self, command: str, queue_name: str, *args) -> list:
         """ARGV of one dispatch call, as Dramatiq's ``_dispatch`` builds it."""
