@@ -1,6 +1,13 @@
 """The gate every message passes before it runs: cancelled, duplicate or poison?
 
-One Lua call per message decides, against two keys:
+One Lua call decides, against two keys.  On tradeflow's broker it runs inside
+the consumer's fetch (``actors/lua/dispatch.lua``), for every message taken,
+so it costs no round trip; the verdict travels on the message.  A message
+cancelled after that is still skipped: the cancel is published and the
+process's wake-up listener remembers it (if the listener was not connected
+throughout, the cancel key is read instead).  A message taken but requeued
+unstarted (worker shutdown) has its delivery taken back.  On any other
+broker the call is made here, per message.  The keys:
 
 * ``<ns>:cancel:<message id>``: set by :func:`actors.cancellation.cancel_job`; the
   message is skipped and recorded ``cancelled``.
@@ -14,6 +21,8 @@ One Lua call per message decides, against two keys:
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from dramatiq import Broker, Middleware
 from dramatiq.logging import get_logger
@@ -42,8 +51,32 @@ return {'run', deliveries}
 """
 
 
+#: Attribute of a MessageProxy holding the :class:`Verdict` of its fetch.
+ADMISSION_ATTRIBUTE = "tradeflow_admission"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What admission decided: ``run`` (the ``count``-th delivery), ``cancelled``,
+    ``duplicate`` or ``poison`` (``count`` deliveries died), and when the message was fetched."""
+
+    outcome: str
+    count: int
+    fetched_at: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, *, fetched_at: float = 0.0) -> Verdict:
+        outcome, _, count = text.partition(":")
+        return cls(outcome, int(count or 0), fetched_at)
+
+
 def cancel_key(namespace: str, message_id: str) -> str:
     return f"{namespace}:cancel:{message_id}"
+
+
+def cancel_channel(namespace: str) -> str:
+    """Where cancelled message ids are published (see :func:`actors.cancellation.cancel_job`)."""
+    return f"{namespace}:__cancel__"
 
 
 def admission_key(namespace: str, message: Message) -> str:
@@ -70,14 +103,13 @@ class Admission(Middleware):
         self._script = None
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        if self._script is None:
-            self._script = broker.client.register_script(_ADMIT)
-        namespace = broker.namespace
-        verdict, count = self._script(
-            keys=[admission_key(namespace, message), cancel_key(namespace, message.message_id)],
-            args=[message.options.get("redis_message_id", ""), self.ttl, self.max_deliveries],
-        )
-        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        fetched = getattr(message, ADMISSION_ATTRIBUTE, None)
+        if fetched is None:
+            verdict, count = self._admit(broker, message)
+        else:
+            verdict, count = fetched.outcome, fetched.count
+            if verdict == "run" and self._cancelled_since(broker, message, fetched.fetched_at):
+                verdict = "cancelled"
         if verdict == "run":
             return
         if verdict == "cancelled":
@@ -89,6 +121,23 @@ class Admission(Middleware):
         message.options[DEAD_LETTER_REASON] = reason
         message.fail()
         self._skip(message, "dead_letter", reason)
+
+    def _admit(self, broker: Broker, message: Message) -> tuple[str, int]:
+        if self._script is None:
+            self._script = broker.client.register_script(_ADMIT)
+        namespace = broker.namespace
+        verdict, count = self._script(
+            keys=[admission_key(namespace, message), cancel_key(namespace, message.message_id)],
+            args=[message.options.get("redis_message_id", ""), self.ttl, self.max_deliveries],
+        )
+        return (verdict.decode() if isinstance(verdict, bytes) else verdict), count
+
+    def _cancelled_since(self, broker: Broker, message: Message, fetched_at: float) -> bool:
+        """Was the message cancelled after its fetch admitted it?"""
+        listener = getattr(broker, "listener", None)
+        if listener is not None and listener.heard_cancellations_since(fetched_at):
+            return message.message_id in listener.cancelled
+        return bool(broker.client.exists(cancel_key(broker.namespace, message.message_id)))
 
     def _skip(self, message: Message, status: str, reason: str) -> None:
         self.logger.warning("Skipping message %r: %s.", message.message_id, reason)

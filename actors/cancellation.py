@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from storage import TERMINAL_STATUSES, cancel_waiting_task, get_task
 
-from .admission import cancel_key
+from .admission import cancel_channel, cancel_key
 from .errors import JobCancelled
 
 #: How long a cancellation is kept by default: longer than the longest delay (7 days).
@@ -68,8 +68,12 @@ def cancel_job(
     row = get_task(engine, message_id) if engine is not None else None
     if row is not None and row.status in TERMINAL_STATUSES:
         return CancelOutcome(message_id, CancelState.FINISHED, row.status)
-    # the flag first: a worker admitting the job from now on skips it
-    broker.client.set(cancel_key(broker.namespace, message_id), reason, px=ttl)
+    # the flag first: a worker admitting the job from now on skips it; the
+    # notification reaches workers that admitted it already but have not started it
+    pipeline = broker.client.pipeline(transaction=False)
+    pipeline.set(cancel_key(broker.namespace, message_id), reason, px=ttl)
+    pipeline.publish(cancel_channel(broker.namespace), message_id)
+    pipeline.execute()
     if row is None:
         return CancelOutcome(message_id, CancelState.UNKNOWN, None)
     if cancel_waiting_task(engine, message_id, reason=reason):

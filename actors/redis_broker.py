@@ -28,6 +28,7 @@ import itertools
 import math
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
 from .acks import ACK_HOLD_ATTRIBUTE, PendingAcks
+from .admission import ADMISSION_ATTRIBUTE, Admission, Verdict, cancel_channel
 from .hooks import HookTable
 
 #: Priority lanes of a queue, most urgent first.
@@ -68,6 +70,9 @@ LISTENER_CLIENT_NAME = "tradeflow-wakeup"
 
 #: Longest pause before the wake-up listener reconnects, in seconds.
 LISTENER_MAX_BACKOFF = 5.0
+
+#: Cancelled message ids a process remembers (to skip messages fetched before the cancel).
+MAX_REMEMBERED_CANCELLATIONS = 100_000
 
 
 def lane_of(message: Message) -> str:
@@ -135,10 +140,12 @@ class UniqueIds:
 
 
 class WakeupListener:
-    """One pub/sub connection per process that wakes idle consumers.
+    """One pub/sub connection per process that wakes idle consumers and hears cancellations.
 
     Subscribes to ``<namespace>:__wake__.*`` and sets the events of the
-    consumers registered for the queue named in each notification.  On a
+    consumers registered for the queue named in each notification; remembers
+    the message ids published on the cancel channel, so a message admitted at
+    fetch time and cancelled before it starts is still skipped.  On a
     connection error it reconnects with a back-off; meanwhile consumers poll.
     Fork-safe: a child process starts its own thread on first use.
 
@@ -151,7 +158,11 @@ class WakeupListener:
         self.logger = get_logger(__name__, type(self))
         self.client = client
         self.prefix = f"{namespace}:__wake__."
+        self.cancel_channel = cancel_channel(namespace)
         self.connected = threading.Event()
+        self.connected_at = math.inf
+        #: Ids of recently cancelled messages, oldest first.
+        self.cancelled: dict[str, None] = {}
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._events: dict[str, set[threading.Event]] = {}
@@ -209,26 +220,40 @@ class WakeupListener:
                 backoff = min(backoff * 2, LISTENER_MAX_BACKOFF)
         client.close()
 
+    def heard_cancellations_since(self, moment: float) -> bool:
+        """Whether every cancellation published since ``moment`` (``time.monotonic()``) was heard."""
+        return self.connected.is_set() and self.connected_at <= moment
+
     def _listen(self, client: redis.Redis) -> None:
         pubsub = self._pubsub = client.pubsub()
         try:
             pubsub.psubscribe(glob_escape(self.prefix) + "*")
+            pubsub.subscribe(self.cancel_channel)
             while not self._stopping.is_set():
                 notification = pubsub.get_message(timeout=1.0)
                 if notification is None:
                     continue
-                if notification["type"] == "psubscribe":
+                kind = notification["type"]
+                if kind == "pmessage":
+                    self._wake(notification["channel"].decode()[len(self.prefix) :])
+                elif kind == "message":
+                    self._remember_cancelled(notification["data"].decode())
+                elif kind == "subscribe":  # confirmed after the psubscribe: both are in place
                     self._on_subscribed()
-                    continue
-                self._wake(notification["channel"].decode()[len(self.prefix) :])
         finally:
             self.connected.clear()
             pubsub.close()
+
+    def _remember_cancelled(self, message_id: str) -> None:
+        self.cancelled[message_id] = None
+        if len(self.cancelled) > MAX_REMEMBERED_CANCELLATIONS:
+            del self.cancelled[next(iter(self.cancelled))]
 
     def _on_subscribed(self) -> None:
         if self._failing:
             self.logger.info("Wake-up listener reconnected.")
             self._failing = False
+        self.connected_at = time.monotonic()
         self.connected.set()
 
     def _subscriber(self) -> redis.Redis:
@@ -265,6 +290,10 @@ class WakeupConsumer(_RedisConsumer):
         self.etas: dict[str, int] = {}
         self.wakeup = broker.listener.register(queue_name)
         self.pending = broker.pending_acks(queue_name)
+        admission = None if self.is_delay_queue else broker.admission
+        #: ARGV of fetch that turns admission at fetch time on (ttl, max deliveries) or off.
+        self.admit_args = (admission.ttl, admission.max_deliveries) if admission else (0, 0)
+        self._fetched_at = 0.0
 
     def ack(self, message: MessageProxy) -> None:
         self.pending.add(message.options["redis_message_id"], getattr(message, ACK_HOLD_ATTRIBUTE, None))
@@ -279,13 +308,27 @@ class WakeupConsumer(_RedisConsumer):
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         messages = list(messages)
-        super().requeue(messages)
+        self._requeue_ids([message.options["redis_message_id"] for message in messages])
         for message in messages:
             self.etas.pop(message.message_id, None)
 
     def close(self) -> None:
         self.broker.listener.unregister(self.queue_name, self.wakeup)
         self._send_acks(self.pending.take_all(timeout=self.broker.ack_flush_timeout))
+        # Fetched but never handed to a worker thread: back to the queue now,
+        # not after the heartbeat timeout, and not counted as delivered.
+        cached, self.message_cache = self.message_cache, []
+        ids = [Message.decode(data).options["redis_message_id"] for data, _ in cached if data]
+        try:
+            self._requeue_ids(ids)
+        except redis.ConnectionError as exc:
+            self.logger.warning("Could not requeue %d fetched messages (%s): recovered later.", len(ids), exc)
+
+    def _requeue_ids(self, redis_message_ids: list[str]) -> None:
+        if not redis_message_ids:
+            return
+        command = "requeue_admitted" if self.admit_args[0] else "requeue"
+        self.broker.do_dispatch(command, self.queue_name, *redis_message_ids)
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -310,19 +353,26 @@ class WakeupConsumer(_RedisConsumer):
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
 
-    def _fetch(self, room: int, acks: list[str]) -> list:
+    def _fetch(self, room: int, acks: list[str]) -> list[tuple[bytes | None, str | None]]:
+        """(data, verdict) of up to ``room`` messages; ``acks`` go out in the same call."""
+        self._fetched_at = time.monotonic()
         try:
-            return self.broker.do_fetch(self.queue_name, room, len(acks), *acks, *self._lane_order())
+            reply = self.broker.do_fetch(
+                self.queue_name, room, *self.admit_args, len(acks), *acks, *self._lane_order()
+            )
         except Exception:
             self.pending.put_back(acks)
             raise
+        if not self.admit_args[0]:
+            return [(data, None) for data in reply]
+        return [(reply[i], reply[i + 1].decode()) for i in range(0, len(reply), 2)]
 
     def _send_acks(self, acks: list[str]) -> None:
         """Ack ``acks`` now (on close); a failure leaves them to be redelivered, and says so."""
         if not acks:
             return
         try:
-            self.broker.do_fetch(self.queue_name, 0, len(acks), *acks)
+            self.broker.do_fetch(self.queue_name, 0, 0, 0, len(acks), *acks)
         except redis.ConnectionError as exc:
             self.logger.error(
                 "Could not ack %d finished messages of %r (%s): they run again after the heartbeat timeout.",
@@ -332,7 +382,7 @@ class WakeupConsumer(_RedisConsumer):
             )
 
     def _take(self) -> MessageProxy | None:
-        data = self.message_cache.pop(0)
+        data, verdict = self.message_cache.pop(0)
         if data is None:  # its data is gone (acked elsewhere after a requeue): nothing to run
             return None
         message = Message.decode(data)
@@ -340,7 +390,10 @@ class WakeupConsumer(_RedisConsumer):
         eta = message.options.get("eta")
         if self.is_delay_queue and isinstance(eta, int | float):
             self.etas[message.message_id] = eta
-        return MessageProxy(message)
+        proxy = MessageProxy(message)
+        if verdict is not None:
+            setattr(proxy, ADMISSION_ATTRIBUTE, Verdict.parse(verdict, fetched_at=self._fetched_at))
+        return proxy
 
     def _lane_order(self) -> Sequence[str]:
         return (DEFAULT_LANE,) if self.is_delay_queue else self.lanes.next_order()
@@ -408,6 +461,15 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         self._redis_ids = UniqueIds()
         self._pending_acks: dict[str, PendingAcks] = {}
         self._server_checked = False
+
+    @property
+    def admission(self) -> Admission | None:
+        """The Admission middleware, which consumers then run at fetch time."""
+        return next((m for m in self.middleware if isinstance(m, Admission)), None)
+
+    def do_dispatch(self, command: str, queue_name: str, *args) -> object:
+        """One call of the dispatch script, for commands Dramatiq's broker has no method for."""
+        return self._dispatch(command)(queue_name, *args)
 
     def pending_acks(self, queue_name: str) -> PendingAcks:
         """The deferred acks of ``queue_name`` in this process."""

@@ -11,7 +11,9 @@
 --   * enqueue_many: many messages in one call, with a marker key that lets
 --     a producer whose connection broke find out whether the call ran.
 --   * fetch carries the consumer's deferred acks, so a busy consumer makes
---     one call per batch instead of one per message.
+--     one call per batch instead of one per message, and admits what it
+--     takes (actors/admission.py: cancelled, duplicate or poison?) in the
+--     same call instead of one call per message.
 --
 -- Needs Redis >= 7.0 (LMPOP).
 --
@@ -108,6 +110,63 @@ local function wake()
     redis.call("publish", wake_channel, "1")
 end
 
+-- An integer option as Python's str() writes it (admission keys must match).
+local function int_text(value)
+    if type(value) == "number" then
+        return string.format("%d", value)
+    end
+    return "0"
+end
+
+-- The admission of one stored message (see actors/admission.py): "run:N"
+-- (N-th delivery), "cancelled:0", "duplicate:0" or "poison:N".
+local function admit(message_id, message_data, ttl, max_deliveries)
+    local ok, decoded = pcall(cjson.decode, message_data)
+    if not ok or type(decoded) ~= "table" or type(decoded.message_id) ~= "string" then
+        return "run:1" -- the worker reports what is wrong with it
+    end
+    local options = decoded.options
+    if type(options) ~= "table" then
+        options = {}
+    end
+    if redis.call("exists", namespace .. ":cancel:" .. decoded.message_id) == 1 then
+        return "cancelled:0"
+    end
+    local key = namespace .. ":admit:" .. decoded.message_id .. ":" ..
+        int_text(options.audit_seq_base) .. ":" .. int_text(options.retries)
+    local owner = redis.call("hget", key, "rid")
+    if owner and owner ~= message_id then
+        return "duplicate:0"
+    end
+    local deliveries = redis.call("hincrby", key, "deliveries", 1)
+    if not owner then
+        redis.call("hset", key, "rid", message_id)
+    end
+    redis.call("pexpire", key, ttl)
+    if deliveries > max_deliveries then
+        return "poison:" .. (deliveries - 1)
+    end
+    return "run:" .. deliveries
+end
+
+-- Undoes the admission of a message taken but never started (requeued).
+local function unadmit(message_id)
+    local message_data = redis.call("hget", queue_messages, message_id)
+    local ok, decoded = pcall(cjson.decode, message_data or "")
+    if not ok or type(decoded) ~= "table" or type(decoded.message_id) ~= "string" then
+        return
+    end
+    local options = decoded.options
+    if type(options) ~= "table" then
+        options = {}
+    end
+    local key = namespace .. ":admit:" .. decoded.message_id .. ":" ..
+        int_text(options.audit_seq_base) .. ":" .. int_text(options.retries)
+    if redis.call("hget", key, "rid") == message_id then
+        redis.call("hincrby", key, "deliveries", -1)
+    end
+end
+
 if do_maintenance == "1" then
     local woken = false
     local dead_workers = redis.call("zrangebyscore", heartbeats, 0, timestamp - heartbeat_timeout)
@@ -167,13 +226,16 @@ elseif command == "enqueue_many" then
     end
 
 
--- fetch(prefetch, n_acks, ack_id * n_acks[, lane, ...]): first ack the
--- messages named (the consumer's deferred acks), then take up to $prefetch
--- messages, taking the lanes in the order given (default: critical, high,
--- normal, low).
+-- fetch(prefetch, admit_ttl, max_deliveries, n_acks, ack_id * n_acks[, lane, ...]):
+-- first ack the messages named (the consumer's deferred acks), then take up
+-- to $prefetch messages, taking the lanes in the order given (default:
+-- critical, high, normal, low).  With admit_ttl > 0 each message taken is
+-- admitted too, and the reply is data, verdict, data, verdict, ...
 elseif command == "fetch" then
-    local n_acks = tonumber(ARGS[2])
-    for i = 3, n_acks + 2 do
+    local admit_ttl = tonumber(ARGS[2])
+    local max_deliveries = tonumber(ARGS[3])
+    local n_acks = tonumber(ARGS[4])
+    for i = 5, n_acks + 4 do
         if redis.call("srem", queue_acks, ARGS[i]) > 0 then
             redis.call("hdel", queue_messages, ARGS[i])
         end
@@ -183,8 +245,8 @@ elseif command == "fetch" then
         return {}
     end
     local order = {}
-    if #ARGS > n_acks + 2 then
-        for i = n_acks + 3, #ARGS do
+    if #ARGS > n_acks + 4 then
+        for i = n_acks + 5, #ARGS do
             order[#order + 1] = lane_key(ARGS[i])
         end
     else
@@ -219,19 +281,30 @@ elseif command == "fetch" then
         end
     end
 
-    if next(message_ids) ~= nil then
-        redis.call("sadd", queue_acks, unpack(message_ids))
-        return redis.call("hmget", queue_messages, unpack(message_ids))
-    else
+    if next(message_ids) == nil then
         return {}
     end
+    redis.call("sadd", queue_acks, unpack(message_ids))
+    local messages = redis.call("hmget", queue_messages, unpack(message_ids))
+    if admit_ttl <= 0 then
+        return messages
+    end
+    local reply = {}
+    for i, message_data in ipairs(messages) do
+        reply[2 * i - 1] = message_data
+        reply[2 * i] = message_data and admit(message_ids[i], message_data, admit_ttl, max_deliveries) or "run:1"
+    end
+    return reply
 
 
-elseif command == "requeue" then
+elseif command == "requeue" or command == "requeue_admitted" then
     local woken = false
     for i=1,#ARGS do
         local message_id = ARGS[i]
         if redis.call("srem", queue_acks, message_id) > 0 then
+            if command == "requeue_admitted" then
+                unadmit(message_id)
+            end
             woken = push_back(message_id) or woken
         end
     end
