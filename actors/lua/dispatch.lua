@@ -118,22 +118,31 @@ local function int_text(value)
     return "0"
 end
 
--- The admission of one stored message (see actors/admission.py): "run:N"
--- (N-th delivery), "cancelled:0", "duplicate:0" or "poison:N".
-local function admit(message_id, message_data, ttl, max_deliveries)
+-- The message id and admission key of a stored message (nil if it is not a
+-- message): <ns>:admit:<message id>:<audit seq base>:<retries>.
+local function admission_key(message_data)
     local ok, decoded = pcall(cjson.decode, message_data)
     if not ok or type(decoded) ~= "table" or type(decoded.message_id) ~= "string" then
-        return "run:1" -- the worker reports what is wrong with it
+        return nil
     end
     local options = decoded.options
     if type(options) ~= "table" then
         options = {}
     end
-    if redis.call("exists", namespace .. ":cancel:" .. decoded.message_id) == 1 then
+    return decoded.message_id, namespace .. ":admit:" .. decoded.message_id .. ":" ..
+        int_text(options.audit_seq_base) .. ":" .. int_text(options.retries)
+end
+
+-- The admission of one stored message (see actors/admission.py): "run:N"
+-- (N-th delivery), "cancelled:0", "duplicate:0" or "poison:N".
+local function admit(message_id, message_data, ttl, max_deliveries)
+    local id, key = admission_key(message_data)
+    if not id then
+        return "run:1" -- the worker reports what is wrong with it
+    end
+    if redis.call("exists", namespace .. ":cancel:" .. id) == 1 then
         return "cancelled:0"
     end
-    local key = namespace .. ":admit:" .. decoded.message_id .. ":" ..
-        int_text(options.audit_seq_base) .. ":" .. int_text(options.retries)
     local owner = redis.call("hget", key, "rid")
     if owner and owner ~= message_id then
         return "duplicate:0"
@@ -151,18 +160,8 @@ end
 
 -- Undoes the admission of a message taken but never started (requeued).
 local function unadmit(message_id)
-    local message_data = redis.call("hget", queue_messages, message_id)
-    local ok, decoded = pcall(cjson.decode, message_data or "")
-    if not ok or type(decoded) ~= "table" or type(decoded.message_id) ~= "string" then
-        return
-    end
-    local options = decoded.options
-    if type(options) ~= "table" then
-        options = {}
-    end
-    local key = namespace .. ":admit:" .. decoded.message_id .. ":" ..
-        int_text(options.audit_seq_base) .. ":" .. int_text(options.retries)
-    if redis.call("hget", key, "rid") == message_id then
+    local id, key = admission_key(redis.call("hget", queue_messages, message_id) or "")
+    if id and redis.call("hget", key, "rid") == message_id then
         redis.call("hincrby", key, "deliveries", -1)
     end
 end
