@@ -15,7 +15,7 @@ import functools
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -84,8 +84,20 @@ def message_id(run_id: str, step: str, kind: str, epoch: int) -> str:
     return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{run_id}/{step}/{kind}/{epoch}"))
 
 
-def dispatch(broker, messages: list[Message]) -> None:
-    """Send step messages.  The one place fan-out goes through (a batch send can replace the loop)."""
+#: Sends built messages in one go: ``send_many(broker, messages)`` (``actors.batch.enqueue_messages``).
+SendMany = Callable[[Any, Sequence[Message]], Any]
+
+
+def dispatch(broker, messages: Sequence[Message], *, send_many: SendMany | None = None) -> None:
+    """Send step messages: the one place every step and compensation message goes through.
+
+    Several messages (a fan-out) go through ``send_many`` when one is given, in one round trip
+    on a broker that batches; a single message, or every message without ``send_many``, goes
+    through ``broker.enqueue``.
+    """
+    if send_many is not None and len(messages) > 1:
+        send_many(broker, messages)
+        return
     for message in messages:
         broker.enqueue(message)
 
@@ -119,6 +131,9 @@ class SagaEngine:
         sent again by :meth:`recover`, in milliseconds.  Defaults to 60 seconds.
       concurrency_lease_ms(int): Lifetime of a concurrency-key lease unless
         renewed by the run's activity.  Defaults to 10 minutes.
+      send_many(callable): ``send_many(broker, messages)`` enqueues several
+        messages at once (a fan-out); see :func:`dispatch`.  Defaults to None:
+        one ``broker.enqueue`` per message.
     """
 
     def __init__(
@@ -129,10 +144,12 @@ class SagaEngine:
         lease_ms: int = 60_000,
         recovery_after_ms: int = 60_000,
         concurrency_lease_ms: int = 600_000,
+        send_many: SendMany | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
         self.broker = broker
+        self.send_many = send_many
         self.lease = timedelta(milliseconds=lease_ms)
         self.recovery_after = timedelta(milliseconds=recovery_after_ms)
         self.leases = ConcurrencyLeases(
@@ -843,7 +860,7 @@ class SagaEngine:
 
     def _send(self, outgoing: list[Message]) -> None:
         try:
-            dispatch(self.broker, outgoing)
+            dispatch(self.broker, outgoing, send_many=self.send_many)
         except Exception:
             # Committed as ready: the recovery sweep sends them again.
             self.logger.exception("Sending %d step message(s) failed; recovery will resend.", len(outgoing))
