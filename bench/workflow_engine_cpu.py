@@ -52,6 +52,13 @@ def instrument(engine, counter: Counter) -> None:
         return original(self, connection, params)
 
     driver.DriverStatement._execute = counted
+    executemany = driver.DriverStatement.executemany
+
+    def counted_many(self, connection, rows):
+        counter.statements += 1  # psycopg pipelines the parameter sets: one round trip
+        return executemany(self, connection, rows)
+
+    driver.DriverStatement.executemany = counted_many
 
     @event.listens_for(engine.database, "commit")
     def _commit(*_args, **_kwargs):

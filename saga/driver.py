@@ -30,6 +30,8 @@ class DriverStatement:
       json_params: Parameters that go into JSON columns (encoded here).
       json_columns: Returned columns holding JSON (decoded here on SQLite;
         psycopg decodes them itself).
+      param_prefix: Prefix the caller's keys get to name parameters: with
+        ``"b_"``, a row dict ``{"name": ...}`` fills ``b_name``.  Defaults to none.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class DriverStatement:
         *,
         json_params: tuple[str, ...] = (),
         json_columns: tuple[str, ...] = (),
+        param_prefix: str = "",
     ) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
@@ -46,7 +49,17 @@ class DriverStatement:
         self.sqlite = dialect.name == "sqlite"
         self.json_params = frozenset(json_params)
         self.json_columns = json_columns if self.sqlite else ()
+        self.prefix = param_prefix
         self.defaults = {name: self._param(name, value) for name, value in compiled.params.items()}
+
+    def executemany(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """Run the statement once per parameter set (psycopg pipelines them)."""
+        values = [self._values(params) for params in rows]
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            cursor.executemany(self.sql, values)
+        finally:
+            cursor.close()
 
     def rows(self, connection: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Run the statement; the rows it returns, as dicts."""
@@ -71,13 +84,20 @@ class DriverStatement:
             cursor.close()
 
     def _execute(self, connection: Connection, params: dict[str, Any]):
-        values = {**self.defaults, **{name: self._param(name, value) for name, value in params.items()}}
         cursor = connection.connection.driver_connection.cursor()
-        if self.order is None:
-            cursor.execute(self.sql, values)
-        else:
-            cursor.execute(self.sql, tuple(values[name] for name in self.order))
+        cursor.execute(self.sql, self._values(params))
         return cursor
+
+    def _values(self, params: dict[str, Any]):
+        prefix = self.prefix
+        values = {**self.defaults}
+        for name, value in params.items():
+            name = prefix + name
+            if name in values:  # keys that are no parameter of the statement are ignored
+                values[name] = self._param(name, value)
+        if self.order is None:
+            return values
+        return tuple(values[name] for name in self.order)
 
     def _param(self, name: str, value: Any) -> Any:
         if name in self.json_params:

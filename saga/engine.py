@@ -159,6 +159,7 @@ class SagaEngine:
         self._write_lock = threading.RLock() if self._sqlite else nullcontext()
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
         self._hot = HotStatements(database.dialect)
+        self._driver_error = database.dialect.loaded_dbapi.Error
 
     # -- starting runs -------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class SagaEngine:
         }
         try:
             return self._create(run, steps, done={})
-        except IntegrityError:
+        except (IntegrityError, self.database.dialect.loaded_dbapi.IntegrityError):
             existing = self._run_with_key(idempotency_key) if idempotency_key else None
             if existing is None:
                 raise
@@ -266,7 +267,16 @@ class SagaEngine:
                     step[key] = finished[key]
         state = _run_defaults(run)
         rows = [_step_defaults(step) for step in steps]
+        outgoing = None if done else self._ready_roots(state, rows)
         try:
+            if outgoing is not None:
+                # The roots are ready in the rows as inserted: two statements, and on
+                # PostgreSQL one round trip (BEGIN, both inserts and COMMIT pipelined).
+                with self._transaction(pipelined=True) as connection:
+                    self._hot.insert_run.executemany(connection, [state])
+                    self._hot.insert_steps.executemany(connection, rows)
+                self._send(outgoing)
+                return run_id
             with self._transaction() as connection:
                 # Nobody else knows the run yet: no lock, and the rows in hand are current.
                 connection.execute(insert(RUNS).values(state))
@@ -283,6 +293,35 @@ class SagaEngine:
             raise
         self._send(outgoing)
         return run_id
+
+    def _ready_roots(self, run: dict[str, Any], rows: list[dict[str, Any]]) -> list[Message] | None:
+        """Make the roots of a new run ready in its rows before they are inserted (what
+        :meth:`_admit` would do after the insert); None when a root needs more than that
+        (it is skipped, or cannot be dispatched): then the rows are left untouched."""
+        roots = [row for row in rows if row["remaining_deps"] == 0]
+        ready: dict[str, dict[str, Any]] = {}
+        in_group: dict[str, int] = {}
+        for step in roots:
+            # A root's conditions and references can only read the inputs.
+            if not conditions_hold(step["spec"], results={}, inputs=run["inputs"]):
+                return None
+            if step["group_name"] and step["group_limit"]:
+                if in_group.get(step["group_name"], 0) >= step["group_limit"]:
+                    continue  # stays pending with no dependency left: its group admits it later
+                in_group[step["group_name"]] = in_group.get(step["group_name"], 0) + 1
+            try:
+                call_args = call_arguments(step["spec"], results={}, inputs=run["inputs"])
+                self._check_declared(step["actor"])
+            except (MissingValue, WorkflowError):
+                return None
+            ready[step["name"]] = call_args
+        now = run["created_at"]
+        outgoing = []
+        for step in roots:
+            if step["name"] in ready:
+                step.update(status=StepStatus.READY, call_args=ready[step["name"]], epoch=1, ready_at=now)
+                outgoing.append(self._message(run, step, STEP))
+        return outgoing
 
     # -- claims, from the saga middleware -----------------------------------------------------
 
@@ -866,10 +905,36 @@ class SagaEngine:
             self.logger.exception("Sending %d step message(s) failed; recovery will resend.", len(outgoing))
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, *, pipelined: bool = False) -> Iterator[Any]:
         """A write transaction.  On SQLite, threads of this process queue on a lock (cheaper
         than SQLite's sleeping busy handler) and the write lock is taken up front: a deferred
-        transaction that reads, then writes, fails at once when another writer got in between."""
+        transaction that reads, then writes, fails at once when another writer got in between.
+
+        ``pipelined`` (PostgreSQL): statements, ``BEGIN`` and ``COMMIT`` go out in psycopg's
+        pipeline mode, one round trip for all; only for blocks that read no results (in
+        that mode a cursor has none until the commit, and SQLAlchemy would see no rows)."""
+        if pipelined and not self._sqlite:
+            with self.database.connect() as connection:
+                driver = connection.connection.driver_connection
+                try:
+                    with driver.pipeline():
+                        yield connection
+                        driver.commit()
+                except self._driver_error as exc:
+                    # What SQLAlchemy would raise (IntegrityError, a lost connection invalidated).
+                    lost = driver.closed
+                    if lost:
+                        connection.invalidate()
+                    else:
+                        driver.rollback()
+                    raise DBAPIError.instance(
+                        None, None, exc, self._driver_error, connection_invalidated=lost
+                    ) from exc
+                except BaseException:
+                    if not driver.closed:
+                        driver.rollback()
+                    raise
+            return
         with self._write_lock, self.database.begin() as connection:
             if self._sqlite:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -962,6 +1027,12 @@ class HotStatements:
             sql.RELEASE_DEPENDENT, dialect, json_columns=("spec", "depends_on", "dependents")
         )
         self.make_ready = DriverStatement(sql.MAKE_READY, dialect, json_params=("b_call_args",))
+        self.insert_run = DriverStatement(
+            sql.INSERT_RUN, dialect, json_params=sql.json_params(RUNS), param_prefix="b_"
+        )
+        self.insert_steps = DriverStatement(
+            sql.INSERT_STEPS, dialect, json_params=sql.json_params(STEPS), param_prefix="b_"
+        )
 
 
 def _unclaimed_status(kind: str) -> str:
