@@ -34,6 +34,18 @@ class Counter:
     def __init__(self) -> None:
         self.statements = 0
         self.transactions = 0
+        self.backends: list[int] = []
+
+    def server_cpu(self) -> float:
+        """CPU seconds the PostgreSQL backends of the engine's connections used so far."""
+        total = 0.0
+        for pid in self.backends:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
 
 def instrument(engine, counter: Counter) -> None:
@@ -59,6 +71,15 @@ def instrument(engine, counter: Counter) -> None:
         return executemany(self, connection, rows)
 
     driver.DriverStatement.executemany = counted_many
+
+    if engine.database.dialect.name == "postgresql":
+
+        @event.listens_for(engine.database, "connect")
+        def _backend(dbapi_connection, _record):
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                counter.backends.append(cursor.fetchone()[0])
+            dbapi_connection.commit()
 
     @event.listens_for(engine.database, "commit")
     def _commit(*_args, **_kwargs):
@@ -117,14 +138,15 @@ def run(options, url: str) -> None:
     for number in range(1, options.rounds + 1):
         captured.clear()
         counter.statements = counter.transactions = 0
-        cpu = time.process_time()
+        cpu, server = time.process_time(), counter.server_cpu()
         for _ in range(options.runs):
             engine.start(linear)
         start_cpu = (time.process_time() - cpu) / options.runs
+        start_server = (counter.server_cpu() - server) / options.runs
         start_sql, start_trips = counter.statements / options.runs, counter.transactions / options.runs
         counter.statements = counter.transactions = 0
         done = 0
-        cpu = time.process_time()
+        cpu, server = time.process_time(), counter.server_cpu()
         while captured:
             message = captured.pop()
             marker = message.options[SAGA_OPTION]
@@ -139,11 +161,14 @@ def run(options, url: str) -> None:
             engine.succeeded(claim, None)
             done += 1
         step_cpu = (time.process_time() - cpu) / done
+        step_server = (counter.server_cpu() - server) / done
         starts.append(start_cpu)
         steps.append(step_cpu)
         print(
-            f"round {number}: start {start_cpu * 1e6:.0f} us CPU, {start_sql:.1f} statements,"
-            f" {start_trips:.1f} transactions; step (claim + outcome) {step_cpu * 1e6:.0f} us CPU,"
+            f"round {number}: start {start_cpu * 1e6:.0f} us CPU (+{start_server * 1e6:.0f} server),"
+            f" {start_sql:.1f} statements,"
+            f" {start_trips:.1f} transactions; step (claim + outcome) {step_cpu * 1e6:.0f} us CPU"
+            f" (+{step_server * 1e6:.0f} server),"
             f" {counter.statements / done:.1f} statements, {counter.transactions / done:.1f} transactions"
         )
     start, step = statistics.median(starts), statistics.median(steps)

@@ -63,10 +63,19 @@ class DriverStatement:
 
     def rows(self, connection: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Run the statement; the rows it returns, as dicts."""
-        cursor = self._execute(connection, params)
+        return self.fetch(self._execute(connection, params))
+
+    def send(self, connection: Connection, params: dict[str, Any]):
+        """Run the statement and return its cursor without reading it; in psycopg's pipeline
+        mode the statement is only queued.  Read it with :meth:`fetch`."""
+        return self._execute(connection, params)
+
+    def fetch(self, cursor) -> list[dict[str, Any]]:
+        """The rows of a cursor from :meth:`send` (in pipeline mode: once the pipeline synced), as dicts."""
         try:
+            fetched = cursor.fetchall()
             names = [column[0] for column in cursor.description]
-            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = [dict(zip(names, row, strict=True)) for row in fetched]
         finally:
             cursor.close()
         for row in rows:

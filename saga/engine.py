@@ -62,6 +62,10 @@ class WorkflowError(RuntimeError):
     """An operation on a run is not possible; the message says why."""
 
 
+class _RunNotRunning(Exception):
+    """Raised inside a pipelined success to roll it back: the run is unwinding."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What a worker learns when it claims a step delivery."""
@@ -73,6 +77,9 @@ class Claim:
     attempt: int
     checkpoint: Any
     progress: float | None
+    #: The step's dependents (static), known from the claim so that recording the success
+    #: can release them without first reading the step; None when unknown.
+    dependents: tuple[str, ...] | None = None
 
 
 def describe(exception: BaseException) -> str:
@@ -367,7 +374,8 @@ class SagaEngine:
             self.leases.renew(concurrency_key, run_id)
         row = rows[0]
         attempt = row["attempts"] if step_kind else retry + 1
-        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"])
+        dependents = tuple(row["dependents"] or ())
+        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"], dependents)
 
     def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
         """Record a running step's progress and checkpoint; False if the claim was lost."""
@@ -419,6 +427,12 @@ class SagaEngine:
             if claim.kind == COMPENSATE:
                 with self._locked(claim.run_id) as (connection, run):
                     outgoing = self._record_compensated(connection, run, claim)
+            elif claim.dependents is not None:
+                try:
+                    outgoing = self._record_success_pipelined(claim, result)
+                except _RunNotRunning:
+                    with self._locked(claim.run_id, for_success=True) as (connection, run):
+                        outgoing = self._record_success(connection, run, claim, result)
             else:
                 with self._locked(claim.run_id, for_success=True) as (connection, run):
                     outgoing = self._record_success(connection, run, claim, result)
@@ -470,6 +484,45 @@ class SagaEngine:
             raise Unchanged  # a stale delivery: roll the counters back
         step = steps[0]
         return self._finished(connection, run, step)
+
+    def _record_success_pipelined(self, claim: Claim, result: Any) -> list[Message]:
+        """:meth:`_record_success` with the step's dependents known in advance: locking the run,
+        recording the step and releasing its dependents go out together (on PostgreSQL, with
+        ``BEGIN``, in one pipelined round trip instead of four), then the graph advances as
+        usual in the same transaction.  Raises :class:`_RunNotRunning` (everything rolled
+        back) when the run is no longer running: that case takes the general path."""
+        run_id, now = claim.run_id, utc_now()
+        hot = self._hot
+        with self._transaction() as connection:
+            with self._pipeline(connection):
+                lock = hot.lock_run_for_success.send(connection, {"b_run": run_id, "b_now": now})
+                params = {"b_run": run_id, "b_step": claim.step, "b_token": claim.token}
+                params.update(b_result=result, b_now=now)
+                record = hot.succeed_step_pipelined.send(connection, params)
+                releases = [
+                    hot.release_dependent.send(connection, {"b_run": run_id, "b_step": name, "b_skipped": 0})
+                    for name in claim.dependents
+                ]
+            runs, steps = hot.lock_run_for_success.fetch(lock), hot.succeed_step_pipelined.fetch(record)
+            released = [row for cursor in releases for row in hot.release_dependent.fetch(cursor)]
+            if not runs:
+                raise WorkflowError(f"no run with id {run_id!r}")
+            if not steps:
+                raise Unchanged  # a stale delivery: roll the counters back
+            run = runs[0]
+            if run["status"] != RunStatus.RUNNING:
+                raise _RunNotRunning  # its dependents must not be released: roll back
+            snapshot = dict(run)
+            outgoing = self._finished(connection, run, steps[0], released=released)
+            self._save(connection, run, snapshot)
+        return outgoing
+
+    def _pipeline(self, connection):
+        """psycopg's pipeline mode on PostgreSQL (statements queue until the block ends);
+        nothing on SQLite, where a statement costs no round trip."""
+        if self._sqlite:
+            return nullcontext()
+        return connection.connection.driver_connection.pipeline()
 
     def _record_failure(
         self,
@@ -534,13 +587,18 @@ class SagaEngine:
 
     # -- advancing the graph (inside a locked transaction) --------------------------------------
 
-    def _finished(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
+    def _finished(
+        self, connection, run: dict, step: dict[str, Any], *, released: list[dict] | None = None
+    ) -> list[Message]:
         """A step is done (succeeded or skipped; ``open_steps`` already counts it): release its
-        dependents and its group slot.  ``step`` holds its name, status, dependents and group."""
+        dependents and its group slot.  ``step`` holds its name, status, dependents and group;
+        ``released``: the dependents' rows if the caller released them already."""
         outgoing: list[Message] = []
         if run["status"] == RunStatus.RUNNING:
             candidates: list[dict[str, Any]] = []
-            if step["dependents"]:
+            if released is not None:
+                candidates += released
+            elif step["dependents"]:
                 skipped = int(step["status"] == StepStatus.SKIPPED)
                 for name in step["dependents"]:
                     params = {"b_run": run["run_id"], "b_step": name, "b_skipped": skipped}
@@ -1012,9 +1070,9 @@ class HotStatements:
     """The statements every step runs, compiled for one dialect (see :mod:`saga.driver`)."""
 
     def __init__(self, dialect) -> None:
-        self.claim_step = DriverStatement(sql.CLAIM_STEP, dialect, json_columns=("checkpoint",))
+        self.claim_step = DriverStatement(sql.CLAIM_STEP, dialect, json_columns=("checkpoint", "dependents"))
         self.claim_compensation = DriverStatement(
-            sql.CLAIM_COMPENSATION, dialect, json_columns=("checkpoint",)
+            sql.CLAIM_COMPENSATION, dialect, json_columns=("checkpoint", "dependents")
         )
         self.lock_run = DriverStatement(sql.LOCK_RUN, dialect, json_columns=("inputs",))
         self.lock_run_for_success = DriverStatement(
@@ -1022,6 +1080,9 @@ class HotStatements:
         )
         self.succeed_step = DriverStatement(
             sql.SUCCEED_STEP, dialect, json_params=("b_result",), json_columns=("dependents",)
+        )
+        self.succeed_step_pipelined = DriverStatement(
+            sql.SUCCEED_STEP_PIPELINED, dialect, json_params=("b_result",), json_columns=("dependents",)
         )
         self.release_dependent = DriverStatement(
             sql.RELEASE_DEPENDENT, dialect, json_columns=("spec", "depends_on", "dependents")

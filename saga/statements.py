@@ -51,7 +51,7 @@ def _claim(*, forward: bool):
             exists().where(*run_due),
         )
         .values(values)
-        .returning(STEPS.c.attempts, STEPS.c.checkpoint, STEPS.c.progress)
+        .returning(STEPS.c.attempts, STEPS.c.checkpoint, STEPS.c.progress, STEPS.c.dependents)
     )
 
 
@@ -94,6 +94,12 @@ SUCCEED_STEP = (
         finished_at=bindparam("b_now"),
     )
     .returning(STEPS.c.name, STEPS.c.status, STEPS.c.dependents, STEPS.c.group_name)
+)
+
+#: :data:`SUCCEED_STEP` numbering the completion from the run row, which the same transaction
+#: updated first (:data:`LOCK_RUN_FOR_SUCCESS`), so both go out without waiting for the other.
+SUCCEED_STEP_PIPELINED = SUCCEED_STEP.values(
+    completion_seq=select(RUNS.c.completions).where(RUNS.c.run_id == bindparam("b_run")).scalar_subquery()
 )
 
 #: Columns of a step that deciding its readiness and dispatching it need.
