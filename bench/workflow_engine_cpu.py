@@ -2,9 +2,9 @@
 
 No worker: the engine's sends are captured and each captured step message is claimed and
 recorded as succeeded in a loop, exactly as the ``Saga`` middleware would, so the figures are the
-engine's own cost (client side; on PostgreSQL the server's work is on top).  It counts the
-statements the engine executes and the transactions it commits; on PostgreSQL a statement that
-is not pipelined is one network round trip.
+engine's own cost: CPU time of this process and, on PostgreSQL, of the backends of the engine's
+connections ("+N server").  It counts the statements the engine executes (on SQLite including
+``BEGIN IMMEDIATE``) and its transactions (a claim on PostgreSQL is one autocommit statement).
 
 Usage: ``python bench/workflow_engine_cpu.py [--database sqlite|postgresql] [--runs 300]
 [--rounds 3]``.  Needs Redis on 127.0.0.1:6379 (the broker's client) and, for PostgreSQL,
@@ -64,13 +64,14 @@ def instrument(engine, counter: Counter) -> None:
         return original(self, connection, params)
 
     driver.DriverStatement._execute = counted
-    executemany = driver.DriverStatement.executemany
+    executemany = getattr(driver.DriverStatement, "executemany", None)
+    if executemany is not None:
 
-    def counted_many(self, connection, rows):
-        counter.statements += 1  # psycopg pipelines the parameter sets: one round trip
-        return executemany(self, connection, rows)
+        def counted_many(self, connection, rows):
+            counter.statements += 1  # psycopg pipelines the parameter sets: one round trip
+            return executemany(self, connection, rows)
 
-    driver.DriverStatement.executemany = counted_many
+        driver.DriverStatement.executemany = counted_many
 
     if engine.database.dialect.name == "postgresql":
 
@@ -81,9 +82,20 @@ def instrument(engine, counter: Counter) -> None:
                 counter.backends.append(cursor.fetchone()[0])
             dbapi_connection.commit()
 
-    @event.listens_for(engine.database, "commit")
-    def _commit(*_args, **_kwargs):
+    # Transactions: every write block of the engine (a claim on PostgreSQL is one autocommit
+    # statement, on SQLite a transaction of its own).
+    transaction, single = engine._transaction, engine._single_statement
+
+    def counted_transaction(*args, **kwargs):
         counter.transactions += 1
+        return transaction(*args, **kwargs)
+
+    def counted_single(*args, **kwargs):
+        if engine.database.dialect.name != "sqlite":  # there it is a counted _transaction
+            counter.transactions += 1
+        return single(*args, **kwargs)
+
+    engine._transaction, engine._single_statement = counted_transaction, counted_single
 
 
 def main() -> None:

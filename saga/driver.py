@@ -21,6 +21,10 @@ from sqlalchemy.sql import ClauseElement
 SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
+#: Parameter types passed to the driver unchanged (a ``str`` subclass, an enum, is not).
+_PLAIN = frozenset({str, int, float, bool})
+
+
 class DriverStatement:
     """One statement compiled for ``dialect``.
 
@@ -111,6 +115,8 @@ class DriverStatement:
     def _param(self, name: str, value: Any) -> Any:
         if name in self.json_params:
             return None if value is None else json.dumps(value)
+        if value is None or type(value) in _PLAIN:
+            return value  # the common case, without the checks below
         if isinstance(value, str):
             return str(value)  # an enum member: its value, not its name
         if self.sqlite and isinstance(value, datetime):
