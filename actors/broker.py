@@ -24,6 +24,7 @@ from storage import AuditWriter, create_db_engine
 
 from .admission import Admission
 from .audit import Audit
+from .batch import enqueue_messages
 from .cancellation import CancelWatcher
 from .dead_letters import DeadLetterLog
 from .metrics import Metrics
@@ -92,6 +93,7 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             recovery_after_ms=settings.workflow_recovery_after_ms,
             recovery_interval_ms=settings.workflow_recovery_interval_ms,
             concurrency_lease_ms=settings.workflow_concurrency_lease_ms,
+            send_many=enqueue_messages,  # a fan-out's messages in one round trip
         ),
         Retries(
             max_retries=settings.max_retries,

@@ -21,6 +21,10 @@ from sqlalchemy.sql import ClauseElement
 SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
+#: Parameter types passed to the driver unchanged (a ``str`` subclass, an enum, is not).
+_PLAIN = frozenset({str, int, float, bool})
+
+
 class DriverStatement:
     """One statement compiled for ``dialect``.
 
@@ -30,6 +34,8 @@ class DriverStatement:
       json_params: Parameters that go into JSON columns (encoded here).
       json_columns: Returned columns holding JSON (decoded here on SQLite;
         psycopg decodes them itself).
+      param_prefix: Prefix the caller's keys get to name parameters: with
+        ``"b_"``, a row dict ``{"name": ...}`` fills ``b_name``.  Defaults to none.
     """
 
     def __init__(
@@ -39,6 +45,7 @@ class DriverStatement:
         *,
         json_params: tuple[str, ...] = (),
         json_columns: tuple[str, ...] = (),
+        param_prefix: str = "",
     ) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
@@ -46,14 +53,33 @@ class DriverStatement:
         self.sqlite = dialect.name == "sqlite"
         self.json_params = frozenset(json_params)
         self.json_columns = json_columns if self.sqlite else ()
+        self.prefix = param_prefix
         self.defaults = {name: self._param(name, value) for name, value in compiled.params.items()}
+
+    def executemany(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """Run the statement once per parameter set (psycopg pipelines them)."""
+        values = [self._values(params) for params in rows]
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            cursor.executemany(self.sql, values)
+        finally:
+            cursor.close()
 
     def rows(self, connection: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Run the statement; the rows it returns, as dicts."""
-        cursor = self._execute(connection, params)
+        return self.fetch(self._execute(connection, params))
+
+    def send(self, connection: Connection, params: dict[str, Any]):
+        """Run the statement and return its cursor without reading it; in psycopg's pipeline
+        mode the statement is only queued.  Read it with :meth:`fetch`."""
+        return self._execute(connection, params)
+
+    def fetch(self, cursor) -> list[dict[str, Any]]:
+        """The rows of a cursor from :meth:`send` (in pipeline mode: once the pipeline synced), as dicts."""
         try:
+            fetched = cursor.fetchall()
             names = [column[0] for column in cursor.description]
-            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = [dict(zip(names, row, strict=True)) for row in fetched]
         finally:
             cursor.close()
         for row in rows:
@@ -71,17 +97,26 @@ class DriverStatement:
             cursor.close()
 
     def _execute(self, connection: Connection, params: dict[str, Any]):
-        values = {**self.defaults, **{name: self._param(name, value) for name, value in params.items()}}
         cursor = connection.connection.driver_connection.cursor()
-        if self.order is None:
-            cursor.execute(self.sql, values)
-        else:
-            cursor.execute(self.sql, tuple(values[name] for name in self.order))
+        cursor.execute(self.sql, self._values(params))
         return cursor
+
+    def _values(self, params: dict[str, Any]):
+        prefix = self.prefix
+        values = {**self.defaults}
+        for name, value in params.items():
+            name = prefix + name
+            if name in values:  # keys that are no parameter of the statement are ignored
+                values[name] = self._param(name, value)
+        if self.order is None:
+            return values
+        return tuple(values[name] for name in self.order)
 
     def _param(self, name: str, value: Any) -> Any:
         if name in self.json_params:
             return None if value is None else json.dumps(value)
+        if value is None or type(value) in _PLAIN:
+            return value  # the common case, without the checks below
         if isinstance(value, str):
             return str(value)  # an enum member: its value, not its name
         if self.sqlite and isinstance(value, datetime):

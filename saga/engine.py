@@ -15,7 +15,7 @@ import functools
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,6 +62,10 @@ class WorkflowError(RuntimeError):
     """An operation on a run is not possible; the message says why."""
 
 
+class _RunNotRunning(Exception):
+    """Raised inside a pipelined success to roll it back: the run is unwinding."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What a worker learns when it claims a step delivery."""
@@ -73,6 +77,9 @@ class Claim:
     attempt: int
     checkpoint: Any
     progress: float | None
+    #: The step's dependents (static), known from the claim so that recording the success
+    #: can release them without first reading the step; None when unknown.
+    dependents: tuple[str, ...] | None = None
 
 
 def describe(exception: BaseException) -> str:
@@ -84,8 +91,20 @@ def message_id(run_id: str, step: str, kind: str, epoch: int) -> str:
     return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{run_id}/{step}/{kind}/{epoch}"))
 
 
-def dispatch(broker, messages: list[Message]) -> None:
-    """Send step messages.  The one place fan-out goes through (a batch send can replace the loop)."""
+#: Sends built messages in one go: ``send_many(broker, messages)`` (``actors.batch.enqueue_messages``).
+SendMany = Callable[[Any, Sequence[Message]], Any]
+
+
+def dispatch(broker, messages: Sequence[Message], *, send_many: SendMany | None = None) -> None:
+    """Send step messages: the one place every step and compensation message goes through.
+
+    Several messages (a fan-out) go through ``send_many`` when one is given, in one round trip
+    on a broker that batches; a single message, or every message without ``send_many``, goes
+    through ``broker.enqueue``.
+    """
+    if send_many is not None and len(messages) > 1:
+        send_many(broker, messages)
+        return
     for message in messages:
         broker.enqueue(message)
 
@@ -119,6 +138,9 @@ class SagaEngine:
         sent again by :meth:`recover`, in milliseconds.  Defaults to 60 seconds.
       concurrency_lease_ms(int): Lifetime of a concurrency-key lease unless
         renewed by the run's activity.  Defaults to 10 minutes.
+      send_many(callable): ``send_many(broker, messages)`` enqueues several
+        messages at once (a fan-out); see :func:`dispatch`.  Defaults to None:
+        one ``broker.enqueue`` per message.
     """
 
     def __init__(
@@ -129,10 +151,12 @@ class SagaEngine:
         lease_ms: int = 60_000,
         recovery_after_ms: int = 60_000,
         concurrency_lease_ms: int = 600_000,
+        send_many: SendMany | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
         self.broker = broker
+        self.send_many = send_many
         self.lease = timedelta(milliseconds=lease_ms)
         self.recovery_after = timedelta(milliseconds=recovery_after_ms)
         self.leases = ConcurrencyLeases(
@@ -142,6 +166,7 @@ class SagaEngine:
         self._write_lock = threading.RLock() if self._sqlite else nullcontext()
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
         self._hot = HotStatements(database.dialect)
+        self._driver_error = database.dialect.loaded_dbapi.Error
 
     # -- starting runs -------------------------------------------------------------------------
 
@@ -194,7 +219,7 @@ class SagaEngine:
         }
         try:
             return self._create(run, steps, done={})
-        except IntegrityError:
+        except (IntegrityError, self.database.dialect.loaded_dbapi.IntegrityError):
             existing = self._run_with_key(idempotency_key) if idempotency_key else None
             if existing is None:
                 raise
@@ -249,7 +274,16 @@ class SagaEngine:
                     step[key] = finished[key]
         state = _run_defaults(run)
         rows = [_step_defaults(step) for step in steps]
+        outgoing = None if done else self._ready_roots(state, rows)
         try:
+            if outgoing is not None:
+                # The roots are ready in the rows as inserted: two statements, and on
+                # PostgreSQL one round trip (BEGIN, both inserts and COMMIT pipelined).
+                with self._transaction(pipelined=True) as connection:
+                    self._hot.insert_run.executemany(connection, [state])
+                    self._hot.insert_steps.executemany(connection, rows)
+                self._send(outgoing)
+                return run_id
             with self._transaction() as connection:
                 # Nobody else knows the run yet: no lock, and the rows in hand are current.
                 connection.execute(insert(RUNS).values(state))
@@ -266,6 +300,35 @@ class SagaEngine:
             raise
         self._send(outgoing)
         return run_id
+
+    def _ready_roots(self, run: dict[str, Any], rows: list[dict[str, Any]]) -> list[Message] | None:
+        """Make the roots of a new run ready in its rows before they are inserted (what
+        :meth:`_admit` would do after the insert); None when a root needs more than that
+        (it is skipped, or cannot be dispatched): then the rows are left untouched."""
+        roots = [row for row in rows if row["remaining_deps"] == 0]
+        ready: dict[str, dict[str, Any]] = {}
+        in_group: dict[str, int] = {}
+        for step in roots:
+            # A root's conditions and references can only read the inputs.
+            if not conditions_hold(step["spec"], results={}, inputs=run["inputs"]):
+                return None
+            if step["group_name"] and step["group_limit"]:
+                if in_group.get(step["group_name"], 0) >= step["group_limit"]:
+                    continue  # stays pending with no dependency left: its group admits it later
+                in_group[step["group_name"]] = in_group.get(step["group_name"], 0) + 1
+            try:
+                call_args = call_arguments(step["spec"], results={}, inputs=run["inputs"])
+                self._check_declared(step["actor"])
+            except (MissingValue, WorkflowError):
+                return None
+            ready[step["name"]] = call_args
+        now = run["created_at"]
+        outgoing = []
+        for step in roots:
+            if step["name"] in ready:
+                step.update(status=StepStatus.READY, call_args=ready[step["name"]], epoch=1, ready_at=now)
+                outgoing.append(self._message(run, step, STEP))
+        return outgoing
 
     # -- claims, from the saga middleware -----------------------------------------------------
 
@@ -311,7 +374,8 @@ class SagaEngine:
             self.leases.renew(concurrency_key, run_id)
         row = rows[0]
         attempt = row["attempts"] if step_kind else retry + 1
-        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"])
+        dependents = tuple(row["dependents"] or ())
+        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"], dependents)
 
     def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
         """Record a running step's progress and checkpoint; False if the claim was lost."""
@@ -363,6 +427,12 @@ class SagaEngine:
             if claim.kind == COMPENSATE:
                 with self._locked(claim.run_id) as (connection, run):
                     outgoing = self._record_compensated(connection, run, claim)
+            elif claim.dependents is not None:
+                try:
+                    outgoing = self._record_success_pipelined(claim, result)
+                except _RunNotRunning:
+                    with self._locked(claim.run_id, for_success=True) as (connection, run):
+                        outgoing = self._record_success(connection, run, claim, result)
             else:
                 with self._locked(claim.run_id, for_success=True) as (connection, run):
                     outgoing = self._record_success(connection, run, claim, result)
@@ -414,6 +484,45 @@ class SagaEngine:
             raise Unchanged  # a stale delivery: roll the counters back
         step = steps[0]
         return self._finished(connection, run, step)
+
+    def _record_success_pipelined(self, claim: Claim, result: Any) -> list[Message]:
+        """:meth:`_record_success` with the step's dependents known in advance: locking the run,
+        recording the step and releasing its dependents go out together (on PostgreSQL, with
+        ``BEGIN``, in one pipelined round trip instead of four), then the graph advances as
+        usual in the same transaction.  Raises :class:`_RunNotRunning` (everything rolled
+        back) when the run is no longer running: that case takes the general path."""
+        run_id, now = claim.run_id, utc_now()
+        hot = self._hot
+        with self._transaction() as connection:
+            with self._pipeline(connection):
+                lock = hot.lock_run_for_success.send(connection, {"b_run": run_id, "b_now": now})
+                params = {"b_run": run_id, "b_step": claim.step, "b_token": claim.token}
+                params.update(b_result=result, b_now=now)
+                record = hot.succeed_step_pipelined.send(connection, params)
+                releases = [
+                    hot.release_dependent.send(connection, {"b_run": run_id, "b_step": name, "b_skipped": 0})
+                    for name in claim.dependents
+                ]
+            runs, steps = hot.lock_run_for_success.fetch(lock), hot.succeed_step_pipelined.fetch(record)
+            released = [row for cursor in releases for row in hot.release_dependent.fetch(cursor)]
+            if not runs:
+                raise WorkflowError(f"no run with id {run_id!r}")
+            if not steps:
+                raise Unchanged  # a stale delivery: roll the counters back
+            run = runs[0]
+            if run["status"] != RunStatus.RUNNING:
+                raise _RunNotRunning  # its dependents must not be released: roll back
+            snapshot = dict(run)
+            outgoing = self._finished(connection, run, steps[0], released=released)
+            self._save(connection, run, snapshot)
+        return outgoing
+
+    def _pipeline(self, connection):
+        """psycopg's pipeline mode on PostgreSQL (statements queue until the block ends);
+        nothing on SQLite, where a statement costs no round trip."""
+        if self._sqlite:
+            return nullcontext()
+        return connection.connection.driver_connection.pipeline()
 
     def _record_failure(
         self,
@@ -478,13 +587,18 @@ class SagaEngine:
 
     # -- advancing the graph (inside a locked transaction) --------------------------------------
 
-    def _finished(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
+    def _finished(
+        self, connection, run: dict, step: dict[str, Any], *, released: list[dict] | None = None
+    ) -> list[Message]:
         """A step is done (succeeded or skipped; ``open_steps`` already counts it): release its
-        dependents and its group slot.  ``step`` holds its name, status, dependents and group."""
+        dependents and its group slot.  ``step`` holds its name, status, dependents and group;
+        ``released``: the dependents' rows if the caller released them already."""
         outgoing: list[Message] = []
         if run["status"] == RunStatus.RUNNING:
             candidates: list[dict[str, Any]] = []
-            if step["dependents"]:
+            if released is not None:
+                candidates += released
+            elif step["dependents"]:
                 skipped = int(step["status"] == StepStatus.SKIPPED)
                 for name in step["dependents"]:
                     params = {"b_run": run["run_id"], "b_step": name, "b_skipped": skipped}
@@ -843,16 +957,42 @@ class SagaEngine:
 
     def _send(self, outgoing: list[Message]) -> None:
         try:
-            dispatch(self.broker, outgoing)
+            dispatch(self.broker, outgoing, send_many=self.send_many)
         except Exception:
             # Committed as ready: the recovery sweep sends them again.
             self.logger.exception("Sending %d step message(s) failed; recovery will resend.", len(outgoing))
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, *, pipelined: bool = False) -> Iterator[Any]:
         """A write transaction.  On SQLite, threads of this process queue on a lock (cheaper
         than SQLite's sleeping busy handler) and the write lock is taken up front: a deferred
-        transaction that reads, then writes, fails at once when another writer got in between."""
+        transaction that reads, then writes, fails at once when another writer got in between.
+
+        ``pipelined`` (PostgreSQL): statements, ``BEGIN`` and ``COMMIT`` go out in psycopg's
+        pipeline mode, one round trip for all; only for blocks that read no results (in
+        that mode a cursor has none until the commit, and SQLAlchemy would see no rows)."""
+        if pipelined and not self._sqlite:
+            with self.database.connect() as connection:
+                driver = connection.connection.driver_connection
+                try:
+                    with driver.pipeline():
+                        yield connection
+                        driver.commit()
+                except self._driver_error as exc:
+                    # What SQLAlchemy would raise (IntegrityError, a lost connection invalidated).
+                    lost = driver.closed
+                    if lost:
+                        connection.invalidate()
+                    else:
+                        driver.rollback()
+                    raise DBAPIError.instance(
+                        None, None, exc, self._driver_error, connection_invalidated=lost
+                    ) from exc
+                except BaseException:
+                    if not driver.closed:
+                        driver.rollback()
+                    raise
+            return
         with self._write_lock, self.database.begin() as connection:
             if self._sqlite:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -930,9 +1070,9 @@ class HotStatements:
     """The statements every step runs, compiled for one dialect (see :mod:`saga.driver`)."""
 
     def __init__(self, dialect) -> None:
-        self.claim_step = DriverStatement(sql.CLAIM_STEP, dialect, json_columns=("checkpoint",))
+        self.claim_step = DriverStatement(sql.CLAIM_STEP, dialect, json_columns=("checkpoint", "dependents"))
         self.claim_compensation = DriverStatement(
-            sql.CLAIM_COMPENSATION, dialect, json_columns=("checkpoint",)
+            sql.CLAIM_COMPENSATION, dialect, json_columns=("checkpoint", "dependents")
         )
         self.lock_run = DriverStatement(sql.LOCK_RUN, dialect, json_columns=("inputs",))
         self.lock_run_for_success = DriverStatement(
@@ -941,10 +1081,19 @@ class HotStatements:
         self.succeed_step = DriverStatement(
             sql.SUCCEED_STEP, dialect, json_params=("b_result",), json_columns=("dependents",)
         )
+        self.succeed_step_pipelined = DriverStatement(
+            sql.SUCCEED_STEP_PIPELINED, dialect, json_params=("b_result",), json_columns=("dependents",)
+        )
         self.release_dependent = DriverStatement(
             sql.RELEASE_DEPENDENT, dialect, json_columns=("spec", "depends_on", "dependents")
         )
         self.make_ready = DriverStatement(sql.MAKE_READY, dialect, json_params=("b_call_args",))
+        self.insert_run = DriverStatement(
+            sql.INSERT_RUN, dialect, json_params=sql.json_params(RUNS), param_prefix="b_"
+        )
+        self.insert_steps = DriverStatement(
+            sql.INSERT_STEPS, dialect, json_params=sql.json_params(STEPS), param_prefix="b_"
+        )
 
 
 def _unclaimed_status(kind: str) -> str:

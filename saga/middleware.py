@@ -18,7 +18,7 @@ from dramatiq.threading import raise_thread_exception
 from sqlalchemy import Engine
 
 from .context import StepContext, current_step, enter
-from .engine import COMPENSATE, SAGA_OPTION, STEP, Claim, SagaEngine, describe
+from .engine import COMPENSATE, SAGA_OPTION, STEP, Claim, SagaEngine, SendMany, describe
 
 #: Attempts at recording a step's outcome while the database does not answer.
 RECORD_ATTEMPTS = 5
@@ -63,6 +63,9 @@ class Saga(Middleware):
         Defaults to 10 s.
       concurrency_lease_ms(int): Lifetime of a concurrency-key lease without
         activity of its run, in milliseconds.  Defaults to 10 minutes.
+      send_many(callable): ``send_many(broker, messages)``: how a fan-out's
+        messages are sent in one go (``actors.batch.enqueue_messages``, given by
+        ``actors.broker``).  Defaults to None: one enqueue per message.
     """
 
     def __init__(
@@ -73,9 +76,11 @@ class Saga(Middleware):
         recovery_after_ms: int = 60_000,
         recovery_interval_ms: int = 10_000,
         concurrency_lease_ms: int = 600_000,
+        send_many: SendMany | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
+        self.send_many = send_many
         self.lease_ms = lease_ms
         self.recovery_after_ms = recovery_after_ms
         self.recovery_interval_ms = recovery_interval_ms
@@ -98,6 +103,7 @@ class Saga(Middleware):
                         lease_ms=self.lease_ms,
                         recovery_after_ms=self.recovery_after_ms,
                         concurrency_lease_ms=self.concurrency_lease_ms,
+                        send_many=self.send_many,
                     )
         return self._engine
 

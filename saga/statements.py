@@ -8,7 +8,7 @@ executed with plain dicts.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import JSON, and_, bindparam, exists, func, insert, or_, select, update
 
 from storage import RunStatus, StepStatus, WorkflowRun, WorkflowStep
 
@@ -51,7 +51,7 @@ def _claim(*, forward: bool):
             exists().where(*run_due),
         )
         .values(values)
-        .returning(STEPS.c.attempts, STEPS.c.checkpoint, STEPS.c.progress)
+        .returning(STEPS.c.attempts, STEPS.c.checkpoint, STEPS.c.progress, STEPS.c.dependents)
     )
 
 
@@ -96,6 +96,12 @@ SUCCEED_STEP = (
     .returning(STEPS.c.name, STEPS.c.status, STEPS.c.dependents, STEPS.c.group_name)
 )
 
+#: :data:`SUCCEED_STEP` numbering the completion from the run row, which the same transaction
+#: updated first (:data:`LOCK_RUN_FOR_SUCCESS`), so both go out without waiting for the other.
+SUCCEED_STEP_PIPELINED = SUCCEED_STEP.values(
+    completion_seq=select(RUNS.c.completions).where(RUNS.c.run_id == bindparam("b_run")).scalar_subquery()
+)
+
 #: Columns of a step that deciding its readiness and dispatching it need.
 ADMISSION_COLUMNS = (
     STEPS.c.name,
@@ -135,6 +141,23 @@ MAKE_READY = (
         ready_at=bindparam("b_now"),
     )
 )
+
+
+def _insert(table):
+    """Insert one row of ``table``: every column, as ``b_<column>``."""
+    return insert(table).values({column.name: bindparam(f"b_{column.name}") for column in table.c})
+
+
+def json_params(table) -> tuple[str, ...]:
+    """Parameters of :func:`_insert` that go into JSON columns."""
+    return tuple(f"b_{column.name}" for column in table.c if isinstance(column.type, JSON))
+
+
+#: Insert a run (executed with the row's column names as keys, see ``DriverStatement``).
+INSERT_RUN = _insert(RUNS)
+
+#: Insert steps of a run (one parameter set per step).
+INSERT_STEPS = _insert(STEPS)
 
 #: Results of steps ``b_names`` of run ``b_run``.
 RESULTS = select(STEPS.c.name, STEPS.c.result).where(

@@ -113,13 +113,17 @@ def test_failure_in_step_k_compensates_earlier_steps_in_reverse_once_each(stack)
 
 
 def test_every_message_sent_twice_changes_nothing(stack):
-    enqueue = stack.broker.enqueue
+    enqueue, enqueue_many = stack.broker.enqueue, stack.broker.enqueue_many
 
     def enqueue_twice(message, *, delay=None):
         enqueue(message, delay=delay)
         return enqueue(message, delay=delay)
 
-    stack.broker.enqueue = enqueue_twice
+    def enqueue_many_twice(messages, *, delay=None):  # the fan-out's batch send
+        enqueue_many(messages, delay=delay)
+        return enqueue_many(messages, delay=delay)
+
+    stack.broker.enqueue, stack.broker.enqueue_many = enqueue_twice, enqueue_many_twice
     fan = [Step(f"leaf{i}", "count", args=(f"leaf{i}",), depends_on=["root"]) for i in range(6)]
     workflow = Workflow(
         "dupes",
@@ -138,6 +142,43 @@ def test_every_message_sent_twice_changes_nothing(stack):
     assert counts == {"root": 1, **{f"leaf{i}": 1 for i in range(6)}, "fan_in": 1, "undo:root": 1}
     assert log_of(stack.broker).count("fail:boom") == 1
     assert all(s.attempts == 1 for s in steps_of(stack.db, run_id).values())
+
+
+def test_a_large_fan_out_is_sent_in_one_batch_and_runs_every_child_once(settings):
+    # Recovery off the path: children still queued after a second must not be sent again here.
+    with running_stack(fast(settings, workflow_recovery_after_ms=60_000)) as stack:
+        _fan_out_in_one_batch(stack, width=300)
+
+
+def _fan_out_in_one_batch(stack, *, width: int) -> None:
+    enqueue, enqueue_many = stack.broker.enqueue, stack.broker.enqueue_many
+    singles, batches = [], []
+
+    def enqueue_counted(message, *, delay=None):
+        singles.append(message.options["saga"]["step"])
+        return enqueue(message, delay=delay)
+
+    def enqueue_many_counted(messages, *, delay=None):
+        batches.append([message.options["saga"]["step"] for message in messages])
+        return enqueue_many(messages, delay=delay)
+
+    stack.broker.enqueue, stack.broker.enqueue_many = enqueue_counted, enqueue_many_counted
+    leaves = [Step(f"leaf{i}", "count", args=(f"leaf{i}",), depends_on=["root"]) for i in range(width)]
+    workflow = Workflow(
+        "wide",
+        [
+            Step("root", "count", args=("root",)),
+            *leaves,
+            Step("fan_in", "count", args=("fan_in",), depends_on=[s.name for s in leaves]),
+        ],
+    )
+    run_id = stack.engine.start(workflow)
+    run = wait_for_run(stack.db, run_id)
+    assert run.status == "succeeded"
+    # One batch call (one pipelined round trip on the WakeupRedisBroker) for the whole fan-out.
+    assert batches == [[f"leaf{i}" for i in range(width)]]
+    assert sorted(singles) == ["fan_in", "root"]
+    assert counts_of(stack.broker) == {"root": 1, **{f"leaf{i}": 1 for i in range(width)}, "fan_in": 1}
 
 
 def test_a_step_is_retried_by_its_own_policy_and_then_succeeds(stack):
