@@ -12,11 +12,14 @@ from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.logging import get_logger
 
 from .heartbeat import workers_alive
-from .metrics import QUEUES_KEY, SCHEDULER_KEY, mark_dead_processes
+from .metrics import QUEUES_KEY, SCHEDULER_KEY, enqueue_counts, mark_dead_processes
 
 
 class RedisStateCollector:
-    """Values read from Redis at scrape time: queue depths, live workers, scheduler ticks.
+    """Values read from Redis at scrape time: queue depths, live workers, scheduler ticks, enqueues.
+
+    They are Redis-wide (every host's exposition reports the same values):
+    dashboards and rules aggregate them with ``max``, not ``sum``.
 
     Parameters:
       client(redis.Redis): The broker's Redis.
@@ -45,6 +48,14 @@ class RedisStateCollector:
             for state, count in counts.items():
                 depth.add_metric([queue, state], count)
         yield depth
+        enqueued = CounterMetricFamily(
+            "task_queue_enqueued",
+            "Messages enqueued, by every process (producers too); retries and delayed moves not recounted.",
+            labels=["queue", "priority", "actor"],
+        )
+        for labels, count in sorted(enqueue_counts(self.client, self.namespace).items()):
+            enqueued.add_metric(list(labels), count)
+        yield enqueued
         workers = GaugeMetricFamily("task_queue_workers_alive", "Worker processes whose heartbeat is recent.")
         workers.add_metric([], self.workers_alive())
         yield workers
