@@ -9,6 +9,7 @@ spans (and any redis/psycopg/sqlalchemy instrumentation) nest under it.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -23,20 +24,30 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from config import Settings
+from saga import SAGA_OPTION
+from saga.engine import COMPENSATE
 from saga.run_tracing import (
     ATTRIBUTES_OPTION,
     CONTEXT_OPTION,
     LINKS_OPTION,
     PARENT_OPTION,
+    WORKFLOW_COMPENSATION,
+    WORKFLOW_RUN_ID,
+    WORKFLOW_STEP,
     context_from,
     links_from,
+    run_trace_id,
 )
 
 from .otlp_export import grpc_span_exporter, http_span_exporter
+
+# The trace id the next root span must take (a workflow run's), set around start_span.
+_next_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("next_trace_id", default=None)
 
 #: ``messaging.system`` of our spans.
 MESSAGING_SYSTEM = "dramatiq"
@@ -96,13 +107,24 @@ class Tracing(Middleware):
             options[CONTEXT_OPTION] = _carrier_of(trace.get_current_span(parent))
             return
         queue = q_name(message.queue_name)
-        span = self.tracer.start_span(
-            f"send {queue}",
-            context=parent,
-            kind=SpanKind.PRODUCER,
-            links=links,
-            attributes=self._attributes(message, "send", queue),
-        )
+        run_trace = self._run_trace_of(options) if parent is None else None
+        if run_trace is not None:
+            parent = context.Context()  # the first span of the run's trace here: a root with the run's id
+            caller = trace.get_current_span().get_span_context()
+            if caller.is_valid:  # e.g. the API request that started the run: linked, not parent
+                links = [*links, Link(caller)]
+        token = _next_trace_id.set(run_trace) if run_trace is not None else None
+        try:
+            span = self.tracer.start_span(
+                f"send {queue}",
+                context=parent,
+                kind=SpanKind.PRODUCER,
+                links=links,
+                attributes=self._attributes(message, "send", queue),
+            )
+        finally:
+            if token is not None:
+                _next_trace_id.reset(token)
         if delay:
             span.set_attribute("messaging.dramatiq.delay_ms", delay)
         options[CONTEXT_OPTION] = _carrier_of(span)
@@ -188,6 +210,17 @@ class Tracing(Middleware):
                 return parent
         return context.Context() if linked else None
 
+    def _run_trace_of(self, options: dict[str, Any]) -> int | None:
+        """The run's trace id for a workflow step sent outside any span of its run, else None."""
+        saga = options.get(SAGA_OPTION)
+        if not isinstance(saga, dict) or not isinstance(saga.get("run"), str):
+            return None
+        trace_id = run_trace_id(saga["run"])
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid and current.trace_id == trace_id:
+            return None  # sent by another step of the run: nests under its process span
+        return trace_id
+
     def _attributes(self, message: Message, operation: str, queue: str) -> dict[str, Any]:
         # The attributes of a (operation, queue, actor) never change: built once, copied per span.
         key = (operation, queue, message.actor_name)
@@ -204,6 +237,11 @@ class Tracing(Middleware):
             "messaging.message.id": message.message_id,
             "messaging.dramatiq.retry_count": message.options.get("retries", 0),
         }
+        saga = message.options.get(SAGA_OPTION)
+        if isinstance(saga, dict):
+            attributes[WORKFLOW_RUN_ID] = str(saga.get("run"))
+            attributes[WORKFLOW_STEP] = str(saga.get("step"))
+            attributes[WORKFLOW_COMPENSATION] = saga.get("kind") == COMPENSATE
         extra = message.options.get(ATTRIBUTES_OPTION)
         if isinstance(extra, dict):
             attributes.update(extra)
@@ -253,6 +291,7 @@ def tracer_provider_for(settings: Settings) -> TracerProvider | None:
             provider = TracerProvider(
                 resource=Resource.create({"service.name": settings.tracing_service_name}),
                 sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_ratio)),
+                id_generator=RunTraceIdGenerator(),
             )
             provider.add_span_processor(
                 BatchSpanProcessor(
@@ -274,6 +313,13 @@ def tracer_provider_for(settings: Settings) -> TracerProvider | None:
 def _unless_set(variable: str, value: int) -> int | None:
     # None lets the SDK read the OpenTelemetry variable an operator set.
     return None if os.environ.get(variable) else value
+
+
+class RunTraceIdGenerator(RandomIdGenerator):
+    """Random ids, except the trace id the Tracing middleware asks for (a workflow run's)."""
+
+    def generate_trace_id(self) -> int:
+        return _next_trace_id.get() or super().generate_trace_id()
 
 
 def build_exporter(settings: Settings) -> SpanExporter:

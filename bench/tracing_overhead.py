@@ -3,6 +3,11 @@ tracing exporting every span over OTLP/HTTP to a local receiver (another process
 sampling 10% of traces, side by side.
 
     .venv/bin/python bench/tracing_overhead.py [--messages 3000] [--rounds 3] [--threads 8] [--work-ms 0]
+    .venv/bin/python bench/tracing_overhead.py --hooks-only     # the Tracing hooks and exporters alone
+    .venv/bin/python bench/tracing_overhead.py --metrics-hooks  # the Metrics hooks alone
+    .venv/bin/python bench/tracing_overhead.py --full-stack --messages 10000 --rounds 3 --database-url URL
+        # bench/throughput.py's real worker processes: raw Dramatiq, full stack with tracing off,
+        # and full stack with tracing on (every span, and 10% of traces) exporting to a receiver
 
 Each round sends N messages (timed: enqueue rate) to an actor that burns ``--work-ms`` of CPU
 (0: a no-op, the worst case for any per-message overhead), then runs an in-process worker until
@@ -224,6 +229,35 @@ def metrics_hook_costs(messages: int = 5000, rounds: int = 5) -> None:
     )
 
 
+def full_stack(argv: list[str], sample_ratios: list[float]) -> None:
+    """bench/throughput.py (raw Dramatiq, full stack with tracing off) plus full-stack sides with
+    tracing on, exporting over OTLP/HTTP to a receiver in another process."""
+    import os
+    import subprocess
+
+    url_pipe, child_pipe = multiprocessing.Pipe()
+    stop = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receive, args=(child_pipe, stop), daemon=True)
+    receiver.start()
+    endpoint = url_pipe.recv()
+    variants = ";".join(
+        f"tracing on {ratio:.0%}:TRADEFLOW_TRACING_EXPORTER=otlp-http,TRADEFLOW_TRACING_ENDPOINT={endpoint},"
+        f"TRADEFLOW_TRACING_SAMPLE_RATIO={ratio}"
+        for ratio in sample_ratios
+    )
+    root = Path(__file__).resolve().parent.parent
+    try:
+        subprocess.run(
+            [sys.executable, str(root / "bench" / "throughput.py"), *argv],
+            env={**os.environ, "BENCH_VARIANTS": variants},
+            check=True,
+        )
+    finally:
+        stop.set()
+    print(f"spans received by the OTLP receiver: {url_pipe.recv()}")
+    receiver.join(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
@@ -232,9 +266,17 @@ def main() -> None:
     parser.add_argument("--work-ms", type=float, default=0.0, help="CPU each message burns, in ms")
     parser.add_argument("--hooks-only", action="store_true", help="only the hook costs, no broker")
     parser.add_argument("--metrics-hooks", action="store_true", help="only the Metrics middleware's hooks")
+    parser.add_argument(
+        "--full-stack",
+        nargs=argparse.REMAINDER,
+        help="run bench/throughput.py with these arguments, plus tracing-on sides (100%% and 10%%)",
+    )
     args = parser.parse_args()
     if args.metrics_hooks:
         metrics_hook_costs()
+        return
+    if args.full_stack is not None:
+        full_stack(args.full_stack, [1.0, 0.1])
         return
 
     url_pipe, child_pipe = multiprocessing.Pipe()
