@@ -258,6 +258,109 @@ def full_stack(argv: list[str], sample_ratios: list[float]) -> None:
     receiver.join(10)
 
 
+def _group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of the live processes of process group ``pgid``."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def _child_cpu(function, *args: object) -> float:
+    """CPU seconds of the child processes ``function(*args)`` ran to completion."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    function(*args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int, threads: int) -> None:
+    """CPU per message of real ``dramatiq`` worker processes (and of the producer process), full
+    stack, tracing off and on, and raw Dramatiq: sides alternate in rounds; medians are printed.
+
+    CPU time, unlike wall-clock rates, hardly moves with the other processes of a shared machine."""
+    import statistics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import throughput
+
+    url_pipe, child_pipe = multiprocessing.Pipe()
+    stop = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receive, args=(child_pipe, stop), daemon=True)
+    receiver.start()
+    endpoint = url_pipe.recv()
+    throughput.prepare_database(database_url)
+    tracing_on = {"TRADEFLOW_TRACING_EXPORTER": "otlp-http", "TRADEFLOW_TRACING_ENDPOINT": endpoint}
+    throughput.VARIANTS = [
+        ("tracing on", tracing_on),
+        ("metrics off", {"TRADEFLOW_METRICS_ENABLED": "false"}),
+    ]
+    client = redis.Redis.from_url(REDIS_URL)
+    results: dict[str, list[tuple[float, float, float]]] = {}
+    try:
+        for _ in range(rounds):
+            for side in throughput.make_sides(REDIS_URL, [database_url]):
+                side.env["TRADEFLOW_METRICS_PORT"] = "0"
+                side.name = "tracing off" if side.name.startswith("tradeflow") else side.name
+                # the producer's CPU, less that of a producer that only starts (imports) and sends nothing
+                produce = (
+                    _child_cpu(throughput.fill, side, messages) - _child_cpu(throughput.fill, side, 0)
+                ) / messages
+                workers = throughput.start_workers(side, processes, threads)
+                queue = f"{side.namespace}:bench"
+                try:
+                    while client.llen(queue) == messages:
+                        time.sleep(0.001)
+                    cpu, started = _group_cpu(workers.pid), time.perf_counter()
+                    while client.llen(queue) or throughput.unacked(client, side.namespace):
+                        time.sleep(0.005)
+                    elapsed = time.perf_counter() - started
+                    consume = (_group_cpu(workers.pid) - cpu) / messages
+                finally:
+                    workers.send_signal(15)  # the master only: workers shut down (and flush) once
+                    workers.wait(60)
+                    throughput.cleanup(client, side.namespace)
+                results.setdefault(side.name, []).append((produce * 1e6, consume * 1e6, messages / elapsed))
+                print(
+                    f"  {side.name:12s} producer {produce * 1e6:6.0f} µs, workers {consume * 1e6:6.0f} µs "
+                    f"CPU per message, {messages / elapsed:6.0f} msg/s",
+                    flush=True,
+                )
+    finally:
+        stop.set()
+    received = url_pipe.recv()
+    receiver.join(10)
+    print(
+        f"\n{messages} no-op messages x {rounds} rounds, {processes} processes x {threads} threads; medians:"
+    )
+    median = {
+        name: [statistics.median(column) for column in zip(*rows, strict=True)]
+        for name, rows in results.items()
+    }
+    off = median["tracing off"]
+    print(
+        f"{'side':>12} {'producer µs':>12} {'workers µs':>11} {'total µs':>9} {'msg/s':>7} {'CPU vs off':>10}"
+    )
+    for name, (produce, consume, rate) in median.items():
+        total = produce + consume
+        print(
+            f"{name:>12} {produce:9.0f} {consume:8.0f} {total:6.0f} {rate:7.0f} "
+            f"{total / (off[0] + off[1]):10.2f}"
+        )
+    expected = 2 * messages * rounds
+    print(f"spans received by the OTLP receiver: {received} (tracing on sent {expected})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
@@ -267,6 +370,12 @@ def main() -> None:
     parser.add_argument("--hooks-only", action="store_true", help="only the hook costs, no broker")
     parser.add_argument("--metrics-hooks", action="store_true", help="only the Metrics middleware's hooks")
     parser.add_argument(
+        "--full-stack-cpu",
+        metavar="DATABASE_URL",
+        help="CPU per message of real worker processes: raw, full stack tracing off/on, metrics off",
+    )
+    parser.add_argument("--processes", type=int, default=2, help="worker processes (--full-stack-cpu)")
+    parser.add_argument(
         "--full-stack",
         nargs=argparse.REMAINDER,
         help="run bench/throughput.py with these arguments, plus tracing-on sides (100%% and 10%%)",
@@ -274,6 +383,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.metrics_hooks:
         metrics_hook_costs()
+        return
+    if args.full_stack_cpu:
+        full_stack_cpu(args.messages, args.rounds, args.full_stack_cpu, args.processes, args.threads)
         return
     if args.full_stack is not None:
         full_stack(args.full_stack, [1.0, 0.1])

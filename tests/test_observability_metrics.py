@@ -86,6 +86,8 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
             result_of(broker, message)
         for _ in range(4):
             declared["obs_idle"].send()
+        for _ in range(2):
+            declared["obs_idle"].send_with_options(priority="high")
         declared["obs_idle"].send_with_options(delay=600_000)
 
         client = redis.Redis.from_url(settings.effective_redis_url)
@@ -110,7 +112,7 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
     # this process sent the steps and the pipeline's first message, a worker the second one
     assert _value(samples, "task_queue_enqueued_total", priority="normal", **by_step) == len(steps) + 2
     assert _value(samples, "task_queue_enqueued_total", actor="obs_flaky") == 1, "its retry is not recounted"
-    assert _value(samples, "task_queue_enqueued_total", actor="obs_idle") == 5, "a delayed one counts once"
+    assert _value(samples, "task_queue_enqueued_total", actor="obs_idle") == 7, "a delayed one counts once"
     assert _value(samples, "task_queue_failed_total", actor="obs_fail", reason="ValueError") == 3
     assert _value(samples, "task_queue_dlq_total", actor="obs_fail") == 3
     assert _value(samples, "task_queue_failed_total", actor="obs_flaky", reason="RuntimeError") == 1
@@ -122,8 +124,11 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
 
     assert len(_counting_pids(settings)) == 2, "both worker processes counted"
 
-    assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="ready") == 4
-    assert client.llen(f"{ns}:{IDLE_QUEUE}") == 4
+    assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="ready") == 6, "all lanes"
+    assert client.llen(f"{ns}:{IDLE_QUEUE}") == 4 and client.llen(f"{ns}:{IDLE_QUEUE}:high") == 2
+    assert _value(samples, "task_queue_depth_by_priority", queue=IDLE_QUEUE, priority="normal") == 4
+    assert _value(samples, "task_queue_depth_by_priority", queue=IDLE_QUEUE, priority="high") == 2
+    assert _value(samples, "task_queue_depth_by_priority", queue=IDLE_QUEUE, priority="low") == 0
     assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="delayed") == 1
     assert client.llen(f"{ns}:{dq_name(IDLE_QUEUE)}") == 1
     assert _value(samples, "task_queue_depth_current", queue=QUEUE, state="dead_letter") == 3
