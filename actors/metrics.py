@@ -52,9 +52,6 @@ ENQUEUED_KEY = "__enqueued__"
 #: Seconds between two additions of a process's enqueue counts to Redis.
 ENQUEUE_FLUSH_INTERVAL = 1.0
 
-#: Seconds a process waits at exit for its last enqueue counts to reach Redis.
-ENQUEUE_EXIT_TIMEOUT = 2.0
-
 #: File of the metrics directory naming the worker master that owns it.
 OWNER_FILE = "owner"
 
@@ -130,7 +127,8 @@ class EnqueueCounts:
     sending.  Sends pay a dict increment, no Redis round trip; a daemon
     thread adds the counts with one pipelined ``HINCRBY`` per label set every
     ``interval`` seconds, and at exit (or worker shutdown).  Counts that
-    could not be written (Redis down) are kept for the next attempt.
+    could not be written (Redis down) are kept for the next attempt; at exit
+    there is one attempt.
 
     Parameters:
       client(redis.Redis): The broker's Redis.
@@ -147,7 +145,7 @@ class EnqueueCounts:
         reset = weakref.WeakMethod(self._reset)
         # A forked child counts its own sends only (and has no flusher thread yet).
         os.register_at_fork(after_in_child=lambda: (method := reset()) and method())
-        atexit.register(self.close, ENQUEUE_EXIT_TIMEOUT)
+        atexit.register(self.close)
 
     def _reset(self) -> None:
         self._counts: dict[tuple[str, str, str], int] = {}
@@ -155,6 +153,7 @@ class EnqueueCounts:
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing = False
 
     def add(self, queue: str, priority: str, actor: str) -> None:
         """Count one enqueue."""
@@ -181,16 +180,22 @@ class EnqueueCounts:
                 with self._lock:
                     for labels, count in counts.items():
                         self._counts[labels] = self._counts.get(labels, 0) + count
-                self.logger.warning("Enqueue counts not written to Redis yet (%s); will retry.", exc)
+                if not self._failing:  # once per outage, not once a second
+                    self.logger.warning("Enqueue counts not written to Redis yet (%s); will retry.", exc)
+                self._failing = True
                 return False
+            self._failing = False
             return True
 
-    def close(self, timeout: float = ENQUEUE_EXIT_TIMEOUT) -> None:
-        """Stop the flusher and write what is left (at exit: the producer's last sends)."""
+    def close(self) -> None:
+        """Stop the flusher and write what is left, once (at exit: the producer's last sends).
+
+        One attempt: a process exiting while Redis is down does not hang for it.
+        """
         self._stop.set()
-        deadline = time.monotonic() + timeout
-        while not self.flush() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        if not self.flush():
+            lost = sum(self._counts.values())
+            self.logger.warning("%d enqueue counts not written to Redis (unreachable at exit).", lost)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -82,7 +82,10 @@ class Tracing(Middleware):
     context.  Retries continue the original trace in any order anyway: a
     re-enqueue of a message being processed is parented to its process
     span, and a failed attempt's context is written into the options the
-    retry re-enqueues.
+    retry re-enqueues.  A saga step message sent outside any span of its
+    run starts a span in the run's trace (:func:`saga.run_tracing.run_trace_id`,
+    with providers from :func:`tracer_provider_for`), so a workflow run is one
+    trace whichever process sends its steps.
 
     Parameters:
       tracer_provider(TracerProvider): Where spans go.  Defaults to the global one.
