@@ -12,11 +12,15 @@ from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.logging import get_logger
 
 from .heartbeat import workers_alive
-from .metrics import QUEUES_KEY, SCHEDULER_KEY, mark_dead_processes
+from .metrics import QUEUES_KEY, SCHEDULER_KEY, enqueue_counts, mark_dead_processes
+from .redis_broker import DEFAULT_LANE, LANES
 
 
 class RedisStateCollector:
-    """Values read from Redis at scrape time: queue depths, live workers, scheduler ticks.
+    """Values read from Redis at scrape time: queue depths, live workers, scheduler ticks, enqueues.
+
+    They are Redis-wide (every host's exposition reports the same values):
+    dashboards and rules aggregate them with ``max``, not ``sum``.
 
     Parameters:
       client(redis.Redis): The broker's Redis.
@@ -36,15 +40,33 @@ class RedisStateCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        depths, lanes = self._read_depths()
         depth = GaugeMetricFamily(
             "task_queue_depth_current",
-            "Messages in Redis now: ready, delayed (ETA not reached) and dead_letter.",
+            "Messages in Redis now: ready (all priority lanes), delayed (ETA not reached) and dead_letter.",
             labels=["queue", "state"],
         )
-        for queue, counts in self.depths().items():
+        for queue, counts in depths.items():
             for state, count in counts.items():
                 depth.add_metric([queue, state], count)
         yield depth
+        by_priority = GaugeMetricFamily(
+            "task_queue_depth_by_priority",
+            "Ready messages in Redis now, by priority lane.",
+            labels=["queue", "priority"],
+        )
+        for queue, counts in lanes.items():
+            for lane, count in counts.items():
+                by_priority.add_metric([queue, lane], count)
+        yield by_priority
+        enqueued = CounterMetricFamily(
+            "task_queue_enqueued",
+            "Messages enqueued, by every process (producers too); retries and delayed moves not recounted.",
+            labels=["queue", "priority", "actor"],
+        )
+        for labels, count in sorted(enqueue_counts(self.client, self.namespace).items()):
+            enqueued.add_metric(list(labels), count)
+        yield enqueued
         workers = GaugeMetricFamily("task_queue_workers_alive", "Worker processes whose heartbeat is recent.")
         workers.add_metric([], self.workers_alive())
         yield workers
@@ -62,19 +84,27 @@ class RedisStateCollector:
         yield last
 
     def depths(self) -> dict[str, dict[str, int]]:
-        """Per queue: ``ready``, ``delayed`` and ``dead_letter`` message counts."""
+        """Per queue: ``ready`` (all priority lanes), ``delayed`` and ``dead_letter`` message counts."""
+        return self._read_depths()[0]
+
+    def _read_depths(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+        """Depths by state, and ready messages by priority lane, in one round trip."""
         known = {member.decode() for member in self.client.smembers(f"{self.namespace}:{QUEUES_KEY}")}
         queues = sorted(known.union(self.queues))
         with self.client.pipeline(transaction=False) as pipe:
             for queue in queues:
-                pipe.llen(f"{self.namespace}:{queue}")
+                for lane in LANES:  # the normal lane is the queue's own list (see actors/lua/dispatch.lua)
+                    pipe.llen(f"{self.namespace}:{queue}" + ("" if lane == DEFAULT_LANE else f":{lane}"))
                 pipe.llen(f"{self.namespace}:{dq_name(queue)}")
                 pipe.zcard(f"{self.namespace}:{xq_name(queue)}")
             counts = pipe.execute()
-        return {
-            queue: dict(zip(("ready", "delayed", "dead_letter"), counts[i * 3 : i * 3 + 3], strict=True))
-            for i, queue in enumerate(queues)
-        }
+        depths, lanes = {}, {}
+        width = len(LANES) + 2
+        for i, queue in enumerate(queues):
+            row = counts[i * width : (i + 1) * width]
+            lanes[queue] = dict(zip(LANES, row[: len(LANES)], strict=True))
+            depths[queue] = {"ready": sum(row[: len(LANES)]), "delayed": row[-2], "dead_letter": row[-1]}
+        return depths, lanes
 
     def workers_alive(self) -> int:
         return workers_alive(self.client, self.namespace, timeout=self.heartbeat_timeout)

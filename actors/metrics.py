@@ -4,21 +4,27 @@
 directory (``Settings.effective_metrics_dir``), and an exposition process
 forked by the same master serves them merged on ``/metrics``, together with
 values read from Redis at scrape time (queue depths, live workers, scheduler
-ticks).  ``tradeflow metrics`` reads the same registry without HTTP.
+ticks, and enqueues, which every process counts, producers included).
+``tradeflow metrics`` reads the same registry without HTTP.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
+import json
 import os
 import re
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 from dramatiq import Broker, Middleware
 from dramatiq.common import q_name
 from dramatiq.logging import get_logger
@@ -39,6 +45,13 @@ SCHEDULER_KEY = "__scheduler__"
 #: Redis set (under the namespace) of the queues worker processes declared.
 QUEUES_KEY = "__queues__"
 
+#: Redis hash (under the namespace) where every process adds its enqueues:
+#: field ``["queue", "priority", "actor"]`` (JSON), value the count.
+ENQUEUED_KEY = "__enqueued__"
+
+#: Seconds between two additions of a process's enqueue counts to Redis.
+ENQUEUE_FLUSH_INTERVAL = 1.0
+
 #: File of the metrics directory naming the worker master that owns it.
 OWNER_FILE = "owner"
 
@@ -49,7 +62,6 @@ _PID_OF_FILE = re.compile(r"_(\d+)\.db$")
 class WorkerMetrics:
     """The metric objects of one worker process (created after it booted)."""
 
-    enqueued: Any
     dequeued: Any
     completed: Any
     failed: Any
@@ -65,9 +77,6 @@ class WorkerMetrics:
 
         by_actor = ["queue", "actor"]
         return cls(
-            enqueued=Counter(
-                "task_queue_enqueued", "Messages enqueued.", ["queue", "priority", "actor"], registry=None
-            ),
             dequeued=Counter(
                 "task_queue_dequeued", "Messages taken for processing.", by_actor, registry=None
             ),
@@ -109,15 +118,113 @@ class WorkerMetrics:
         )
 
 
+class EnqueueCounts:
+    """Enqueues of one process, counted in memory and added to a Redis hash in the background.
+
+    Every process that sends counts here: workers, and producers (``tradeflow
+    send``, the API, services that ``import actors``), which run on hosts
+    without the workers' metrics directory and often exit right after
+    sending.  Sends pay a dict increment, no Redis round trip; a daemon
+    thread adds the counts with one pipelined ``HINCRBY`` per label set every
+    ``interval`` seconds, and at exit (or worker shutdown).  Counts that
+    could not be written (Redis down) are kept for the next attempt; at exit
+    there is one attempt.
+
+    Parameters:
+      client(redis.Redis): The broker's Redis.
+      key(str): The hash (``{namespace}:__enqueued__``).
+      interval(float): Seconds between flushes.  Defaults to :data:`ENQUEUE_FLUSH_INTERVAL`.
+    """
+
+    def __init__(self, *, client: redis.Redis, key: str, interval: float = ENQUEUE_FLUSH_INTERVAL) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.client = client
+        self.key = key
+        self.interval = interval
+        self._reset()
+        reset = weakref.WeakMethod(self._reset)
+        # A forked child counts its own sends only (and has no flusher thread yet).
+        os.register_at_fork(after_in_child=lambda: (method := reset()) and method())
+        atexit.register(self.close)
+
+    def _reset(self) -> None:
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def add(self, queue: str, priority: str, actor: str) -> None:
+        """Count one enqueue."""
+        labels = (queue, priority, actor)
+        with self._lock:
+            self._counts[labels] = self._counts.get(labels, 0) + 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="enqueue-counts", daemon=True)
+                self._thread.start()
+
+    def flush(self) -> bool:
+        """Add the counts so far to Redis; whether they all got there."""
+        with self._flush_lock:
+            with self._lock:
+                counts, self._counts = self._counts, {}
+            if not counts:
+                return True
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for labels, count in counts.items():
+                        pipe.hincrby(self.key, json.dumps(labels), count)
+                    pipe.execute()
+            except redis.RedisError as exc:
+                with self._lock:
+                    for labels, count in counts.items():
+                        self._counts[labels] = self._counts.get(labels, 0) + count
+                if not self._failing:  # once per outage, not once a second
+                    self.logger.warning("Enqueue counts not written to Redis yet (%s); will retry.", exc)
+                self._failing = True
+                return False
+            self._failing = False
+            return True
+
+    def close(self) -> None:
+        """Stop the flusher and write what is left, once (at exit: the producer's last sends).
+
+        One attempt: a process exiting while Redis is down does not hang for it.
+        """
+        self._stop.set()
+        if not self.flush():
+            lost = sum(self._counts.values())
+            self.logger.warning("%d enqueue counts not written to Redis (unreachable at exit).", lost)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+
+def enqueue_counts(client: redis.Redis, namespace: str) -> dict[tuple[str, str, str], float]:
+    """Enqueues by ``(queue, priority, actor)`` as counted in Redis by every process."""
+    counts = {}
+    for field, value in client.hgetall(f"{namespace}:{ENQUEUED_KEY}").items():
+        try:
+            queue, priority, actor = json.loads(field)
+        except ValueError:
+            continue
+        counts[(queue, priority, actor)] = float(value)
+    return counts
+
+
 class Metrics(Middleware):
     """Counts messages in Prometheus metrics; forks the ``/metrics`` exposition process.
 
-    Metrics are collected in ``dramatiq`` worker processes (from
-    ``after_process_boot``); other processes only record scheduler ticks in
-    Redis.  The first worker process of a new master wipes the directory
-    left by a previous master, so counters start at zero with each run;
-    each process marks itself dead on shutdown, and the exposition process
-    marks processes that died without shutting down (``kill -9``).
+    Processing is counted in ``dramatiq`` worker processes (from
+    ``after_process_boot``), in the multiprocess directory.  Enqueues are
+    counted by every process, producers included, in Redis (see
+    :class:`EnqueueCounts`), as are scheduler ticks.  The first worker
+    process of a new master wipes the directory left by a previous master,
+    so its counters start at zero with each run; each process marks itself
+    dead on shutdown, and the exposition process marks processes that died
+    without shutting down (``kill -9``).
 
     Parameters:
       directory(Path): The multiprocess directory.
@@ -131,9 +238,13 @@ class Metrics(Middleware):
         self.host = host
         self.port = port
         self.worker_metrics: WorkerMetrics | None = None
+        self.enqueue_counts: EnqueueCounts | None = None
+        self._enqueue_lock = threading.Lock()
         self._started: dict[str, float] = {}
         self._delayed: set[str] = set()
         self._heartbeat: WorkerHeartbeat | None = None
+        # (queue, actor) -> the labelled children of a processed message: one lookup, not five
+        self._children: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     @property
     def forks(self) -> list:
@@ -158,6 +269,8 @@ class Metrics(Middleware):
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self.enqueue_counts is not None:
+            self.enqueue_counts.close()
         if self.worker_metrics is None:
             return
         from prometheus_client import multiprocess
@@ -165,32 +278,43 @@ class Metrics(Middleware):
         multiprocess.mark_process_dead(os.getpid(), str(self.directory))
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
-        if _is_scheduler_tick(message) and not message.options.get("retries"):
+        options = message.options
+        if _is_scheduler_tick(message) and not options.get("retries"):
             _count_scheduler_tick(broker, "fired")
-        if self.worker_metrics is None:
-            return
-        if message.message_id in self._delayed:
+        if self._delayed and message.message_id in self._delayed:
             self._delayed.discard(message.message_id)
             return  # a delayed message reaching its queue was counted when first sent
-        if message.options.get("retries"):
+        if options.get("retries"):
             return  # a retry is counted as retried, not enqueued again
-        priority = message.options.get("priority")
-        self.worker_metrics.enqueued.labels(
+        counts = self.enqueue_counts or self._enqueue_counts_of(broker)
+        if counts is None:
+            return
+        priority = options.get("priority")
+        counts.add(
             q_name(message.queue_name),
             priority if isinstance(priority, str) else DEFAULT_PRIORITY,
             message.actor_name,
-        ).inc()
+        )
+
+    def _enqueue_counts_of(self, broker: Broker) -> EnqueueCounts | None:
+        if not isinstance(getattr(broker, "client", None), redis.Redis):
+            return None  # not a Redis broker (a test's stub): nowhere to count
+        with self._enqueue_lock:
+            if self.enqueue_counts is None:
+                self.enqueue_counts = EnqueueCounts(
+                    client=broker.client, key=f"{broker.namespace}:{ENQUEUED_KEY}"
+                )
+            return self.enqueue_counts
 
     def before_delay_message(self, broker: Broker, message: Message) -> None:
-        if self.worker_metrics is not None:
-            self._delayed.add(message.message_id)
+        self._delayed.add(message.message_id)
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         if self.worker_metrics is None:
             return
-        labels = (q_name(message.queue_name), message.actor_name)
-        self.worker_metrics.dequeued.labels(*labels).inc()
-        self.worker_metrics.in_progress.labels(*labels).inc()
+        dequeued, in_progress, _, _ = self._children_of(message)
+        dequeued.inc()
+        in_progress.inc()
         self._started[message.message_id] = time.perf_counter()
 
     def after_process_message(
@@ -198,11 +322,12 @@ class Metrics(Middleware):
     ) -> None:
         if self.worker_metrics is None:
             return
-        labels = (q_name(message.queue_name), message.actor_name)
-        self._finish(labels, message)
+        _, in_progress, completed, duration = self._children_of(message)
+        self._finish(in_progress, duration, message)
         if exception is None:
-            self.worker_metrics.completed.labels(*labels).inc()
+            completed.inc()
             return
+        labels = (q_name(message.queue_name), message.actor_name)
         self.worker_metrics.failed.labels(*labels, type(exception).__name__).inc()
         if not message.failed:
             self.worker_metrics.retried.labels(*labels).inc()
@@ -212,20 +337,35 @@ class Metrics(Middleware):
             _count_scheduler_tick(broker, "skipped")
         if self.worker_metrics is None:
             return
-        labels = (q_name(message.queue_name), message.actor_name)
-        self._finish(labels, message)
-        self.worker_metrics.failed.labels(*labels, "skipped").inc()
+        _, in_progress, _, duration = self._children_of(message)
+        self._finish(in_progress, duration, message)
+        self.worker_metrics.failed.labels(q_name(message.queue_name), message.actor_name, "skipped").inc()
 
     def after_nack(self, broker: Broker, message: Message) -> None:
         if self.worker_metrics is None:
             return
         self.worker_metrics.dead_lettered.labels(q_name(message.queue_name), message.actor_name).inc()
 
-    def _finish(self, labels: tuple[str, str], message: Message) -> None:
-        self.worker_metrics.in_progress.labels(*labels).dec()
+    def _children_of(self, message: Message) -> tuple[Any, ...]:
+        """dequeued, in_progress, completed and duration for the message's queue and actor."""
+        key = (message.queue_name, message.actor_name)
+        children = self._children.get(key)
+        if children is None:
+            labels = (q_name(message.queue_name), message.actor_name)
+            metrics = self.worker_metrics
+            children = self._children[key] = (
+                metrics.dequeued.labels(*labels),
+                metrics.in_progress.labels(*labels),
+                metrics.completed.labels(*labels),
+                metrics.duration.labels(*labels),
+            )
+        return children
+
+    def _finish(self, in_progress: Any, duration: Any, message: Message) -> None:
+        in_progress.dec()
         started = self._started.pop(message.message_id, None)
         if started is not None:
-            self.worker_metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+            duration.observe(time.perf_counter() - started)
 
 
 def _is_scheduler_tick(message: Message) -> bool:

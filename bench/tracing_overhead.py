@@ -3,6 +3,11 @@ tracing exporting every span over OTLP/HTTP to a local receiver (another process
 sampling 10% of traces, side by side.
 
     .venv/bin/python bench/tracing_overhead.py [--messages 3000] [--rounds 3] [--threads 8] [--work-ms 0]
+    .venv/bin/python bench/tracing_overhead.py --hooks-only     # the Tracing hooks and exporters alone
+    .venv/bin/python bench/tracing_overhead.py --metrics-hooks  # the Metrics hooks alone
+    .venv/bin/python bench/tracing_overhead.py --full-stack --messages 10000 --rounds 3 --database-url URL
+        # bench/throughput.py's real worker processes: raw Dramatiq, full stack with tracing off,
+        # and full stack with tracing on (every span, and 10% of traces) exporting to a receiver
 
 Each round sends N messages (timed: enqueue rate) to an actor that burns ``--work-ms`` of CPU
 (0: a no-op, the worst case for any per-message overhead), then runs an in-process worker until
@@ -126,33 +131,234 @@ def _broker(config: str, namespace: str, endpoint: str) -> tuple[dramatiq.Broker
     return broker, tracer_provider_for(settings)
 
 
-def hook_costs(messages: int = 5000) -> None:
-    """CPU of the Tracing middleware's own hooks per message, no broker and no exporter."""
+def hook_costs(endpoint: str, messages: int = 1000, rounds: int = 5) -> None:
+    """CPU of the Tracing middleware's hooks per message, without a broker: alone, and exporting.
+
+    "export" rows include the batch span processor's thread encoding and posting every span to the
+    OTLP receiver (flushed before the clock stops): the SDK's stock OTLP/HTTP exporter with its
+    default batch processor, versus tradeflow's (wire encoder, larger batches).
+    """
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     from actors.tracing import Tracing
 
-    print("\nTracing hooks alone (span creation, propagation, context; no export), µs CPU per message:")
-    for ratio in (1.0, 0.0):
-        tracing = Tracing(tracer_provider=TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio))))
+    def provider(ratio: float, exporter: str | None) -> TracerProvider:
+        if exporter == "tradeflow":
+            return tracer_provider_for(
+                _settings(
+                    "hooks",
+                    tracing_exporter="otlp-http",
+                    tracing_endpoint=endpoint,
+                    tracing_sample_ratio=ratio,
+                )
+            )
+        result = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+        if exporter == "stock":
+            result.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        return result
+
+    print("\nTracing hooks, no broker, µs CPU per message (best of rounds; export: encoding and HTTP too):")
+    for label, ratio, exporter in (
+        ("sampled 100%, no export", 1.0, None),
+        ("sampled   0%, no export", 0.0, None),
+        ("sampled 100%, SDK stock OTLP/HTTP export", 1.0, "stock"),
+        ("sampled 100%, tradeflow OTLP/HTTP export", 1.0, "tradeflow"),
+    ):
+        tracer_provider = provider(ratio, exporter)
+        tracing = Tracing(tracer_provider=tracer_provider)
         broker = StubBroker()
         actor = dramatiq.actor(lambda: None, broker=broker, actor_name="bench_hooks")
+        best = None
+        for _ in range(rounds):
+            batch = [actor.message() for _ in range(messages)]
+            started = time.process_time()
+            for message in batch:
+                tracing.before_enqueue(broker, message, None)
+                tracing.after_enqueue(broker, message, None)
+            for message in batch:
+                proxy = MessageProxy(message)
+                tracing.before_process_message(broker, proxy)
+                tracing.after_process_message(broker, proxy)
+            tracer_provider.force_flush()
+            cost = (time.process_time() - started) * 1e6 / messages
+            best = cost if best is None else min(best, cost)
+        print(f"  {label:42s} {best:6.1f}")
+
+
+def metrics_hook_costs(messages: int = 5000, rounds: int = 5) -> None:
+    """CPU of the Metrics middleware's hooks per message in a worker process (multiprocess mode, files)."""
+    import tempfile
+
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+
+    from actors.metrics import Metrics, WorkerMetrics, use_directory
+
+    broker = StubBroker()
+    broker.client = redis.Redis.from_url(REDIS_URL)  # enqueue counts go to Redis, in the background
+    broker.namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    directory = Path(tempfile.mkdtemp(prefix="tradeflow-bench-metrics-"))
+    use_directory(directory)
+    metrics = Metrics(directory=directory)
+    metrics.worker_metrics = WorkerMetrics.create()  # as after_process_boot, without claiming a master
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="bench_metrics")
+    best = (float("inf"), float("inf"))
+    for _ in range(rounds):
         batch = [actor.message() for _ in range(messages)]
         started = time.process_time()
         for message in batch:
-            tracing.before_enqueue(broker, message, None)
-            tracing.after_enqueue(broker, message, None)
-        sent = time.process_time()
+            metrics.after_enqueue(broker, message, None)
+        enqueued = time.process_time()
         for message in batch:
             proxy = MessageProxy(message)
-            tracing.before_process_message(broker, proxy)
-            tracing.after_process_message(broker, proxy)
+            metrics.before_process_message(broker, proxy)
+            metrics.after_process_message(broker, proxy)
         done = time.process_time()
         us = 1e6 / messages
-        print(f"  sampled {ratio:4.0%}: send {(sent - started) * us:5.0f}, process {(done - sent) * us:5.0f}")
+        best = (min(best[0], (enqueued - started) * us), min(best[1], (done - enqueued) * us))
+    metrics.enqueue_counts.close()
+    broker.client.delete(f"{broker.namespace}:__enqueued__")
+    print(
+        f"\nMetrics hooks, µs CPU per message (best of {rounds}): "
+        f"enqueue {best[0]:.1f}, process {best[1]:.1f}"
+    )
+
+
+def full_stack(argv: list[str], sample_ratios: list[float]) -> None:
+    """bench/throughput.py (raw Dramatiq, full stack with tracing off) plus full-stack sides with
+    tracing on, exporting over OTLP/HTTP to a receiver in another process."""
+    import os
+    import subprocess
+
+    url_pipe, child_pipe = multiprocessing.Pipe()
+    stop = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receive, args=(child_pipe, stop), daemon=True)
+    receiver.start()
+    endpoint = url_pipe.recv()
+    variants = ";".join(
+        f"tracing on {ratio:.0%}:TRADEFLOW_TRACING_EXPORTER=otlp-http,TRADEFLOW_TRACING_ENDPOINT={endpoint},"
+        f"TRADEFLOW_TRACING_SAMPLE_RATIO={ratio}"
+        for ratio in sample_ratios
+    )
+    root = Path(__file__).resolve().parent.parent
+    try:
+        subprocess.run(
+            [sys.executable, str(root / "bench" / "throughput.py"), *argv],
+            env={**os.environ, "BENCH_VARIANTS": variants},
+            check=True,
+        )
+    finally:
+        stop.set()
+    print(f"spans received by the OTLP receiver: {url_pipe.recv()}")
+    receiver.join(10)
+
+
+def _group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of the live processes of process group ``pgid``."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def _child_cpu(function, *args: object) -> float:
+    """CPU seconds of the child processes ``function(*args)`` ran to completion."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    function(*args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int, threads: int) -> None:
+    """CPU per message of real ``dramatiq`` worker processes (and of the producer process), full
+    stack, tracing off and on, and raw Dramatiq: sides alternate in rounds; medians are printed.
+
+    CPU time, unlike wall-clock rates, hardly moves with the other processes of a shared machine."""
+    import statistics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import throughput
+
+    url_pipe, child_pipe = multiprocessing.Pipe()
+    stop = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receive, args=(child_pipe, stop), daemon=True)
+    receiver.start()
+    endpoint = url_pipe.recv()
+    throughput.prepare_database(database_url)
+    tracing_on = {"TRADEFLOW_TRACING_EXPORTER": "otlp-http", "TRADEFLOW_TRACING_ENDPOINT": endpoint}
+    throughput.VARIANTS = [
+        ("tracing on", tracing_on),
+        ("metrics off", {"TRADEFLOW_METRICS_ENABLED": "false"}),
+    ]
+    client = redis.Redis.from_url(REDIS_URL)
+    results: dict[str, list[tuple[float, float, float]]] = {}
+    try:
+        for _ in range(rounds):
+            for side in throughput.make_sides(REDIS_URL, [database_url]):
+                side.env["TRADEFLOW_METRICS_PORT"] = "0"
+                side.name = "tracing off" if side.name.startswith("tradeflow") else side.name
+                # the producer's CPU, less that of a producer that only starts (imports) and sends nothing
+                produce = (
+                    _child_cpu(throughput.fill, side, messages) - _child_cpu(throughput.fill, side, 0)
+                ) / messages
+                workers = throughput.start_workers(side, processes, threads)
+                queue = f"{side.namespace}:bench"
+                try:
+                    while client.llen(queue) == messages:
+                        time.sleep(0.001)
+                    cpu, started = _group_cpu(workers.pid), time.perf_counter()
+                    while client.llen(queue) or throughput.unacked(client, side.namespace):
+                        time.sleep(0.005)
+                    elapsed = time.perf_counter() - started
+                    consume = (_group_cpu(workers.pid) - cpu) / messages
+                finally:
+                    workers.send_signal(15)  # the master only: workers shut down (and flush) once
+                    workers.wait(60)
+                    throughput.cleanup(client, side.namespace)
+                results.setdefault(side.name, []).append((produce * 1e6, consume * 1e6, messages / elapsed))
+                print(
+                    f"  {side.name:12s} producer {produce * 1e6:6.0f} µs, workers {consume * 1e6:6.0f} µs "
+                    f"CPU per message, {messages / elapsed:6.0f} msg/s",
+                    flush=True,
+                )
+    finally:
+        stop.set()
+    received = url_pipe.recv()
+    receiver.join(10)
+    print(
+        f"\n{messages} no-op messages x {rounds} rounds, {processes} processes x {threads} threads; medians:"
+    )
+    median = {
+        name: [statistics.median(column) for column in zip(*rows, strict=True)]
+        for name, rows in results.items()
+    }
+    off = median["tracing off"]
+    print(
+        f"{'side':>12} {'producer µs':>12} {'workers µs':>11} {'total µs':>9} {'msg/s':>7} {'CPU vs off':>10}"
+    )
+    for name, (produce, consume, rate) in median.items():
+        total = produce + consume
+        print(
+            f"{name:>12} {produce:9.0f} {consume:8.0f} {total:6.0f} {rate:7.0f} "
+            f"{total / (off[0] + off[1]):10.2f}"
+        )
+    expected = 2 * messages * rounds
+    print(f"spans received by the OTLP receiver: {received} (tracing on sent {expected})")
 
 
 def main() -> None:
@@ -161,7 +367,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--work-ms", type=float, default=0.0, help="CPU each message burns, in ms")
+    parser.add_argument("--hooks-only", action="store_true", help="only the hook costs, no broker")
+    parser.add_argument("--metrics-hooks", action="store_true", help="only the Metrics middleware's hooks")
+    parser.add_argument(
+        "--full-stack-cpu",
+        metavar="DATABASE_URL",
+        help="CPU per message of real worker processes: raw, full stack tracing off/on, metrics off",
+    )
+    parser.add_argument("--processes", type=int, default=2, help="worker processes (--full-stack-cpu)")
+    parser.add_argument(
+        "--full-stack",
+        nargs=argparse.REMAINDER,
+        help="run bench/throughput.py with these arguments, plus tracing-on sides (100%% and 10%%)",
+    )
     args = parser.parse_args()
+    if args.metrics_hooks:
+        metrics_hook_costs()
+        return
+    if args.full_stack_cpu:
+        full_stack_cpu(args.messages, args.rounds, args.full_stack_cpu, args.processes, args.threads)
+        return
+    if args.full_stack is not None:
+        full_stack(args.full_stack, [1.0, 0.1])
+        return
 
     url_pipe, child_pipe = multiprocessing.Pipe()
     stop = multiprocessing.Event()
@@ -172,7 +400,8 @@ def main() -> None:
     configs = ("raw dramatiq", "tracing off", "tracing on", "tracing on 10%")
     best: dict[str, Round] = {}
     try:
-        for round_number in range(args.rounds):
+        hook_costs(endpoint)
+        for round_number in range(0 if args.hooks_only else args.rounds):
             for config in configs:
                 namespace = f"bench-{uuid.uuid4().hex[:8]}"
                 try:
@@ -200,6 +429,8 @@ def main() -> None:
         stop.set()
     received = url_pipe.recv()
     receiver.join(10)
+    if args.hooks_only:
+        return
 
     raw, off, on, sampled = (best[config] for config in configs)
     print(f"\nwork per message: {args.work_ms} ms of CPU, {args.messages} messages, {args.threads} threads")
@@ -220,10 +451,10 @@ def main() -> None:
         print(
             f"{result.name}: processing rate {-rate_cost:+.1%}, CPU per message {cpu_cost:+.1%} (target 15%)"
         )
-    hook_costs()
     expected = 2 * args.messages * args.rounds
     print(
-        f"spans received by the OTLP receiver: {received} (all recorded: {expected}, plus about 10% of that)"
+        f"spans received by the OTLP receiver: {received} (tracing on: {expected}, plus about 10% of that, "
+        "plus the hook rows' exports)"
     )
 
 

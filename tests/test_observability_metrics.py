@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -12,6 +14,7 @@ from pathlib import Path
 import dramatiq
 import pytest
 import redis
+from conftest import run_cli, settings_env
 from dramatiq.common import dq_name, xq_name
 from obs_actors import IDLE_QUEUE, QUEUE, declare
 from obs_support import free_port, result_of, start_workers, stop_workers, wait_until
@@ -21,8 +24,11 @@ from actors.broker import build_broker
 from actors.exposition import RedisStateCollector
 from actors.heartbeat import WorkerHeartbeat, workers_alive
 from actors.metrics import (
+    ENQUEUED_KEY,
     SCHEDULER_KEY,
+    EnqueueCounts,
     claim_directory,
+    enqueue_counts,
     mark_dead_processes,
     use_directory,
 )
@@ -80,6 +86,8 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
             result_of(broker, message)
         for _ in range(4):
             declared["obs_idle"].send()
+        for _ in range(2):
+            declared["obs_idle"].send_with_options(priority="high")
         declared["obs_idle"].send_with_options(delay=600_000)
 
         client = redis.Redis.from_url(settings.effective_redis_url)
@@ -87,8 +95,9 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
         wait_until(lambda: client.zcard(f"{ns}:{xq_name(QUEUE)}") == 3, timeout=60, what="3 dead letters")
         # counters move just after Redis does (post-processing): wait for the scrape to settle
         completions = len(steps) + 3
+        # this process's enqueues reach Redis within a flush interval (1 s)
         wait_until(
-            lambda: _settled(_scrape(port), completions),
+            lambda: _settled(_scrape(port), completions, step_enqueues=len(steps) + 2),
             timeout=60,
             what=f"{completions} completions, 3 dead letters, nothing in progress",
         )
@@ -100,8 +109,10 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
     assert _value(samples, "task_queue_completed_total", **by_step) == len(steps) + 2
     assert _value(samples, "task_queue_dequeued_total", **by_step) == len(steps) + 2
     assert _value(samples, "task_queue_processing_duration_seconds_count", **by_step) == len(steps) + 2
-    # the pipeline's second message is the only obs_step enqueue made by a worker
-    assert _value(samples, "task_queue_enqueued_total", priority="normal", **by_step) == 1
+    # this process sent the steps and the pipeline's first message, a worker the second one
+    assert _value(samples, "task_queue_enqueued_total", priority="normal", **by_step) == len(steps) + 2
+    assert _value(samples, "task_queue_enqueued_total", actor="obs_flaky") == 1, "its retry is not recounted"
+    assert _value(samples, "task_queue_enqueued_total", actor="obs_idle") == 7, "a delayed one counts once"
     assert _value(samples, "task_queue_failed_total", actor="obs_fail", reason="ValueError") == 3
     assert _value(samples, "task_queue_dlq_total", actor="obs_fail") == 3
     assert _value(samples, "task_queue_failed_total", actor="obs_flaky", reason="RuntimeError") == 1
@@ -113,12 +124,67 @@ def test_metrics_from_several_worker_processes_and_queue_depth_from_redis(obs_se
 
     assert len(_counting_pids(settings)) == 2, "both worker processes counted"
 
-    assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="ready") == 4
-    assert client.llen(f"{ns}:{IDLE_QUEUE}") == 4
+    assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="ready") == 6, "all lanes"
+    assert client.llen(f"{ns}:{IDLE_QUEUE}") == 4 and client.llen(f"{ns}:{IDLE_QUEUE}:high") == 2
+    assert _value(samples, "task_queue_depth_by_priority", queue=IDLE_QUEUE, priority="normal") == 4
+    assert _value(samples, "task_queue_depth_by_priority", queue=IDLE_QUEUE, priority="high") == 2
+    assert _value(samples, "task_queue_depth_by_priority", queue=IDLE_QUEUE, priority="low") == 0
     assert _value(samples, "task_queue_depth_current", queue=IDLE_QUEUE, state="delayed") == 1
     assert client.llen(f"{ns}:{dq_name(IDLE_QUEUE)}") == 1
     assert _value(samples, "task_queue_depth_current", queue=QUEUE, state="dead_letter") == 3
     assert _value(samples, "task_queue_depth_current", queue=QUEUE, state="ready") == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_enqueues_of_producer_processes_are_counted_and_served(obs_settings: Settings) -> None:
+    """`tradeflow send` and a service that imports actors and sends: both counted on /metrics."""
+    port = free_port()
+    settings = obs_settings.model_copy(update={"metrics_port": port})
+    env = settings_env(settings)
+    workers = start_workers(settings, processes=1, queues=("system",))
+    try:
+        wait_until(lambda: _answers(port), timeout=60, what="/metrics")
+        for _ in range(2):
+            sent = run_cli("send", "ping", "--args", '["hello"]', "--priority", "high", env=env)
+            assert sent.returncode == 0, sent.stderr
+        service = (
+            "import actors\n"
+            "for i in range(5):\n"
+            "    actors.system.ping.send_with_options(args=(i,), priority='low')\n"
+            "actors.system.ping.send_with_options(args=('later',), delay=60_000)\n"
+        )
+        subprocess.run([sys.executable, "-c", service], env=env, check=True, timeout=60)
+        # the producers exited right after sending: their counts were written at exit
+        samples = _scrape(port)
+        by_ping = {"queue": "system", "actor": "ping"}
+        assert _value(samples, "task_queue_enqueued_total", priority="high", **by_ping) == 2
+        assert _value(samples, "task_queue_enqueued_total", priority="low", **by_ping) == 5
+        assert _value(samples, "task_queue_enqueued_total", priority="normal", **by_ping) == 1
+        wait_until(
+            lambda: _value(_scrape(port), "task_queue_completed_total", **by_ping) == 7,
+            timeout=60,
+            what="the worker ran the 7 due pings",
+        )
+        # the delayed one is not counted again when it reaches its queue (nor are retries)
+        assert _value(_scrape(port), "task_queue_enqueued_total", **by_ping) == 8
+    finally:
+        stop_workers(workers)
+
+
+def test_enqueue_counts_survive_a_redis_outage(redis_url: str, namespace: str) -> None:
+    """Counts that could not be written are kept and written by the next flush."""
+    client = redis.Redis.from_url(redis_url)
+    down = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    counts = EnqueueCounts(client=down, key=f"{namespace}:{ENQUEUED_KEY}", interval=3600)
+    counts.add("orders", "high", "place")
+    counts.add("orders", "high", "place")
+    assert counts.flush() is False
+    counts.client = client
+    counts.add("orders", "low", "place")
+    assert counts.flush() is True
+    expected = {("orders", "high", "place"): 2, ("orders", "low", "place"): 1}
+    assert enqueue_counts(client, namespace) == expected
 
 
 def test_directory_is_wiped_once_per_master(tmp_path: Path) -> None:
@@ -191,9 +257,10 @@ def _counting_pids(settings: Settings) -> set[str]:
     return {path.name.rsplit("_", 1)[1] for path in settings.effective_metrics_dir.glob("counter_*.db")}
 
 
-def _settled(samples: dict, completions: int) -> bool:
+def _settled(samples: dict, completions: int, *, step_enqueues: int) -> bool:
     return (
         _value(samples, "task_queue_completed_total") == completions
+        and _value(samples, "task_queue_enqueued_total", actor="obs_step") == step_enqueues
         and _value(samples, "task_queue_dlq_total") == 3
         and _value(samples, "task_queue_in_progress") == 0
     )

@@ -30,6 +30,7 @@ from saga.run_tracing import (
     WORKFLOW_COMPENSATION,
     WORKFLOW_STEP,
     end_run_trace,
+    run_trace_id,
     start_run_trace,
     step_trace_options,
 )
@@ -318,3 +319,42 @@ def test_unsampled_traces_propagate_their_decision_without_spans(exporter) -> No
     assert len(seen) == 3 and len({span_context.trace_id for span_context in seen}) == 1, "one trace"
     assert all(span_context.is_valid and not span_context.trace_flags.sampled for span_context in seen)
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_steps_of_a_workflow_run_share_the_runs_trace_whoever_sends_them(exporter) -> None:
+    """The engine's step messages (``saga`` option) join their run's trace without a stored carrier."""
+    provider = TracerProvider(id_generator=tracing.RunTraceIdGenerator())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    broker = _stub_broker(provider)
+
+    @dramatiq.actor(broker=broker, queue_name="settle")
+    def settle_step(name: str) -> None:
+        if name == "reserve":  # the engine dispatches the next step from within this one
+            settle_step.send_with_options(args=("charge",), saga=_saga("run-1", "charge"))
+
+    # the engine starting the run (no span), and an unrelated request's span starting another
+    settle_step.send_with_options(args=("reserve",), saga=_saga("run-1", "reserve"))
+    with provider.get_tracer("api").start_as_current_span("POST /runs") as request:
+        settle_step.send_with_options(args=("other",), saga=_saga("run-2", "reserve"))
+    _run(broker, "settle")
+    # recovery re-sending a lost step, and a compensation, from the engine's maintenance (no span)
+    settle_step.send_with_options(args=("refund",), saga=_saga("run-1", "refund", kind="compensate"))
+    _run(broker, "settle")
+
+    spans = exporter.get_finished_spans()
+    run_1 = [s for s in spans if s.attributes.get("tradeflow.workflow.run_id") == "run-1"]
+    assert len(run_1) == 6, [s.name for s in run_1]
+    assert {s.context.trace_id for s in run_1} == {run_trace_id("run-1")}, "the whole run is one trace"
+    by_step = {(s.attributes[WORKFLOW_STEP], s.kind): s for s in run_1}
+    charge_send = by_step[("charge", SpanKind.PRODUCER)]
+    assert charge_send.parent.span_id == by_step[("reserve", SpanKind.CONSUMER)].context.span_id
+    assert by_step[("refund", SpanKind.PRODUCER)].attributes[WORKFLOW_COMPENSATION] is True
+    assert by_step[("charge", SpanKind.PRODUCER)].attributes[WORKFLOW_COMPENSATION] is False
+    other = [s for s in spans if s.attributes.get("tradeflow.workflow.run_id") == "run-2"]
+    assert {s.context.trace_id for s in other} == {run_trace_id("run-2")}, "not the request's trace"
+    started_by = next(s for s in other if s.kind == SpanKind.PRODUCER).links
+    assert [link.context.span_id for link in started_by] == [request.get_span_context().span_id]
+
+
+def _saga(run: str, step: str, *, kind: str = "step") -> dict:
+    return {"run": run, "step": step, "kind": kind, "epoch": 0}
