@@ -94,6 +94,7 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             recovery_interval_ms=settings.workflow_recovery_interval_ms,
             concurrency_lease_ms=settings.workflow_concurrency_lease_ms,
             send_many=enqueue_messages,  # a fan-out's messages in one round trip
+            tracer_provider=tracer_provider,  # each run's root span
         ),
         Retries(
             max_retries=settings.max_retries,

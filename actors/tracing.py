@@ -9,7 +9,6 @@ spans (and any redis/psycopg/sqlalchemy instrumentation) nest under it.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import threading
@@ -35,6 +34,7 @@ from saga.run_tracing import (
     ATTRIBUTES_OPTION,
     CONTEXT_OPTION,
     LINKS_OPTION,
+    NEXT_TRACE_ID,
     PARENT_OPTION,
     WORKFLOW_COMPENSATION,
     WORKFLOW_RUN_ID,
@@ -45,9 +45,6 @@ from saga.run_tracing import (
 )
 
 from .otlp_export import grpc_span_exporter, http_span_exporter
-
-# The trace id the next root span must take (a workflow run's), set around start_span.
-_next_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("next_trace_id", default=None)
 
 #: ``messaging.system`` of our spans.
 MESSAGING_SYSTEM = "dramatiq"
@@ -116,7 +113,7 @@ class Tracing(Middleware):
             caller = trace.get_current_span().get_span_context()
             if caller.is_valid:  # e.g. the API request that started the run: linked, not parent
                 links = [*links, Link(caller)]
-        token = _next_trace_id.set(run_trace) if run_trace is not None else None
+        token = NEXT_TRACE_ID.set(run_trace) if run_trace is not None else None
         try:
             span = self.tracer.start_span(
                 f"send {queue}",
@@ -127,7 +124,7 @@ class Tracing(Middleware):
             )
         finally:
             if token is not None:
-                _next_trace_id.reset(token)
+                NEXT_TRACE_ID.reset(token)
         if delay:
             span.set_attribute("messaging.dramatiq.delay_ms", delay)
         options[CONTEXT_OPTION] = _carrier_of(span)
@@ -322,7 +319,7 @@ class RunTraceIdGenerator(RandomIdGenerator):
     """Random ids, except the trace id the Tracing middleware asks for (a workflow run's)."""
 
     def generate_trace_id(self) -> int:
-        return _next_trace_id.get() or super().generate_trace_id()
+        return NEXT_TRACE_ID.get() or super().generate_trace_id()
 
 
 def build_exporter(settings: Settings) -> SpanExporter:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from dramatiq import Message
 from dramatiq.logging import get_logger
+from opentelemetry.trace import TracerProvider
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -32,6 +33,7 @@ from . import statements as sql
 from .definition import Workflow
 from .driver import DriverStatement
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
+from .run_tracing import run_root_span
 from .values import MissingValue, call_arguments, conditions_hold, referenced_steps
 
 RUNS, STEPS = sql.RUNS, sql.STEPS
@@ -141,6 +143,8 @@ class SagaEngine:
       send_many(callable): ``send_many(broker, messages)`` enqueues several
         messages at once (a fan-out); see :func:`dispatch`.  Defaults to None:
         one ``broker.enqueue`` per message.
+      tracer_provider(TracerProvider): Where a run's root span goes
+        (:func:`saga.run_tracing.run_root_span`).  Defaults to None: the global one.
     """
 
     def __init__(
@@ -152,11 +156,13 @@ class SagaEngine:
         recovery_after_ms: int = 60_000,
         concurrency_lease_ms: int = 600_000,
         send_many: SendMany | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
         self.broker = broker
         self.send_many = send_many
+        self.tracer_provider = tracer_provider
         self.lease = timedelta(milliseconds=lease_ms)
         self.recovery_after = timedelta(milliseconds=recovery_after_ms)
         self.leases = ConcurrencyLeases(
@@ -257,6 +263,12 @@ class SagaEngine:
 
     def _create(self, run: dict[str, Any], steps: list[dict[str, Any]], *, done: dict[str, dict]) -> str:
         """Insert a run and its steps (``done``: steps already succeeded, by name) and dispatch the roots."""
+        with run_root_span(run["workflow"], run["run_id"], tracer_provider=self.tracer_provider):
+            return self._create_traced(run, steps, done=done)
+
+    def _create_traced(
+        self, run: dict[str, Any], steps: list[dict[str, Any]], *, done: dict[str, dict]
+    ) -> str:
         run_id = run["run_id"]
         self._acquire_slot(run)
         now = utc_now()

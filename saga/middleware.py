@@ -66,6 +66,8 @@ class Saga(Middleware):
       send_many(callable): ``send_many(broker, messages)``: how a fan-out's
         messages are sent in one go (``actors.batch.enqueue_messages``, given by
         ``actors.broker``).  Defaults to None: one enqueue per message.
+      tracer_provider(TracerProvider): Where runs' root spans go.  Defaults to
+        None: the global provider.
     """
 
     def __init__(
@@ -77,10 +79,12 @@ class Saga(Middleware):
         recovery_interval_ms: int = 10_000,
         concurrency_lease_ms: int = 600_000,
         send_many: SendMany | None = None,
+        tracer_provider=None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
         self.send_many = send_many
+        self.tracer_provider = tracer_provider
         self.lease_ms = lease_ms
         self.recovery_after_ms = recovery_after_ms
         self.recovery_interval_ms = recovery_interval_ms
@@ -104,6 +108,7 @@ class Saga(Middleware):
                         recovery_after_ms=self.recovery_after_ms,
                         concurrency_lease_ms=self.concurrency_lease_ms,
                         send_many=self.send_many,
+                        tracer_provider=self.tracer_provider,
                     )
         return self._engine
 

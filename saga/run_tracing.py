@@ -25,8 +25,10 @@ function is a cheap no-op and the carrier is empty.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -55,6 +57,11 @@ WORKFLOW_RUN_ID = "tradeflow.workflow.run_id"
 WORKFLOW_STEP = "tradeflow.workflow.step"
 WORKFLOW_COMPENSATION = "tradeflow.workflow.compensation"
 WORKFLOW_STATUS = "tradeflow.workflow.status"
+
+
+#: The trace id the next span started without a parent gets: a workflow run's.
+#: Read by the tracer provider's id generator (``actors.tracing.RunTraceIdGenerator``).
+NEXT_TRACE_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("next_trace_id", default=None)
 
 
 def run_trace_id(run_id: str) -> int:
@@ -91,6 +98,34 @@ def start_run_trace(
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return carrier
+
+
+@contextmanager
+def run_root_span(
+    workflow: str, run_id: str, *, tracer_provider: trace.TracerProvider | None = None
+) -> Iterator[None]:
+    """The run's root span ``workflow {workflow}``, current while the run's first steps are sent.
+
+    It opens the run's own trace (:func:`run_trace_id`), so the steps sent
+    under it nest below it and later steps, whoever sends them, join the same
+    trace; a caller's span (an API request) is linked, not made the parent.
+    With tracing off (no provider, or one with a random id generator and no
+    processor) it costs one no-op span.
+    """
+    current = trace.get_current_span().get_span_context()
+    token = NEXT_TRACE_ID.set(run_trace_id(run_id))
+    try:
+        span = _tracer(tracer_provider).start_span(
+            f"workflow {workflow}",
+            context=context.Context(),
+            kind=SpanKind.INTERNAL,
+            attributes={WORKFLOW_NAME: workflow, WORKFLOW_RUN_ID: run_id},
+            links=[Link(current)] if current.is_valid else None,
+        )
+    finally:
+        NEXT_TRACE_ID.reset(token)
+    with trace.use_span(span, end_on_exit=True):
+        yield
 
 
 def end_run_trace(

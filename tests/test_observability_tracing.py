@@ -358,3 +358,49 @@ def test_steps_of_a_workflow_run_share_the_runs_trace_whoever_sends_them(exporte
 
 def _saga(run: str, step: str, *, kind: str = "step") -> dict:
     return {"run": run, "step": step, "kind": kind, "epoch": 0}
+
+
+@pytest.mark.timeout(60)
+def test_engine_opens_a_runs_root_span_its_steps_nest_under(exporter, settings) -> None:
+    """``SagaEngine.start`` opens ``workflow {name}`` in the run's own trace; the first step's send
+    span is its child, later steps join the same trace, and the caller's span is linked."""
+    from saga_helpers import running_stack, wait_for_run
+
+    from actors.batch import enqueue_messages
+    from saga import SagaEngine, Step, Workflow
+
+    provider = TracerProvider(id_generator=tracing.RunTraceIdGenerator())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with running_stack(settings, worker=False) as stack:
+        stack.broker.add_middleware(
+            Tracing(tracer_provider=provider), before=type(stack.broker.middleware[0])
+        )
+        engine = SagaEngine(
+            database=stack.db, broker=stack.broker, send_many=enqueue_messages, tracer_provider=provider
+        )
+        worker = dramatiq.Worker(stack.broker, worker_threads=2, worker_timeout=100)
+        worker.start()
+        try:
+            workflow = Workflow(
+                "traced",
+                [
+                    Step("first", "record", args=("a",)),
+                    Step("second", "record", args=("b",), depends_on=["first"]),
+                ],
+            )
+            with provider.get_tracer("api").start_as_current_span("POST /runs") as request:
+                run_id = engine.start(workflow)
+            assert wait_for_run(stack.db, run_id).status == "succeeded"
+        finally:
+            worker.stop(timeout=10_000)
+    spans = exporter.get_finished_spans()
+    (root,) = _by_name(spans, "workflow traced")
+    assert root.context.trace_id == run_trace_id(run_id) and root.parent is None
+    assert [link.context.span_id for link in root.links] == [request.get_span_context().span_id]
+    steps = [s for s in spans if s.attributes.get("tradeflow.workflow.run_id") == run_id and s is not root]
+    assert {s.attributes[WORKFLOW_STEP] for s in steps} == {"first", "second"}
+    assert {s.context.trace_id for s in steps} == {root.context.trace_id}, "the run is one trace"
+    first_send = next(
+        s for s in steps if s.attributes[WORKFLOW_STEP] == "first" and s.kind == SpanKind.PRODUCER
+    )
+    assert first_send.parent.span_id == root.context.span_id
