@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from dramatiq.broker import MessageProxy
-from dramatiq.logging import get_logger
 
 #: Attribute of a :class:`~dramatiq.broker.MessageProxy` naming what its ack waits for.
 ACK_HOLD_ATTRIBUTE = "tradeflow_ack_hold"
@@ -48,23 +47,20 @@ class PendingAcks:
 
     Shared by every consumer of the queue in a process, so the consumer
     Dramatiq starts after a connection error sends what the old one could not.
-
-    Parameters:
-      queue_name(str): The queue (or delay queue) the messages were fetched from.
     """
 
-    def __init__(self, *, queue_name: str) -> None:
-        self.logger = get_logger(__name__, type(self))
-        self.queue_name = queue_name
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: list[tuple[str, AckHold | None]] = []
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def add(self, redis_message_id: str, hold: AckHold | None) -> None:
         with self._lock:
             self._entries.append((redis_message_id, hold))
+
+    def any_released(self) -> bool:
+        """Whether an ack could go now."""
+        with self._lock:
+            return any(hold is None or hold.released() for _, hold in self._entries)
 
     def take_released(self, wake: Callable[[], None]) -> list[str]:
         """The ids whose ack may go now; ``wake`` is called when a held one is released."""

@@ -94,8 +94,8 @@ class Audit(Middleware):
     message that completed.  On a broker that defers acks
     (:mod:`actors.acks`) the worker thread does not wait for that: the
     message carries a :class:`CommitHold` its consumer honours.  Must come
-    before ``Retries`` in the middleware list: ``after_*`` hooks run in reverse order, and this one needs the
-    retry decision.
+    before ``Retries`` in the middleware list: ``after_*`` hooks run in
+    reverse order, and this one needs the retry decision.
 
     Parameters:
       writer(AuditWriter): Where events go.

@@ -368,14 +368,16 @@ class WakeupConsumer(_RedisConsumer):
         return [(reply[i], reply[i + 1].decode()) for i in range(0, len(reply), 2)]
 
     def _send_acks(self, acks: list[str]) -> None:
-        """Ack ``acks`` now (on close); a failure leaves them to be redelivered, and says so."""
+        """Ack ``acks`` now (on close).  On a failure they stay pending, for the consumer
+        Dramatiq starts after a connection error; if the process stops first, they run again."""
         if not acks:
             return
         try:
-            self.broker.do_fetch(self.queue_name, 0, 0, 0, len(acks), *acks)
+            self._fetch(0, acks)
         except redis.ConnectionError as exc:
             self.logger.error(
-                "Could not ack %d finished messages of %r (%s): they run again after the heartbeat timeout.",
+                "Could not ack %d finished messages of %r (%s): kept for the next consumer; "
+                "if this process stops first, they run again after the heartbeat timeout.",
                 len(acks),
                 self.queue_name,
                 exc,
@@ -407,13 +409,8 @@ class WakeupConsumer(_RedisConsumer):
 
     def _wait_for_room(self) -> None:
         self.room.clear()
-        if self.outstanding_message_count >= self.prefetch and not self._acks_released():
+        if self.outstanding_message_count >= self.prefetch and not self.pending.any_released():
             self.room.wait(self._idle_wait())
-
-    def _acks_released(self) -> bool:
-        acks = self.pending.take_released(self._poke)
-        self.pending.put_back(acks)
-        return bool(acks)
 
     def _release(self, message: MessageProxy) -> None:
         self.etas.pop(message.message_id, None)
@@ -475,7 +472,7 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         """The deferred acks of ``queue_name`` in this process."""
         pending = self._pending_acks.get(queue_name)
         if pending is None:
-            pending = self._pending_acks.setdefault(queue_name, PendingAcks(queue_name=queue_name))
+            pending = self._pending_acks.setdefault(queue_name, PendingAcks())
         return pending
 
     @property

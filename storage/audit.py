@@ -280,9 +280,7 @@ class AuditWriter:
         """
         self._ensure_started()
         with self._lock:
-            held = self._deferred.pop(event.task_id, None)
-            if held is not None:
-                event = merge_events(held[1], event)
+            event = self._absorb_deferred(event)
             if defer > 0 and not wait:
                 # All share one delay: a new deferred event is never due before the
                 # ones held already, so only the first needs to wake the writer.
@@ -299,10 +297,12 @@ class AuditWriter:
         """Queue ``event`` without waiting; returns its ticket for :meth:`settled` (0: dropped)."""
         self._ensure_started()
         with self._lock:
-            held = self._deferred.pop(event.task_id, None)
-            if held is not None:
-                event = merge_events(held[1], event)
-            return self._enqueue(event)
+            return self._enqueue(self._absorb_deferred(event))
+
+    def _absorb_deferred(self, event: TaskEvent) -> TaskEvent:
+        """``event`` merged with the held (deferred) event of its task, which is dropped (lock held)."""
+        held = self._deferred.pop(event.task_id, None)
+        return event if held is None else merge_events(held[1], event)
 
     def settled(self, ticket: int) -> bool:
         """Whether waiting for ``ticket`` is over: committed, or the database is failing."""
