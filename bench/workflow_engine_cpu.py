@@ -96,6 +96,8 @@ def instrument(engine, counter: Counter) -> None:
         return single(*args, **kwargs)
 
     engine._transaction, engine._single_statement = counted_transaction, counted_single
+    # Claims and successes open theirs through the engine's group commit.
+    engine._group.transaction = counted_transaction
 
 
 def main() -> None:

@@ -60,6 +60,21 @@ def child_env(settings) -> dict[str, str]:
     return env
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pending += [int(child) for child in children]
+    return total
+
+
 def wait_until(predicate, *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -136,6 +151,11 @@ def run(options, url: str) -> None:
         )
         db = engine.database
 
+        def client_cpu() -> float:
+            # The worker processes and this one (the producers): on a shared machine, CPU per
+            # workflow is steadier than rates.  Database server and Redis CPU are not counted.
+            return tree_cpu(worker.pid) + time.process_time()
+
         def raw_round() -> float:
             base = calls()
             started = time.perf_counter()
@@ -166,16 +186,23 @@ def run(options, url: str) -> None:
         # 1. Rounds alternate raw and saga, so that load from elsewhere hits both alike;
         #    both sides send from the same pool of producer threads.
         producers = ThreadPoolExecutor(options.producers)
-        ratios = []
+        ratios, cpu_ratios = [], []
         for number in range(1, options.rounds + 1):
-            raw_rate, (saga_rate, starting) = raw_round(), saga_round()
+            cpu = client_cpu()
+            raw_rate = raw_round()
+            raw_cpu, cpu = (client_cpu() - cpu) / options.runs, client_cpu()
+            saga_rate, starting = saga_round()
+            saga_cpu = (client_cpu() - cpu) / options.runs
             ratios.append(saga_rate / raw_rate)
+            cpu_ratios.append(raw_cpu / saga_cpu)
             print(
                 f"round {number}: raw pipeline {raw_rate:.0f}/s, saga workflow {saga_rate:.0f}/s"
                 f" ({options.runs} x 3 steps each; the {options.runs} starts took {starting:.2f}s)"
-                f" -> {ratios[-1]:.0%}"
+                f" -> {ratios[-1]:.0%}; client CPU per pipeline {raw_cpu * 1e3:.2f} ms,"
+                f" per workflow {saga_cpu * 1e3:.2f} ms -> {cpu_ratios[-1]:.0%}"
             )
         print(f"ratio          : median {statistics.median(ratios):.0%} of raw (target >= 50%)")
+        print(f"CPU ratio      : median {statistics.median(cpu_ratios):.0%} (raw CPU / saga CPU per run)")
 
         # 2. fan-out / fan-in
         leaves = [Step(f"leaf{i}", "noop", args=(i,), depends_on=["root"]) for i in range(options.width)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -27,13 +26,14 @@ from opentelemetry.trace import TracerProvider
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from storage import DONE_STEP_STATUSES, RunStatus, StepStatus, utc_now
+from storage import DONE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus, StepStatus, sqlite_write_lock, utc_now
 
 from . import statements as sql
 from .definition import Workflow
 from .driver import DriverStatement
+from .group_commit import GroupCommit
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
-from .run_tracing import run_root_span
+from .run_tracing import LINKS_OPTION, end_run_span, fan_out_links, run_root_span
 from .values import MissingValue, call_arguments, conditions_hold, referenced_steps
 
 RUNS, STEPS = sql.RUNS, sql.STEPS
@@ -169,10 +169,12 @@ class SagaEngine:
             broker.client, namespace=broker.namespace, ttl_ms=concurrency_lease_ms
         )
         self._sqlite = database.dialect.name == "sqlite"
-        self._write_lock = threading.RLock() if self._sqlite else nullcontext()
+        self._write_lock = sqlite_write_lock(database) or nullcontext()
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
         self._hot = HotStatements(database.dialect)
         self._driver_error = database.dialect.loaded_dbapi.Error
+        # Claims and step successes of concurrent worker threads share transactions.
+        self._group = GroupCommit(transaction=self._transaction)
 
     # -- starting runs -------------------------------------------------------------------------
 
@@ -289,11 +291,10 @@ class SagaEngine:
         outgoing = None if done else self._ready_roots(state, rows)
         try:
             if outgoing is not None:
-                # The roots are ready in the rows as inserted: two statements, and on
-                # PostgreSQL one round trip (BEGIN, both inserts and COMMIT pipelined).
-                with self._transaction(pipelined=True) as connection:
-                    self._hot.insert_run.executemany(connection, [state])
-                    self._hot.insert_steps.executemany(connection, rows)
+                self._group.run(
+                    functools.partial(self._insert_ready, run=state, steps=rows),
+                    alone=functools.partial(self._transaction, pipelined=True),
+                )
                 self._send(outgoing)
                 return run_id
             with self._transaction() as connection:
@@ -310,8 +311,15 @@ class SagaEngine:
         except Exception:
             self._release_slot(run)
             raise
+        self._trace_end(state, RunStatus.RUNNING)
         self._send(outgoing)
         return run_id
+
+    def _insert_ready(self, connection, *, run: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+        """Insert a run whose roots are ready in ``steps``: two statements, no result read
+        (so on PostgreSQL, alone, BEGIN, both and COMMIT go out in one round trip)."""
+        self._hot.insert_run.executemany(connection, [run])
+        self._hot.insert_steps.executemany(connection, steps)
 
     def _ready_roots(self, run: dict[str, Any], rows: list[dict[str, Any]]) -> list[Message] | None:
         """Make the roots of a new run ready in its rows before they are inserted (what
@@ -375,10 +383,8 @@ class SagaEngine:
             "b_worker": worker,
             "b_phase": sql.PHASES[step_kind],
         }
-        with self._single_statement() as connection:
-            rows = (self._hot.claim_step if step_kind else self._hot.claim_compensation).rows(
-                connection, params
-            )
+        statement = self._hot.claim_step if step_kind else self._hot.claim_compensation
+        rows = self._group.run(functools.partial(statement.rows, params=params), alone=self._single_statement)
         if not rows:
             self._fail_if_past_deadline(run_id)
             return None
@@ -503,31 +509,41 @@ class SagaEngine:
         ``BEGIN``, in one pipelined round trip instead of four), then the graph advances as
         usual in the same transaction.  Raises :class:`_RunNotRunning` (everything rolled
         back) when the run is no longer running: that case takes the general path."""
+        outgoing, run, status = self._group.run(
+            functools.partial(self._record_success_on, claim=claim, result=result)
+        )
+        self._trace_end(run, status)
+        return outgoing
+
+    def _record_success_on(
+        self, connection, *, claim: Claim, result: Any
+    ) -> tuple[list[Message], dict[str, Any], str]:
+        """The body of :meth:`_record_success_pipelined`, in the caller's transaction: the
+        messages to send, the run and its status before."""
         run_id, now = claim.run_id, utc_now()
         hot = self._hot
-        with self._transaction() as connection:
-            with self._pipeline(connection):
-                lock = hot.lock_run_for_success.send(connection, {"b_run": run_id, "b_now": now})
-                params = {"b_run": run_id, "b_step": claim.step, "b_token": claim.token}
-                params.update(b_result=result, b_now=now)
-                record = hot.succeed_step_pipelined.send(connection, params)
-                releases = [
-                    hot.release_dependent.send(connection, {"b_run": run_id, "b_step": name, "b_skipped": 0})
-                    for name in claim.dependents
-                ]
-            runs, steps = hot.lock_run_for_success.fetch(lock), hot.succeed_step_pipelined.fetch(record)
-            released = [row for cursor in releases for row in hot.release_dependent.fetch(cursor)]
-            if not runs:
-                raise WorkflowError(f"no run with id {run_id!r}")
-            if not steps:
-                raise Unchanged  # a stale delivery: roll the counters back
-            run = runs[0]
-            if run["status"] != RunStatus.RUNNING:
-                raise _RunNotRunning  # its dependents must not be released: roll back
-            snapshot = dict(run)
-            outgoing = self._finished(connection, run, steps[0], released=released)
-            self._save(connection, run, snapshot)
-        return outgoing
+        with self._pipeline(connection):
+            lock = hot.lock_run_for_success.send(connection, {"b_run": run_id, "b_now": now})
+            params = {"b_run": run_id, "b_step": claim.step, "b_token": claim.token}
+            params.update(b_result=result, b_now=now)
+            record = hot.succeed_step_pipelined.send(connection, params)
+            releases = [
+                hot.release_dependent.send(connection, {"b_run": run_id, "b_step": name, "b_skipped": 0})
+                for name in claim.dependents
+            ]
+        runs, steps = hot.lock_run_for_success.fetch(lock), hot.succeed_step_pipelined.fetch(record)
+        released = [row for cursor in releases for row in hot.release_dependent.fetch(cursor)]
+        if not runs:
+            raise WorkflowError(f"no run with id {run_id!r}")
+        if not steps:
+            raise Unchanged  # a stale delivery: roll the counters back
+        run = runs[0]
+        if run["status"] != RunStatus.RUNNING:
+            raise _RunNotRunning  # its dependents must not be released: roll back
+        snapshot = dict(run)
+        outgoing = self._finished(connection, run, steps[0], released=released)
+        self._save(connection, run, snapshot)
+        return outgoing, run, snapshot["status"]
 
     def _pipeline(self, connection):
         """psycopg's pipeline mode on PostgreSQL (statements queue until the block ends);
@@ -967,7 +983,23 @@ class SagaEngine:
                 f"actor {actor!r} is not declared in this process (import its module in every worker)"
             )
 
+    def _trace_end(self, run: dict[str, Any], before: str) -> None:
+        """The run's end span, once the transaction that ended it committed."""
+        status = run["status"]
+        if status != before and status in FINAL_RUN_STATUSES | {RunStatus.COMPENSATION_FAILED}:
+            end_run_span(
+                run["workflow"],
+                run["run_id"],
+                status=str(status),
+                error=run.get("error"),
+                tracer_provider=self.tracer_provider,
+            )
+
     def _send(self, outgoing: list[Message]) -> None:
+        links = fan_out_links(len(outgoing))
+        if links is not None:
+            for message in outgoing:
+                message.options[LINKS_OPTION] = links
         try:
             dispatch(self.broker, outgoing, send_many=self.send_many)
         except Exception:
@@ -1040,11 +1072,14 @@ class SagaEngine:
             snapshot = dict(run)
             yield connection, run
             self._save(connection, run, snapshot)
+        self._trace_end(run, snapshot["status"])
 
     def _save(self, connection, run: dict[str, Any], snapshot: dict[str, Any]) -> None:
         changed = {name: value for name, value in run.items() if snapshot[name] != value}
         if changed:
-            connection.execute(update(RUNS).where(RUNS.c.run_id == run["run_id"]).values(**changed))
+            self._hot.save_run(tuple(sorted(changed))).rowcount(
+                connection, {**changed, "run_id": run["run_id"]}
+            )
 
     def _run(self, run_id: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
         with self.database.connect() as connection:
@@ -1106,6 +1141,21 @@ class HotStatements:
         self.insert_steps = DriverStatement(
             sql.INSERT_STEPS, dialect, json_params=sql.json_params(STEPS), param_prefix="b_"
         )
+        self._dialect = dialect
+        self._save_run: dict[tuple[str, ...], DriverStatement] = {}
+
+    def save_run(self, columns: tuple[str, ...]) -> DriverStatement:
+        """The update of a run's ``columns`` (few sets occur: each is compiled once)."""
+        statement = self._save_run.get(columns)
+        if statement is None:
+            json_params = sql.json_params(RUNS)
+            statement = self._save_run[columns] = DriverStatement(
+                sql.save_run(columns),
+                self._dialect,
+                json_params=tuple(f"b_{name}" for name in columns if f"b_{name}" in json_params),
+                param_prefix="b_",
+            )
+        return statement
 
 
 def _unclaimed_status(kind: str) -> str:

@@ -58,6 +58,9 @@ WORKFLOW_STEP = "tradeflow.workflow.step"
 WORKFLOW_COMPENSATION = "tradeflow.workflow.compensation"
 WORKFLOW_STATUS = "tradeflow.workflow.status"
 
+#: Final run statuses whose end span is an error.
+ERROR_STATUSES = frozenset({"failed", "compensation_failed"})
+
 
 #: The trace id the next span started without a parent gets: a workflow run's.
 #: Read by the tracer provider's id generator (``actors.tracing.RunTraceIdGenerator``).
@@ -126,6 +129,56 @@ def run_root_span(
         NEXT_TRACE_ID.reset(token)
     with trace.use_span(span, end_on_exit=True):
         yield
+
+
+def end_run_span(
+    workflow: str,
+    run_id: str,
+    *,
+    status: str,
+    error: str | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> None:
+    """Record that a run ended: a span ``workflow {workflow} {status}`` in the run's trace.
+
+    The engine calls it once the transaction that gave the run its final
+    status committed.  It nests under the current span when that belongs to
+    the run (the ``process`` span of the step whose outcome ended it);
+    otherwise (an operator's cancel, the recovery sweep) it is a top-level
+    span of the run's trace, linked to the caller's span if any.  ``failed``
+    and ``compensation_failed`` runs get ERROR status, with ``error``.
+    """
+    trace_id = run_trace_id(run_id)
+    current = trace.get_current_span().get_span_context()
+    in_run = current.is_valid and current.trace_id == trace_id
+    token = None if in_run else NEXT_TRACE_ID.set(trace_id)
+    try:
+        span = _tracer(tracer_provider).start_span(
+            f"workflow {workflow} {status}",
+            context=None if in_run else context.Context(),
+            attributes={WORKFLOW_NAME: workflow, WORKFLOW_RUN_ID: run_id, WORKFLOW_STATUS: status},
+            links=[Link(current)] if current.is_valid and not in_run else None,
+        )
+    finally:
+        if token is not None:
+            NEXT_TRACE_ID.reset(token)
+    if status in ERROR_STATUSES:
+        span.set_status(Status(StatusCode.ERROR, error or f"workflow run {status}"))
+    span.end()
+
+
+def fan_out_links(count: int) -> list[dict[str, str]] | None:
+    """The :data:`LINKS_OPTION` for each of ``count`` messages sent at once: a link to the
+    current span when ``count`` exceeds :data:`FAN_OUT_LINK_THRESHOLD` (each child then starts
+    a trace of its own), None when they should nest under it (or no span is current)."""
+    if count <= FAN_OUT_LINK_THRESHOLD:
+        return None
+    span = trace.get_current_span()
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return [carrier]
 
 
 def end_run_trace(

@@ -153,6 +153,15 @@ def json_params(table) -> tuple[str, ...]:
     return tuple(f"b_{column.name}" for column in table.c if isinstance(column.type, JSON))
 
 
+def save_run(columns: tuple[str, ...]):
+    """Update ``columns`` of run ``b_run_id``, each from ``b_<column>``."""
+    return (
+        update(RUNS)
+        .where(RUNS.c.run_id == bindparam("b_run_id"))
+        .values({name: bindparam(f"b_{name}", type_=RUNS.c[name].type) for name in columns})
+    )
+
+
 #: Insert a run (executed with the row's column names as keys, see ``DriverStatement``).
 INSERT_RUN = _insert(RUNS)
 

@@ -2,7 +2,7 @@
 
 from .analysis import AnalysisRecord, get_analysis, list_analyses, save_analysis
 from .audit import AuditWriter, TaskEvent, describe_database_error, utc_from_millis, utc_now
-from .db import create_db_engine, normalize_url
+from .db import SQLiteWriteLock, create_db_engine, normalize_url, sqlite_write_lock
 from .housekeeping import delete_finished_before, status_counts_since, vacuum
 from .migrate import current_revisions, head_revisions, upgrade
 from .models import TERMINAL_STATUSES, TaskRecord, TaskStatus
@@ -45,6 +45,7 @@ __all__ = [
     "OutboxMessage",
     "OutboxRecord",
     "RunStatus",
+    "SQLiteWriteLock",
     "ScheduleDefinition",
     "ScheduleRecord",
     "StepStatus",
@@ -80,6 +81,7 @@ __all__ = [
     "run_status_counts",
     "save_analysis",
     "set_enabled",
+    "sqlite_write_lock",
     "status_counts",
     "status_counts_since",
     "unsent_count",

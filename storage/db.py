@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -57,3 +60,60 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         cursor.close()
 
     return engine
+
+
+class SQLiteWriteLock:
+    """The right to write a SQLite database, queued fairly across threads and processes.
+
+    SQLite has one write lock per database, and a connection that finds it
+    taken sleeps in its busy handler (1, 2, 5, 10 ... ms) while writers of
+    other processes take it again and again: under load a process can wait
+    tens of milliseconds for a write of a millisecond.  Taking this lock
+    first (a ``threading.RLock``, then ``flock`` on ``<database>.write-lock``)
+    puts the writers that use it in the kernel's queue instead, and a
+    ``BEGIN IMMEDIATE`` after it seldom waits.  Reentrant; fork-safe (each
+    process opens the file for itself).  On a database without a file it is
+    the thread lock alone.
+
+    Parameters:
+      database(str|None): Path of the SQLite database file.
+    """
+
+    def __init__(self, database: str | None) -> None:
+        self.path = f"{database}.write-lock" if database and database != ":memory:" else None
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> SQLiteWriteLock:
+        self._thread_lock.acquire()
+        try:
+            if self._depth == 0 and self.path is not None:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self.path is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            # A forked child must not share the parent's open file: flock is per open file.
+            self._fd, self._pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), os.getpid()
+        return self._fd
+
+
+def sqlite_write_lock(engine: Engine) -> SQLiteWriteLock | None:
+    """The :class:`SQLiteWriteLock` of ``engine``'s database; None unless it is SQLite."""
+    if engine.dialect.name != "sqlite":
+        return None
+    return SQLiteWriteLock(engine.url.database)

@@ -1,0 +1,145 @@
+"""Group commit: the write transactions of a process's concurrent threads, run as one.
+
+Each step of a workflow costs a claim and an outcome transaction.  Alone, a
+transaction pays for its ``BEGIN``, its ``COMMIT`` (a WAL write) and, on
+SQLite, an acquisition of the database's single write lock, which every
+worker process contends for.  Under load many worker threads of a process
+wait for a transaction at the same time: here they share one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dramatiq.logging import get_logger
+
+T = TypeVar("T")
+
+#: Most operations one shared transaction carries.
+MAX_BATCH = 64
+
+#: Opens a transaction: a context manager yielding a connection.
+Opener = Callable[[], AbstractContextManager[Any]]
+
+#: An operation: runs its statements on the connection it is given, inside a transaction
+#: it neither opens nor ends, and returns a value for its caller.
+Operation = Callable[[Any], T]
+
+
+@dataclass(slots=True)
+class _Pending:
+    operation: Operation
+    alone: Opener | None
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Runs the operations of concurrent threads in one shared transaction.
+
+    A thread that finds no batch in progress becomes the leader: it takes
+    every operation queued so far (its own included), runs them one after
+    another in one transaction and commits.  Threads that arrive meanwhile
+    queue up, and the next leader takes them together; a thread alone runs
+    its operation at once, at the cost of a plain transaction.
+
+    If an operation raises, the shared transaction is rolled back (nothing of
+    the batch happened) and every operation of the batch runs again in a
+    transaction of its own, so a stale delivery or a failing write reaches
+    only its own caller.  Operations must therefore do nothing outside the
+    database that cannot be done twice: messages are sent by the callers,
+    after :meth:`run` returns.
+
+    Parameters:
+      transaction(callable): Opens a write transaction: a context manager
+        yielding the connection operations run on.
+      max_batch(int): Most operations per shared transaction.  Defaults to
+        :data:`MAX_BATCH`.
+    """
+
+    def __init__(
+        self,
+        *,
+        transaction: Opener,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.transaction = transaction
+        self.max_batch = max_batch
+        self._queue: deque[_Pending] = deque()
+        self._queue_lock = threading.Lock()
+        self._leader = threading.Lock()
+        self._leader_thread: int | None = None
+        #: Shared transactions committed, and operations they carried (for benchmarks).
+        self.batches = 0
+        self.operations = 0
+
+    def run(self, operation: Operation[T], *, alone: Opener | None = None) -> T:
+        """Run ``operation`` in a transaction, shared with other threads' when they wait too.
+
+        ``alone`` opens what the operation runs in when it is the only one, if not
+        ``transaction`` (e.g. autocommit for one statement: one round trip instead of three)."""
+        if self._leader_thread == threading.get_ident():
+            raise RuntimeError("an operation of a group commit started another one: it would wait for itself")
+        pending = _Pending(operation, alone)
+        with self._queue_lock:
+            self._queue.append(pending)
+        while not pending.done:
+            with self._leader:
+                if not pending.done:
+                    self._lead(pending)
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
+
+    def _lead(self, own: _Pending) -> None:
+        with self._queue_lock:
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+        self._leader_thread = threading.get_ident()
+        try:
+            if len(batch) == 1 or not self._run_shared(batch):
+                for pending in batch:
+                    self._run_alone(pending)
+        except BaseException:
+            # Interrupted (an exception raised into this thread): the other threads' operations
+            # it did not settle go back to the front of the queue for the next leader.
+            unsettled = [pending for pending in batch if not pending.done and pending is not own]
+            with self._queue_lock:
+                if own in self._queue:  # beyond max_batch: its caller is gone, it must not run
+                    self._queue.remove(own)
+                self._queue.extendleft(reversed(unsettled))
+            raise
+        finally:
+            self._leader_thread = None
+
+    def _run_shared(self, batch: list[_Pending]) -> bool:
+        """Run ``batch`` in one transaction; False (and nothing committed) if any operation raised."""
+        try:
+            with self.transaction() as connection:
+                values = [pending.operation(connection) for pending in batch]
+        except Exception as exc:
+            self.logger.debug(
+                "A shared transaction of %d operations failed (%s); one by one.", len(batch), exc
+            )
+            return False
+        for pending, value in zip(batch, values, strict=True):
+            pending.value, pending.done = value, True
+        self.batches += 1
+        self.operations += len(batch)
+        return True
+
+    def _run_alone(self, pending: _Pending) -> None:
+        try:
+            with (pending.alone or self.transaction)() as connection:
+                pending.value = pending.operation(connection)
+            self.batches += 1
+            self.operations += 1
+        except Exception as exc:
+            pending.error = exc
+        pending.done = True

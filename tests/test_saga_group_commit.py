@@ -1,0 +1,172 @@
+"""Group commit of the saga engine's transactions, and SQLite's fair write lock, on real databases."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import text
+
+from saga.group_commit import GroupCommit
+from storage import SQLiteWriteLock, create_db_engine
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def database(database_url):
+    engine = create_db_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE items (name VARCHAR(20) PRIMARY KEY)"))
+    yield engine
+    engine.dispose()
+
+
+def _group(database) -> GroupCommit:
+    @contextmanager
+    def transaction():
+        with database.begin() as connection:
+            yield connection
+
+    return GroupCommit(transaction=transaction)
+
+
+def _insert(name: str, *, before=None):
+    def operation(connection) -> str:
+        if before is not None:
+            before()
+        connection.execute(text("INSERT INTO items (name) VALUES (:name)"), {"name": name})
+        return f"inserted {name}"
+
+    return operation
+
+
+def _names(database) -> set[str]:
+    with database.connect() as connection:
+        return set(connection.execute(text("SELECT name FROM items")).scalars())
+
+
+def _while_leading(group: GroupCommit, database, others: list) -> dict[str, object]:
+    """Run ``others`` (operations) from threads of their own while a first operation holds the
+    leadership; each thread's outcome (its value or the exception it got), by operation index."""
+    inside, release = threading.Event(), threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def call(key: str, operation) -> None:
+        try:
+            outcomes[key] = group.run(operation)
+        except Exception as exc:
+            outcomes[key] = exc
+
+    first = threading.Thread(
+        target=call, args=("first", _insert("first", before=lambda: (inside.set(), release.wait(5))))
+    )
+    first.start()
+    assert inside.wait(5)
+    threads = [threading.Thread(target=call, args=(str(i), op)) for i, op in enumerate(others)]
+    for thread in threads:
+        thread.start()
+    while len(group._queue) < len(others):  # every other operation is queued behind the leader
+        time.sleep(0.005)
+    release.set()
+    for thread in [first, *threads]:
+        thread.join(5)
+    return outcomes
+
+
+def test_operations_that_wait_together_share_one_transaction(database) -> None:
+    group = _group(database)
+    outcomes = _while_leading(group, database, [_insert(f"n{i}") for i in range(5)])
+    assert outcomes == {"first": "inserted first", **{str(i): f"inserted n{i}" for i in range(5)}}
+    assert (group.batches, group.operations) == (2, 6), "the five waiting ones went in one transaction"
+    assert _names(database) == {"first", *(f"n{i}" for i in range(5))}
+
+
+def test_a_failing_operation_fails_alone_and_its_neighbours_are_committed(database) -> None:
+    group = _group(database)
+
+    def half_then_fail(connection):
+        connection.execute(text("INSERT INTO items (name) VALUES ('half')"))
+        raise ValueError("bad input for this one")
+
+    outcomes = _while_leading(group, database, [_insert("a"), half_then_fail, _insert("b")])
+    assert isinstance(outcomes["1"], ValueError) and str(outcomes["1"]) == "bad input for this one"
+    assert (outcomes["0"], outcomes["2"]) == ("inserted a", "inserted b")
+    assert _names(database) == {"first", "a", "b"}, "nothing of the failed operation is committed"
+
+
+def test_an_operation_that_starts_another_is_refused_clearly(database) -> None:
+    group = _group(database)
+    with pytest.raises(RuntimeError, match="would wait for itself"):
+        group.run(lambda connection: group.run(_insert("inner")))
+    assert group.run(_insert("after")) == "inserted after", "the group still works"
+
+
+def test_an_interrupted_leader_leaves_the_waiting_operations_to_the_next(database) -> None:
+    group = _group(database)
+
+    class Interrupt(BaseException):
+        pass
+
+    def interrupted(connection):
+        raise Interrupt
+
+    outcomes = _while_leading(group, database, [_insert("x")])
+    assert outcomes["0"] == "inserted x"
+    # A leader whose batch is cut by a BaseException requeues the others' operations.
+    inside, release = threading.Event(), threading.Event()
+    results = {}
+
+    def leader():
+        try:
+            group.run(lambda connection: (inside.set(), release.wait(5), interrupted(connection)))
+        except Interrupt:
+            results["leader"] = "interrupted"
+
+    def follower():
+        results["follower"] = group.run(_insert("y"))
+
+    threads = [threading.Thread(target=leader)]
+    threads[0].start()
+    assert inside.wait(5)
+    threads.append(threading.Thread(target=follower))
+    threads[1].start()
+    while not group._queue:
+        time.sleep(0.005)
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert results == {"leader": "interrupted", "follower": "inserted y"}
+    assert "y" in _names(database)
+
+
+def _hold_lock(path: str, held: multiprocessing.Event, release: multiprocessing.Event) -> None:
+    with SQLiteWriteLock(path):
+        held.set()
+        release.wait(10)
+
+
+def test_the_sqlite_write_lock_excludes_other_processes_and_is_reentrant(tmp_path) -> None:
+    path = str(tmp_path / "db.sqlite")
+    lock = SQLiteWriteLock(path)
+    with lock, lock:  # reentrant in one thread
+        pass
+    context = multiprocessing.get_context("fork")
+    held, release = context.Event(), context.Event()
+    other = context.Process(target=_hold_lock, args=(path, held, release))
+    other.start()
+    try:
+        assert held.wait(10)
+        acquired = threading.Event()
+        waiter = threading.Thread(target=lambda: (lock.__enter__(), acquired.set(), lock.__exit__()))
+        waiter.start()
+        assert not acquired.wait(0.3), "another process holds the lock"
+        release.set()
+        assert acquired.wait(5), "released by the other process, taken here"
+        waiter.join(5)
+    finally:
+        release.set()
+        other.join(10)
