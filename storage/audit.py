@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -28,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from .db import sqlite_write_lock
 from .models import TaskRecord
 
 #: Longest pause between two attempts to write to an unreachable database, in seconds.
@@ -233,6 +235,8 @@ class AuditWriter:
         self.commit_interval = commit_interval
         compiled = upsert_statement(engine.dialect.name).compile(dialect=engine.dialect)
         self._postgres = engine.dialect.name == "postgresql"
+        # SQLite: queue with the other writers of the database (the saga engine) fairly.
+        self._write_lock = sqlite_write_lock(engine) or nullcontext()
         if self._postgres:
             self._statement = _MultiRowInsert(str(compiled))
         else:
@@ -415,7 +419,7 @@ class AuditWriter:
     def _write(self, events: list[TaskEvent]) -> None:
         # The DBAPI directly, with the statement compiled once: SQLAlchemy's
         # per-row bind processing cost more CPU than the rest of a message.
-        with self.engine.begin() as connection:
+        with self._write_lock, self.engine.begin() as connection:
             cursor = connection.connection.cursor()
             if self._postgres:
                 # Visible to every reader at commit, without waiting for the WAL

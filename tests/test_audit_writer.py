@@ -169,3 +169,34 @@ def test_commit_interval_groups_events_and_a_waiter_commits_at_once(migrated_url
     assert time.monotonic() - started < 2.5  # the waiter did not sit out the interval
     assert (writer.written, writer.commits) == (11, 1)
     writer.close(5)
+
+
+def _hold_write_lock(path: str, held, release) -> None:
+    from storage import SQLiteWriteLock
+
+    with SQLiteWriteLock(path):
+        held.set()
+        release.wait(10)
+
+
+def test_sqlite_audit_writes_queue_behind_the_databases_fair_write_lock(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "a.db"
+    engine = create_db_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    context = multiprocessing.get_context("fork")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_write_lock, args=(str(path), held, release))
+    holder.start()
+    writer = AuditWriter(engine)
+    try:
+        assert held.wait(10)
+        assert writer.submit(_event(1), wait=True, timeout=0.5) is False, "committed past the lock"
+        release.set()
+        assert writer.flush(10)
+        assert get_task(engine, "m00001").status == "completed"
+    finally:
+        release.set()
+        holder.join(10)
+        writer.close(5)
