@@ -14,6 +14,7 @@ Usage: ``python bench/workflow_engine_cpu.py [--database sqlite|postgresql] [--r
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -98,6 +99,7 @@ def instrument(engine, counter: Counter) -> None:
     engine._transaction, engine._single_statement = counted_transaction, counted_single
     # Claims and successes open theirs through the engine's group commit.
     engine._group.transaction = counted_transaction
+    engine._starts.transaction = functools.partial(counted_transaction, pipelined=True)
 
 
 def main() -> None:

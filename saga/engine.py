@@ -173,8 +173,10 @@ class SagaEngine:
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
         self._hot = HotStatements(database.dialect)
         self._driver_error = database.dialect.loaded_dbapi.Error
-        # Claims and step successes of concurrent worker threads share transactions.
+        # Concurrent step successes (and on SQLite claims) share transactions; so do starts,
+        # in transactions of their own that, on PostgreSQL, are pipelined (they read nothing).
         self._group = GroupCommit(transaction=self._transaction)
+        self._starts = GroupCommit(transaction=functools.partial(self._transaction, pipelined=True))
 
     # -- starting runs -------------------------------------------------------------------------
 
@@ -291,10 +293,7 @@ class SagaEngine:
         outgoing = None if done else self._ready_roots(state, rows)
         try:
             if outgoing is not None:
-                self._group.run(
-                    functools.partial(self._insert_ready, run=state, steps=rows),
-                    alone=functools.partial(self._transaction, pipelined=True),
-                )
+                self._starts.run(functools.partial(self._insert_ready, run=state, steps=rows))
                 self._send(outgoing)
                 return run_id
             with self._transaction() as connection:
@@ -317,7 +316,7 @@ class SagaEngine:
 
     def _insert_ready(self, connection, *, run: dict[str, Any], steps: list[dict[str, Any]]) -> None:
         """Insert a run whose roots are ready in ``steps``: two statements, no result read
-        (so on PostgreSQL, alone, BEGIN, both and COMMIT go out in one round trip)."""
+        (so on PostgreSQL, BEGIN, the inserts and COMMIT go out in one round trip)."""
         self._hot.insert_run.executemany(connection, [run])
         self._hot.insert_steps.executemany(connection, steps)
 
@@ -384,7 +383,13 @@ class SagaEngine:
             "b_phase": sql.PHASES[step_kind],
         }
         statement = self._hot.claim_step if step_kind else self._hot.claim_compensation
-        rows = self._group.run(functools.partial(statement.rows, params=params), alone=self._single_statement)
+        if self._sqlite:
+            rows = self._group.run(functools.partial(statement.rows, params=params))
+        else:
+            # One autocommit round trip each: in a shared transaction a claim would cost the
+            # same round trip, plus BEGIN and COMMIT, to save a commit.
+            with self._single_statement() as connection:
+                rows = statement.rows(connection, params)
         if not rows:
             self._fail_if_past_deadline(run_id)
             return None

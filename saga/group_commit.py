@@ -34,7 +34,6 @@ Operation = Callable[[Any], T]
 @dataclass(slots=True)
 class _Pending:
     operation: Operation
-    alone: Opener | None
     done: bool = False
     value: Any = None
     error: BaseException | None = None
@@ -80,14 +79,11 @@ class GroupCommit:
         self.batches = 0
         self.operations = 0
 
-    def run(self, operation: Operation[T], *, alone: Opener | None = None) -> T:
-        """Run ``operation`` in a transaction, shared with other threads' when they wait too.
-
-        ``alone`` opens what the operation runs in when it is the only one, if not
-        ``transaction`` (e.g. autocommit for one statement: one round trip instead of three)."""
+    def run(self, operation: Operation[T]) -> T:
+        """Run ``operation`` in a transaction, shared with other threads' when they wait too."""
         if self._leader_thread == threading.get_ident():
             raise RuntimeError("an operation of a group commit started another one: it would wait for itself")
-        pending = _Pending(operation, alone)
+        pending = _Pending(operation)
         with self._queue_lock:
             self._queue.append(pending)
         while not pending.done:
@@ -136,7 +132,7 @@ class GroupCommit:
 
     def _run_alone(self, pending: _Pending) -> None:
         try:
-            with (pending.alone or self.transaction)() as connection:
+            with self.transaction() as connection:
                 pending.value = pending.operation(connection)
             self.batches += 1
             self.operations += 1
