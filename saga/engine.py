@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -170,6 +171,7 @@ class SagaEngine:
         )
         self._sqlite = database.dialect.name == "sqlite"
         self._write_lock = sqlite_write_lock(database) or nullcontext()
+        self._writer, self._writer_pid = None, 0
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
         self._hot = HotStatements(database.dialect)
         self._driver_error = database.dialect.loaded_dbapi.Error
@@ -1042,10 +1044,23 @@ class SagaEngine:
                         driver.rollback()
                     raise
             return
-        with self._write_lock, self.database.begin() as connection:
-            if self._sqlite:
+        if not self._sqlite:
+            with self.database.begin() as connection:
+                yield connection
+            return
+        with self._write_lock:
+            connection = self._sqlite_writer()
+            with connection.begin():
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
-            yield connection
+                yield connection
+
+    def _sqlite_writer(self):
+        """This process's connection for writes to SQLite (under the write lock, so one
+        thread at a time): kept open, since a pool checkout and return cost a fifth of a
+        step's CPU.  A forked child opens its own (a SQLite connection must not cross a fork)."""
+        if self._writer_pid != os.getpid():
+            self._writer, self._writer_pid = self.database.connect(), os.getpid()
+        return self._writer
 
     @contextmanager
     def _single_statement(self) -> Iterator[Any]:
