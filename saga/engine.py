@@ -6,7 +6,10 @@ the database) and changing rows only through conditional updates (``.. WHERE sta
 claim = :claim``), so a duplicate delivery or a stale worker changes nothing,
 and a dependent's ``remaining_deps`` reaches zero exactly once.  Messages are
 sent after the commit; a crash in between leaves the step ``ready`` and the
-recovery sweep (:meth:`SagaEngine.recover`) sends it again.
+recovery sweep (:meth:`SagaEngine.recover`) sends it again.  The hottest
+transitions (claims on SQLite, step successes, starts) of concurrent threads
+share a transaction (:mod:`saga.group_commit`), each still made of the same
+conditional statements.
 """
 
 from __future__ import annotations
@@ -512,10 +515,11 @@ class SagaEngine:
 
     def _record_success_pipelined(self, claim: Claim, result: Any) -> list[Message]:
         """:meth:`_record_success` with the step's dependents known in advance: locking the run,
-        recording the step and releasing its dependents go out together (on PostgreSQL, with
-        ``BEGIN``, in one pipelined round trip instead of four), then the graph advances as
-        usual in the same transaction.  Raises :class:`_RunNotRunning` (everything rolled
-        back) when the run is no longer running: that case takes the general path."""
+        recording the step and releasing its dependents go out together (on PostgreSQL in one
+        pipelined round trip instead of three), then the graph advances as usual, all in the
+        transaction this process's concurrent successes share (group commit).  Raises
+        :class:`_RunNotRunning` (nothing recorded) when the run is no longer running: that case
+        takes the general path."""
         outgoing, run, status = self._group.run(
             functools.partial(self._record_success_on, claim=claim, result=result)
         )

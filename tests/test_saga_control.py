@@ -124,6 +124,23 @@ def test_an_idempotency_key_returns_the_same_run(stack):
     assert counts_of(stack.broker) == {"a": 1}
 
 
+def test_concurrent_starts_with_one_idempotency_key_make_one_run_and_spare_the_others(stack):
+    """Starts of concurrent threads share transactions: a duplicate key in a shared batch must
+    not fail its neighbours, and every caller with the key gets the one run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workflow = Workflow("once_each", [Step("a", "count", args=("a",))])
+    keys = ["same"] * 6 + [f"own-{i}" for i in range(6)]
+    with ThreadPoolExecutor(len(keys)) as pool:
+        run_ids = list(pool.map(lambda key: stack.engine.start(workflow, idempotency_key=key), keys))
+    assert len(set(run_ids[:6])) == 1, "every start with the shared key returns the same run"
+    assert len(set(run_ids)) == 7
+    for run_id in set(run_ids):
+        assert wait_for_run(stack.db, run_id).status == "succeeded"
+    assert len(list_runs(stack.db, workflow="once_each")) == 7
+    assert counts_of(stack.broker) == {"a": 7}
+
+
 def test_a_run_past_its_deadline_fails_and_compensates(stack):
     run_id = stack.engine.start(_slow_workflow(deadline=timedelta(seconds=1)))
     run = wait_for_run(stack.db, run_id)
