@@ -12,6 +12,7 @@ import pytest
 import redis
 from broker_support import running_worker, sqlite_settings, wait_until
 from dramatiq.middleware import CurrentMessage
+from tcp_proxy import TcpProxy
 
 from actors import build_broker
 from actors.acks import hold_ack
@@ -122,3 +123,39 @@ def test_message_is_not_acked_before_its_audit_row_commits(redis_url, namespace,
             blocker.execute("COMMIT")
         assert wait_until(lambda: unacked(client, namespace) == 0, timeout=15)
         assert get_task(create_db_engine(settings.database_url), message.message_id).status == "completed"
+
+
+@pytest.mark.timeout(60)
+def test_acks_a_lost_connection_kept_go_out_with_the_next_consumer(redis_url, namespace, tmp_path):
+    """The acks a consumer could not send (its fetch, then its close, failed) are kept for the
+    consumer Dramatiq starts once Redis is back: the messages are acked, not run again."""
+    address, db = redis_url.split("//")[1].rsplit("/", 1)
+    host, port = address.split(":")
+    link = TcpProxy((host, int(port)))
+    proxied = f"redis://127.0.0.1:{link.port}/{db}"
+    settings = sqlite_settings(proxied, namespace, tmp_path, audit_enabled=False)
+    broker = build_broker(settings)
+    client = redis.Redis.from_url(redis_url)
+    gate, runs, count = Gate(), [], 10
+
+    @dramatiq.actor(broker=broker, queue_name="held", max_retries=0)
+    def held(i: int) -> None:
+        hold_ack(CurrentMessage.get_current_message(), gate)
+        runs.append(i)
+
+    try:
+        with running_worker(broker, threads=4):
+            for i in range(count):
+                held.send(i)
+            assert wait_until(lambda: len(runs) == count, timeout=10)
+            assert unacked(client, namespace) == count
+            link.cut()
+            gate.release()  # the acks are due while Redis is unreachable
+            time.sleep(1.5)  # the consumer's fetch fails; Dramatiq closes it and restarts it
+            assert unacked(client, namespace) == count, "nothing could be acked yet"
+            link.restore()
+            assert wait_until(lambda: unacked(client, namespace) == 0, timeout=20)
+            assert stored(client, namespace, "held") == 0
+    finally:
+        link.close()
+    assert sorted(runs) == list(range(count)), "no message ran again"
