@@ -389,7 +389,7 @@ class SagaEngine:
         }
         statement = self._hot.claim_step if step_kind else self._hot.claim_compensation
         if self._sqlite:
-            rows = self._group.run(functools.partial(statement.rows, params=params))
+            rows = self._group.run(functools.partial(statement.rows, params=params), order=run_id)
         else:
             # One autocommit round trip each: in a shared transaction a claim would cost the
             # same round trip, plus BEGIN and COMMIT, to save a commit.
@@ -521,7 +521,7 @@ class SagaEngine:
         :class:`_RunNotRunning` (nothing recorded) when the run is no longer running: that case
         takes the general path."""
         outgoing, run, status = self._group.run(
-            functools.partial(self._record_success_on, claim=claim, result=result)
+            functools.partial(self._record_success_on, claim=claim, result=result), order=claim.run_id
         )
         self._trace_end(run, status)
         return outgoing

@@ -34,6 +34,7 @@ Operation = Callable[[Any], T]
 @dataclass(slots=True)
 class _Pending:
     operation: Operation
+    order: str
     done: bool = False
     value: Any = None
     error: BaseException | None = None
@@ -79,11 +80,16 @@ class GroupCommit:
         self.batches = 0
         self.operations = 0
 
-    def run(self, operation: Operation[T]) -> T:
-        """Run ``operation`` in a transaction, shared with other threads' when they wait too."""
+    def run(self, operation: Operation[T], *, order: str = "") -> T:
+        """Run ``operation`` in a transaction, shared with other threads' when they wait too.
+
+        A shared transaction runs its operations sorted by ``order`` (e.g. the id of the row
+        each locks first), so the transactions of two processes take their row locks in one
+        order and cannot deadlock each other (PostgreSQL would abort one after a second).
+        """
         if self._leader_thread == threading.get_ident():
             raise RuntimeError("an operation of a group commit started another one: it would wait for itself")
-        pending = _Pending(operation)
+        pending = _Pending(operation, order)
         with self._queue_lock:
             self._queue.append(pending)
         while not pending.done:
@@ -118,14 +124,14 @@ class GroupCommit:
         """Run ``batch`` in one transaction; False (and nothing committed) if any operation raised."""
         try:
             with self.transaction() as connection:
-                values = [pending.operation(connection) for pending in batch]
+                values = {id(p): p.operation(connection) for p in sorted(batch, key=_order)}
         except Exception as exc:
             self.logger.debug(
                 "A shared transaction of %d operations failed (%s); one by one.", len(batch), exc
             )
             return False
-        for pending, value in zip(batch, values, strict=True):
-            pending.value, pending.done = value, True
+        for pending in batch:
+            pending.value, pending.done = values[id(pending)], True
         self.batches += 1
         self.operations += len(batch)
         return True
@@ -139,3 +145,7 @@ class GroupCommit:
         except Exception as exc:
             pending.error = exc
         pending.done = True
+
+
+def _order(pending: _Pending) -> str:
+    return pending.order

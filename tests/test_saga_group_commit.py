@@ -170,3 +170,37 @@ def test_the_sqlite_write_lock_excludes_other_processes_and_is_reentrant(tmp_pat
     finally:
         release.set()
         other.join(10)
+
+
+def test_a_shared_transaction_runs_its_operations_in_key_order(database) -> None:
+    """So the batches of two processes lock rows (runs) in one order and cannot deadlock."""
+    group, ran = _group(database), []
+
+    def record(name: str):
+        def operation(connection) -> str:
+            ran.append(name)
+            return _insert(name)(connection)
+
+        return operation
+
+    inside, release = threading.Event(), threading.Event()
+    first = threading.Thread(
+        target=group.run, args=(_insert("zz", before=lambda: (inside.set(), release.wait(5))),)
+    )
+    first.start()
+    assert inside.wait(5)
+    outcomes = {}
+    threads = [
+        threading.Thread(target=lambda n=name: outcomes.setdefault(n, group.run(record(n), order=n)))
+        for name in ("run-c", "run-a", "run-b")
+    ]
+    for thread in threads:
+        thread.start()
+        while len(group._queue) < threads.index(thread) + 1:  # queued in this order
+            time.sleep(0.005)
+    release.set()
+    for thread in [first, *threads]:
+        thread.join(5)
+    assert ran == ["run-a", "run-b", "run-c"]
+    assert outcomes == {name: f"inserted {name}" for name in ("run-a", "run-b", "run-c")}
+    assert (group.batches, group.operations) == (2, 4)
