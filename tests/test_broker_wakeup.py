@@ -3,6 +3,7 @@ and Dramatiq's recovery of a killed worker's messages still works."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,7 +107,8 @@ def test_killed_worker_message_is_recovered_after_heartbeat_timeout(broker_setti
             "-t",
             "2",
         ]
-        return subprocess.Popen(command, env=env, cwd=REPO_ROOT)
+        # A session of its own: killing its group kills every process of the worker.
+        return subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)
 
     first = spawn()
     second = None
@@ -115,7 +117,7 @@ def test_killed_worker_message_is_recovered_after_heartbeat_timeout(broker_setti
         assert wait_until(lambda: client.llen(started) == 1, timeout=30), "first worker never started it"
         victim = int(client.lindex(started, 0))
         os.kill(victim, signal.SIGKILL)  # the worker process running the message
-        first.kill()  # and its dramatiq parent, as when a host dies
+        os.killpg(first.pid, signal.SIGKILL)  # and the rest of that worker, as when a host dies
         first.wait(10)
         killed_at = time.monotonic()
         second = spawn()
@@ -129,6 +131,9 @@ def test_killed_worker_message_is_recovered_after_heartbeat_timeout(broker_setti
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(20)
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError):  # forked helpers the master left
+                    os.killpg(process.pid, signal.SIGKILL)
         producer.close()
 
 
