@@ -19,7 +19,7 @@ from dramatiq import Broker, Middleware
 from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
-from opentelemetry import context, propagate, trace
+from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -39,11 +39,11 @@ from saga.run_tracing import (
     WORKFLOW_COMPENSATION,
     WORKFLOW_RUN_ID,
     WORKFLOW_STEP,
-    context_from,
     links_from,
     run_trace_id,
 )
 
+from .message_spans import SpanStarter, carrier_of, context_from
 from .otlp_export import grpc_span_exporter, http_span_exporter
 
 #: ``messaging.system`` of our spans.
@@ -94,6 +94,7 @@ class Tracing(Middleware):
         self.logger = get_logger(__name__, type(self))
         self.tracer_provider = tracer_provider
         self.tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        self.spans = SpanStarter(self.tracer)
         self._send_spans: OrderedDict[str, Span] = OrderedDict()
         self._send_lock = threading.Lock()
         self._process_spans: dict[str, tuple[Span | None, object]] = {}
@@ -104,7 +105,7 @@ class Tracing(Middleware):
         links = links_from(options.get(LINKS_OPTION))
         parent = self._parent_of_send(message, bool(links))
         if _not_sampled(parent):  # nothing would be recorded: pass the decision on, spend nothing
-            options[CONTEXT_OPTION] = _carrier_of(trace.get_current_span(parent))
+            options[CONTEXT_OPTION] = carrier_of(trace.get_current_span(parent))
             return
         queue = q_name(message.queue_name)
         run_trace = self._run_trace_of(options) if parent is None else None
@@ -113,21 +114,23 @@ class Tracing(Middleware):
             caller = trace.get_current_span().get_span_context()
             if caller.is_valid:  # e.g. the API request that started the run: linked, not parent
                 links = [*links, Link(caller)]
+        attributes = self._attributes(message, "send", queue)
+        if delay:
+            attributes["messaging.dramatiq.delay_ms"] = delay
         token = NEXT_TRACE_ID.set(run_trace) if run_trace is not None else None
         try:
-            span = self.tracer.start_span(
+            span = self.spans.start(
                 f"send {queue}",
-                context=parent,
+                parent=parent,
                 kind=SpanKind.PRODUCER,
                 links=links,
-                attributes=self._attributes(message, "send", queue),
+                attributes=attributes,
+                extra=_extra_attributes(options),
             )
         finally:
             if token is not None:
                 NEXT_TRACE_ID.reset(token)
-        if delay:
-            span.set_attribute("messaging.dramatiq.delay_ms", delay)
-        options[CONTEXT_OPTION] = _carrier_of(span)
+        options[CONTEXT_OPTION] = carrier_of(span)
         with self._send_lock:
             self._send_spans[_send_key(message)] = span
             if len(self._send_spans) > MAX_OPEN_SEND_SPANS:
@@ -148,12 +151,13 @@ class Tracing(Middleware):
             self._process_spans[message.message_id] = (None, context.attach(parent))
             return
         queue = q_name(message.queue_name)
-        span = self.tracer.start_span(
+        span = self.spans.start(
             f"process {queue}",
-            context=parent,
+            parent=parent,
             kind=SpanKind.CONSUMER,
             links=links_from(options.get(LINKS_OPTION)),
             attributes=self._attributes(message, "process", queue),
+            extra=_extra_attributes(options),
         )
         token = context.attach(trace.set_span_in_context(span, parent))
         self._process_spans[message.message_id] = (span, token)
@@ -167,7 +171,7 @@ class Tracing(Middleware):
         try:
             if exception is not None:
                 # A retry re-enqueues these very options: it continues from this attempt.
-                message.options[CONTEXT_OPTION] = _carrier_of(span)
+                message.options[CONTEXT_OPTION] = carrier_of(span)
                 span.record_exception(exception)
                 span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
                 span.set_attribute("messaging.dramatiq.will_retry", not message.failed)
@@ -222,6 +226,7 @@ class Tracing(Middleware):
         return trace_id
 
     def _attributes(self, message: Message, operation: str, queue: str) -> dict[str, Any]:
+        # Valid attribute values only (strings, ints, bools): they are not validated again.
         # The attributes of a (operation, queue, actor) never change: built once, copied per span.
         key = (operation, queue, message.actor_name)
         constant = self._constant_attributes.get(key)
@@ -242,10 +247,13 @@ class Tracing(Middleware):
             attributes[WORKFLOW_RUN_ID] = str(saga.get("run"))
             attributes[WORKFLOW_STEP] = str(saga.get("step"))
             attributes[WORKFLOW_COMPENSATION] = saga.get("kind") == COMPENSATE
-        extra = message.options.get(ATTRIBUTES_OPTION)
-        if isinstance(extra, dict):
-            attributes.update(extra)
         return attributes
+
+
+def _extra_attributes(options: dict[str, Any]) -> dict[str, Any] | None:
+    # Attributes from the message's options: anything a sender wrote, validated by the SDK.
+    extra = options.get(ATTRIBUTES_OPTION)
+    return extra if isinstance(extra, dict) else None
 
 
 def _not_sampled(parent: context.Context | None) -> bool:
@@ -257,12 +265,6 @@ def _not_sampled(parent: context.Context | None) -> bool:
 def _send_key(message: Message) -> str:
     # The Redis broker gives every enqueue its own id; a retry reuses the message id.
     return message.options.get("redis_message_id") or message.message_id
-
-
-def _carrier_of(span: Span) -> dict[str, str]:
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier
 
 
 _providers: dict[tuple, TracerProvider] = {}
