@@ -51,9 +51,6 @@ TRACEPARENT_KEY = "traceparent"
 _INVALID_TRACE_ID = "0" * 32
 _INVALID_SPAN_ID = "0" * 16
 
-#: SDK samplers that return the attributes they were given, unchanged.
-_PASS_THROUGH_SAMPLERS = (sampling.StaticSampler, sampling.TraceIdRatioBased)
-
 #: Private attributes of ``ParentBased``: its delegate samplers.
 _PARENT_BASED_DELEGATES = (
     "_root",
@@ -119,17 +116,44 @@ class MessageSpan(SDKSpan):
 _UNSET_STATUS = Status(StatusCode.UNSET)
 
 
-def _passes_attributes_through(sampler: Any, depth: int = 0) -> bool:
-    """Whether ``sampler`` (an SDK one, delegates included) returns the attributes it is given."""
-    if isinstance(sampler, _PASS_THROUGH_SAMPLERS) and type(sampler).should_sample in (
-        sampling.StaticSampler.should_sample,
-        sampling.TraceIdRatioBased.should_sample,
-    ):
-        return True
-    if type(sampler) in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio) and depth < 4:
-        delegates = [getattr(sampler, name, None) for name in _PARENT_BASED_DELEGATES]
-        return all(d is not None and _passes_attributes_through(d, depth + 1) for d in delegates)
+def _decidable(sampler: Any, depth: int = 0) -> bool:
+    """Whether :func:`_decide` knows ``sampler``: the SDK's own samplers, delegates included.
+
+    They decide on the parent's flags and the trace id alone, return the
+    attributes they are given unchanged, and the parent's trace state.
+    """
+    kind = type(sampler)
+    if kind is sampling.StaticSampler:
+        return isinstance(getattr(sampler, "_decision", None), sampling.Decision)
+    if kind is sampling.TraceIdRatioBased:
+        return isinstance(getattr(sampler, "bound", None), int) and hasattr(sampler, "TRACE_ID_LIMIT")
+    if kind in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio) and depth < 4:
+        return all(_decidable(getattr(sampler, name, None), depth + 1) for name in _PARENT_BASED_DELEGATES)
     return False
+
+
+def _decide(sampler: Any, parent: SpanContext | None, trace_id: int) -> sampling.Decision:
+    """``sampler.should_sample(...).decision`` of a :func:`_decidable` sampler; ``parent`` valid or None."""
+    kind = type(sampler)
+    if kind is sampling.StaticSampler:
+        return sampler._decision
+    if kind is sampling.TraceIdRatioBased:
+        if trace_id & sampler.TRACE_ID_LIMIT < sampler.bound:
+            return sampling.Decision.RECORD_AND_SAMPLE
+        return sampling.Decision.DROP
+    if parent is None:
+        delegate = sampler._root
+    elif parent.is_remote:
+        delegate = (
+            sampler._remote_parent_sampled
+            if parent.trace_flags.sampled
+            else sampler._remote_parent_not_sampled
+        )
+    else:
+        delegate = (
+            sampler._local_parent_sampled if parent.trace_flags.sampled else sampler._local_parent_not_sampled
+        )
+    return _decide(delegate, parent, trace_id)
 
 
 def _sdk_shape_matches(tracer: SDKTracer) -> bool:
@@ -160,7 +184,7 @@ class SpanStarter:
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
         self.direct = isinstance(tracer, SDKTracer) and _sdk_shape_matches(tracer)
-        self._clean_sampler = self.direct and _passes_attributes_through(tracer.sampler)
+        self._known_sampler = self.direct and _decidable(tracer.sampler)
 
     def start(
         self,
@@ -189,10 +213,15 @@ class SpanStarter:
         else:
             trace_id = parent_span_context.trace_id
             random_trace_id = parent_span_context.trace_flags.random_trace_id
-        if extra and not self._clean_sampler:  # the sampler sees every attribute, as with start_span
-            attributes, extra = {**attributes, **extra}, None
-        result = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
-        decision = result.decision
+        if self._known_sampler:
+            decision = _decide(tracer.sampler, parent_span_context, trace_id)
+            trace_state = parent_span_context.trace_state if parent_span_context is not None else None
+            result = None
+        else:  # any other sampler sees every attribute and may change them, as with start_span
+            if extra:
+                attributes, extra = {**attributes, **extra}, None
+            result = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+            decision, trace_state = result.decision, result.trace_state
         flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
         if random_trace_id:
             flags |= TraceFlags.RANDOM_TRACE_ID
@@ -201,16 +230,16 @@ class SpanStarter:
             id_generator.generate_span_id(),
             is_remote=False,
             trace_flags=TraceFlags(flags),
-            trace_state=result.trace_state,
+            trace_state=trace_state,
         )
         record_end_metrics = tracer._tracer_metrics.start_span(parent_span_context, decision)
         if not decision.is_recording():
             return NonRecordingSpan(span_context)
-        if not self._clean_sampler:  # a sampler may have changed or added attributes: take its, validated
+        if result is None:
+            span = MessageSpan(name, span_context, parent_span_context, kind, attributes, links, tracer, None)
+        else:  # the sampler's attributes, validated
             span = MessageSpan(name, span_context, parent_span_context, kind, {}, links, tracer, None)
             span._attributes._set_items(result.attributes)
-        else:
-            span = MessageSpan(name, span_context, parent_span_context, kind, attributes, links, tracer, None)
         if extra:
             span._attributes._set_items(extra)
         span._record_end_metrics = record_end_metrics

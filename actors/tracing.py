@@ -98,29 +98,30 @@ class Tracing(Middleware):
         self._send_spans: OrderedDict[str, Span] = OrderedDict()
         self._send_lock = threading.Lock()
         self._process_spans: dict[str, tuple[Span | None, object]] = {}
-        self._constant_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._constant_attributes: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
 
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         options = message.options
-        links = links_from(options.get(LINKS_OPTION))
+        links = links_from(options[LINKS_OPTION]) if LINKS_OPTION in options else []
         parent = self._parent_of_send(message, bool(links))
         if _not_sampled(parent):  # nothing would be recorded: pass the decision on, spend nothing
             options[CONTEXT_OPTION] = carrier_of(trace.get_current_span(parent))
             return
-        queue = q_name(message.queue_name)
         run_trace = self._run_trace_of(options) if parent is None else None
         if run_trace is not None:
             parent = context.Context()  # the first span of the run's trace here: a root with the run's id
             caller = trace.get_current_span().get_span_context()
             if caller.is_valid:  # e.g. the API request that started the run: linked, not parent
                 links = [*links, Link(caller)]
-        attributes = self._attributes(message, "send", queue)
+        name, attributes = self._attributes(
+            "send", message.queue_name, message.actor_name, message.message_id, options
+        )
         if delay:
             attributes["messaging.dramatiq.delay_ms"] = delay
         token = NEXT_TRACE_ID.set(run_trace) if run_trace is not None else None
         try:
             span = self.spans.start(
-                f"send {queue}",
+                name,
                 parent=parent,
                 kind=SpanKind.PRODUCER,
                 links=links,
@@ -145,22 +146,24 @@ class Tracing(Middleware):
             span.end()
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        options = message.options
+        options, message_id = message.options, message.message_id  # each a lookup through the proxy
         parent = context_from(options.get(CONTEXT_OPTION)) or context.Context()
         if _not_sampled(parent):  # the actor's own sends still carry the trace's decision
-            self._process_spans[message.message_id] = (None, context.attach(parent))
+            self._process_spans[message_id] = (None, context.attach(parent))
             return
-        queue = q_name(message.queue_name)
+        name, attributes = self._attributes(
+            "process", message.queue_name, message.actor_name, message_id, options
+        )
         span = self.spans.start(
-            f"process {queue}",
+            name,
             parent=parent,
             kind=SpanKind.CONSUMER,
-            links=links_from(options.get(LINKS_OPTION)),
-            attributes=self._attributes(message, "process", queue),
+            links=links_from(options[LINKS_OPTION]) if LINKS_OPTION in options else (),
+            attributes=attributes,
             extra=_extra_attributes(options),
         )
         token = context.attach(trace.set_span_in_context(span, parent))
-        self._process_spans[message.message_id] = (span, token)
+        self._process_spans[message_id] = (span, token)
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: BaseException | None = None
@@ -225,29 +228,36 @@ class Tracing(Middleware):
             return None  # sent by another step of the run: nests under its process span
         return trace_id
 
-    def _attributes(self, message: Message, operation: str, queue: str) -> dict[str, Any]:
-        # Valid attribute values only (strings, ints, bools): they are not validated again.
-        # The attributes of a (operation, queue, actor) never change: built once, copied per span.
-        key = (operation, queue, message.actor_name)
+    def _attributes(
+        self, operation: str, queue_name: str, actor_name: str, message_id: str, options: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The span's name and attributes (valid values only: they are not validated again)."""
+        # The name and attributes of a (operation, queue, actor) never change: built once, copied per span.
+        key = (operation, queue_name, actor_name)
         constant = self._constant_attributes.get(key)
         if constant is None:
-            constant = self._constant_attributes[key] = {
-                "messaging.system": MESSAGING_SYSTEM,
-                "messaging.operation.type": operation,
-                "messaging.destination.name": queue,
-                "messaging.dramatiq.actor": message.actor_name,
-            }
+            queue = q_name(queue_name)
+            constant = self._constant_attributes[key] = (
+                f"{operation} {queue}",
+                {
+                    "messaging.system": MESSAGING_SYSTEM,
+                    "messaging.operation.type": operation,
+                    "messaging.destination.name": queue,
+                    "messaging.dramatiq.actor": actor_name,
+                },
+            )
+        name, attributes = constant
         attributes = {
-            **constant,
-            "messaging.message.id": message.message_id,
-            "messaging.dramatiq.retry_count": message.options.get("retries", 0),
+            **attributes,
+            "messaging.message.id": message_id,
+            "messaging.dramatiq.retry_count": options.get("retries", 0),
         }
-        saga = message.options.get(SAGA_OPTION)
+        saga = options.get(SAGA_OPTION)
         if isinstance(saga, dict):
             attributes[WORKFLOW_RUN_ID] = str(saga.get("run"))
             attributes[WORKFLOW_STEP] = str(saga.get("step"))
             attributes[WORKFLOW_COMPENSATION] = saga.get("kind") == COMPENSATE
-        return attributes
+        return name, attributes
 
 
 def _extra_attributes(options: dict[str, Any]) -> dict[str, Any] | None:
