@@ -107,9 +107,26 @@ class MessageSpan(SDKSpan):
             bounded._dict.update(attributes)
         else:  # limits to apply: the SDK's own way
             bounded._set_items(attributes)
-        self._events = BoundedList(limits.max_events)
-        self._links = self._new_links(links)
+        # Most spans get no event or link: their lists are made on the first one.
+        self._events = _NONE
+        self._links = self._new_links(links) if links else _NONE
         self._record_end_metrics = record_end_metrics
+
+    def _add_event(self, event: Any) -> None:
+        with self._lock:
+            if self._events is _NONE:
+                self._events = BoundedList(self._limits.max_events)
+        super()._add_event(event)
+
+    def _add_link(self, link: Link) -> None:
+        with self._lock:
+            if self._links is _NONE:
+                self._links = BoundedList(self._limits.max_links)
+        super()._add_link(link)
+
+
+#: The events and links of a span that has none (read as empty by the SDK and the exporters).
+_NONE: tuple[Any, ...] = ()
 
 
 #: The status a span starts with (immutable, shared as the SDK's ``ReadableSpan`` default is).
@@ -195,8 +212,12 @@ class SpanStarter:
         attributes: dict[str, Any],
         extra: Mapping[str, Any] | None = None,
         links: Sequence[Link] = (),
+        parent_span_context: SpanContext | None = None,
     ) -> trace.Span:
-        """A started span; ``attributes`` must be valid attribute values, ``extra`` may be anything."""
+        """A started span; ``attributes`` must be valid attribute values, ``extra`` may be anything.
+
+        ``parent_span_context``, when the caller has it, is ``parent``'s span context.
+        """
         tracer = self.tracer
         if not self.direct:
             return tracer.start_span(
@@ -204,7 +225,8 @@ class SpanStarter:
             )
         if not tracer._is_enabled():
             return tracer.start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
-        parent_span_context = trace.get_current_span(parent).get_span_context()
+        if parent_span_context is None:
+            parent_span_context = trace.get_current_span(parent).get_span_context()
         id_generator = tracer.id_generator
         if parent_span_context is None or not parent_span_context.is_valid:
             parent_span_context = None

@@ -148,7 +148,9 @@ class Tracing(Middleware):
     def before_process_message(self, broker: Broker, message: Message) -> None:
         options, message_id = message.options, message.message_id  # each a lookup through the proxy
         parent = context_from(options.get(CONTEXT_OPTION)) or context.Context()
-        if _not_sampled(parent):  # the actor's own sends still carry the trace's decision
+        parent_span_context = trace.get_current_span(parent).get_span_context()
+        if parent_span_context.is_valid and not parent_span_context.trace_flags.sampled:
+            # The actor's own sends still carry the trace's decision.
             self._process_spans[message_id] = (None, context.attach(parent))
             return
         name, attributes = self._attributes(
@@ -161,6 +163,7 @@ class Tracing(Middleware):
             links=links_from(options[LINKS_OPTION]) if LINKS_OPTION in options else (),
             attributes=attributes,
             extra=_extra_attributes(options),
+            parent_span_context=parent_span_context,
         )
         token = context.attach(trace.set_span_in_context(span, parent))
         self._process_spans[message_id] = (span, token)
