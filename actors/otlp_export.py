@@ -343,17 +343,22 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """A serialized ``ExportTraceServiceRequest`` of ``spans``, grouped by resource and scope."""
     # Grouped by identity: a process has one resource and a few scopes, shared by all its spans.
     grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    last: tuple[Any, Any, list[bytes]] = (None, None, [])
     for span in spans:
-        resource = span.resource
-        scope = span.instrumentation_scope or None
-        by_scope = grouped.get(id(resource))
-        if by_scope is None:
-            by_scope = grouped[id(resource)] = (resource, {})
-        encoded = by_scope[1].get(id(scope))
-        if encoded is None:
-            encoded = by_scope[1][id(scope)] = (scope, [])
+        if _DIRECT_READ and type(span) is ReadableSpan:
+            resource, scope = span._resource, span._instrumentation_scope or None
+        else:
+            resource, scope = span.resource, span.instrumentation_scope or None
+        if resource is not last[0] or scope is not last[1]:  # spans mostly come in runs of one scope
+            by_scope = grouped.get(id(resource))
+            if by_scope is None:
+                by_scope = grouped[id(resource)] = (resource, {})
+            encoded = by_scope[1].get(id(scope))
+            if encoded is None:
+                encoded = by_scope[1][id(scope)] = (scope, [])
+            last = (resource, scope, encoded[1])
         body = encode_span(span)
-        encoded[1].append(b"\x12" + _varint(len(body)) + body)
+        last[2].extend((b"\x12", _varint(len(body)), body))  # joined once, per scope
     request = []
     for resource, by_scope in grouped.values():
         body = [_resource_block(resource)]
