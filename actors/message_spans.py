@@ -13,7 +13,10 @@ sampler, id generator, limits, resource and span processors (every
 processor still gets ``on_start`` and ``on_end`` for every span, and the
 spans are current and nest as any other); it only skips validating the
 attributes the middleware built itself (extra attributes from message
-options are still validated).  :func:`carrier_of` and :func:`context_from`
+options are still validated), decides the SDK's own samplers without a call
+(each is one comparison; any other sampler is called as ``start_span`` calls
+it), and makes a span's events and links lists on the first one.
+:func:`carrier_of` and :func:`context_from`
 write and read a ``traceparent`` directly while the global propagator is the
 default W3C one (trace context + baggage) and there is no baggage or trace
 state to carry; otherwise they use the global propagator.  When the SDK in
