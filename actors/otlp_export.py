@@ -21,6 +21,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
@@ -112,7 +113,8 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated ``KeyValue`` fields under ``tag``; a value that cannot be encoded is logged and left out.
 
     Most attributes repeat (``messaging.system=dramatiq``, queue and actor
-    names): their encoded pairs are kept per key, bounded.
+    names, retry counts): their encoded fields are kept per key and value
+    (strings, ints and bools), bounded.
     """
     if not attributes:
         return b""
@@ -127,17 +129,23 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             cached = (_field(b"\x0a", key.encode()), {})
             if len(keys) < MAX_CACHED_KEYS:
                 keys[key] = cached
-        encoded_key, pairs = cached
-        if type(value) is str:
-            if pairs is not None:
-                field = pairs.get(value)
-                if field is not None:
-                    parts.append(field)
-                    continue
+        encoded_key, fields = cached
+        kind = type(value)
+        if kind is str:
+            value_key = value
+        elif kind is int or kind is bool:
+            value_key = (kind, value)  # True == 1: the type keeps them apart
+        else:
+            value_key = fields = None
+        if fields is not None:
+            field = fields.get(value_key)
+            if field is not None:
+                parts.append(field)
+                continue
+        if kind is str:
             text = value.encode()
             any_value = b"\x0a" + varint(len(text)) + text
         else:
-            pairs = None
             try:
                 any_value = _any_value(value)
             except Exception as error:  # as the SDK's encoder: drop the attribute, keep the span
@@ -146,9 +154,9 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         pair = encoded_key + b"\x12" + varint(len(any_value)) + any_value
         field = tag + varint(len(pair)) + pair
         parts.append(field)
-        if pairs is not None:
-            if len(pairs) < MAX_CACHED_VALUES_PER_KEY:
-                pairs[value] = field
+        if fields is not None:
+            if len(fields) < MAX_CACHED_VALUES_PER_KEY:
+                fields[value_key] = field
             else:
                 keys[key] = (encoded_key, None)
     return b"".join(parts)
@@ -205,36 +213,96 @@ def _status(status: Any) -> bytes:
     return _field(b"\x7a", body)
 
 
+#: Encoded ``Span.name`` fields by name (span names are few: ``send {queue}``, ``process {queue}``).
+_names: dict[str, bytes] = {}
+
+#: Encoded ``Span.status`` fields of statuses without a description, by code.
+_plain_statuses: dict[Any, bytes] = {}
+
+#: The fields of the SDK's ``ReadableSpan`` that :func:`encode_span` reads directly.
+_READABLE_FIELDS = (
+    "_context",
+    "_parent",
+    "_name",
+    "_kind",
+    "_start_time",
+    "_end_time",
+    "_attributes",
+    "_status",
+)
+
+
+def _readable_fields_present() -> bool:
+    probe = ReadableSpan("probe", attributes=BoundedAttributes(1, {"k": "v"}))
+    return all(hasattr(probe, name) for name in (*_READABLE_FIELDS, "_events", "_links")) and hasattr(
+        probe._attributes, "_dict"
+    )
+
+
+#: Whether the SDK's spans have the fields :func:`encode_span` reads without the properties.
+_DIRECT_READ = _readable_fields_present()
+
+
 def encode_span(span: ReadableSpan) -> bytes:
     """The fields of one OTLP ``Span``."""
-    context = span.context
-    parent = span.parent
+    if _DIRECT_READ and type(span) is ReadableSpan:
+        # What the SDK hands exporters: read its fields, not its properties (each copies or wraps).
+        context, parent, name, kind = span._context, span._parent, span._name, span._kind
+        start_time, end_time, status = span._start_time, span._end_time, span._status
+        attributes = span._attributes
+        if type(attributes) is BoundedAttributes:
+            attributes, dropped = attributes._dict, attributes.dropped
+        else:
+            dropped = 0
+        has_events, has_links = bool(span._events), bool(span._links)
+    else:
+        context, parent, name, kind = span.context, span.parent, span.name, span.kind
+        start_time, end_time, status = span.start_time, span.end_time, span.status
+        attributes, dropped = span.attributes, span.dropped_attributes
+        has_events, has_links = bool(span.events), bool(span.links)
+    name_field = _names.get(name)
+    if name_field is None:
+        name_field = _field(b"\x2a", name.encode())
+        if len(_names) < MAX_CACHED_KEYS:
+            _names[name] = name_field
+    trace_state = context.trace_state
     parts = [
         b"\x0a\x10",
         context.trace_id.to_bytes(16, "big"),
         b"\x12\x08",
         context.span_id.to_bytes(8, "big"),
-        _trace_state(context.trace_state),
+        _trace_state(trace_state) if trace_state else b"",
         b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent else b"",
-        _field(b"\x2a", span.name.encode()),
+        name_field,
         b"\x30",
-        _SMALL_VARINTS[SPAN_KINDS[span.kind]],
+        _SMALL_VARINTS[SPAN_KINDS[kind]],
         b"\x39",
-        _fixed64(span.start_time),
+        _fixed64(start_time),
         b"\x41",
-        _fixed64(span.end_time),
-        _attributes(b"\x4a", span.attributes),
-        _uint_field(b"\x50", span.dropped_attributes),
+        _fixed64(end_time),
+        _attributes(b"\x4a", attributes),
+        _uint_field(b"\x50", dropped) if dropped else b"",
     ]
-    if span.events:
+    if has_events:
         parts.extend(_field(b"\x5a", _event(event)) for event in span.events)
         parts.append(_uint_field(b"\x60", span.dropped_events))
-    if span.links:
+    if has_links:
         parts.extend(_field(b"\x6a", _link(link)) for link in span.links)
         parts.append(_uint_field(b"\x70", span.dropped_links))
-    parts.append(_status(span.status))
-    parts.append(b"\x85\x01" + _fixed32(_span_flags(parent)))  # field 16, fixed32
+    if status is not None and not status.description:
+        status_field = _plain_statuses.get(status.status_code)
+        if status_field is None:
+            status_field = _plain_statuses[status.status_code] = _status(status)
+        parts.append(status_field)
+    else:
+        parts.append(_status(status))
+    parts.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
     return b"".join(parts)
+
+
+#: ``Span.flags`` (field 16, fixed32) of a span whose parent is remote, and of any other.
+_REMOTE_FLAGS = b"\x85\x01" + _fixed32(FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
+_LOCAL_FLAGS = b"\x85\x01" + _fixed32(FLAG_HAS_IS_REMOTE)
 
 
 # Caches by object identity: hashing an SDK ``Resource`` serializes its attributes to JSON.
@@ -275,17 +343,22 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """A serialized ``ExportTraceServiceRequest`` of ``spans``, grouped by resource and scope."""
     # Grouped by identity: a process has one resource and a few scopes, shared by all its spans.
     grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    last: tuple[Any, Any, list[bytes]] = (None, None, [])
     for span in spans:
-        resource = span.resource
-        scope = span.instrumentation_scope or None
-        by_scope = grouped.get(id(resource))
-        if by_scope is None:
-            by_scope = grouped[id(resource)] = (resource, {})
-        encoded = by_scope[1].get(id(scope))
-        if encoded is None:
-            encoded = by_scope[1][id(scope)] = (scope, [])
+        if _DIRECT_READ and type(span) is ReadableSpan:
+            resource, scope = span._resource, span._instrumentation_scope or None
+        else:
+            resource, scope = span.resource, span.instrumentation_scope or None
+        if resource is not last[0] or scope is not last[1]:  # spans mostly come in runs of one scope
+            by_scope = grouped.get(id(resource))
+            if by_scope is None:
+                by_scope = grouped[id(resource)] = (resource, {})
+            encoded = by_scope[1].get(id(scope))
+            if encoded is None:
+                encoded = by_scope[1][id(scope)] = (scope, [])
+            last = (resource, scope, encoded[1])
         body = encode_span(span)
-        encoded[1].append(b"\x12" + _varint(len(body)) + body)
+        last[2].extend((b"\x12", _varint(len(body)), body))  # joined once, per scope
     request = []
     for resource, by_scope in grouped.values():
         body = [_resource_block(resource)]

@@ -19,7 +19,7 @@ from dramatiq import Broker, Middleware
 from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
-from opentelemetry import context, propagate, trace
+from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -39,11 +39,11 @@ from saga.run_tracing import (
     WORKFLOW_COMPENSATION,
     WORKFLOW_RUN_ID,
     WORKFLOW_STEP,
-    context_from,
     links_from,
     run_trace_id,
 )
 
+from .message_spans import SpanStarter, carrier_of, context_from
 from .otlp_export import grpc_span_exporter, http_span_exporter
 
 #: ``messaging.system`` of our spans.
@@ -94,40 +94,44 @@ class Tracing(Middleware):
         self.logger = get_logger(__name__, type(self))
         self.tracer_provider = tracer_provider
         self.tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        self.spans = SpanStarter(self.tracer)
         self._send_spans: OrderedDict[str, Span] = OrderedDict()
         self._send_lock = threading.Lock()
         self._process_spans: dict[str, tuple[Span | None, object]] = {}
-        self._constant_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._constant_attributes: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
 
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         options = message.options
-        links = links_from(options.get(LINKS_OPTION))
+        links = links_from(options[LINKS_OPTION]) if LINKS_OPTION in options else []
         parent = self._parent_of_send(message, bool(links))
         if _not_sampled(parent):  # nothing would be recorded: pass the decision on, spend nothing
-            options[CONTEXT_OPTION] = _carrier_of(trace.get_current_span(parent))
+            options[CONTEXT_OPTION] = carrier_of(trace.get_current_span(parent))
             return
-        queue = q_name(message.queue_name)
         run_trace = self._run_trace_of(options) if parent is None else None
         if run_trace is not None:
             parent = context.Context()  # the first span of the run's trace here: a root with the run's id
             caller = trace.get_current_span().get_span_context()
             if caller.is_valid:  # e.g. the API request that started the run: linked, not parent
                 links = [*links, Link(caller)]
+        name, attributes = self._attributes(
+            "send", message.queue_name, message.actor_name, message.message_id, options
+        )
+        if delay:
+            attributes["messaging.dramatiq.delay_ms"] = delay
         token = NEXT_TRACE_ID.set(run_trace) if run_trace is not None else None
         try:
-            span = self.tracer.start_span(
-                f"send {queue}",
-                context=parent,
+            span = self.spans.start(
+                name,
+                parent=parent,
                 kind=SpanKind.PRODUCER,
                 links=links,
-                attributes=self._attributes(message, "send", queue),
+                attributes=attributes,
+                extra=_extra_attributes(options),
             )
         finally:
             if token is not None:
                 NEXT_TRACE_ID.reset(token)
-        if delay:
-            span.set_attribute("messaging.dramatiq.delay_ms", delay)
-        options[CONTEXT_OPTION] = _carrier_of(span)
+        options[CONTEXT_OPTION] = carrier_of(span)
         with self._send_lock:
             self._send_spans[_send_key(message)] = span
             if len(self._send_spans) > MAX_OPEN_SEND_SPANS:
@@ -142,21 +146,27 @@ class Tracing(Middleware):
             span.end()
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        options = message.options
+        options, message_id = message.options, message.message_id  # each a lookup through the proxy
         parent = context_from(options.get(CONTEXT_OPTION)) or context.Context()
-        if _not_sampled(parent):  # the actor's own sends still carry the trace's decision
-            self._process_spans[message.message_id] = (None, context.attach(parent))
+        parent_span_context = trace.get_current_span(parent).get_span_context()
+        if parent_span_context.is_valid and not parent_span_context.trace_flags.sampled:
+            # The actor's own sends still carry the trace's decision.
+            self._process_spans[message_id] = (None, context.attach(parent))
             return
-        queue = q_name(message.queue_name)
-        span = self.tracer.start_span(
-            f"process {queue}",
-            context=parent,
+        name, attributes = self._attributes(
+            "process", message.queue_name, message.actor_name, message_id, options
+        )
+        span = self.spans.start(
+            name,
+            parent=parent,
             kind=SpanKind.CONSUMER,
-            links=links_from(options.get(LINKS_OPTION)),
-            attributes=self._attributes(message, "process", queue),
+            links=links_from(options[LINKS_OPTION]) if LINKS_OPTION in options else (),
+            attributes=attributes,
+            extra=_extra_attributes(options),
+            parent_span_context=parent_span_context,
         )
         token = context.attach(trace.set_span_in_context(span, parent))
-        self._process_spans[message.message_id] = (span, token)
+        self._process_spans[message_id] = (span, token)
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: BaseException | None = None
@@ -167,7 +177,7 @@ class Tracing(Middleware):
         try:
             if exception is not None:
                 # A retry re-enqueues these very options: it continues from this attempt.
-                message.options[CONTEXT_OPTION] = _carrier_of(span)
+                message.options[CONTEXT_OPTION] = carrier_of(span)
                 span.record_exception(exception)
                 span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
                 span.set_attribute("messaging.dramatiq.will_retry", not message.failed)
@@ -221,31 +231,42 @@ class Tracing(Middleware):
             return None  # sent by another step of the run: nests under its process span
         return trace_id
 
-    def _attributes(self, message: Message, operation: str, queue: str) -> dict[str, Any]:
-        # The attributes of a (operation, queue, actor) never change: built once, copied per span.
-        key = (operation, queue, message.actor_name)
+    def _attributes(
+        self, operation: str, queue_name: str, actor_name: str, message_id: str, options: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The span's name and attributes (valid values only: they are not validated again)."""
+        # The name and attributes of a (operation, queue, actor) never change: built once, copied per span.
+        key = (operation, queue_name, actor_name)
         constant = self._constant_attributes.get(key)
         if constant is None:
-            constant = self._constant_attributes[key] = {
-                "messaging.system": MESSAGING_SYSTEM,
-                "messaging.operation.type": operation,
-                "messaging.destination.name": queue,
-                "messaging.dramatiq.actor": message.actor_name,
-            }
+            queue = q_name(queue_name)
+            constant = self._constant_attributes[key] = (
+                f"{operation} {queue}",
+                {
+                    "messaging.system": MESSAGING_SYSTEM,
+                    "messaging.operation.type": operation,
+                    "messaging.destination.name": queue,
+                    "messaging.dramatiq.actor": actor_name,
+                },
+            )
+        name, attributes = constant
         attributes = {
-            **constant,
-            "messaging.message.id": message.message_id,
-            "messaging.dramatiq.retry_count": message.options.get("retries", 0),
+            **attributes,
+            "messaging.message.id": message_id,
+            "messaging.dramatiq.retry_count": options.get("retries", 0),
         }
-        saga = message.options.get(SAGA_OPTION)
+        saga = options.get(SAGA_OPTION)
         if isinstance(saga, dict):
             attributes[WORKFLOW_RUN_ID] = str(saga.get("run"))
             attributes[WORKFLOW_STEP] = str(saga.get("step"))
             attributes[WORKFLOW_COMPENSATION] = saga.get("kind") == COMPENSATE
-        extra = message.options.get(ATTRIBUTES_OPTION)
-        if isinstance(extra, dict):
-            attributes.update(extra)
-        return attributes
+        return name, attributes
+
+
+def _extra_attributes(options: dict[str, Any]) -> dict[str, Any] | None:
+    # Attributes from the message's options: anything a sender wrote, validated by the SDK.
+    extra = options.get(ATTRIBUTES_OPTION)
+    return extra if isinstance(extra, dict) else None
 
 
 def _not_sampled(parent: context.Context | None) -> bool:
@@ -257,12 +278,6 @@ def _not_sampled(parent: context.Context | None) -> bool:
 def _send_key(message: Message) -> str:
     # The Redis broker gives every enqueue its own id; a retry reuses the message id.
     return message.options.get("redis_message_id") or message.message_id
-
-
-def _carrier_of(span: Span) -> dict[str, str]:
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier
 
 
 _providers: dict[tuple, TracerProvider] = {}

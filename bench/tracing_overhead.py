@@ -357,6 +357,12 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
             f"{name:>12} {produce:9.0f} {consume:8.0f} {total:6.0f} {rate:7.0f} "
             f"{total / (off[0] + off[1]):10.2f}"
         )
+    on = median["tracing on"]
+    cost = (on[0] + on[1]) / (off[0] + off[1]) - 1
+    print(
+        f"tracing on vs off: CPU per message {cost:+.1%} (target +15% at most; producer "
+        f"{on[0] - off[0]:+.0f} µs, workers {on[1] - off[1]:+.0f} µs), drain rate {on[2] / off[2] - 1:+.1%}"
+    )
     expected = 2 * messages * rounds
     print(f"spans received by the OTLP receiver: {received} (tracing on sent {expected})")
 

@@ -102,3 +102,34 @@ def test_grpc_exporter_builds_its_request_from_wire_bytes() -> None:
         assert exporter._translate_data(spans) == sdk_encode_spans(spans)
     finally:
         exporter.shutdown()
+
+
+def test_wire_encoding_of_live_spans_and_the_middlewares_spans() -> None:
+    """Spans other than the SDK's ``ReadableSpan`` copies (read through their properties), and the
+    Tracing middleware's own spans (built by ``actors.message_spans``), encode as the SDK does."""
+    import dramatiq
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+
+    from actors.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(tracer_provider=provider)
+    broker = StubBroker()
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="wired")
+    message = actor.message_with_options(retries=2)
+    tracing.before_enqueue(broker, message, 250)
+    tracing.after_enqueue(broker, message, 250)
+    proxy = MessageProxy(dramatiq.Message.decode(message.encode()))
+    tracing.before_process_message(broker, proxy)
+    tracing.after_process_message(broker, proxy, exception=KeyError("k"))
+    live = provider.get_tracer("live").start_span("live", attributes={"n": 1, "flag": True})
+    live.add_event("e")
+    live.end()
+    spans = [*exporter.get_finished_spans(), live]
+    assert [span.name for span in spans] == ["send default", "process default", "live", "live"]
+    assert type(spans[-1]) is not type(spans[0]), "one span read through its properties"
+    for batch in (spans, spans[::-1], spans * 2):
+        assert ExportTraceServiceRequest.FromString(encode_spans(batch)) == sdk_encode_spans(batch)

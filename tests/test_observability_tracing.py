@@ -14,11 +14,28 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Pipelines, Retries
 from obs_actors import QUEUE, declare
 from obs_support import result_of, start_workers, stop_workers
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 from otlp_receiver import OTLPReceiver
 
 from actors import tracing
@@ -27,6 +44,7 @@ from actors.tracing import TraceIdFormatter, Tracing, tracer_provider_for
 from config import Settings
 from saga.run_tracing import (
     FAN_OUT_LINK_THRESHOLD,
+    NEXT_TRACE_ID,
     WORKFLOW_COMPENSATION,
     WORKFLOW_STEP,
     end_run_trace,
@@ -404,3 +422,195 @@ def test_engine_opens_a_runs_root_span_its_steps_nest_under(exporter, settings) 
         s for s in steps if s.attributes[WORKFLOW_STEP] == "first" and s.kind == SpanKind.PRODUCER
     )
     assert first_send.parent.span_id == root.context.span_id
+
+
+class _RecordingProcessor(SpanProcessor):
+    """Records every span processors are handed, at start and at end."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.ended: list[str] = []
+
+    def on_start(self, span, parent_context=None) -> None:
+        self.started.append(span.name)
+
+    def on_end(self, span) -> None:
+        self.ended.append(span.name)
+
+
+class _AddingSampler(Sampler):
+    """Samples every span and adds an attribute of its own, as a custom sampler may."""
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None):
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, {**(attributes or {}), "sampler.added": name})
+
+    def get_description(self) -> str:
+        return "adding"
+
+
+def _fields(span) -> dict:
+    """A finished span's fields, ids of its own and times left out."""
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "trace_id": span.context.trace_id,
+        "flags": span.context.trace_flags,
+        "trace_state": span.context.trace_state,
+        "parent": span.parent,
+        "attributes": dict(span.attributes),
+        "dropped": span.dropped_attributes,
+        "links": [(link.context, dict(link.attributes or {})) for link in span.links],
+        "events": [(event.name, dict(event.attributes or {})) for event in span.events],
+        "status": (span.status.status_code, span.status.description),
+        "resource": span.resource,
+        "scope": span.instrumentation_scope,
+    }
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [None, ParentBased(TraceIdRatioBased(0.5)), ParentBased(ALWAYS_OFF), _AddingSampler()],
+    ids=["default", "ratio", "off", "custom"],
+)
+def test_middleware_spans_are_the_sdks_spans_and_reach_every_processor(sampler) -> None:
+    """``SpanStarter`` (no re-validation of the middleware's own attributes) starts the span
+    ``tracer.start_span`` would, through the provider's sampler, ids, limits and processors."""
+    from actors.message_spans import SpanStarter
+
+    exporter, recorder = InMemorySpanExporter(), _RecordingProcessor()
+    ids = tracing.RunTraceIdGenerator()
+    provider = (
+        TracerProvider(sampler=sampler, id_generator=ids) if sampler else TracerProvider(id_generator=ids)
+    )
+    provider.add_span_processor(recorder)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tradeflow.test")
+    starter = SpanStarter(tracer)
+    assert starter.direct, "the SDK in use no longer has the shape the fast path was written for"
+    remote = SpanContext(
+        0xA1, 0xB2, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("k", "v")])
+    )
+    unsampled = SpanContext(0xA3, 0xB4, is_remote=True, trace_flags=TraceFlags(0))
+    parents = [
+        None,
+        set_span_in_context(NonRecordingSpan(remote)),
+        set_span_in_context(NonRecordingSpan(unsampled)),
+    ]
+    attributes = {"messaging.system": "dramatiq", "messaging.dramatiq.retry_count": 3, "flag": True}
+    extra = {"listed": [1, 2], "step": "reserve"}  # from message options: validated (list -> tuple)
+    links = [Link(SpanContext(0xC1, 0xD2, is_remote=True), {"why": "fan-out"})]
+
+    def start(fast: bool, parent):
+        if fast:
+            return starter.start(
+                "s",
+                parent=parent,
+                kind=SpanKind.PRODUCER,
+                attributes=dict(attributes),
+                extra=extra,
+                links=links,
+            )
+        return tracer.start_span(
+            "s", context=parent, kind=SpanKind.PRODUCER, attributes={**attributes, **extra}, links=links
+        )
+
+    for parent in parents:
+        for fast in (True, False):
+            token = NEXT_TRACE_ID.set(0xFEED)  # root spans get the same trace id both ways
+            try:
+                span = start(fast, parent)
+            finally:
+                NEXT_TRACE_ID.reset(token)
+            span.set_attribute("late", ["x"])
+            span.record_exception(ValueError("boom"))
+            span.add_link(remote)
+            span.set_status(Status(StatusCode.ERROR, "bad"))
+            span.end()
+    spans = exporter.get_finished_spans()
+    assert len(spans) % 2 == 0 and recorder.started == recorder.ended == ["s"] * len(spans)
+    for fast, sdk in zip(spans[::2], spans[1::2], strict=True):
+        fast_fields, sdk_fields = _fields(fast), _fields(sdk)
+        for fields in (fast_fields, sdk_fields):  # the exception events carry the stack trace
+            fields["events"] = [(name, attrs.get("exception.type")) for name, attrs in fields["events"]]
+        assert fast_fields == sdk_fields
+    if sampler is None:
+        assert spans and all(dict(span.attributes)["listed"] == (1, 2) for span in spans)
+
+
+def test_carriers_read_and_written_as_the_global_propagator_does() -> None:
+    """``traceparent`` written and read directly gives what ``propagate.inject``/``extract`` give, and
+    anything else (trace state, baggage, odd headers, another propagator) goes through them."""
+    from opentelemetry import baggage, context, propagate
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
+    from actors.message_spans import carrier_of, context_from
+
+    def injected(span) -> dict:
+        carrier: dict = {}
+        propagate.inject(carrier, context=set_span_in_context(span))
+        return carrier
+
+    spans = [
+        NonRecordingSpan(
+            SpanContext(0xA1, 0xB2, is_remote=False, trace_flags=TraceFlags(flags), trace_state=state)
+        )
+        for flags in (0, 1, 3)
+        for state in (None, TraceState([("k", "v")]))
+    ]
+    for span in [*spans, NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)]:
+        assert carrier_of(span) == injected(span)
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        assert carrier_of(spans[2]) == injected(spans[2]) and "baggage" in carrier_of(spans[2])
+    finally:
+        context.detach(token)
+
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    carriers = [
+        {"traceparent": f"00-{trace_id}-{span_id}-01"},
+        {"traceparent": f"00-{trace_id}-{span_id}-00"},
+        {"traceparent": f"00-{trace_id}-{span_id}-01", "tracestate": "k=v"},
+        {"traceparent": f"00-{trace_id}-{span_id}-01", "baggage": "tenant=acme"},
+        {"traceparent": f"00-{trace_id.upper()}-{span_id}-01"},
+        {"traceparent": f"  00-{trace_id}-{span_id}-01"},
+        {"traceparent": f"01-{trace_id}-{span_id}-01-future"},
+        {"traceparent": f"ff-{trace_id}-{span_id}-01"},
+        {"traceparent": f"00-{'0' * 32}-{span_id}-01"},
+        {"traceparent": f"00-{trace_id}-{'0' * 16}-01"},
+        {"traceparent": "garbage"},
+        {"other": "x"},
+    ]
+    for carrier in carriers:
+        expected = propagate.extract(carrier)
+        got = context_from(carrier) or context.Context()
+        assert (
+            trace.get_current_span(got).get_span_context()
+            == trace.get_current_span(expected).get_span_context()
+        ), carrier
+        assert baggage.get_all(got) == baggage.get_all(expected), carrier
+
+    class Custom(TextMapPropagator):
+        """Another format: carried under its own key."""
+
+        def inject(self, carrier, context=None, setter=None) -> None:
+            span_context = trace.get_current_span(context).get_span_context()
+            carrier["x-trace"] = f"{span_context.trace_id:x}:{span_context.span_id:x}"
+
+        def extract(self, carrier, context=None, getter=None):
+            trace_part, span_part = carrier["x-trace"].split(":")
+            remote = SpanContext(int(trace_part, 16), int(span_part, 16), is_remote=True)
+            return set_span_in_context(NonRecordingSpan(remote))
+
+        @property
+        def fields(self) -> set:
+            return {"x-trace"}
+
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(Custom())
+    try:
+        assert carrier_of(spans[2]) == {"x-trace": "a1:b2"}
+        extracted = context_from({"traceparent": f"00-{trace_id}-{span_id}-01", "x-trace": "a1:b2"})
+        assert trace.get_current_span(extracted).get_span_context().span_id == 0xB2
+        assert context_from({"x-trace": "a1:b2"}) is not None
+    finally:
+        propagate.set_global_textmap(default)

@@ -1,0 +1,331 @@
+"""The Tracing middleware's spans and trace contexts, built without the SDK's generic checks.
+
+Per message the middleware starts a ``send`` and a ``process`` span and
+writes and reads one ``traceparent``.  Through the SDK's generic entry
+points that costs about twice what the spans themselves need: every
+attribute is re-validated (~2 µs each, and ours are strings and ints built
+by the middleware), each span is made through the tracer's generic checks,
+and inject/extract go through the composite propagator (a ``baggage``
+lookup, a getter/setter per field, a regular expression search).
+
+:class:`SpanStarter` starts the same SDK span objects with the provider's
+sampler, id generator, limits, resource and span processors (every
+processor still gets ``on_start`` and ``on_end`` for every span, and the
+spans are current and nest as any other); it only skips validating the
+attributes the middleware built itself (extra attributes from message
+options are still validated), decides the SDK's own samplers without a call
+(each is one comparison; any other sampler is called as ``start_span`` calls
+it), and makes a span's events and links lists on the first one.
+:func:`carrier_of` and :func:`context_from`
+write and read a ``traceparent`` directly while the global propagator is the
+default W3C one (trace context + baggage) and there is no baggage or trace
+state to carry; otherwise they use the global propagator.  When the SDK in
+use does not have the shape this module was written against,
+:class:`SpanStarter` falls back to ``tracer.start_span``; the tests compare
+both paths' spans field by field.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from time import time_ns
+from typing import Any
+
+from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import Span as SDKSpan
+from opentelemetry.sdk.trace import Tracer as SDKTracer
+from opentelemetry.sdk.trace import _Span, sampling
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+#: The ``traceparent`` this module writes, and the only form it reads itself
+#: (version 00, lowercase hex); any other carrier goes to the global propagator.
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
+
+#: Carrier key of the W3C trace context.
+TRACEPARENT_KEY = "traceparent"
+
+_INVALID_TRACE_ID = "0" * 32
+_INVALID_SPAN_ID = "0" * 16
+
+#: Private attributes of ``ParentBased``: its delegate samplers.
+_PARENT_BASED_DELEGATES = (
+    "_root",
+    "_remote_parent_sampled",
+    "_remote_parent_not_sampled",
+    "_local_parent_sampled",
+    "_local_parent_not_sampled",
+)
+
+
+class MessageSpan(SDKSpan):
+    """An SDK span whose middleware-built attributes are stored without re-validation.
+
+    Everything after construction (``set_attribute``, events, ``end``,
+    processors, export) is the SDK's own.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        span_context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        links: Sequence[Link],
+        tracer: SDKTracer,
+        record_end_metrics: Any,
+    ) -> None:
+        # The fields SDKSpan.__init__ sets (checked by SpanStarter against the SDK in use).
+        limits = tracer._span_limits
+        self._name = name
+        self._context = span_context
+        self._kind = kind
+        self._instrumentation_info = tracer.instrumentation_info
+        self._instrumentation_scope = tracer._instrumentation_scope
+        self._parent = parent
+        self._start_time = None
+        self._end_time = None
+        self._resource = tracer.resource
+        self._status = _UNSET_STATUS
+        self._sampler = tracer.sampler
+        self._trace_config = None
+        self._record_exception = True
+        self._set_status_on_exception = True
+        self._span_processor = tracer.span_processor
+        self._limits = limits
+        self._lock = threading.Lock()
+        self._attributes = bounded = BoundedAttributes(
+            limits.max_span_attributes, None, immutable=False, max_value_len=limits.max_span_attribute_length
+        )
+        if (limits.max_span_attributes is None or len(attributes) <= limits.max_span_attributes) and (
+            limits.max_span_attribute_length is None
+        ):
+            bounded._dict.update(attributes)
+        else:  # limits to apply: the SDK's own way
+            bounded._set_items(attributes)
+        # Most spans get no event or link: their lists are made on the first one.
+        self._events = _NONE
+        self._links = self._new_links(links) if links else _NONE
+        self._record_end_metrics = record_end_metrics
+
+    def _add_event(self, event: Any) -> None:
+        with self._lock:
+            if self._events is _NONE:
+                self._events = BoundedList(self._limits.max_events)
+        super()._add_event(event)
+
+    def _add_link(self, link: Link) -> None:
+        with self._lock:
+            if self._links is _NONE:
+                self._links = BoundedList(self._limits.max_links)
+        super()._add_link(link)
+
+
+#: The events and links of a span that has none (read as empty by the SDK and the exporters).
+_NONE: tuple[Any, ...] = ()
+
+
+#: The status a span starts with (immutable, shared as the SDK's ``ReadableSpan`` default is).
+_UNSET_STATUS = Status(StatusCode.UNSET)
+
+
+def _decidable(sampler: Any, depth: int = 0) -> bool:
+    """Whether :func:`_decide` knows ``sampler``: the SDK's own samplers, delegates included.
+
+    They decide on the parent's flags and the trace id alone, return the
+    attributes they are given unchanged, and the parent's trace state.
+    """
+    kind = type(sampler)
+    if kind is sampling.StaticSampler:
+        return isinstance(getattr(sampler, "_decision", None), sampling.Decision)
+    if kind is sampling.TraceIdRatioBased:
+        return isinstance(getattr(sampler, "bound", None), int) and hasattr(sampler, "TRACE_ID_LIMIT")
+    if kind in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio) and depth < 4:
+        return all(_decidable(getattr(sampler, name, None), depth + 1) for name in _PARENT_BASED_DELEGATES)
+    return False
+
+
+def _decide(sampler: Any, parent: SpanContext | None, trace_id: int) -> sampling.Decision:
+    """``sampler.should_sample(...).decision`` of a :func:`_decidable` sampler; ``parent`` valid or None."""
+    kind = type(sampler)
+    if kind is sampling.StaticSampler:
+        return sampler._decision
+    if kind is sampling.TraceIdRatioBased:
+        if trace_id & sampler.TRACE_ID_LIMIT < sampler.bound:
+            return sampling.Decision.RECORD_AND_SAMPLE
+        return sampling.Decision.DROP
+    if parent is None:
+        delegate = sampler._root
+    elif parent.is_remote:
+        delegate = (
+            sampler._remote_parent_sampled
+            if parent.trace_flags.sampled
+            else sampler._remote_parent_not_sampled
+        )
+    else:
+        delegate = (
+            sampler._local_parent_sampled if parent.trace_flags.sampled else sampler._local_parent_not_sampled
+        )
+    return _decide(delegate, parent, trace_id)
+
+
+def _sdk_shape_matches(tracer: SDKTracer) -> bool:
+    """Whether this SDK's tracer and span have the fields :class:`MessageSpan` sets and reads."""
+    needed = ("sampler", "id_generator", "span_processor", "resource", "instrumentation_info")
+    needed_private = ("_span_limits", "_instrumentation_scope", "_tracer_metrics", "_is_enabled")
+    if not all(hasattr(tracer, name) for name in (*needed, *needed_private)):
+        return False
+    if not hasattr(TraceFlags, "RANDOM_TRACE_ID") or not hasattr(tracer.id_generator, "is_trace_id_random"):
+        return False
+    try:
+        probe = trace.INVALID_SPAN_CONTEXT
+        sdk_span = _Span("probe", probe, limits=tracer._span_limits)
+        ours = MessageSpan("probe", probe, None, SpanKind.INTERNAL, {}, (), tracer, None)
+    except Exception:
+        return False
+    return set(vars(sdk_span)) == set(vars(ours)) and isinstance(ours._attributes, BoundedAttributes)
+
+
+class SpanStarter:
+    """Starts spans as ``tracer.start_span`` does, minus validating the middleware's own attributes.
+
+    Parameters:
+      tracer(Tracer): The middleware's tracer; anything but an SDK tracer
+        of the expected shape is used through ``start_span``.
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+        self.direct = isinstance(tracer, SDKTracer) and _sdk_shape_matches(tracer)
+        self._known_sampler = self.direct and _decidable(tracer.sampler)
+
+    def start(
+        self,
+        name: str,
+        *,
+        parent: context.Context | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        extra: Mapping[str, Any] | None = None,
+        links: Sequence[Link] = (),
+        parent_span_context: SpanContext | None = None,
+    ) -> trace.Span:
+        """A started span; ``attributes`` must be valid attribute values, ``extra`` may be anything.
+
+        ``parent_span_context``, when the caller has it, is ``parent``'s span context.
+        """
+        tracer = self.tracer
+        if not self.direct:
+            return tracer.start_span(
+                name, context=parent, kind=kind, attributes={**attributes, **(extra or {})}, links=links
+            )
+        if not tracer._is_enabled():
+            return tracer.start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
+        if parent_span_context is None:
+            parent_span_context = trace.get_current_span(parent).get_span_context()
+        id_generator = tracer.id_generator
+        if parent_span_context is None or not parent_span_context.is_valid:
+            parent_span_context = None
+            trace_id = id_generator.generate_trace_id()
+            random_trace_id = id_generator.is_trace_id_random()
+        else:
+            trace_id = parent_span_context.trace_id
+            random_trace_id = parent_span_context.trace_flags.random_trace_id
+        if self._known_sampler:
+            decision = _decide(tracer.sampler, parent_span_context, trace_id)
+            trace_state = parent_span_context.trace_state if parent_span_context is not None else None
+            result = None
+        else:  # any other sampler sees every attribute and may change them, as with start_span
+            if extra:
+                attributes, extra = {**attributes, **extra}, None
+            result = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+            decision, trace_state = result.decision, result.trace_state
+        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
+        if random_trace_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        span_context = SpanContext(
+            trace_id,
+            id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=trace_state,
+        )
+        record_end_metrics = tracer._tracer_metrics.start_span(parent_span_context, decision)
+        if not decision.is_recording():
+            return NonRecordingSpan(span_context)
+        if result is None:
+            span = MessageSpan(name, span_context, parent_span_context, kind, attributes, links, tracer, None)
+        else:  # the sampler's attributes, validated
+            span = MessageSpan(name, span_context, parent_span_context, kind, {}, links, tracer, None)
+            span._attributes._set_items(result.attributes)
+        if extra:
+            span._attributes._set_items(extra)
+        span._record_end_metrics = record_end_metrics
+        span._start_time = time_ns()
+        span._span_processor.on_start(span, parent_context=parent)
+        return span
+
+
+_default_propagator: tuple[Any, bool] = (None, False)
+
+
+def _is_default_propagator() -> bool:
+    """Whether the global propagator is the SDK's default: W3C trace context (and baggage)."""
+    global _default_propagator
+    propagator = propagate.get_global_textmap()
+    known, default = _default_propagator
+    if propagator is known:
+        return default
+    inner = getattr(propagator, "_propagators", None)
+    default = (
+        type(propagator) is CompositePropagator
+        and isinstance(inner, list | tuple)
+        and [type(p) for p in inner]
+        in ([TraceContextTextMapPropagator, W3CBaggagePropagator], [TraceContextTextMapPropagator])
+    )
+    _default_propagator = (propagator, default)
+    return default
+
+
+def carrier_of(span: trace.Span) -> dict[str, str]:
+    """The W3C carrier of ``span``'s context and the current baggage, as ``propagate.inject`` writes it."""
+    span_context = span.get_span_context()
+    if span_context.trace_state or not _is_default_propagator() or baggage.get_all():
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        return carrier
+    if not span_context.is_valid:
+        return {}
+    trace_id, span_id, flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
+    return {TRACEPARENT_KEY: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+
+
+def extract(carrier: Mapping[str, str]) -> context.Context:
+    """The context ``carrier`` holds, as ``propagate.extract`` reads it."""
+    if len(carrier) == 1 and _is_default_propagator():
+        value = carrier.get(TRACEPARENT_KEY)
+        match = TRACEPARENT.match(value) if type(value) is str else None
+        if match is not None:
+            trace_id, span_id, flags = match.groups()
+            if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
+                return context.Context()
+            span_context = SpanContext(
+                int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
+            )
+            return trace.set_span_in_context(NonRecordingSpan(span_context), context.Context())
+    return propagate.extract(carrier)
+
+
+def context_from(carrier: Mapping[str, str] | None) -> context.Context | None:
+    """The context a carrier holds, ``None`` when none (as ``saga.run_tracing.context_from``, faster)."""
+    if not carrier:
+        return None
+    extracted = extract(carrier)
+    return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
