@@ -324,7 +324,7 @@ def extract(carrier: Mapping[str, str]) -> context.Context:
 
 
 def context_from(carrier: Mapping[str, str] | None) -> context.Context | None:
-    """The context a carrier holds, ``None`` when none (as ``saga.run_tracing.context_from``, faster)."""
+    """The context a carrier holds, ``None`` when it holds none."""
     if not carrier:
         return None
     extracted = extract(carrier)

@@ -1,26 +1,18 @@
-"""One trace per workflow run: the run's root span and the trace options of its step messages.
+"""One trace per workflow run: the run's root span, its end span and fan-out links.
 
-The engine calls :func:`start_run_trace` when a run starts, keeps the returned
-carrier with the run (it is a small ``dict[str, str]``, JSON-safe), and adds
-:func:`step_trace_options` to the options of every step message it sends,
-compensations included.  The ``Tracing`` broker middleware (``actors.tracing``)
-parents each step's ``send``/``process`` spans to the run's root span, so
-the whole run, across processes and retries, is one trace in Jaeger::
-
-    carrier = start_run_trace("settle_order", run_id)            # once, at run start
-    broker.enqueue(Message(..., options={**step_trace_options(carrier, step="reserve")}))
-    ...
-    options = step_trace_options(carrier, step="refund", compensation=True)
-    ...
-    end_run_trace(carrier, "settle_order", run_id, status="compensated")
-
-A fan-out of more than :data:`FAN_OUT_LINK_THRESHOLD` children is *linked*
-to the run instead of nested under it: each child starts its own trace with
-a span link to the root, so one run does not become a trace of thousands of
-spans that Jaeger cannot draw.
+A run's messages share a trace whose id derives from the run id
+(:func:`run_trace_id`), so whichever process sends a step, its spans land in
+the run's trace.  The engine opens the run's root span ``workflow {name}``
+when it creates the run (:func:`run_root_span`), records ``workflow {name}
+{status}`` once a transition ended the run (:func:`end_run_span`), and puts a
+span link instead of a parent on the messages of a fan-out wider than
+:data:`FAN_OUT_LINK_THRESHOLD` (:func:`fan_out_links`), so one run does not
+become a trace of thousands of spans that Jaeger cannot draw.  The
+``Tracing`` broker middleware (``actors.tracing``) reads the message options
+defined here; any producer may set them.
 
 This module only needs ``opentelemetry-api``: with tracing off every
-function is a cheap no-op and the carrier is empty.
+function is a cheap no-op.
 """
 
 from __future__ import annotations
@@ -29,7 +21,6 @@ import contextvars
 import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -82,25 +73,6 @@ def run_trace_id(run_id: str) -> int:
 
 def _tracer(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
     return trace.get_tracer(__name__, tracer_provider=tracer_provider)
-
-
-def start_run_trace(
-    workflow: str, run_id: str, *, tracer_provider: trace.TracerProvider | None = None
-) -> dict[str, str]:
-    """Open and close the run's root span ``workflow {workflow}``; the carrier of its context.
-
-    The root span is parented to the current span, if any (e.g. the API
-    request that started the run).  It ends at once: a durable run outlives
-    the process that starts it, and its steps are children in the same trace.
-    ``tracer_provider`` defaults to the global one.
-    """
-    attributes = {WORKFLOW_NAME: workflow, WORKFLOW_RUN_ID: run_id}
-    with _tracer(tracer_provider).start_as_current_span(
-        f"workflow {workflow}", kind=SpanKind.INTERNAL, attributes=attributes
-    ):
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        return carrier
 
 
 @contextmanager
@@ -181,50 +153,6 @@ def fan_out_links(count: int) -> list[dict[str, str]] | None:
     return [carrier]
 
 
-def end_run_trace(
-    carrier: Mapping[str, str],
-    workflow: str,
-    run_id: str,
-    *,
-    status: str,
-    tracer_provider: trace.TracerProvider | None = None,
-) -> None:
-    """Record the run's end as a span ``workflow {workflow} {status}`` in the run's trace.
-
-    ``status`` is the engine's terminal status; ``failed`` and
-    ``compensation_failed`` mark the span as an error.
-    """
-    attributes = {WORKFLOW_NAME: workflow, WORKFLOW_RUN_ID: run_id, WORKFLOW_STATUS: status}
-    span = _tracer(tracer_provider).start_span(
-        f"workflow {workflow} {status}", context=propagate.extract(carrier), attributes=attributes
-    )
-    if status in ("failed", "compensation_failed"):
-        span.set_status(Status(StatusCode.ERROR, f"workflow run {status}"))
-    span.end()
-
-
-def step_trace_options(
-    carrier: Mapping[str, str], *, step: str, compensation: bool = False, fan_out: int = 1
-) -> dict[str, Any]:
-    """Options to merge into a step message so its spans join the run's trace.
-
-    Parameters:
-      carrier: What :func:`start_run_trace` returned (empty: tracing was off).
-      step: The step's name, recorded on the message's spans.
-      compensation: Whether the message undoes a step.
-      fan_out: How many sibling messages the engine sends for this step;
-        above :data:`FAN_OUT_LINK_THRESHOLD` the message links to the run.
-    """
-    options: dict[str, Any] = {ATTRIBUTES_OPTION: {WORKFLOW_STEP: step, WORKFLOW_COMPENSATION: compensation}}
-    if not carrier:
-        return options
-    if fan_out > FAN_OUT_LINK_THRESHOLD:
-        options[LINKS_OPTION] = [dict(carrier)]
-    else:
-        options[PARENT_OPTION] = dict(carrier)
-    return options
-
-
 def links_from(carriers: list[Mapping[str, str]] | None) -> list[Link]:
     """Span links to the valid contexts among ``carriers``."""
     links = []
@@ -233,11 +161,3 @@ def links_from(carriers: list[Mapping[str, str]] | None) -> list[Link]:
         if span_context.is_valid:
             links.append(Link(span_context))
     return links
-
-
-def context_from(carrier: Mapping[str, str] | None) -> context.Context | None:
-    """The context a carrier holds, ``None`` when it holds none."""
-    if not carrier:
-        return None
-    extracted = propagate.extract(carrier)
-    return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None

@@ -13,7 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, CurrentMessage, Pipelines, Retries
 from obs_actors import QUEUE, declare
 from obs_support import result_of, start_workers, stop_workers
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -43,14 +43,13 @@ from actors.broker import build_broker
 from actors.tracing import TraceIdFormatter, Tracing, tracer_provider_for
 from config import Settings
 from saga.run_tracing import (
-    FAN_OUT_LINK_THRESHOLD,
+    ATTRIBUTES_OPTION,
+    LINKS_OPTION,
     NEXT_TRACE_ID,
+    PARENT_OPTION,
     WORKFLOW_COMPENSATION,
     WORKFLOW_STEP,
-    end_run_trace,
     run_trace_id,
-    start_run_trace,
-    step_trace_options,
 )
 
 pytest_plugins = ["obs_fixtures"]
@@ -206,31 +205,33 @@ def test_pipeline_is_one_trace_nested_step_by_step(provider, exporter) -> None:
     assert all(by_id[s.parent.span_id].name == "process default" for s in nested_sends)
 
 
-def test_workflow_run_is_one_trace_and_large_fan_out_links(provider, exporter) -> None:
+def test_trace_options_give_a_messages_spans_their_parent_links_and_attributes(provider, exporter) -> None:
+    """The message-level contract any producer can use: ``trace_parent``, ``trace_links`` and
+    ``trace_attributes`` options (the saga engine sets ``trace_links`` on a large fan-out)."""
     broker = _stub_broker(provider)
     step = dramatiq.actor(lambda: None, broker=broker, actor_name="wf_step")
-
-    carrier = start_run_trace("settle", "run-1", tracer_provider=provider)
-    step.send_with_options(**step_trace_options(carrier, step="reserve"))
-    step.send_with_options(**step_trace_options(carrier, step="refund", compensation=True))
-    step.send_with_options(**step_trace_options(carrier, step="fan", fan_out=FAN_OUT_LINK_THRESHOLD + 1))
+    with provider.get_tracer("producer").start_as_current_span("workflow settle") as root:
+        pass
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=set_span_in_context(root))
+    step.send_with_options(**{PARENT_OPTION: carrier, ATTRIBUTES_OPTION: {WORKFLOW_STEP: "reserve"}})
+    attributes = {WORKFLOW_STEP: "refund", WORKFLOW_COMPENSATION: True}
+    step.send_with_options(**{PARENT_OPTION: carrier, ATTRIBUTES_OPTION: attributes})
+    step.send_with_options(**{LINKS_OPTION: [carrier], ATTRIBUTES_OPTION: {WORKFLOW_STEP: "fan"}})
     _run(broker)
-    end_run_trace(carrier, "settle", "run-1", status="compensation_failed", tracer_provider=provider)
 
     spans = exporter.get_finished_spans()
-    (root,) = _by_name(spans, "workflow settle")
-    run_trace = root.context.trace_id
+    run_trace = root.get_span_context().trace_id
     nested = [s for s in spans if s.attributes.get(WORKFLOW_STEP) in ("reserve", "refund")]
     assert len(nested) == 4 and all(s.context.trace_id == run_trace for s in nested)
-    assert [s.attributes[WORKFLOW_COMPENSATION] for s in nested if s.kind is SpanKind.CONSUMER].count(
-        True
-    ) == 1
+    sends = [s for s in nested if s.kind is SpanKind.PRODUCER]
+    assert all(s.parent.span_id == root.get_span_context().span_id for s in sends)
+    compensations = [s.attributes.get(WORKFLOW_COMPENSATION) for s in nested if s.kind is SpanKind.CONSUMER]
+    assert compensations.count(True) == 1
     fanned = [s for s in spans if s.attributes.get(WORKFLOW_STEP) == "fan"]
     send = next(s for s in fanned if s.kind is SpanKind.PRODUCER)
     assert send.context.trace_id != run_trace and send.parent is None
-    assert [link.context.span_id for link in send.links] == [root.context.span_id]
-    (end,) = _by_name(spans, "workflow settle compensation_failed")
-    assert end.context.trace_id == run_trace and end.status.status_code is StatusCode.ERROR
+    assert [link.context.span_id for link in send.links] == [root.get_span_context().span_id]
 
 
 def test_tracing_off_installs_nothing(obs_settings: Settings) -> None:
