@@ -56,6 +56,10 @@ STEP, COMPENSATE = "step", "compensate"
 #: Steps inserted by one statement (PostgreSQL takes at most 65,535 parameters, 28 per step).
 INSERT_CHUNK = 1_000
 
+#: Statuses that end a run's trace with an end span (``compensation_failed`` waits for an
+#: operator, but the run has stopped).
+ENDED_RUN_STATUSES = FINAL_RUN_STATUSES | {RunStatus.COMPENSATION_FAILED}
+
 #: Longest error text kept on a step or run, in characters.
 MAX_ERROR_LENGTH = 4_000
 
@@ -997,7 +1001,7 @@ class SagaEngine:
     def _trace_end(self, run: dict[str, Any], before: str) -> None:
         """The run's end span, once the transaction that ended it committed."""
         status = run["status"]
-        if status != before and status in FINAL_RUN_STATUSES | {RunStatus.COMPENSATION_FAILED}:
+        if status != before and status in ENDED_RUN_STATUSES:
             end_run_span(
                 run["workflow"],
                 run["run_id"],
