@@ -41,8 +41,13 @@ class Gate:
             callback()
 
 
-def unacked(client: redis.Redis, namespace: str) -> int:
-    return sum(client.scard(key) for key in client.scan_iter(match=f"{namespace}:__acks__.*"))
+def ack_sets(client: redis.Redis, namespace: str) -> list[bytes]:
+    """The namespace's sets of in-flight messages (one per worker and queue)."""
+    return list(client.scan_iter(match=f"{namespace}:__acks__.*", count=1000))
+
+
+def unacked(client: redis.Redis, namespace: str, keys: list[bytes] | None = None) -> int:
+    return sum(client.scard(key) for key in keys or ack_sets(client, namespace))
 
 
 def stored(client: redis.Redis, namespace: str, queue: str) -> int:
@@ -65,11 +70,12 @@ def test_ack_waits_for_its_hold_then_goes_out_at_once(redis_url, namespace, tmp_
         held.send()
         assert ran.wait(10)
         time.sleep(0.5)  # the consumer loops (and fetches) meanwhile: the ack must stay held
-        assert unacked(client, namespace) == 1
+        keys = ack_sets(client, namespace)  # found once: a SCAN of a full database is slow
+        assert unacked(client, namespace, keys) == 1
         assert stored(client, namespace, "held") == 1
         started = time.monotonic()
         gate.release()
-        assert wait_until(lambda: unacked(client, namespace) == 0, timeout=5)
+        assert wait_until(lambda: unacked(client, namespace, keys) == 0, timeout=5)
         # released through the hold's callback, not the 1 s poll
         assert time.monotonic() - started < 0.5
         assert stored(client, namespace, "held") == 0
