@@ -274,21 +274,84 @@ def _group_cpu(pgid: int) -> float:
     return total / ticks
 
 
-def _child_cpu(function, *args: object) -> float:
-    """CPU seconds of the child processes ``function(*args)`` ran to completion."""
-    import resource
+#: Producer run by :func:`_produce`: sends N no-op messages, flushes the audit writer and the
+#: tracer provider (so export counts), then prints the CPU seconds this took in this process.
+PRODUCER_SCRIPT = """
+import importlib, resource, sys
+module = importlib.import_module(sys.argv[1])
+import dramatiq
+from opentelemetry import trace
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    function(*args)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+broker, count = dramatiq.get_broker(), int(sys.argv[2])
+module.noop.send()  # the first send connects and loads scripts: not counted
+started = cpu()
+for _ in range(count):
+    module.noop.send()
+if 'actors' in sys.modules:
+    from actors import audit_writer_of
+    writer = audit_writer_of(broker)
+    if writer is not None:
+        writer.flush(120)
+flush = getattr(trace.get_tracer_provider(), 'force_flush', None)
+if flush is not None:
+    flush()
+print(cpu() - started)
+"""
+
+
+def _produce(side, count: int) -> float:
+    """CPU seconds the producing process spent sending ``count`` messages (and exporting their spans)."""
+    import subprocess
+
+    import throughput
+
+    output = subprocess.run(
+        [sys.executable, "-c", PRODUCER_SCRIPT, side.module, str(count)],
+        env=side.env,
+        cwd=throughput.ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(output.split()[-1])
+
+
+def _wait_booted(pgid: int, processes: int, *, timeout: float = 60.0) -> None:
+    """Wait until the worker processes have started and gone idle: their boot (imports, forks)
+    must not count as CPU per message."""
+    deadline = time.monotonic() + timeout
+    last = _group_cpu(pgid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _group_cpu(pgid)
+        if _group_size(pgid) > processes and now - last < 0.02:
+            return
+        last = now
+    raise RuntimeError("worker processes did not boot within a minute")
+
+
+def _group_size(pgid: int) -> int:
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            count += int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid
+        except OSError:
+            continue
+    return count
 
 
 def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int, threads: int) -> None:
     """CPU per message of real ``dramatiq`` worker processes (and of the producer process), full
     stack, tracing off and on, and raw Dramatiq: sides alternate in rounds; medians are printed.
 
-    CPU time, unlike wall-clock rates, hardly moves with the other processes of a shared machine."""
+    The producer fills the queue and counts its own CPU, from its first send to its last span
+    exported; the workers then boot and go idle before the queue is handed to them at once.
+    CPU time, unlike wall-clock rates, hardly moves with the other processes of a shared machine;
+    each round's on/off ratio compares two neighbours."""
     import statistics
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -307,35 +370,21 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
     ]
     client = redis.Redis.from_url(REDIS_URL)
     results: dict[str, list[tuple[float, float, float]]] = {}
+    pairs: list[float] = []
     try:
         for _ in range(rounds):
             for side in throughput.make_sides(REDIS_URL, [database_url]):
                 side.env["TRADEFLOW_METRICS_PORT"] = "0"
                 side.name = "tracing off" if side.name.startswith("tradeflow") else side.name
-                # the producer's CPU, less that of a producer that only starts (imports) and sends nothing
-                produce = (
-                    _child_cpu(throughput.fill, side, messages) - _child_cpu(throughput.fill, side, 0)
-                ) / messages
-                workers = throughput.start_workers(side, processes, threads)
-                queue = f"{side.namespace}:bench"
-                try:
-                    while client.llen(queue) == messages:
-                        time.sleep(0.001)
-                    cpu, started = _group_cpu(workers.pid), time.perf_counter()
-                    while client.llen(queue) or throughput.unacked(client, side.namespace):
-                        time.sleep(0.005)
-                    elapsed = time.perf_counter() - started
-                    consume = (_group_cpu(workers.pid) - cpu) / messages
-                finally:
-                    workers.send_signal(15)  # the master only: workers shut down (and flush) once
-                    workers.wait(60)
-                    throughput.cleanup(client, side.namespace)
-                results.setdefault(side.name, []).append((produce * 1e6, consume * 1e6, messages / elapsed))
+                row = _round(side, client, messages, processes, threads)
+                results.setdefault(side.name, []).append(row)
                 print(
-                    f"  {side.name:12s} producer {produce * 1e6:6.0f} µs, workers {consume * 1e6:6.0f} µs "
-                    f"CPU per message, {messages / elapsed:6.0f} msg/s",
+                    f"  {side.name:12s} producer {row[0]:6.0f} µs, workers {row[1]:6.0f} µs "
+                    f"CPU per message, {row[2]:6.0f} msg/s",
                     flush=True,
                 )
+            on, off = results["tracing on"][-1], results["tracing off"][-1]
+            pairs.append((on[0] + on[1]) / (off[0] + off[1]) - 1)
     finally:
         stop.set()
     received = url_pipe.recv()
@@ -363,8 +412,41 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
         f"tracing on vs off: CPU per message {cost:+.1%} (target +15% at most; producer "
         f"{on[0] - off[0]:+.0f} µs, workers {on[1] - off[1]:+.0f} µs), drain rate {on[2] / off[2] - 1:+.1%}"
     )
+    print(
+        "  round by round (on vs the off side run just before it): "
+        + ", ".join(f"{pair:+.1%}" for pair in pairs)
+        + f"; median {statistics.median(pairs):+.1%}"
+    )
     expected = 2 * messages * rounds
     print(f"spans received by the OTLP receiver: {received} (tracing on sent {expected})")
+
+
+def _round(
+    side, client: redis.Redis, messages: int, processes: int, threads: int
+) -> tuple[float, float, float]:
+    """One side's round: (producer µs, workers µs) CPU per message and the drain rate (messages/s)."""
+    import throughput
+
+    queue = f"{side.namespace}:bench"
+    produce = _produce(side, messages) / messages
+    # Hidden while the workers boot, then handed over at once: the workers' CPU counts
+    # draining a full queue, not their boot, nor waiting for a producer slowed by tracing.
+    client.rename(queue, f"{queue}-held")
+    workers = throughput.start_workers(side, processes, threads)
+    try:
+        _wait_booted(workers.pid, processes)
+        cpu, started = _group_cpu(workers.pid), time.perf_counter()
+        client.rename(f"{queue}-held", queue)
+        while client.llen(queue) or throughput.unacked(client, side.namespace):
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        # the producer's first (uncounted) send is consumed too
+        consume = (_group_cpu(workers.pid) - cpu) / (messages + 1)
+    finally:
+        workers.send_signal(15)  # the master only: workers shut down (and flush) once
+        workers.wait(60)
+        throughput.cleanup(client, side.namespace)
+    return produce * 1e6, consume * 1e6, messages / elapsed
 
 
 def main() -> None:

@@ -169,11 +169,20 @@ def run(options, url: str) -> None:
         )
         db = engine.database
 
-        def client_cpu() -> float:
+        def cpu_parts() -> tuple[float, float, float]:
             # The worker processes, this one (the producers) and, on PostgreSQL, the backends
             # serving them: on a shared machine, CPU per workflow is steadier than rates.
             # Redis is shared with other work and not counted.
-            return tree_cpu(worker.pid) + time.process_time() + backend_cpu(db)
+            return tree_cpu(worker.pid), time.process_time(), backend_cpu(db)
+
+        def client_cpu() -> float:
+            return sum(cpu_parts())
+
+        def per_run(before: tuple[float, float, float]) -> str:
+            after = cpu_parts()
+            spent = [(a - b) / options.runs * 1e3 for a, b in zip(after, before, strict=True)]
+            workers, producer, backends = spent
+            return f"workers {workers:.2f} + producer {producer:.2f} + backends {backends:.2f} ms"
 
         def raw_round() -> float:
             base = calls()
@@ -207,11 +216,13 @@ def run(options, url: str) -> None:
         producers = ThreadPoolExecutor(options.producers)
         ratios, cpu_ratios = [], []
         for number in range(1, options.rounds + 1):
-            cpu = client_cpu()
+            parts = cpu_parts()
+            cpu = sum(parts)
             raw_rate = raw_round()
-            raw_cpu, cpu = (client_cpu() - cpu) / options.runs, client_cpu()
+            raw_cpu, cpu, raw_parts = (client_cpu() - cpu) / options.runs, client_cpu(), per_run(parts)
+            parts = cpu_parts()
             saga_rate, starting = saga_round()
-            saga_cpu = (client_cpu() - cpu) / options.runs
+            saga_cpu, saga_parts = (client_cpu() - cpu) / options.runs, per_run(parts)
             ratios.append(saga_rate / raw_rate)
             cpu_ratios.append(raw_cpu / saga_cpu)
             print(
@@ -220,6 +231,7 @@ def run(options, url: str) -> None:
                 f" -> {ratios[-1]:.0%}; CPU per pipeline {raw_cpu * 1e3:.2f} ms,"
                 f" per workflow {saga_cpu * 1e3:.2f} ms -> {cpu_ratios[-1]:.0%}"
             )
+            print(f"         CPU per pipeline: {raw_parts}; per workflow: {saga_parts}")
         print(f"ratio          : median {statistics.median(ratios):.0%} of raw (target >= 50%)")
         cpu_ratio = statistics.median(cpu_ratios)
         print(f"CPU ratio      : median {cpu_ratio:.0%} (raw CPU / saga CPU per run; Redis not counted)")
