@@ -37,7 +37,7 @@ from .definition import Workflow
 from .driver import DriverStatement
 from .group_commit import GroupCommit
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
-from .run_tracing import LINKS_OPTION, end_run_span, fan_out_links, run_root_span
+from .run_tracing import LINKS_OPTION, address, end_run_span, fan_out_links, run_root_span, sender_carrier
 from .values import MissingValue, call_arguments, conditions_hold, referenced_steps
 
 RUNS, STEPS = sql.RUNS, sql.STEPS
@@ -182,9 +182,10 @@ class SagaEngine:
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
         self._hot = HotStatements(database.dialect)
         self._driver_error = database.dialect.loaded_dbapi.Error
-        # Concurrent step successes (and on SQLite claims) share transactions; so do starts,
-        # in transactions of their own that, on PostgreSQL, are pipelined (they read nothing).
-        self._group = GroupCommit(transaction=self._transaction)
+        # Concurrent step successes (and on SQLite claims) share transactions, and the
+        # successes' next steps go out together; so do starts, in transactions of their own
+        # that, on PostgreSQL, are pipelined (they read nothing).
+        self._group = GroupCommit(transaction=self._transaction, dispatch=self._dispatch)
         self._starts = GroupCommit(transaction=functools.partial(self._transaction, pipelined=True))
 
     # -- starting runs -------------------------------------------------------------------------
@@ -461,7 +462,8 @@ class SagaEngine:
                     outgoing = self._record_compensated(connection, run, claim)
             elif claim.dependents is not None:
                 try:
-                    outgoing = self._record_success_pipelined(claim, result)
+                    self._record_success_pipelined(claim, result)
+                    return  # its next steps went out with the shared transaction's
                 except _RunNotRunning:
                     with self._locked(claim.run_id, for_success=True) as (connection, run):
                         outgoing = self._record_success(connection, run, claim, result)
@@ -517,24 +519,25 @@ class SagaEngine:
         step = steps[0]
         return self._finished(connection, run, step)
 
-    def _record_success_pipelined(self, claim: Claim, result: Any) -> list[Message]:
+    def _record_success_pipelined(self, claim: Claim, result: Any) -> None:
         """:meth:`_record_success` with the step's dependents known in advance: locking the run,
         recording the step and releasing its dependents go out together (on PostgreSQL in one
         pipelined round trip instead of three), then the graph advances as usual, all in the
-        transaction this process's concurrent successes share (group commit).  Raises
-        :class:`_RunNotRunning` (nothing recorded) when the run is no longer running: that case
-        takes the general path."""
-        outgoing, run, status = self._group.run(
-            functools.partial(self._record_success_on, claim=claim, result=result), order=claim.run_id
+        transaction this process's concurrent successes share (group commit), whose leader
+        sends the next steps of all of them at once.  Raises :class:`_RunNotRunning` (nothing
+        recorded) when the run is no longer running: that case takes the general path."""
+        operation = functools.partial(
+            self._record_success_on, claim=claim, result=result, sender=sender_carrier()
         )
+        run, status = self._group.run(operation, order=claim.run_id, sends=True)
         self._trace_end(run, status)
-        return outgoing
 
     def _record_success_on(
-        self, connection, *, claim: Claim, result: Any
-    ) -> tuple[list[Message], dict[str, Any], str]:
-        """The body of :meth:`_record_success_pipelined`, in the caller's transaction: the
-        messages to send, the run and its status before."""
+        self, connection, *, claim: Claim, result: Any, sender: dict[str, str] | None
+    ) -> tuple[tuple[dict[str, Any], str], list[Message]]:
+        """The body of :meth:`_record_success_pipelined`, in the caller's transaction: the run
+        and its status before, and the messages to send, addressed to the span of ``sender``
+        (the caller's: another thread may send them)."""
         run_id, now = claim.run_id, utc_now()
         hot = self._hot
         with self._pipeline(connection):
@@ -558,7 +561,8 @@ class SagaEngine:
         snapshot = dict(run)
         outgoing = self._finished(connection, run, steps[0], released=released)
         self._save(connection, run, snapshot)
-        return outgoing, run, snapshot["status"]
+        address(outgoing, sender)
+        return (run, snapshot["status"]), outgoing
 
     def _pipeline(self, connection):
         """psycopg's pipeline mode on PostgreSQL (statements queue until the block ends);
@@ -1016,10 +1020,13 @@ class SagaEngine:
             for message in outgoing:
                 message.options[LINKS_OPTION] = links
         try:
-            dispatch(self.broker, outgoing, send_many=self.send_many)
+            self._dispatch(outgoing)
         except Exception:
             # Committed as ready: the recovery sweep sends them again.
             self.logger.exception("Sending %d step message(s) failed; recovery will resend.", len(outgoing))
+
+    def _dispatch(self, outgoing: list[Message]) -> None:
+        dispatch(self.broker, outgoing, send_many=self.send_many)
 
     @contextmanager
     def _transaction(self, *, pipelined: bool = False) -> Iterator[Any]:

@@ -153,6 +153,30 @@ def fan_out_links(count: int) -> list[dict[str, str]] | None:
     return [carrier]
 
 
+def sender_carrier() -> dict[str, str] | None:
+    """The W3C carrier of the current span, for messages another thread will send on its
+    behalf (:func:`address`); None when no span is current (tracing off costs this lookup)."""
+    span = trace.get_current_span()
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
+
+
+def address(messages: list, carrier: dict[str, str] | None) -> None:
+    """Make ``messages`` nest under (or, for a fan-out wider than
+    :data:`FAN_OUT_LINK_THRESHOLD`, link to) the span of ``carrier``, whichever thread sends
+    them: what sending them with that span current does."""
+    if carrier is None:
+        return
+    option, value = (
+        (LINKS_OPTION, [carrier]) if len(messages) > FAN_OUT_LINK_THRESHOLD else (PARENT_OPTION, carrier)
+    )
+    for message in messages:
+        message.options[option] = value
+
+
 def links_from(carriers: list[Mapping[str, str]] | None) -> list[Link]:
     """Span links to the valid contexts among ``carriers``."""
     links = []

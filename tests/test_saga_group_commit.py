@@ -25,21 +25,21 @@ def database(database_url):
     engine.dispose()
 
 
-def _group(database) -> GroupCommit:
+def _group(database, **options) -> GroupCommit:
     @contextmanager
     def transaction():
         with database.begin() as connection:
             yield connection
 
-    return GroupCommit(transaction=transaction)
+    return GroupCommit(transaction=transaction, **options)
 
 
-def _insert(name: str, *, before=None):
-    def operation(connection) -> str:
+def _insert(name: str, *, before=None, sends: bool = False):
+    def operation(connection):
         if before is not None:
             before()
         connection.execute(text("INSERT INTO items (name) VALUES (:name)"), {"name": name})
-        return f"inserted {name}"
+        return (f"inserted {name}", [f"message of {name}"]) if sends else f"inserted {name}"
 
     return operation
 
@@ -49,7 +49,7 @@ def _names(database) -> set[str]:
         return set(connection.execute(text("SELECT name FROM items")).scalars())
 
 
-def _while_leading(group: GroupCommit, database, others: list) -> dict[str, object]:
+def _while_leading(group: GroupCommit, database, others: list, *, sends: bool = False) -> dict[str, object]:
     """Run ``others`` (operations) from threads of their own while a first operation holds the
     leadership; each thread's outcome (its value or the exception it got), by operation index."""
     inside, release = threading.Event(), threading.Event()
@@ -57,13 +57,12 @@ def _while_leading(group: GroupCommit, database, others: list) -> dict[str, obje
 
     def call(key: str, operation) -> None:
         try:
-            outcomes[key] = group.run(operation)
+            outcomes[key] = group.run(operation, sends=sends)
         except Exception as exc:
             outcomes[key] = exc
 
-    first = threading.Thread(
-        target=call, args=("first", _insert("first", before=lambda: (inside.set(), release.wait(5))))
-    )
+    lead = _insert("first", before=lambda: (inside.set(), release.wait(5)), sends=sends)
+    first = threading.Thread(target=call, args=("first", lead))
     first.start()
     assert inside.wait(5)
     threads = [threading.Thread(target=call, args=(str(i), op)) for i, op in enumerate(others)]
@@ -96,6 +95,35 @@ def test_a_failing_operation_fails_alone_and_its_neighbours_are_committed(databa
     assert isinstance(outcomes["1"], ValueError) and str(outcomes["1"]) == "bad input for this one"
     assert (outcomes["0"], outcomes["2"]) == ("inserted a", "inserted b")
     assert _names(database) == {"first", "a", "b"}, "nothing of the failed operation is committed"
+
+
+def test_the_messages_of_committed_operations_go_out_together_after_the_commit(database) -> None:
+    sent: list[tuple[list[str], set[str]]] = []
+    # what another connection sees when the messages go out: they must follow the commit
+    group = _group(database, dispatch=lambda messages: sent.append((messages, _names(database))))
+
+    def fail(connection):
+        connection.execute(text("INSERT INTO items (name) VALUES ('half')"))
+        raise ValueError("bad input for this one")
+
+    others = [_insert("a", sends=True), fail, _insert("b", sends=True)]
+    outcomes = _while_leading(group, database, others, sends=True)
+    assert (outcomes["first"], outcomes["0"], outcomes["2"]) == ("inserted first", "inserted a", "inserted b")
+    assert isinstance(outcomes["1"], ValueError)
+    assert sent == [
+        (["message of first"], {"first"}),
+        (["message of a", "message of b"], {"first", "a", "b"}),  # one call; none of the failed one
+    ]
+
+
+def test_a_failing_dispatch_is_logged_and_the_commit_stands(database, caplog) -> None:
+    def dispatch(messages):
+        raise ConnectionError("redis went away")
+
+    group = _group(database, dispatch=dispatch)
+    assert group.run(_insert("kept", sends=True), sends=True) == "inserted kept"
+    assert _names(database) == {"kept"}
+    assert "Sending 1 message(s) failed; recovery will resend." in caplog.text
 
 
 def test_an_operation_that_starts_another_is_refused_clearly(database) -> None:
