@@ -214,6 +214,10 @@ def run(options, url: str) -> None:
         # 1. Rounds alternate raw and saga, so that load from elsewhere hits both alike;
         #    both sides send from the same pool of producer threads.
         producers = ThreadPoolExecutor(options.producers)
+        # A round of each, not counted: the first round of either side ran 1.3-1.5x slower than
+        # the rest (caches, connection pools, first calls), which moved a 3-round median.
+        raw_round()
+        saga_round()
         ratios, cpu_ratios = [], []
         for number in range(1, options.rounds + 1):
             parts = cpu_parts()
