@@ -17,7 +17,8 @@ from actors.cancellation import cancel_job
 
 def queued_locally(client: redis.Redis, namespace: str, queue: str) -> int:
     """Messages of ``queue`` taken by a worker (in its ack set) and not acked yet."""
-    return sum(client.scard(key) for key in client.scan_iter(match=f"{namespace}:__acks__.*.{queue}"))
+    keys = client.scan_iter(match=f"{namespace}:__acks__.*.{queue}", count=1000)
+    return sum(client.scard(key) for key in keys)
 
 
 @pytest.fixture
