@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 #: Seconds a child gets to finish after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
@@ -41,25 +42,35 @@ def child_env(redis_url: str) -> dict[str, str]:
     return {**os.environ, "TRADEFLOW_REDIS_URL": redis_url}
 
 
-def stop(process: subprocess.Popen, *, timeout: float = STOP_TIMEOUT) -> int:
-    """SIGTERM, wait, then SIGKILL: the return code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+def stop(processes: Sequence[subprocess.Popen], *, timeout: float = STOP_TIMEOUT) -> list[int]:
+    """SIGTERM to every child at once, then, after ``timeout`` seconds in all, SIGKILL to the
+    process group of each child still running: the return codes.
+
+    Each child leads a process group of its own (see :func:`running`): killing only a worker
+    master would leave its worker processes running, orphaned, with our stdout still open.
+    """
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
         try:
-            process.wait(timeout)
+            process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait()
+            # Its leader still alive, the group id cannot have been reused: safe to kill.
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    return [process.wait() for process in processes]
 
 
 @contextmanager
 def running(commands: Sequence[list[str]], *, env: dict[str, str]) -> Iterator[list[subprocess.Popen]]:
-    """Run ``commands`` as children for the block; stop them in reverse order on exit."""
+    """Run ``commands`` as children for the block, each leading a process group of its own
+    (a terminal's Ctrl-C reaches only us; we stop them); stop them all on exit."""
     processes: list[subprocess.Popen] = []
     try:
         for command in commands:
-            processes.append(subprocess.Popen(command, env=env))
+            processes.append(subprocess.Popen(command, env=env, start_new_session=True))
         yield processes
     finally:
-        for process in reversed(processes):
-            stop(process)
+        stop(list(reversed(processes)))
