@@ -27,6 +27,8 @@ both paths' spans field by field.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -37,9 +39,10 @@ from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor, _Span, sampling
 from opentelemetry.sdk.trace import Span as SDKSpan
 from opentelemetry.sdk.trace import Tracer as SDKTracer
-from opentelemetry.sdk.trace import _Span, sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -47,6 +50,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 #: The ``traceparent`` this module writes, and the only form it reads itself
 #: (version 00, lowercase hex); any other carrier goes to the global propagator.
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
+
+logger = logging.getLogger(__name__)
 
 #: Carrier key of the W3C trace context.
 TRACEPARENT_KEY = "traceparent"
@@ -115,6 +120,33 @@ class MessageSpan(SDKSpan):
         self._links = self._new_links(links) if links else _NONE
         self._record_end_metrics = record_end_metrics
 
+    def end(self, end_time: int | None = None) -> None:
+        """End the span as the SDK does; to a lone :class:`MessageBatchSpanProcessor`, hand the span itself.
+
+        The SDK hands processors a ``ReadableSpan`` copy of every span (a
+        dozen fields copied, the attributes and events shared anyway).  An
+        ended span ignores every change (the SDK's setters check it), so
+        when the provider's only processor is ours, which only queues spans
+        for export, the copy buys nothing.  With any other processor
+        registered the SDK's own ``end`` runs, so it sees what it always saw.
+        """
+        processor = _lone_batch_processor(self._span_processor)
+        if processor is None:
+            super().end(end_time)
+            return
+        with self._lock:
+            if self._start_time is None:
+                raise RuntimeError("Calling end() on a not started span.")
+            if self._end_time is not None:
+                logger.warning("Calling end() on an ended span.")
+                return
+            self._end_time = end_time if end_time is not None else time_ns()
+            self._attributes._immutable = True
+        if self._record_end_metrics:
+            self._record_end_metrics()
+        # BatchSpanProcessor._on_ending does nothing: not called.
+        processor.on_end(self)
+
     def _add_event(self, event: Any) -> None:
         with self._lock:
             if self._events is _NONE:
@@ -126,6 +158,61 @@ class MessageSpan(SDKSpan):
             if self._links is _NONE:
                 self._links = BoundedList(self._limits.max_links)
         super()._add_link(link)
+
+
+def _lone_batch_processor(processors: Any) -> MessageBatchSpanProcessor | None:
+    """The provider's processor when it is one :class:`MessageBatchSpanProcessor` alone, else None.
+
+    Read at every ``end``: processors can be added to a provider at any time.
+    """
+    if type(processors) is not SynchronousMultiSpanProcessor:
+        return None
+    registered = processors._span_processors
+    if len(registered) == 1 and type(registered[0]) is MessageBatchSpanProcessor and registered[0].direct:
+        return registered[0]
+    return None
+
+
+class MessageBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's ``BatchSpanProcessor`` (same queue, thread, batches, flush and shutdown), cheaper per span.
+
+    ``on_end`` queues a sampled span as ``BatchProcessor.emit`` does, minus
+    its ``os.getpid()`` per span: the processor already re-creates its queue
+    and thread in a forked child through ``os.register_at_fork``, which every
+    platform this runs on has (where it is missing, or when the queue is
+    full or the processor shut down, ``emit`` itself runs, logging and
+    counting as the SDK does).  Alone on a provider, it is also handed
+    :class:`MessageSpan` objects themselves rather than copies (see
+    :meth:`MessageSpan.end`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        batch = getattr(self, "_batch_processor", None)
+        #: Whether the SDK's batch processor has the fields on_end uses (else the SDK's own on_end runs).
+        self.direct = _AT_FORK and all(hasattr(batch, name) for name in _BATCH_FIELDS)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not self.direct:
+            super().on_end(span)
+            return
+        if not span._context.trace_flags.sampled:
+            return
+        batch = self._batch_processor
+        queue = batch._queue
+        if batch._shutdown or len(queue) >= batch._max_queue_size:
+            batch.emit(span)
+            return
+        queue.appendleft(span)  # the export thread pops from the right: oldest first
+        if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
+            batch._worker_awaken.set()
+
+
+#: Whether forked children re-create a batch processor's queue and thread themselves.
+_AT_FORK = hasattr(os, "register_at_fork")
+
+#: Fields of the SDK's ``BatchProcessor`` that :meth:`MessageBatchSpanProcessor.on_end` reads.
+_BATCH_FIELDS = ("emit", "_queue", "_shutdown", "_max_queue_size", "_max_export_batch_size", "_worker_awaken")
 
 
 #: The events and links of a span that has none (read as empty by the SDK and the exporters).

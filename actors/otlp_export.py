@@ -26,6 +26,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 
+from .message_spans import MessageSpan
+
 logger = logging.getLogger(__name__)
 
 #: OTLP ``Span.SpanKind`` numbers.
@@ -242,10 +244,14 @@ def _readable_fields_present() -> bool:
 #: Whether the SDK's spans have the fields :func:`encode_span` reads without the properties.
 _DIRECT_READ = _readable_fields_present()
 
+#: Span types read through their fields: the SDK's copies, and the middleware's own spans
+#: (handed to exporters themselves by :class:`~actors.message_spans.MessageBatchSpanProcessor`).
+_FIELD_READ_TYPES = (ReadableSpan, MessageSpan) if _DIRECT_READ else ()
+
 
 def encode_span(span: ReadableSpan) -> bytes:
     """The fields of one OTLP ``Span``."""
-    if _DIRECT_READ and type(span) is ReadableSpan:
+    if type(span) in _FIELD_READ_TYPES:
         # What the SDK hands exporters: read its fields, not its properties (each copies or wraps).
         context, parent, name, kind = span._context, span._parent, span._name, span._kind
         start_time, end_time, status = span._start_time, span._end_time, span._status
@@ -345,7 +351,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
     last: tuple[Any, Any, list[bytes]] = (None, None, [])
     for span in spans:
-        if _DIRECT_READ and type(span) is ReadableSpan:
+        if type(span) in _FIELD_READ_TYPES:
             resource, scope = span._resource, span._instrumentation_scope or None
         else:
             resource, scope = span.resource, span.instrumentation_scope or None

@@ -22,7 +22,7 @@ from dramatiq.message import Message
 from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
@@ -43,7 +43,7 @@ from saga.run_tracing import (
     run_trace_id,
 )
 
-from .message_spans import SpanStarter, carrier_of, context_from
+from .message_spans import MessageBatchSpanProcessor, SpanStarter, carrier_of, context_from
 from .otlp_export import grpc_span_exporter, http_span_exporter
 
 #: ``messaging.system`` of our spans.
@@ -309,7 +309,7 @@ def tracer_provider_for(settings: Settings) -> TracerProvider | None:
                 id_generator=RunTraceIdGenerator(),
             )
             provider.add_span_processor(
-                BatchSpanProcessor(
+                MessageBatchSpanProcessor(
                     build_exporter(settings),
                     max_queue_size=_unless_set("OTEL_BSP_MAX_QUEUE_SIZE", BATCH_MAX_QUEUE_SIZE),
                     max_export_batch_size=_unless_set(
