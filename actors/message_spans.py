@@ -42,6 +42,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor, _Span, sampling
 from opentelemetry.sdk.trace import Span as SDKSpan
 from opentelemetry.sdk.trace import Tracer as SDKTracer
+from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoOpTracerMetrics
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -292,6 +293,8 @@ class SpanStarter:
         self.tracer = tracer
         self.direct = isinstance(tracer, SDKTracer) and _sdk_shape_matches(tracer)
         self._known_sampler = self.direct and _decidable(tracer.sampler)
+        # Without SDK metrics a span's start and end metrics are no-op calls: not made.
+        self._no_metrics = self.direct and type(tracer._tracer_metrics) is _NoOpTracerMetrics
 
     def start(
         self,
@@ -344,7 +347,10 @@ class SpanStarter:
             trace_flags=TraceFlags(flags),
             trace_state=trace_state,
         )
-        record_end_metrics = tracer._tracer_metrics.start_span(parent_span_context, decision)
+        if self._no_metrics:
+            record_end_metrics = None
+        else:
+            record_end_metrics = tracer._tracer_metrics.start_span(parent_span_context, decision)
         if not decision.is_recording():
             return NonRecordingSpan(span_context)
         if result is None:
@@ -356,7 +362,9 @@ class SpanStarter:
             span._attributes._set_items(extra)
         span._record_end_metrics = record_end_metrics
         span._start_time = time_ns()
-        span._span_processor.on_start(span, parent_context=parent)
+        processors = span._span_processor
+        if _lone_batch_processor(processors) is None:  # a batch processor's on_start does nothing
+            processors.on_start(span, parent_context=parent)
         return span
 
 
@@ -412,7 +420,35 @@ def extract(carrier: Mapping[str, str]) -> context.Context:
 
 def context_from(carrier: Mapping[str, str] | None) -> context.Context | None:
     """The context a carrier holds, ``None`` when it holds none."""
+    extracted, span_context = parent_from(carrier)
+    return extracted if span_context.is_valid else None
+
+
+def parent_from(carrier: Mapping[str, str] | None) -> tuple[context.Context, SpanContext]:
+    """The context a carrier holds and its span's context; an empty context and an invalid one when none.
+
+    One pass for a message's parent: a ``traceparent`` of ours is parsed
+    once, its span context kept rather than looked up again in the context.
+    """
     if not carrier:
-        return None
-    extracted = extract(carrier)
-    return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
+        return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
+    if len(carrier) == 1 and _is_default_propagator():
+        value = carrier.get(TRACEPARENT_KEY)
+        match = TRACEPARENT.match(value) if type(value) is str else None
+        if match is not None:
+            trace_id, span_id, flags = match.groups()
+            if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
+                return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
+            span_context = SpanContext(
+                int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
+            )
+            return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY_CONTEXT), span_context
+    extracted = propagate.extract(carrier)
+    span_context = trace.get_current_span(extracted).get_span_context()
+    if not span_context.is_valid:
+        return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
+    return extracted, span_context
+
+
+#: The context of a message without a parent (contexts are immutable: one serves all).
+_EMPTY_CONTEXT = context.Context()

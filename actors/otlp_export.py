@@ -218,8 +218,12 @@ def _status(status: Any) -> bytes:
 #: Encoded ``Span.name`` fields by name (span names are few: ``send {queue}``, ``process {queue}``).
 _names: dict[str, bytes] = {}
 
-#: Encoded ``Span.status`` fields of statuses without a description, by code.
-_plain_statuses: dict[Any, bytes] = {}
+#: Encoded ``Span.status`` fields of statuses without a description, by ``id()`` of the code
+#: (an enum member, alive for good: hashing the member itself runs ``Enum.__hash__`` in Python).
+_plain_statuses: dict[int, bytes] = {}
+
+#: Encoded ``Span.kind`` fields by ``id()`` of the SpanKind member (as above).
+_KIND_FIELDS = {id(kind): b"\x30" + _SMALL_VARINTS[number] for kind, number in SPAN_KINDS.items()}
 
 #: The fields of the SDK's ``ReadableSpan`` that :func:`encode_span` reads directly.
 _READABLE_FIELDS = (
@@ -280,8 +284,7 @@ def encode_span(span: ReadableSpan) -> bytes:
         _trace_state(trace_state) if trace_state else b"",
         b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent else b"",
         name_field,
-        b"\x30",
-        _SMALL_VARINTS[SPAN_KINDS[kind]],
+        _KIND_FIELDS[id(kind)],
         b"\x39",
         _fixed64(start_time),
         b"\x41",
@@ -296,9 +299,9 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.extend(_field(b"\x6a", _link(link)) for link in span.links)
         parts.append(_uint_field(b"\x70", span.dropped_links))
     if status is not None and not status.description:
-        status_field = _plain_statuses.get(status.status_code)
+        status_field = _plain_statuses.get(id(status.status_code))
         if status_field is None:
-            status_field = _plain_statuses[status.status_code] = _status(status)
+            status_field = _plain_statuses[id(status.status_code)] = _status(status)
         parts.append(status_field)
     else:
         parts.append(_status(status))
