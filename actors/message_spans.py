@@ -47,6 +47,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 #: The ``traceparent`` this module writes, and the only form it reads itself
 #: (version 00, lowercase hex); any other carrier goes to the global propagator.
@@ -197,7 +198,7 @@ class MessageBatchSpanProcessor(BatchSpanProcessor):
         if not self.direct:
             super().on_end(span)
             return
-        if not span._context.trace_flags.sampled:
+        if not span._context.trace_flags & _SAMPLED:
             return
         batch = self._batch_processor
         queue = batch._queue
@@ -214,6 +215,16 @@ _AT_FORK = hasattr(os, "register_at_fork")
 
 #: Fields of the SDK's ``BatchProcessor`` that :meth:`MessageBatchSpanProcessor.on_end` reads.
 _BATCH_FIELDS = ("emit", "_queue", "_shutdown", "_max_queue_size", "_max_export_batch_size", "_worker_awaken")
+
+
+#: Trace flag bits, and the TraceFlags of every flags byte (made once, not per span).
+_SAMPLED = TraceFlags.SAMPLED
+_RANDOM_TRACE_ID = TraceFlags.RANDOM_TRACE_ID
+_TRACE_FLAGS = [TraceFlags(flags) for flags in range(256)]
+
+#: Sampling decisions, compared by identity as ``Decision.is_sampled`` and ``is_recording`` do.
+_RECORD_AND_SAMPLE = sampling.Decision.RECORD_AND_SAMPLE
+_RECORD_ONLY = sampling.Decision.RECORD_ONLY
 
 
 #: The events and links of a span that has none (read as empty by the SDK and the exporters).
@@ -337,21 +348,21 @@ class SpanStarter:
                 attributes, extra = {**attributes, **extra}, None
             result = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
             decision, trace_state = result.decision, result.trace_state
-        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
-        if random_trace_id:
-            flags |= TraceFlags.RANDOM_TRACE_ID
+        # Decision.is_sampled() and is_recording(), without the calls.
+        sampled = decision is _RECORD_AND_SAMPLE
+        flags = _TRACE_FLAGS[(_SAMPLED if sampled else 0) | (_RANDOM_TRACE_ID if random_trace_id else 0)]
         span_context = SpanContext(
             trace_id,
             id_generator.generate_span_id(),
             is_remote=False,
-            trace_flags=TraceFlags(flags),
+            trace_flags=flags,
             trace_state=trace_state,
         )
         if self._no_metrics:
             record_end_metrics = None
         else:
             record_end_metrics = tracer._tracer_metrics.start_span(parent_span_context, decision)
-        if not decision.is_recording():
+        if not sampled and decision is not _RECORD_ONLY:
             return NonRecordingSpan(span_context)
         if result is None:
             span = MessageSpan(name, span_context, parent_span_context, kind, attributes, links, tracer, None)
@@ -392,7 +403,8 @@ def _is_default_propagator() -> bool:
 def carrier_of(span: trace.Span) -> dict[str, str]:
     """The W3C carrier of ``span``'s context and the current baggage, as ``propagate.inject`` writes it."""
     span_context = span.get_span_context()
-    if span_context.trace_state or not _is_default_propagator() or baggage.get_all():
+    trace_state = span_context.trace_state
+    if (trace_state is not DEFAULT_TRACE_STATE and trace_state) or not _is_default_propagator() or _baggage():
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         return carrier
@@ -400,6 +412,17 @@ def carrier_of(span: trace.Span) -> dict[str, str]:
         return {}
     trace_id, span_id, flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
     return {TRACEPARENT_KEY: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+
+
+def _baggage() -> bool:
+    """Whether the current context carries baggage (``baggage.get_all()``, without building its mapping)."""
+    if _BAGGAGE_KEY is None:
+        return bool(baggage.get_all())
+    return bool(context.get_current().get(_BAGGAGE_KEY))
+
+
+#: The context key of the current baggage (private to the API: when it moves, ``get_all`` is used).
+_BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
 
 
 def extract(carrier: Mapping[str, str]) -> context.Context:

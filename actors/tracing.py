@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -338,7 +339,8 @@ class RunTraceIdGenerator(RandomIdGenerator):
     """Random ids, except the trace id the Tracing middleware asks for (a workflow run's)."""
 
     def generate_trace_id(self) -> int:
-        return NEXT_TRACE_ID.get() or super().generate_trace_id()
+        # getrandbits directly, as the SDK's generate_trace_id (which also redraws the invalid id 0).
+        return NEXT_TRACE_ID.get() or random.getrandbits(128) or super().generate_trace_id()
 
 
 def build_exporter(settings: Settings) -> SpanExporter:

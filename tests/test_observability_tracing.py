@@ -695,3 +695,34 @@ def test_message_batch_processor_keeps_the_sdks_queue_flush_and_shutdown() -> No
     provider.shutdown()
     starter.start("late", parent=None, kind=SpanKind.PRODUCER, attributes={}).end()
     assert [span.name for span in exporter.get_finished_spans()] == ["s0", "s1", "s2"]
+
+
+class _RecordOnlySampler(Sampler):
+    """Records every span without sampling it (exported by no batch processor)."""
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None):
+        return SamplingResult(Decision.RECORD_ONLY, attributes)
+
+    def get_description(self) -> str:
+        return "record-only"
+
+
+def test_recorded_but_unsampled_spans_are_recording_and_never_exported() -> None:
+    """A RECORD_ONLY decision gives the SDK's recording, unsampled span; batch processors skip it."""
+    from actors.message_spans import MessageBatchSpanProcessor, SpanStarter
+
+    exporter, recorder = InMemorySpanExporter(), _RecordingProcessor()
+    provider = TracerProvider(sampler=_RecordOnlySampler())
+    provider.add_span_processor(recorder)
+    provider.add_span_processor(MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    tracer = provider.get_tracer("tradeflow.test")
+    ours = SpanStarter(tracer).start("ours", parent=None, kind=SpanKind.PRODUCER, attributes={"k": 1})
+    sdks = tracer.start_span("sdks", kind=SpanKind.PRODUCER, attributes={"k": 1})
+    for span in (ours, sdks):
+        assert span.is_recording() and not span.get_span_context().trace_flags.sampled
+        span.end()
+    assert ours.get_span_context().trace_flags == sdks.get_span_context().trace_flags
+    assert recorder.ended == ["ours", "sdks"]
+    provider.force_flush()
+    assert exporter.get_finished_spans() == ()
+    provider.shutdown()
