@@ -154,14 +154,16 @@ class Tracing(Middleware):
             span.end()
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        options, message_id = message.options, message.message_id  # each a lookup through the proxy
+        # The proxied message's fields are read on the message itself: each read through the proxy is a call.
+        inner = _unproxied(message)
+        options, message_id = inner.options, inner.message_id
         parent, parent_span_context = parent_from(options.get(CONTEXT_OPTION))
         if parent_span_context.is_valid and not parent_span_context.trace_flags.sampled:
             # The actor's own sends still carry the trace's decision.
             self._process_spans[message_id] = (None, context.attach(parent))
             return
         name, attributes = self._attributes(
-            "process", message.queue_name, message.actor_name, message_id, options
+            "process", inner.queue_name, inner.actor_name, message_id, options
         )
         span = self.spans.start(
             name,
@@ -202,7 +204,7 @@ class Tracing(Middleware):
 
     def _close(self, message: Message) -> Span | None:
         """Detach the context of ``message``'s processing; its span, still to be ended (``None``: no span)."""
-        entry = self._process_spans.pop(message.message_id, None)
+        entry = self._process_spans.pop(_unproxied(message).message_id, None)
         if entry is None:
             return None
         span, token = entry
@@ -278,6 +280,11 @@ def _extra_attributes(options: dict[str, Any]) -> dict[str, Any] | None:
     # Attributes from the message's options: anything a sender wrote, validated by the SDK.
     extra = options.get(ATTRIBUTES_OPTION)
     return extra if isinstance(extra, dict) else None
+
+
+def _unproxied(message: Message) -> Message:
+    # The message a Dramatiq MessageProxy wraps (its fields, unlike the proxy's own state, never differ).
+    return getattr(message, "_message", message)
 
 
 def _send_key(message: Message) -> str:
