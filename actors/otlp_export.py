@@ -106,9 +106,21 @@ def _key_value(key: str, value: Any) -> bytes:
 #: a key with more (a message id) is encoded afresh each time.
 MAX_CACHED_VALUES_PER_KEY = 256
 
-# Per field tag: key -> its encoded ``KeyValue.key`` field, and the encoded
-# fields of its string values (None once the key proved to have too many).
-_keys_by_tag: dict[bytes, dict[str, tuple[bytes, dict[str, bytes] | None]]] = {}
+#: Most string lengths per attribute key whose field prefix is kept (see :func:`_attributes`).
+MAX_CACHED_PREFIXES_PER_KEY = 64
+
+# Per field tag: key -> its encoded ``KeyValue.key`` field, the encoded fields
+# of its values (None once the key proved to have too many), and the encoded
+# field up to the string bytes, by the string's encoded length.
+_keys_by_tag: dict[bytes, dict[str, tuple[bytes, dict[Any, bytes] | None, dict[int, bytes]]]] = {}
+
+
+def _string_prefix(tag: bytes, encoded_key: bytes, length: int) -> bytes:
+    """A string attribute's field up to its bytes: the same for every string of ``length`` bytes."""
+    any_length = 1 + len(_varint(length)) + length
+    pair_length = len(encoded_key) + 1 + len(_varint(any_length)) + any_length
+    any_prefix = b"\x12" + _varint(any_length) + b"\x0a" + _varint(length)
+    return tag + _varint(pair_length) + encoded_key + any_prefix
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -128,10 +140,10 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     for key, value in attributes.items():
         cached = keys.get(key)
         if cached is None:
-            cached = (_field(b"\x0a", key.encode()), {})
+            cached = (_field(b"\x0a", key.encode()), {}, {})
             if len(keys) < MAX_CACHED_KEYS:
                 keys[key] = cached
-        encoded_key, fields = cached
+        encoded_key, fields, prefixes = cached
         kind = type(value)
         if kind is str:
             value_key = value
@@ -145,22 +157,28 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
                 parts.append(field)
                 continue
         if kind is str:
+            # A value not seen before (a message id): only its bytes are new.
             text = value.encode()
-            any_value = b"\x0a" + varint(len(text)) + text
+            prefix = prefixes.get(len(text))
+            if prefix is None:
+                prefix = _string_prefix(tag, encoded_key, len(text))
+                if len(prefixes) < MAX_CACHED_PREFIXES_PER_KEY:
+                    prefixes[len(text)] = prefix
+            field = prefix + text
         else:
             try:
                 any_value = _any_value(value)
             except Exception as error:  # as the SDK's encoder: drop the attribute, keep the span
                 logger.exception("Failed to encode key %s: %s", key, error)
                 continue
-        pair = encoded_key + b"\x12" + varint(len(any_value)) + any_value
-        field = tag + varint(len(pair)) + pair
+            pair = encoded_key + b"\x12" + varint(len(any_value)) + any_value
+            field = tag + varint(len(pair)) + pair
         parts.append(field)
         if fields is not None:
             if len(fields) < MAX_CACHED_VALUES_PER_KEY:
                 fields[value_key] = field
-            else:
-                keys[key] = (encoded_key, None)
+            elif key in keys:
+                keys[key] = (encoded_key, None, prefixes)
     return b"".join(parts)
 
 

@@ -164,3 +164,18 @@ def test_wire_encoding_of_the_middlewares_spans_handed_over_themselves() -> None
     for batch in (spans, spans[::-1], spans * 2):
         assert ExportTraceServiceRequest.FromString(encode_spans(batch)) == sdk_encode_spans(batch)
     provider.shutdown()
+
+
+def test_wire_encoding_of_many_distinct_string_values() -> None:
+    """Past the per-key cache of values (a message id per span), strings are encoded after a prefix
+    kept per length: every length (one byte and two byte varints, multi-byte characters) as the SDK."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("many")
+    for n in range(600):
+        value = f"{n:036d}" if n % 3 else "é" * (n % 90) + "x" * n
+        tracer.start_span("s", attributes={"messaging.message.id": value, "n": n, "other": value[:5]}).end()
+    spans = list(exporter.get_finished_spans())
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode_spans(spans)
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans[::-1])) == sdk_encode_spans(spans[::-1])
