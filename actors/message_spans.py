@@ -23,6 +23,11 @@ state to carry; otherwise they use the global propagator.  When the SDK in
 use does not have the shape this module was written against,
 :class:`SpanStarter` falls back to ``tracer.start_span``; the tests compare
 both paths' spans field by field.
+
+:class:`MessageBatchSpanProcessor` is the batch processor of the
+middleware's own providers: alone on a provider, it is handed the
+middleware's spans themselves at ``end`` (not the SDK's ``ReadableSpan``
+copy), and queues them without the SDK's per-span ``os.getpid()``.
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor, _Span, sampling
 from opentelemetry.sdk.trace import Span as SDKSpan
 from opentelemetry.sdk.trace import Tracer as SDKTracer
-from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoOpTracerMetrics
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -216,6 +220,11 @@ _AT_FORK = hasattr(os, "register_at_fork")
 #: Fields of the SDK's ``BatchProcessor`` that :meth:`MessageBatchSpanProcessor.on_end` reads.
 _BATCH_FIELDS = ("emit", "_queue", "_shutdown", "_max_queue_size", "_max_export_batch_size", "_worker_awaken")
 
+
+try:  # private to the SDK: when it moves, spans make the (no-op) metrics calls as before
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoOpTracerMetrics
+except ImportError:  # pragma: no cover
+    _NoOpTracerMetrics = None
 
 #: Trace flag bits, and the TraceFlags of every flags byte (made once, not per span).
 _SAMPLED = TraceFlags.SAMPLED
