@@ -23,10 +23,17 @@ state to carry; otherwise they use the global propagator.  When the SDK in
 use does not have the shape this module was written against,
 :class:`SpanStarter` falls back to ``tracer.start_span``; the tests compare
 both paths' spans field by field.
+
+:class:`MessageBatchSpanProcessor` is the batch processor of the
+middleware's own providers: alone on a provider, it is handed the
+middleware's spans themselves at ``end`` (not the SDK's ``ReadableSpan``
+copy), and queues them without the SDK's per-span ``os.getpid()``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -37,16 +44,20 @@ from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor, _Span, sampling
 from opentelemetry.sdk.trace import Span as SDKSpan
 from opentelemetry.sdk.trace import Tracer as SDKTracer
-from opentelemetry.sdk.trace import _Span, sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 #: The ``traceparent`` this module writes, and the only form it reads itself
 #: (version 00, lowercase hex); any other carrier goes to the global propagator.
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
+
+logger = logging.getLogger(__name__)
 
 #: Carrier key of the W3C trace context.
 TRACEPARENT_KEY = "traceparent"
@@ -115,6 +126,33 @@ class MessageSpan(SDKSpan):
         self._links = self._new_links(links) if links else _NONE
         self._record_end_metrics = record_end_metrics
 
+    def end(self, end_time: int | None = None) -> None:
+        """End the span as the SDK does; to a lone :class:`MessageBatchSpanProcessor`, hand the span itself.
+
+        The SDK hands processors a ``ReadableSpan`` copy of every span (a
+        dozen fields copied, the attributes and events shared anyway).  An
+        ended span ignores every change (the SDK's setters check it), so
+        when the provider's only processor is ours, which only queues spans
+        for export, the copy buys nothing.  With any other processor
+        registered the SDK's own ``end`` runs, so it sees what it always saw.
+        """
+        processor = _lone_batch_processor(self._span_processor)
+        if processor is None:
+            super().end(end_time)
+            return
+        with self._lock:
+            if self._start_time is None:
+                raise RuntimeError("Calling end() on a not started span.")
+            if self._end_time is not None:
+                logger.warning("Calling end() on an ended span.")
+                return
+            self._end_time = end_time if end_time is not None else time_ns()
+            self._attributes._immutable = True
+        if self._record_end_metrics:
+            self._record_end_metrics()
+        # BatchSpanProcessor._on_ending does nothing: not called.
+        processor.on_end(self)
+
     def _add_event(self, event: Any) -> None:
         with self._lock:
             if self._events is _NONE:
@@ -126,6 +164,76 @@ class MessageSpan(SDKSpan):
             if self._links is _NONE:
                 self._links = BoundedList(self._limits.max_links)
         super()._add_link(link)
+
+
+def _lone_batch_processor(processors: Any) -> MessageBatchSpanProcessor | None:
+    """The provider's processor when it is one :class:`MessageBatchSpanProcessor` alone, else None.
+
+    Read at every ``end``: processors can be added to a provider at any time.
+    """
+    if type(processors) is not SynchronousMultiSpanProcessor:
+        return None
+    registered = processors._span_processors
+    if len(registered) == 1 and type(registered[0]) is MessageBatchSpanProcessor and registered[0].direct:
+        return registered[0]
+    return None
+
+
+class MessageBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's ``BatchSpanProcessor`` (same queue, thread, batches, flush and shutdown), cheaper per span.
+
+    ``on_end`` queues a sampled span as ``BatchProcessor.emit`` does, minus
+    its ``os.getpid()`` per span: the processor already re-creates its queue
+    and thread in a forked child through ``os.register_at_fork``, which every
+    platform this runs on has (where it is missing, or when the queue is
+    full or the processor shut down, ``emit`` itself runs, logging and
+    counting as the SDK does).  Alone on a provider, it is also handed
+    :class:`MessageSpan` objects themselves rather than copies (see
+    :meth:`MessageSpan.end`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        batch = getattr(self, "_batch_processor", None)
+        #: Whether the SDK's batch processor has the fields on_end uses (else the SDK's own on_end runs).
+        self.direct = _AT_FORK and all(hasattr(batch, name) for name in _BATCH_FIELDS)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not self.direct:
+            super().on_end(span)
+            return
+        if not span._context.trace_flags & _SAMPLED:
+            return
+        batch = self._batch_processor
+        queue = batch._queue
+        if batch._shutdown or len(queue) >= batch._max_queue_size:
+            batch.emit(span)
+            return
+        queue.appendleft(span)  # the export thread pops from the right: oldest first
+        if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
+            batch._worker_awaken.set()
+
+
+#: Whether forked children re-create a batch processor's queue and thread themselves.
+_AT_FORK = hasattr(os, "register_at_fork")
+
+#: Fields of the SDK's ``BatchProcessor`` that :meth:`MessageBatchSpanProcessor.on_end` reads.
+_BATCH_FIELDS = ("emit", "_queue", "_shutdown", "_max_queue_size", "_max_export_batch_size", "_worker_awaken")
+
+
+try:  # private to the SDK: when it moves, spans make the (no-op) metrics calls as before
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoOpTracerMetrics
+except ImportError:  # pragma: no cover
+    _NoOpTracerMetrics = None
+
+#: Trace flag bits, and the TraceFlags of every flags byte (made once, not per span).
+_SAMPLED = TraceFlags.SAMPLED
+_RANDOM_TRACE_ID = TraceFlags.RANDOM_TRACE_ID
+_TRACE_FLAGS = [TraceFlags(flags) for flags in range(256)]
+
+#: Sampling decisions, compared by identity as ``Decision.is_sampled`` and ``is_recording`` do.
+_RECORD_AND_SAMPLE = sampling.Decision.RECORD_AND_SAMPLE
+_RECORD_ONLY = sampling.Decision.RECORD_ONLY
 
 
 #: The events and links of a span that has none (read as empty by the SDK and the exporters).
@@ -205,6 +313,8 @@ class SpanStarter:
         self.tracer = tracer
         self.direct = isinstance(tracer, SDKTracer) and _sdk_shape_matches(tracer)
         self._known_sampler = self.direct and _decidable(tracer.sampler)
+        # Without SDK metrics a span's start and end metrics are no-op calls: not made.
+        self._no_metrics = self.direct and type(tracer._tracer_metrics) is _NoOpTracerMetrics
 
     def start(
         self,
@@ -247,18 +357,21 @@ class SpanStarter:
                 attributes, extra = {**attributes, **extra}, None
             result = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
             decision, trace_state = result.decision, result.trace_state
-        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
-        if random_trace_id:
-            flags |= TraceFlags.RANDOM_TRACE_ID
+        # Decision.is_sampled() and is_recording(), without the calls.
+        sampled = decision is _RECORD_AND_SAMPLE
+        flags = _TRACE_FLAGS[(_SAMPLED if sampled else 0) | (_RANDOM_TRACE_ID if random_trace_id else 0)]
         span_context = SpanContext(
             trace_id,
             id_generator.generate_span_id(),
             is_remote=False,
-            trace_flags=TraceFlags(flags),
+            trace_flags=flags,
             trace_state=trace_state,
         )
-        record_end_metrics = tracer._tracer_metrics.start_span(parent_span_context, decision)
-        if not decision.is_recording():
+        if self._no_metrics:
+            record_end_metrics = None
+        else:
+            record_end_metrics = tracer._tracer_metrics.start_span(parent_span_context, decision)
+        if not sampled and decision is not _RECORD_ONLY:
             return NonRecordingSpan(span_context)
         if result is None:
             span = MessageSpan(name, span_context, parent_span_context, kind, attributes, links, tracer, None)
@@ -269,7 +382,9 @@ class SpanStarter:
             span._attributes._set_items(extra)
         span._record_end_metrics = record_end_metrics
         span._start_time = time_ns()
-        span._span_processor.on_start(span, parent_context=parent)
+        processors = span._span_processor
+        if _lone_batch_processor(processors) is None:  # a batch processor's on_start does nothing
+            processors.on_start(span, parent_context=parent)
         return span
 
 
@@ -297,7 +412,8 @@ def _is_default_propagator() -> bool:
 def carrier_of(span: trace.Span) -> dict[str, str]:
     """The W3C carrier of ``span``'s context and the current baggage, as ``propagate.inject`` writes it."""
     span_context = span.get_span_context()
-    if span_context.trace_state or not _is_default_propagator() or baggage.get_all():
+    trace_state = span_context.trace_state
+    if (trace_state is not DEFAULT_TRACE_STATE and trace_state) or not _is_default_propagator() or _baggage():
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         return carrier
@@ -305,6 +421,17 @@ def carrier_of(span: trace.Span) -> dict[str, str]:
         return {}
     trace_id, span_id, flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
     return {TRACEPARENT_KEY: f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+
+
+def _baggage() -> bool:
+    """Whether the current context carries baggage (``baggage.get_all()``, without building its mapping)."""
+    if _BAGGAGE_KEY is None:
+        return bool(baggage.get_all())
+    return bool(context.get_current().get(_BAGGAGE_KEY))
+
+
+#: The context key of the current baggage (private to the API: when it moves, ``get_all`` is used).
+_BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
 
 
 def extract(carrier: Mapping[str, str]) -> context.Context:
@@ -325,7 +452,35 @@ def extract(carrier: Mapping[str, str]) -> context.Context:
 
 def context_from(carrier: Mapping[str, str] | None) -> context.Context | None:
     """The context a carrier holds, ``None`` when it holds none."""
+    extracted, span_context = parent_from(carrier)
+    return extracted if span_context.is_valid else None
+
+
+def parent_from(carrier: Mapping[str, str] | None) -> tuple[context.Context, SpanContext]:
+    """The context a carrier holds and its span's context; an empty context and an invalid one when none.
+
+    One pass for a message's parent: a ``traceparent`` of ours is parsed
+    once, its span context kept rather than looked up again in the context.
+    """
     if not carrier:
-        return None
-    extracted = extract(carrier)
-    return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
+        return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
+    if len(carrier) == 1 and _is_default_propagator():
+        value = carrier.get(TRACEPARENT_KEY)
+        match = TRACEPARENT.match(value) if type(value) is str else None
+        if match is not None:
+            trace_id, span_id, flags = match.groups()
+            if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
+                return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
+            span_context = SpanContext(
+                int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
+            )
+            return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY_CONTEXT), span_context
+    extracted = propagate.extract(carrier)
+    span_context = trace.get_current_span(extracted).get_span_context()
+    if not span_context.is_valid:
+        return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
+    return extracted, span_context
+
+
+#: The context of a message without a parent (contexts are immutable: one serves all).
+_EMPTY_CONTEXT = context.Context()

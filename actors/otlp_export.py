@@ -26,6 +26,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 
+from .message_spans import MessageSpan
+
 logger = logging.getLogger(__name__)
 
 #: OTLP ``Span.SpanKind`` numbers.
@@ -104,9 +106,21 @@ def _key_value(key: str, value: Any) -> bytes:
 #: a key with more (a message id) is encoded afresh each time.
 MAX_CACHED_VALUES_PER_KEY = 256
 
-# Per field tag: key -> its encoded ``KeyValue.key`` field, and the encoded
-# fields of its string values (None once the key proved to have too many).
-_keys_by_tag: dict[bytes, dict[str, tuple[bytes, dict[str, bytes] | None]]] = {}
+#: Most string lengths per attribute key whose field prefix is kept (see :func:`_attributes`).
+MAX_CACHED_PREFIXES_PER_KEY = 64
+
+# Per field tag: key -> its encoded ``KeyValue.key`` field, the encoded fields
+# of its values (None once the key proved to have too many), and the encoded
+# field up to the string bytes, by the string's encoded length.
+_keys_by_tag: dict[bytes, dict[str, tuple[bytes, dict[Any, bytes] | None, dict[int, bytes]]]] = {}
+
+
+def _string_prefix(tag: bytes, encoded_key: bytes, length: int) -> bytes:
+    """A string attribute's field up to its bytes: the same for every string of ``length`` bytes."""
+    any_length = 1 + len(_varint(length)) + length
+    pair_length = len(encoded_key) + 1 + len(_varint(any_length)) + any_length
+    any_prefix = b"\x12" + _varint(any_length) + b"\x0a" + _varint(length)
+    return tag + _varint(pair_length) + encoded_key + any_prefix
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -126,10 +140,10 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     for key, value in attributes.items():
         cached = keys.get(key)
         if cached is None:
-            cached = (_field(b"\x0a", key.encode()), {})
+            cached = (_field(b"\x0a", key.encode()), {}, {})
             if len(keys) < MAX_CACHED_KEYS:
                 keys[key] = cached
-        encoded_key, fields = cached
+        encoded_key, fields, prefixes = cached
         kind = type(value)
         if kind is str:
             value_key = value
@@ -143,22 +157,28 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
                 parts.append(field)
                 continue
         if kind is str:
+            # A value not seen before (a message id): only its bytes are new.
             text = value.encode()
-            any_value = b"\x0a" + varint(len(text)) + text
+            prefix = prefixes.get(len(text))
+            if prefix is None:
+                prefix = _string_prefix(tag, encoded_key, len(text))
+                if len(prefixes) < MAX_CACHED_PREFIXES_PER_KEY:
+                    prefixes[len(text)] = prefix
+            field = prefix + text
         else:
             try:
                 any_value = _any_value(value)
             except Exception as error:  # as the SDK's encoder: drop the attribute, keep the span
                 logger.exception("Failed to encode key %s: %s", key, error)
                 continue
-        pair = encoded_key + b"\x12" + varint(len(any_value)) + any_value
-        field = tag + varint(len(pair)) + pair
+            pair = encoded_key + b"\x12" + varint(len(any_value)) + any_value
+            field = tag + varint(len(pair)) + pair
         parts.append(field)
         if fields is not None:
             if len(fields) < MAX_CACHED_VALUES_PER_KEY:
                 fields[value_key] = field
-            else:
-                keys[key] = (encoded_key, None)
+            elif key in keys:
+                keys[key] = (encoded_key, None, prefixes)
     return b"".join(parts)
 
 
@@ -216,8 +236,12 @@ def _status(status: Any) -> bytes:
 #: Encoded ``Span.name`` fields by name (span names are few: ``send {queue}``, ``process {queue}``).
 _names: dict[str, bytes] = {}
 
-#: Encoded ``Span.status`` fields of statuses without a description, by code.
-_plain_statuses: dict[Any, bytes] = {}
+#: Encoded ``Span.status`` fields of statuses without a description, by ``id()`` of the code
+#: (an enum member, alive for good: hashing the member itself runs ``Enum.__hash__`` in Python).
+_plain_statuses: dict[int, bytes] = {}
+
+#: Encoded ``Span.kind`` fields by ``id()`` of the SpanKind member (as above).
+_KIND_FIELDS = {id(kind): b"\x30" + _SMALL_VARINTS[number] for kind, number in SPAN_KINDS.items()}
 
 #: The fields of the SDK's ``ReadableSpan`` that :func:`encode_span` reads directly.
 _READABLE_FIELDS = (
@@ -242,10 +266,14 @@ def _readable_fields_present() -> bool:
 #: Whether the SDK's spans have the fields :func:`encode_span` reads without the properties.
 _DIRECT_READ = _readable_fields_present()
 
+#: Span types read through their fields: the SDK's copies, and the middleware's own spans
+#: (handed to exporters themselves by :class:`~actors.message_spans.MessageBatchSpanProcessor`).
+_FIELD_READ_TYPES = (ReadableSpan, MessageSpan) if _DIRECT_READ else ()
+
 
 def encode_span(span: ReadableSpan) -> bytes:
     """The fields of one OTLP ``Span``."""
-    if _DIRECT_READ and type(span) is ReadableSpan:
+    if type(span) in _FIELD_READ_TYPES:
         # What the SDK hands exporters: read its fields, not its properties (each copies or wraps).
         context, parent, name, kind = span._context, span._parent, span._name, span._kind
         start_time, end_time, status = span._start_time, span._end_time, span._status
@@ -274,8 +302,7 @@ def encode_span(span: ReadableSpan) -> bytes:
         _trace_state(trace_state) if trace_state else b"",
         b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent else b"",
         name_field,
-        b"\x30",
-        _SMALL_VARINTS[SPAN_KINDS[kind]],
+        _KIND_FIELDS[id(kind)],
         b"\x39",
         _fixed64(start_time),
         b"\x41",
@@ -290,9 +317,9 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.extend(_field(b"\x6a", _link(link)) for link in span.links)
         parts.append(_uint_field(b"\x70", span.dropped_links))
     if status is not None and not status.description:
-        status_field = _plain_statuses.get(status.status_code)
+        status_field = _plain_statuses.get(id(status.status_code))
         if status_field is None:
-            status_field = _plain_statuses[status.status_code] = _status(status)
+            status_field = _plain_statuses[id(status.status_code)] = _status(status)
         parts.append(status_field)
     else:
         parts.append(_status(status))
@@ -345,7 +372,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
     last: tuple[Any, Any, list[bytes]] = (None, None, [])
     for span in spans:
-        if _DIRECT_READ and type(span) is ReadableSpan:
+        if type(span) in _FIELD_READ_TYPES:
             resource, scope = span._resource, span._instrumentation_scope or None
         else:
             resource, scope = span.resource, span.instrumentation_scope or None

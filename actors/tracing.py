@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -22,10 +23,10 @@ from dramatiq.message import Message
 from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 from config import Settings
 from saga import SAGA_OPTION
@@ -43,7 +44,7 @@ from saga.run_tracing import (
     run_trace_id,
 )
 
-from .message_spans import SpanStarter, carrier_of, context_from
+from .message_spans import MessageBatchSpanProcessor, SpanStarter, carrier_of, context_from, parent_from
 from .otlp_export import grpc_span_exporter, http_span_exporter
 
 #: ``messaging.system`` of our spans.
@@ -103,14 +104,20 @@ class Tracing(Middleware):
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         options = message.options
         links = links_from(options[LINKS_OPTION]) if LINKS_OPTION in options else []
-        parent = self._parent_of_send(message, bool(links))
-        if _not_sampled(parent):  # nothing would be recorded: pass the decision on, spend nothing
+        if links or self._process_spans or CONTEXT_OPTION in options or PARENT_OPTION in options:
+            parent = self._parent_of_send(message, bool(links))
+        else:  # most sends: a fresh message, sent outside any message's processing
+            parent = None
+        # Looked up once (the current span's when parent is None), for the sampling checks and the span.
+        parent_span_context = trace.get_current_span(parent).get_span_context()
+        if parent_span_context.is_valid and not parent_span_context.trace_flags.sampled:
+            # Parent-based sampling: nothing would be recorded: pass the decision on, spend nothing.
             options[CONTEXT_OPTION] = carrier_of(trace.get_current_span(parent))
             return
-        run_trace = self._run_trace_of(options) if parent is None else None
+        run_trace = self._run_trace_of(options, parent_span_context) if parent is None else None
         if run_trace is not None:
             parent = context.Context()  # the first span of the run's trace here: a root with the run's id
-            caller = trace.get_current_span().get_span_context()
+            caller, parent_span_context = parent_span_context, trace.INVALID_SPAN_CONTEXT
             if caller.is_valid:  # e.g. the API request that started the run: linked, not parent
                 links = [*links, Link(caller)]
         name, attributes = self._attributes(
@@ -127,6 +134,7 @@ class Tracing(Middleware):
                 links=links,
                 attributes=attributes,
                 extra=_extra_attributes(options),
+                parent_span_context=parent_span_context,
             )
         finally:
             if token is not None:
@@ -146,15 +154,16 @@ class Tracing(Middleware):
             span.end()
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        options, message_id = message.options, message.message_id  # each a lookup through the proxy
-        parent = context_from(options.get(CONTEXT_OPTION)) or context.Context()
-        parent_span_context = trace.get_current_span(parent).get_span_context()
+        # The proxied message's fields are read on the message itself: each read through the proxy is a call.
+        inner = _unproxied(message)
+        options, message_id = inner.options, inner.message_id
+        parent, parent_span_context = parent_from(options.get(CONTEXT_OPTION))
         if parent_span_context.is_valid and not parent_span_context.trace_flags.sampled:
             # The actor's own sends still carry the trace's decision.
             self._process_spans[message_id] = (None, context.attach(parent))
             return
         name, attributes = self._attributes(
-            "process", message.queue_name, message.actor_name, message_id, options
+            "process", inner.queue_name, inner.actor_name, message_id, options
         )
         span = self.spans.start(
             name,
@@ -195,7 +204,7 @@ class Tracing(Middleware):
 
     def _close(self, message: Message) -> Span | None:
         """Detach the context of ``message``'s processing; its span, still to be ended (``None``: no span)."""
-        entry = self._process_spans.pop(message.message_id, None)
+        entry = self._process_spans.pop(_unproxied(message).message_id, None)
         if entry is None:
             return None
         span, token = entry
@@ -220,13 +229,17 @@ class Tracing(Middleware):
                 return parent
         return context.Context() if linked else None
 
-    def _run_trace_of(self, options: dict[str, Any]) -> int | None:
-        """The run's trace id for a workflow step sent outside any span of its run, else None."""
+    def _run_trace_of(self, options: dict[str, Any], current: SpanContext) -> int | None:
+        """The run's trace id for a workflow step sent outside any span of its run, else None.
+
+        Parameters:
+          options(dict): The message's options.
+          current(SpanContext): The current span's context.
+        """
         saga = options.get(SAGA_OPTION)
         if not isinstance(saga, dict) or not isinstance(saga.get("run"), str):
             return None
         trace_id = run_trace_id(saga["run"])
-        current = trace.get_current_span().get_span_context()
         if current.is_valid and current.trace_id == trace_id:
             return None  # sent by another step of the run: nests under its process span
         return trace_id
@@ -269,10 +282,9 @@ def _extra_attributes(options: dict[str, Any]) -> dict[str, Any] | None:
     return extra if isinstance(extra, dict) else None
 
 
-def _not_sampled(parent: context.Context | None) -> bool:
-    # Parent-based sampling: below a parent that was not sampled, no span would be recorded.
-    span_context = trace.get_current_span(parent).get_span_context()
-    return span_context.is_valid and not span_context.trace_flags.sampled
+def _unproxied(message: Message) -> Message:
+    # The message a Dramatiq MessageProxy wraps (its fields, unlike the proxy's own state, never differ).
+    return getattr(message, "_message", message)
 
 
 def _send_key(message: Message) -> str:
@@ -309,7 +321,7 @@ def tracer_provider_for(settings: Settings) -> TracerProvider | None:
                 id_generator=RunTraceIdGenerator(),
             )
             provider.add_span_processor(
-                BatchSpanProcessor(
+                MessageBatchSpanProcessor(
                     build_exporter(settings),
                     max_queue_size=_unless_set("OTEL_BSP_MAX_QUEUE_SIZE", BATCH_MAX_QUEUE_SIZE),
                     max_export_batch_size=_unless_set(
@@ -334,7 +346,8 @@ class RunTraceIdGenerator(RandomIdGenerator):
     """Random ids, except the trace id the Tracing middleware asks for (a workflow run's)."""
 
     def generate_trace_id(self) -> int:
-        return NEXT_TRACE_ID.get() or super().generate_trace_id()
+        # getrandbits directly, as the SDK's generate_trace_id (which also redraws the invalid id 0).
+        return NEXT_TRACE_ID.get() or random.getrandbits(128) or super().generate_trace_id()
 
 
 def build_exporter(settings: Settings) -> SpanExporter:

@@ -133,3 +133,49 @@ def test_wire_encoding_of_live_spans_and_the_middlewares_spans() -> None:
     assert type(spans[-1]) is not type(spans[0]), "one span read through its properties"
     for batch in (spans, spans[::-1], spans * 2):
         assert ExportTraceServiceRequest.FromString(encode_spans(batch)) == sdk_encode_spans(batch)
+
+
+def test_wire_encoding_of_the_middlewares_spans_handed_over_themselves() -> None:
+    """The middleware's spans as a lone ``MessageBatchSpanProcessor`` hands them to exporters (the
+    spans themselves, read through their fields) encode as the SDK encodes them."""
+    import dramatiq
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+
+    from actors.message_spans import MessageBatchSpanProcessor, MessageSpan
+    from actors.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "wire"}))
+    provider.add_span_processor(MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    tracing = Tracing(tracer_provider=provider)
+    broker = StubBroker()
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="wired")
+    for exception in (None, KeyError("k")):
+        message = actor.message_with_options(retries=2)
+        tracing.before_enqueue(broker, message, 250)
+        tracing.after_enqueue(broker, message, 250)
+        proxy = MessageProxy(dramatiq.Message.decode(message.encode()))
+        tracing.before_process_message(broker, proxy)
+        tracing.after_process_message(broker, proxy, exception=exception)
+    provider.force_flush()
+    spans = list(exporter.get_finished_spans())
+    assert len(spans) == 4 and {type(span) for span in spans} == {MessageSpan}
+    for batch in (spans, spans[::-1], spans * 2):
+        assert ExportTraceServiceRequest.FromString(encode_spans(batch)) == sdk_encode_spans(batch)
+    provider.shutdown()
+
+
+def test_wire_encoding_of_many_distinct_string_values() -> None:
+    """Past the per-key cache of values (a message id per span), strings are encoded after a prefix
+    kept per length: every length (one byte and two byte varints, multi-byte characters) as the SDK."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("many")
+    for n in range(600):
+        value = f"{n:036d}" if n % 3 else "é" * (n % 90) + "x" * n
+        tracer.start_span("s", attributes={"messaging.message.id": value, "n": n, "other": value[:5]}).end()
+    spans = list(exporter.get_finished_spans())
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode_spans(spans)
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans[::-1])) == sdk_encode_spans(spans[::-1])

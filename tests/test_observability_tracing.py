@@ -14,7 +14,7 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Pipelines, Retries
 from obs_actors import QUEUE, declare
 from obs_support import result_of, start_workers, stop_workers
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -615,3 +615,114 @@ def test_carriers_read_and_written_as_the_global_propagator_does() -> None:
         assert context_from({"x-trace": "a1:b2"}) is not None
     finally:
         propagate.set_global_textmap(default)
+
+
+def _traced_messages(provider: TracerProvider) -> None:
+    """A sent and processed message, a retried attempt that failed, and a skipped one, through the hooks."""
+    middleware = Tracing(tracer_provider=provider)
+    broker = StubBroker()
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="lone", queue_name="lone")
+    for outcome in ("ok", "failed", "skipped"):
+        message = actor.message_with_options(retries=1, **{ATTRIBUTES_OPTION: {"extra": outcome}})
+        token = NEXT_TRACE_ID.set(0xFEED)  # both providers' roots in the same trace
+        try:
+            middleware.before_enqueue(broker, message, 50)
+        finally:
+            NEXT_TRACE_ID.reset(token)
+        middleware.after_enqueue(broker, message, 50)
+        proxy = MessageProxy(dramatiq.Message.decode(message.encode()))
+        middleware.before_process_message(broker, proxy)
+        if outcome == "ok":
+            trace.get_current_span().set_attribute("set.by.actor", 1)
+            middleware.after_process_message(broker, proxy, result=None)
+        elif outcome == "failed":
+            proxy.fail()
+            middleware.after_process_message(broker, proxy, exception=ValueError("boom"))
+        else:
+            middleware.after_skip_message(broker, proxy)
+
+
+def test_a_lone_message_batch_processor_exports_the_middlewares_spans_as_the_sdk_path_does() -> None:
+    """Alone on a provider, ``MessageBatchSpanProcessor`` is handed the middleware's spans themselves
+    (no ``ReadableSpan`` copy); with any other processor registered, every processor gets the SDK's
+    copies; both export the same spans."""
+    from actors.message_spans import MessageBatchSpanProcessor, MessageSpan
+
+    exported = {}
+    for lone in (True, False):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(id_generator=tracing.RunTraceIdGenerator())
+        recorder = _RecordingProcessor()
+        if not lone:
+            provider.add_span_processor(recorder)
+        processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+        assert processor.direct, "the SDK's batch processor no longer has the fields on_end reads"
+        provider.add_span_processor(processor)
+        _traced_messages(provider)
+        assert provider.force_flush()
+        spans = exporter.get_finished_spans()
+        assert {type(span) for span in spans} == ({MessageSpan} if lone else {ReadableSpan})
+        assert len(recorder.ended) == (0 if lone else len(spans))
+        exported[lone] = spans
+        provider.shutdown()
+    fast, sdk = ([_fields(span) for span in exported[lone]] for lone in (True, False))
+    assert len(fast) == 6 and [fields["name"] for fields in fast] == [fields["name"] for fields in sdk]
+    for fields in (*fast, *sdk):  # the exception events carry the stack trace; ids differ
+        fields["events"] = [(name, attrs.get("exception.type")) for name, attrs in fields["events"]]
+        fields["parent"] = fields["parent"] is not None
+        fields["attributes"].pop("messaging.message.id")
+        fields["resource"] = dict(fields["resource"].attributes)
+    assert fast == sdk
+    assert exported[True][1].attributes["set.by.actor"] == 1
+    assert exported[True][3].status.status_code is StatusCode.ERROR
+
+
+def test_message_batch_processor_keeps_the_sdks_queue_flush_and_shutdown() -> None:
+    """Spans are queued until a flush exports them, oldest first; after shutdown none is."""
+    from actors.message_spans import MessageBatchSpanProcessor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
+    processor = MessageBatchSpanProcessor(
+        exporter, max_queue_size=4, max_export_batch_size=4, schedule_delay_millis=60_000
+    )
+    provider.add_span_processor(processor)
+    starter = Tracing(tracer_provider=provider).spans
+    for n in range(3):
+        starter.start(f"s{n}", parent=None, kind=SpanKind.PRODUCER, attributes={}).end()
+    assert provider.force_flush()
+    assert [span.name for span in exporter.get_finished_spans()] == ["s0", "s1", "s2"]
+    provider.shutdown()
+    starter.start("late", parent=None, kind=SpanKind.PRODUCER, attributes={}).end()
+    assert [span.name for span in exporter.get_finished_spans()] == ["s0", "s1", "s2"]
+
+
+class _RecordOnlySampler(Sampler):
+    """Records every span without sampling it (exported by no batch processor)."""
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None):
+        return SamplingResult(Decision.RECORD_ONLY, attributes)
+
+    def get_description(self) -> str:
+        return "record-only"
+
+
+def test_recorded_but_unsampled_spans_are_recording_and_never_exported() -> None:
+    """A RECORD_ONLY decision gives the SDK's recording, unsampled span; batch processors skip it."""
+    from actors.message_spans import MessageBatchSpanProcessor, SpanStarter
+
+    exporter, recorder = InMemorySpanExporter(), _RecordingProcessor()
+    provider = TracerProvider(sampler=_RecordOnlySampler())
+    provider.add_span_processor(recorder)
+    provider.add_span_processor(MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    tracer = provider.get_tracer("tradeflow.test")
+    ours = SpanStarter(tracer).start("ours", parent=None, kind=SpanKind.PRODUCER, attributes={"k": 1})
+    sdks = tracer.start_span("sdks", kind=SpanKind.PRODUCER, attributes={"k": 1})
+    for span in (ours, sdks):
+        assert span.is_recording() and not span.get_span_context().trace_flags.sampled
+        span.end()
+    assert ours.get_span_context().trace_flags == sdks.get_span_context().trace_flags
+    assert recorder.ended == ["ours", "sdks"]
+    provider.force_flush()
+    assert exporter.get_finished_spans() == ()
+    provider.shutdown()
