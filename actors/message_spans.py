@@ -434,22 +434,6 @@ def _baggage() -> bool:
 _BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
 
 
-def extract(carrier: Mapping[str, str]) -> context.Context:
-    """The context ``carrier`` holds, as ``propagate.extract`` reads it."""
-    if len(carrier) == 1 and _is_default_propagator():
-        value = carrier.get(TRACEPARENT_KEY)
-        match = TRACEPARENT.match(value) if type(value) is str else None
-        if match is not None:
-            trace_id, span_id, flags = match.groups()
-            if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
-                return context.Context()
-            span_context = SpanContext(
-                int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
-            )
-            return trace.set_span_in_context(NonRecordingSpan(span_context), context.Context())
-    return propagate.extract(carrier)
-
-
 def context_from(carrier: Mapping[str, str] | None) -> context.Context | None:
     """The context a carrier holds, ``None`` when it holds none."""
     extracted, span_context = parent_from(carrier)
