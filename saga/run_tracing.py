@@ -145,12 +145,8 @@ def fan_out_links(count: int) -> list[dict[str, str]] | None:
     a trace of its own), None when they should nest under it (or no span is current)."""
     if count <= FAN_OUT_LINK_THRESHOLD:
         return None
-    span = trace.get_current_span()
-    if not span.get_span_context().is_valid:
-        return None
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    return [carrier]
+    carrier = sender_carrier()
+    return None if carrier is None else [carrier]
 
 
 def sender_carrier() -> dict[str, str] | None:
