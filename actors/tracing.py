@@ -104,10 +104,7 @@ class Tracing(Middleware):
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         options = message.options
         links = links_from(options[LINKS_OPTION]) if LINKS_OPTION in options else []
-        if links or self._process_spans or CONTEXT_OPTION in options or PARENT_OPTION in options:
-            parent = self._parent_of_send(message, bool(links))
-        else:  # most sends: a fresh message, sent outside any message's processing
-            parent = None
+        parent = self._parent_of_send(message, bool(links))
         # Looked up once (the current span's when parent is None), for the sampling checks and the span.
         parent_span_context = trace.get_current_span(parent).get_span_context()
         if parent_span_context.is_valid and not parent_span_context.trace_flags.sampled:
@@ -217,12 +214,14 @@ class Tracing(Middleware):
             flush(int(SHUTDOWN_FLUSH_TIMEOUT * 1000))
 
     def _parent_of_send(self, message: Message, linked: bool) -> context.Context | None:
+        options = message.options
+        if not (linked or self._process_spans or CONTEXT_OPTION in options or PARENT_OPTION in options):
+            return None  # most sends: a fresh message, sent outside any message's processing
         processing = self._process_spans.get(message.message_id)
         if processing is not None and processing[0] is not None:  # a retry, its attempt's span open
             return trace.set_span_in_context(processing[0])
         # A message that already carries a context is being re-enqueued (a
         # retry, or a delayed message reaching its queue): it stays in its trace.
-        options = message.options
         for key in (CONTEXT_OPTION, PARENT_OPTION):
             parent = context_from(options.get(key))
             if parent is not None:
