@@ -260,18 +260,23 @@ def full_stack(argv: list[str], sample_ratios: list[float]) -> None:
 
 def _group_cpu(pgid: int) -> float:
     """CPU seconds (user + system) of the live processes of process group ``pgid``."""
+    return _group(pgid)[1]
+
+
+def _group(pgid: int) -> tuple[int, float]:
+    """How many live processes process group ``pgid`` has, and their CPU seconds (user + system)."""
     import os
 
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    count, ticks = 0, 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+            count += 1
+            ticks += int(fields[11]) + int(fields[12])
+    return count, ticks / os.sysconf("SC_CLK_TCK")
 
 
 #: Producer run by :func:`_produce`: sends N no-op messages, flushes the audit writer and the
@@ -327,21 +332,11 @@ def _wait_booted(pgid: int, processes: int, *, timeout: float = 60.0) -> None:
     last = _group_cpu(pgid)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = _group_cpu(pgid)
-        if _group_size(pgid) > processes and now - last < 0.02:
+        size, now = _group(pgid)
+        if size > processes and now - last < 0.02:
             return
         last = now
     raise RuntimeError("worker processes did not boot within a minute")
-
-
-def _group_size(pgid: int) -> int:
-    count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            count += int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid
-        except OSError:
-            continue
-    return count
 
 
 def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int, threads: int) -> None:
