@@ -130,6 +130,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def children_of(pid: int) -> list[int]:
+    """The pids of the live children of process ``pid``."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
+
+
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the installed ``tradeflow ARGS`` console script as a user would, in a child process."""
     return subprocess.run(

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, run_cli, settings_env
+from conftest import REPO_ROOT, children_of, run_cli, settings_env
 
 from storage import create_db_engine, get_task, list_tasks
 
@@ -118,17 +118,6 @@ def test_sigkill_mid_task_is_redelivered_and_audited_once(settings, tmp_path: Pa
     assert [r.task_id for r in list_tasks(engine, task_type="slow_marker")] == [task_id]
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_up_runs_workers_until_interrupted(settings):
@@ -157,7 +146,7 @@ def test_up_runs_workers_until_interrupted(settings):
         try:
             output, _ = up.communicate(timeout=60)
         except subprocess.TimeoutExpired:
-            for group in [*_children(up.pid), up.pid]:  # each child of up leads a group of its own
+            for group in [*children_of(up.pid), up.pid]:  # each child of up leads a group of its own
                 os.killpg(group, signal.SIGKILL)
             pytest.fail("`tradeflow up` did not stop within 60 s of SIGINT:\n" + up.communicate()[0])
     assert up.returncode == 0, output

@@ -9,7 +9,7 @@ import time
 
 import dramatiq
 import pytest
-from conftest import REPO_ROOT, settings_env
+from conftest import REPO_ROOT, children_of, settings_env
 
 from actors.broker import build_broker
 from actors.ib_gateway_sim import GatewaySimulator, Scenario, SimPosition
@@ -159,7 +159,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(settings, sqlite_only):
         doomed = _workers(settings, processes=1)
         try:
             _wait_for(lambda: queue_stats(engine).processing == 20, 60, "the batch to claim its requests")
-            for child in _children(doomed.pid):
+            for child in children_of(doomed.pid):
                 os.kill(child, signal.SIGKILL)
             os.kill(doomed.pid, signal.SIGKILL)
             doomed.wait(timeout=10)
@@ -177,13 +177,6 @@ def test_a_worker_killed_mid_batch_loses_nothing(settings, sqlite_only):
     assert row.attempts == 2
     request_ids = read_position_updates(settings.delta_root).column("request_id").to_pylist()
     assert len(set(request_ids)) == 20
-
-
-def _children(pid: int) -> list[int]:
-    from pathlib import Path
-
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in children.read_text().split()] if children.exists() else []
 
 
 def test_importing_actors_never_loads_deltalake():
