@@ -175,12 +175,11 @@ def run(options, url: str) -> None:
             # Redis is shared with other work and not counted.
             return tree_cpu(worker.pid), time.process_time(), backend_cpu(db)
 
-        def client_cpu() -> float:
-            return sum(cpu_parts())
+        def per_run(before: tuple[float, ...], after: tuple[float, ...]) -> list[float]:
+            """Milliseconds of CPU per run between two readings: workers, producer, backends."""
+            return [(a - b) / options.runs * 1e3 for a, b in zip(after, before, strict=True)]
 
-        def per_run(before: tuple[float, float, float]) -> str:
-            after = cpu_parts()
-            spent = [(a - b) / options.runs * 1e3 for a, b in zip(after, before, strict=True)]
+        def describe(spent: list[float]) -> str:
             workers, producer, backends = spent
             return f"workers {workers:.2f} + producer {producer:.2f} + backends {backends:.2f} ms"
 
@@ -220,13 +219,12 @@ def run(options, url: str) -> None:
         saga_round()
         ratios, cpu_ratios = [], []
         for number in range(1, options.rounds + 1):
-            parts = cpu_parts()
-            cpu = sum(parts)
+            before = cpu_parts()
             raw_rate = raw_round()
-            raw_cpu, cpu, raw_parts = (client_cpu() - cpu) / options.runs, client_cpu(), per_run(parts)
-            parts = cpu_parts()
+            between = cpu_parts()
             saga_rate, starting = saga_round()
-            saga_cpu, saga_parts = (client_cpu() - cpu) / options.runs, per_run(parts)
+            raw_spent, saga_spent = per_run(before, between), per_run(between, cpu_parts())
+            raw_cpu, saga_cpu = sum(raw_spent) / 1e3, sum(saga_spent) / 1e3
             ratios.append(saga_rate / raw_rate)
             cpu_ratios.append(raw_cpu / saga_cpu)
             print(
@@ -235,7 +233,7 @@ def run(options, url: str) -> None:
                 f" -> {ratios[-1]:.0%}; CPU per pipeline {raw_cpu * 1e3:.2f} ms,"
                 f" per workflow {saga_cpu * 1e3:.2f} ms -> {cpu_ratios[-1]:.0%}"
             )
-            print(f"         CPU per pipeline: {raw_parts}; per workflow: {saga_parts}")
+            print(f"         CPU per pipeline: {describe(raw_spent)}; per workflow: {describe(saga_spent)}")
         print(f"ratio          : median {statistics.median(ratios):.0%} of raw (target >= 50%)")
         cpu_ratio = statistics.median(cpu_ratios)
         print(f"CPU ratio      : median {cpu_ratio:.0%} (raw CPU / saga CPU per run; Redis not counted)")
