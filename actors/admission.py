@@ -22,6 +22,7 @@ broker the call is made here, per message.  The keys:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dramatiq import Broker, Middleware
@@ -51,6 +52,23 @@ return {'run', deliveries}
 """
 
 
+#: Cancels the messages whose admission key (``KEYS[2i-1]``) counts no delivery by setting
+#: their cancel key (``KEYS[2i]``) to ``ARGV[2]`` for ``ARGV[1]`` ms; returns their positions.
+_WITHDRAW = """
+local withdrawn = {}
+for i = 1, #KEYS, 2 do
+    if tonumber(redis.call('hget', KEYS[i], 'deliveries') or '0') == 0 then
+        redis.call('set', KEYS[i + 1], ARGV[2], 'PX', ARGV[1])
+        withdrawn[#withdrawn + 1] = (i + 1) / 2
+    end
+end
+return withdrawn
+"""
+
+#: How long a withdrawn message's cancel key is kept, in milliseconds: as long as a job's
+#: (``actors.cancellation.DEFAULT_CANCEL_TTL``), longer than the longest delay.
+WITHDRAW_TTL = 8 * 86_400_000
+
 #: Attribute of a MessageProxy holding the :class:`Verdict` of its fetch.
 ADMISSION_ATTRIBUTE = "tradeflow_admission"
 
@@ -68,6 +86,35 @@ class Verdict:
     def parse(cls, text: str, *, fetched_at: float = 0.0) -> Verdict:
         outcome, _, count = text.partition(":")
         return cls(outcome, int(count or 0), fetched_at)
+
+
+def first_delivery(message: Message) -> bool | None:
+    """Whether admission counted this delivery as the message's first (None: not admitted).
+
+    A first delivery is the only one of its message that can be running: a
+    duplicate send is dropped, and a redelivery counts two or more."""
+    verdict = getattr(message, ADMISSION_ATTRIBUTE, None)
+    if verdict is None or verdict.outcome != "run":
+        return None
+    return verdict.count == 1
+
+
+def withdraw_unstarted(broker: Broker, message_ids: Sequence[str]) -> set[str]:
+    """Cancel those of ``message_ids`` (first attempts) that no worker has admitted yet, and
+    return them: from now on admission skips them, atomically with respect to a fetch.  The
+    saga engine withdraws the messages of steps whose run stopped before they started."""
+    if not message_ids:
+        return set()
+    keys = []
+    for message_id in message_ids:
+        first_attempt = Message(
+            queue_name="", actor_name="", args=(), kwargs={}, options={}, message_id=message_id
+        )
+        keys += [admission_key(broker.namespace, first_attempt), cancel_key(broker.namespace, message_id)]
+    positions = broker.client.eval(
+        _WITHDRAW, len(keys), *keys, WITHDRAW_TTL, "withdrawn: its workflow stopped"
+    )
+    return {message_ids[position - 1] for position in positions}
 
 
 def cancel_key(namespace: str, message_id: str) -> str:
@@ -106,6 +153,7 @@ class Admission(Middleware):
         fetched = getattr(message, ADMISSION_ATTRIBUTE, None)
         if fetched is None:
             verdict, count = self._admit(broker, message)
+            setattr(message, ADMISSION_ATTRIBUTE, Verdict(verdict, count))
         else:
             verdict, count = fetched.outcome, fetched.count
             if verdict == "run" and self._cancelled_since(broker, message, fetched.fetched_at):

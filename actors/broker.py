@@ -22,7 +22,7 @@ from config import Settings
 from saga import Saga
 from storage import AuditWriter, create_db_engine
 
-from .admission import Admission
+from .admission import Admission, first_delivery, withdraw_unstarted
 from .audit import Audit
 from .batch import enqueue_messages
 from .cancellation import CancelWatcher
@@ -95,6 +95,8 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             concurrency_lease_ms=settings.workflow_concurrency_lease_ms,
             send_many=enqueue_messages,  # a fan-out's messages in one round trip
             tracer_provider=tracer_provider,  # each run's root span
+            first_delivery=first_delivery,  # admission's count: a first delivery only reads
+            withdraw=withdraw_unstarted,  # a stopping run's queued steps never start
         ),
         Retries(
             max_retries=settings.max_retries,

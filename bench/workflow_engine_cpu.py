@@ -173,6 +173,8 @@ def run(options, url: str) -> None:
                 epoch=marker["epoch"],
                 retry=0,
                 worker="bench",
+                dispatch=marker.get("token"),
+                first_delivery=True,  # what admission tells the worker of a message's first delivery
             )
             engine.succeeded(claim, None)
             done += 1

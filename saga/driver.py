@@ -69,6 +69,12 @@ class DriverStatement:
         """Run the statement; the rows it returns, as dicts."""
         return self.fetch(self._execute(connection, params))
 
+    def read(self, driver_connection: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """:meth:`rows` on a DBAPI connection of the dialect (one outside SQLAlchemy's pool)."""
+        cursor = driver_connection.cursor()
+        cursor.execute(self.sql, self._values(params))
+        return self.fetch(cursor)
+
     def send(self, connection: Connection, params: dict[str, Any]):
         """Run the statement and return its cursor without reading it; in psycopg's pipeline
         mode the statement is only queued.  Read it with :meth:`fetch`."""

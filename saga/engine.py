@@ -4,9 +4,11 @@ Each transition is one SQL transaction holding the run's row lock (an
 ``UPDATE .. RETURNING`` of the run row; on SQLite, ``BEGIN IMMEDIATE`` holds
 the database) and changing rows only through conditional updates (``.. WHERE status = 'running' AND
 claim = :claim``), so a duplicate delivery or a stale worker changes nothing,
-and a dependent's ``remaining_deps`` reaches zero exactly once.  Messages are
-sent after the commit; a crash in between leaves the step ``ready`` and the
-recovery sweep (:meth:`SagaEngine.recover`) sends it again.  The hottest
+and a dependent's ``remaining_deps`` reaches zero exactly once.  A step is
+claimed in the transaction that dispatches it, for its message, whose first
+delivery then only reads (:meth:`SagaEngine.claim`).  Messages are sent after
+the commit; a crash in between leaves the step claimed and the recovery sweep
+(:meth:`SagaEngine.recover`) sends it again once the lease ran out.  The hottest
 transitions (claims on SQLite, step successes, starts) of concurrent threads
 share a transaction (:mod:`saga.group_commit`), each still made of the same
 conditional statements.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -60,6 +63,9 @@ INSERT_CHUNK = 1_000
 #: operator, but the run has stopped).
 ENDED_RUN_STATUSES = FINAL_RUN_STATUSES | {RunStatus.COMPENSATION_FAILED}
 
+#: Seconds a SQLite read waits for a lock (in WAL mode only while the log is reset).
+SQLITE_READ_TIMEOUT = 30.0
+
 #: Longest error text kept on a step or run, in characters.
 MAX_ERROR_LENGTH = 4_000
 
@@ -90,6 +96,9 @@ class Claim:
     #: The step's dependents (static), known from the claim so that recording the success
     #: can release them without first reading the step; None when unknown.
     dependents: tuple[str, ...] | None = None
+    #: When this delivery started (recorded with the outcome: a step claimed at its
+    #: dispatch has no start time until then).
+    started_at: datetime | None = None
 
 
 def describe(exception: BaseException) -> str:
@@ -100,6 +109,10 @@ def message_id(run_id: str, step: str, kind: str, epoch: int) -> str:
     """The same id for every send of one dispatch, so duplicates are recognisable in the audit trail."""
     return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{run_id}/{step}/{kind}/{epoch}"))
 
+
+#: Withdraws queued messages no worker has taken: ``withdraw(broker, message_ids)`` returns those
+#: that will now never start (``actors.admission.withdraw_unstarted``).
+Withdraw = Callable[[Any, Sequence[str]], set[str]]
 
 #: Sends built messages in one go: ``send_many(broker, messages)`` (``actors.batch.enqueue_messages``).
 SendMany = Callable[[Any, Sequence[Message]], Any]
@@ -144,8 +157,9 @@ class SagaEngine:
         its client also holds the concurrency leases).
       lease_ms(int): How long a claimed step is trusted without a heartbeat
         from its worker, in milliseconds.  Defaults to 60 seconds.
-      recovery_after_ms(int): A ``ready`` step not picked up for this long is
-        sent again by :meth:`recover`, in milliseconds.  Defaults to 60 seconds.
+      recovery_after_ms(int): A step not picked up for this long (``ready``, or
+        dispatched and its lease run out) is sent again by :meth:`recover`, in
+        milliseconds.  Defaults to 60 seconds.
       concurrency_lease_ms(int): Lifetime of a concurrency-key lease unless
         renewed by the run's activity.  Defaults to 10 minutes.
       send_many(callable): ``send_many(broker, messages)`` enqueues several
@@ -153,6 +167,10 @@ class SagaEngine:
         one ``broker.enqueue`` per message.
       tracer_provider(TracerProvider): Where a run's root span goes
         (:func:`saga.run_tracing.run_root_span`).  Defaults to None: the global one.
+      withdraw(callable): ``withdraw(broker, message_ids)``: see :data:`Withdraw`.
+        A run that stops withdraws the messages of its dispatched steps that no
+        worker took, and counts those steps cancelled at once.  Defaults to None:
+        each such step is settled when its message is delivered.
     """
 
     def __init__(
@@ -165,11 +183,13 @@ class SagaEngine:
         concurrency_lease_ms: int = 600_000,
         send_many: SendMany | None = None,
         tracer_provider: TracerProvider | None = None,
+        withdraw: Withdraw | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
         self.broker = broker
         self.send_many = send_many
+        self.withdraw = withdraw
         self.tracer_provider = tracer_provider
         self.lease = timedelta(milliseconds=lease_ms)
         self.recovery_after = timedelta(milliseconds=recovery_after_ms)
@@ -179,6 +199,7 @@ class SagaEngine:
         self._sqlite = database.dialect.name == "sqlite"
         self._write_lock = sqlite_write_lock(database) or nullcontext()
         self._writer, self._writer_pid = None, 0
+        self._readers = threading.local()  # SQLite: one kept-open read connection per thread
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
         self._hot = HotStatements(database.dialect)
         self._driver_error = database.dialect.loaded_dbapi.Error
@@ -355,9 +376,22 @@ class SagaEngine:
         outgoing = []
         for step in roots:
             if step["name"] in ready:
-                step.update(status=StepStatus.READY, call_args=ready[step["name"]], epoch=1, ready_at=now)
-                outgoing.append(self._message(run, step, STEP))
+                token = uuid.uuid4().hex
+                step.update(
+                    call_args=ready[step["name"]], epoch=1, ready_at=now, **self._dispatch_claim(token, now)
+                )
+                outgoing.append(self._message(run, step, STEP, token=token))
         return outgoing
+
+    def _dispatch_claim(self, token: str, now: datetime) -> dict[str, Any]:
+        """The columns of a step claimed at its dispatch (see ``statements.DISPATCH_STEP``)."""
+        return {
+            "status": StepStatus.RUNNING,
+            "claim": token,
+            "claimed_retry": 0,
+            "lease_until": now + self.lease,
+            "attempts": 1,
+        }
 
     # -- claims, from the saga middleware -----------------------------------------------------
 
@@ -371,16 +405,30 @@ class SagaEngine:
         retry: int,
         worker: str,
         concurrency_key: str | None = None,
+        dispatch: str | None = None,
+        first_delivery: bool | None = None,
     ) -> Claim | None:
         """Take a delivery of a step (or of its compensation); None if it must not run.
 
         It must not run when the step finished already, another live delivery
         holds it, the dispatch is stale (older epoch, or a retry already
         superseded), or the run is no longer in the matching phase.
+
+        ``dispatch`` is the claim a step's dispatch took, carried by its message;
+        ``first_delivery`` whether the broker's admission counted this delivery as
+        the message's first (None: unknown).  A first delivery of a step still
+        held by its dispatch claim only reads: no other delivery of the message
+        can run, and the claim is already written.
         """
         now = utc_now()
-        token = uuid.uuid4().hex
         step_kind = kind == STEP
+        if step_kind and dispatch and first_delivery:
+            claim = self._dispatched(run_id, step, epoch, dispatch, now)
+            if claim is not None:
+                if concurrency_key:
+                    self.leases.renew(concurrency_key, run_id)
+                return claim
+        token = uuid.uuid4().hex
         params = {
             "b_run": run_id,
             "b_step": step,
@@ -391,6 +439,8 @@ class SagaEngine:
             "b_lease_until": now + self.lease,
             "b_worker": worker,
             "b_phase": sql.PHASES[step_kind],
+            # A redelivery must wait for the lease: the first delivery may still be running.
+            "b_dispatch": dispatch if first_delivery is not False else None,
         }
         statement = self._hot.claim_step if step_kind else self._hot.claim_compensation
         if self._sqlite:
@@ -402,13 +452,40 @@ class SagaEngine:
                 rows = statement.rows(connection, params)
         if not rows:
             self._fail_if_past_deadline(run_id)
+            if step_kind and params["b_dispatch"]:
+                self._abandon_if_stopped(run_id, step, dispatch)
             return None
         if concurrency_key:
             self.leases.renew(concurrency_key, run_id)
         row = rows[0]
         attempt = row["attempts"] if step_kind else retry + 1
         dependents = tuple(row["dependents"] or ())
-        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"], dependents)
+        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"], dependents, now)
+
+    def _dispatched(self, run_id: str, step: str, epoch: int, dispatch: str, now: datetime) -> Claim | None:
+        """The claim of a first delivery whose step its dispatch claim still holds, read
+        without writing (None: take a claim as any delivery does).  A lease with less than
+        half its length left is renewed by a written claim instead, so the first heartbeat
+        comes in time."""
+        params = {"b_run": run_id, "b_step": step, "b_epoch": epoch, "b_dispatch": dispatch}
+        params.update(b_lease_floor=now + self.lease / 2, b_now=now)
+        rows = self._read(self._hot.dispatched_step, params)
+        if not rows:
+            return None
+        row = rows[0]
+        dependents = tuple(row["dependents"] or ())
+        return Claim(
+            run_id, step, STEP, dispatch, row["attempts"], row["checkpoint"], row["progress"], dependents, now
+        )
+
+    def _abandon_if_stopped(self, run_id: str, step: str, dispatch: str) -> None:
+        """A step whose run stopped while its message waited never starts: count it cancelled
+        now, so the run unwinds without waiting for the dispatch claim's lease."""
+        run = self._run(run_id, missing_ok=True)
+        if run is None or run["status"] == RunStatus.RUNNING:
+            return  # a stale or duplicate delivery: nothing to settle
+        row = {"run_id": run_id, "name": step, "claim": dispatch, "attempts": None}
+        self._abandon(row, error="not started: the run was stopping", only_if_stopped=True)
 
     def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
         """Record a running step's progress and checkpoint; False if the claim was lost."""
@@ -512,6 +589,7 @@ class SagaEngine:
             "b_result": result,
             "b_seq": run["completions"],
             "b_now": utc_now(),
+            "b_started": claim.started_at,
         }
         steps = self._hot.succeed_step.rows(connection, params)
         if not steps:
@@ -543,7 +621,7 @@ class SagaEngine:
         with self._pipeline(connection):
             lock = hot.lock_run_for_success.send(connection, {"b_run": run_id, "b_now": now})
             params = {"b_run": run_id, "b_step": claim.step, "b_token": claim.token}
-            params.update(b_result=result, b_now=now)
+            params.update(b_result=result, b_now=now, b_started=claim.started_at)
             record = hot.succeed_step_pipelined.send(connection, params)
             releases = [
                 hot.release_dependent.send(connection, {"b_run": run_id, "b_step": name, "b_skipped": 0})
@@ -618,6 +696,8 @@ class SagaEngine:
         values.update(claim=None, lease_until=None)
         if finish:
             values["finished_at"] = utc_now()
+        if claim.started_at is not None:
+            values["started_at"] = func.coalesce(STEPS.c.started_at, claim.started_at)
         statement = (
             update(STEPS)
             .where(
@@ -673,10 +753,12 @@ class SagaEngine:
             elif not self._group_has_room(connection, run["run_id"], step):
                 continue
             else:
-                outgoing += self._make_ready(connection, run, step, results)
+                outgoing += self._dispatch_step(connection, run, step, results)
         return outgoing
 
-    def _make_ready(self, connection, run: dict, step: dict, results: dict) -> list[Message]:
+    def _dispatch_step(self, connection, run: dict, step: dict, results: dict) -> list[Message]:
+        """Dispatch a step whose dependencies are done: it is claimed for its message
+        (``running``), whose first delivery then runs it without a write of its own."""
         try:
             call_args = call_arguments(step["spec"], results=results, inputs=run["inputs"])
             self._check_declared(step["actor"])
@@ -686,13 +768,13 @@ class SagaEngine:
                 connection, run, step["name"], StepStatus.PENDING, status=StepStatus.FAILED, error=error
             )
             return self._stopped(connection, run, f"step {step['name']!r} failed: {error}")
-        values = {"call_args": call_args, "epoch": step["epoch"] + 1}
+        values, now, token = {"call_args": call_args, "epoch": step["epoch"] + 1}, utc_now(), uuid.uuid4().hex
         params = {"b_run": run["run_id"], "b_step": step["name"], "b_call_args": call_args}
-        params.update(b_epoch=values["epoch"], b_now=utc_now())
-        if self._hot.make_ready.rowcount(connection, params) != 1:
+        params.update(b_epoch=values["epoch"], b_now=now, b_token=token, b_lease_until=now + self.lease)
+        if self._hot.dispatch_step.rowcount(connection, params) != 1:
             return []
         step.update(values)
-        return [self._message(run, step, STEP)]
+        return [self._message(run, step, STEP, token=token)]
 
     def _skip(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
         if not self._set_step(connection, run, step["name"], StepStatus.PENDING, status=StepStatus.SKIPPED):
@@ -756,8 +838,29 @@ class SagaEngine:
             )
             .values(status=StepStatus.CANCELLED, claim=None, finished_at=utc_now())
         ).rowcount
-        run["open_steps"] -= cancelled
+        run["open_steps"] -= cancelled + self._withdraw_dispatched(connection, run["run_id"])
         return self._unwind(connection, run)
+
+    def _withdraw_dispatched(self, connection, run_id: str) -> int:
+        """Cancel the run's dispatched steps whose message no worker has taken (withdrawn from
+        the broker first, so none of them starts after all); how many."""
+        if self.withdraw is None:
+            return 0
+        query = select(STEPS.c.name, STEPS.c.epoch, STEPS.c.claim).where(
+            STEPS.c.run_id == run_id,
+            STEPS.c.status == StepStatus.RUNNING,
+            STEPS.c.worker_id.is_(None),  # a claim a delivery wrote names its worker
+            STEPS.c.claimed_retry == 0,
+        )
+        dispatched = {message_id(run_id, row.name, STEP, row.epoch): row for row in connection.execute(query)}
+        cancelled = 0
+        for withdrawn in self.withdraw(self.broker, list(dispatched)):
+            row = dispatched[withdrawn]
+            claim = Claim(run_id, row.name, STEP, row.claim, 0, None, None)
+            error = "not started: the run was stopping"
+            values = {"status": StepStatus.CANCELLED, "error": error}
+            cancelled += self._update_claimed(connection, claim, StepStatus.RUNNING, **values) is not None
+        return cancelled
 
     def _unwind(self, connection, run: dict) -> list[Message]:
         """Dispatch the next compensation, or finish the run when none is left."""
@@ -902,7 +1005,7 @@ class SagaEngine:
 
     def recover(self) -> int:
         """Send again what was lost: ``ready`` steps (and queued compensations) not picked up within
-        ``recovery_after``, and claims whose worker stopped renewing its lease.  Fail runs past their
+        ``recovery_after``, and claims (a dispatch's or a worker's) whose lease nobody renewed.  Fail runs past their
         deadline.  Duplicates this creates are dropped at claim time.  Returns how many were sent."""
         now = utc_now()
         stale = now - self.recovery_after
@@ -947,17 +1050,27 @@ class SagaEngine:
         self._send(outgoing)
         return len(outgoing)
 
-    def _abandon(self, row: dict) -> None:
-        """A step's worker died while its run was unwinding: count the step as cancelled."""
+    def _abandon(
+        self,
+        row: dict,
+        *,
+        error: str = "worker lost while the run was stopping",
+        only_if_stopped: bool = False,
+    ) -> None:
+        """A step's worker died (or its message came) while its run was unwinding: count the
+        step as cancelled.  ``only_if_stopped``: leave it alone while the run is running."""
         claim = Claim(row["run_id"], row["name"], STEP, row["claim"], row["attempts"], None, None)
-        with self._locked(row["run_id"]) as (connection, run):
-            error = "worker lost while the run was stopping"
-            if self._update_claimed(
-                connection, claim, StepStatus.RUNNING, status=StepStatus.CANCELLED, error=error
-            ):
+        try:
+            with self._locked(row["run_id"]) as (connection, run):
+                if only_if_stopped and run["status"] == RunStatus.RUNNING:
+                    raise Unchanged
+                if not self._update_claimed(
+                    connection, claim, StepStatus.RUNNING, status=StepStatus.CANCELLED, error=error
+                ):
+                    raise Unchanged
                 outgoing = self._stopped(connection, run, error)
-            else:
-                outgoing = []
+        except Unchanged:
+            return
         self._send(outgoing)
 
     def _fail_if_past_deadline(self, run_id: str) -> None:
@@ -972,8 +1085,11 @@ class SagaEngine:
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    def _message(self, run: dict, step: dict, kind: str, *, retry: int = 0) -> Message:
-        """The message of one dispatch of ``step``; ``run`` needs ``run_id`` and ``concurrency_key``."""
+    def _message(
+        self, run: dict, step: dict, kind: str, *, retry: int = 0, token: str | None = None
+    ) -> Message:
+        """The message of one dispatch of ``step``; ``run`` needs ``run_id`` and ``concurrency_key``;
+        ``token``: the claim the dispatch took, which the message presents."""
         run_id = run["run_id"]
         args, kwargs = step["call_args"]
         if kind == STEP:
@@ -983,6 +1099,8 @@ class SagaEngine:
         options[SAGA_OPTION] = {"run": run_id, "step": step["name"], "kind": kind, "epoch": step["epoch"]}
         if run.get("concurrency_key"):
             options[SAGA_OPTION]["key"] = run["concurrency_key"]
+        if token:
+            options[SAGA_OPTION]["token"] = token
         if retry:
             options["retries"] = retry
         actor = self.broker.get_actor(name)
@@ -1088,6 +1206,21 @@ class SagaEngine:
             with self._autocommit.connect() as connection:
                 yield connection
 
+    def _read(self, statement: DriverStatement, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows of a read outside any write transaction: on SQLite on this thread's kept-open
+        connection (no write lock, no pool checkout), on PostgreSQL in autocommit."""
+        if not self._sqlite:
+            with self._autocommit.connect() as connection:
+                return statement.rows(connection, params)
+        reader = getattr(self._readers, "connection", None)
+        if reader is None or self._readers.pid != os.getpid():
+            # Outside the pool, which has fewer connections than a worker has threads.
+            dialect = self.database.dialect
+            args, kwargs = dialect.create_connect_args(self.database.url)
+            reader = self._readers.connection = dialect.connect(*args, **kwargs, timeout=SQLITE_READ_TIMEOUT)
+            self._readers.pid = os.getpid()
+        return statement.read(reader, params)  # a SELECT opens no transaction: no snapshot is kept
+
     def _lock(self, connection, run_id: str, *, for_success: bool = False) -> dict[str, Any]:
         """Lock the run's row (an update takes the row lock on every database) and read it;
         ``for_success`` also counts one more completion and one step less open."""
@@ -1169,7 +1302,10 @@ class HotStatements:
         self.release_dependent = DriverStatement(
             sql.RELEASE_DEPENDENT, dialect, json_columns=("spec", "depends_on", "dependents")
         )
-        self.make_ready = DriverStatement(sql.MAKE_READY, dialect, json_params=("b_call_args",))
+        self.dispatch_step = DriverStatement(sql.DISPATCH_STEP, dialect, json_params=("b_call_args",))
+        self.dispatched_step = DriverStatement(
+            sql.DISPATCHED_STEP, dialect, json_columns=("checkpoint", "dependents")
+        )
         self.insert_run = DriverStatement(
             sql.INSERT_RUN, dialect, json_params=sql.json_params(RUNS), param_prefix="b_"
         )

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from dramatiq import Broker, Middleware
 from dramatiq.errors import Retry
@@ -18,7 +19,7 @@ from dramatiq.threading import raise_thread_exception
 from sqlalchemy import Engine
 
 from .context import StepContext, current_step, enter
-from .engine import COMPENSATE, SAGA_OPTION, STEP, Claim, SagaEngine, SendMany, describe
+from .engine import COMPENSATE, SAGA_OPTION, STEP, Claim, SagaEngine, SendMany, Withdraw, describe
 
 #: Attempts at recording a step's outcome while the database does not answer.
 RECORD_ATTEMPTS = 5
@@ -68,6 +69,15 @@ class Saga(Middleware):
         ``actors.broker``).  Defaults to None: one enqueue per message.
       tracer_provider(TracerProvider): Where runs' root spans go.  Defaults to
         None: the global provider.
+      first_delivery(callable): ``first_delivery(message)``: True if the broker
+        counted this delivery as the message's first, False if not, None if it
+        cannot tell (``actors.admission.first_delivery``, given by
+        ``actors.broker``).  A first delivery of a step claimed at its dispatch
+        runs without a claim of its own.  Defaults to None: every delivery claims.
+      withdraw(callable): ``withdraw(broker, message_ids)`` cancels queued
+        messages no worker took (``actors.admission.withdraw_unstarted``, given by
+        ``actors.broker``): a stopping run cancels its dispatched steps at once.
+        Defaults to None: they are settled when delivered.
     """
 
     def __init__(
@@ -80,11 +90,15 @@ class Saga(Middleware):
         concurrency_lease_ms: int = 600_000,
         send_many: SendMany | None = None,
         tracer_provider=None,
+        first_delivery: Callable[[Message], bool | None] | None = None,
+        withdraw: Withdraw | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
         self.send_many = send_many
         self.tracer_provider = tracer_provider
+        self.first_delivery = first_delivery
+        self.withdraw = withdraw
         self.lease_ms = lease_ms
         self.recovery_after_ms = recovery_after_ms
         self.recovery_interval_ms = recovery_interval_ms
@@ -109,6 +123,7 @@ class Saga(Middleware):
                         concurrency_lease_ms=self.concurrency_lease_ms,
                         send_many=self.send_many,
                         tracer_provider=self.tracer_provider,
+                        withdraw=self.withdraw,
                     )
         return self._engine
 
@@ -133,6 +148,8 @@ class Saga(Middleware):
                 retry=message.options.get("retries", 0),
                 worker=_WORKER_ID,
                 concurrency_key=marker.get("key"),
+                dispatch=marker.get("token"),
+                first_delivery=self.first_delivery(message) if self.first_delivery else None,
             )
         except Exception as exc:
             raise StepStateUnavailable(f"cannot claim step {marker['step']!r}: {describe(exc)}") from exc
@@ -236,6 +253,7 @@ def _well_formed(marker: object) -> bool:
         and all(isinstance(marker.get(key), str) for key in ("run", "step"))
         and marker.get("kind") in (STEP, COMPENSATE)
         and isinstance(marker.get("epoch"), int)
+        and isinstance(marker.get("token", ""), str)
     )
 
 

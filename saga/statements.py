@@ -47,6 +47,8 @@ def _claim(*, forward: bool):
                 and_(STEPS.c.claim.is_(None), STEPS.c.min_retry <= bindparam("b_retry")),
                 STEPS.c.lease_until < bindparam("b_now"),
                 STEPS.c.claimed_retry < bindparam("b_retry"),
+                # The claim taken when the step was dispatched, presented by its message.
+                STEPS.c.claim == bindparam("b_dispatch"),
             ),
             exists().where(*run_due),
         )
@@ -56,8 +58,26 @@ def _claim(*, forward: bool):
 
 
 #: Claim a step delivery.  Parameters: ``b_run, b_step, b_epoch, b_retry, b_now,
-#: b_token, b_lease_until, b_worker, b_phase``.
+#: b_token, b_lease_until, b_worker, b_phase, b_dispatch`` (the dispatch claim the
+#: message carries, or None).
 CLAIM_STEP = _claim(forward=True)
+
+#: A step still held by the claim its dispatch took (``b_dispatch``) with at least
+#: ``b_lease_floor`` left on its lease, in a running run within its deadline: a first
+#: delivery then runs it without writing.  Parameters: ``b_run, b_step, b_epoch,
+#: b_dispatch, b_lease_floor, b_now``.
+DISPATCHED_STEP = select(STEPS.c.attempts, STEPS.c.checkpoint, STEPS.c.progress, STEPS.c.dependents).where(
+    *_THIS_STEP,
+    STEPS.c.epoch == bindparam("b_epoch"),
+    STEPS.c.status == StepStatus.RUNNING,
+    STEPS.c.claim == bindparam("b_dispatch"),
+    STEPS.c.lease_until > bindparam("b_lease_floor"),
+    exists().where(
+        RUNS.c.run_id == bindparam("b_run"),
+        RUNS.c.status == RunStatus.RUNNING,
+        or_(RUNS.c.deadline_at.is_(None), RUNS.c.deadline_at > bindparam("b_now")),
+    ),
+)
 
 #: Claim a compensation delivery (same parameters).
 CLAIM_COMPENSATION = _claim(forward=False)
@@ -80,7 +100,8 @@ LOCK_RUN = _lock()
 LOCK_RUN_FOR_SUCCESS = _lock(completions=1, open_steps=-1)
 
 #: Record a step's success if the claim ``b_token`` still holds it.  Parameters:
-#: ``b_run, b_step, b_token, b_result, b_seq, b_now``.
+#: ``b_run, b_step, b_token, b_result, b_seq, b_now, b_started`` (when the delivery
+#: started: a step claimed at its dispatch has no start time yet).
 SUCCEED_STEP = (
     update(STEPS)
     .where(*_THIS_STEP, STEPS.c.claim == bindparam("b_token"), STEPS.c.status == StepStatus.RUNNING)
@@ -91,6 +112,7 @@ SUCCEED_STEP = (
         error=None,
         claim=None,
         lease_until=None,
+        started_at=func.coalesce(STEPS.c.started_at, bindparam("b_started")),
         finished_at=bindparam("b_now"),
     )
     .returning(STEPS.c.name, STEPS.c.status, STEPS.c.dependents, STEPS.c.group_name)
@@ -128,16 +150,23 @@ RELEASE_DEPENDENT = (
     .returning(*ADMISSION_COLUMNS)
 )
 
-#: A pending step becomes ready with its call arguments: ``b_run, b_step, b_call_args, b_epoch, b_now``.
-MAKE_READY = (
+#: A pending step is dispatched with its call arguments, claimed (``running``) for the
+#: message that carries ``b_token``, whose first delivery then only reads
+#: (:data:`DISPATCHED_STEP`): ``b_run, b_step, b_call_args, b_epoch, b_now, b_token,
+#: b_lease_until``.
+DISPATCH_STEP = (
     update(STEPS)
     .where(*_THIS_STEP, STEPS.c.status == StepStatus.PENDING)
     .values(
-        status=StepStatus.READY,
+        status=StepStatus.RUNNING,
         call_args=bindparam("b_call_args", type_=STEPS.c.call_args.type),
         epoch=bindparam("b_epoch"),
         min_retry=0,
-        claimed_retry=None,
+        claim=bindparam("b_token"),
+        claimed_retry=0,
+        lease_until=bindparam("b_lease_until"),
+        worker_id=None,
+        attempts=STEPS.c.attempts + 1,
         ready_at=bindparam("b_now"),
     )
 )

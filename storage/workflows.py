@@ -105,7 +105,9 @@ class WorkflowStep(SQLModel, table=True):
     is what makes a fan-in fire exactly once; ``skipped_deps`` counts the
     dependencies that were skipped (all skipped -> the step is skipped).  ``epoch`` numbers dispatches
     (a resume starts a new one) and ``claim``/``lease_until`` say which
-    delivery is executing the step and until when its worker is trusted.
+    message or delivery holds the step and until when: a step is claimed when
+    it is dispatched, for its message, and a delivery that claims it afresh
+    writes its ``worker_id``.
     """
 
     __tablename__ = "workflow_steps"
