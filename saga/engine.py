@@ -1004,9 +1004,10 @@ class SagaEngine:
     # -- recovery ----------------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Send again what was lost: ``ready`` steps (and queued compensations) not picked up within
-        ``recovery_after``, and claims (a dispatch's or a worker's) whose lease nobody renewed.  Fail runs past their
-        deadline.  Duplicates this creates are dropped at claim time.  Returns how many were sent."""
+        """Send again what was lost: ``ready`` steps (and queued compensations) not picked up
+        within ``recovery_after``, and claims (a dispatch's or a worker's) whose lease nobody
+        renewed.  Fail runs past their deadline.  Duplicates this creates are dropped at claim
+        time.  Returns how many were sent."""
         now = utc_now()
         stale = now - self.recovery_after
         lost_claim = and_(STEPS.c.claim.is_not(None), STEPS.c.lease_until < now)
