@@ -853,8 +853,19 @@ class SagaEngine:
             STEPS.c.claimed_retry == 0,
         )
         dispatched = {message_id(run_id, row.name, STEP, row.epoch): row for row in connection.execute(query)}
+        try:
+            withdrawn_ids = self.withdraw(self.broker, list(dispatched)) if dispatched else set()
+        except Exception as exc:  # Redis away: the stop is recorded all the same
+            self.logger.warning(
+                "Could not withdraw %d queued step message(s) of run %s (%s): each is settled "
+                "when delivered, or by recovery once its lease ran out.",
+                len(dispatched),
+                run_id,
+                describe(exc),
+            )
+            return 0
         cancelled = 0
-        for withdrawn in self.withdraw(self.broker, list(dispatched)):
+        for withdrawn in withdrawn_ids:
             row = dispatched[withdrawn]
             claim = Claim(run_id, row.name, STEP, row.claim, 0, None, None)
             error = "not started: the run was stopping"

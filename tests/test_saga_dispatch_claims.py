@@ -148,3 +148,16 @@ def test_a_dispatched_step_a_worker_took_is_settled_by_its_delivery(stack):
     assert run.status == "cancelled"
     assert (step.status, step.error) == ("cancelled", "not started: the run was stopping")
     assert stack.sent == []
+
+
+def test_a_stop_is_recorded_when_the_broker_cannot_withdraw_queued_steps(stack):
+    def broker_away(broker, message_ids):
+        raise ConnectionError("Redis is away")
+
+    stack.engine.withdraw = broker_away
+    workflow = Workflow("dispatch_no_redis", [Step("a", "count", args=("a",), compensate_with="undo")])
+    run_id, message = _started(stack, workflow)
+    stack.engine.cancel(run_id)
+    assert wait_for_run(stack.db, run_id, {"running", "compensating"}).status == "compensating"
+    assert _deliver(stack, message, first_delivery=True) is None
+    assert wait_for_run(stack.db, run_id, timeout=1).status == "cancelled"
