@@ -418,11 +418,12 @@ class SagaEngine:
         ``first_delivery`` whether the broker's admission counted this delivery as
         the message's first (None: unknown).  A first delivery of a step still
         held by its dispatch claim only reads: no other delivery of the message
-        can run, and the claim is already written.
+        can run, and the claim is already written.  A retry (``retry`` > 0) always
+        claims: it may arrive before its failed attempt was recorded.
         """
         now = utc_now()
         step_kind = kind == STEP
-        if step_kind and dispatch and first_delivery:
+        if step_kind and dispatch and first_delivery and retry == 0:  # a retry claims: see ``_claim``
             claim = self._dispatched(run_id, step, epoch, dispatch, now)
             if claim is not None:
                 if concurrency_key:

@@ -161,3 +161,17 @@ def test_a_stop_is_recorded_when_the_broker_cannot_withdraw_queued_steps(stack):
     assert wait_for_run(stack.db, run_id, {"running", "compensating"}).status == "compensating"
     assert _deliver(stack, message, first_delivery=True) is None
     assert wait_for_run(stack.db, run_id, timeout=1).status == "cancelled"
+
+
+def test_a_retry_claims_even_before_its_failed_attempt_is_recorded(stack):
+    # Retries enqueues the retry before the Saga middleware records the failure: the retry
+    # must write its claim, so the late failure record cannot undo the retry's attempt.
+    run_id, message = _started(stack)
+    first = _deliver(stack, message, first_delivery=True)
+    retry = message.copy(options={**message.options, "retries": 1})
+    second = _deliver(stack, retry, first_delivery=True)
+    assert second is not None and second.token != first.token
+    stack.engine.failed(first, "boom", retry=1)  # recorded late: the claim moved on
+    stack.engine.succeeded(second, 3)
+    step = steps_of(stack.db, run_id)["a"]
+    assert (step.status, step.result, step.attempts) == ("succeeded", 3, 2)
