@@ -66,6 +66,9 @@ ENDED_RUN_STATUSES = FINAL_RUN_STATUSES | {RunStatus.COMPENSATION_FAILED}
 #: Seconds a SQLite read waits for a lock (in WAL mode only while the log is reset).
 SQLITE_READ_TIMEOUT = 30.0
 
+#: Error of a dispatched step whose run stopped before a worker started it.
+NOT_STARTED = "not started: the run was stopping"
+
 #: Longest error text kept on a step or run, in characters.
 MAX_ERROR_LENGTH = 4_000
 
@@ -423,39 +426,35 @@ class SagaEngine:
         """
         now = utc_now()
         step_kind = kind == STEP
+        token, rows = dispatch, []
         if step_kind and dispatch and first_delivery and retry == 0:  # a retry claims: see ``_claim``
-            claim = self._dispatched(run_id, step, epoch, dispatch, now)
-            if claim is not None:
-                if concurrency_key:
-                    self.leases.renew(concurrency_key, run_id)
-                return claim
-        token = uuid.uuid4().hex
-        params = {
-            "b_run": run_id,
-            "b_step": step,
-            "b_epoch": epoch,
-            "b_retry": retry,
-            "b_now": now,
-            "b_token": token,
-            "b_lease_until": now + self.lease,
-            "b_worker": worker,
-            "b_phase": sql.PHASES[step_kind],
-            # A redelivery must wait for the lease: the first delivery may still be running.
-            "b_dispatch": dispatch if first_delivery is not False else None,
-        }
-        statement = self._hot.claim_step if step_kind else self._hot.claim_compensation
-        if self._sqlite:
-            rows = self._group.run(functools.partial(statement.rows, params=params), order=run_id)
-        else:
-            # One autocommit round trip each: in a shared transaction a claim would cost the
-            # same round trip, plus BEGIN and COMMIT, to save a commit.
-            with self._single_statement() as connection:
-                rows = statement.rows(connection, params)
+            rows = self._dispatched(run_id, step, epoch, dispatch, now)
         if not rows:
-            self._fail_if_past_deadline(run_id)
-            if step_kind and params["b_dispatch"]:
-                self._abandon_if_stopped(run_id, step, dispatch)
-            return None
+            token = uuid.uuid4().hex
+            params = {
+                "b_run": run_id,
+                "b_step": step,
+                "b_epoch": epoch,
+                "b_retry": retry,
+                "b_now": now,
+                "b_token": token,
+                "b_lease_until": now + self.lease,
+                "b_worker": worker,
+                "b_phase": sql.PHASES[step_kind],
+                # A redelivery must wait for the lease: the first delivery may still be running.
+                "b_dispatch": dispatch if first_delivery is not False else None,
+            }
+            statement = self._hot.claim_step if step_kind else self._hot.claim_compensation
+            if self._sqlite:
+                rows = self._group.run(functools.partial(statement.rows, params=params), order=run_id)
+            else:
+                # One autocommit round trip each: in a shared transaction a claim would cost the
+                # same round trip, plus BEGIN and COMMIT, to save a commit.
+                with self._single_statement() as connection:
+                    rows = statement.rows(connection, params)
+            if not rows:
+                self._refused(run_id, step, params["b_dispatch"] if step_kind else None)
+                return None
         if concurrency_key:
             self.leases.renew(concurrency_key, run_id)
         row = rows[0]
@@ -463,30 +462,26 @@ class SagaEngine:
         dependents = tuple(row["dependents"] or ())
         return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"], dependents, now)
 
-    def _dispatched(self, run_id: str, step: str, epoch: int, dispatch: str, now: datetime) -> Claim | None:
-        """The claim of a first delivery whose step its dispatch claim still holds, read
-        without writing (None: take a claim as any delivery does).  A lease with less than
+    def _refused(self, run_id: str, step: str, dispatch: str | None) -> None:
+        """A delivery could not claim: a run past its deadline fails; and a step whose run stopped
+        while its message (presenting ``dispatch``) waited never starts, so the run unwinds now
+        instead of waiting for the dispatch claim's lease."""
+        run = self._run(run_id, missing_ok=True)
+        if run is None or self._running_after_deadline_check(run) or not dispatch:
+            return
+        row = {"run_id": run_id, "name": step, "claim": dispatch, "attempts": None}
+        self._abandon(row, error=NOT_STARTED, only_if_stopped=True)
+
+    def _dispatched(
+        self, run_id: str, step: str, epoch: int, dispatch: str, now: datetime
+    ) -> list[dict[str, Any]]:
+        """The row of a first delivery's step if its dispatch claim still holds it, read
+        without writing (none: take a claim as any delivery does).  A lease with less than
         half its length left is renewed by a written claim instead, so the first heartbeat
         comes in time."""
         params = {"b_run": run_id, "b_step": step, "b_epoch": epoch, "b_dispatch": dispatch}
         params.update(b_lease_floor=now + self.lease / 2, b_now=now)
-        rows = self._read(self._hot.dispatched_step, params)
-        if not rows:
-            return None
-        row = rows[0]
-        dependents = tuple(row["dependents"] or ())
-        return Claim(
-            run_id, step, STEP, dispatch, row["attempts"], row["checkpoint"], row["progress"], dependents, now
-        )
-
-    def _abandon_if_stopped(self, run_id: str, step: str, dispatch: str) -> None:
-        """A step whose run stopped while its message waited never starts: count it cancelled
-        now, so the run unwinds without waiting for the dispatch claim's lease."""
-        run = self._run(run_id, missing_ok=True)
-        if run is None or run["status"] == RunStatus.RUNNING:
-            return  # a stale or duplicate delivery: nothing to settle
-        row = {"run_id": run_id, "name": step, "claim": dispatch, "attempts": None}
-        self._abandon(row, error="not started: the run was stopping", only_if_stopped=True)
+        return self._read(self._hot.dispatched_step, params)
 
     def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
         """Record a running step's progress and checkpoint; False if the claim was lost."""
@@ -869,8 +864,7 @@ class SagaEngine:
         for withdrawn in withdrawn_ids:
             row = dispatched[withdrawn]
             claim = Claim(run_id, row.name, STEP, row.claim, 0, None, None)
-            error = "not started: the run was stopping"
-            values = {"status": StepStatus.CANCELLED, "error": error}
+            values = {"status": StepStatus.CANCELLED, "error": NOT_STARTED}
             cancelled += self._update_claimed(connection, claim, StepStatus.RUNNING, **values) is not None
         return cancelled
 
@@ -1086,15 +1080,14 @@ class SagaEngine:
             return
         self._send(outgoing)
 
-    def _fail_if_past_deadline(self, run_id: str) -> None:
-        run = self._run(run_id, missing_ok=True)
-        if (
-            run
-            and run["status"] == RunStatus.RUNNING
-            and run["deadline_at"]
-            and run["deadline_at"] <= utc_now()
-        ):
-            self.fail(run_id, "deadline exceeded")
+    def _running_after_deadline_check(self, run: dict[str, Any]) -> bool:
+        """Whether ``run`` is running, once failed if it is past its deadline."""
+        if run["status"] != RunStatus.RUNNING:
+            return False
+        if run["deadline_at"] and run["deadline_at"] <= utc_now():
+            self.fail(run["run_id"], "deadline exceeded")
+            return False
+        return True
 
     # -- plumbing ----------------------------------------------------------------------------------
 
