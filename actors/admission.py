@@ -107,10 +107,7 @@ def withdraw_unstarted(broker: Broker, message_ids: Sequence[str]) -> set[str]:
         return set()
     keys = []
     for message_id in message_ids:
-        first_attempt = Message(
-            queue_name="", actor_name="", args=(), kwargs={}, options={}, message_id=message_id
-        )
-        keys += [admission_key(broker.namespace, first_attempt), cancel_key(broker.namespace, message_id)]
+        keys += [attempt_key(broker.namespace, message_id), cancel_key(broker.namespace, message_id)]
     positions = broker.client.eval(
         _WITHDRAW, len(keys), *keys, WITHDRAW_TTL, "withdrawn: its workflow stopped"
     )
@@ -127,8 +124,15 @@ def cancel_channel(namespace: str) -> str:
 
 
 def admission_key(namespace: str, message: Message) -> str:
-    base = message.options.get(AUDIT_SEQ_BASE, 0)
-    return f"{namespace}:admit:{message.message_id}:{base}:{message.options.get('retries', 0)}"
+    options = message.options
+    return attempt_key(
+        namespace, message.message_id, base=options.get(AUDIT_SEQ_BASE, 0), retries=options.get("retries", 0)
+    )
+
+
+def attempt_key(namespace: str, message_id: str, *, base: int = 0, retries: int = 0) -> str:
+    """The admission key of one attempt of a message (by default its first)."""
+    return f"{namespace}:admit:{message_id}:{base}:{retries}"
 
 
 class Admission(Middleware):
