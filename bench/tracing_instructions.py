@@ -83,27 +83,16 @@ PRODUCER_SCRIPT = """
 import importlib, sys
 module = importlib.import_module(sys.argv[1])
 import dramatiq
-from opentelemetry import trace
+from bench.producing import flush
 
 broker, count = dramatiq.get_broker(), int(sys.argv[2])
-
-def flush():
-    if 'actors' in sys.modules:
-        from actors import audit_writer_of
-        writer = audit_writer_of(broker)
-        if writer is not None:
-            writer.flush(120)
-    force_flush = getattr(trace.get_tracer_provider(), 'force_flush', None)
-    if force_flush is not None:
-        force_flush()
-
 module.noop.send()  # the first send connects and loads scripts: not counted
-flush()
+flush(broker)
 print('ready', flush=True)
 sys.stdin.readline()
 for _ in range(count):
     module.noop.send()
-flush()
+flush(broker)
 print('done', flush=True)
 sys.stdin.readline()
 """

@@ -285,7 +285,7 @@ PRODUCER_SCRIPT = """
 import importlib, resource, sys
 module = importlib.import_module(sys.argv[1])
 import dramatiq
-from opentelemetry import trace
+from bench.producing import flush
 
 def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -296,14 +296,7 @@ module.noop.send()  # the first send connects and loads scripts: not counted
 started = cpu()
 for _ in range(count):
     module.noop.send()
-if 'actors' in sys.modules:
-    from actors import audit_writer_of
-    writer = audit_writer_of(broker)
-    if writer is not None:
-        writer.flush(120)
-flush = getattr(trace.get_tracer_provider(), 'force_flush', None)
-if flush is not None:
-    flush()
+flush(broker)
 print(cpu() - started)
 """
 
