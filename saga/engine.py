@@ -1146,7 +1146,7 @@ class SagaEngine:
         try:
             self._dispatch(outgoing)
         except Exception:
-            # Committed as ready: the recovery sweep sends them again.
+            # Committed: the recovery sweep sends them again (a step once its dispatch claim ran out).
             self.logger.exception("Sending %d step message(s) failed; recovery will resend.", len(outgoing))
 
     def _dispatch(self, outgoing: list[Message]) -> None:

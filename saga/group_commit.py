@@ -58,7 +58,7 @@ class GroupCommit:
     the transaction committed, the leader hands the messages of all such
     operations of the batch to ``dispatch`` in one call (one Redis round trip
     instead of one per thread, and consumers fetch them together).  A message
-    whose send fails was committed ready: recovery sends it again.
+    whose send fails was committed all the same: recovery sends it again.
 
     If an operation raises, the shared transaction is rolled back (nothing of
     the batch happened) and every operation of the batch runs again in a
@@ -128,7 +128,7 @@ class GroupCommit:
                 raise RuntimeError("a group commit without dispatch was given messages to send")
             self.dispatch(messages)
         except Exception:
-            # Committed as ready: the recovery sweep sends them again.
+            # Committed all the same: the recovery sweep sends them again.
             self.logger.exception("Sending %d message(s) failed; recovery will resend.", len(messages))
 
     def _lead(self, own: _Pending) -> list[Any]:
