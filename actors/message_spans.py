@@ -189,7 +189,9 @@ class MessageBatchSpanProcessor(BatchSpanProcessor):
     full or the processor shut down, ``emit`` itself runs, logging and
     counting as the SDK does).  Alone on a provider, it is also handed
     :class:`MessageSpan` objects themselves rather than copies (see
-    :meth:`MessageSpan.end`).
+    :meth:`MessageSpan.end`).  When the exporter says how
+    (``encode_for_queue``, as tradeflow's OTLP exporters do), it queues each
+    span encoded rather than the span, so no span outlives its ``end``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -197,6 +199,11 @@ class MessageBatchSpanProcessor(BatchSpanProcessor):
         batch = getattr(self, "_batch_processor", None)
         #: Whether the SDK's batch processor has the fields on_end uses (else the SDK's own on_end runs).
         self.direct = _AT_FORK and all(hasattr(batch, name) for name in _BATCH_FIELDS)
+        #: The exporter's own way to queue a span already encoded, if it has one
+        #: (:func:`actors.otlp_export.encoded_span`), else None: spans are queued as they are.
+        self.encode = (
+            getattr(getattr(batch, "_exporter", None), "encode_for_queue", None) if self.direct else None
+        )
 
     def on_end(self, span: ReadableSpan) -> None:
         if not self.direct:
@@ -206,10 +213,16 @@ class MessageBatchSpanProcessor(BatchSpanProcessor):
             return
         batch = self._batch_processor
         queue = batch._queue
+        item: Any = span
+        if self.encode is not None:
+            try:
+                item = self.encode(span)
+            except Exception:  # left to the exporter, which logs what it cannot encode
+                logger.debug("Span %r not encoded at its end", span.name, exc_info=True)
         if batch._shutdown or len(queue) >= batch._max_queue_size:
-            batch.emit(span)
+            batch.emit(item)
             return
-        queue.appendleft(span)  # the export thread pops from the right: oldest first
+        queue.appendleft(item)  # the export thread pops from the right: oldest first
         if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
             batch._worker_awaken.set()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -366,16 +367,64 @@ def _scope_block(scope: Any) -> bytes:
     return block
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """A serialized ``ExportTraceServiceRequest`` of ``spans``, grouped by resource and scope."""
+def _origin(span: ReadableSpan) -> tuple[Any, Any]:
+    """The resource and instrumentation scope (``None`` for none) of ``span``."""
+    if type(span) in _FIELD_READ_TYPES:
+        return span._resource, span._instrumentation_scope or None
+    return span.resource, span.instrumentation_scope or None
+
+
+#: (resource, scope) pairs of encoded spans, numbered in order of first use, and each pair's
+#: number by the pair's ids (the pairs are kept, so their ids are never reused).
+_origins: list[tuple[Any, Any]] = []
+_origin_numbers: dict[tuple[int, int], int] = {}
+_origins_lock = threading.Lock()
+
+#: Most (resource, scope) pairs numbered; spans of any other pair are queued as spans.
+MAX_ORIGINS = 1024
+
+
+def encoded_span(span: ReadableSpan) -> tuple[int, bytes] | ReadableSpan:
+    """``span`` encoded for a batch processor's queue: (its resource and scope's number, its fields).
+
+    A batch processor that holds spans until the next export keeps every
+    span's object graph alive for up to a schedule delay: thousands of
+    objects per second promoted through the garbage collector's generations
+    and traversed by its collections, which cost as much per message as the
+    spans themselves.  Encoded at ``end``, a span is freed at once and its
+    queue entry is a tuple of an int and bytes, which the collector stops
+    tracking.  :func:`encode_spans` takes these entries as it takes spans.
+    ``span`` itself when its origin cannot be numbered.
+    """
+    resource, scope = _origin(span)
+    key = (id(resource), id(scope))
+    number = _origin_numbers.get(key)
+    if number is None:
+        with _origins_lock:
+            number = _origin_numbers.get(key)
+            if number is None:
+                if len(_origins) >= MAX_ORIGINS:
+                    return span
+                _origins.append((resource, scope))
+                number = _origin_numbers[key] = len(_origins) - 1
+    return number, encode_span(span)
+
+
+def encode_spans(spans: Sequence[ReadableSpan | tuple[int, bytes]]) -> bytes:
+    """A serialized ``ExportTraceServiceRequest`` of ``spans``, grouped by resource and scope.
+
+    An entry is a span or what :func:`encoded_span` made of one.
+    """
     # Grouped by identity: a process has one resource and a few scopes, shared by all its spans.
     grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
     last: tuple[Any, Any, list[bytes]] = (None, None, [])
     for span in spans:
-        if type(span) in _FIELD_READ_TYPES:
-            resource, scope = span._resource, span._instrumentation_scope or None
+        if type(span) is tuple:
+            number, body = span
+            resource, scope = _origins[number]
         else:
-            resource, scope = span.resource, span.instrumentation_scope or None
+            resource, scope = _origin(span)
+            body = None
         if resource is not last[0] or scope is not last[1]:  # spans mostly come in runs of one scope
             by_scope = grouped.get(id(resource))
             if by_scope is None:
@@ -384,7 +433,8 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
             if encoded is None:
                 encoded = by_scope[1][id(scope)] = (scope, [])
             last = (resource, scope, encoded[1])
-        body = encode_span(span)
+        if body is None:
+            body = encode_span(span)
         last[2].extend((b"\x12", _varint(len(body)), body))  # joined once, per scope
     request = []
     for resource, by_scope in grouped.values():
@@ -417,6 +467,8 @@ def http_span_exporter(**kwargs: Any) -> Any:
             super().__init__(**options)
             client_export = getattr(getattr(self, "_client", None), "export", None)
             self.wire_encoding = callable(client_export) and hasattr(self, "_metrics")
+            #: How a batch processor may queue spans for this exporter (see :func:`encoded_span`).
+            self.encode_for_queue = encoded_span if self.wire_encoding else None
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             if not self.wire_encoding or self._shutdown:
@@ -444,6 +496,9 @@ def grpc_span_exporter(**kwargs: Any) -> Any:
 
     class WireOTLPSpanExporter(OTLPSpanExporter):
         """The SDK's OTLP/gRPC exporter building its request from :func:`encode_spans`."""
+
+        #: How a batch processor may queue spans for this exporter (see :func:`encoded_span`).
+        encode_for_queue = staticmethod(encoded_span)
 
         def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
             return ExportTraceServiceRequest.FromString(encode_spans(data))

@@ -14,13 +14,16 @@ shared 2-core machine; an instruction count does not depend on what else runs, s
   its audit writer and tracer provider), then has its counters zeroed; counted from there: N
   sends, the audit writer's flush and the tracer provider's ``force_flush`` (so encoding and
   posting every span, on the export thread, counts: callgrind counts all threads together);
-* workers: ``dramatiq MODULE -p 1 -t 2`` (the master and its worker process) boots and goes
-  idle with the queue hidden, has its counters zeroed, is handed the N + 1 messages (the warm-up
-  one too) at once; counted until the queue is drained, plus a wait for the batch span processor's
-  schedule (tracing on: every worker span exported before the dump, checked with the receiver's
-  count).  Idle workers still run (heartbeats, Redis polls, metrics): their instructions per
-  second, counted for a few seconds before the hand-over, times the seconds counted bound how much
-  of the figure is background work that grows with wall-clock time ("idle bound", per message).
+* workers: ``dramatiq MODULE -p 1 -t 2 -Q bench`` (the master and its worker process) boots and
+  goes idle with the queue hidden, has its counters zeroed, is handed the N + 1 messages (the
+  warm-up one too) at once; counted until the queue is drained and a ``flush_spans`` message sent
+  then is processed (tracing on: every worker span exported before the dump, checked with the
+  receiver's count).  Idle workers still run (heartbeats, Redis polls, metrics): their
+  instructions per second, counted for a few seconds before the hand-over, times the seconds
+  counted bound how much of the figure is background work that grows with wall-clock time
+  ("idle bound", per message).
+* the tracing side exports only at those flushes (see :data:`EXPORT_SCHEDULE_MS`): one post per
+  side of the N spans, as under load, where batches are full.
 
 Not counted: the Redis server, the OTLP receiver, the kernel (system calls are one instruction
 each to callgrind, the time inside them is not), process boot and imports, worker shutdown.
@@ -61,6 +64,10 @@ SIDES = ("raw dramatiq", "tracing off", "tracing on")
 #: Worker processes and threads per process of the ``dramatiq`` command.
 PROCESSES, THREADS = 1, 2
 
+#: The one queue the workers consume: every other declared queue's consumer would poll Redis
+#: while idle, background work that grows with the drain's wall-clock time, not with messages.
+QUEUE = "bench"
+
 #: Seconds the workers may take to boot under valgrind (about a minute on the 2-core VM).
 BOOT_TIMEOUT = 600.0
 
@@ -72,9 +79,21 @@ IDLE_CPU = 0.15
 #: of doing nothing, to judge what the waits after the drain add.
 IDLE_SECONDS = 5.0
 
-#: Seconds waited after the drain before the dump: the worker's batch span processor exports
-#: at least every 2 s (``actors.tracing.BATCH_SCHEDULE_DELAY_MS``); then until the group is idle.
-EXPORT_WAIT = 3.0
+#: The batch span processors' schedule (``OTEL_BSP_SCHEDULE_DELAY``, ms) of the tracing side: in
+#: effect never, spans are exported by the flushes (the producer's, and the workers' on a
+#: ``flush_spans`` message sent after the drain).  Valgrind runs Python about 50 times slower,
+#: so the production schedule (2 s) would post a batch every 40 ms of real time: batches of a few
+#: dozen spans, each post (about 1 ms of CPU through the SDK's HTTP client) counted per few dozen
+#: messages, where a real worker at 2,000 messages/s posts full batches of 2,048 spans.
+EXPORT_SCHEDULE_MS = 3_600_000
+
+#: Sends ``bench_actors.flush_spans`` to the side's queue (a process of its own, not counted).
+FLUSH_SCRIPT = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+from bench.bench_actors import flush_spans
+flush_spans.send()
+"""
 
 #: Producer: imports the side's module, sends one warm-up message and flushes (not counted), says
 #: "ready" and waits for a line; sends N messages, flushes the audit writer and the tracer provider
@@ -245,6 +264,7 @@ def consume(side: throughput.Side, client: redis.Redis, out: Path) -> tuple[int,
     # Spawned, not forked: valgrind's gdbserver, which callgrind_control talks to, does not run in
     # a forked child, so only a process started afresh can be zeroed and dumped while it runs.
     command = ["-m", "dramatiq", "--use-spawn", side.module, "-p", str(PROCESSES), "-t", str(THREADS)]
+    command += ["-Q", QUEUE]
     with open(f"{out}.log", "w") as log:  # valgrind's output and the workers' logs
         workers = subprocess.Popen(
             _callgrind(out, sys.executable, *command),
@@ -269,10 +289,12 @@ def consume(side: throughput.Side, client: redis.Redis, out: Path) -> tuple[int,
             _control("-z", str(pid))
         started = time.monotonic()
         client.rename(f"{queue}-held", queue)
-        while client.llen(queue) or throughput.unacked(client, side.namespace):
-            time.sleep(0.05)
+        _wait_drained(client, side)
         drained = time.monotonic()
-        time.sleep(EXPORT_WAIT)
+        subprocess.run(
+            [sys.executable, "-c", FLUSH_SCRIPT, side.module], env=side.env, cwd=throughput.ROOT, check=True
+        )
+        _wait_drained(client, side)
         _wait_idle(workers.pid, PROCESSES, 120)
         instructions = sum(_dump(out, pid) for pid in pids)
         after = time.monotonic() - drained
@@ -283,6 +305,12 @@ def consume(side: throughput.Side, client: redis.Redis, out: Path) -> tuple[int,
         if workers.poll() is None or _group(workers.pid)[0]:  # on error: nothing left running
             os.killpg(workers.pid, signal.SIGKILL)
             workers.wait()
+
+
+def _wait_drained(client: redis.Redis, side: throughput.Side) -> None:
+    queue = f"{side.namespace}:bench"
+    while client.llen(queue) or throughput.unacked(client, side.namespace):
+        time.sleep(0.05)
 
 
 def measure(side: throughput.Side, client: redis.Redis, messages: int, directory: Path) -> Result:
@@ -355,7 +383,15 @@ def main() -> None:
         database_url = f"sqlite:///{directory}/bench.db"
         throughput.prepare_database(database_url)
         # the endpoint is set per receiver (measure); the variant exists for the other settings
-        throughput.VARIANTS = [("tracing on", {"TRADEFLOW_TRACING_EXPORTER": "otlp-http"})]
+        throughput.VARIANTS = [
+            (
+                "tracing on",
+                {
+                    "TRADEFLOW_TRACING_EXPORTER": "otlp-http",
+                    "OTEL_BSP_SCHEDULE_DELAY": str(EXPORT_SCHEDULE_MS),
+                },
+            )
+        ]
         sides = {}
         for side in throughput.make_sides(REDIS_URL, [database_url]):
             side.name = "tracing off" if side.name.startswith("tradeflow") else side.name

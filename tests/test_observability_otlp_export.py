@@ -179,3 +179,91 @@ def test_wire_encoding_of_many_distinct_string_values() -> None:
     spans = list(exporter.get_finished_spans())
     assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode_spans(spans)
     assert ExportTraceServiceRequest.FromString(encode_spans(spans[::-1])) == sdk_encode_spans(spans[::-1])
+
+
+class _EncodingExporter(InMemorySpanExporter):
+    """Keeps the spans it is asked to encode for a queue, and the queue entries it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: list = []
+        self.entries: list = []
+
+    def encode_for_queue(self, span):
+        from actors.otlp_export import encoded_span
+
+        self.spans.append(span)
+        return encoded_span(span)
+
+    def export(self, entries):
+        self.entries.extend(entries)
+        return super().export([])
+
+
+def test_spans_queued_encoded_at_their_end_export_as_the_sdk_encodes_them() -> None:
+    """With an exporter that says how (``encode_for_queue``), the batch processor queues each span
+    encoded at its end: the middleware's spans and an actor's own, of two scopes and resources; the
+    request built from the entries is the one the SDK builds from the spans."""
+    import dramatiq
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+
+    from actors.message_spans import MessageBatchSpanProcessor
+    from actors.tracing import Tracing
+
+    exporter = _EncodingExporter()
+    processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    assert processor.encode is not None
+    providers = [TracerProvider(resource=Resource.create({"service.name": name})) for name in ("a", "b")]
+    for provider in providers:
+        provider.add_span_processor(processor)
+    tracing = Tracing(tracer_provider=providers[0])
+    broker = StubBroker()
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="queued")
+    for exception in (None, KeyError("k")):
+        message = actor.message_with_options(retries=1)
+        tracing.before_enqueue(broker, message, None)
+        tracing.after_enqueue(broker, message, None)
+        proxy = MessageProxy(dramatiq.Message.decode(message.encode()))
+        tracing.before_process_message(broker, proxy)
+        with providers[1].get_tracer("actor.own").start_as_current_span("inside", attributes={"n": 1}):
+            pass
+        tracing.after_process_message(broker, proxy, exception=exception)
+    assert processor.force_flush()
+    assert len(exporter.spans) == 6 and all(type(entry) is tuple for entry in exporter.entries)
+    assert ExportTraceServiceRequest.FromString(encode_spans(exporter.entries)) == sdk_encode_spans(
+        exporter.spans
+    )
+    mixed = [*exporter.entries[:3], *exporter.spans[3:]]  # entries and spans in one batch
+    assert ExportTraceServiceRequest.FromString(encode_spans(mixed)) == sdk_encode_spans(exporter.spans)
+    processor.shutdown()
+
+
+def test_a_span_queued_encoded_is_freed_at_its_end() -> None:
+    """No span object outlives its ``end`` in the queue (it would be promoted through the garbage
+    collector's generations while it waits for the export); the entry is untracked by the collector.
+    An exporter without ``encode_for_queue`` gets the span itself, kept until the export."""
+    import gc
+    import weakref
+
+    from actors.message_spans import MessageBatchSpanProcessor, SpanStarter
+    from actors.otlp_export import encoded_span
+
+    class QueueEncodingExporter(InMemorySpanExporter):
+        encode_for_queue = staticmethod(encoded_span)
+
+    for exporter, encoded in ((QueueEncodingExporter(), True), (InMemorySpanExporter(), False)):
+        provider = TracerProvider()
+        processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+        provider.add_span_processor(processor)
+        span = SpanStarter(provider.get_tracer("t")).start(
+            "s", parent=None, kind=SpanKind.PRODUCER, attributes={"k": "v"}
+        )
+        alive = weakref.ref(span)
+        span.end()
+        del span
+        assert (alive() is None) is encoded
+        entry = processor._batch_processor._queue[0]
+        gc.collect()
+        assert (type(entry) is tuple and not gc.is_tracked(entry)) is encoded
+        provider.shutdown()
