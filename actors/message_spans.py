@@ -328,6 +328,8 @@ class SpanStarter:
         self._known_sampler = self.direct and _decidable(tracer.sampler)
         # Without SDK metrics a span's start and end metrics are no-op calls: not made.
         self._no_metrics = self.direct and type(tracer._tracer_metrics) is _NoOpTracerMetrics
+        #: Whether :meth:`start_queued` may start a :class:`QueuedSpan` (SDK metrics would miss it).
+        self._queueable = self._known_sampler and self._no_metrics
 
     def start(
         self,
@@ -353,14 +355,8 @@ class SpanStarter:
             return tracer.start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
         if parent_span_context is None:
             parent_span_context = trace.get_current_span(parent).get_span_context()
+        parent_span_context, trace_id, random_trace_id = self._trace_of(parent_span_context)
         id_generator = tracer.id_generator
-        if parent_span_context is None or not parent_span_context.is_valid:
-            parent_span_context = None
-            trace_id = id_generator.generate_trace_id()
-            random_trace_id = id_generator.is_trace_id_random()
-        else:
-            trace_id = parent_span_context.trace_id
-            random_trace_id = parent_span_context.trace_flags.random_trace_id
         if self._known_sampler:
             decision = _decide(tracer.sampler, parent_span_context, trace_id)
             trace_state = parent_span_context.trace_state if parent_span_context is not None else None
@@ -399,6 +395,129 @@ class SpanStarter:
         if _lone_batch_processor(processors) is None:  # a batch processor's on_start does nothing
             processors.on_start(span, parent_context=parent)
         return span
+
+    def start_queued(
+        self,
+        name: str,
+        *,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        parent_span_context: SpanContext,
+    ) -> trace.Span | QueuedSpan:
+        """A span only its caller ever sees (never current, no links), as :meth:`start` starts it.
+
+        When the provider's lone processor is a :class:`MessageBatchSpanProcessor`
+        that queues spans encoded and the span needs no limits applied, it is a
+        :class:`QueuedSpan`: the fields the encoder reads and nothing more.
+        ``attributes`` must be valid attribute values; ``parent_span_context``
+        may be invalid (a root).
+        """
+        tracer = self.tracer
+        processor = _lone_batch_processor(tracer.span_processor) if self._queueable else None
+        limits = tracer._span_limits if processor is not None else None
+        if (
+            processor is None
+            or processor.encode is None
+            or limits.max_span_attribute_length is not None
+            or (limits.max_span_attributes is not None and len(attributes) > limits.max_span_attributes)
+            or not tracer._is_enabled()
+        ):
+            return self.start(
+                name, parent=None, kind=kind, attributes=attributes, parent_span_context=parent_span_context
+            )
+        parent_span_context, trace_id, random_trace_id = self._trace_of(parent_span_context)
+        decision = _decide(tracer.sampler, parent_span_context, trace_id)
+        sampled = decision is _RECORD_AND_SAMPLE
+        flags = _TRACE_FLAGS[(_SAMPLED if sampled else 0) | (_RANDOM_TRACE_ID if random_trace_id else 0)]
+        trace_state = parent_span_context.trace_state if parent_span_context is not None else None
+        span_context = SpanContext(
+            trace_id,
+            tracer.id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=flags,
+            trace_state=trace_state,
+        )
+        if not sampled:  # RECORD_ONLY too: recorded for no processor, as its batch processor skips it
+            return NonRecordingSpan(span_context)
+        return QueuedSpan(name, span_context, parent_span_context, kind, attributes, tracer, processor)
+
+    def _trace_of(self, parent: SpanContext | None) -> tuple[SpanContext | None, int, bool]:
+        """The parent (None for a root), the trace id and whether it is random, of a span under ``parent``."""
+        if parent is None or not parent.is_valid:
+            id_generator = self.tracer.id_generator
+            return None, id_generator.generate_trace_id(), id_generator.is_trace_id_random()
+        return parent, parent.trace_id, parent.trace_flags.random_trace_id
+
+
+class QueuedSpan:
+    """A span no code but its starter sees, ended straight into a :class:`MessageBatchSpanProcessor`.
+
+    The middleware's ``send`` span is never made current, has no events or
+    links and gets only a status: building the SDK's span object for it (two
+    dozen fields, two locks, a ``BoundedAttributes``) cost more than the rest
+    of the send hooks.  This one holds the fields the wire encoder reads
+    (:func:`actors.otlp_export.encode_span`) and is encoded at its ``end``.
+    """
+
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_end_time",
+        "_instrumentation_scope",
+        "_kind",
+        "_name",
+        "_parent",
+        "_processor",
+        "_resource",
+        "_start_time",
+        "_status",
+    )
+
+    #: No events or links, ever.
+    _events = _links = ()
+
+    def __init__(
+        self,
+        name: str,
+        span_context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        tracer: SDKTracer,
+        processor: MessageBatchSpanProcessor,
+    ) -> None:
+        self._context = span_context
+        self._parent = parent
+        self._name = name
+        self._kind = kind
+        self._attributes = attributes
+        self._status = _UNSET_STATUS
+        self._resource = tracer.resource
+        self._instrumentation_scope = tracer._instrumentation_scope
+        self._processor = processor
+        self._end_time = None
+        self._start_time = time_ns()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_status(self, status: Status) -> None:
+        if self._end_time is None:
+            self._status = status
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            logger.warning("Calling end() on an ended span.")
+            return
+        self._end_time = end_time if end_time is not None else time_ns()
+        self._processor.on_end(self)
 
 
 _default_propagator: tuple[Any, bool] = (None, False)

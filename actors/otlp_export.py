@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from .message_spans import MessageSpan
+from .message_spans import MessageSpan, QueuedSpan
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ _DIRECT_READ = _readable_fields_present()
 
 #: Span types read through their fields: the SDK's copies, and the middleware's own spans
 #: (handed to exporters themselves by :class:`~actors.message_spans.MessageBatchSpanProcessor`).
-_FIELD_READ_TYPES = (ReadableSpan, MessageSpan) if _DIRECT_READ else ()
+_FIELD_READ_TYPES = (ReadableSpan, MessageSpan, QueuedSpan) if _DIRECT_READ else (QueuedSpan,)
 
 
 def encode_span(span: ReadableSpan) -> bytes:

@@ -123,16 +123,25 @@ class Tracing(Middleware):
         if delay:
             attributes["messaging.dramatiq.delay_ms"] = delay
         token = NEXT_TRACE_ID.set(run_trace) if run_trace is not None else None
+        extra = _extra_attributes(options)
         try:
-            span = self.spans.start(
-                name,
-                parent=parent,
-                kind=SpanKind.PRODUCER,
-                links=links,
-                attributes=attributes,
-                extra=_extra_attributes(options),
-                parent_span_context=parent_span_context,
-            )
+            if links or extra:
+                span = self.spans.start(
+                    name,
+                    parent=parent,
+                    kind=SpanKind.PRODUCER,
+                    links=links,
+                    attributes=attributes,
+                    extra=extra,
+                    parent_span_context=parent_span_context,
+                )
+            else:  # the common send: a span nobody but this middleware sees
+                span = self.spans.start_queued(
+                    name,
+                    kind=SpanKind.PRODUCER,
+                    attributes=attributes,
+                    parent_span_context=parent_span_context,
+                )
         finally:
             if token is not None:
                 NEXT_TRACE_ID.reset(token)

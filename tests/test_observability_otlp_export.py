@@ -200,43 +200,103 @@ class _EncodingExporter(InMemorySpanExporter):
         return super().export([])
 
 
-def test_spans_queued_encoded_at_their_end_export_as_the_sdk_encodes_them() -> None:
-    """With an exporter that says how (``encode_for_queue``), the batch processor queues each span
-    encoded at its end: the middleware's spans and an actor's own, of two scopes and resources; the
-    request built from the entries is the one the SDK builds from the spans."""
+def _traced_through_the_hooks(provider: TracerProvider, own: TracerProvider) -> None:
+    """Two messages sent (one delayed, one retried) and processed (one failing, with an actor's own
+    span from ``own`` inside), and one send whose enqueue never came back (ended as failed)."""
     import dramatiq
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from actors.message_spans import MessageBatchSpanProcessor
-    from actors.tracing import Tracing
+    from actors import tracing as tracing_module
 
-    exporter = _EncodingExporter()
-    processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
-    assert processor.encode is not None
-    providers = [TracerProvider(resource=Resource.create({"service.name": name})) for name in ("a", "b")]
-    for provider in providers:
-        provider.add_span_processor(processor)
-    tracing = Tracing(tracer_provider=providers[0])
+    tracing = tracing_module.Tracing(tracer_provider=provider)
     broker = StubBroker()
     actor = dramatiq.actor(lambda: None, broker=broker, actor_name="queued")
-    for exception in (None, KeyError("k")):
-        message = actor.message_with_options(retries=1)
-        tracing.before_enqueue(broker, message, None)
-        tracing.after_enqueue(broker, message, None)
+    for exception, delay in ((None, 250), (KeyError("k"), None)):
+        message = actor.message_with_options(retries=1 if exception else 0)
+        tracing.before_enqueue(broker, message, delay)
+        tracing.after_enqueue(broker, message, delay)
         proxy = MessageProxy(dramatiq.Message.decode(message.encode()))
         tracing.before_process_message(broker, proxy)
-        with providers[1].get_tracer("actor.own").start_as_current_span("inside", attributes={"n": 1}):
+        with own.get_tracer("actor.own").start_as_current_span("inside", attributes={"n": 1}):
             pass
         tracing.after_process_message(broker, proxy, exception=exception)
-    assert processor.force_flush()
-    assert len(exporter.spans) == 6 and all(type(entry) is tuple for entry in exporter.entries)
-    assert ExportTraceServiceRequest.FromString(encode_spans(exporter.entries)) == sdk_encode_spans(
-        exporter.spans
-    )
-    mixed = [*exporter.entries[:3], *exporter.spans[3:]]  # entries and spans in one batch
-    assert ExportTraceServiceRequest.FromString(encode_spans(mixed)) == sdk_encode_spans(exporter.spans)
-    processor.shutdown()
+    limit, tracing_module.MAX_OPEN_SEND_SPANS = tracing_module.MAX_OPEN_SEND_SPANS, 1
+    try:
+        lost, kept = actor.message(), actor.message()
+        tracing.before_enqueue(broker, lost, None)  # never comes back
+        tracing.before_enqueue(broker, kept, None)  # evicts the lost one, ended as failed
+        tracing.after_enqueue(broker, kept, None)
+    finally:
+        tracing_module.MAX_OPEN_SEND_SPANS = limit
+
+
+def _comparable(request: bytes) -> list:
+    """The spans of a request with their ids, times and message ids blanked (parents kept as a flag)."""
+    parsed = ExportTraceServiceRequest.FromString(request)
+    spans = []
+    for resource_spans in parsed.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                span.trace_id = span.span_id = b""
+                span.parent_span_id = b"p" if span.parent_span_id else b""
+                span.start_time_unix_nano = span.end_time_unix_nano = 0
+                for event in span.events:
+                    event.time_unix_nano = 0
+                    for pair in event.attributes:
+                        if pair.key == "exception.stacktrace":
+                            pair.value.string_value = ""
+                kept = [pair for pair in span.attributes if pair.key != "messaging.message.id"]
+                del span.attributes[:]
+                span.attributes.extend(kept)
+                spans.append((resource_spans.resource, scope_spans.scope, span))
+    return spans
+
+
+def test_send_spans_queued_encoded_export_as_the_sdk_paths_spans() -> None:
+    """With an exporter that says how (``encode_for_queue``), the middleware's send spans are
+    ``QueuedSpan``s and every span is queued encoded at its end: the request built from the
+    entries is the one built from the SDK's own span objects (a second processor on the provider
+    makes the middleware use them), ids and times aside; each process span is the child of its send."""
+    from actors.message_spans import MessageBatchSpanProcessor, QueuedSpan
+    from actors.tracing import RunTraceIdGenerator
+
+    requests, exporters = {}, {}
+    for queued in (True, False):
+        exporter = _EncodingExporter()
+        processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+        assert processor.encode is not None
+        providers = [
+            TracerProvider(
+                resource=Resource.create({"service.name": name}), id_generator=RunTraceIdGenerator()
+            )
+            for name in ("a", "b")
+        ]
+        if not queued:
+            providers[0].add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        for provider in providers:
+            provider.add_span_processor(processor)
+        _traced_through_the_hooks(*providers)
+        assert processor.force_flush()
+        assert len(exporter.spans) == 8 and all(type(entry) is tuple for entry in exporter.entries)
+        requests[queued] = _comparable(encode_spans(exporter.entries))
+        exporters[queued] = exporter
+        processor.shutdown()
+    queued_types = [type(span).__name__ for span in exporters[True].spans]
+    assert queued_types.count(QueuedSpan.__name__) == 4 and QueuedSpan.__name__ not in {
+        type(span).__name__ for span in exporters[False].spans
+    }
+    assert requests[True] == requests[False]
+    statuses = [span.status.message for _, _, span in requests[True] if span.name == "send default"]
+    assert statuses.count("enqueue did not complete") == 1
+    spans = exporters[True].spans
+    for send, process in ((spans[0], spans[2]), (spans[3], spans[5])):
+        assert (send.name, process.name) == ("send default", "process default")
+        assert process._parent.span_id == send._context.span_id
+        assert process._context.trace_id == send._context.trace_id
+    entries = exporters[True].entries
+    mixed = [*entries[:4], *spans[4:]]  # entries and spans in one batch
+    assert encode_spans(mixed) == encode_spans(entries) == encode_spans(spans)
 
 
 def test_a_span_queued_encoded_is_freed_at_its_end() -> None:
