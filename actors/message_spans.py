@@ -32,6 +32,7 @@ copy), and queues them without the SDK's per-span ``os.getpid()``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -244,6 +245,35 @@ _SAMPLED = TraceFlags.SAMPLED
 _RANDOM_TRACE_ID = TraceFlags.RANDOM_TRACE_ID
 _TRACE_FLAGS = [TraceFlags(flags) for flags in range(256)]
 
+
+def _span_context_is_a_tuple() -> bool:
+    """Whether ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote, flags, state, is_valid)``."""
+    fields = (0xAB, 0xCD, True, _TRACE_FLAGS[1], DEFAULT_TRACE_STATE, True)
+    try:
+        made = tuple.__new__(SpanContext, fields)
+        sdk = SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1))
+    except Exception:
+        return False
+    read = (made.trace_id, made.span_id, made.is_remote, made.trace_flags, made.trace_state, made.is_valid)
+    return tuple(sdk) == fields and read == fields
+
+
+def _valid(trace_id: int, span_id: int) -> bool:
+    # SpanContext's is_valid, for ids from an id generator (which may be any).
+    return 0 < trace_id < 1 << 128 and 0 < span_id < 1 << 64
+
+
+#: ``SpanContext`` made from its six fields without its ``__new__``'s Python frame (which only
+#: fills in defaults and works out ``is_valid``, which callers pass).
+#: Whether a ``SpanContext``'s fields can be read as a tuple's (by the wire encoder, too).
+_CONTEXT_IS_TUPLE = _span_context_is_a_tuple()
+
+_new_span_context = (
+    functools.partial(tuple.__new__, SpanContext)
+    if _CONTEXT_IS_TUPLE
+    else lambda fields: SpanContext(*fields[:3], trace_flags=fields[3], trace_state=fields[4])
+)
+
 #: Sampling decisions, compared by identity as ``Decision.is_sampled`` and ``is_recording`` do.
 _RECORD_AND_SAMPLE = sampling.Decision.RECORD_AND_SAMPLE
 _RECORD_ONLY = sampling.Decision.RECORD_ONLY
@@ -369,12 +399,9 @@ class SpanStarter:
         # Decision.is_sampled() and is_recording(), without the calls.
         sampled = decision is _RECORD_AND_SAMPLE
         flags = _TRACE_FLAGS[(_SAMPLED if sampled else 0) | (_RANDOM_TRACE_ID if random_trace_id else 0)]
-        span_context = SpanContext(
-            trace_id,
-            id_generator.generate_span_id(),
-            is_remote=False,
-            trace_flags=flags,
-            trace_state=trace_state,
+        span_id = id_generator.generate_span_id()
+        span_context = _new_span_context(
+            (trace_id, span_id, False, flags, trace_state or DEFAULT_TRACE_STATE, _valid(trace_id, span_id))
         )
         if self._no_metrics:
             record_end_metrics = None
@@ -430,12 +457,9 @@ class SpanStarter:
         sampled = decision is _RECORD_AND_SAMPLE
         flags = _TRACE_FLAGS[(_SAMPLED if sampled else 0) | (_RANDOM_TRACE_ID if random_trace_id else 0)]
         trace_state = parent_span_context.trace_state if parent_span_context is not None else None
-        span_context = SpanContext(
-            trace_id,
-            tracer.id_generator.generate_span_id(),
-            is_remote=False,
-            trace_flags=flags,
-            trace_state=trace_state,
+        span_id = tracer.id_generator.generate_span_id()
+        span_context = _new_span_context(
+            (trace_id, span_id, False, flags, trace_state or DEFAULT_TRACE_STATE, _valid(trace_id, span_id))
         )
         if not sampled:  # RECORD_ONLY too: recorded for no processor, as its batch processor skips it
             return NonRecordingSpan(span_context)
@@ -587,8 +611,15 @@ def parent_from(carrier: Mapping[str, str] | None) -> tuple[context.Context, Spa
             trace_id, span_id, flags = match.groups()
             if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
                 return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
-            span_context = SpanContext(
-                int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
+            span_context = _new_span_context(
+                (
+                    int(trace_id, 16),
+                    int(span_id, 16),
+                    True,
+                    _TRACE_FLAGS[int(flags, 16)],
+                    DEFAULT_TRACE_STATE,
+                    True,
+                )
             )
             return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY_CONTEXT), span_context
     extracted = propagate.extract(carrier)

@@ -25,9 +25,10 @@ from typing import Any
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from .message_spans import MessageSpan, QueuedSpan
+from .message_spans import _CONTEXT_IS_TUPLE, _UNSET_STATUS, MessageSpan, QueuedSpan
 
 logger = logging.getLogger(__name__)
 
@@ -294,14 +295,24 @@ def encode_span(span: ReadableSpan) -> bytes:
         name_field = _field(b"\x2a", name.encode())
         if len(_names) < MAX_CACHED_KEYS:
             _names[name] = name_field
-    trace_state = context.trace_state
+    # A SpanContext is a tuple: unpacked, its fields are read without a property call each.
+    if _CONTEXT_IS_TUPLE and type(context) is SpanContext:
+        trace_id, span_id, _, _, trace_state, _ = context
+    else:
+        trace_id, span_id, trace_state = context.trace_id, context.span_id, context.trace_state
+    if parent is None:
+        parent_field, remote = b"", False
+    elif _CONTEXT_IS_TUPLE and type(parent) is SpanContext:
+        parent_field, remote = b"\x22\x08" + parent[1].to_bytes(8, "big"), parent[2]
+    else:
+        parent_field, remote = b"\x22\x08" + parent.span_id.to_bytes(8, "big"), parent.is_remote
     parts = [
         b"\x0a\x10",
-        context.trace_id.to_bytes(16, "big"),
+        trace_id.to_bytes(16, "big"),
         b"\x12\x08",
-        context.span_id.to_bytes(8, "big"),
-        _trace_state(trace_state) if trace_state else b"",
-        b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent else b"",
+        span_id.to_bytes(8, "big"),
+        b"" if trace_state is DEFAULT_TRACE_STATE else _trace_state(trace_state),
+        parent_field,
         name_field,
         _KIND_FIELDS[id(kind)],
         b"\x39",
@@ -317,15 +328,21 @@ def encode_span(span: ReadableSpan) -> bytes:
     if has_links:
         parts.extend(_field(b"\x6a", _link(link)) for link in span.links)
         parts.append(_uint_field(b"\x70", span.dropped_links))
-    if status is not None and not status.description:
+    if status is _UNSET_STATUS:  # the middleware's spans' until one is set
+        parts.append(_UNSET_STATUS_FIELD)
+    elif status is not None and not status.description:
         status_field = _plain_statuses.get(id(status.status_code))
         if status_field is None:
             status_field = _plain_statuses[id(status.status_code)] = _status(status)
         parts.append(status_field)
     else:
         parts.append(_status(status))
-    parts.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
+    parts.append(_REMOTE_FLAGS if remote else _LOCAL_FLAGS)
     return b"".join(parts)
+
+
+#: The ``Span.status`` field of the status :mod:`actors.message_spans` gives a span at its start.
+_UNSET_STATUS_FIELD = _status(_UNSET_STATUS)
 
 
 #: ``Span.flags`` (field 16, fixed32) of a span whose parent is remote, and of any other.
@@ -396,7 +413,10 @@ def encoded_span(span: ReadableSpan) -> tuple[int, bytes] | ReadableSpan:
     tracking.  :func:`encode_spans` takes these entries as it takes spans.
     ``span`` itself when its origin cannot be numbered.
     """
-    resource, scope = _origin(span)
+    if type(span) in _FIELD_READ_TYPES:
+        resource, scope = span._resource, span._instrumentation_scope or None
+    else:
+        resource, scope = span.resource, span.instrumentation_scope or None
     key = (id(resource), id(scope))
     number = _origin_numbers.get(key)
     if number is None:
