@@ -332,9 +332,15 @@ def _wait_booted(pgid: int, processes: int, *, timeout: float = 60.0) -> None:
     raise RuntimeError("worker processes did not boot within a minute")
 
 
+#: A second tracing-off side of :func:`full_stack_cpu`, run apart from the first in each round:
+#: what it measures over the first is the benchmark's own noise and drift.
+CONTROL = "off, again"
+
+
 def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int, threads: int) -> None:
     """CPU per message of real ``dramatiq`` worker processes (and of the producer process), full
-    stack, tracing off and on, and raw Dramatiq: sides alternate in rounds; medians are printed.
+    stack, tracing off and on, and raw Dramatiq: sides alternate in rounds, in reverse order every
+    other round, with a second tracing-off side as a control; medians are printed.
 
     The producer fills the queue and counts its own CPU, from its first send to its last span
     exported; the workers then boot and go idle before the queue is handed to them at once.
@@ -354,14 +360,19 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
     tracing_on = {"TRADEFLOW_TRACING_EXPORTER": "otlp-http", "TRADEFLOW_TRACING_ENDPOINT": endpoint}
     throughput.VARIANTS = [
         ("tracing on", tracing_on),
+        (CONTROL, {}),
         ("metrics off", {"TRADEFLOW_METRICS_ENABLED": "false"}),
     ]
     client = redis.Redis.from_url(REDIS_URL)
     results: dict[str, list[tuple[float, float, float]]] = {}
     pairs: list[float] = []
+    controls: list[float] = []
     try:
-        for _ in range(rounds):
-            for side in throughput.make_sides(REDIS_URL, [database_url]):
+        for round_number in range(rounds):
+            sides = throughput.make_sides(REDIS_URL, [database_url])
+            if round_number % 2:  # a machine slowing (or speeding up) through a round favours no side
+                sides.reverse()
+            for side in sides:
                 side.env["TRADEFLOW_METRICS_PORT"] = "0"
                 side.name = "tracing off" if side.name.startswith("tradeflow") else side.name
                 row = _round(side, client, messages, processes, threads)
@@ -371,8 +382,9 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
                     f"CPU per message, {row[2]:6.0f} msg/s",
                     flush=True,
                 )
-            on, off = results["tracing on"][-1], results["tracing off"][-1]
+            on, off, again = (results[name][-1] for name in ("tracing on", "tracing off", CONTROL))
             pairs.append((on[0] + on[1]) / (off[0] + off[1]) - 1)
+            controls.append((again[0] + again[1]) / (off[0] + off[1]) - 1)
     finally:
         stop.set()
     received = url_pipe.recv()
@@ -401,9 +413,14 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
         f"{on[0] - off[0]:+.0f} µs, workers {on[1] - off[1]:+.0f} µs), drain rate {on[2] / off[2] - 1:+.1%}"
     )
     print(
-        "  round by round (on vs the off side run just before it): "
+        "  round by round (on vs off of the same round): "
         + ", ".join(f"{pair:+.1%}" for pair in pairs)
         + f"; median {statistics.median(pairs):+.1%}"
+    )
+    print(
+        f"  control, {CONTROL} vs tracing off (the same configuration: the noise): "
+        + ", ".join(f"{pair:+.1%}" for pair in controls)
+        + f"; median {statistics.median(controls):+.1%}"
     )
     expected = 2 * messages * rounds
     print(f"spans received by the OTLP receiver: {received} (tracing on sent {expected})")
