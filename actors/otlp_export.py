@@ -405,18 +405,15 @@ def encoded_span(span: ReadableSpan) -> tuple[int, bytes] | ReadableSpan:
     """``span`` encoded for a batch processor's queue: (its resource and scope's number, its fields).
 
     A batch processor that holds spans until the next export keeps every
-    span's object graph alive for up to a schedule delay: thousands of
-    objects per second promoted through the garbage collector's generations
-    and traversed by its collections, which cost as much per message as the
-    spans themselves.  Encoded at ``end``, a span is freed at once and its
-    queue entry is a tuple of an int and bytes, which the collector stops
-    tracking.  :func:`encode_spans` takes these entries as it takes spans.
-    ``span`` itself when its origin cannot be numbered.
+    span's object graph alive for up to a schedule delay (thousands of
+    them).  Encoded at ``end``, a span is freed at once and its queue entry
+    is about 330 bytes, a tuple of an int and bytes that the garbage
+    collector stops tracking; a span that only the middleware sees need not
+    be an SDK span at all (:class:`~actors.message_spans.QueuedSpan`).
+    :func:`encode_spans` takes these entries as it takes spans.  ``span``
+    itself when its origin cannot be numbered.
     """
-    if type(span) in _FIELD_READ_TYPES:
-        resource, scope = span._resource, span._instrumentation_scope or None
-    else:
-        resource, scope = span.resource, span.instrumentation_scope or None
+    resource, scope = _origin(span)
     key = (id(resource), id(scope))
     number = _origin_numbers.get(key)
     if number is None:
