@@ -123,11 +123,8 @@ def test_sigkill_mid_task_is_redelivered_and_audited_once(settings, tmp_path: Pa
 def test_up_runs_workers_until_interrupted(settings):
     env = settings_env(settings)
     env.update(TRADEFLOW_WORKER_PROCESSES="1", TRADEFLOW_WORKER_THREADS="2")
-    # Without the scheduler: its every-minute jobs (IB stream reconciling, risk checks) compete
-    # with the ping for the two worker threads, and twice in full-suite runs the ping did not
-    # complete within 60 s (not reproduced alone; see the session note of 2026-12-03).
     up = subprocess.Popen(
-        [str(Path(sys.executable).with_name("tradeflow")), "up", "--no-scheduler"],
+        [str(Path(sys.executable).with_name("tradeflow")), "up"],
         env=env,
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
