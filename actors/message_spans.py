@@ -263,11 +263,11 @@ def _valid(trace_id: int, span_id: int) -> bool:
     return 0 < trace_id < 1 << 128 and 0 < span_id < 1 << 64
 
 
-#: ``SpanContext`` made from its six fields without its ``__new__``'s Python frame (which only
-#: fills in defaults and works out ``is_valid``, which callers pass).
 #: Whether a ``SpanContext``'s fields can be read as a tuple's (by the wire encoder, too).
 _CONTEXT_IS_TUPLE = _span_context_is_a_tuple()
 
+#: ``SpanContext`` made from its six fields without its ``__new__``'s Python frame (which only
+#: fills in defaults and works out ``is_valid``, which callers pass).
 _new_span_context = (
     functools.partial(tuple.__new__, SpanContext)
     if _CONTEXT_IS_TUPLE
@@ -386,7 +386,6 @@ class SpanStarter:
         if parent_span_context is None:
             parent_span_context = trace.get_current_span(parent).get_span_context()
         parent_span_context, trace_id, random_trace_id = self._trace_of(parent_span_context)
-        id_generator = tracer.id_generator
         if self._known_sampler:
             decision = _decide(tracer.sampler, parent_span_context, trace_id)
             trace_state = parent_span_context.trace_state if parent_span_context is not None else None
@@ -398,11 +397,7 @@ class SpanStarter:
             decision, trace_state = result.decision, result.trace_state
         # Decision.is_sampled() and is_recording(), without the calls.
         sampled = decision is _RECORD_AND_SAMPLE
-        flags = _TRACE_FLAGS[(_SAMPLED if sampled else 0) | (_RANDOM_TRACE_ID if random_trace_id else 0)]
-        span_id = id_generator.generate_span_id()
-        span_context = _new_span_context(
-            (trace_id, span_id, False, flags, trace_state or DEFAULT_TRACE_STATE, _valid(trace_id, span_id))
-        )
+        span_context = self._context_of(trace_id, random_trace_id, sampled, trace_state)
         if self._no_metrics:
             record_end_metrics = None
         else:
@@ -427,6 +422,7 @@ class SpanStarter:
         self,
         name: str,
         *,
+        parent: context.Context | None,
         kind: SpanKind,
         attributes: dict[str, Any],
         parent_span_context: SpanContext,
@@ -437,7 +433,7 @@ class SpanStarter:
         that queues spans encoded and the span needs no limits applied, it is a
         :class:`QueuedSpan`: the fields the encoder reads and nothing more.
         ``attributes`` must be valid attribute values; ``parent_span_context``
-        may be invalid (a root).
+        is ``parent``'s span context and may be invalid (a root).
         """
         tracer = self.tracer
         processor = _lone_batch_processor(tracer.span_processor) if self._queueable else None
@@ -450,20 +446,26 @@ class SpanStarter:
             or not tracer._is_enabled()
         ):
             return self.start(
-                name, parent=None, kind=kind, attributes=attributes, parent_span_context=parent_span_context
+                name, parent=parent, kind=kind, attributes=attributes, parent_span_context=parent_span_context
             )
         parent_span_context, trace_id, random_trace_id = self._trace_of(parent_span_context)
         decision = _decide(tracer.sampler, parent_span_context, trace_id)
         sampled = decision is _RECORD_AND_SAMPLE
-        flags = _TRACE_FLAGS[(_SAMPLED if sampled else 0) | (_RANDOM_TRACE_ID if random_trace_id else 0)]
         trace_state = parent_span_context.trace_state if parent_span_context is not None else None
-        span_id = tracer.id_generator.generate_span_id()
-        span_context = _new_span_context(
-            (trace_id, span_id, False, flags, trace_state or DEFAULT_TRACE_STATE, _valid(trace_id, span_id))
-        )
+        span_context = self._context_of(trace_id, random_trace_id, sampled, trace_state)
         if not sampled:  # RECORD_ONLY too: recorded for no processor, as its batch processor skips it
             return NonRecordingSpan(span_context)
         return QueuedSpan(name, span_context, parent_span_context, kind, attributes, tracer, processor)
+
+    def _context_of(
+        self, trace_id: int, random_trace_id: bool, sampled: bool, trace_state: Any
+    ) -> SpanContext:
+        """A new span's context in trace ``trace_id``, with a span id from the tracer's generator."""
+        flags = _TRACE_FLAGS[(_SAMPLED if sampled else 0) | (_RANDOM_TRACE_ID if random_trace_id else 0)]
+        span_id = self.tracer.id_generator.generate_span_id()
+        return _new_span_context(
+            (trace_id, span_id, False, flags, trace_state or DEFAULT_TRACE_STATE, _valid(trace_id, span_id))
+        )
 
     def _trace_of(self, parent: SpanContext | None) -> tuple[SpanContext | None, int, bool]:
         """The parent (None for a root), the trace id and whether it is random, of a span under ``parent``."""

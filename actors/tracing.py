@@ -138,6 +138,7 @@ class Tracing(Middleware):
             else:  # the common send: a span nobody but this middleware sees
                 span = self.spans.start_queued(
                     name,
+                    parent=parent,
                     kind=SpanKind.PRODUCER,
                     attributes=attributes,
                     parent_span_context=parent_span_context,

@@ -726,3 +726,41 @@ def test_recorded_but_unsampled_spans_are_recording_and_never_exported() -> None
     provider.force_flush()
     assert exporter.get_finished_spans() == ()
     provider.shutdown()
+
+
+class _ParentRecordingSampler(Sampler):
+    """Samples every span and keeps the span context of the parent each decision was given."""
+
+    def __init__(self) -> None:
+        self.parents: list = []
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None):
+        self.parents.append(trace.get_current_span(parent_context).get_span_context())
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+    def get_description(self) -> str:
+        return "parent-recording"
+
+
+def test_a_resent_message_s_sampler_sees_the_context_it_carries() -> None:
+    """A message re-enqueued with a context (a retry, a delayed message falling due) is sent under
+    that context; a sampler the middleware cannot decide itself is handed it, not the current one."""
+    sampler = _ParentRecordingSampler()
+    provider = TracerProvider(sampler=sampler)
+    middleware = Tracing(tracer_provider=provider)
+    broker = StubBroker()
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="resent")
+    first = actor.message()
+    middleware.before_enqueue(broker, first, None)
+    middleware.after_enqueue(broker, first, None)
+    resent = dramatiq.Message.decode(first.encode())
+    middleware.before_enqueue(broker, resent, 100)
+    middleware.after_enqueue(broker, resent, 100)
+    assert len(sampler.parents) == 2 and not sampler.parents[0].is_valid  # the first send is a root
+    from actors.message_spans import parent_from
+    from saga.run_tracing import CONTEXT_OPTION
+
+    sent_context = parent_from(first.options[CONTEXT_OPTION])[1]
+    assert sampler.parents[-1].span_id == sent_context.span_id
+    assert sampler.parents[-1].trace_id == sent_context.trace_id
+    provider.shutdown()
