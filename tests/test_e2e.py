@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,23 +133,35 @@ def test_up_runs_workers_until_interrupted(settings):
         text=True,
         start_new_session=True,
     )
+    # A reader thread keeps the pipe drained: a full pipe would block every child's logging.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)
+    reader.start()
+    failure = None
     try:
         result = run_cli("send", "ping", "--args", '["x"]', env=env)
         assert result.returncode == 0, result.stderr
         engine = create_db_engine(settings.database_url)
         wait_until(
             lambda: getattr(get_task(engine, result.stdout.strip()), "status", None) == "completed",
-            60,
+            45,
             "the ping to complete under `tradeflow up`",
         )
+    except BaseException as error:  # reported below with the stack's output, after it is stopped
+        failure = error
     finally:
         up.send_signal(signal.SIGINT)
         try:
-            output, _ = up.communicate(timeout=60)
+            up.wait(timeout=45)
         except subprocess.TimeoutExpired:
             for group in [*children_of(up.pid), up.pid]:  # each child of up leads a group of its own
                 os.killpg(group, signal.SIGKILL)
-            pytest.fail("`tradeflow up` did not stop within 60 s of SIGINT:\n" + up.communicate()[0])
+            up.wait()
+            failure = failure or AssertionError("`tradeflow up` did not stop within 45 s of SIGINT")
+        reader.join(10)
+    output = "".join(lines)
+    if failure is not None:
+        pytest.fail(f"{failure}\n--- output of `tradeflow up` ---\n{output}")
     assert up.returncode == 0, output
     assert f"redis: {settings.redis_url}" in output
     assert "stopping..." in output
