@@ -9,6 +9,7 @@ configuration from this middleware.
 
 from __future__ import annotations
 
+import inspect
 import os
 from datetime import datetime
 from typing import Any, Literal
@@ -18,6 +19,7 @@ import pendulum
 from dramatiq import Broker, Middleware
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
+from dramatiq.middleware import MiddlewareError
 from sqlalchemy import Engine
 
 from storage import ScheduleDefinition, TaskStatus, create_db_engine, record_outcome
@@ -33,9 +35,10 @@ CATCH_UP_POLICIES = ("skip", "run_once")
 
 #: The seed's schedule table, actor name -> cron spec.  Settings override any
 #: entry (``TRADEFLOW_SCHEDULES``); it applies to whichever module declares the actor.
+#: A scheduled run sends no arguments, so the seed's ``sync_portfolio`` and
+#: ``evaluate_risk_limits`` (both per account) are not here: ``monitor_risk`` does
+#: both for every account each minute, on its own ``periodic=``.
 DEFAULT_SCHEDULES: dict[str, str] = {
-    "sync_portfolio": "*/5 * * * *",
-    "evaluate_risk_limits": "* * * * *",
     "health_check": "*/2 * * * *",
     "cleanup_tasks": "0 3 * * *",
     "vacuum_database": "0 4 * * sun",
@@ -47,6 +50,10 @@ OFF = "off"
 
 #: Message option naming the schedule a message runs for.
 SCHEDULE_OPTION = "schedule"
+
+
+class ScheduleError(MiddlewareError, ValueError):
+    """A schedule that cannot run: raised while the actor is declared."""
 
 
 class ScheduleControl(Middleware):
@@ -101,20 +108,26 @@ class ScheduleControl(Middleware):
             self._engine, self._engine_pid = create_db_engine(self.database_url), os.getpid()
         return self._engine
 
-    def after_declare_actor(self, broker: Broker, actor: dramatiq.Actor) -> None:
-        name = actor.actor_name
-        if name in self.overrides:
-            spec = self.overrides[name]
-        elif isinstance(actor.options.get("periodic"), Cron):
-            return
-        elif "periodic" in actor.options:
-            spec = Cron.parse(str(actor.options["periodic"]))  # periodiq's own spec: fix its Sunday
-        else:
-            spec = self.defaults.get(name)
+    def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor) -> None:
+        # Before, not after: the broker lets a MiddlewareError from a before-hook through, so a
+        # schedule that could never run stops the declaration instead of being logged.
+        spec = self._spec_of(actor)
         if spec is None:
             actor.options.pop("periodic", None)
-        else:
-            actor.options["periodic"] = spec
+            return
+        _check_runs_without_arguments(actor)
+        actor.options["periodic"] = spec
+
+    def _spec_of(self, actor: dramatiq.Actor) -> Cron | None:
+        name = actor.actor_name
+        if name in self.overrides:
+            return self.overrides[name]
+        periodic = actor.options.get("periodic")
+        if isinstance(periodic, Cron):
+            return periodic
+        if periodic is not None:
+            return Cron.parse(str(periodic))  # periodiq's own spec: fix its Sunday
+        return self.defaults.get(name)
 
     def definition(self, actor: dramatiq.Actor) -> ScheduleDefinition:
         """The schedule row the code declares for a periodic ``actor``."""
@@ -171,6 +184,25 @@ def schedule_control_of(broker: Broker) -> ScheduleControl:
         if isinstance(middleware, ScheduleControl):
             return middleware
     raise RuntimeError("this broker has no ScheduleControl middleware: build it with actors.build_broker")
+
+
+def _check_runs_without_arguments(actor: dramatiq.Actor) -> None:
+    """A scheduled run sends no arguments: an actor that needs some would fail every tick."""
+    signature = inspect.signature(actor.fn)
+    try:
+        signature.bind()
+    except TypeError:
+        needed = [
+            name
+            for name, parameter in signature.parameters.items()
+            if parameter.default is parameter.empty
+            and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        ]
+        raise ScheduleError(
+            f"actor {actor.actor_name!r} has a schedule, but a scheduled run sends no arguments and it "
+            f"needs {', '.join(needed)}: give them defaults, or turn its schedule off with "
+            f"TRADEFLOW_SCHEDULES='{{\"{actor.actor_name}\": \"off\"}}'"
+        ) from None
 
 
 def _parse_override(name: str, spec: str) -> Cron | None:

@@ -322,3 +322,30 @@ def test_settings_override_and_switch_off_seed_schedules(settings, brokers):
     assert str(broker.actors["daily_summary"].options["periodic"]) == "30 7 * * mon-fri"
     assert "periodic" not in broker.actors["vacuum_database"].options
     assert str(broker.actors["cleanup_tasks"].options["periodic"]) == "0 3 * * *"
+
+
+def test_a_schedule_on_an_actor_that_needs_arguments_is_refused_with_the_fix(settings, brokers):
+    broker = build_broker(settings.model_copy(update={"schedules": {"settle": "*/5 * * * *"}}))
+    brokers.append(broker)
+
+    def settle(account: str, *extra, dry_run: bool = False) -> None: ...
+
+    with pytest.raises(
+        ValueError, match=r"'settle' has a schedule.*needs account: give them defaults.*\"settle\": \"off\""
+    ):
+        dramatiq.actor(settle, broker=broker, queue_name="portfolio")
+
+    def settle_all(account: str = "all") -> None: ...
+
+    scheduled = dramatiq.actor(
+        settle_all, broker=broker, queue_name="portfolio", periodic=periodiq_cron("* * * * *")
+    )
+    assert str(scheduled.options["periodic"]) == "* * * * *"
+
+
+def test_every_scheduled_actor_of_the_package_runs_without_arguments():
+    # Importing `actors` declared every actor through ScheduleControl, which refuses a schedule
+    # on an actor that needs arguments; so this is about which actors got one.
+    periodic = {name for name, actor in actors_module.broker.actors.items() if "periodic" in actor.options}
+    assert {"health_check", "cleanup_tasks", "monitor_risk"} <= periodic
+    assert not {"sync_portfolio", "evaluate_risk_limits"} & periodic
