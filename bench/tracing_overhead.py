@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -265,9 +267,16 @@ def _group_cpu(pgid: int) -> float:
 
 def _group(pgid: int) -> tuple[int, float]:
     """How many live processes process group ``pgid`` has, and their CPU seconds (user + system)."""
+    count, _, cpu = _group_times(pgid)
+    return count, cpu
+
+
+def _group_times(pgid: int) -> tuple[int, float, float]:
+    """How many live processes process group ``pgid`` has, their system CPU seconds and their
+    CPU seconds in all (user + system)."""
     import os
 
-    count, ticks = 0, 0
+    count, ticks, system = 0, 0, 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -276,7 +285,9 @@ def _group(pgid: int) -> tuple[int, float]:
         if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
             count += 1
             ticks += int(fields[11]) + int(fields[12])
-    return count, ticks / os.sysconf("SC_CLK_TCK")
+            system += int(fields[12])
+    hertz = os.sysconf("SC_CLK_TCK")
+    return count, system / hertz, ticks / hertz
 
 
 #: Producer run by :func:`_produce`: sends N no-op messages, flushes the audit writer and the
@@ -289,20 +300,22 @@ from bench.producing import flush
 
 def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime, usage.ru_stime
 
 broker, count = dramatiq.get_broker(), int(sys.argv[2])
 module.noop.send()  # the first send connects and loads scripts: not counted
-started = cpu()
+started, system = cpu()
 for _ in range(count):
     module.noop.send()
 flush(broker)
-print(cpu() - started)
+ended, system_ended = cpu()
+print(ended - started, system_ended - system)
 """
 
 
-def _produce(side, count: int) -> float:
-    """CPU seconds the producing process spent sending ``count`` messages (and exporting their spans)."""
+def _produce(side, count: int) -> tuple[float, float]:
+    """CPU seconds the producing process spent sending ``count`` messages (and exporting their
+    spans), in all and in the kernel."""
     import subprocess
 
     import throughput
@@ -315,7 +328,8 @@ def _produce(side, count: int) -> float:
         capture_output=True,
         text=True,
     ).stdout
-    return float(output.split()[-1])
+    total, system = output.split()[-2:]
+    return float(total), float(system)
 
 
 def _wait_booted(pgid: int, processes: int, *, timeout: float = 60.0) -> None:
@@ -330,6 +344,25 @@ def _wait_booted(pgid: int, processes: int, *, timeout: float = 60.0) -> None:
             return
         last = now
     raise RuntimeError("worker processes did not boot within a minute")
+
+
+def _fresh_database(url: str, scratch: str) -> str:
+    """An empty audit database for one side's round, migrated: a file of its own under ``scratch``
+    for SQLite, the tables of ``url`` emptied otherwise.  Sides that shared one database grew it
+    round after round, and whichever came later paid for the bigger indexes."""
+    from sqlalchemy import text
+
+    from storage import create_db_engine, upgrade
+
+    if url.startswith("sqlite"):
+        url = f"sqlite:///{scratch}/{uuid.uuid4().hex[:8]}.db"
+    engine = create_db_engine(url)
+    upgrade(engine)
+    if not url.startswith("sqlite"):
+        with engine.begin() as connection:
+            connection.execute(text("TRUNCATE tasks"))
+    engine.dispose()
+    return url
 
 
 #: A second tracing-off side of :func:`full_stack_cpu`, run apart from the first in each round:
@@ -356,7 +389,7 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
     receiver = multiprocessing.Process(target=_receive, args=(child_pipe, stop), daemon=True)
     receiver.start()
     endpoint = url_pipe.recv()
-    throughput.prepare_database(database_url)
+    scratch = tempfile.mkdtemp(prefix="tracing-bench-")
     tracing_on = {"TRADEFLOW_TRACING_EXPORTER": "otlp-http", "TRADEFLOW_TRACING_ENDPOINT": endpoint}
     throughput.VARIANTS = [
         ("tracing on", tracing_on),
@@ -364,7 +397,7 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
         ("metrics off", {"TRADEFLOW_METRICS_ENABLED": "false"}),
     ]
     client = redis.Redis.from_url(REDIS_URL)
-    results: dict[str, list[tuple[float, float, float]]] = {}
+    results: dict[str, list[tuple[float, float, float, float]]] = {}
     pairs: list[float] = []
     controls: list[float] = []
     try:
@@ -374,12 +407,14 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
                 sides.reverse()
             for side in sides:
                 side.env["TRADEFLOW_METRICS_PORT"] = "0"
+                if "TRADEFLOW_DATABASE_URL" in side.env:
+                    side.env["TRADEFLOW_DATABASE_URL"] = _fresh_database(database_url, scratch)
                 side.name = "tracing off" if side.name.startswith("tradeflow") else side.name
                 row = _round(side, client, messages, processes, threads)
                 results.setdefault(side.name, []).append(row)
                 print(
                     f"  {side.name:12s} producer {row[0]:6.0f} µs, workers {row[1]:6.0f} µs "
-                    f"CPU per message, {row[2]:6.0f} msg/s",
+                    f"CPU per message ({row[3]:4.0f} µs of it in the kernel), {row[2]:6.0f} msg/s",
                     flush=True,
                 )
             on, off, again = (results[name][-1] for name in ("tracing on", "tracing off", CONTROL))
@@ -387,6 +422,7 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
             controls.append((again[0] + again[1]) / (off[0] + off[1]) - 1)
     finally:
         stop.set()
+        shutil.rmtree(scratch, ignore_errors=True)
     received = url_pipe.recv()
     receiver.join(10)
     print(
@@ -398,12 +434,13 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
     }
     off = median["tracing off"]
     print(
-        f"{'side':>12} {'producer µs':>12} {'workers µs':>11} {'total µs':>9} {'msg/s':>7} {'CPU vs off':>10}"
+        f"{'side':>12} {'producer µs':>12} {'workers µs':>11} {'total µs':>9} {'kernel µs':>9} "
+        f"{'msg/s':>7} {'CPU vs off':>10}"
     )
-    for name, (produce, consume, rate) in median.items():
+    for name, (produce, consume, rate, system) in median.items():
         total = produce + consume
         print(
-            f"{name:>12} {produce:9.0f} {consume:8.0f} {total:6.0f} {rate:7.0f} "
+            f"{name:>12} {produce:9.0f} {consume:8.0f} {total:6.0f} {system:9.0f} {rate:7.0f} "
             f"{total / (off[0] + off[1]):10.2f}"
         )
     on = median["tracing on"]
@@ -428,30 +465,34 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
 
 def _round(
     side, client: redis.Redis, messages: int, processes: int, threads: int
-) -> tuple[float, float, float]:
-    """One side's round: (producer µs, workers µs) CPU per message and the drain rate (messages/s)."""
+) -> tuple[float, float, float, float]:
+    """One side's round: (producer µs, workers µs) CPU per message, the drain rate (messages/s),
+    and the µs per message of that CPU spent in the kernel (producer and workers)."""
     import throughput
 
     queue = f"{side.namespace}:bench"
-    produce = _produce(side, messages) / messages
+    produce, produce_system = (seconds / messages for seconds in _produce(side, messages))
     # Hidden while the workers boot, then handed over at once: the workers' CPU counts
     # draining a full queue, not their boot, nor waiting for a producer slowed by tracing.
     client.rename(queue, f"{queue}-held")
     workers = throughput.start_workers(side, processes, threads)
     try:
         _wait_booted(workers.pid, processes)
-        cpu, started = _group_cpu(workers.pid), time.perf_counter()
+        _, system, cpu = _group_times(workers.pid)
+        started = time.perf_counter()
         client.rename(f"{queue}-held", queue)
         while client.llen(queue) or throughput.unacked(client, side.namespace):
             time.sleep(0.005)
         elapsed = time.perf_counter() - started
         # the producer's first (uncounted) send is consumed too
-        consume = (_group_cpu(workers.pid) - cpu) / (messages + 1)
+        _, system_ended, cpu_ended = _group_times(workers.pid)
+        consume = (cpu_ended - cpu) / (messages + 1)
+        consume_system = (system_ended - system) / (messages + 1)
     finally:
         workers.send_signal(15)  # the master only: workers shut down (and flush) once
         workers.wait(60)
         throughput.cleanup(client, side.namespace)
-    return produce * 1e6, consume * 1e6, messages / elapsed
+    return produce * 1e6, consume * 1e6, messages / elapsed, (produce_system + consume_system) * 1e6
 
 
 def main() -> None:
