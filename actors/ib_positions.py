@@ -361,7 +361,9 @@ def process_position_batch() -> dict:
     return asdict(result)
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000, periodic=cron("* * * * *"))
+@dramatiq.actor(
+    queue_name=QUEUE, max_retries=0, time_limit=60_000, store_results=True, periodic=cron("* * * * *")
+)
 def sweep_position_requests() -> int:
     """Safety net (each minute): schedule a batch if requests wait, e.g. claims of a killed worker."""
     state = runtime()

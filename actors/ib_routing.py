@@ -209,7 +209,9 @@ def stream_changes(*, held: set[int], active: set[int], open_here: set[int]) -> 
     return (held & active) - open_here, held - active
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=120_000, periodic=cron("* * * * *"))
+@dramatiq.actor(
+    queue_name=QUEUE, max_retries=0, time_limit=120_000, store_results=True, periodic=cron("* * * * *")
+)
 def reconcile_streams() -> dict:
     """Each minute, in the stream owner: reopen streams lost with a dead owner, close inactive ones."""
     if not _owner().claim():

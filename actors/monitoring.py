@@ -8,7 +8,9 @@ from periodiq import cron
 from .system import QUEUE
 
 
-@dramatiq.actor(queue_name=QUEUE, periodic=cron("* * * * *"), max_retries=0, time_limit=30_000)
+@dramatiq.actor(
+    queue_name=QUEUE, store_results=True, periodic=cron("* * * * *"), max_retries=0, time_limit=30_000
+)
 def monitor_health() -> dict:
     """Run the health checks with this deployment's thresholds and store raised/resolved alerts."""
     import actors

@@ -202,7 +202,9 @@ def evaluate_risk_limits(account: str) -> list[dict]:
     return [b.model_dump(mode="json") for b in _service().check(account)]
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000, periodic=cron("* * * * *"))
+@dramatiq.actor(
+    queue_name=QUEUE, max_retries=0, time_limit=60_000, store_results=True, periodic=cron("* * * * *")
+)
 def monitor_risk() -> list[str]:
     """Each minute: snapshot every account, then check its limits (idle while no limit is set,
     so deployments without a gateway are not bothered)."""

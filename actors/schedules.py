@@ -201,7 +201,7 @@ def _check_runs_without_arguments(actor: dramatiq.Actor) -> None:
         raise ScheduleError(
             f"actor {actor.actor_name!r} has a schedule, but a scheduled run sends no arguments and it "
             f"needs {', '.join(needed)}: give them defaults, or turn its schedule off with "
-            f"TRADEFLOW_SCHEDULES='{{\"{actor.actor_name}\": \"off\"}}'"
+            f'TRADEFLOW_SCHEDULES=\'{{"{actor.actor_name}": "off"}}\''
         ) from None
 
 

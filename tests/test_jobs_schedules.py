@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import threading
@@ -349,3 +350,17 @@ def test_every_scheduled_actor_of_the_package_runs_without_arguments():
     periodic = {name for name, actor in actors_module.broker.actors.items() if "periodic" in actor.options}
     assert {"health_check", "cleanup_tasks", "monitor_risk"} <= periodic
     assert not {"sync_portfolio", "evaluate_risk_limits"} & periodic
+
+
+def test_every_actor_that_returns_a_value_stores_it():
+    # Dramatiq's Results middleware warns at each run of an actor that returns a value it is
+    # not asked to store: every minute for the periodic ones.
+    returning = {
+        name
+        for name, actor in actors_module.broker.actors.items()
+        if inspect.signature(actor.fn).return_annotation not in ("None", None, inspect.Signature.empty)
+    }
+    assert {"monitor_health", "monitor_risk", "reconcile_streams", "sweep_position_requests"} <= returning
+    assert {
+        name for name in returning if not actors_module.broker.actors[name].options.get("store_results")
+    } == set()
