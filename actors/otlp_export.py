@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -391,57 +390,16 @@ def _origin(span: ReadableSpan) -> tuple[Any, Any]:
     return span.resource, span.instrumentation_scope or None
 
 
-#: (resource, scope) pairs of encoded spans, numbered in order of first use, and each pair's
-#: number by the pair's ids (the pairs are kept, so their ids are never reused).
-_origins: list[tuple[Any, Any]] = []
-_origin_numbers: dict[tuple[int, int], int] = {}
-_origins_lock = threading.Lock()
-
-#: Most (resource, scope) pairs numbered; spans of any other pair are queued as spans.
-MAX_ORIGINS = 1024
-
-
-def encoded_span(span: ReadableSpan) -> tuple[int, bytes] | ReadableSpan:
-    """``span`` encoded for a batch processor's queue: (its resource and scope's number, its fields).
-
-    A batch processor that holds spans until the next export keeps every
-    span's object graph alive for up to a schedule delay (thousands of
-    them).  Encoded at ``end``, a span is freed at once and its queue entry
-    is about 330 bytes, a tuple of an int and bytes that the garbage
-    collector stops tracking; a span that only the middleware sees need not
-    be an SDK span at all (:class:`~actors.message_spans.QueuedSpan`).
-    :func:`encode_spans` takes these entries as it takes spans.  ``span``
-    itself when its origin cannot be numbered.
-    """
-    resource, scope = _origin(span)
-    key = (id(resource), id(scope))
-    number = _origin_numbers.get(key)
-    if number is None:
-        with _origins_lock:
-            number = _origin_numbers.get(key)
-            if number is None:
-                if len(_origins) >= MAX_ORIGINS:
-                    return span
-                _origins.append((resource, scope))
-                number = _origin_numbers[key] = len(_origins) - 1
-    return number, encode_span(span)
-
-
-def encode_spans(spans: Sequence[ReadableSpan | tuple[int, bytes]]) -> bytes:
+def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """A serialized ``ExportTraceServiceRequest`` of ``spans``, grouped by resource and scope.
 
-    An entry is a span or what :func:`encoded_span` made of one.
+    A span is an SDK span or a :class:`~actors.message_spans.QueuedSpan`.
     """
     # Grouped by identity: a process has one resource and a few scopes, shared by all its spans.
     grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
     last: tuple[Any, Any, list[bytes]] = (None, None, [])
     for span in spans:
-        if type(span) is tuple:
-            number, body = span
-            resource, scope = _origins[number]
-        else:
-            resource, scope = _origin(span)
-            body = None
+        resource, scope = _origin(span)
         if resource is not last[0] or scope is not last[1]:  # spans mostly come in runs of one scope
             by_scope = grouped.get(id(resource))
             if by_scope is None:
@@ -450,8 +408,7 @@ def encode_spans(spans: Sequence[ReadableSpan | tuple[int, bytes]]) -> bytes:
             if encoded is None:
                 encoded = by_scope[1][id(scope)] = (scope, [])
             last = (resource, scope, encoded[1])
-        if body is None:
-            body = encode_span(span)
+        body = encode_span(span)
         last[2].extend((b"\x12", _varint(len(body)), body))  # joined once, per scope
     request = []
     for resource, by_scope in grouped.values():
@@ -484,8 +441,8 @@ def http_span_exporter(**kwargs: Any) -> Any:
             super().__init__(**options)
             client_export = getattr(getattr(self, "_client", None), "export", None)
             self.wire_encoding = callable(client_export) and hasattr(self, "_metrics")
-            #: How a batch processor may queue spans for this exporter (see :func:`encoded_span`).
-            self.encode_for_queue = encoded_span if self.wire_encoding else None
+            #: Whether it encodes :class:`~actors.message_spans.QueuedSpan`s (its encoder reads them).
+            self.reads_queued_spans = self.wire_encoding
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             if not self.wire_encoding or self._shutdown:
@@ -514,8 +471,8 @@ def grpc_span_exporter(**kwargs: Any) -> Any:
     class WireOTLPSpanExporter(OTLPSpanExporter):
         """The SDK's OTLP/gRPC exporter building its request from :func:`encode_spans`."""
 
-        #: How a batch processor may queue spans for this exporter (see :func:`encoded_span`).
-        encode_for_queue = staticmethod(encoded_span)
+        #: It encodes :class:`~actors.message_spans.QueuedSpan`s (its encoder reads them).
+        reads_queued_spans = True
 
         def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
             return ExportTraceServiceRequest.FromString(encode_spans(data))

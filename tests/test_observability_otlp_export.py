@@ -181,22 +181,17 @@ def test_wire_encoding_of_many_distinct_string_values() -> None:
     assert ExportTraceServiceRequest.FromString(encode_spans(spans[::-1])) == sdk_encode_spans(spans[::-1])
 
 
-class _EncodingExporter(InMemorySpanExporter):
-    """Keeps the spans it is asked to encode for a queue, and the queue entries it is handed."""
+class _QueueReadingExporter(InMemorySpanExporter):
+    """Encodes ``QueuedSpan`` objects, as tradeflow's OTLP exporters do; keeps what it is handed."""
+
+    reads_queued_spans = True
 
     def __init__(self) -> None:
         super().__init__()
         self.spans: list = []
-        self.entries: list = []
 
-    def encode_for_queue(self, span):
-        from actors.otlp_export import encoded_span
-
-        self.spans.append(span)
-        return encoded_span(span)
-
-    def export(self, entries):
-        self.entries.extend(entries)
+    def export(self, spans):
+        self.spans.extend(spans)
         return super().export([])
 
 
@@ -253,19 +248,19 @@ def _comparable(request: bytes) -> list:
     return spans
 
 
-def test_send_spans_queued_encoded_export_as_the_sdk_paths_spans() -> None:
-    """With an exporter that says how (``encode_for_queue``), the middleware's send spans are
-    ``QueuedSpan``s and every span is queued encoded at its end: the request built from the
-    entries is the one built from the SDK's own span objects (a second processor on the provider
-    makes the middleware use them), ids and times aside; each process span is the child of its send."""
+def test_queued_send_spans_export_as_the_sdk_paths_spans() -> None:
+    """With an exporter that reads them (``reads_queued_spans``), the middleware's send spans are
+    ``QueuedSpan``s: the request built from the queued spans is the one built from the SDK's own span
+    objects (a second processor on the provider makes the middleware use them), ids and times aside;
+    each process span is the child of its send."""
     from actors.message_spans import MessageBatchSpanProcessor, QueuedSpan
     from actors.tracing import RunTraceIdGenerator
 
     requests, exporters = {}, {}
     for queued in (True, False):
-        exporter = _EncodingExporter()
+        exporter = _QueueReadingExporter()
         processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
-        assert processor.encode is not None
+        assert processor.reads_queued_spans
         providers = [
             TracerProvider(
                 resource=Resource.create({"service.name": name}), id_generator=RunTraceIdGenerator()
@@ -278,8 +273,8 @@ def test_send_spans_queued_encoded_export_as_the_sdk_paths_spans() -> None:
             provider.add_span_processor(processor)
         _traced_through_the_hooks(*providers)
         assert processor.force_flush()
-        assert len(exporter.spans) == 8 and all(type(entry) is tuple for entry in exporter.entries)
-        requests[queued] = _comparable(encode_spans(exporter.entries))
+        assert len(exporter.spans) == 8
+        requests[queued] = _comparable(encode_spans(exporter.spans))
         exporters[queued] = exporter
         processor.shutdown()
     queued_types = [type(span).__name__ for span in exporters[True].spans]
@@ -294,36 +289,22 @@ def test_send_spans_queued_encoded_export_as_the_sdk_paths_spans() -> None:
         assert (send.name, process.name) == ("send default", "process default")
         assert process._parent.span_id == send._context.span_id
         assert process._context.trace_id == send._context.trace_id
-    entries = exporters[True].entries
-    mixed = [*entries[:4], *spans[4:]]  # entries and spans in one batch
-    assert encode_spans(mixed) == encode_spans(entries) == encode_spans(spans)
 
 
-def test_a_span_queued_encoded_is_freed_at_its_end() -> None:
-    """No span object outlives its ``end`` in the queue (it would be promoted through the garbage
-    collector's generations while it waits for the export); the entry is untracked by the collector.
-    An exporter without ``encode_for_queue`` gets the span itself, kept until the export."""
-    import gc
-    import weakref
+def test_an_exporter_that_does_not_read_queued_spans_gets_sdk_spans() -> None:
+    """A ``QueuedSpan`` is only ever handed to an exporter that says it reads them: any other
+    exporter gets the SDK's spans, which it can read through their public properties."""
+    from actors.message_spans import MessageBatchSpanProcessor, QueuedSpan
 
-    from actors.message_spans import MessageBatchSpanProcessor, SpanStarter
-    from actors.otlp_export import encoded_span
-
-    class QueueEncodingExporter(InMemorySpanExporter):
-        encode_for_queue = staticmethod(encoded_span)
-
-    for exporter, encoded in ((QueueEncodingExporter(), True), (InMemorySpanExporter(), False)):
-        provider = TracerProvider()
-        processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
-        provider.add_span_processor(processor)
-        span = SpanStarter(provider.get_tracer("t")).start(
-            "s", parent=None, kind=SpanKind.PRODUCER, attributes={"k": "v"}
-        )
-        alive = weakref.ref(span)
-        span.end()
-        del span
-        assert (alive() is None) is encoded
-        entry = processor._batch_processor._queue[0]
-        gc.collect()
-        assert (type(entry) is tuple and not gc.is_tracked(entry)) is encoded
-        provider.shutdown()
+    exporter = InMemorySpanExporter()
+    processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    assert not processor.reads_queued_spans
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    _traced_through_the_hooks(provider, provider)
+    assert processor.force_flush()
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 8 and not any(type(span) is QueuedSpan for span in spans)
+    assert {span.name for span in spans} == {"send default", "process default", "inside"}
+    assert all(span.to_json() for span in spans)
+    provider.shutdown()
