@@ -147,6 +147,8 @@ class Tracing(Middleware):
             if token is not None:
                 NEXT_TRACE_ID.reset(token)
         options[CONTEXT_OPTION] = carrier_of(span)
+        if not span.is_recording():  # not sampled: nothing to end, so nothing for after_enqueue to find
+            return
         with self._send_lock:
             self._send_spans[_send_key(message)] = span
             if len(self._send_spans) > MAX_OPEN_SEND_SPANS:

@@ -340,6 +340,19 @@ def test_unsampled_traces_propagate_their_decision_without_spans(exporter) -> No
     assert not trace.get_current_span().get_span_context().is_valid
 
 
+def test_an_unsampled_send_carries_its_decision_and_leaves_nothing_open(exporter) -> None:
+    """A send the sampler drops writes its ``traceparent`` (sampled flag off) and keeps no open send span
+    for ``after_enqueue`` to find: at a low sampling ratio most sends cost no bookkeeping."""
+    middleware = tracing.Tracing(tracer_provider=TracerProvider(sampler=ParentBased(ALWAYS_OFF)))
+    broker = StubBroker()
+    message = dramatiq.actor(lambda: None, broker=broker, actor_name="dropped").message()
+    middleware.before_enqueue(broker, message, None)
+    flags = message.options[tracing.CONTEXT_OPTION]["traceparent"].rsplit("-", 1)[1]
+    assert not int(flags, 16) & 0x01, "the sampled flag is off"
+    assert not middleware._send_spans
+    middleware.after_enqueue(broker, message, None)
+
+
 def test_steps_of_a_workflow_run_share_the_runs_trace_whoever_sends_them(exporter) -> None:
     """The engine's step messages (``saga`` option) join their run's trace without a stored carrier."""
     provider = TracerProvider(id_generator=tracing.RunTraceIdGenerator())
