@@ -425,6 +425,13 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(request)
 
 
+try:  # private to the SDK: where they moved, the exporter falls back to the SDK's own export
+    from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError as _TooLarge
+    from opentelemetry.exporter.otlp.proto.http._common import _is_request_too_large as _too_large
+except ImportError:  # pragma: no cover
+    _TooLarge, _too_large = Exception, None
+
+
 def http_span_exporter(**kwargs: Any) -> Any:
     """An OTLP/HTTP span exporter sending :func:`encode_spans` bytes.
 
@@ -440,11 +447,17 @@ def http_span_exporter(**kwargs: Any) -> Any:
         def __init__(self, **options: Any) -> None:
             super().__init__(**options)
             client_export = getattr(getattr(self, "_client", None), "export", None)
-            self.wire_encoding = callable(client_export) and hasattr(self, "_metrics")
+            self.wire_encoding = (
+                callable(client_export)
+                and hasattr(self, "_metrics")
+                and isinstance(getattr(self, "_max_request_size", None), int)
+                and _too_large is not None
+            )
             #: Whether it encodes :class:`~actors.message_spans.QueuedSpan`s (its encoder reads them).
             self.reads_queued_spans = self.wire_encoding
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            # The SDK's export with the encoder swapped: same size limit, logs and metrics.
             if not self.wire_encoding or self._shutdown:
                 return super().export(spans)
             with self._metrics.export_operation(len(spans)) as result:
@@ -454,9 +467,22 @@ def http_span_exporter(**kwargs: Any) -> Any:
                     logger.error("Failed to encode span batch: %s", error)
                     result.error = error
                     return SpanExportResult.FAILURE
+                if _too_large(data, self._max_request_size):
+                    logger.warning(
+                        "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                        len(data),
+                        self._max_request_size,
+                    )
+                    result.error = _TooLarge(
+                        f"Serialized span request size {len(data)} bytes exceeds max_request_size "
+                        f"{self._max_request_size} bytes."
+                    )
+                    return SpanExportResult.FAILURE
                 outcome = self._client.export(data)
                 if not outcome.success:
                     result.error = outcome.error
+                    status = getattr(outcome, "status_code", None)
+                    result.error_attrs = {"http.response.status_code": status} if status is not None else None
                     return SpanExportResult.FAILURE
             return SpanExportResult.SUCCESS
 

@@ -95,6 +95,22 @@ def test_http_exporter_sends_wire_bytes_through_the_sdk_client() -> None:
     assert root.attributes["big"] == 2**62 and root.attributes["text"] == "é and ascii"
 
 
+def test_http_exporter_drops_a_batch_over_max_request_size_as_the_sdk_does(caplog) -> None:
+    """The wire exporter keeps the SDK exporter's request size limit: a batch whose request is over
+    ``max_request_size`` is dropped with a warning saying both sizes, and nothing is posted."""
+    spans = _spans_of_every_shape()
+    with OTLPReceiver() as receiver:
+        small = http_span_exporter(endpoint=receiver.url, max_request_size=len(encode_spans(spans)) - 1)
+        assert small.wire_encoding
+        with caplog.at_level("WARNING"):
+            assert small.export(spans).name == "FAILURE"
+        assert "exceeds max_request_size" in caplog.text
+        exact = http_span_exporter(endpoint=receiver.url, max_request_size=len(encode_spans(spans)))
+        assert exact.export(spans).name == "SUCCESS"
+        received = receiver.wait_for(lambda got: len(got) >= len(spans))
+    assert len(received) == len(spans), "only the batch within the limit was posted"
+
+
 def test_grpc_exporter_builds_its_request_from_wire_bytes() -> None:
     spans = _spans_of_every_shape()
     exporter = grpc_span_exporter(endpoint="http://127.0.0.1:4317", insecure=True)
