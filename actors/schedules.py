@@ -111,6 +111,14 @@ class ScheduleControl(Middleware):
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor) -> None:
         # Before, not after: the broker lets a MiddlewareError from a before-hook through, so a
         # schedule that could never run stops the declaration instead of being logged.
+        self._apply(actor)
+
+    def after_declare_actor(self, broker: Broker, actor: dramatiq.Actor) -> None:
+        # Also what add_middleware calls for the actors declared before this middleware joined
+        # (and lets a ScheduleError through); for the others it finds their schedule applied.
+        self._apply(actor)
+
+    def _apply(self, actor: dramatiq.Actor) -> None:
         spec = self._spec_of(actor)
         if spec is None:
             actor.options.pop("periodic", None)

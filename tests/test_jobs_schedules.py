@@ -364,3 +364,22 @@ def test_every_actor_that_returns_a_value_stores_it():
     assert {
         name for name in returning if not actors_module.broker.actors[name].options.get("store_results")
     } == set()
+
+
+def test_schedule_control_added_late_applies_to_actors_already_declared():
+    from dramatiq.brokers.stub import StubBroker
+
+    from actors.schedules import ScheduleControl, ScheduleError
+
+    def health_check() -> None: ...
+
+    def settle(account: str) -> None: ...
+
+    broker = StubBroker()
+    declared = dramatiq.actor(health_check, broker=broker)
+    broker.add_middleware(ScheduleControl())
+    assert str(declared.options["periodic"]) == "*/2 * * * *"
+    other = StubBroker()
+    dramatiq.actor(settle, broker=other)
+    with pytest.raises(ScheduleError, match="needs account"):
+        other.add_middleware(ScheduleControl(overrides={"settle": "* * * * *"}))
