@@ -260,11 +260,6 @@ def full_stack(argv: list[str], sample_ratios: list[float]) -> None:
     receiver.join(10)
 
 
-def _group_cpu(pgid: int) -> float:
-    """CPU seconds (user + system) of the live processes of process group ``pgid``."""
-    return _group(pgid)[1]
-
-
 def _group(pgid: int) -> tuple[int, float]:
     """How many live processes process group ``pgid`` has, and their CPU seconds (user + system)."""
     count, _, cpu = _group_times(pgid)
@@ -336,7 +331,7 @@ def _wait_booted(pgid: int, processes: int, *, timeout: float = 60.0) -> None:
     """Wait until the worker processes have started and gone idle: their boot (imports, forks)
     must not count as CPU per message."""
     deadline = time.monotonic() + timeout
-    last = _group_cpu(pgid)
+    last = _group(pgid)[1]
     while time.monotonic() < deadline:
         time.sleep(0.5)
         size, now = _group(pgid)

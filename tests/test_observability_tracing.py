@@ -340,7 +340,7 @@ def test_unsampled_traces_propagate_their_decision_without_spans(exporter) -> No
     assert not trace.get_current_span().get_span_context().is_valid
 
 
-def test_an_unsampled_send_carries_its_decision_and_leaves_nothing_open(exporter) -> None:
+def test_an_unsampled_send_carries_its_decision_and_leaves_nothing_open() -> None:
     """A send the sampler drops writes its ``traceparent`` (sampled flag off) and keeps no open send span
     for ``after_enqueue`` to find: at a low sampling ratio most sends cost no bookkeeping."""
     middleware = tracing.Tracing(tracer_provider=TracerProvider(sampler=ParentBased(ALWAYS_OFF)))
