@@ -245,6 +245,9 @@ _SAMPLED = TraceFlags.SAMPLED
 _RANDOM_TRACE_ID = TraceFlags.RANDOM_TRACE_ID
 _TRACE_FLAGS = [TraceFlags(flags) for flags in range(256)]
 
+#: The end of a ``traceparent``, by flags byte.
+_FLAGS_SUFFIX = [f"-{flags:02x}" for flags in range(256)]
+
 
 def _span_context_is_a_tuple() -> bool:
     """Whether ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote, flags, state, is_valid)``."""
@@ -360,6 +363,14 @@ class SpanStarter:
         self._no_metrics = self.direct and type(tracer._tracer_metrics) is _NoOpTracerMetrics
         #: Whether :meth:`start_queued` may start a :class:`QueuedSpan` (SDK metrics would miss it).
         self._queueable = self._known_sampler and self._no_metrics
+        processors = tracer.span_processor if self._queueable else None
+        # What queued_root needs of the provider, worked out again when its processors change.
+        self._processors = processors if type(processors) is SynchronousMultiSpanProcessor else None
+        sampler = tracer.sampler if self._known_sampler else None
+        #: The sampler deciding a root span (a ``ParentBased`` sampler's root delegate), looked up once.
+        self._root_sampler = sampler._root if isinstance(sampler, sampling.ParentBased) else sampler
+        self._root_registered: Any = None
+        self._root_processor: MessageBatchSpanProcessor | None = None
 
     def start(
         self,
@@ -456,6 +467,61 @@ class SpanStarter:
         if not sampled:  # RECORD_ONLY too: recorded for no processor, as its batch processor skips it
             return NonRecordingSpan(span_context)
         return QueuedSpan(name, span_context, parent_span_context, kind, attributes, tracer, processor)
+
+    def queued_root(
+        self, name: str, kind: SpanKind, attributes: dict[str, Any]
+    ) -> tuple[QueuedSpan | None, str] | None:
+        """A root span as :meth:`start_queued` starts it, with its ``traceparent``, in one step.
+
+        For the common send, a message sent outside any span (the caller
+        checked that the current context is empty, so there is no parent
+        and no baggage): nothing is looked up but the provider's state,
+        and the ``traceparent`` is written from the new ids.  ``None``
+        when :meth:`start_queued` and :func:`carrier_of` are needed
+        instead (another processor, limits, a sampler or propagator of
+        another kind, the tracer disabled, an id generator giving an
+        invalid id); the span is ``None`` when the sampler drops the trace,
+        whose ``traceparent`` then carries that decision.
+        """
+        processor = self._root_processor_of()
+        if processor is None or not self.tracer._is_enabled() or not _is_default_propagator():
+            return None
+        limit = self.tracer._span_limits.max_span_attributes
+        if limit is not None and len(attributes) > limit:
+            return None
+        generator = self.tracer.id_generator
+        trace_id = generator.generate_trace_id()
+        decision = _decide(self._root_sampler, None, trace_id)
+        span_id = generator.generate_span_id()
+        if not _valid(trace_id, span_id):
+            return None
+        flags = _RANDOM_TRACE_ID if generator.is_trace_id_random() else 0
+        # The traceparent as carrier_of writes it; bytes.hex() costs a third of a format spec's work.
+        ids = "00-" + trace_id.to_bytes(16, "big").hex() + "-" + span_id.to_bytes(8, "big").hex()
+        if decision is not _RECORD_AND_SAMPLE:  # RECORD_ONLY too, as in start_queued
+            return None, ids + _FLAGS_SUFFIX[flags]
+        flags |= _SAMPLED
+        span_context = _new_span_context(
+            (trace_id, span_id, False, _TRACE_FLAGS[flags], DEFAULT_TRACE_STATE, True)
+        )
+        span = QueuedSpan(name, span_context, None, kind, attributes, self.tracer, processor)
+        return span, ids + _FLAGS_SUFFIX[flags]
+
+    def _root_processor_of(self) -> MessageBatchSpanProcessor | None:
+        """The processor :meth:`queued_root` queues to; ``None`` when the provider's state rules it out.
+
+        Worked out once per set of registered processors (the SDK replaces its tuple on each add).
+        """
+        if self._processors is None:
+            return None
+        registered = self._processors._span_processors
+        if registered is not self._root_registered:
+            processor = _lone_batch_processor(self._processors)
+            limits = self.tracer._span_limits
+            usable = processor is not None and processor.reads_queued_spans
+            self._root_processor = processor if usable and limits.max_span_attribute_length is None else None
+            self._root_registered = registered
+        return self._root_processor
 
     def _context_of(
         self, trace_id: int, random_trace_id: bool, sampled: bool, trace_state: Any
@@ -573,7 +639,8 @@ def carrier_of(span: trace.Span) -> dict[str, str]:
     trace_state = span_context.trace_state
     if (trace_state is not DEFAULT_TRACE_STATE and trace_state) or not _is_default_propagator() or _baggage():
         carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        # Its context, not the span: a QueuedSpan is no trace.Span, which the propagators would skip.
+        propagate.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(span_context)))
         return carrier
     if not span_context.is_valid:
         return {}

@@ -44,7 +44,14 @@ from saga.run_tracing import (
     run_trace_id,
 )
 
-from .message_spans import MessageBatchSpanProcessor, SpanStarter, carrier_of, context_from, parent_from
+from .message_spans import (
+    TRACEPARENT_KEY,
+    MessageBatchSpanProcessor,
+    SpanStarter,
+    carrier_of,
+    context_from,
+    parent_from,
+)
 from .otlp_export import grpc_span_exporter, http_span_exporter
 
 #: ``messaging.system`` of our spans.
@@ -103,6 +110,12 @@ class Tracing(Middleware):
 
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         options = message.options
+        if (
+            options.keys().isdisjoint(_TRACE_OPTIONS)
+            and not context.get_current()
+            and self._send_root(message, delay)
+        ):
+            return
         links = links_from(options[LINKS_OPTION]) if LINKS_OPTION in options else []
         parent = self._parent_of_send(message, bool(links))
         # Looked up once (the current span's when parent is None), for the sampling checks and the span.
@@ -147,8 +160,31 @@ class Tracing(Middleware):
             if token is not None:
                 NEXT_TRACE_ID.reset(token)
         options[CONTEXT_OPTION] = carrier_of(span)
-        if not span.is_recording():  # not sampled: nothing to end, so nothing for after_enqueue to find
-            return
+        if span.is_recording():  # not sampled: nothing to end, so nothing for after_enqueue to find
+            self._open_send(message, span)
+
+    def _send_root(self, message: Message, delay: int | None) -> bool:
+        """Start the send span of a message sent outside any span, its first send; False if it cannot here.
+
+        The producer's common send, in one straight line: a new trace, its
+        decision and ``traceparent`` (see :meth:`SpanStarter.queued_root`).
+        """
+        name, attributes = self._attributes(
+            "send", message.queue_name, message.actor_name, message.message_id, message.options
+        )
+        if delay:
+            attributes["messaging.dramatiq.delay_ms"] = delay
+        root = self.spans.queued_root(name, SpanKind.PRODUCER, attributes)
+        if root is None:
+            return False
+        span, traceparent = root
+        message.options[CONTEXT_OPTION] = {TRACEPARENT_KEY: traceparent}
+        if span is not None:
+            self._open_send(message, span)
+        return True
+
+    def _open_send(self, message: Message, span: Span) -> None:
+        """Keep ``span`` until ``after_enqueue`` ends it (or, never called, until it is evicted as failed)."""
         with self._send_lock:
             self._send_spans[_send_key(message)] = span
             if len(self._send_spans) > MAX_OPEN_SEND_SPANS:
@@ -285,6 +321,11 @@ class Tracing(Middleware):
             attributes[WORKFLOW_STEP] = str(saga.get("step"))
             attributes[WORKFLOW_COMPENSATION] = saga.get("kind") == COMPENSATE
         return name, attributes
+
+
+#: Options that give a send its parent, links, attributes or workflow run: a send with none of them,
+#: outside any span, starts a new trace (:meth:`Tracing._send_root`).
+_TRACE_OPTIONS = frozenset({CONTEXT_OPTION, PARENT_OPTION, LINKS_OPTION, ATTRIBUTES_OPTION, SAGA_OPTION})
 
 
 def _extra_attributes(options: dict[str, Any]) -> dict[str, Any] | None:

@@ -324,3 +324,69 @@ def test_an_exporter_that_does_not_read_queued_spans_gets_sdk_spans() -> None:
     assert {span.name for span in spans} == {"send default", "process default", "inside"}
     assert all(span.to_json() for span in spans)
     provider.shutdown()
+
+
+def _root_send(middleware, *, inside=None, baggage_entry=None):
+    """One message sent through ``middleware``'s send hooks, inside ``inside`` (a span) or with
+    baggage; its ``traceparent``'s ids and flags, and the send span left open before ``after_enqueue``."""
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+    from opentelemetry import baggage, context, trace
+
+    broker = StubBroker()
+    message = dramatiq.actor(lambda: None, broker=broker, actor_name="root").message()
+    current = context.get_current()
+    if inside is not None:
+        current = trace.set_span_in_context(inside, current)
+    if baggage_entry is not None:
+        current = baggage.set_baggage(*baggage_entry, context=current)
+    token = context.attach(current)
+    try:
+        middleware.before_enqueue(broker, message, None)
+    finally:
+        context.detach(token)
+    open_spans = list(middleware._send_spans.values())
+    middleware.after_enqueue(broker, message, None)
+    carrier = message.options["trace_context"]
+    _, trace_id, span_id, flags = carrier["traceparent"].split("-")
+    return carrier, int(trace_id, 16), int(span_id, 16), int(flags, 16), open_spans
+
+
+def test_a_root_send_is_one_queued_span_whose_ids_its_traceparent_carries() -> None:
+    """A message sent outside any span starts a new trace in one step (``SpanStarter.queued_root``): a
+    ``QueuedSpan`` without parent whose ids and flags (sampled, random trace id) the ``traceparent``
+    carries; sent inside a span or with baggage, it takes the general path (parented, baggage kept);
+    dropped by the sampler, it carries the decision and leaves no open span and nothing to export."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from actors.message_spans import MessageBatchSpanProcessor, QueuedSpan
+    from actors.tracing import RunTraceIdGenerator, Tracing
+
+    spans = []
+    for ratio in (1.0, 0.0):
+        exporter = _QueueReadingExporter()
+        provider = TracerProvider(
+            sampler=ParentBased(TraceIdRatioBased(ratio)), id_generator=RunTraceIdGenerator()
+        )
+        provider.add_span_processor(MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+        middleware = Tracing(tracer_provider=provider)
+        carrier, trace_id, span_id, flags, open_spans = _root_send(middleware)
+        assert list(carrier) == ["traceparent"] and flags & 0x02, "a random trace id, flagged"
+        if ratio == 0.0:
+            assert not flags & 0x01 and open_spans == []
+            assert provider.force_flush() and exporter.spans == []
+            continue
+        assert flags & 0x01 and len(open_spans) == 1 and type(open_spans[0]) is QueuedSpan
+        inside = provider.get_tracer("caller").start_span("caller")
+        _, nested_trace, _, _, nested = _root_send(middleware, inside=inside)
+        assert nested_trace == inside.get_span_context().trace_id
+        assert nested[0]._parent.span_id == inside.get_span_context().span_id
+        carried, _, _, _, _ = _root_send(middleware, baggage_entry=("tenant", "t1"))
+        assert carried["baggage"] == "tenant=t1"
+        assert provider.force_flush()
+        spans = exporter.spans
+        assert len(spans) == 3 and spans[0] is open_spans[0]
+        assert (spans[0]._context.trace_id, spans[0]._context.span_id) == (trace_id, span_id)
+        assert spans[0]._parent is None and spans[0]._end_time >= spans[0]._start_time
+        provider.shutdown()
+    assert spans, "the sampled side exported its spans"
