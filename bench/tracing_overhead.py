@@ -365,7 +365,9 @@ def _fresh_database(url: str, scratch: str) -> str:
 CONTROL = "off, again"
 
 
-def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int, threads: int) -> None:
+def full_stack_cpu(
+    messages: int, rounds: int, database_url: str, processes: int, threads: int, sampled: float | None = None
+) -> None:
     """CPU per message of real ``dramatiq`` worker processes (and of the producer process), full
     stack, tracing off and on, and raw Dramatiq: sides alternate in rounds, their order rotated by
     one each round and reversed every other cycle, with a second tracing-off side as a control;
@@ -374,7 +376,8 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
     The producer fills the queue and counts its own CPU, from its first send to its last span
     exported; the workers then boot and go idle before the queue is handed to them at once.
     CPU time, unlike wall-clock rates, hardly moves with the other processes of a shared machine;
-    each round's on/off ratio compares two neighbours."""
+    each round's on/off ratio compares two neighbours.  ``sampled``, when given, adds a side tracing
+    that share of traces (``TRADEFLOW_TRACING_SAMPLE_RATIO``)."""
     import statistics
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -391,10 +394,15 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
         ("tracing on", tracing_on),
         (CONTROL, {}),
     ]
+    if sampled is not None:
+        sampled_side = f"on, {sampled:.0%}"
+        throughput.VARIANTS.append(
+            (sampled_side, {**tracing_on, "TRADEFLOW_TRACING_SAMPLE_RATIO": str(sampled)})
+        )
     client = redis.Redis.from_url(REDIS_URL)
     results: dict[str, list[tuple[float, float, float, float]]] = {}
-    pairs: list[tuple[float, float]] = []
-    controls: list[tuple[float, float]] = []
+    # Round by round, against that round's tracing-off side: (CPU, user CPU, drain rate) ratios - 1.
+    ratios: dict[str, list[tuple[float, float, float]]] = {}
     try:
         for round_number in range(rounds):
             sides = throughput.make_sides(REDIS_URL, [database_url])
@@ -418,9 +426,12 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
                     f"CPU per message ({row[3]:4.0f} µs of it in the kernel), {row[2]:6.0f} msg/s",
                     flush=True,
                 )
-            on, off, again = (results[name][-1] for name in ("tracing on", "tracing off", CONTROL))
-            pairs.append((_cost(on, off), _cost(on, off, user_only=True)))
-            controls.append((_cost(again, off), _cost(again, off, user_only=True)))
+            off = results["tracing off"][-1]
+            for name, rows in results.items():
+                if name not in ("tracing off", "raw dramatiq"):
+                    side = rows[-1]
+                    ratio = (_cost(side, off), _cost(side, off, user_only=True), side[2] / off[2] - 1)
+                    ratios.setdefault(name, []).append(ratio)
     finally:
         stop.set()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -450,17 +461,19 @@ def full_stack_cpu(messages: int, rounds: int, database_url: str, processes: int
         f"tracing on vs off: CPU per message {cost:+.1%} (target +15% at most; producer "
         f"{on[0] - off[0]:+.0f} µs, workers {on[1] - off[1]:+.0f} µs), drain rate {on[2] / off[2] - 1:+.1%}"
     )
-    for label, column in (("CPU", 0), ("user CPU (kernel's left out)", 1)):
-        print(f"  round by round, {label}:")
-        for what, rows in (("on vs off", pairs), (f"control, {CONTROL} vs off (the noise)", controls)):
+    for label, column in (("CPU", 0), ("user CPU (kernel's left out)", 1), ("drain rate", 2)):
+        print(f"  round by round, {label}, against the round's tracing-off side ({CONTROL}: the noise):")
+        for name, rows in ratios.items():
             costs = [row[column] for row in rows]
             print(
-                f"    {what}: "
+                f"    {name}: "
                 + ", ".join(f"{cost:+.1%}" for cost in costs)
                 + f"; median {statistics.median(costs):+.1%}"
             )
     expected = 2 * messages * rounds
-    print(f"spans received by the OTLP receiver: {received} (tracing on sent {expected})")
+    print(
+        f"spans received by the OTLP receiver: {received} (tracing on sent {expected}, a sampled side more)"
+    )
 
 
 def _cost(side: tuple[float, ...], off: tuple[float, ...], *, user_only: bool = False) -> float:
@@ -516,6 +529,9 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, default=2, help="worker processes (--full-stack-cpu)")
     parser.add_argument(
+        "--sampled-side", type=float, metavar="RATIO", help="--full-stack-cpu: a side tracing this share"
+    )
+    parser.add_argument(
         "--full-stack",
         nargs=argparse.REMAINDER,
         help="run bench/throughput.py with these arguments, plus tracing-on sides (100%% and 10%%)",
@@ -525,7 +541,9 @@ def main() -> None:
         metrics_hook_costs()
         return
     if args.full_stack_cpu:
-        full_stack_cpu(args.messages, args.rounds, args.full_stack_cpu, args.processes, args.threads)
+        full_stack_cpu(
+            args.messages, args.rounds, args.full_stack_cpu, args.processes, args.threads, args.sampled_side
+        )
         return
     if args.full_stack is not None:
         full_stack(args.full_stack, [1.0, 0.1])
