@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from typing import Any
 
 #: Seconds a child gets to finish after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
@@ -66,11 +68,42 @@ def stop(processes: Sequence[subprocess.Popen], *, timeout: float = STOP_TIMEOUT
 @contextmanager
 def running(commands: Sequence[list[str]], *, env: dict[str, str]) -> Iterator[list[subprocess.Popen]]:
     """Run ``commands`` as children for the block, each leading a process group of its own
-    (a terminal's Ctrl-C reaches only us; we stop them); stop them all on exit."""
+    (a terminal's Ctrl-C reaches only us; we stop them); stop them all on exit.
+
+    In the main thread, SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the block whatever
+    their inherited disposition, so either stops the children: Docker, systemd and Kubernetes
+    stop a service with SIGTERM, and a shell starts a background job with SIGINT ignored.
+    """
     processes: list[subprocess.Popen] = []
+    with _interrupted_by_stop_signals():
+        try:
+            for command in commands:
+                processes.append(subprocess.Popen(command, env=env, start_new_session=True))
+            yield processes
+        finally:
+            stop(list(reversed(processes)))
+
+
+#: Signals that stop a supervisor and its children: a terminal's Ctrl-C, and a service manager's stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _interrupted_by_stop_signals() -> Iterator[None]:
+    """The first stop signal raises ``KeyboardInterrupt``; later ones (the children stopping) are ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; its own stay in force
+        return
+    received: list[int] = []
+
+    def interrupt(number: int, frame: Any) -> None:
+        if not received:
+            received.append(number)
+            raise KeyboardInterrupt(signal.Signals(number).name)
+
+    previous = {number: signal.signal(number, interrupt) for number in STOP_SIGNALS}
     try:
-        for command in commands:
-            processes.append(subprocess.Popen(command, env=env, start_new_session=True))
-        yield processes
+        yield
     finally:
-        stop(list(reversed(processes)))
+        for number, handler in previous.items():
+            signal.signal(number, handler)

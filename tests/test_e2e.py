@@ -119,9 +119,19 @@ def test_sigkill_mid_task_is_redelivered_and_audited_once(settings, tmp_path: Pa
     assert [r.task_id for r in list_tasks(engine, task_type="slow_marker")] == [task_id]
 
 
+def _ignore_sigint() -> None:
+    # As a shell starts a background job (`tradeflow up &`): SIGINT ignored, inherited by Python.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_up_runs_workers_until_interrupted(settings):
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["sigint-inherited-ignored", "sigterm"]
+)
+def test_up_runs_workers_until_interrupted(settings, stop_signal):
+    """``tradeflow up`` stops its children and exits 0 on SIGINT (even one its parent ignored) and on
+    SIGTERM (what Docker, systemd and Kubernetes send)."""
     env = settings_env(settings)
     env.update(TRADEFLOW_WORKER_PROCESSES="1", TRADEFLOW_WORKER_THREADS="2")
     up = subprocess.Popen(
@@ -132,6 +142,7 @@ def test_up_runs_workers_until_interrupted(settings):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_ignore_sigint if stop_signal == signal.SIGINT else None,
     )
     # A reader thread keeps the pipe drained: a full pipe would block every child's logging.
     lines: list[str] = []
@@ -150,14 +161,17 @@ def test_up_runs_workers_until_interrupted(settings):
     except BaseException as error:  # reported below with the stack's output, after it is stopped
         failure = error
     finally:
-        up.send_signal(signal.SIGINT)
+        children = children_of(up.pid)
+        up.send_signal(stop_signal)
         try:
             up.wait(timeout=45)
         except subprocess.TimeoutExpired:
             for group in [*children_of(up.pid), up.pid]:  # each child of up leads a group of its own
                 os.killpg(group, signal.SIGKILL)
             up.wait()
-            failure = failure or AssertionError("`tradeflow up` did not stop within 45 s of SIGINT")
+            failure = failure or AssertionError(
+                f"`tradeflow up` did not stop within 45 s of {stop_signal.name}"
+            )
         reader.join(10)
     output = "".join(lines)
     if failure is not None:
@@ -165,6 +179,7 @@ def test_up_runs_workers_until_interrupted(settings):
     assert up.returncode == 0, output
     assert f"redis: {settings.redis_url}" in output
     assert "stopping..." in output
+    assert children and not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children stopped"
 
 
 @pytest.mark.timeout(180)
