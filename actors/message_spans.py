@@ -364,13 +364,14 @@ class SpanStarter:
         #: Whether :meth:`start_queued` may start a :class:`QueuedSpan` (SDK metrics would miss it).
         self._queueable = self._known_sampler and self._no_metrics
         processors = tracer.span_processor if self._queueable else None
-        # What queued_root needs of the provider, worked out again when its processors change.
+        # What queued_root and start_current need of the provider, read again when its processors change.
         self._processors = processors if type(processors) is SynchronousMultiSpanProcessor else None
         sampler = tracer.sampler if self._known_sampler else None
         #: The sampler deciding a root span (a ``ParentBased`` sampler's root delegate), looked up once.
         self._root_sampler = sampler._root if isinstance(sampler, sampling.ParentBased) else sampler
-        self._root_registered: Any = None
+        self._registered: Any = None
         self._root_processor: MessageBatchSpanProcessor | None = None
+        self._lone_processor: MessageBatchSpanProcessor | None = None
 
     def start(
         self,
@@ -507,21 +508,60 @@ class SpanStarter:
         span = QueuedSpan(name, span_context, None, kind, attributes, self.tracer, processor)
         return span, ids + _FLAGS_SUFFIX[flags]
 
-    def _root_processor_of(self) -> MessageBatchSpanProcessor | None:
-        """The processor :meth:`queued_root` queues to; ``None`` when the provider's state rules it out.
+    def start_current(
+        self, name: str, kind: SpanKind, attributes: dict[str, Any], parent: SpanContext
+    ) -> tuple[trace.Span, context.Context] | None:
+        """A span under the remote ``parent`` and the context that makes it current, in one step.
 
-        Worked out once per set of registered processors (the SDK replaces its tuple on each add).
+        For the worker's common case, a message carrying a sampled
+        ``traceparent`` of ours and no links or extra attributes: the span
+        :meth:`start` would start (a :class:`MessageSpan`), without building
+        the parent's context or looking its span up again.  ``None`` when
+        :meth:`start` is needed instead (another processor registered, SDK
+        metrics, a sampler of another kind, the tracer disabled).
+        ``attributes`` must be valid attribute values.
+        """
+        tracer = self.tracer
+        if self._lone_processor_of() is None or not tracer._is_enabled():
+            return None
+        trace_id = parent.trace_id
+        decision = _decide(tracer.sampler, parent, trace_id)
+        random_trace_id = bool(parent.trace_flags & _RANDOM_TRACE_ID)
+        sampled = decision is _RECORD_AND_SAMPLE
+        span_context = self._context_of(trace_id, random_trace_id, sampled, parent.trace_state)
+        if not sampled and decision is not _RECORD_ONLY:
+            span: trace.Span = NonRecordingSpan(span_context)
+        else:  # a lone batch processor's on_start does nothing: not called, as in start
+            span = MessageSpan(name, span_context, parent, kind, attributes, (), tracer, None)
+            span._start_time = time_ns()
+        return span, current_context(span)
+
+    def _lone_processor_of(self) -> MessageBatchSpanProcessor | None:
+        """The provider's processor when it is one :class:`MessageBatchSpanProcessor` alone, else ``None``.
+
+        Also ``None`` when :meth:`start` is needed anyway (SDK metrics, a sampler of another kind).
         """
         if self._processors is None:
             return None
-        registered = self._processors._span_processors
-        if registered is not self._root_registered:
-            processor = _lone_batch_processor(self._processors)
-            limits = self.tracer._span_limits
-            usable = processor is not None and processor.reads_queued_spans
-            self._root_processor = processor if usable and limits.max_span_attribute_length is None else None
-            self._root_registered = registered
+        if self._processors._span_processors is not self._registered:
+            self._read_processors()
+        return self._lone_processor
+
+    def _root_processor_of(self) -> MessageBatchSpanProcessor | None:
+        """The processor :meth:`queued_root` queues to; ``None`` when the provider's state rules it out."""
+        if self._processors is None:
+            return None
+        if self._processors._span_processors is not self._registered:
+            self._read_processors()
         return self._root_processor
+
+    def _read_processors(self) -> None:
+        # Once per set of registered processors: the SDK replaces its tuple on each add.
+        self._registered = self._processors._span_processors
+        self._lone_processor = processor = _lone_batch_processor(self._processors)
+        usable = processor is not None and processor.reads_queued_spans
+        no_length_limit = self.tracer._span_limits.max_span_attribute_length is None
+        self._root_processor = processor if usable and no_length_limit else None
 
     def _context_of(
         self, trace_id: int, random_trace_id: bool, sampled: bool, trace_state: Any
@@ -673,30 +713,45 @@ def parent_from(carrier: Mapping[str, str] | None) -> tuple[context.Context, Spa
     """
     if not carrier:
         return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
-    if len(carrier) == 1 and _is_default_propagator():
-        value = carrier.get(TRACEPARENT_KEY)
-        match = TRACEPARENT.match(value) if type(value) is str else None
-        if match is not None:
-            trace_id, span_id, flags = match.groups()
-            if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
-                return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
-            span_context = _new_span_context(
-                (
-                    int(trace_id, 16),
-                    int(span_id, 16),
-                    True,
-                    _TRACE_FLAGS[int(flags, 16)],
-                    DEFAULT_TRACE_STATE,
-                    True,
-                )
-            )
-            return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY_CONTEXT), span_context
-    extracted = propagate.extract(carrier)
-    span_context = trace.get_current_span(extracted).get_span_context()
+    span_context = traceparent_of(carrier)
+    if span_context is None:
+        extracted = propagate.extract(carrier)
+        span_context = trace.get_current_span(extracted).get_span_context()
+    else:
+        extracted = current_context(NonRecordingSpan(span_context))
     if not span_context.is_valid:
         return _EMPTY_CONTEXT, trace.INVALID_SPAN_CONTEXT
     return extracted, span_context
 
+
+def traceparent_of(carrier: Any) -> SpanContext | None:
+    """The remote span context of a carrier holding a ``traceparent`` of ours and nothing else.
+
+    ``None`` for any other carrier (more fields, another form, another
+    global propagator): the global propagator reads those.  Ids of zero
+    give the invalid span context, as ``propagate.extract`` does.
+    """
+    if type(carrier) is not dict or len(carrier) != 1 or not _is_default_propagator():
+        return None
+    value = carrier.get(TRACEPARENT_KEY)
+    match = TRACEPARENT.match(value) if type(value) is str else None
+    if match is None:
+        return None
+    trace_id, span_id, flags = match.groups()
+    if trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
+        return trace.INVALID_SPAN_CONTEXT
+    return _new_span_context(
+        (int(trace_id, 16), int(span_id, 16), True, _TRACE_FLAGS[int(flags, 16)], DEFAULT_TRACE_STATE, True)
+    )
+
+
+def current_context(span: trace.Span) -> context.Context:
+    """The context holding ``span`` and nothing else: ``set_span_in_context(span, Context())`` in one step."""
+    return context.Context({_SPAN_KEY: span})
+
+
+#: The key ``set_span_in_context`` stores the span under (read off the API, not imported: it is private).
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, context.Context())))
 
 #: The context of a message without a parent (contexts are immutable: one serves all).
 _EMPTY_CONTEXT = context.Context()

@@ -26,7 +26,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
 from config import Settings
 from saga import SAGA_OPTION
@@ -50,7 +59,9 @@ from .message_spans import (
     SpanStarter,
     carrier_of,
     context_from,
+    current_context,
     parent_from,
+    traceparent_of,
 )
 from .otlp_export import grpc_span_exporter, http_span_exporter
 
@@ -66,6 +77,9 @@ MAX_OPEN_SEND_SPANS = 10_000
 
 #: Seconds a worker waits at shutdown for its last spans to be exported.
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
+
+#: The trace flag of a sampled trace.
+_SAMPLED = TraceFlags.SAMPLED
 
 #: Batch span processor, tuned for throughput (the SDK's defaults are 2048
 #: and 512): a 2,000 messages/s worker records 4,000 spans/s, so a larger
@@ -202,6 +216,8 @@ class Tracing(Middleware):
         # The proxied message's fields are read on the message itself: each read through the proxy is a call.
         inner = _unproxied(message)
         options, message_id = inner.options, inner.message_id
+        if options.keys().isdisjoint(_SPAN_OPTIONS) and self._process_remote(inner):
+            return
         parent, parent_span_context = parent_from(options.get(CONTEXT_OPTION))
         if parent_span_context.is_valid and not parent_span_context.trace_flags.sampled:
             # The actor's own sends still carry the trace's decision.
@@ -221,6 +237,30 @@ class Tracing(Middleware):
         )
         token = context.attach(trace.set_span_in_context(span, parent))
         self._process_spans[message_id] = (span, token)
+
+    def _process_remote(self, message: Message) -> bool:
+        """Open the processing of a message carrying a ``traceparent`` of ours; False if it cannot here.
+
+        The worker's common message, in one straight line: the carried
+        context's span, or a process span under it (see
+        :meth:`SpanStarter.start_current`), made current.
+        """
+        parent = traceparent_of(message.options.get(CONTEXT_OPTION))
+        if parent is None or not parent.is_valid:
+            return False
+        if not parent.trace_flags & _SAMPLED:  # the actor's own sends still carry the trace's decision
+            token = context.attach(current_context(NonRecordingSpan(parent)))
+            self._process_spans[message.message_id] = (None, token)
+            return True
+        name, attributes = self._attributes(
+            "process", message.queue_name, message.actor_name, message.message_id, message.options
+        )
+        started = self.spans.start_current(name, SpanKind.CONSUMER, attributes, parent)
+        if started is None:
+            return False
+        span, current = started
+        self._process_spans[message.message_id] = (span, context.attach(current))
+        return True
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: BaseException | None = None
@@ -322,6 +362,10 @@ class Tracing(Middleware):
             attributes[WORKFLOW_COMPENSATION] = saga.get("kind") == COMPENSATE
         return name, attributes
 
+
+#: Options that give a process span links or extra attributes: a message with neither, carrying a
+#: ``traceparent`` of ours, is processed under it in one step (:meth:`Tracing._process_remote`).
+_SPAN_OPTIONS = frozenset({LINKS_OPTION, ATTRIBUTES_OPTION})
 
 #: Options that give a send its parent, links, attributes or workflow run: a send with none of them,
 #: outside any span, starts a new trace (:meth:`Tracing._send_root`).

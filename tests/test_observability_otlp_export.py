@@ -301,10 +301,11 @@ def test_queued_send_spans_export_as_the_sdk_paths_spans() -> None:
     statuses = [span.status.message for _, _, span in requests[True] if span.name == "send default"]
     assert statuses.count("enqueue did not complete") == 1
     spans = exporters[True].spans
-    for send, process in ((spans[0], spans[2]), (spans[3], spans[5])):
-        assert (send.name, process.name) == ("send default", "process default")
+    for send, inside, process in (spans[0:3], spans[3:6]):
+        assert (send.name, inside.name, process.name) == ("send default", "inside", "process default")
         assert process._parent.span_id == send._context.span_id
         assert process._context.trace_id == send._context.trace_id
+        assert inside._parent.span_id == process._context.span_id, "the actor's span nests under it"
 
 
 def test_an_exporter_that_does_not_read_queued_spans_gets_sdk_spans() -> None:
@@ -390,3 +391,65 @@ def test_a_root_send_is_one_queued_span_whose_ids_its_traceparent_carries() -> N
         assert spans[0]._parent is None and spans[0]._end_time >= spans[0]._start_time
         provider.shutdown()
     assert spans, "the sampled side exported its spans"
+
+
+def test_a_message_carrying_our_traceparent_is_processed_in_one_step(monkeypatch) -> None:
+    """A message carrying only a ``traceparent`` of ours is processed under it without building the
+    parent's context (``SpanStarter.start_current``): the process span, a child of the carried span, is
+    the whole current context while the actor runs, and the context before is back afterwards; an
+    unsampled ``traceparent`` makes its span current and records nothing; with another processor
+    registered the general path runs."""
+    import dramatiq
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+    from opentelemetry import context, trace
+
+    from actors import tracing as tracing_module
+    from actors.message_spans import MessageBatchSpanProcessor, MessageSpan
+    from actors.tracing import RunTraceIdGenerator, Tracing
+
+    exporter = _QueueReadingExporter()
+    provider = TracerProvider(id_generator=RunTraceIdGenerator())
+    provider.add_span_processor(MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    middleware = Tracing(tracer_provider=provider)
+    broker = StubBroker()
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="lean", queue_name="lean")
+    trace_id, span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+
+    def general_path(carrier):
+        raise AssertionError("the general path ran")
+
+    def processed(flags: int, *, fail: bool = False):
+        carrier = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+        message = actor.message_with_options(trace_context=carrier)
+        proxy = MessageProxy(dramatiq.Message.decode(message.encode()))
+        before = context.get_current()
+        middleware.before_process_message(broker, proxy)
+        current, span = context.get_current(), trace.get_current_span()
+        middleware.after_process_message(broker, proxy, exception=KeyError("k") if fail else None)
+        assert context.get_current() is before, "the context is detached"
+        return current, span, proxy
+
+    monkeypatch.setattr(tracing_module, "parent_from", general_path)
+    current, span, proxy = processed(0x03, fail=True)
+    assert type(span) is MessageSpan and dict(current) == dict(
+        trace.set_span_in_context(span, context.Context())
+    )
+    assert span.kind is trace.SpanKind.CONSUMER and span.name == "process lean"
+    assert (span._parent.trace_id, span._parent.span_id, span._parent.is_remote) == (trace_id, span_id, True)
+    assert span.get_span_context().trace_id == trace_id and span.get_span_context().trace_flags == 0x03
+    assert span.attributes["messaging.message.id"] == proxy.message_id
+    assert span.status.status_code is trace.StatusCode.ERROR and span.events[0].name == "exception"
+    assert (
+        proxy.options["trace_context"]["traceparent"].split("-")[2]
+        == f"{span.get_span_context().span_id:016x}"
+    )
+    _, unsampled, _ = processed(0x02)
+    assert type(unsampled) is trace.NonRecordingSpan
+    assert (unsampled.get_span_context().span_id, unsampled.get_span_context().trace_flags) == (span_id, 0x02)
+    assert provider.force_flush() and exporter.spans == [span], "only the sampled span is exported"
+
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    with_another = middleware.spans.start_current("s", trace.SpanKind.CONSUMER, {}, span._parent)
+    assert with_another is None, "another processor registered: the general path's on_start calls"
+    provider.shutdown()
