@@ -10,4 +10,4 @@ broker = RedisBroker(url=os.environ["BENCH_REDIS_URL"], namespace=os.environ["BE
 broker.add_middleware(CurrentMessage())
 dramatiq.set_broker(broker)
 
-from bench.bench_actors import flush_spans, latency_probe, noop  # noqa: E402,F401
+from bench.bench_actors import burn, flush_spans, latency_probe, noop  # noqa: E402,F401

@@ -24,6 +24,14 @@ def noop() -> None:
 
 
 @dramatiq.actor(queue_name="bench", max_retries=0)
+def burn(microseconds: int) -> None:
+    """Spend ``microseconds`` of this thread's CPU time: a message that does some work."""
+    deadline = time.thread_time() + microseconds / 1e6
+    while time.thread_time() < deadline:
+        pass
+
+
+@dramatiq.actor(queue_name="bench", max_retries=0)
 def latency_probe(sent_at: float, key: str) -> None:
     """Push how long after ``sent_at`` (time.time()) this message started, in ms."""
     assert CurrentMessage.get_current_message() is not None

@@ -8,6 +8,8 @@ sampling 10% of traces, side by side.
     .venv/bin/python bench/tracing_overhead.py --full-stack --messages 10000 --rounds 3 --database-url URL
         # bench/throughput.py's real worker processes: raw Dramatiq, full stack with tracing off,
         # and full stack with tracing on (every span, and 10% of traces) exporting to a receiver
+    .venv/bin/python bench/tracing_overhead.py --full-stack-cpu sqlite:///DB [--sampled-side R] [--work-ms 1]
+        # CPU per message of real worker processes and their producer, sides alternated in rounds
 
 Each round sends N messages (timed: enqueue rate) to an actor that burns ``--work-ms`` of CPU
 (0: a no-op, the worst case for any per-message overhead), then runs an in-process worker until
@@ -285,8 +287,9 @@ def _group_times(pgid: int) -> tuple[int, float, float]:
     return count, system / hertz, ticks / hertz
 
 
-#: Producer run by :func:`_produce`: sends N no-op messages, flushes the audit writer and the
-#: tracer provider (so export counts), then prints the CPU seconds this took in this process.
+#: Producer run by :func:`_produce`: sends N no-op messages (or N burning W µs of CPU each), flushes
+#: the audit writer and the tracer provider (so export counts), then prints the CPU seconds this
+#: took in this process.
 PRODUCER_SCRIPT = """
 import importlib, resource, sys
 module = importlib.import_module(sys.argv[1])
@@ -297,26 +300,27 @@ def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime, usage.ru_stime
 
-broker, count = dramatiq.get_broker(), int(sys.argv[2])
-module.noop.send()  # the first send connects and loads scripts: not counted
+broker, count, work_us = dramatiq.get_broker(), int(sys.argv[2]), int(sys.argv[3])
+send = (lambda: module.burn.send(work_us)) if work_us else module.noop.send
+send()  # the first send connects and loads scripts: not counted
 started, system = cpu()
 for _ in range(count):
-    module.noop.send()
+    send()
 flush(broker)
 ended, system_ended = cpu()
 print(ended - started, system_ended - system)
 """
 
 
-def _produce(side, count: int) -> tuple[float, float]:
+def _produce(side, count: int, work_us: int = 0) -> tuple[float, float]:
     """CPU seconds the producing process spent sending ``count`` messages (and exporting their
-    spans), in all and in the kernel."""
+    spans), in all and in the kernel; each message asks for ``work_us`` µs of CPU work (0: a no-op)."""
     import subprocess
 
     import throughput
 
     output = subprocess.run(
-        [sys.executable, "-c", PRODUCER_SCRIPT, side.module, str(count)],
+        [sys.executable, "-c", PRODUCER_SCRIPT, side.module, str(count), str(work_us)],
         env=side.env,
         cwd=throughput.ROOT,
         check=True,
@@ -366,7 +370,13 @@ CONTROL = "off, again"
 
 
 def full_stack_cpu(
-    messages: int, rounds: int, database_url: str, processes: int, threads: int, sampled: float | None = None
+    messages: int,
+    rounds: int,
+    database_url: str,
+    processes: int,
+    threads: int,
+    sampled: float | None = None,
+    work_us: int = 0,
 ) -> None:
     """CPU per message of real ``dramatiq`` worker processes (and of the producer process), full
     stack, tracing off and on, and raw Dramatiq: sides alternate in rounds, their order rotated by
@@ -377,7 +387,9 @@ def full_stack_cpu(
     exported; the workers then boot and go idle before the queue is handed to them at once.
     CPU time, unlike wall-clock rates, hardly moves with the other processes of a shared machine;
     each round's on/off ratio compares two neighbours.  ``sampled``, when given, adds a side tracing
-    that share of traces (``TRADEFLOW_TRACING_SAMPLE_RATIO``)."""
+    that share of traces (``TRADEFLOW_TRACING_SAMPLE_RATIO``).  ``work_us``, when not 0, makes each
+    message burn that many µs of CPU in its worker, for the share tracing takes of a message that
+    does some work."""
     import statistics
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -419,7 +431,7 @@ def full_stack_cpu(
                 if "TRADEFLOW_DATABASE_URL" in side.env:
                     side.env["TRADEFLOW_DATABASE_URL"] = _fresh_database(database_url, scratch)
                 side.name = "tracing off" if side.name.startswith("tradeflow") else side.name
-                row = _round(side, client, messages, processes, threads)
+                row = _round(side, client, messages, processes, threads, work_us)
                 results.setdefault(side.name, []).append(row)
                 print(
                     f"  {side.name:12s} producer {row[0]:6.0f} µs, workers {row[1]:6.0f} µs "
@@ -438,7 +450,8 @@ def full_stack_cpu(
     received = url_pipe.recv()
     receiver.join(10)
     print(
-        f"\n{messages} no-op messages x {rounds} rounds, {processes} processes x {threads} threads; medians:"
+        f"\n{messages} {f'{work_us} µs' if work_us else 'no-op'} messages x {rounds} rounds, "
+        f"{processes} processes x {threads} threads; medians:"
     )
     median = {
         name: [statistics.median(column) for column in zip(*rows, strict=True)]
@@ -483,14 +496,14 @@ def _cost(side: tuple[float, ...], off: tuple[float, ...], *, user_only: bool = 
 
 
 def _round(
-    side, client: redis.Redis, messages: int, processes: int, threads: int
+    side, client: redis.Redis, messages: int, processes: int, threads: int, work_us: int = 0
 ) -> tuple[float, float, float, float]:
     """One side's round: (producer µs, workers µs) CPU per message, the drain rate (messages/s),
     and the µs per message of that CPU spent in the kernel (producer and workers)."""
     import throughput
 
     queue = f"{side.namespace}:bench"
-    produce, produce_system = (seconds / messages for seconds in _produce(side, messages))
+    produce, produce_system = (seconds / messages for seconds in _produce(side, messages, work_us))
     # Hidden while the workers boot, then handed over at once: the workers' CPU counts
     # draining a full queue, not their boot, nor waiting for a producer slowed by tracing.
     client.rename(queue, f"{queue}-held")
@@ -519,7 +532,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--work-ms", type=float, default=0.0, help="CPU each message burns, in ms")
+    parser.add_argument(
+        "--work-ms", type=float, default=0.0, help="CPU each message burns, in ms (also --full-stack-cpu)"
+    )
     parser.add_argument("--hooks-only", action="store_true", help="only the hook costs, no broker")
     parser.add_argument("--metrics-hooks", action="store_true", help="only the Metrics middleware's hooks")
     parser.add_argument(
@@ -542,7 +557,13 @@ def main() -> None:
         return
     if args.full_stack_cpu:
         full_stack_cpu(
-            args.messages, args.rounds, args.full_stack_cpu, args.processes, args.threads, args.sampled_side
+            args.messages,
+            args.rounds,
+            args.full_stack_cpu,
+            args.processes,
+            args.threads,
+            args.sampled_side,
+            round(args.work_ms * 1000),
         )
         return
     if args.full_stack is not None:
