@@ -13,8 +13,9 @@ sampler, id generator, limits, resource and span processors (every
 processor still gets ``on_start`` and ``on_end`` for every span, and the
 spans are current and nest as any other); it only skips validating the
 attributes the middleware built itself (extra attributes from message
-options are still validated), decides the SDK's own samplers without a call
-(each is one comparison; any other sampler is called as ``start_span`` calls
+options are still validated), decides the SDK's own samplers and
+:class:`~actors.sampling.QueueRatioSampler` without a call (each is one
+comparison or lookup; any other sampler is called as ``start_span`` calls
 it), and makes a span's events and links lists on the first one.
 :func:`carrier_of` and :func:`context_from`
 write and read a ``traceparent`` directly while the global propagator is the
@@ -53,6 +54,8 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+
+from .sampling import QueueRatioSampler
 
 #: The ``traceparent`` this module writes, and the only form it reads itself
 #: (version 00, lowercase hex); any other carrier goes to the global propagator.
@@ -303,11 +306,18 @@ def _decidable(sampler: Any, depth: int = 0) -> bool:
         return isinstance(getattr(sampler, "bound", None), int) and hasattr(sampler, "TRACE_ID_LIMIT")
     if kind in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio) and depth < 4:
         return all(_decidable(getattr(sampler, name, None), depth + 1) for name in _PARENT_BASED_DELEGATES)
+    if kind is QueueRatioSampler and depth < 4:
+        return all(_decidable(delegate, depth + 1) for delegate in sampler.samplers())
     return False
 
 
-def _decide(sampler: Any, parent: SpanContext | None, trace_id: int) -> sampling.Decision:
-    """``sampler.should_sample(...).decision`` of a :func:`_decidable` sampler; ``parent`` valid or None."""
+def _decide(
+    sampler: Any, parent: SpanContext | None, trace_id: int, attributes: Mapping[str, Any] | None = None
+) -> sampling.Decision:
+    """``sampler.should_sample(...).decision`` of a :func:`_decidable` sampler; ``parent`` valid or None.
+
+    ``attributes`` are the span's, which only a :class:`QueueRatioSampler` reads.
+    """
     kind = type(sampler)
     if kind is sampling.StaticSampler:
         return sampler._decision
@@ -315,6 +325,8 @@ def _decide(sampler: Any, parent: SpanContext | None, trace_id: int) -> sampling
         if trace_id & sampler.TRACE_ID_LIMIT < sampler.bound:
             return sampling.Decision.RECORD_AND_SAMPLE
         return sampling.Decision.DROP
+    if kind is QueueRatioSampler:
+        return _decide(sampler.sampler_for(attributes), parent, trace_id)
     if parent is None:
         delegate = sampler._root
     elif parent.is_remote:
@@ -327,7 +339,7 @@ def _decide(sampler: Any, parent: SpanContext | None, trace_id: int) -> sampling
         delegate = (
             sampler._local_parent_sampled if parent.trace_flags.sampled else sampler._local_parent_not_sampled
         )
-    return _decide(delegate, parent, trace_id)
+    return _decide(delegate, parent, trace_id, attributes)
 
 
 def _sdk_shape_matches(tracer: SDKTracer) -> bool:
@@ -399,7 +411,8 @@ class SpanStarter:
             parent_span_context = trace.get_current_span(parent).get_span_context()
         parent_span_context, trace_id, random_trace_id = self._trace_of(parent_span_context)
         if self._known_sampler:
-            decision = _decide(tracer.sampler, parent_span_context, trace_id)
+            seen = {**attributes, **extra} if extra else attributes  # what start_span's sampler sees
+            decision = _decide(tracer.sampler, parent_span_context, trace_id, seen)
             trace_state = parent_span_context.trace_state if parent_span_context is not None else None
             result = None
         else:  # any other sampler sees every attribute and may change them, as with start_span
@@ -461,7 +474,7 @@ class SpanStarter:
                 name, parent=parent, kind=kind, attributes=attributes, parent_span_context=parent_span_context
             )
         parent_span_context, trace_id, random_trace_id = self._trace_of(parent_span_context)
-        decision = _decide(tracer.sampler, parent_span_context, trace_id)
+        decision = _decide(tracer.sampler, parent_span_context, trace_id, attributes)
         sampled = decision is _RECORD_AND_SAMPLE
         trace_state = parent_span_context.trace_state if parent_span_context is not None else None
         span_context = self._context_of(trace_id, random_trace_id, sampled, trace_state)
@@ -492,7 +505,7 @@ class SpanStarter:
             return None
         generator = self.tracer.id_generator
         trace_id = generator.generate_trace_id()
-        decision = _decide(self._root_sampler, None, trace_id)
+        decision = _decide(self._root_sampler, None, trace_id, attributes)
         span_id = generator.generate_span_id()
         if not _valid(trace_id, span_id):
             return None
@@ -525,7 +538,7 @@ class SpanStarter:
         if self._lone_processor_of() is None or not tracer._is_enabled():
             return None
         trace_id = parent.trace_id
-        decision = _decide(tracer.sampler, parent, trace_id)
+        decision = _decide(tracer.sampler, parent, trace_id, attributes)
         random_trace_id = bool(parent.trace_flags & _RANDOM_TRACE_ID)
         sampled = decision is _RECORD_AND_SAMPLE
         span_context = self._context_of(trace_id, random_trace_id, sampled, parent.trace_state)

@@ -64,6 +64,7 @@ from .message_spans import (
     traceparent_of,
 )
 from .otlp_export import grpc_span_exporter, http_span_exporter
+from .sampling import QueueRatioSampler
 
 #: ``messaging.system`` of our spans.
 MESSAGING_SYSTEM = "dramatiq"
@@ -407,13 +408,14 @@ def tracer_provider_for(settings: Settings) -> TracerProvider | None:
         settings.tracing_endpoint,
         settings.tracing_service_name,
         settings.tracing_sample_ratio,
+        tuple(sorted(settings.tracing_queue_sample_ratios.items())),
     )
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
             provider = TracerProvider(
                 resource=Resource.create({"service.name": settings.tracing_service_name}),
-                sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_ratio)),
+                sampler=ParentBased(root_sampler(settings)),
                 id_generator=RunTraceIdGenerator(),
             )
             provider.add_span_processor(
@@ -431,6 +433,13 @@ def tracer_provider_for(settings: Settings) -> TracerProvider | None:
                 trace.set_tracer_provider(provider)
             install_log_trace_ids()
     return provider
+
+
+def root_sampler(settings: Settings) -> TraceIdRatioBased | QueueRatioSampler:
+    """The sampler deciding new traces: by queue when ratios are set per queue (:mod:`actors.sampling`)."""
+    if settings.tracing_queue_sample_ratios:
+        return QueueRatioSampler(settings.tracing_queue_sample_ratios, default=settings.tracing_sample_ratio)
+    return TraceIdRatioBased(settings.tracing_sample_ratio)
 
 
 def _unless_set(variable: str, value: int) -> int | None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -15,6 +15,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _DATABASE_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
+
+
+#: A share, 0 to 1.
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Settings(BaseSettings):
@@ -88,6 +92,9 @@ class Settings(BaseSettings):
       tracing_service_name: ``service.name`` of the spans this process exports.
       tracing_sample_ratio: Share of new traces recorded (0..1, default 1); a message
         follows the decision of the trace it belongs to.
+      tracing_queue_sample_ratios: Share of new traces recorded by the queue of the
+        message that starts them, e.g. ``{"ib_positions": 0.05}`` (0..1 each); other
+        queues use ``tracing_sample_ratio``.
       metrics_enabled: Collect Prometheus metrics in worker processes.
       metrics_dir: prometheus-client multiprocess directory; default
         ``<tmp>/tradeflow-metrics/<namespace>``.  One per worker master.
@@ -200,6 +207,7 @@ class Settings(BaseSettings):
     tracing_endpoint: str | None = None
     tracing_service_name: str = Field(default="tradeflow", min_length=1)
     tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    tracing_queue_sample_ratios: dict[str, Ratio] = Field(default_factory=dict)
 
     metrics_enabled: bool = True
     metrics_dir: Path | None = None

@@ -453,3 +453,45 @@ def test_a_message_carrying_our_traceparent_is_processed_in_one_step(monkeypatch
     with_another = middleware.spans.start_current("s", trace.SpanKind.CONSUMER, {}, span._parent)
     assert with_another is None, "another processor registered: the general path's on_start calls"
     provider.shutdown()
+
+
+def test_a_queue_with_its_own_ratio_keeps_that_share_of_traces_through_the_fast_paths() -> None:
+    """With ``tracing_queue_sample_ratios``, a message starting a trace is kept by its queue's ratio:
+    through the root-send and one-step process paths (the sampler is decided without a call), a
+    message to a queue at 0 carries an unsampled ``traceparent`` and records nothing at either end,
+    while one to another queue records both spans."""
+    import dramatiq
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    from actors.message_spans import MessageBatchSpanProcessor
+    from actors.tracing import RunTraceIdGenerator, Tracing, root_sampler
+    from config import Settings
+
+    settings = Settings(tracing_sample_ratio=1.0, tracing_queue_sample_ratios={"hot": 0.0})
+    exporter = _QueueReadingExporter()
+    provider = TracerProvider(sampler=ParentBased(root_sampler(settings)), id_generator=RunTraceIdGenerator())
+    provider.add_span_processor(MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    middleware = Tracing(tracer_provider=provider)
+    assert middleware.spans._known_sampler, "the queue sampler keeps the fast paths"
+    broker = StubBroker()
+    current = {}
+    for queue in ("hot", "cold"):
+        actor = dramatiq.actor(lambda: None, broker=broker, actor_name=f"a_{queue}", queue_name=queue)
+        for _ in range(20):
+            message = actor.message()
+            middleware.before_enqueue(broker, message, None)
+            middleware.after_enqueue(broker, message, None)
+            proxy = MessageProxy(dramatiq.Message.decode(message.encode()))
+            middleware.before_process_message(broker, proxy)
+            current.setdefault(queue, []).append(trace.get_current_span().is_recording())
+            middleware.after_process_message(broker, proxy)
+            flags = int(message.options["trace_context"]["traceparent"][-2:], 16)
+            assert bool(flags & 0x01) == (queue == "cold"), queue
+    assert provider.force_flush()
+    names = [span._name for span in exporter.spans]
+    assert names == ["send cold", "process cold"] * 20
+    assert current == {"hot": [False] * 20, "cold": [True] * 20}
+    provider.shutdown()

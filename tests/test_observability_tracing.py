@@ -48,6 +48,7 @@ from saga.run_tracing import (
     NEXT_TRACE_ID,
     PARENT_OPTION,
     WORKFLOW_COMPENSATION,
+    WORKFLOW_RUN_ID,
     WORKFLOW_STEP,
     run_trace_id,
 )
@@ -777,3 +778,39 @@ def test_a_resent_message_s_sampler_sees_the_context_it_carries() -> None:
     assert sampler.parents[-1].span_id == sent_context.span_id
     assert sampler.parents[-1].trace_id == sent_context.trace_id
     provider.shutdown()
+
+
+def test_queue_ratio_sampler_decides_by_queue_and_as_the_middleware_decides_it() -> None:
+    """``QueueRatioSampler`` keeps a new trace by its first span's queue (others by the default); the
+    middleware's fast paths decide it as its ``should_sample`` does, and children follow the parent."""
+    import random
+
+    from actors.message_spans import _decidable, _decide
+    from actors.sampling import QueueRatioSampler
+
+    sampler = ParentBased(QueueRatioSampler({"hot": 0.0, "warm": 0.5}, default=1.0))
+    assert _decidable(sampler), "the fast paths would fall back to start_span"
+    parents = [
+        None,
+        SpanContext(0xA1, 0xB2, is_remote=True, trace_flags=TraceFlags(1)),
+        SpanContext(0xA1, 0xB2, is_remote=True, trace_flags=TraceFlags(0)),
+    ]
+    rng = random.Random(8)
+    kept: dict = {}
+    for queue in ("hot", "warm", "cold", None):
+        attributes = {"messaging.destination.name": queue} if queue else {}
+        for parent in parents:
+            context = set_span_in_context(NonRecordingSpan(parent)) if parent else None
+            for _ in range(200):
+                trace_id = rng.getrandbits(128)
+                expected = sampler.should_sample(context, trace_id, "s", attributes=attributes).decision
+                assert _decide(sampler, parent, trace_id, attributes) is expected, (queue, parent)
+                if parent is None:
+                    kept.setdefault(queue, []).append(expected.is_sampled())
+                else:
+                    assert expected.is_sampled() == parent.trace_flags.sampled, "children follow the parent"
+    assert not any(kept["hot"]) and all(kept["cold"]) and all(kept[None])
+    assert 0.3 < sum(kept["warm"]) / len(kept["warm"]) < 0.7
+    # A workflow run is one trace: its steps are decided by the default, whatever their queue.
+    step = {"messaging.destination.name": "hot", WORKFLOW_RUN_ID: "run-1"}
+    assert _decide(sampler, None, rng.getrandbits(128), step).is_sampled()

@@ -16,7 +16,9 @@ def test_settings_read_prefixed_environment(monkeypatch):
     monkeypatch.setenv("TRADEFLOW_REDIS_URL", "redis://example:6380/2")
     monkeypatch.setenv("TRADEFLOW_MAX_RETRIES", "7")
     monkeypatch.setenv("REDIS_URL", "redis://ignored:1/0")
+    monkeypatch.setenv("TRADEFLOW_TRACING_QUEUE_SAMPLE_RATIOS", '{"ib_positions": 0.05}')
     settings = Settings()
+    assert settings.tracing_queue_sample_ratios == {"ib_positions": 0.05}
     assert settings.effective_redis_url == "redis://example:6380/2"
     assert settings.max_retries == 7
     assert str(settings.delta_root) == ".tradeflow/delta"
@@ -33,6 +35,7 @@ def test_no_redis_url_means_default_address():
         ("redis_url", "http://x", "must start with one of redis://"),
         ("database_url", "mysql://x", "must be a sqlite:// or postgresql:// URL"),
         ("max_retries", -1, "greater than or equal to 0"),
+        ("tracing_queue_sample_ratios", {"ib_positions": 1.5}, "ib_positions\n  Input should be less than"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(field, value, message):
