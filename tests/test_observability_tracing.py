@@ -297,6 +297,9 @@ def test_cross_process_trace_over_otlp_http(obs_settings: Settings) -> None:
             spans = receiver.wait_for(complete, timeout=45)
         finally:
             stderr = stop_workers(workers)
+            # While its receiver still listens: left running, the provider's exporter would retry
+            # at interpreter exit against the closed port for about ten seconds.
+            provider.shutdown()
 
     in_trace = [s for s in spans if s.trace_id == trace_id]
     by_id = {s.span_id: s for s in in_trace}
