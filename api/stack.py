@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -75,12 +75,13 @@ def running(commands: Sequence[list[str]], *, env: dict[str, str]) -> Iterator[l
     stop a service with SIGTERM, and a shell starts a background job with SIGINT ignored.
     """
     processes: list[subprocess.Popen] = []
-    with _interrupted_by_stop_signals():
+    with _interrupted_by_stop_signals() as stopping:
         try:
             for command in commands:
                 processes.append(subprocess.Popen(command, env=env, start_new_session=True))
             yield processes
         finally:
+            stopping()  # from here a signal must not cut the children's stop short
             stop(list(reversed(processes)))
 
 
@@ -89,10 +90,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def _interrupted_by_stop_signals() -> Iterator[None]:
-    """The first stop signal raises ``KeyboardInterrupt``; later ones (the children stopping) are ignored."""
+def _interrupted_by_stop_signals() -> Iterator[Callable[[], None]]:
+    """The first stop signal raises ``KeyboardInterrupt``; later ones, and any once the block calls
+    the function it is given (its children are stopping), are ignored."""
     if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; its own stay in force
+        yield lambda: None  # only the main thread may set handlers; its own stay in force
         return
     received: list[int] = []
 
@@ -103,7 +105,7 @@ def _interrupted_by_stop_signals() -> Iterator[None]:
 
     previous = {number: signal.signal(number, interrupt) for number in STOP_SIGNALS}
     try:
-        yield
+        yield lambda: received.append(0)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -131,7 +131,7 @@ def _ignore_sigint() -> None:
 )
 def test_up_runs_workers_until_interrupted(settings, stop_signal):
     """``tradeflow up`` stops its children and exits 0 on SIGINT (even one its parent ignored) and on
-    SIGTERM (what Docker, systemd and Kubernetes send)."""
+    SIGTERM (what Docker, systemd and Kubernetes send), a second signal not cutting the stop short."""
     env = settings_env(settings)
     env.update(TRADEFLOW_WORKER_PROCESSES="1", TRADEFLOW_WORKER_THREADS="2")
     up = subprocess.Popen(
@@ -163,6 +163,9 @@ def test_up_runs_workers_until_interrupted(settings, stop_signal):
     finally:
         children = children_of(up.pid)
         up.send_signal(stop_signal)
+        time.sleep(0.3)
+        if up.poll() is None:  # impatient: a second signal while the children stop is ignored
+            up.send_signal(stop_signal)
         try:
             up.wait(timeout=45)
         except subprocess.TimeoutExpired:
