@@ -64,7 +64,7 @@ from .message_spans import (
     traceparent_of,
 )
 from .otlp_export import grpc_span_exporter, http_span_exporter
-from .sampling import QueueRatioSampler
+from .sampling import QUEUE_ATTRIBUTE, QueueRatioSampler
 
 #: ``messaging.system`` of our spans.
 MESSAGING_SYSTEM = "dramatiq"
@@ -346,7 +346,7 @@ class Tracing(Middleware):
                 {
                     "messaging.system": MESSAGING_SYSTEM,
                     "messaging.operation.type": operation,
-                    "messaging.destination.name": queue,
+                    QUEUE_ATTRIBUTE: queue,  # what a QueueRatioSampler reads
                     "messaging.dramatiq.actor": actor_name,
                 },
             )
