@@ -197,12 +197,17 @@ class MessageBatchSpanProcessor(BatchSpanProcessor):
     (``reads_queued_spans``, as tradeflow's OTLP exporters do), the
     middleware's send spans may be :class:`QueuedSpan` objects.
 
-    Spans are queued as they are and encoded by the export thread, a batch
-    at a time: encoded at each span's ``end`` instead (tried, 2026-12-03),
-    the same encoding cost a producer's send about 12 µs more CPU, run cold
-    between the send's other work, where a batch of them costs about 3 µs a
-    span.  The price is memory: up to ``max_queue_size`` span objects wait
-    for the export (about 1 KB each for a ``QueuedSpan``).
+    Spans are encoded by the export thread, a batch at a time: encoded at
+    each span's ``end`` instead (tried, 2026-12-03), the same encoding cost
+    a producer's send about 12 µs more CPU, run cold between the send's
+    other work, where a batch of them costs about 3 µs a span.  When the
+    exporter reads them, a span waits for its export as a :data:`SpanRecord`
+    (see :func:`span_record`): the span objects go at ``end``, and the
+    record is a tuple the garbage collector stops tracking at its next
+    collection.  Queued as objects, every span kept half a dozen tracked
+    objects alive until its export, long enough to be promoted to the
+    oldest generation: they made a worker collect its whole heap every few
+    thousand messages.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -226,7 +231,8 @@ class MessageBatchSpanProcessor(BatchSpanProcessor):
         if batch._shutdown or len(queue) >= batch._max_queue_size:
             batch.emit(span)
             return
-        queue.appendleft(span)  # the export thread pops from the right: oldest first
+        record = span_record(span) if self.reads_queued_spans and type(span) in _RECORDED_TYPES else None
+        queue.appendleft(span if record is None else record)  # the export thread pops from the right
         if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
             batch._worker_awaken.set()
 
@@ -291,6 +297,134 @@ _NONE: tuple[Any, ...] = ()
 
 #: The status a span starts with (immutable, shared as the SDK's ``ReadableSpan`` default is).
 _UNSET_STATUS = Status(StatusCode.UNSET)
+
+
+#: A span waiting for export, as :func:`span_record` writes it: a plain tuple of
+#: ``(origin, name, trace_id, span_id, parent_span_id, parent_is_remote, kind, start_time,
+#: end_time, dropped_attributes, status_code, status_description, *keys, *values)``, where
+#: ``origin`` numbers the span's resource and instrumentation scope (:func:`record_origin`),
+#: ``parent_span_id`` is ``None`` for a root, ``kind`` and ``status_code`` are OTLP numbers,
+#: and the attributes' keys then their values close the tuple.  Holding only ints and strings
+#: (and a sequence attribute's tuple), it is untracked by the garbage collector at the first
+#: collection it meets.  Flat on purpose: the collector untracks a tuple whose items are
+#: untracked already, and a tuple holding a dict, or tuples it reaches after their holder,
+#: stays tracked.
+SpanRecord = tuple
+
+#: The fields of a :data:`SpanRecord` before its attributes.
+RECORD_FIELDS = 12
+
+#: OTLP ``Span.SpanKind`` numbers.
+SPAN_KINDS = {
+    SpanKind.INTERNAL: 1,
+    SpanKind.SERVER: 2,
+    SpanKind.CLIENT: 3,
+    SpanKind.PRODUCER: 4,
+    SpanKind.CONSUMER: 5,
+}
+
+#: OTLP numbers of span kinds and status codes, by ``id()`` of the enum member (hashing a
+#: member runs ``Enum.__hash__`` in Python; members live for good).
+_KIND_NUMBERS = {id(kind): number for kind, number in SPAN_KINDS.items()}
+_STATUS_NUMBERS = {id(code): code.value for code in StatusCode}
+
+#: Most distinct (resource, scope) pairs that records number; spans of any further pair are
+#: queued as they are.
+MAX_RECORD_ORIGINS = 256
+
+#: Most scope objects whose origin number is looked up by identity (a tracer made per call has
+#: a scope object of its own, equal to the last one's): the cache is emptied when full.
+MAX_CACHED_SCOPES = 1024
+
+#: The (resource, scope) pair of each origin number.
+_origins: list[tuple[Any, Any]] = []
+
+#: ``id(scope)`` -> (scope, resource, origin number); holding the scope keeps its id its own.
+_origin_numbers: dict[int, tuple[Any, Any, int]] = {}
+
+_origins_lock = threading.Lock()
+
+
+def record_origin(number: int) -> tuple[Any, Any]:
+    """The resource and instrumentation scope of a :data:`SpanRecord`'s ``origin``."""
+    return _origins[number]
+
+
+def _origin_number(resource: Any, scope: Any) -> int | None:
+    """The origin number of (``resource``, ``scope``); ``None`` when :data:`MAX_RECORD_ORIGINS` are taken."""
+    known = _origin_numbers.get(id(scope))
+    if known is not None and known[0] is scope and known[1] is resource:
+        return known[2]
+    with _origins_lock:
+        # Equal scopes share a number: a tracer made per call has a scope object of its own.
+        same = (n for n, (known, other) in enumerate(_origins) if known is resource and _same(other, scope))
+        number = next(same, None)
+        if number is None:
+            if len(_origins) >= MAX_RECORD_ORIGINS:
+                return None
+            number = len(_origins)
+            _origins.append((resource, scope))
+        if len(_origin_numbers) >= MAX_CACHED_SCOPES:
+            _origin_numbers.clear()
+        _origin_numbers[id(scope)] = (scope, resource, number)
+    return number
+
+
+def _same(scope: Any, other: Any) -> bool:
+    return type(scope) is type(other) and scope == other
+
+
+def span_record(span: Any) -> SpanRecord | None:
+    """``span`` (an ended SDK, middleware or queued span) as a :data:`SpanRecord`.
+
+    ``None`` for a span with events, links or a trace state (whose objects a
+    record does not hold): it is queued as it is.
+    """
+    if span._events or span._links:
+        return None
+    context = span._context
+    if _CONTEXT_IS_TUPLE and type(context) is SpanContext:
+        trace_id, span_id, _, _, trace_state, _ = context
+    else:
+        trace_id, span_id, trace_state = context.trace_id, context.span_id, context.trace_state
+    status = span._status
+    if (trace_state is not DEFAULT_TRACE_STATE and trace_state) or status is None:
+        return None
+    if status is _UNSET_STATUS:
+        code, description = 0, None
+    else:
+        code, description = _STATUS_NUMBERS[id(status.status_code)], status.description
+    origin = _origin_number(span._resource, span._instrumentation_scope)
+    if origin is None:
+        return None
+    attributes = span._attributes
+    if type(attributes) is BoundedAttributes:
+        attributes, dropped = attributes._dict, attributes.dropped
+    else:
+        dropped = 0
+    parent = span._parent
+    if parent is None:
+        parent_id, remote = None, False
+    elif _CONTEXT_IS_TUPLE and type(parent) is SpanContext:
+        parent_id, remote = parent[1], parent[2]
+    else:
+        parent_id, remote = parent.span_id, parent.is_remote
+    return (
+        origin,
+        span._name,
+        trace_id,
+        span_id,
+        parent_id,
+        remote,
+        _KIND_NUMBERS[id(span._kind)],
+        span._start_time,
+        span._end_time,
+        dropped,
+        code,
+        description,
+        *attributes,
+        *attributes.values(),
+    )
 
 
 def _decidable(sampler: Any, depth: int = 0) -> bool:
@@ -663,6 +797,10 @@ class QueuedSpan:
             return
         self._end_time = end_time if end_time is not None else time_ns()
         self._processor.on_end(self)
+
+
+#: Span types :meth:`MessageBatchSpanProcessor.on_end` queues as records (their fields are read).
+_RECORDED_TYPES = frozenset({ReadableSpan, MessageSpan, QueuedSpan})
 
 
 _default_propagator: tuple[Any, bool] = (None, False)

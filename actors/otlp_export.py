@@ -18,27 +18,27 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanContext
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from .message_spans import _CONTEXT_IS_TUPLE, _UNSET_STATUS, MessageSpan, QueuedSpan
+from .message_spans import (
+    _CONTEXT_IS_TUPLE,
+    _UNSET_STATUS,
+    RECORD_FIELDS,
+    SPAN_KINDS,
+    MessageSpan,
+    QueuedSpan,
+    SpanRecord,
+    record_origin,
+)
 
 logger = logging.getLogger(__name__)
-
-#: OTLP ``Span.SpanKind`` numbers.
-SPAN_KINDS = {
-    SpanKind.INTERNAL: 1,
-    SpanKind.SERVER: 2,
-    SpanKind.CLIENT: 3,
-    SpanKind.PRODUCER: 4,
-    SpanKind.CONSUMER: 5,
-}
 
 #: ``SpanFlags``: the span (link) says whether its parent is remote, and that it is.
 FLAG_HAS_IS_REMOTE = 0x100
@@ -133,12 +133,17 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """
     if not attributes:
         return b""
+    return _pairs(tag, attributes.items())
+
+
+def _pairs(tag: bytes, pairs: Iterable[tuple[str, Any]]) -> bytes:
+    """:func:`_attributes` of the (key, value) ``pairs``."""
     parts = []
     keys = _keys_by_tag.get(tag)
     if keys is None:
         keys = _keys_by_tag.setdefault(tag, {})
     varint = _varint
-    for key, value in attributes.items():
+    for key, value in pairs:
         cached = keys.get(key)
         if cached is None:
             cached = (_field(b"\x0a", key.encode()), {}, {})
@@ -226,11 +231,15 @@ def _link(link: Any) -> bytes:
 def _status(status: Any) -> bytes:
     if status is None:
         return b""
+    return _status_field(status.status_code.value, status.description)
+
+
+def _status_field(code: int, description: str | None) -> bytes:
     body = b""
-    if status.description:
-        body += _field(b"\x12", status.description.encode())
-    if status.status_code.value:
-        body += b"\x18" + _varint(status.status_code.value)
+    if description:
+        body += _field(b"\x12", description.encode())
+    if code:
+        body += b"\x18" + _varint(code)
     return _field(b"\x7a", body)
 
 
@@ -241,8 +250,12 @@ _names: dict[str, bytes] = {}
 #: (an enum member, alive for good: hashing the member itself runs ``Enum.__hash__`` in Python).
 _plain_statuses: dict[int, bytes] = {}
 
-#: Encoded ``Span.kind`` fields by ``id()`` of the SpanKind member (as above).
+#: Encoded ``Span.kind`` fields by ``id()`` of the SpanKind member (as above), and by OTLP number.
 _KIND_FIELDS = {id(kind): b"\x30" + _SMALL_VARINTS[number] for kind, number in SPAN_KINDS.items()}
+_KIND_NUMBER_FIELDS = {number: b"\x30" + _SMALL_VARINTS[number] for number in SPAN_KINDS.values()}
+
+#: Encoded ``Span.status`` fields of statuses without a description, by code number.
+_CODE_FIELDS = {code: _status_field(code, None) for code in range(3)}
 
 #: The fields of the SDK's ``ReadableSpan`` that :func:`encode_span` reads directly.
 _READABLE_FIELDS = (
@@ -289,11 +302,7 @@ def encode_span(span: ReadableSpan) -> bytes:
         start_time, end_time, status = span.start_time, span.end_time, span.status
         attributes, dropped = span.attributes, span.dropped_attributes
         has_events, has_links = bool(span.events), bool(span.links)
-    name_field = _names.get(name)
-    if name_field is None:
-        name_field = _field(b"\x2a", name.encode())
-        if len(_names) < MAX_CACHED_KEYS:
-            _names[name] = name_field
+    name_field = _names.get(name) or _name_field(name)
     # A SpanContext is a tuple: unpacked, its fields are read without a property call each.
     if _CONTEXT_IS_TUPLE and type(context) is SpanContext:
         trace_id, span_id, _, _, trace_state, _ = context
@@ -340,6 +349,39 @@ def encode_span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
+def encode_record(record: SpanRecord) -> bytes:
+    """The fields of one OTLP ``Span``, from a :data:`~actors.message_spans.SpanRecord`."""
+    name, trace_id, span_id, parent_id, remote, kind, start, end = record[1:9]
+    dropped, code, text = record[9:RECORD_FIELDS]
+    count = (len(record) - RECORD_FIELDS) >> 1
+    parts = [
+        b"\x0a\x10",
+        trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
+        span_id.to_bytes(8, "big"),
+        b"" if parent_id is None else b"\x22\x08" + parent_id.to_bytes(8, "big"),
+        _names.get(name) or _name_field(name),
+        _KIND_NUMBER_FIELDS[kind],
+        b"\x39",
+        _fixed64(start),
+        b"\x41",
+        _fixed64(end),
+        _pairs(b"\x4a", zip(record[RECORD_FIELDS:-count], record[-count:], strict=True)) if count else b"",
+        _uint_field(b"\x50", dropped) if dropped else b"",
+        _CODE_FIELDS[code] if text is None else _status_field(code, text),
+        _REMOTE_FLAGS if remote else _LOCAL_FLAGS,
+    ]
+    return b"".join(parts)
+
+
+def _name_field(name: str) -> bytes:
+    """The ``Span.name`` field, kept for the next span of that name."""
+    field = _field(b"\x2a", name.encode())
+    if len(_names) < MAX_CACHED_KEYS:
+        _names[name] = field
+    return field
+
+
 #: The ``Span.status`` field of the status :mod:`actors.message_spans` gives a span at its start.
 _UNSET_STATUS_FIELD = _status(_UNSET_STATUS)
 
@@ -383,17 +425,21 @@ def _scope_block(scope: Any) -> bytes:
     return block
 
 
-def _origin(span: ReadableSpan) -> tuple[Any, Any]:
+def _origin(span: ReadableSpan | SpanRecord) -> tuple[Any, Any]:
     """The resource and instrumentation scope (``None`` for none) of ``span``."""
+    if type(span) is tuple:
+        resource, scope = record_origin(span[0])
+        return resource, scope or None
     if type(span) in _FIELD_READ_TYPES:
         return span._resource, span._instrumentation_scope or None
     return span.resource, span.instrumentation_scope or None
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+def encode_spans(spans: Sequence[ReadableSpan | SpanRecord]) -> bytes:
     """A serialized ``ExportTraceServiceRequest`` of ``spans``, grouped by resource and scope.
 
-    A span is an SDK span or a :class:`~actors.message_spans.QueuedSpan`.
+    A span is an SDK span, a :class:`~actors.message_spans.QueuedSpan` or a
+    :data:`~actors.message_spans.SpanRecord`.
     """
     # Grouped by identity: a process has one resource and a few scopes, shared by all its spans.
     grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
@@ -408,7 +454,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
             if encoded is None:
                 encoded = by_scope[1][id(scope)] = (scope, [])
             last = (resource, scope, encoded[1])
-        body = encode_span(span)
+        body = encode_record(span) if type(span) is tuple else encode_span(span)
         last[2].extend((b"\x12", _varint(len(body)), body))  # joined once, per scope
     request = []
     for resource, by_scope in grouped.values():

@@ -80,6 +80,48 @@ def test_wire_encoding_parses_to_the_sdk_encoders_request() -> None:
     assert encode_spans([]) == b""
 
 
+def test_span_records_encode_as_the_sdk_encodes_their_spans() -> None:
+    """A span without events, links or trace state waits for export as a record (a plain tuple); the
+    request built from records, mixed with the spans that stay spans, is the SDK encoder's."""
+    from actors.message_spans import span_record
+
+    spans = _spans_of_every_shape()
+    queued = [span_record(span) or span for span in spans]
+    recorded = [span.name for span, item in zip(spans, queued, strict=True) if type(item) is tuple]
+    assert recorded == ["ok", "", "send", "process", "send"], "links, events, a trace state: kept as spans"
+    for batch, expected in ((queued, spans), (queued[::-1], spans[::-1])):
+        assert ExportTraceServiceRequest.FromString(encode_spans(batch)) == sdk_encode_spans(expected)
+
+
+def test_spans_of_tracers_made_per_call_share_their_scopes_record_origin(monkeypatch) -> None:
+    """A tracer got per call has a scope object of its own: its spans' records share the origin of
+    the equal scope (one ``ScopeSpans`` in the request, the registry grows by one); once
+    ``MAX_RECORD_ORIGINS`` are taken, spans of a new origin wait as themselves and export the same."""
+    from actors import message_spans
+    from actors.message_spans import span_record
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "origins"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for n in range(50):
+        provider.get_tracer("per.call", "1").start_span(f"s{n}").end()
+    provider.get_tracer("other").start_span("other").end()
+    spans = exporter.get_finished_spans()
+    before = len(message_spans._origins)
+    records = [span_record(span) for span in spans]
+    assert len(message_spans._origins) == before + 2 and len({record[0] for record in records}) == 2
+    request = ExportTraceServiceRequest.FromString(encode_spans(records))
+    assert [len(scope.spans) for scope in request.resource_spans[0].scope_spans] == [50, 1]
+    assert request == sdk_encode_spans(spans)
+    monkeypatch.setattr(message_spans, "MAX_RECORD_ORIGINS", len(message_spans._origins))
+    provider.get_tracer("yet.another").start_span("late").end()
+    late = exporter.get_finished_spans()[-1]
+    assert span_record(late) is None, "no origin left: the span waits as itself"
+    assert ExportTraceServiceRequest.FromString(encode_spans([*records, late])) == sdk_encode_spans(
+        [*spans, late]
+    )
+
+
 def test_http_exporter_sends_wire_bytes_through_the_sdk_client() -> None:
     spans = _spans_of_every_shape()
     with OTLPReceiver() as receiver:
@@ -184,7 +226,10 @@ def test_wire_encoding_of_the_middlewares_spans_handed_over_themselves() -> None
 
 def test_wire_encoding_of_many_distinct_string_values() -> None:
     """Past the per-key cache of values (a message id per span), strings are encoded after a prefix
-    kept per length: every length (one byte and two byte varints, multi-byte characters) as the SDK."""
+    kept per length: every length (one byte and two byte varints, multi-byte characters) as the SDK,
+    from spans and from span records."""
+    from actors.message_spans import span_record
+
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -195,20 +240,32 @@ def test_wire_encoding_of_many_distinct_string_values() -> None:
     spans = list(exporter.get_finished_spans())
     assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode_spans(spans)
     assert ExportTraceServiceRequest.FromString(encode_spans(spans[::-1])) == sdk_encode_spans(spans[::-1])
+    records = [span_record(span) for span in spans]
+    assert ExportTraceServiceRequest.FromString(encode_spans(records)) == sdk_encode_spans(spans)
 
 
 class _QueueReadingExporter(InMemorySpanExporter):
-    """Encodes ``QueuedSpan`` objects, as tradeflow's OTLP exporters do; keeps what it is handed."""
+    """Reads ``QueuedSpan`` objects and span records, as tradeflow's OTLP exporters do: keeps what it is
+    handed (``spans``) and the spans of the request :func:`encode_spans` builds of it (``received``)."""
 
     reads_queued_spans = True
 
     def __init__(self) -> None:
         super().__init__()
         self.spans: list = []
+        self.received: list = []
 
     def export(self, spans):
         self.spans.extend(spans)
+        request = ExportTraceServiceRequest.FromString(encode_spans(spans))
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                self.received.extend(scope_spans.spans)
         return super().export([])
+
+
+def _id(value: bytes) -> int:
+    return int.from_bytes(value, "big")
 
 
 def _traced_through_the_hooks(provider: TracerProvider, own: TracerProvider) -> None:
@@ -264,17 +321,18 @@ def _comparable(request: bytes) -> list:
     return spans
 
 
-def test_queued_send_spans_export_as_the_sdk_paths_spans() -> None:
+def test_queued_spans_export_as_the_sdk_encodes_the_sdk_paths_spans() -> None:
     """With an exporter that reads them (``reads_queued_spans``), the middleware's send spans are
-    ``QueuedSpan``s: the request built from the queued spans is the one built from the SDK's own span
-    objects (a second processor on the provider makes the middleware use them), ids and times aside;
-    each process span is the child of its send."""
-    from actors.message_spans import MessageBatchSpanProcessor, QueuedSpan
+    ``QueuedSpan``s and every span without events waits for export as a span record: the request
+    built from what was queued is the one the SDK's encoder builds from the SDK's own span objects
+    (a second processor on the providers makes the middleware use them), ids and times aside; each
+    process span is the child of its send, and the actor's span nests under it."""
+    from actors.message_spans import MessageBatchSpanProcessor, MessageSpan
     from actors.tracing import RunTraceIdGenerator
 
     requests, exporters = {}, {}
     for queued in (True, False):
-        exporter = _QueueReadingExporter()
+        exporter, memory = _QueueReadingExporter(), InMemorySpanExporter()
         processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
         assert processor.reads_queued_spans
         providers = [
@@ -283,29 +341,79 @@ def test_queued_send_spans_export_as_the_sdk_paths_spans() -> None:
             )
             for name in ("a", "b")
         ]
-        if not queued:
-            providers[0].add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
         for provider in providers:
+            if not queued:
+                provider.add_span_processor(SimpleSpanProcessor(memory))
             provider.add_span_processor(processor)
         _traced_through_the_hooks(*providers)
         assert processor.force_flush()
         assert len(exporter.spans) == 8
-        requests[queued] = _comparable(encode_spans(exporter.spans))
+        if queued:
+            requests[queued] = _comparable(encode_spans(exporter.spans))
+        else:
+            requests[queued] = _comparable(sdk_encode_spans(memory.get_finished_spans()).SerializeToString())
         exporters[queued] = exporter
         processor.shutdown()
-    queued_types = [type(span).__name__ for span in exporters[True].spans]
-    assert queued_types.count(QueuedSpan.__name__) == 4 and QueuedSpan.__name__ not in {
-        type(span).__name__ for span in exporters[False].spans
-    }
+    queued_types = [type(span) for span in exporters[True].spans]
+    assert queued_types.count(tuple) == 7, "every span but the failed attempt's (an exception event)"
+    assert queued_types.count(MessageSpan) == 1
     assert requests[True] == requests[False]
     statuses = [span.status.message for _, _, span in requests[True] if span.name == "send default"]
     assert statuses.count("enqueue did not complete") == 1
-    spans = exporters[True].spans
-    for send, inside, process in (spans[0:3], spans[3:6]):
-        assert (send.name, inside.name, process.name) == ("send default", "inside", "process default")
-        assert process._parent.span_id == send._context.span_id
-        assert process._context.trace_id == send._context.trace_id
-        assert inside._parent.span_id == process._context.span_id, "the actor's span nests under it"
+    by_name: dict[str, list] = {}
+    for span in exporters[True].received:
+        by_name.setdefault(span.name, []).append(span)
+    for n in range(2):
+        send, inside, process = (by_name[name][n] for name in ("send default", "inside", "process default"))
+        assert process.parent_span_id == send.span_id and process.trace_id == send.trace_id
+        assert inside.parent_span_id == process.span_id, "the actor's span nests under it"
+
+
+def test_spans_waiting_for_export_leave_the_garbage_collector_nothing_to_track() -> None:
+    """The spans of 500 messages sent and processed through the hooks wait for export as records the
+    collector no longer tracks: the objects it tracks grow by a handful, not by thousands.  (Queued
+    as objects, every span kept half a dozen tracked objects alive until its export, which reached
+    the oldest generation and made a worker collect its whole heap every few thousand messages.)"""
+    import gc
+
+    import dramatiq
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+
+    from actors.message_spans import MessageBatchSpanProcessor
+    from actors.tracing import RunTraceIdGenerator, Tracing
+
+    exporter = _QueueReadingExporter()
+    processor = MessageBatchSpanProcessor(
+        exporter, schedule_delay_millis=60_000, max_queue_size=4096, max_export_batch_size=4096
+    )
+    provider = TracerProvider(id_generator=RunTraceIdGenerator())
+    provider.add_span_processor(processor)
+    tracing = Tracing(tracer_provider=provider)
+    broker = StubBroker()
+    actor = dramatiq.actor(lambda: None, broker=broker, actor_name="collected")
+
+    def send_and_process(count: int) -> None:
+        for _ in range(count):
+            message = actor.message()
+            tracing.before_enqueue(broker, message, None)
+            tracing.after_enqueue(broker, message, None)
+            proxy = MessageProxy(dramatiq.Message.decode(message.encode()))
+            tracing.before_process_message(broker, proxy)
+            tracing.after_process_message(broker, proxy)
+
+    send_and_process(20)  # caches filled
+    gc.collect()
+    tracked = len(gc.get_objects())
+    send_and_process(500)
+    gc.collect()
+    queue = list(processor._batch_processor._queue)
+    assert len(queue) == 1040
+    assert all(type(item) is tuple and not gc.is_tracked(item) for item in queue)
+    assert len(gc.get_objects()) - tracked < 100
+    assert processor.force_flush() and len(exporter.received) == 1040
+    assert [span.name for span in exporter.received[-2:]] == ["send default", "process default"]
+    provider.shutdown()
 
 
 def test_an_exporter_that_does_not_read_queued_spans_gets_sdk_spans() -> None:
@@ -385,10 +493,11 @@ def test_a_root_send_is_one_queued_span_whose_ids_its_traceparent_carries() -> N
         carried, _, _, _, _ = _root_send(middleware, baggage_entry=("tenant", "t1"))
         assert carried["baggage"] == "tenant=t1"
         assert provider.force_flush()
-        spans = exporter.spans
-        assert len(spans) == 3 and spans[0] is open_spans[0]
-        assert (spans[0]._context.trace_id, spans[0]._context.span_id) == (trace_id, span_id)
-        assert spans[0]._parent is None and spans[0]._end_time >= spans[0]._start_time
+        spans = exporter.received
+        assert len(spans) == 3
+        assert (_id(spans[0].trace_id), _id(spans[0].span_id)) == (trace_id, span_id)
+        assert spans[0].parent_span_id == b"" and spans[0].end_time_unix_nano >= spans[0].start_time_unix_nano
+        assert _id(spans[1].parent_span_id) == inside.get_span_context().span_id
         provider.shutdown()
     assert spans, "the sampled side exported its spans"
 
@@ -491,7 +600,7 @@ def test_a_queue_with_its_own_ratio_keeps_that_share_of_traces_through_the_fast_
             flags = int(message.options["trace_context"]["traceparent"][-2:], 16)
             assert bool(flags & 0x01) == (queue == "cold"), queue
     assert provider.force_flush()
-    names = [span._name for span in exporter.spans]
+    names = [span.name for span in exporter.received]
     assert names == ["send cold", "process cold"] * 20
     assert current == {"hot": [False] * 20, "cold": [True] * 20}
     provider.shutdown()
