@@ -34,6 +34,8 @@ class Side:
     module: str
     env: dict[str, str]
     namespace: str
+    #: The checkout whose code the side's processes run (another one: an A/B of two commits).
+    root: Path = ROOT
 
 
 def make_sides(redis_url: str, database_urls: list[str]) -> list[Side]:
@@ -99,7 +101,7 @@ def start_workers(side: Side, processes: int, threads: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "dramatiq", side.module, "-p", str(processes), "-t", str(threads)],
         env=side.env,
-        cwd=ROOT,
+        cwd=side.root,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

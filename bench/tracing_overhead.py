@@ -9,6 +9,7 @@ sampling 10% of traces, side by side.
         # bench/throughput.py's real worker processes: raw Dramatiq, full stack with tracing off,
         # and full stack with tracing on (every span, and 10% of traces) exporting to a receiver
     .venv/bin/python bench/tracing_overhead.py --full-stack-cpu sqlite:///DB [--sampled-side R] [--work-ms 1]
+        [--compare-tree ../before]
         # CPU per message of real worker processes and their producer, sides alternated in rounds
 
 Each round sends N messages (timed: enqueue rate) to an actor that burns ``--work-ms`` of CPU
@@ -317,12 +318,10 @@ def _produce(side, count: int, work_us: int = 0) -> tuple[float, float]:
     spans), in all and in the kernel; each message asks for ``work_us`` µs of CPU work (0: a no-op)."""
     import subprocess
 
-    import throughput
-
     output = subprocess.run(
         [sys.executable, "-c", PRODUCER_SCRIPT, side.module, str(count), str(work_us)],
         env=side.env,
-        cwd=throughput.ROOT,
+        cwd=side.root,
         check=True,
         capture_output=True,
         text=True,
@@ -377,6 +376,7 @@ def full_stack_cpu(
     threads: int,
     sampled: float | None = None,
     work_us: int = 0,
+    compare_tree: Path | None = None,
 ) -> None:
     """CPU per message of real ``dramatiq`` worker processes (and of the producer process), full
     stack, tracing off and on, and raw Dramatiq: sides alternate in rounds, their order rotated by
@@ -389,7 +389,9 @@ def full_stack_cpu(
     each round's on/off ratio compares two neighbours.  ``sampled``, when given, adds a side tracing
     that share of traces (``TRADEFLOW_TRACING_SAMPLE_RATIO``).  ``work_us``, when not 0, makes each
     message burn that many µs of CPU in its worker, for the share tracing takes of a message that
-    does some work."""
+    does some work.  ``compare_tree``, when given, adds a side tracing every span with the code of
+    that checkout (e.g. ``git worktree add --detach ../before HEAD~1``): an A/B of two commits
+    under the same noise."""
     import statistics
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -411,6 +413,9 @@ def full_stack_cpu(
         throughput.VARIANTS.append(
             (sampled_side, {**tracing_on, "TRADEFLOW_TRACING_SAMPLE_RATIO": str(sampled)})
         )
+    if compare_tree is not None:
+        compared = f"on, {compare_tree.name}"
+        throughput.VARIANTS.append((compared, {**tracing_on, "PYTHONPATH": str(compare_tree)}))
     client = redis.Redis.from_url(REDIS_URL)
     results: dict[str, list[tuple[float, float, float, float]]] = {}
     # Round by round, against that round's tracing-off side: (CPU, user CPU, drain rate) ratios - 1.
@@ -431,6 +436,8 @@ def full_stack_cpu(
                 if "TRADEFLOW_DATABASE_URL" in side.env:
                     side.env["TRADEFLOW_DATABASE_URL"] = _fresh_database(database_url, scratch)
                 side.name = "tracing off" if side.name.startswith("tradeflow") else side.name
+                if compare_tree is not None and side.name == compared:
+                    side.root = compare_tree
                 row = _round(side, client, messages, processes, threads, work_us)
                 results.setdefault(side.name, []).append(row)
                 print(
@@ -547,6 +554,12 @@ def main() -> None:
         "--sampled-side", type=float, metavar="RATIO", help="--full-stack-cpu: a side tracing this share"
     )
     parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        metavar="CHECKOUT",
+        help="--full-stack-cpu: a side tracing every span with another checkout's code (an A/B)",
+    )
+    parser.add_argument(
         "--full-stack",
         nargs=argparse.REMAINDER,
         help="run bench/throughput.py with these arguments, plus tracing-on sides (100%% and 10%%)",
@@ -564,6 +577,7 @@ def main() -> None:
             args.threads,
             args.sampled_side,
             round(args.work_ms * 1000),
+            args.compare_tree,
         )
         return
     if args.full_stack is not None:
