@@ -1,0 +1,169 @@
+"""Instructions per message of a real producer and a real worker process, counted by callgrind.
+
+    .venv/bin/python bench/worker_instructions.py [--messages 10000] [--compare-tree ../before]
+
+CPU time on the 2-core VM moves by ±20 % between rounds of one configuration, so a change worth a
+few % of a message cannot be seen in ``tracing_overhead.py --full-stack-cpu``; an instruction count
+moves by well under 1 %.  For each side, valgrind's callgrind counts every instruction of:
+
+* the producer process sending N no-op messages through the full stack (and exporting their spans
+  and audit events before it exits);
+* the worker process (``dramatiq ... -p 1 -t 8``: audit trail, metrics, tracing, its export
+  thread and the garbage collector) draining those N messages, handed to it once it has booted.
+
+The same with ``--baseline`` messages is subtracted, so start-up, idle polls and shutdown cancel
+out.  Sides: tracing off; tracing on, every span exported over OTLP/HTTP to a receiver in another
+process; and with ``--compare-tree``, tracing on with another checkout's code (e.g. ``git worktree
+add --detach ../before HEAD~1``).  About 8 minutes a side for 10,000 messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from otlp_receiver import OTLPReceiver  # noqa: E402
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+#: The producer: one uncounted-in-effect first send (connects, loads scripts), N sends, then the
+#: audit events and spans they caused are written and exported.
+PRODUCER_SCRIPT = """
+import sys
+import dramatiq
+import actors
+from bench.bench_actors import noop
+from bench.producing import flush
+
+noop.send()
+for _ in range(int(sys.argv[1])):
+    noop.send()
+flush(dramatiq.get_broker())
+"""
+
+#: Run in the side's checkout: creates its audit tables.
+MIGRATE_SCRIPT = (
+    "import sys; from storage import create_db_engine, upgrade; upgrade(create_db_engine(sys.argv[1]))"
+)
+
+
+def _receive(url_pipe, stop_event) -> None:
+    with OTLPReceiver(keep_spans=False) as receiver:
+        url_pipe.send(receiver.url)
+        stop_event.wait()
+
+
+def _callgrind(command: list[str]) -> list[str]:
+    return ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command]
+
+
+def _collected(stderr: str) -> int:
+    """The instructions of the process that ran most (a worker's master only waits for its child)."""
+    return max(int(count) for count in re.findall(r"Collected : (\d+)", stderr))
+
+
+def _run(root: Path, env: dict[str, str], count: int, client: redis.Redis, scratch: str) -> tuple[int, int]:
+    """(producer, worker) instructions of ``count`` messages sent, then drained, with ``env``."""
+    namespace = f"bench-ci-{uuid.uuid4().hex[:6]}"
+    env = {
+        **env,
+        "PYTHONPATH": str(root),
+        "PYTHONHASHSEED": "0",
+        "BENCH_REDIS_URL": REDIS_URL,
+        "TRADEFLOW_REDIS_URL": REDIS_URL,
+        "TRADEFLOW_NAMESPACE": namespace,
+        "TRADEFLOW_DATABASE_URL": f"sqlite:///{scratch}/{namespace}.db",
+        "TRADEFLOW_METRICS_PORT": "0",
+    }
+    subprocess.run(
+        [sys.executable, "-c", MIGRATE_SCRIPT, env["TRADEFLOW_DATABASE_URL"]], env=env, cwd=root, check=True
+    )
+    produced = subprocess.run(
+        _callgrind([sys.executable, "-c", PRODUCER_SCRIPT, str(count)]),
+        env=env,
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    queue = f"{namespace}:bench"
+    client.rename(queue, f"{queue}-held")  # handed over once the worker has booted
+    worker = subprocess.Popen(
+        _callgrind([sys.executable, "-m", "dramatiq", "bench.actors_tradeflow", "-p", "1", "-t", "8"]),
+        env=env,
+        cwd=root,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(10)
+        client.rename(f"{queue}-held", queue)
+        while client.llen(queue) or any(client.zcard(key) for key in client.scan_iter(f"{namespace}*.acks*")):
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        os.killpg(worker.pid, 15)
+        stderr = worker.communicate(timeout=900)[1]
+        for key in client.scan_iter(f"{namespace}*"):
+            client.delete(key)
+    return _collected(produced.stderr), _collected(stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--baseline", type=int, default=1_000, help="messages of the run subtracted")
+    parser.add_argument("--compare-tree", type=Path, metavar="CHECKOUT", help="a side tracing with its code")
+    args = parser.parse_args()
+    if args.messages <= args.baseline:
+        parser.error("--messages must be more than --baseline")
+    url_pipe, child_pipe = multiprocessing.Pipe()
+    stop = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receive, args=(child_pipe, stop), daemon=True)
+    receiver.start()
+    tracing_on = {"TRADEFLOW_TRACING_EXPORTER": "otlp-http", "TRADEFLOW_TRACING_ENDPOINT": url_pipe.recv()}
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("TRADEFLOW_", "BENCH_"))}
+    sides = [("tracing off", ROOT, base), ("tracing on", ROOT, {**base, **tracing_on})]
+    if args.compare_tree is not None:
+        sides.append((f"on, {args.compare_tree.name}", args.compare_tree.resolve(), {**base, **tracing_on}))
+    client = redis.Redis.from_url(REDIS_URL)
+    figures = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="worker-instructions-") as scratch:
+            for name, root, env in sides:
+                small = _run(root, env, args.baseline, client, scratch)
+                big = _run(root, env, args.messages, client, scratch)
+                counted = args.messages - args.baseline
+                figures[name] = [(b - s) / counted for s, b in zip(small, big, strict=True)]
+                producer, worker = figures[name]
+                print(f"{name:>14}: producer {producer:,.0f}, worker {worker:,.0f}", flush=True)
+    finally:
+        stop.set()
+    off = figures["tracing off"]
+    print(f"\ninstructions per message ({args.messages:,} messages less {args.baseline:,}):")
+    for name, (producer, worker) in figures.items():
+        total = producer + worker
+        print(
+            f"{name:>14}: producer {producer:10,.0f}  worker {worker:10,.0f}  total {total:10,.0f}"
+            f"  vs off {total / sum(off) - 1:+6.1%} (producer {producer / off[0] - 1:+6.1%},"
+            f" worker {worker / off[1] - 1:+6.1%})"
+        )
+
+
+if __name__ == "__main__":
+    main()
