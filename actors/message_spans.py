@@ -40,6 +40,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from time import time_ns
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import baggage, context, propagate, trace
@@ -314,6 +315,9 @@ SpanRecord = tuple
 #: The fields of a :data:`SpanRecord` before its attributes.
 RECORD_FIELDS = 12
 
+#: The attributes of a span that has none.
+_NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
+
 #: OTLP ``Span.SpanKind`` numbers.
 SPAN_KINDS = {
     SpanKind.INTERNAL: 1,
@@ -378,11 +382,12 @@ def span_record(span: Any) -> SpanRecord | None:
     """``span`` (an ended SDK, middleware or queued span) as a :data:`SpanRecord`.
 
     ``None`` for a span with events, links or a trace state (whose objects a
-    record does not hold): it is queued as it is.
+    record does not hold), or one missing what an exported span has (a
+    context, times, a known kind and status): it is queued as it is.
     """
-    if span._events or span._links:
+    context, start, end = span._context, span._start_time, span._end_time
+    if span._events or span._links or context is None or start is None or end is None:
         return None
-    context = span._context
     if _CONTEXT_IS_TUPLE and type(context) is SpanContext:
         trace_id, span_id, _, _, trace_state, _ = context
     else:
@@ -393,7 +398,10 @@ def span_record(span: Any) -> SpanRecord | None:
     if status is _UNSET_STATUS:
         code, description = 0, None
     else:
-        code, description = _STATUS_NUMBERS[id(status.status_code)], status.description
+        code, description = _STATUS_NUMBERS.get(id(status.status_code)), status.description
+    kind = _KIND_NUMBERS.get(id(span._kind))
+    if code is None or kind is None:
+        return None
     origin = _origin_number(span._resource, span._instrumentation_scope)
     if origin is None:
         return None
@@ -401,7 +409,7 @@ def span_record(span: Any) -> SpanRecord | None:
     if type(attributes) is BoundedAttributes:
         attributes, dropped = attributes._dict, attributes.dropped
     else:
-        dropped = 0
+        attributes, dropped = attributes or _NO_ATTRIBUTES, 0
     parent = span._parent
     if parent is None:
         parent_id, remote = None, False
@@ -416,9 +424,9 @@ def span_record(span: Any) -> SpanRecord | None:
         span_id,
         parent_id,
         remote,
-        _KIND_NUMBERS[id(span._kind)],
-        span._start_time,
-        span._end_time,
+        kind,
+        start,
+        end,
         dropped,
         code,
         description,

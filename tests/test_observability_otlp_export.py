@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
@@ -83,7 +83,7 @@ def test_wire_encoding_parses_to_the_sdk_encoders_request() -> None:
 def test_span_records_encode_as_the_sdk_encodes_their_spans() -> None:
     """A span without events, links or trace state waits for export as a record (a plain tuple); the
     request built from records, mixed with the spans that stay spans, is the SDK encoder's."""
-    from actors.message_spans import span_record
+    from actors.message_spans import RECORD_FIELDS, span_record
 
     spans = _spans_of_every_shape()
     queued = [span_record(span) or span for span in spans]
@@ -91,6 +91,14 @@ def test_span_records_encode_as_the_sdk_encodes_their_spans() -> None:
     assert recorded == ["ok", "", "send", "process", "send"], "links, events, a trace state: kept as spans"
     for batch, expected in ((queued, spans), (queued[::-1], spans[::-1])):
         assert ExportTraceServiceRequest.FromString(encode_spans(batch)) == sdk_encode_spans(expected)
+    bare = ReadableSpan("bare", context=spans[3].context, attributes=None, start_time=1, end_time=2)
+    assert span_record(bare)[RECORD_FIELDS:] == (), "no attributes: none recorded"
+    for incomplete in (
+        ReadableSpan("no times", context=spans[3].context),
+        ReadableSpan("no context", start_time=1, end_time=2),
+        ReadableSpan("no kind", context=spans[3].context, kind=None, start_time=1, end_time=2),
+    ):
+        assert span_record(incomplete) is None, f"{incomplete.name}: waits as itself"
 
 
 def test_spans_of_tracers_made_per_call_share_their_scopes_record_origin(monkeypatch) -> None:
