@@ -361,7 +361,7 @@ def _origin_number(resource: Any, scope: Any) -> int | None:
         return known[2]
     with _origins_lock:
         # Equal scopes share a number: a tracer made per call has a scope object of its own.
-        same = (n for n, (known, other) in enumerate(_origins) if known is resource and _same(other, scope))
+        same = (n for n, (owner, other) in enumerate(_origins) if owner is resource and _same(other, scope))
         number = next(same, None)
         if number is None:
             if len(_origins) >= MAX_RECORD_ORIGINS:

@@ -24,11 +24,12 @@ from typing import Any
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from .message_spans import (
     _CONTEXT_IS_TUPLE,
+    _STATUS_NUMBERS,
     _UNSET_STATUS,
     RECORD_FIELDS,
     SPAN_KINDS,
@@ -246,16 +247,12 @@ def _status_field(code: int, description: str | None) -> bytes:
 #: Encoded ``Span.name`` fields by name (span names are few: ``send {queue}``, ``process {queue}``).
 _names: dict[str, bytes] = {}
 
-#: Encoded ``Span.status`` fields of statuses without a description, by ``id()`` of the code
-#: (an enum member, alive for good: hashing the member itself runs ``Enum.__hash__`` in Python).
-_plain_statuses: dict[int, bytes] = {}
-
 #: Encoded ``Span.kind`` fields by ``id()`` of the SpanKind member (as above), and by OTLP number.
 _KIND_FIELDS = {id(kind): b"\x30" + _SMALL_VARINTS[number] for kind, number in SPAN_KINDS.items()}
 _KIND_NUMBER_FIELDS = {number: b"\x30" + _SMALL_VARINTS[number] for number in SPAN_KINDS.values()}
 
 #: Encoded ``Span.status`` fields of statuses without a description, by code number.
-_CODE_FIELDS = {code: _status_field(code, None) for code in range(3)}
+_CODE_FIELDS = {code.value: _status_field(code.value, None) for code in StatusCode}
 
 #: The fields of the SDK's ``ReadableSpan`` that :func:`encode_span` reads directly.
 _READABLE_FIELDS = (
@@ -337,14 +334,11 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.extend(_field(b"\x6a", _link(link)) for link in span.links)
         parts.append(_uint_field(b"\x70", span.dropped_links))
     if status is _UNSET_STATUS:  # the middleware's spans' until one is set
-        parts.append(_UNSET_STATUS_FIELD)
-    elif status is not None and not status.description:
-        status_field = _plain_statuses.get(id(status.status_code))
-        if status_field is None:
-            status_field = _plain_statuses[id(status.status_code)] = _status(status)
-        parts.append(status_field)
+        parts.append(_CODE_FIELDS[0])
     else:
-        parts.append(_status(status))
+        plain = status is not None and not status.description
+        code = _STATUS_NUMBERS.get(id(status.status_code)) if plain else None
+        parts.append(_status(status) if code is None else _CODE_FIELDS[code])
     parts.append(_REMOTE_FLAGS if remote else _LOCAL_FLAGS)
     return b"".join(parts)
 
@@ -380,10 +374,6 @@ def _name_field(name: str) -> bytes:
     if len(_names) < MAX_CACHED_KEYS:
         _names[name] = field
     return field
-
-
-#: The ``Span.status`` field of the status :mod:`actors.message_spans` gives a span at its start.
-_UNSET_STATUS_FIELD = _status(_UNSET_STATUS)
 
 
 #: ``Span.flags`` (field 16, fixed32) of a span whose parent is remote, and of any other.
