@@ -32,12 +32,12 @@ from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from otlp_receiver import OTLPReceiver  # noqa: E402
+import throughput
+from tracing_overhead import REDIS_URL, _receive
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = throughput.ROOT
 
 #: The producer: one uncounted-in-effect first send (connects, loads scripts), N sends, then the
 #: audit events and spans they caused are written and exported.
@@ -58,12 +58,6 @@ flush(dramatiq.get_broker())
 MIGRATE_SCRIPT = (
     "import sys; from storage import create_db_engine, upgrade; upgrade(create_db_engine(sys.argv[1]))"
 )
-
-
-def _receive(url_pipe, stop_event) -> None:
-    with OTLPReceiver(keep_spans=False) as receiver:
-        url_pipe.send(receiver.url)
-        stop_event.wait()
 
 
 def _callgrind(command: list[str]) -> list[str]:
@@ -113,14 +107,12 @@ def _run(root: Path, env: dict[str, str], count: int, client: redis.Redis, scrat
     try:
         time.sleep(10)
         client.rename(f"{queue}-held", queue)
-        while client.llen(queue) or any(client.zcard(key) for key in client.scan_iter(f"{namespace}*.acks*")):
+        while client.llen(queue) or throughput.unacked(client, namespace):
             time.sleep(0.5)
-        time.sleep(2)
     finally:
         os.killpg(worker.pid, 15)
         stderr = worker.communicate(timeout=900)[1]
-        for key in client.scan_iter(f"{namespace}*"):
-            client.delete(key)
+        throughput.cleanup(client, namespace)
     return _collected(produced.stderr), _collected(stderr)
 
 
