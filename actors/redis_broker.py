@@ -45,6 +45,7 @@ from dramatiq.message import Message
 from .acks import ACK_HOLD_ATTRIBUTE, PendingAcks
 from .admission import ADMISSION_ATTRIBUTE, Admission, Verdict, cancel_channel
 from .hooks import HookTable
+from .received import ReceivedMessage
 
 #: Priority lanes of a queue, most urgent first.
 LANES = ("critical", "high", "normal", "low")
@@ -392,7 +393,7 @@ class WakeupConsumer(_RedisConsumer):
         eta = message.options.get("eta")
         if self.is_delay_queue and isinstance(eta, int | float):
             self.etas[message.message_id] = eta
-        proxy = MessageProxy(message)
+        proxy = ReceivedMessage(message)
         if verdict is not None:
             setattr(proxy, ADMISSION_ATTRIBUTE, Verdict.parse(verdict, fetched_at=self._fetched_at))
         return proxy

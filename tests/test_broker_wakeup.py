@@ -4,6 +4,7 @@ and Dramatiq's recovery of a killed worker's messages still works."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -23,9 +24,12 @@ from broker_support import (
     wait_until,
 )
 from conftest import REPO_ROOT, settings_env
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 
 from actors import build_broker
+from actors.acks import ACK_HOLD_ATTRIBUTE
+from actors.admission import ADMISSION_ATTRIBUTE
 from actors.redis_broker import WakeupRedisBroker
 
 
@@ -38,6 +42,47 @@ def test_build_broker_uses_waking_broker_unless_stock_asked(broker_settings):
     assert isinstance(build_broker(broker_settings), WakeupRedisBroker)
     stock = build_broker(broker_settings.model_copy(update={"stock_broker": True}))
     assert type(stock) is RedisBroker
+
+
+@pytest.mark.timeout(30)
+def test_received_messages_are_read_without_the_proxys_attribute_fallback(broker_settings, monkeypatch):
+    """A MessageProxy forwards field reads through __getattr__, which Python 3.11 calls only after
+    raising an AttributeError: the consumer's messages hold their fields, and the per-delivery
+    attributes tradeflow reads (ack hold, admission verdict) default to None without a fallback."""
+    broker = build_broker(broker_settings)
+
+    @dramatiq.actor(broker=broker, queue_name="fields", max_retries=0)
+    def work(x: int, *, tag: str) -> None:
+        pass
+
+    sent = work.send_with_options(args=(7,), kwargs={"tag": "t"}, priority="high")
+    fallbacks: list[str] = []
+    forward = MessageProxy.__getattr__
+    monkeypatch.setattr(
+        MessageProxy, "__getattr__", lambda proxy, name: fallbacks.append(name) or forward(proxy, name)
+    )
+    consumer = broker.consume("fields", prefetch=1, timeout=200)
+    try:
+        received = None
+        deadline = time.monotonic() + 10
+        while received is None and time.monotonic() < deadline:
+            received = next(consumer)
+        assert isinstance(received, MessageProxy)
+        fields = [field.name for field in dataclasses.fields(dramatiq.Message)]
+        read = {name: getattr(received, name) for name in fields}
+        assert read == {name: getattr(received._message, name) for name in fields}
+        assert (read["message_id"], read["args"], read["kwargs"]) == (sent.message_id, (7,), {"tag": "t"})
+        assert read["options"] is received._message.options and read["options"]["priority"] == "high"
+        assert getattr(received, ACK_HOLD_ATTRIBUTE, None) is None
+        getattr(received, ADMISSION_ATTRIBUTE, None)
+        assert fallbacks == []
+        assert received.copy(queue_name="other").queue_name == "other"  # the rest still forwards
+        assert fallbacks == ["copy"]
+        received.fail()
+        assert received.failed and not getattr(received._message, "failed", False)
+        consumer.ack(received)
+    finally:
+        consumer.close()
 
 
 @pytest.mark.timeout(60)
