@@ -358,8 +358,8 @@ class WakeupConsumer(_RedisConsumer):
         """(data, verdict) of up to ``room`` messages; ``acks`` go out in the same call."""
         self._fetched_at = time.monotonic()
         try:
-            reply = self.broker.do_fetch(
-                self.queue_name, room, *self.admit_args, len(acks), *acks, *self._lane_order()
+            reply = self.broker.do_dispatch(
+                "fetch", self.queue_name, room, *self.admit_args, len(acks), *acks, *self._lane_order()
             )
         except Exception:
             self.pending.put_back(acks)
@@ -466,8 +466,15 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         return next((m for m in self.middleware if isinstance(m, Admission)), None)
 
     def do_dispatch(self, command: str, queue_name: str, *args) -> object:
-        """One call of the dispatch script, for commands Dramatiq's broker has no method for."""
-        return self._dispatch(command)(queue_name, *args)
+        """One call of the dispatch script.
+
+        What Dramatiq's ``do_<command>`` attributes do, as a method: those come
+        from ``RedisBroker.__getattr__``, reached only after a failed lookup
+        has built an ``AttributeError``, and build a closure per call.
+        """
+        return self.scripts["dispatch"](
+            args=self._dispatch_args(command, queue_name, *args), keys=[self.namespace]
+        )
 
     def pending_acks(self, queue_name: str) -> PendingAcks:
         """The deferred acks of ``queue_name`` in this process."""
@@ -512,7 +519,7 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         lane = DEFAULT_LANE if delay is not None else lane  # the delay queue has one lane
         self.logger.debug("Enqueueing message %r on queue %r.", message.message_id, queue_name)
         self.emit_before("enqueue", message, delay)
-        self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode(), lane)
+        self.do_dispatch("enqueue", queue_name, message.options["redis_message_id"], message.encode(), lane)
         self.emit_after("enqueue", message, delay)
         return message
 

@@ -45,22 +45,27 @@ def test_build_broker_uses_waking_broker_unless_stock_asked(broker_settings):
 
 
 @pytest.mark.timeout(30)
-def test_received_messages_are_read_without_the_proxys_attribute_fallback(broker_settings, monkeypatch):
-    """A MessageProxy forwards field reads through __getattr__, which Python 3.11 calls only after
-    raising an AttributeError: the consumer's messages hold their fields, and the per-delivery
-    attributes tradeflow reads (ack hold, admission verdict) default to None without a fallback."""
+def test_sending_and_receiving_take_no_attribute_fallback(broker_settings, monkeypatch):
+    """``__getattr__`` runs only after Python 3.11 has raised an AttributeError: a MessageProxy forwards
+    every field read through it, and Dramatiq's RedisBroker makes its ``do_<command>`` script calls
+    with it.  The waking broker sends and fetches through a method, its consumer's messages hold
+    their fields, and the per-delivery attributes tradeflow reads (ack hold, admission verdict)
+    default to None."""
     broker = build_broker(broker_settings)
 
     @dramatiq.actor(broker=broker, queue_name="fields", max_retries=0)
     def work(x: int, *, tag: str) -> None:
         pass
 
-    sent = work.send_with_options(args=(7,), kwargs={"tag": "t"}, priority="high")
     fallbacks: list[str] = []
-    forward = MessageProxy.__getattr__
-    monkeypatch.setattr(
-        MessageProxy, "__getattr__", lambda proxy, name: fallbacks.append(name) or forward(proxy, name)
-    )
+    for owner in (MessageProxy, RedisBroker):
+        forward = owner.__getattr__
+        monkeypatch.setattr(
+            owner,
+            "__getattr__",
+            lambda self, name, forward=forward: fallbacks.append(name) or forward(self, name),
+        )
+    sent = work.send_with_options(args=(7,), kwargs={"tag": "t"}, priority="high")
     consumer = broker.consume("fields", prefetch=1, timeout=200)
     try:
         received = None
