@@ -3,12 +3,13 @@
 A ``MessageProxy`` forwards every field read (``message.options``,
 ``message.message_id``, ...) through ``__getattr__``, which Python calls
 only after the normal lookup has failed, and before 3.12 that failure first
-builds and formats an ``AttributeError``: about 0.45 µs a read where a plain
-attribute takes 0.03.  A worker's middleware stack (Dramatiq's, tradeflow's
-audit trail, metrics, acks, admission, ...) reads some fifty fields of each
-message, which made field reads about a tenth of a no-op message's worker
-CPU.  :class:`ReceivedMessage` copies the fields onto the proxy once; a
-``Message`` is frozen, so the copies never go stale.
+builds and formats an ``AttributeError``: about 0.45 µs a read, where a plain
+attribute takes a few ns.  A worker's middleware stack (Dramatiq's,
+tradeflow's audit trail, metrics, acks, admission, ...) reads some fifty
+fields of each message: a fifth of a no-op message's worker instructions
+went to those reads (``docs/performance.md``).  :class:`ReceivedMessage`
+copies the fields onto the proxy once; a ``Message`` is frozen, so the
+copies never go stale.
 """
 
 from __future__ import annotations
