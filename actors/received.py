@@ -24,11 +24,12 @@ from .admission import ADMISSION_ATTRIBUTE
 class ReceivedMessage(MessageProxy):
     """A ``MessageProxy`` whose message fields are its own attributes (read without ``__getattr__``).
 
-    Everything else (``fail``, ``stuff_exception``, equality, other
-    attributes such as ``copy`` or ``encode``) is the proxy's own. The
-    per-delivery attributes tradeflow sets on a proxy (its ack hold, its
-    admission verdict) default to ``None`` on the class, so reading them on
-    a message without them raises nothing either.
+    Everything else is the proxy's: its own state and methods (``fail``,
+    ``stuff_exception``, equality), and the message's methods (``copy``,
+    ``encode``), still forwarded by ``__getattr__``.  The per-delivery
+    attributes tradeflow sets on a proxy (its ack hold, its admission
+    verdict) default to ``None`` on the class, so reading them on a message
+    without them raises nothing either.
 
     Parameters:
       message(Message): The message received.
@@ -41,6 +42,7 @@ class ReceivedMessage(MessageProxy):
         super().__init__(message)
 
 
-for _name in (ACK_HOLD_ATTRIBUTE, ADMISSION_ATTRIBUTE):
-    setattr(ReceivedMessage, _name, None)
-del _name
+# Class defaults for the attributes a middleware sets per delivery (their names are constants).
+for _attribute in (ACK_HOLD_ATTRIBUTE, ADMISSION_ATTRIBUTE):
+    setattr(ReceivedMessage, _attribute, None)
+del _attribute
