@@ -79,7 +79,7 @@ def test_sending_and_receiving_take_no_attribute_fallback(broker_settings, monke
         assert (read["message_id"], read["args"], read["kwargs"]) == (sent.message_id, (7,), {"tag": "t"})
         assert read["options"] is received._message.options and read["options"]["priority"] == "high"
         assert getattr(received, ACK_HOLD_ATTRIBUTE, None) is None
-        getattr(received, ADMISSION_ATTRIBUTE, None)
+        getattr(received, ADMISSION_ATTRIBUTE, None)  # set or not, read without a fallback (next line)
         assert fallbacks == []
         assert received.copy(queue_name="other").queue_name == "other"  # the rest still forwards
         assert fallbacks == ["copy"]
