@@ -4,7 +4,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY actors actors
 COPY api api
-COPY config config
 COPY orchestration orchestration
 COPY saga saga
 COPY storage storage

@@ -2,48 +2,50 @@
 
 ``dramatiq actors`` and ``periodiq actors`` import it as it is: the settings
 are read from the environment here (this is a process edge), the broker is
-built and made global, and every actor module is imported.
+built and made global, and every queue module is imported.  The machinery
+under the queues lives in subpackages, each with its ``__init__`` as its door:
+``broker`` (the Redis transport), ``middleware`` (per-message policies),
+``scheduling``, ``telemetry``, ``runtime`` (the stack built from the
+settings), and the queues' domain code: ``ib``, ``accounts``, ``market_data``,
+``analysis``, ``strategies``.
 """
 
-import dramatiq
+from actors.middleware import Audit, worker_id
+from actors.runtime import audit_writer_of, build_broker, configure
+from actors.settings import Settings
 
-from config import Settings
+#: The settings this process read from its ``TRADEFLOW_*`` environment.
+current_settings = Settings()
+#: The broker built from them, Dramatiq's global broker.
+current_broker = configure(current_settings)
 
-from .audit import Audit, worker_id
-from .broker import audit_writer_of, build_broker
-
-settings = Settings()
-broker = build_broker(settings)
-dramatiq.set_broker(broker)
-
-# Every actor module, one per queue (and the leased scheduler that ``periodiq actors`` runs).
-from . import (  # noqa: E402  (actors register on the broker set above)
+# Every queue module (and the leased scheduler that ``periodiq actors`` runs).
+from actors import (  # noqa: E402  (actors register on the broker set above)
     ai_analysis,
     data_fetcher,
     ib_positions,
-    ib_routing,
     maintenance,
     monitoring,
     portfolio,
-    scheduler,
     strategy,
     system,
 )
+from actors.scheduling import scheduler  # noqa: E402
 
 __all__ = [
     "Audit",
+    "Settings",
     "ai_analysis",
     "audit_writer_of",
-    "broker",
     "build_broker",
+    "current_broker",
+    "current_settings",
     "data_fetcher",
     "ib_positions",
-    "ib_routing",
     "maintenance",
     "monitoring",
     "portfolio",
     "scheduler",
-    "settings",
     "strategy",
     "system",
     "worker_id",

@@ -9,10 +9,11 @@ the data read, and returns it.  Bad input fails at once (``ValueError``).
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+
+from actors.analysis import analyze_and_store, backtest_facts_of, market_facts_of, portfolio_facts_of
+from actors.runtime import process_settings
 
 #: Queue of the analysis actors.
 QUEUE = "ai_analysis"
@@ -27,87 +28,18 @@ _OPTIONS = {
 }
 
 
-def _settings():
-    from . import settings
-
-    return settings
-
-
-@lru_cache(maxsize=1)
-def _engine(database_url: str):
-    from storage import create_db_engine
-
-    return create_db_engine(database_url)
-
-
-def _analyzer(settings):
-    from .analysis import FallbackAnalyzer, OfflineAnalyzer
-
-    if settings.analysis_analyzer == "offline":
-        return FallbackAnalyzer(primary=OfflineAnalyzer())
-    from .analysis.llm import LLMAnalyzer
-
-    llm = LLMAnalyzer(
-        base_url=settings.analysis_llm_base_url,
-        model=settings.analysis_llm_model,
-        api_key=settings.analysis_llm_api_key,
-        timeout=settings.analysis_llm_timeout_s,
-    )
-    return FallbackAnalyzer(primary=llm, fallback=OfflineAnalyzer())
-
-
 def _analyze(kind: str, facts: dict, *, arguments: dict) -> dict:
-    """Run the analyzer on ``facts``, store the report, return what was stored."""
-    from storage import AnalysisRecord, save_analysis
-
-    from .analysis import AnalysisRequest
-
-    settings = _settings()
-    outcome = _analyzer(settings).run(AnalysisRequest(kind=kind, facts=facts))
     message = CurrentMessage.get_current_message()
-    inputs = {**facts.get("inputs", {}), **_inputs_of(facts), "arguments": arguments}
-    record = AnalysisRecord(
-        kind=kind,
-        analyzer=outcome.analyzer,
-        fallback_reason=outcome.fallback_reason,
-        message_id=message.message_id if message else None,
-        inputs=inputs,
-        report=outcome.report.model_dump(mode="json"),
-    )
-    if message is not None:
-        record.id = message.message_id  # a redelivery replaces its row instead of adding one
-    stored = save_analysis(_engine(settings.database_url), record)
-    return {
-        "id": stored.id,
-        "kind": kind,
-        "analyzer": stored.analyzer,
-        "fallback_reason": stored.fallback_reason,
-        "inputs": stored.inputs,
-        "report": stored.report,
-    }
+    message_id = message.message_id if message else None
+    return analyze_and_store(process_settings(), kind, facts, arguments=arguments, message_id=message_id)
 
 
-def _inputs_of(facts: dict) -> dict:
-    """Versions read by the nested fact groups (market, portfolio)."""
-    inputs = {}
-    for group in ("market", "portfolio"):
-        for name, value in (facts.get(group) or {}).get("inputs", {}).items():
-            inputs[f"{group}.{name}"] = value
-    return inputs
+def _market(symbols: list[str], as_of: str | None = None) -> dict:
+    return market_facts_of(process_settings(), symbols, as_of)
 
 
-def _market(symbols, as_of=None) -> dict:
-    from .analysis.facts import market_facts
-    from .market_data.ingest import parse_time
-
-    moment = parse_time(as_of, what="as_of", end=True) if as_of else None
-    return market_facts(_settings().delta_root, symbols, as_of=moment)
-
-
-def _portfolio(portfolio, limits) -> dict:
-    from .analysis.facts import portfolio_facts
-
-    return portfolio_facts(_settings().delta_root, portfolio, limits)
+def _portfolio(portfolio: dict, limits: dict | None) -> dict:
+    return portfolio_facts_of(process_settings(), portfolio, limits)
 
 
 @dramatiq.actor(**_OPTIONS)
@@ -141,9 +73,7 @@ def generate_recommendations(
 @dramatiq.actor(**_OPTIONS)
 def analyze_strategy(backtest: dict) -> dict:
     """Deploy, revise or reject a strategy from its backtest result (see ``docs/data.md``)."""
-    from .analysis.facts import backtest_facts
-
-    return _analyze("strategy", backtest_facts(backtest), arguments={"backtest": backtest})
+    return _analyze("strategy", backtest_facts_of(backtest), arguments={"backtest": backtest})
 
 
 @dramatiq.actor(**_OPTIONS)

@@ -21,9 +21,8 @@ import dramatiq
 from periodiq import cron
 
 if TYPE_CHECKING:
-    from config import Settings
-
-    from .market_data import MarketDataProvider
+    from actors.market_data import MarketDataProvider
+    from actors.settings import Settings
 
 #: Queue of the data actors.
 QUEUE = "data_fetcher"
@@ -44,14 +43,14 @@ _FETCH_OPTIONS = {
 
 
 def _settings() -> Settings:
-    from . import settings
+    from actors.runtime import process_settings
 
-    return settings
+    return process_settings()
 
 
 def provider_from_settings(settings: Settings) -> MarketDataProvider:
     """The market-data provider ``settings`` configure."""
-    from .market_data import build_provider
+    from actors.market_data import build_provider
 
     universe = frozenset(s.strip().upper() for s in settings.data_synthetic_symbols.split(",") if s.strip())
     return build_provider(
@@ -85,7 +84,7 @@ def fetch_market_data(symbols: list[str], start: str, end: str, interval: str = 
     ``start``/``end`` are ISO dates or datetimes (UTC when naive); a bare
     date as ``end`` includes that whole day.
     """
-    from .market_data import ingest
+    from actors.market_data import ingest
 
     begin = ingest.parse_time(start, what="start")
     finish = ingest.parse_time(end, what="end", end=True)
@@ -97,7 +96,7 @@ def fetch_market_data(symbols: list[str], start: str, end: str, interval: str = 
 @dramatiq.actor(**_FETCH_OPTIONS)
 def fetch_news(symbols: list[str], start: str, end: str) -> dict:
     """Upsert news of ``symbols`` into ``news``, each item scored by VADER on the way in."""
-    from .market_data import ingest
+    from actors.market_data import ingest
 
     begin = ingest.parse_time(start, what="start")
     finish = ingest.parse_time(end, what="end", end=True)
@@ -109,7 +108,7 @@ def fetch_news(symbols: list[str], start: str, end: str) -> dict:
 @dramatiq.actor(**_FETCH_OPTIONS)
 def fetch_earnings(symbols: list[str]) -> dict:
     """Upsert the earnings history of ``symbols`` into ``earnings``."""
-    from .market_data import ingest
+    from actors.market_data import ingest
 
     return _run(ingest.fetch_earnings, symbols=symbols)
 
@@ -117,7 +116,7 @@ def fetch_earnings(symbols: list[str]) -> dict:
 @dramatiq.actor(**_FETCH_OPTIONS)
 def fetch_fundamentals(symbols: list[str]) -> dict:
     """Upsert quarterly fundamentals of ``symbols`` into ``fundamentals``."""
-    from .market_data import ingest
+    from actors.market_data import ingest
 
     return _run(ingest.fetch_fundamentals, symbols=symbols)
 
@@ -127,7 +126,7 @@ def fetch_fundamentals(symbols: list[str]) -> dict:
 )
 def update_24h_stats() -> dict:
     """Refresh ``stats_24h`` from ``market_bars``."""
-    from .market_data import maintenance
+    from actors.market_data import maintenance
 
     settings = _settings()
     return maintenance.update_24h_stats(
@@ -140,7 +139,7 @@ def update_24h_stats() -> dict:
 )
 def cleanup_data(older_than: str | int) -> dict:
     """Delete bars and news older than ``older_than``: an ISO date/datetime, or a number of days."""
-    from .market_data import ingest, maintenance
+    from actors.market_data import ingest, maintenance
 
     if isinstance(older_than, int) and not isinstance(older_than, bool):
         if older_than < 0:
@@ -164,7 +163,7 @@ def cleanup_data(older_than: str | int) -> dict:
 )
 def optimize_tables() -> dict:
     """Compact every Delta table and vacuum files older than the configured retention."""
-    from .market_data import maintenance
+    from actors.market_data import maintenance
 
     settings = _settings()
     return maintenance.optimize_tables(

@@ -1,6 +1,6 @@
 """The ``maintenance`` queue: the seed's housekeeping schedules.
 
-Their times come from the schedule table (:data:`actors.schedules.DEFAULT_SCHEDULES`,
+Their times come from the schedule table (:data:`actors.scheduling.schedules.DEFAULT_SCHEDULES`,
 overridable by settings): cleanup daily 03:00, vacuum Sundays 04:00, summary 08:00.
 """
 
@@ -11,9 +11,8 @@ from datetime import timedelta
 import dramatiq
 from dramatiq.logging import get_logger
 
+from actors.scheduling import schedule_control_of
 from storage import delete_finished_before, status_counts_since, utc_now, vacuum
-
-from .schedules import schedule_control_of
 
 #: Queue of the maintenance actors.
 QUEUE = "maintenance"

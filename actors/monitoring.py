@@ -5,7 +5,7 @@ from __future__ import annotations
 import dramatiq
 from periodiq import cron
 
-from .system import QUEUE
+from actors.system import QUEUE
 
 
 @dramatiq.actor(
@@ -13,16 +13,15 @@ from .system import QUEUE
 )
 def monitor_health() -> dict:
     """Run the health checks with this deployment's thresholds and store raised/resolved alerts."""
-    import actors
+    from actors.runtime import process_settings
+    from actors.telemetry import check_health
     from storage import create_db_engine
 
-    from .health import check_health
-
-    settings = actors.settings
+    settings = process_settings()
     engine = create_db_engine(settings.database_url)
     try:
         report = check_health(
-            client=actors.broker.client,
+            client=dramatiq.get_broker().client,
             namespace=settings.namespace,
             engine=engine,
             heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,

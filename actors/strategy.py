@@ -1,6 +1,6 @@
 """The ``strategy`` queue: backtests and screenings of user-submitted strategy code.
 
-The work is in :mod:`actors.strategy_tasks`, imported on the first task so
+The work is in :mod:`actors.strategies.tasks`, imported on the first task so
 that ``import actors`` stays light for processes that never run one.
 """
 
@@ -10,7 +10,7 @@ import functools
 
 import dramatiq
 
-from .strategy_wire import StrategyFailed
+from actors.strategies import StrategyFailed
 
 #: Queue of the strategy actors.
 QUEUE = "strategy"
@@ -18,10 +18,10 @@ QUEUE = "strategy"
 
 @functools.cache
 def _tasks():
-    from . import settings  # the worker's settings, read by ``actors`` at start
-    from .strategy_tasks import build_strategy_tasks
+    from actors.runtime import process_settings
+    from actors.strategies import build_strategy_tasks
 
-    return build_strategy_tasks(settings)
+    return build_strategy_tasks(process_settings())
 
 
 @dramatiq.actor(queue_name=QUEUE, store_results=True, throws=(StrategyFailed,))

@@ -6,7 +6,7 @@ import time
 
 import dramatiq
 
-from .audit import worker_id
+from actors.middleware import worker_id
 
 #: Queue of the system actors.
 QUEUE = "system"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import redis
 
-from config import DEFAULT_REDIS_URL, Settings
+if TYPE_CHECKING:
+    from actors.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ def redis_answers(url: str, *, timeout: float = 0.5) -> bool:
 
 
 @contextmanager
-def redis_for(settings: Settings, *, default_url: str = DEFAULT_REDIS_URL) -> Iterator[str]:
+def redis_for(settings: Settings, *, default_url: str | None = None) -> Iterator[str]:
     """Yield the Redis URL to use, starting an embedded Valkey server for the block if needed.
 
     A configured ``redis_url`` is used as it is (and must answer); with none,
@@ -37,6 +39,7 @@ def redis_for(settings: Settings, *, default_url: str = DEFAULT_REDIS_URL) -> It
             raise ConnectionError(f"nothing answers at TRADEFLOW_REDIS_URL={settings.redis_url}")
         yield settings.redis_url
         return
+    default_url = default_url or settings.effective_redis_url
     if redis_answers(default_url):
         yield default_url
         return

@@ -32,10 +32,13 @@ import redis
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from actors.broker import build_broker  # noqa: E402
-from actors.ib_gateway_sim import Scenario, SimPosition  # noqa: E402
-from actors.ib_positions import BatchScheduler  # noqa: E402
-from config import Settings  # noqa: E402
+from actors.ib import (  # noqa: E402
+    BatchScheduler,
+    Scenario,
+    SimPosition,
+)
+from actors.runtime import build_broker  # noqa: E402
+from actors.settings import Settings  # noqa: E402
 from storage import create_db_engine, upgrade  # noqa: E402
 from storage.ib_positions import NewRequest, enqueue_requests, queue_stats  # noqa: E402
 

@@ -22,13 +22,11 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from actors.admission import Admission
-from actors.broker import build_broker
-from actors.cancellation import CancelWatcher
-from actors.dead_letters import DeadLetterLog
-from actors.recovery import StalledRecovery
-from actors.schedules import ScheduleControl
-from config import Settings
+from actors.broker import Admission
+from actors.middleware import CancelWatcher, DeadLetterLog, StalledRecovery
+from actors.runtime import build_broker
+from actors.scheduling import ScheduleControl
+from actors.settings import Settings
 
 #: Middleware types that make up job control.
 JOB_CONTROL = (Admission, CancelWatcher, DeadLetterLog, StalledRecovery, ScheduleControl)

@@ -26,8 +26,8 @@ from pathlib import Path
 import redis
 from dramatiq.message import Message
 
-from actors.broker import build_broker
-from config import Settings
+from actors.runtime import build_broker
+from actors.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -39,10 +39,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from latency_actors import declare  # noqa: E402
 
 from actors import audit_writer_of, build_broker  # noqa: E402
-from actors.batch import send_many  # noqa: E402
-from actors.redis_broker import LANES  # noqa: E402
+from actors.broker import LANES, send_many  # noqa: E402
+from actors.settings import Settings  # noqa: E402
 from api.stack import stop, worker_command  # noqa: E402
-from config import Settings  # noqa: E402
 from storage import create_db_engine, upgrade  # noqa: E402
 
 #: Low jobs queued ahead of the critical message, and how long each runs, in seconds.

@@ -3,7 +3,7 @@
     .venv/bin/python bench/strategy.py [--symbols 100] [--days 504] [--screen-symbols 500] [--no-e2e]
 
 Prints, on the same synthetic bars (2 years x 100 symbols by default):
-- engine rows/s of ``actors.backtest`` and of the obvious per-row loop
+- engine rows/s of ``actors.strategies.backtest`` and of the obvious per-row loop
   (``tests/strategy_fixtures.reference_backtest``), their ratio, and that both agree;
 - the sandbox's fixed cost (a strategy that returns nothing, on 1 row) and its
   cost on the whole data set with the seed's gap-up strategy;
@@ -42,9 +42,15 @@ os.environ |= {
 import pandas as pd  # noqa: E402
 from strategy_fixtures import GAP_UP, reference_backtest, synthetic_bars, write_market_bars  # noqa: E402
 
-from actors.backtest import BacktestConfig, EntryRule, backtest  # noqa: E402
-from actors.sandbox import Sandbox  # noqa: E402
-from actors.strategy_tasks import instance_records, instances_frame, rank  # noqa: E402
+from actors.strategies import (  # noqa: E402  # noqa: E402
+    BacktestConfig,
+    EntryRule,
+    Sandbox,
+    backtest,
+    instance_records,
+    instances_frame,
+    rank,
+)
 
 SCORED = GAP_UP.replace('"signal": True,', '"signal": True, "score": float(row.gap_pct),')
 
@@ -138,13 +144,13 @@ def bench_end_to_end(bars: pd.DataFrame, screen_symbols: int) -> None:
     from actors.strategy import run_backtest, run_screening
 
     screen_bars = synthetic_bars([f"U{i:04d}" for i in range(screen_symbols)], days=120, seed=5)
-    write_market_bars(actors.settings.delta_root, pd.concat([bars, screen_bars], ignore_index=True))
+    write_market_bars(actors.current_settings.delta_root, pd.concat([bars, screen_bars], ignore_index=True))
     worker = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "1", "-Q", "strategy"],
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
     )
-    client = actors.broker.client
+    client = actors.current_broker.client
     try:
         symbols = sorted(bars["ticker"].unique())
         start, end = str(bars["date"].min().date()), str(bars["date"].max().date())

@@ -46,8 +46,8 @@ def _child(hooks: str, count: int) -> None:
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from actors.tracing import Tracing, tracer_provider_for
-    from config import Settings
+    from actors.settings import Settings
+    from actors.telemetry import Tracing, tracer_provider_for
 
     settings = Settings(
         tracing_exporter="otlp-http", tracing_endpoint="http://127.0.0.1:9/v1/traces", audit_enabled=False

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from otlp_receiver import OTLPReceiver
 
-from actors.broker import build_broker
-from actors.tracing import tracer_provider_for
-from config import Settings
+from actors.runtime import build_broker
+from actors.settings import Settings
+from actors.telemetry import tracer_provider_for
 
 #: Redis of the benchmark (a database of its own, keys under a fresh namespace).
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -150,7 +150,7 @@ def hook_costs(endpoint: str, messages: int = 1000, rounds: int = 5) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    from actors.tracing import Tracing
+    from actors.telemetry import Tracing
 
     def provider(ratio: float, exporter: str | None) -> TracerProvider:
         if exporter == "tradeflow":
@@ -202,7 +202,7 @@ def metrics_hook_costs(messages: int = 5000, rounds: int = 5) -> None:
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from actors.metrics import Metrics, WorkerMetrics, use_directory
+    from actors.telemetry import Metrics, WorkerMetrics, use_directory
 
     broker = StubBroker()
     broker.client = redis.Redis.from_url(REDIS_URL)  # enqueue counts go to Redis, in the background

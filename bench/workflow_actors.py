@@ -11,4 +11,4 @@ CALLS_KEY = "bench-workflow-calls"
 @dramatiq.actor(queue_name="bench_workflow", max_retries=0)
 def noop(*args):
     """Does nothing but count itself, so both sides of the benchmark pay the same."""
-    actors.broker.client.incr(f"{actors.broker.namespace}:{CALLS_KEY}")
+    actors.current_broker.client.incr(f"{actors.current_broker.namespace}:{CALLS_KEY}")

@@ -124,7 +124,7 @@ def run(options, url: str) -> None:
         TRADEFLOW_DATABASE_URL=url,
         TRADEFLOW_AUDIT_ENABLED="false",
     )
-    from config import Settings
+    from actors.settings import Settings
     from storage import create_db_engine, upgrade
 
     settings = Settings()

@@ -127,7 +127,7 @@ def run(options, url: str) -> None:
     os.environ.update(
         TRADEFLOW_REDIS_URL=REDIS_URL, TRADEFLOW_NAMESPACE=namespace, TRADEFLOW_DATABASE_URL=url
     )
-    from config import Settings
+    from actors.settings import Settings
     from storage import create_db_engine, upgrade
 
     settings = Settings()
@@ -140,7 +140,7 @@ def run(options, url: str) -> None:
     from saga import Step, Workflow, engine_of
     from storage import get_steps, run_status_counts
 
-    broker = actors.broker
+    broker = actors.current_broker
     engine = engine_of(broker)
     noop = broker.get_actor("noop")
     calls_key = f"{namespace}:{CALLS_KEY}"

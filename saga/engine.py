@@ -114,10 +114,10 @@ def message_id(run_id: str, step: str, kind: str, epoch: int) -> str:
 
 
 #: Withdraws queued messages no worker has taken: ``withdraw(broker, message_ids)`` returns those
-#: that will now never start (``actors.admission.withdraw_unstarted``).
+#: that will now never start (``actors.broker.admission.withdraw_unstarted``).
 Withdraw = Callable[[Any, Sequence[str]], set[str]]
 
-#: Sends built messages in one go: ``send_many(broker, messages)`` (``actors.batch.enqueue_messages``).
+#: Sends built messages in one go: ``send_many(broker, messages)`` (``actors.broker.batch.enqueue_messages``).
 SendMany = Callable[[Any, Sequence[Message]], Any]
 
 

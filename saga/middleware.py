@@ -65,18 +65,18 @@ class Saga(Middleware):
       concurrency_lease_ms(int): Lifetime of a concurrency-key lease without
         activity of its run, in milliseconds.  Defaults to 10 minutes.
       send_many(callable): ``send_many(broker, messages)``: how a fan-out's
-        messages are sent in one go (``actors.batch.enqueue_messages``, given by
-        ``actors.broker``).  Defaults to None: one enqueue per message.
+        messages are sent in one go (``actors.broker.batch.enqueue_messages``, given by
+        ``actors.current_broker``).  Defaults to None: one enqueue per message.
       tracer_provider(TracerProvider): Where runs' root spans go.  Defaults to
         None: the global provider.
       first_delivery(callable): ``first_delivery(message)``: True if the broker
         counted this delivery as the message's first, False if not, None if it
-        cannot tell (``actors.admission.first_delivery``, given by
-        ``actors.broker``).  A first delivery of a step claimed at its dispatch
+        cannot tell (``actors.broker.admission.first_delivery``, given by
+        ``actors.current_broker``).  A first delivery of a step claimed at its dispatch
         runs without a claim of its own.  Defaults to None: every delivery claims.
       withdraw(callable): ``withdraw(broker, message_ids)`` cancels queued
-        messages no worker took (``actors.admission.withdraw_unstarted``, given by
-        ``actors.broker``): a stopping run cancels its dispatched steps at once.
+        messages no worker took (``actors.broker.admission.withdraw_unstarted``, given by
+        ``actors.current_broker``): a stopping run cancels its dispatched steps at once.
         Defaults to None: they are settled when delivered.
     """
 
@@ -281,4 +281,4 @@ def engine_of(broker: Broker) -> SagaEngine:
     for middleware in broker.middleware:
         if isinstance(middleware, Saga):
             return middleware.engine(broker)
-    raise LookupError("this broker has no Saga middleware: workflows need it (see actors.broker)")
+    raise LookupError("this broker has no Saga middleware: workflows need it (see actors.current_broker)")

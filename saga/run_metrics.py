@@ -1,7 +1,7 @@
 """Prometheus counters of workflow runs, steps and compensations, for the saga engine to call.
 
 The counters are created on first use, so in a ``dramatiq`` worker process
-they land in the multiprocess directory that ``actors.metrics`` set up at
+they land in the multiprocess directory that ``actors.telemetry.metrics`` set up at
 boot and are served on ``/metrics`` with the task metrics.  Elsewhere they
 count in memory and cost next to nothing.
 """

@@ -8,7 +8,7 @@ when it creates the run (:func:`run_root_span`), records ``workflow {name}
 span link instead of a parent on the messages of a fan-out wider than
 :data:`FAN_OUT_LINK_THRESHOLD` (:func:`fan_out_links`), so one run does not
 become a trace of thousands of spans that Jaeger cannot draw.  The
-``Tracing`` broker middleware (``actors.tracing``) reads the message options
+``Tracing`` broker middleware (``actors.telemetry.tracing``) reads the message options
 defined here; any producer may set them.
 
 This module only needs ``opentelemetry-api``: with tracing off every
@@ -54,7 +54,7 @@ ERROR_STATUSES = frozenset({"failed", "compensation_failed"})
 
 
 #: The trace id the next span started without a parent gets: a workflow run's.
-#: Read by the tracer provider's id generator (``actors.tracing.RunTraceIdGenerator``).
+#: Read by the tracer provider's id generator (``actors.telemetry.tracing.RunTraceIdGenerator``).
 NEXT_TRACE_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("next_trace_id", default=None)
 
 

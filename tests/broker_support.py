@@ -16,7 +16,7 @@ import dramatiq
 import redis
 
 from actors import build_broker
-from config import Settings
+from actors.settings import Settings
 from storage import create_db_engine, upgrade
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from config import Settings
+from actors.settings import Settings
 
 #: The real servers the tests use.
 REDIS_URL = os.environ.get("TRADEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -15,8 +15,8 @@ import dramatiq
 from conftest import REPO_ROOT, settings_env
 from dramatiq.results import Results, ResultTimeout
 
-from actors.broker import build_broker
-from config import Settings
+from actors.runtime import build_broker
+from actors.settings import Settings
 from storage import create_db_engine, upgrade
 
 #: Milliseconds to wait for one result (a cold worker imports pandas and deltalake first).

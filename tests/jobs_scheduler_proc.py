@@ -15,8 +15,7 @@ import pendulum
 from jobs_support import FastClock
 
 import actors
-from actors.cron import every_minutes
-from actors.scheduler import Scheduler
+from actors.scheduling import Scheduler, every_minutes
 
 #: The virtual time at the shared real start.
 VIRTUAL_START = pendulum.datetime(2026, 11, 22, 9, 59, 59)
@@ -29,7 +28,7 @@ def probe_tick() -> None:
 
 def shared_start(peers: int) -> float:
     """Wait for every peer to be ready, then agree on one real start time."""
-    client, prefix = actors.broker.client, f"{actors.broker.namespace}:test-barrier"
+    client, prefix = actors.current_broker.client, f"{actors.current_broker.namespace}:test-barrier"
     client.incr(f"{prefix}:ready")
     while int(client.get(f"{prefix}:ready")) < peers:
         time.sleep(0.05)
@@ -45,4 +44,4 @@ if __name__ == "__main__":
     scheduler = Scheduler([probe_tick], clock=FastClock(VIRTUAL_START, real_start, speed=60.0))
     threading.Timer(max(real_start + seconds - time.time(), 0), scheduler.stop).start()
     scheduler.run_forever()
-    actors.audit_writer_of(actors.broker).close(5)
+    actors.audit_writer_of(actors.current_broker).close(5)

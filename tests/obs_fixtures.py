@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
+from actors.settings import Settings
 
 
 @pytest.fixture

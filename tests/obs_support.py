@@ -11,7 +11,7 @@ import dramatiq
 from conftest import settings_env
 from dramatiq.results import ResultMissing, Results
 
-from config import Settings
+from actors.settings import Settings
 
 
 def free_port() -> int:

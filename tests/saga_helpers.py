@@ -10,7 +10,7 @@ import dramatiq
 from saga_actors import declare_actors
 
 from actors import audit_writer_of, build_broker
-from config import Settings
+from actors.settings import Settings
 from saga import engine_of
 from storage import FINAL_RUN_STATUSES, RunStatus, get_run, get_steps
 

@@ -3,4 +3,4 @@
 import actors
 from tests.saga_actors import declare_actors
 
-declare_actors(actors.broker)
+declare_actors(actors.current_broker)

@@ -15,7 +15,7 @@ from dramatiq.middleware import CurrentMessage
 from tcp_proxy import TcpProxy
 
 from actors import build_broker
-from actors.acks import hold_ack
+from actors.broker import hold_ack
 from storage import create_db_engine, get_task
 
 

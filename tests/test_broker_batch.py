@@ -13,8 +13,15 @@ from broker_support import running_worker, sqlite_settings, wait_until
 from dramatiq.middleware import CurrentMessage, MiddlewareError
 
 from actors import audit_writer_of, build_broker
-from actors.batch import EnqueueBatch, SendManyError, enqueue_messages, send_many
-from actors.redis_broker import DISPATCH_SCRIPT, ENQUEUE_CHUNK, WakeupRedisBroker
+from actors.broker import (
+    DISPATCH_SCRIPT,
+    ENQUEUE_CHUNK,
+    EnqueueBatch,
+    SendManyError,
+    WakeupRedisBroker,
+    enqueue_messages,
+    send_many,
+)
 from storage import create_db_engine, status_counts
 
 

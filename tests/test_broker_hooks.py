@@ -9,8 +9,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, SkipMessage
 
-from actors.hooks import HookTable, implemented_hooks
-from actors.redis_broker import UniqueIds
+from actors.broker import HookTable, UniqueIds, implemented_hooks
 
 
 class Recorder(Middleware):

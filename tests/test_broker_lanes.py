@@ -11,8 +11,7 @@ from broker_support import running_worker, sqlite_settings, wait_until
 from conftest import run_cli, settings_env
 
 from actors import audit_writer_of, build_broker
-from actors.batch import send_many
-from actors.redis_broker import LANES, LanePolicy
+from actors.broker import LANES, LanePolicy, send_many
 from storage import create_db_engine, get_task
 
 

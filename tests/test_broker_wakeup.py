@@ -28,9 +28,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 
 from actors import build_broker
-from actors.acks import ACK_HOLD_ATTRIBUTE
-from actors.admission import ADMISSION_ATTRIBUTE
-from actors.redis_broker import WakeupRedisBroker
+from actors.broker import ACK_HOLD_ATTRIBUTE, ADMISSION_ATTRIBUTE, WakeupRedisBroker
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import run_cli, settings_env
 
-from config import Settings
+from actors.settings import Settings
 from storage import create_db_engine, get_task, head_revisions, upgrade
 
 

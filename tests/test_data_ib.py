@@ -1,6 +1,6 @@
 """IB historical bars through ib_async against the IB Gateway simulator (from the ib area).
 
-The simulator tests skip until ``actors.ib_gateway_sim`` is on the branch (it lands with the
+The simulator tests skip until ``actors.ib.gateway_sim`` is on the branch (it lands with the
 ib area's merge); the others run everywhere.
 """
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def sim():
-    return pytest.importorskip("actors.ib_gateway_sim")
+    return pytest.importorskip("actors.ib.gateway_sim")
 
 
 def daily_bars(sim, days: list[str], start: float) -> list:

@@ -7,9 +7,7 @@ import time
 
 import pytest
 
-from actors.ib_gateway_sim import GatewaySimulator, Scenario, SimPosition
-from actors.ib_positions import PositionBatcher
-from actors.ib_session import IBSession
+from actors.ib import GatewaySimulator, IBSession, PositionBatcher, Scenario, SimPosition
 from storage import create_db_engine
 from storage.ib_positions import NewRequest, enqueue_requests, list_requests, queue_stats
 from storage.position_updates import read_position_updates
@@ -177,7 +175,7 @@ def test_gateway_timeout_fails_for_good_after_max_attempts(engine, tmp_path):
 def test_concurrent_calls_on_one_session_each_get_their_answer():
     from concurrent.futures import ThreadPoolExecutor
 
-    from actors.ib_positions import fetch_holdings
+    from actors.ib import fetch_holdings
 
     with GatewaySimulator(scenario=held_scenario(latency_ms=20)) as gateway:
         session = IBSession(host="127.0.0.1", port=gateway.port, next_client_id=_ClientIds(), timeout=5)

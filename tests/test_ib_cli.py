@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import REPO_ROOT, run_cli, settings_env
 
-from actors.ib_gateway_sim import demo_scenario
+from actors.ib import demo_scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -10,7 +10,7 @@ import struct
 import ib_async
 import pytest
 
-from actors.ib_gateway_sim import GatewaySimulator, Scenario, SimBar, SimExecution, SimPosition
+from actors.ib import GatewaySimulator, Scenario, SimBar, SimExecution, SimPosition
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,11 +12,9 @@ import pytest
 import redis
 from conftest import REPO_ROOT, settings_env
 
-from actors.broker import build_broker
-from actors.ib_gateway_sim import GatewaySimulator, Scenario, SimExecution, SimPosition
-from actors.ib_session import IBSession
-from actors.portfolio import PortfolioService
-from actors.risk_limits import RiskLimits
+from actors.accounts import PortfolioService, RiskLimits
+from actors.ib import GatewaySimulator, IBSession, Scenario, SimExecution, SimPosition
+from actors.runtime import build_broker
 from storage import create_db_engine
 from storage.portfolio import list_breaches, list_snapshots
 

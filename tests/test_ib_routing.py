@@ -6,9 +6,8 @@ import threading
 
 import pytest
 
-from actors.broker import build_broker
-from actors.ib_positions import BatchScheduler
-from actors.ib_routing import PositionRouter, Route, StreamSlots
+from actors.ib import BatchScheduler, PositionRouter, Route, StreamSlots
+from actors.runtime import build_broker
 from storage import create_db_engine
 from storage.ib_contracts import active_conids, register_active_contract, unregister_active_contract
 from storage.ib_positions import NewRequest, queue_stats
@@ -92,7 +91,7 @@ def test_streams_open_once_in_the_owner_process_and_close(settings, request):
     import dramatiq
     from conftest import REPO_ROOT, settings_env
 
-    from actors.ib_gateway_sim import GatewaySimulator, Scenario, SimPosition
+    from actors.ib import GatewaySimulator, Scenario, SimPosition
 
     if "postgresql" in request.node.callspec.params.get("database_url", ""):
         pytest.skip("worker process tests run once, on SQLite")
@@ -140,7 +139,7 @@ def test_streams_open_once_in_the_owner_process_and_close(settings, request):
 
 
 def test_stream_reconciliation_reopens_lost_streams_and_closes_inactive_ones():
-    from actors.ib_routing import stream_changes
+    from actors.ib import stream_changes
 
     to_open, to_close = stream_changes(held={1, 2, 3, 4}, active={1, 2, 3, 9}, open_here={1})
     assert (to_open, to_close) == ({2, 3}, {4})
@@ -150,7 +149,7 @@ def test_stream_reconciliation_reopens_lost_streams_and_closes_inactive_ones():
 def test_stream_owner_lease_is_renewed_and_taken_over_when_it_lapses(broker, settings):
     import time
 
-    from actors.stream_owner import StreamOwner
+    from actors.ib import StreamOwner
 
     key = f"{settings.namespace}:ib:stream-owner"
     first = StreamOwner(client=broker.client, key=key, ttl=0.6, name="first")

@@ -11,9 +11,8 @@ import dramatiq
 import pytest
 from conftest import REPO_ROOT, children_of, settings_env
 
-from actors.broker import build_broker
-from actors.ib_gateway_sim import GatewaySimulator, Scenario, SimPosition
-from actors.ib_positions import BatchScheduler, request_position_updates
+from actors.ib import BatchScheduler, GatewaySimulator, Scenario, SimPosition, request_position_updates
+from actors.runtime import build_broker
 from storage import create_db_engine
 from storage.ib_models import PositionBatch
 from storage.ib_positions import NewRequest, list_requests, queue_stats

@@ -12,7 +12,7 @@ import redis
 from broker_support import sqlite_settings, wait_until
 
 from actors import build_broker
-from actors.cancellation import cancel_job
+from actors.middleware import cancel_job
 
 
 def queued_locally(client: redis.Redis, namespace: str, queue: str) -> int:

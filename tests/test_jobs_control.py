@@ -14,11 +14,17 @@ from dramatiq.common import dq_name
 from jobs_support import sqlite_only, wait_for
 
 from actors import audit_writer_of, build_broker
-from actors.cancellation import CancelState, cancel_job, canceller
-from actors.dead_letters import list_dead_letters, purge_dead_letters
-from actors.errors import NonRetryableError
-from actors.retries import Retries, backoff_ms
-from config import Settings
+from actors.middleware import (
+    CancelState,
+    NonRetryableError,
+    Retries,
+    backoff_ms,
+    cancel_job,
+    canceller,
+    list_dead_letters,
+    purge_dead_letters,
+)
+from actors.settings import Settings
 from storage import create_db_engine, get_task
 
 
@@ -41,7 +47,7 @@ def test_seed_backoff_is_2_4_8_minutes_with_jitter_capped_at_an_hour():
 
 
 def test_default_settings_give_the_seed_retry_policy():
-    from actors.broker import build_middleware
+    from actors.runtime import build_middleware
 
     retries = next(m for m in build_middleware(Settings(), audit_writer=None) if isinstance(m, Retries))
     assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (3, 120_000, 3_600_000)
@@ -276,7 +282,7 @@ def test_a_retried_message_is_not_mistaken_for_a_duplicate(harness, settings):
 
 
 def test_durations_parse_or_say_what_is_expected():
-    from api.cli_jobs import CliError, parse_duration_ms
+    from api.cli.jobs import CliError, parse_duration_ms
 
     assert parse_duration_ms("90s") == 90_000 and parse_duration_ms("7d") == 7 * 86_400_000
     for bad in ("soon", "7", "d", "1.5h"):
@@ -287,7 +293,7 @@ def test_durations_parse_or_say_what_is_expected():
 def test_eta_must_be_aware_and_within_seven_days():
     from datetime import UTC, datetime, timedelta
 
-    from actors.delayed import delay_until
+    from actors.broker import delay_until
 
     now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     assert delay_until(now + timedelta(seconds=90), now=now) == 90_000
@@ -302,7 +308,7 @@ def test_eta_must_be_aware_and_within_seven_days():
 def test_job_sent_for_an_eta_runs_once_at_or_after_it(harness, settings):
     from datetime import UTC, datetime, timedelta
 
-    from actors.delayed import send_at
+    from actors.broker import send_at
 
     ran_at = []
 

@@ -21,7 +21,7 @@ from dramatiq.message import Message
 from jobs_support import sqlite_only, wait_for
 
 from actors import audit_writer_of, build_broker
-from actors.dead_letters import list_dead_letters
+from actors.middleware import list_dead_letters
 from storage import create_db_engine, get_task
 
 #: Heartbeat timeout and recovery interval of these tests, in milliseconds.

@@ -16,7 +16,7 @@ from jobs_support import cuttable_redis, queued_messages, wait_for
 from sqlalchemy import text
 
 from actors import audit_writer_of, build_broker
-from actors.outbox import OutboxRelay, _message, enqueue_in_transaction
+from actors.broker.outbox import OutboxRelay, _message, enqueue_in_transaction
 from storage import add_to_outbox, claim_unsent, create_db_engine, unsent_count
 
 

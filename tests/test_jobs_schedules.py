@@ -26,10 +26,8 @@ from periodiq import cron as periodiq_cron
 
 import actors as actors_module
 from actors import audit_writer_of, build_broker
-from actors.cron import cron, daily_at, every_minutes, weekly_at
-from actors.scheduler import Scheduler
-from actors.schedules import next_tick
-from config import Settings
+from actors.scheduling import Scheduler, cron, daily_at, every_minutes, next_tick, weekly_at
+from actors.settings import Settings
 from storage import create_db_engine, get_schedule, set_enabled
 
 #: A Sunday, 04:00 UTC.
@@ -369,7 +367,7 @@ def test_every_actor_that_returns_a_value_stores_it():
 def test_schedule_control_added_late_applies_to_actors_already_declared():
     from dramatiq.brokers.stub import StubBroker
 
-    from actors.schedules import ScheduleControl, ScheduleError
+    from actors.scheduling import ScheduleControl, ScheduleError
 
     def health_check() -> None: ...
 

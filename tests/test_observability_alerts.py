@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from actors.health import Check, HealthReport
-from config import Settings
+from actors.settings import Settings
+from actors.telemetry import Check, HealthReport
 from storage import MonitoringAlert, create_db_engine, open_alerts, sync_alerts, utc_now
 
 

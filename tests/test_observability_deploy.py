@@ -16,9 +16,8 @@ import redis
 import yaml
 from conftest import REPO_ROOT
 
-from actors.exposition import RedisStateCollector
-from actors.metrics import WorkerMetrics
-from config import Settings
+from actors.settings import Settings
+from actors.telemetry import RedisStateCollector, WorkerMetrics
 from saga.run_metrics import COUNTERS
 
 DEPLOY = REPO_ROOT / "deploy"

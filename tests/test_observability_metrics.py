@@ -20,19 +20,19 @@ from obs_actors import IDLE_QUEUE, QUEUE, declare
 from obs_support import free_port, result_of, start_workers, stop_workers, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.broker import build_broker
-from actors.exposition import RedisStateCollector
-from actors.heartbeat import WorkerHeartbeat, workers_alive
-from actors.metrics import (
+from actors.middleware import WorkerHeartbeat, workers_alive
+from actors.runtime import build_broker
+from actors.settings import Settings
+from actors.telemetry import (
     ENQUEUED_KEY,
     SCHEDULER_KEY,
     EnqueueCounts,
+    RedisStateCollector,
     claim_directory,
     enqueue_counts,
     mark_dead_processes,
     use_directory,
 )
-from config import Settings
 
 pytest_plugins = ["obs_fixtures"]
 

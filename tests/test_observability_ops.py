@@ -12,9 +12,9 @@ from conftest import run_cli, settings_env
 from obs_actors import IDLE_QUEUE, QUEUE, declare
 from obs_support import result_of, start_workers, stop_workers, wait_until
 
-from actors.broker import build_broker
-from actors.metrics import SCHEDULER_KEY, Metrics
-from config import Settings
+from actors.runtime import build_broker
+from actors.settings import Settings
+from actors.telemetry import SCHEDULER_KEY, Metrics
 
 pytest_plugins = ["obs_fixtures"]
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import (
 )
 from otlp_receiver import OTLPReceiver
 
-from actors.otlp_export import encode_spans, grpc_span_exporter, http_span_exporter
+from actors.telemetry import encode_spans, grpc_span_exporter, http_span_exporter
 
 
 def _spans_of_every_shape() -> list:
@@ -83,7 +83,7 @@ def test_wire_encoding_parses_to_the_sdk_encoders_request() -> None:
 def test_span_records_encode_as_the_sdk_encodes_their_spans() -> None:
     """A span without events, links or trace state waits for export as a record (a plain tuple); the
     request built from records, mixed with the spans that stay spans, is the SDK encoder's."""
-    from actors.message_spans import RECORD_FIELDS, span_record
+    from actors.telemetry import RECORD_FIELDS, span_record
 
     spans = _spans_of_every_shape()
     queued = [span_record(span) or span for span in spans]
@@ -105,8 +105,7 @@ def test_spans_of_tracers_made_per_call_share_their_scopes_record_origin(monkeyp
     """A tracer got per call has a scope object of its own: its spans' records share the origin of
     the equal scope (one ``ScopeSpans`` in the request, the registry grows by one); once
     ``MAX_RECORD_ORIGINS`` are taken, spans of a new origin wait as themselves and export the same."""
-    from actors import message_spans
-    from actors.message_spans import span_record
+    from actors.telemetry import message_spans, span_record
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "origins"}))
@@ -172,12 +171,12 @@ def test_grpc_exporter_builds_its_request_from_wire_bytes() -> None:
 
 def test_wire_encoding_of_live_spans_and_the_middlewares_spans() -> None:
     """Spans other than the SDK's ``ReadableSpan`` copies (read through their properties), and the
-    Tracing middleware's own spans (built by ``actors.message_spans``), encode as the SDK does."""
+    Tracing middleware's own spans (built by ``actors.telemetry.message_spans``), encode as the SDK does."""
     import dramatiq
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from actors.tracing import Tracing
+    from actors.telemetry import Tracing
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -208,8 +207,7 @@ def test_wire_encoding_of_the_middlewares_spans_handed_over_themselves() -> None
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from actors.message_spans import MessageBatchSpanProcessor, MessageSpan
-    from actors.tracing import Tracing
+    from actors.telemetry import MessageBatchSpanProcessor, MessageSpan, Tracing
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "wire"}))
@@ -236,7 +234,7 @@ def test_wire_encoding_of_many_distinct_string_values() -> None:
     """Past the per-key cache of values (a message id per span), strings are encoded after a prefix
     kept per length: every length (one byte and two byte varints, multi-byte characters) as the SDK,
     from spans and from span records."""
-    from actors.message_spans import span_record
+    from actors.telemetry import span_record
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -283,7 +281,7 @@ def _traced_through_the_hooks(provider: TracerProvider, own: TracerProvider) -> 
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from actors import tracing as tracing_module
+    from actors.telemetry import tracing as tracing_module
 
     tracing = tracing_module.Tracing(tracer_provider=provider)
     broker = StubBroker()
@@ -335,8 +333,7 @@ def test_queued_spans_export_as_the_sdk_encodes_the_sdk_paths_spans() -> None:
     built from what was queued is the one the SDK's encoder builds from the SDK's own span objects
     (a second processor on the providers makes the middleware use them), ids and times aside; each
     process span is the child of its send, and the actor's span nests under it."""
-    from actors.message_spans import MessageBatchSpanProcessor, MessageSpan
-    from actors.tracing import RunTraceIdGenerator
+    from actors.telemetry import MessageBatchSpanProcessor, MessageSpan, RunTraceIdGenerator
 
     requests, exporters = {}, {}
     for queued in (True, False):
@@ -388,8 +385,7 @@ def test_spans_waiting_for_export_leave_the_garbage_collector_nothing_to_track()
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from actors.message_spans import MessageBatchSpanProcessor
-    from actors.tracing import RunTraceIdGenerator, Tracing
+    from actors.telemetry import MessageBatchSpanProcessor, RunTraceIdGenerator, Tracing
 
     exporter = _QueueReadingExporter()
     processor = MessageBatchSpanProcessor(
@@ -427,7 +423,7 @@ def test_spans_waiting_for_export_leave_the_garbage_collector_nothing_to_track()
 def test_an_exporter_that_does_not_read_queued_spans_gets_sdk_spans() -> None:
     """A ``QueuedSpan`` is only ever handed to an exporter that says it reads them: any other
     exporter gets the SDK's spans, which it can read through their public properties."""
-    from actors.message_spans import MessageBatchSpanProcessor, QueuedSpan
+    from actors.telemetry import MessageBatchSpanProcessor, QueuedSpan
 
     exporter = InMemorySpanExporter()
     processor = MessageBatchSpanProcessor(exporter, schedule_delay_millis=60_000)
@@ -476,8 +472,7 @@ def test_a_root_send_is_one_queued_span_whose_ids_its_traceparent_carries() -> N
     dropped by the sampler, it carries the decision and leaves no open span and nothing to export."""
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    from actors.message_spans import MessageBatchSpanProcessor, QueuedSpan
-    from actors.tracing import RunTraceIdGenerator, Tracing
+    from actors.telemetry import MessageBatchSpanProcessor, QueuedSpan, RunTraceIdGenerator, Tracing
 
     spans = []
     for ratio in (1.0, 0.0):
@@ -521,9 +516,8 @@ def test_a_message_carrying_our_traceparent_is_processed_in_one_step(monkeypatch
     from dramatiq.brokers.stub import StubBroker
     from opentelemetry import context, trace
 
-    from actors import tracing as tracing_module
-    from actors.message_spans import MessageBatchSpanProcessor, MessageSpan
-    from actors.tracing import RunTraceIdGenerator, Tracing
+    from actors.telemetry import MessageBatchSpanProcessor, MessageSpan, RunTraceIdGenerator, Tracing
+    from actors.telemetry import tracing as tracing_module
 
     exporter = _QueueReadingExporter()
     provider = TracerProvider(id_generator=RunTraceIdGenerator())
@@ -583,9 +577,8 @@ def test_a_queue_with_its_own_ratio_keeps_that_share_of_traces_through_the_fast_
     from opentelemetry import trace
     from opentelemetry.sdk.trace.sampling import ParentBased
 
-    from actors.message_spans import MessageBatchSpanProcessor
-    from actors.tracing import RunTraceIdGenerator, Tracing, root_sampler
-    from config import Settings
+    from actors.settings import Settings
+    from actors.telemetry import MessageBatchSpanProcessor, RunTraceIdGenerator, Tracing, root_sampler
 
     settings = Settings(tracing_sample_ratio=1.0, tracing_queue_sample_ratios={"hot": 0.0})
     exporter = _QueueReadingExporter()

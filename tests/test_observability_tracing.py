@@ -38,10 +38,9 @@ from opentelemetry.trace import (
 )
 from otlp_receiver import OTLPReceiver
 
-from actors import tracing
-from actors.broker import build_broker
-from actors.tracing import TraceIdFormatter, Tracing, tracer_provider_for
-from config import Settings
+from actors.runtime import build_broker
+from actors.settings import Settings
+from actors.telemetry import TraceIdFormatter, Tracing, tracer_provider_for, tracing
 from saga.run_tracing import (
     ATTRIBUTES_OPTION,
     LINKS_OPTION,
@@ -402,7 +401,7 @@ def test_engine_opens_a_runs_root_span_its_steps_nest_under(exporter, settings) 
     span is its child, later steps join the same trace, and the caller's span is linked."""
     from saga_helpers import running_stack, wait_for_run
 
-    from actors.batch import enqueue_messages
+    from actors.broker import enqueue_messages
     from saga import SagaEngine, Step, Workflow
 
     provider = TracerProvider(id_generator=tracing.RunTraceIdGenerator())
@@ -493,7 +492,7 @@ def _fields(span) -> dict:
 def test_middleware_spans_are_the_sdks_spans_and_reach_every_processor(sampler) -> None:
     """``SpanStarter`` (no re-validation of the middleware's own attributes) starts the span
     ``tracer.start_span`` would, through the provider's sampler, ids, limits and processors."""
-    from actors.message_spans import SpanStarter
+    from actors.telemetry import SpanStarter
 
     exporter, recorder = InMemorySpanExporter(), _RecordingProcessor()
     ids = tracing.RunTraceIdGenerator()
@@ -561,7 +560,7 @@ def test_carriers_read_and_written_as_the_global_propagator_does() -> None:
     from opentelemetry import baggage, context, propagate
     from opentelemetry.propagators.textmap import TextMapPropagator
 
-    from actors.message_spans import carrier_of, context_from
+    from actors.telemetry import carrier_of, context_from
 
     def injected(span) -> dict:
         carrier: dict = {}
@@ -663,7 +662,7 @@ def test_a_lone_message_batch_processor_exports_the_middlewares_spans_as_the_sdk
     """Alone on a provider, ``MessageBatchSpanProcessor`` is handed the middleware's spans themselves
     (no ``ReadableSpan`` copy); with any other processor registered, every processor gets the SDK's
     copies; both export the same spans."""
-    from actors.message_spans import MessageBatchSpanProcessor, MessageSpan
+    from actors.telemetry import MessageBatchSpanProcessor, MessageSpan
 
     exported = {}
     for lone in (True, False):
@@ -696,7 +695,7 @@ def test_a_lone_message_batch_processor_exports_the_middlewares_spans_as_the_sdk
 
 def test_message_batch_processor_keeps_the_sdks_queue_flush_and_shutdown() -> None:
     """Spans are queued until a flush exports them, oldest first; after shutdown none is."""
-    from actors.message_spans import MessageBatchSpanProcessor
+    from actors.telemetry import MessageBatchSpanProcessor
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
@@ -726,7 +725,7 @@ class _RecordOnlySampler(Sampler):
 
 def test_recorded_but_unsampled_spans_are_recording_and_never_exported() -> None:
     """A RECORD_ONLY decision gives the SDK's recording, unsampled span; batch processors skip it."""
-    from actors.message_spans import MessageBatchSpanProcessor, SpanStarter
+    from actors.telemetry import MessageBatchSpanProcessor, SpanStarter
 
     exporter, recorder = InMemorySpanExporter(), _RecordingProcessor()
     provider = TracerProvider(sampler=_RecordOnlySampler())
@@ -774,7 +773,7 @@ def test_a_resent_message_s_sampler_sees_the_context_it_carries() -> None:
     middleware.before_enqueue(broker, resent, 100)
     middleware.after_enqueue(broker, resent, 100)
     assert len(sampler.parents) == 2 and not sampler.parents[0].is_valid  # the first send is a root
-    from actors.message_spans import parent_from
+    from actors.telemetry import parent_from
     from saga.run_tracing import CONTEXT_OPTION
 
     sent_context = parent_from(first.options[CONTEXT_OPTION])[1]
@@ -788,8 +787,8 @@ def test_queue_ratio_sampler_decides_by_queue_and_as_the_middleware_decides_it()
     middleware's fast paths decide it as its ``should_sample`` does, and children follow the parent."""
     import random
 
-    from actors.message_spans import _decidable, _decide
-    from actors.sampling import QueueRatioSampler
+    from actors.telemetry import QueueRatioSampler
+    from actors.telemetry.message_spans import _decidable, _decide
 
     sampler = ParentBased(QueueRatioSampler({"hot": 0.0, "warm": 0.5}, default=1.0))
     assert _decidable(sampler), "the fast paths would fall back to start_span"

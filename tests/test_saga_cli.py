@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO_ROOT, run_cli, settings_env
 from saga_helpers import fast
 
-from config import Settings
+from actors.settings import Settings
 from storage import create_db_engine, upgrade
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

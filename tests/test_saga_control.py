@@ -179,7 +179,7 @@ def test_a_concurrency_key_naming_a_missing_input_is_an_error(stack):
 
 def test_recovery_does_not_send_a_retry_before_its_backoff_is_over(stack):
     # Recovery runs every 0.3 s and resends steps idle for 1 s; the retry's backoff is
-    # 1.8-2.2 s (actors.retries: 2 s with 10 % jitter either way).
+    # 1.8-2.2 s (actors.middleware.retries: 2 s with 10 % jitter either way).
     workflow = Workflow(
         "backoff", [Step("f", "flaky", args=("f", 1), max_retries=1, min_backoff=2_000, max_backoff=4_000)]
     )

@@ -9,7 +9,7 @@ import time
 import pytest
 from saga_helpers import fast, running_stack, steps_of, wait_for_run
 
-from actors.admission import ADMISSION_ATTRIBUTE, admission_key
+from actors.broker import ADMISSION_ATTRIBUTE, admission_key
 from saga import SAGA_OPTION, Step, Workflow
 
 pytestmark = pytest.mark.timeout(60)

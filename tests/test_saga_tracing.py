@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from saga_helpers import running_stack, wait_for_run
 
-from actors.tracing import RunTraceIdGenerator, Tracing
+from actors.telemetry import RunTraceIdGenerator, Tracing
 from saga import Step, Workflow
 from saga.run_tracing import FAN_OUT_LINK_THRESHOLD, WORKFLOW_STATUS, WORKFLOW_STEP, run_trace_id
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from actors.settings import DEFAULT_REDIS_URL, Settings
 from api.embedded import redis_answers, redis_for
-from config import DEFAULT_REDIS_URL, Settings
 
 #: An address where nothing listens.
 NOWHERE = "redis://127.0.0.1:1/0"

@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, run_cli, settings_env
 from strategy_fixtures import GAP_UP, synthetic_bars, write_market_bars
 from test_strategy_relay import redis_cli
 
-from config import Settings
+from actors.settings import Settings
 from storage import create_db_engine, upgrade
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -283,7 +283,7 @@ def test_the_actor_result_is_in_the_dramatiq_results_backend_too(stack: Settings
     from dramatiq import Message
     from dramatiq.results import Results
 
-    from actors.broker import build_broker
+    from actors.runtime import build_broker
 
     broker = build_broker(stack.model_copy(update={"audit_enabled": False}))
     backend = next(m for m in broker.middleware if isinstance(m, Results)).backend

@@ -9,10 +9,16 @@ import pandas as pd
 import pytest
 from strategy_fixtures import reference_backtest, synthetic_bars
 
-from actors.backtest import BacktestConfig, EntryRule, backtest
-from actors.market_bars import normalise_bars
-from actors.strategy_tasks import instance_records, instances_frame, rank
-from actors.strategy_wire import StrategyFailed
+from actors.market_data.bars import normalise_bars
+from actors.strategies import (
+    BacktestConfig,
+    EntryRule,
+    StrategyFailed,
+    backtest,
+    instance_records,
+    instances_frame,
+    rank,
+)
 
 DAYS = pd.bdate_range("2024-01-01", periods=6)
 
@@ -188,7 +194,7 @@ def test_load_bars_reads_partitioned_and_unpartitioned_tables(tmp_path) -> None:
     from deltalake import write_deltalake
     from strategy_fixtures import write_market_bars
 
-    from actors.market_bars import MarketDataMissing, load_bars
+    from actors.market_data.bars import MarketDataMissing, load_bars
 
     with pytest.raises(MarketDataMissing, match="does not exist"):
         load_bars(tmp_path, ["AAA"])

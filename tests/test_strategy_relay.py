@@ -16,10 +16,9 @@ from urllib.parse import urlparse
 import pytest
 import redis
 
-from actors.broker import build_broker
-from actors.strategy_relay import StrategyQueueRelay, dispatch_through
-from actors.task_results import ResultStatus, TaskResultStore
-from config import Settings
+from actors.runtime import build_broker
+from actors.settings import Settings
+from actors.strategies import ResultStatus, StrategyQueueRelay, TaskResultStore, dispatch_through
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 from strategy_fixtures import GAP_UP
 
-from actors.sandbox import Sandbox, SandboxLimits, validate_code
-from actors.strategy_wire import StrategyFailed
+from actors.strategies import Sandbox, SandboxLimits, StrategyFailed, validate_code
 
 LIMITS = SandboxLimits(cpu_seconds=2, memory_mb=1024, wall_seconds=60, output_bytes=1 << 20)
 SECURITY = "Security validation failed: "

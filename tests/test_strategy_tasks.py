@@ -9,9 +9,8 @@ import pytest
 import redis
 from strategy_fixtures import synthetic_bars, write_market_bars
 
-from actors.strategy_tasks import build_strategy_tasks
-from actors.strategy_wire import StrategyFailed
-from config import Settings
+from actors.settings import Settings
+from actors.strategies import StrategyFailed, build_strategy_tasks
 
 ARGS = {
     "strategy_code": "def s(df):\n    return []",

@@ -2,6 +2,7 @@
 
 from .analyzer import AnalysisRequest, Analyzer, AnalyzerError, FallbackAnalyzer, Outcome
 from .offline import OfflineAnalyzer
+from .reports import analyze_and_store, analyzer_for, backtest_facts_of, market_facts_of, portfolio_facts_of
 from .schema import KINDS, AnalysisReport, Recommendation
 
 __all__ = [
@@ -14,4 +15,9 @@ __all__ = [
     "OfflineAnalyzer",
     "Outcome",
     "Recommendation",
+    "analyze_and_store",
+    "analyzer_for",
+    "backtest_facts_of",
+    "market_facts_of",
+    "portfolio_facts_of",
 ]

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from ..market_data.providers import SymbolDataError, normalize_symbol
-from ..market_data.tables import MARKET_BARS, NEWS, read_table, table_version
+from actors.market_data.providers import SymbolDataError, normalize_symbol
+from actors.market_data.tables import MARKET_BARS, NEWS, read_table, table_version
 
 #: Bars of the momentum windows.
 MOMENTUM_WINDOWS = (20, 60)

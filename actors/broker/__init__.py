@@ -1,0 +1,56 @@
+"""The Redis transport: the waking broker and its Lua dispatch script, priority lanes, ``send_many``,
+deferred acks, admission at fetch, ``send_at`` and the outbox relay.
+"""
+
+from .acks import ACK_HOLD_ATTRIBUTE, hold_ack
+from .admission import (
+    ADMISSION_ATTRIBUTE,
+    Admission,
+    admission_key,
+    cancel_channel,
+    cancel_key,
+    first_delivery,
+    withdraw_unstarted,
+)
+from .batch import ENQUEUE_CHUNK, EnqueueBatch, SendManyError, enqueue_messages, send_many
+from .delayed import delay_until, send_at
+from .hooks import HookTable, implemented_hooks
+from .lanes import DEFAULT_LANE, LANES, LanePolicy, lane_of
+from .options import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, DUPLICATE, SKIP_REASON, SKIP_STATUS
+from .outbox import OutboxRelay, enqueue_in_transaction
+from .redis_broker import DISPATCH_SCRIPT, UniqueIds, WakeupRedisBroker
+
+__all__ = [
+    "ACK_HOLD_ATTRIBUTE",
+    "ADMISSION_ATTRIBUTE",
+    "AUDIT_SEQ_BASE",
+    "DEAD_LETTER_REASON",
+    "DEFAULT_LANE",
+    "DISPATCH_SCRIPT",
+    "DUPLICATE",
+    "ENQUEUE_CHUNK",
+    "LANES",
+    "SKIP_REASON",
+    "SKIP_STATUS",
+    "Admission",
+    "EnqueueBatch",
+    "HookTable",
+    "LanePolicy",
+    "OutboxRelay",
+    "SendManyError",
+    "UniqueIds",
+    "WakeupRedisBroker",
+    "admission_key",
+    "cancel_channel",
+    "cancel_key",
+    "delay_until",
+    "enqueue_in_transaction",
+    "enqueue_messages",
+    "first_delivery",
+    "hold_ack",
+    "implemented_hooks",
+    "lane_of",
+    "send_at",
+    "send_many",
+    "withdraw_unstarted",
+]

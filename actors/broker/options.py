@@ -1,0 +1,17 @@
+"""Message options that job-control middleware set for each other (names only)."""
+
+#: Why a message was dead-lettered; kept by :mod:`actors.middleware.dead_letters`.
+DEAD_LETTER_REASON = "dead_letter_reason"
+
+#: How the audit trail records a skipped message: a ``TaskStatus`` value or :data:`DUPLICATE`.
+SKIP_STATUS = "skip_status"
+
+#: The reason recorded with a skipped message.
+SKIP_REASON = "skip_reason"
+
+#: ``SKIP_STATUS`` of a duplicate delivery: nothing is recorded for it.
+DUPLICATE = "duplicate"
+
+#: Added on a retry from the dead letters: offsets the audit sequence and the
+#: admission key, so the fresh attempts are new ones.
+AUDIT_SEQ_BASE = "audit_seq_base"

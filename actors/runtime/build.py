@@ -1,0 +1,168 @@
+"""The broker every tradeflow process uses, built from :class:`actors.settings.Settings`."""
+
+from __future__ import annotations
+
+import atexit
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from dramatiq.results import Results
+from dramatiq.results.backends import RedisBackend
+from periodiq import PeriodiqMiddleware
+
+from actors.broker import Admission, WakeupRedisBroker, enqueue_messages, first_delivery, withdraw_unstarted
+from actors.middleware import Audit, CancelWatcher, DeadLetterLog, Retries, StalledRecovery
+from actors.scheduling import ScheduleControl
+from actors.settings import Settings
+from actors.telemetry import Metrics, Tracing, tracer_provider_for
+from saga import Saga
+from storage import AuditWriter, create_db_engine
+
+from .metrics_server import serve_metrics
+from .process import remember
+
+#: Seconds after its tick a periodic message is still worth running.
+PERIODIC_SKIP_DELAY = 30
+
+
+def build_audit_writer(settings: Settings) -> AuditWriter:
+    return AuditWriter(
+        create_db_engine(settings.database_url),
+        buffer_size=settings.audit_buffer_size,
+        batch_size=settings.audit_batch_size,
+        commit_interval=settings.audit_commit_interval_ms / 1000,
+    )
+
+
+def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) -> list[Middleware]:
+    """The middleware stack, in order.
+
+    Tracing comes first so its span is still open while the others enqueue
+    (retries, pipelines); Admission sits before Audit (a skipped message is
+    never recorded running); Audit and Saga before Retries (after_* hooks run
+    in reverse order, and both need the retry decision); CancelWatcher last.
+    """
+    middleware: list[Middleware] = []
+    tracer_provider = tracer_provider_for(settings)
+    if tracer_provider is not None:
+        middleware.append(Tracing(tracer_provider=tracer_provider))
+    if settings.metrics_enabled:
+        middleware.append(
+            Metrics(
+                directory=settings.effective_metrics_dir,
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+                serve=serve_metrics,
+            )
+        )
+    middleware += [
+        AgeLimit(max_age=settings.max_age_ms),
+        TimeLimit(time_limit=settings.time_limit_ms),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Admission(max_deliveries=settings.max_deliveries, ttl=settings.run_once_ttl_ms),
+    ]
+    if audit_writer is not None:
+        middleware.append(
+            Audit(
+                writer=audit_writer,
+                default_max_retries=settings.max_retries,
+                default_time_limit=settings.time_limit_ms,
+                commit_wait=settings.audit_commit_wait_ms / 1000,
+                running_delay=settings.audit_running_delay_ms / 1000,
+            )
+        )
+    middleware += [
+        Saga(
+            # No pre-ping: the saga retries a failed claim or outcome itself.
+            database=create_db_engine(settings.database_url, pre_ping=False),
+            lease_ms=settings.workflow_lease_ms,
+            recovery_after_ms=settings.workflow_recovery_after_ms,
+            recovery_interval_ms=settings.workflow_recovery_interval_ms,
+            concurrency_lease_ms=settings.workflow_concurrency_lease_ms,
+            send_many=enqueue_messages,  # a fan-out's messages in one round trip
+            tracer_provider=tracer_provider,  # each run's root span
+            first_delivery=first_delivery,  # admission's count: a first delivery only reads
+            withdraw=withdraw_unstarted,  # a stopping run's queued steps never start
+        ),
+        Retries(
+            max_retries=settings.max_retries,
+            min_backoff=settings.min_backoff_ms,
+            max_backoff=settings.max_backoff_ms,
+            jitter=settings.retry_jitter,
+        ),
+        CurrentMessage(),
+        Results(
+            backend=RedisBackend(url=settings.effective_redis_url, namespace=f"{settings.namespace}-results"),
+            result_ttl=settings.result_ttl_ms,
+        ),
+        PeriodiqMiddleware(skip_delay=PERIODIC_SKIP_DELAY),
+        ScheduleControl(
+            overrides=settings.schedules,
+            catch_up=settings.schedule_catch_up,
+            timezone=settings.schedule_timezone,
+            lease_ttl=settings.schedule_lease_ms,
+            database_url=settings.database_url,
+        ),
+        DeadLetterLog(),
+        StalledRecovery(interval=settings.recovery_interval_ms),
+        # last: its after-hook runs first, so a job stops being interruptible as soon as it returns
+        CancelWatcher(interval=settings.cancel_poll_interval_ms),
+    ]
+    return middleware
+
+
+def build_broker(settings: Settings) -> RedisBroker:
+    """A Redis broker with tradeflow's middleware.  Nothing connects until first use.
+
+    The waking broker with priority lanes (:mod:`actors.broker.redis_broker`), or
+    Dramatiq's own with ``stock_broker``.
+    """
+    audit_writer = build_audit_writer(settings) if settings.audit_enabled else None
+    options = dict(
+        url=settings.effective_redis_url,
+        namespace=settings.namespace,
+        heartbeat_timeout=settings.heartbeat_timeout_ms,
+        maintenance_chance=settings.maintenance_chance,
+        middleware=build_middleware(settings, audit_writer=audit_writer),
+    )
+    if settings.stock_broker:
+        broker = RedisBroker(**options)
+    else:
+        broker = WakeupRedisBroker(
+            aging_every=settings.broker_aging_every,
+            prefetch_scale=settings.broker_prefetch_scale,
+            ack_flush_timeout=settings.audit_commit_wait_ms / 1000,
+            **options,
+        )
+    if audit_writer is not None:
+        # Producers (CLI, services) exit right after sending: give their
+        # pending rows a chance to land.
+        atexit.register(audit_writer.close, settings.audit_commit_wait_ms / 1000)
+    return broker
+
+
+def audit_writer_of(broker: RedisBroker) -> AuditWriter | None:
+    """The broker's audit writer, if auditing is on."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, Audit):
+            return middleware.writer
+    return None
+
+
+def configure(settings: Settings) -> RedisBroker:
+    """Build the broker of ``settings``, make it Dramatiq's global broker and remember the settings."""
+    broker = build_broker(settings)
+    dramatiq.set_broker(broker)
+    remember(settings)
+    return broker

@@ -1,0 +1,5 @@
+"""``python -m api.cli``: the ``tradeflow`` command."""
+
+from .app import main
+
+main()

@@ -1,0 +1,52 @@
+"""The ``tradeflow`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from . import jobs
+from .common import CliError, err_console
+from .data import data_app
+from .ib import ib_app, ib_sim_app
+from .ops import ops_app
+from .processes import db_app, processes_app
+from .strategy import strategy_app
+from .workflow import workflow_app
+
+app = typer.Typer(
+    help="tradeflow: jobs and workflows on Dramatiq + Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+jobs.register(app)  # send, jobs, schedules, dlq, outbox
+app.add_typer(processes_app)  # worker, scheduler, up, demo
+app.add_typer(db_app, name="db")
+app.add_typer(data_app, name="data")
+app.add_typer(strategy_app)  # backtest, screen, strategy-relay
+app.add_typer(ib_app, name="ib")
+app.add_typer(ib_sim_app, name="ib-sim")
+app.add_typer(workflow_app, name="workflow")
+app.add_typer(ops_app)  # metrics, health
+
+
+def main() -> None:
+    """Console entry point: user errors are one line on stderr and exit code 1."""
+    import redis
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from storage import describe_database_error
+
+    try:
+        app()
+    except CliError as exc:
+        err_console.print(f"error: {exc}", highlight=False)
+        sys.exit(1)
+    except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as exc:
+        err_console.print(f"error: cannot reach Redis: {exc}", highlight=False)
+        sys.exit(1)
+    except (OperationalError, ProgrammingError) as exc:
+        err_console.print(f"error: database: {describe_database_error(exc.orig or exc)}", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,365 @@
+"""``tradeflow schedules``, ``dlq``, ``jobs cancel`` and ``outbox``: job control from the command line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Column, Table
+
+if TYPE_CHECKING:
+    from actors.settings import Settings
+
+from .common import (
+    CliError,
+    call_arguments,
+    console,
+    err_console,
+    import_modules,
+    load_actors,
+    load_settings,
+    open_engine,
+)
+
+jobs_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True)
+
+
+def send(
+    actor: Annotated[str, typer.Argument(help="Actor name, e.g. ping.")],
+    args: Annotated[
+        str | None, typer.Option(help="JSON array of arguments, or object of keyword arguments.")
+    ] = None,
+    kwargs: Annotated[str | None, typer.Option(help="JSON object of keyword arguments.")] = None,
+    delay: Annotated[int | None, typer.Option(help="Delay in milliseconds.", min=0)] = None,
+    user_id: Annotated[str | None, typer.Option(help="Recorded in the audit trail.")] = None,
+    module: Annotated[
+        list[str] | None, typer.Option("--module", "-m", help="Extra actor module to import.")
+    ] = None,
+    priority: Annotated[str | None, typer.Option(help="Lane: critical, high, normal or low.")] = None,
+) -> None:
+    """Send one message; prints its id."""
+    settings = load_settings()
+    positional, keyword = call_arguments(args, kwargs)
+    actors = load_actors(settings)
+    import_modules(module or ())
+    from dramatiq.errors import ActorNotFound
+
+    try:
+        target = actors.current_broker.get_actor(actor)
+    except ActorNotFound:
+        known = ", ".join(sorted(actors.current_broker.actors))
+        raise CliError(f"unknown actor {actor!r}; known actors: {known}") from None
+    options = {"user_id": user_id} if user_id else {}
+    if priority:
+        options["priority"] = priority
+    try:
+        message = target.send_with_options(args=tuple(positional), kwargs=keyword, delay=delay, **options)
+    except ValueError as exc:  # a bad priority
+        raise CliError(str(exc)) from None
+    writer = actors.audit_writer_of(actors.current_broker)
+    if writer is not None and not writer.flush(settings.audit_commit_wait_ms / 1000):
+        err_console.print(f"warning: audit row not written yet: {writer.last_error}")
+    console.print(message.message_id, soft_wrap=True)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option(help="pending, running, retrying, completed, ...")] = None,
+    actor: Annotated[str | None, typer.Option(help="Actor name (task type).")] = None,
+    user: Annotated[str | None, typer.Option(help="User id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The newest tasks, filtered."""
+    from storage import TaskStatus, list_tasks
+
+    if status and status not in {s.value for s in TaskStatus}:
+        raise CliError(f"unknown status {status!r}; use one of {', '.join(s.value for s in TaskStatus)}")
+    rows = list_tasks(open_engine(load_settings()), status=status, task_type=actor, user_id=user, limit=limit)
+    if as_json:
+        for row in rows:
+            print(row.model_dump_json())
+        return
+    table = Table("actor", "queue", "status", "retries", "ms", "created", "error")
+    table.columns.insert(0, Column("task id", no_wrap=True, min_width=36))
+    for row in rows:
+        ms = f"{row.processing_time_ms:.1f}" if row.processing_time_ms is not None else ""
+        created = row.created_at.isoformat(sep=" ", timespec="seconds") if row.created_at else ""
+        error = (row.error_message or "")[:60]
+        table.add_row(
+            row.task_id, row.task_type, row.queue, row.status, str(row.retry_count), ms, created, error
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(task_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
+    """Every field of one task."""
+    from storage import get_task
+
+    row = get_task(open_engine(load_settings()), task_id)
+    if row is None:
+        raise CliError(f"no task with id {task_id!r}")
+    table = Table("field", "value", show_header=False)
+    for name, value in row.model_dump().items():
+        table.add_row(name, json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(table)
+
+
+schedules_app = typer.Typer(help="Periodic schedules: list, enable, disable, run now.", no_args_is_help=True)
+
+
+def _registered_schedules():
+    """The actors module, with every periodic actor it declares registered in the schedules table."""
+    from actors.scheduling import schedule_control_of
+    from storage import register_schedules
+
+    settings = load_settings()
+    actors = load_actors(settings)
+    control = schedule_control_of(actors.current_broker)
+    periodic = [actor for actor in actors.current_broker.actors.values() if "periodic" in actor.options]
+    register_schedules(open_engine(settings), [control.definition(actor) for actor in periodic])
+    return actors, settings
+
+
+def _schedule_name(name: str):
+    from storage import UnknownSchedule, get_schedule
+
+    actors, settings = _registered_schedules()
+    try:
+        get_schedule(open_engine(settings), name)
+    except UnknownSchedule as exc:
+        raise CliError(str(exc)) from None
+    return actors, settings
+
+
+@schedules_app.command("list")
+def schedules_list() -> None:
+    """Every schedule with its state: enabled, last run and status, next run (times in UTC)."""
+    from actors.scheduling import next_tick
+    from storage import list_schedules, utc_now
+
+    actors, settings = _registered_schedules()
+    table = Table("name", "spec", "queue", "enabled", "catch-up", "last run", "last status", "next run")
+    for row in list_schedules(open_engine(settings)):
+        actor = actors.current_broker.actors.get(row.name)
+        next_run = row.next_run_at
+        if actor is not None and "periodic" in actor.options and (next_run is None or next_run < utc_now()):
+            next_run = next_tick(actor, timezone=settings.schedule_timezone)
+        table.add_row(
+            row.name,
+            row.spec,
+            row.queue,
+            "yes" if row.enabled else "no",
+            row.catch_up,
+            str(row.last_run_at or ""),
+            row.last_status or "",
+            str(next_run or "") if row.enabled else "",
+        )
+    console.print(table)
+
+
+@schedules_app.command("enable")
+def schedules_enable(name: Annotated[str, typer.Argument(help="Schedule (actor) name.")]) -> None:
+    """Fire the schedule again from its next tick."""
+    from storage import set_enabled
+
+    _, settings = _schedule_name(name)
+    set_enabled(open_engine(settings), name, True)
+    console.print(f"{name}: enabled")
+
+
+@schedules_app.command("disable")
+def schedules_disable(name: Annotated[str, typer.Argument(help="Schedule (actor) name.")]) -> None:
+    """Stop firing the schedule (a run already queued still runs)."""
+    from storage import set_enabled
+
+    _, settings = _schedule_name(name)
+    set_enabled(open_engine(settings), name, False)
+    console.print(f"{name}: disabled")
+
+
+@schedules_app.command("run")
+def schedules_run(name: Annotated[str, typer.Argument(help="Schedule (actor) name.")]) -> None:
+    """Send the schedule's actor now (even when disabled); prints the message id."""
+    from actors.scheduling import SCHEDULE_OPTION
+    from storage import record_manual_run
+
+    actors, settings = _schedule_name(name)
+    message = actors.current_broker.actors[name].send_with_options(**{SCHEDULE_OPTION: name})
+    record_manual_run(open_engine(settings), name, message_id=message.message_id)
+    _flush_audit(settings)
+    console.print(message.message_id, soft_wrap=True)
+
+
+dlq_app = typer.Typer(help="Dead letters: list, show, retry, purge.", no_args_is_help=True)
+
+#: Units accepted by ``--older-than``, in milliseconds.
+DURATION_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"90s"``, ``"15m"``, ``"12h"``, ``"7d"`` -> milliseconds; a clear error otherwise."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in DURATION_UNITS or not number.isdigit():
+        raise CliError(f"invalid duration {text!r}: use a whole number and a unit s, m, h or d (e.g. 7d)")
+    return int(number) * DURATION_UNITS[unit]
+
+
+def _broker():
+    settings = load_settings()
+    return load_actors(settings).current_broker, settings
+
+
+@dlq_app.command("list")
+def dlq_list(queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None) -> None:
+    """Every dead letter, oldest first."""
+    from actors.middleware import list_dead_letters
+
+    broker, _ = _broker()
+    table = Table("message id", "actor", "queue", "args", "error", "failed at", "attempts")
+    for letter in list_dead_letters(broker, queue=queue):
+        arguments = json.dumps({"args": list(letter.message.args), "kwargs": letter.message.kwargs})
+        table.add_row(
+            letter.message_id,
+            letter.message.actor_name,
+            letter.queue,
+            arguments[:60],
+            letter.reason[:80],
+            str(letter.failed_at),
+            str(letter.attempts),
+        )
+    console.print(table)
+
+
+def _find(broker, message_id: str):
+    from actors.middleware import UnknownDeadLetter, find_dead_letter
+
+    try:
+        return find_dead_letter(broker, message_id)
+    except UnknownDeadLetter as exc:
+        raise CliError(str(exc)) from None
+
+
+@dlq_app.command("show")
+def dlq_show(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
+    """Everything about one dead letter, with its last traceback."""
+    broker, _ = _broker()
+    letter = _find(broker, message_id)
+    table = Table("field", "value", show_header=False)
+    rows = {
+        "message id": letter.message_id,
+        "actor": letter.message.actor_name,
+        "queue": letter.queue,
+        "args": json.dumps(list(letter.message.args)),
+        "kwargs": json.dumps(letter.message.kwargs),
+        "error": letter.reason,
+        "failed at": str(letter.failed_at),
+        "attempts": str(letter.attempts),
+        "traceback": letter.message.options.get("traceback", ""),
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
+    console.print(table)
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    message_id: Annotated[str | None, typer.Argument(help="Message id (or --all).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Retry every dead letter.")] = False,
+) -> None:
+    """Enqueue dead letters again with a fresh retry budget."""
+    from actors.middleware import list_dead_letters, retry_dead_letter
+
+    if (message_id is None) == (not all_):
+        raise CliError("give either a message id or --all")
+    broker, settings = _broker()
+    letters = list_dead_letters(broker) if all_ else [_find(broker, message_id)]
+    retried = [letter.message_id for letter in letters if retry_dead_letter(broker, letter) is not None]
+    _flush_audit(settings)
+    for retried_id in retried:
+        console.print(retried_id, soft_wrap=True)
+    err_console.print(f"retried {len(retried)} of {len(letters)}")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    older_than: Annotated[
+        str | None, typer.Option(help="Only those dead longer than this (e.g. 7d, 12h).")
+    ] = None,
+) -> None:
+    """Delete dead letters (all, or those older than --older-than); their audit rows stay dead_letter."""
+    from actors.middleware import purge_dead_letters
+
+    older_than_ms = parse_duration_ms(older_than) if older_than is not None else None
+    broker, _ = _broker()
+    console.print(f"purged {purge_dead_letters(broker, older_than_ms=older_than_ms)}")
+
+
+def cancel(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
+    """Cancel a pending, delayed or running job: it never starts, or is interrupted; never retried."""
+    from actors.middleware import cancel_job
+
+    broker, settings = _broker()
+    outcome = cancel_job(broker, message_id, engine=open_engine(settings), ttl=settings.cancel_ttl_ms)
+    console.print(
+        f"{message_id}: {outcome.state.value}" + (f" (was {outcome.status})" if outcome.status else "")
+    )
+
+
+outbox_app = typer.Typer(
+    help="Transactional outbox: relay committed messages to Redis.", no_args_is_help=True
+)
+
+
+@outbox_app.command("relay")
+def outbox_relay(once: Annotated[bool, typer.Option(help="Relay what is there, then exit.")] = False) -> None:
+    """Run the relay (until Ctrl-C / SIGTERM); several may run at once on PostgreSQL."""
+    import signal
+
+    from actors.broker import OutboxRelay
+
+    broker, settings = _broker()
+    relay = OutboxRelay(
+        broker=broker,
+        engine=open_engine(settings),
+        batch_size=settings.outbox_batch_size,
+        poll_interval=settings.outbox_poll_interval_ms / 1000,
+    )
+    if once:
+        while relay.relay_once() == relay.batch_size:
+            pass
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+        with contextlib.suppress(KeyboardInterrupt):
+            relay.run_forever()
+    _flush_audit(settings)
+    console.print(f"relayed {relay.relayed}")
+
+
+@outbox_app.command("status")
+def outbox_status() -> None:
+    """How many committed messages wait for the relay."""
+    from storage import unsent_count
+
+    console.print(f"unsent {unsent_count(open_engine(load_settings()))}")
+
+
+def _flush_audit(settings: Settings) -> None:
+    import actors
+
+    writer = actors.audit_writer_of(actors.current_broker)
+    if writer is not None and not writer.flush(settings.audit_commit_wait_ms / 1000):
+        err_console.print(f"warning: audit rows not written yet: {writer.last_error}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the ``tradeflow`` app."""
+    app.command()(send)
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(schedules_app, name="schedules")
+    app.add_typer(dlq_app, name="dlq")
+    jobs_app.command("cancel")(cancel)
+    app.add_typer(outbox_app, name="outbox")
