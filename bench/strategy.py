@@ -3,7 +3,7 @@
     .venv/bin/python bench/strategy.py [--symbols 100] [--days 504] [--screen-symbols 500] [--no-e2e]
 
 Prints, on the same synthetic bars (2 years x 100 symbols by default):
-- engine rows/s of ``actors.strategies.backtest`` and of the obvious per-row loop
+- engine rows/s of ``actors.strategies.engine`` and of the obvious per-row loop
   (``tests/strategy_fixtures.reference_backtest``), their ratio, and that both agree;
 - the sandbox's fixed cost (a strategy that returns nothing, on 1 row) and its
   cost on the whole data set with the seed's gap-up strategy;

@@ -345,7 +345,8 @@ def test_a_schedule_on_an_actor_that_needs_arguments_is_refused_with_the_fix(set
 def test_every_scheduled_actor_of_the_package_runs_without_arguments():
     # Importing `actors` declared every actor through ScheduleControl, which refuses a schedule
     # on an actor that needs arguments; so this is about which actors got one.
-    periodic = {name for name, actor in actors_module.broker.actors.items() if "periodic" in actor.options}
+    declared = actors_module.current_broker.actors
+    periodic = {name for name, actor in declared.items() if "periodic" in actor.options}
     assert {"health_check", "cleanup_tasks", "monitor_risk"} <= periodic
     assert not {"sync_portfolio", "evaluate_risk_limits"} & periodic
 
@@ -355,13 +356,12 @@ def test_every_actor_that_returns_a_value_stores_it():
     # not asked to store: every minute for the periodic ones.
     returning = {
         name
-        for name, actor in actors_module.broker.actors.items()
+        for name, actor in actors_module.current_broker.actors.items()
         if inspect.signature(actor.fn).return_annotation not in ("None", None, inspect.Signature.empty)
     }
     assert {"monitor_health", "monitor_risk", "reconcile_streams", "sweep_position_requests"} <= returning
-    assert {
-        name for name in returning if not actors_module.broker.actors[name].options.get("store_results")
-    } == set()
+    declared = actors_module.current_broker.actors
+    assert {name for name in returning if not declared[name].options.get("store_results")} == set()
 
 
 def test_schedule_control_added_late_applies_to_actors_already_declared():

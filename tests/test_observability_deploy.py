@@ -146,7 +146,7 @@ def test_compose_mounts_point_at_files_in_the_repository() -> None:
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/tradeflow.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    for package in ("actors", "api", "config", "orchestration", "saga", "storage"):
+    for package in ("actors", "api", "orchestration", "saga", "storage"):
         assert f"COPY {package} {package}" in dockerfile
 
 

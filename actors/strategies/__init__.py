@@ -15,9 +15,9 @@ from .wire import InvalidTask, StrategyFailed, parse_args
 
 #: Names served on first use, by the module that defines them.
 _LAZY = {
-    "BacktestConfig": ".backtest",
-    "EntryRule": ".backtest",
-    "backtest": ".backtest",
+    "BacktestConfig": ".engine",
+    "EntryRule": ".engine",
+    "backtest": ".engine",
     "Sandbox": ".sandbox",
     "SandboxLimits": ".sandbox",
     "validate_code": ".sandbox",

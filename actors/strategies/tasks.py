@@ -2,7 +2,7 @@
 
 Each task reads bars, runs the user's function in the sandbox
 (:mod:`actors.strategies.sandbox`), and turns its instances into a backtest
-(:mod:`actors.strategies.backtest`) or a ranking.  Progress and outcome go to the
+(:mod:`actors.strategies.engine`) or a ranking.  Progress and outcome go to the
 seed-compatible ``task_result:{id}`` key (:mod:`actors.strategies.results`); the
 actor's return value goes to the Dramatiq results backend as well.
 """
@@ -22,7 +22,7 @@ from actors.market_data.bars import MarketDataMissing, load_bars
 from actors.middleware import worker_id
 from actors.settings import Settings
 
-from .backtest import BacktestConfig, EntryRule, backtest
+from .engine import BacktestConfig, EntryRule, backtest
 from .results import TaskResultStore
 from .sandbox import Sandbox, SandboxLimits
 from .wire import BacktestArgs, InvalidTask, ScreeningArgs, StrategyFailed, parse_args
