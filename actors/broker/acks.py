@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from dramatiq.broker import MessageProxy
@@ -43,19 +43,52 @@ def hold_ack(message: MessageProxy, hold: AckHold) -> None:
 
 
 class PendingAcks:
-    """The finished messages of one queue whose ack has not reached Redis yet.
+    """The finished messages of one queue whose ack has not reached Redis yet, and what else
+    this process holds of the queue.
 
     Shared by every consumer of the queue in a process, so the consumer
     Dramatiq starts after a connection error sends what the old one could not.
+    A message is *in hand* from the fetch that took it until its ack is
+    recorded (then it is pending) or its nack or requeue reached Redis;
+    :meth:`held` (in hand or pending) is what a reclaim must leave alone.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: list[tuple[str, AckHold | None]] = []
+        self._in_hand: set[str] = set()
+        #: Open consumers of the queue in this process (a reclaim needs to be the only one).
+        self.consumers = 0
+        #: Set when a broker call may have left messages in the ack set that nobody holds.
+        self.suspect = False
+
+    def opened(self) -> None:
+        with self._lock:
+            self.consumers += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self.consumers -= 1
+
+    def taken(self, redis_message_ids: Iterable[str]) -> None:
+        """Messages a fetch took: in hand until acked, nacked or requeued."""
+        with self._lock:
+            self._in_hand.update(redis_message_ids)
+
+    def dropped(self, redis_message_ids: Iterable[str]) -> None:
+        """Messages no longer held (nacked, requeued, or left to a reclaim)."""
+        with self._lock:
+            self._in_hand.difference_update(redis_message_ids)
+
+    def held(self) -> list[str]:
+        """Every id in hand or pending, at one instant."""
+        with self._lock:
+            return [*self._in_hand, *(redis_message_id for redis_message_id, _ in self._entries)]
 
     def add(self, redis_message_id: str, hold: AckHold | None) -> None:
         with self._lock:
             self._entries.append((redis_message_id, hold))
+            self._in_hand.discard(redis_message_id)
 
     def any_released(self) -> bool:
         """Whether an ack could go now."""

@@ -63,6 +63,10 @@ LISTENER_MAX_BACKOFF = 5.0
 #: Cancelled message ids a process remembers (to skip messages fetched before the cancel).
 MAX_REMEMBERED_CANCELLATIONS = 100_000
 
+#: Seconds between two reclaims of a consumer when no call failed: a client that retries a
+#: command on its own (redis-py does for ``Redis(host=...)``) can lose a fetch's reply unseen.
+RECLAIM_INTERVAL = 60.0
+
 
 def glob_escape(text: str) -> str:
     """``text`` as a literal in a Redis glob pattern."""
@@ -124,7 +128,7 @@ class WakeupListener:
         self._failing = False
 
     def register(self, queue_name: str) -> threading.Event:
-        """An event set whenever ``queue_name`` gets work."""
+        """An event set whenever ``queue_name`` gets work (see :meth:`wait_connected`)."""
         self._ensure_started()
         event = threading.Event()
         with self._lock:
@@ -152,9 +156,11 @@ class WakeupListener:
             self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name="tradeflow-wakeup", daemon=True)
             self._thread.start()
-        # Consumers created before the subscription would miss a first
-        # notification (and poll for it): give it a moment.
-        self.connected.wait(1)
+
+    def wait_connected(self, timeout: float = 1.0) -> None:
+        """Give a new subscription a moment: a consumer that fetches before it is in place
+        would miss a first notification (and poll for it)."""
+        self.connected.wait(timeout)
 
     def _run(self) -> None:
         backoff = 0.05
@@ -232,6 +238,13 @@ class WakeupConsumer(_RedisConsumer):
     With its prefetch full it waits for an ack instead of a growing sleep.
     Acks are deferred (:mod:`actors.broker.acks`): sent with the next fetch, once
     their holds are released.
+
+    After a broker call failed (and every :data:`RECLAIM_INTERVAL`) it
+    *reclaims*: puts back the messages of its ack set that this process does
+    not hold, such as those a fetch took whose reply the connection lost.
+    Otherwise they would wait for this process to die (Dramatiq's behaviour).
+    Construction makes no broker call, like Dramatiq's consumer; the first
+    ``__next__`` checks the server and waits for the wake-up subscription.
     """
 
     def __init__(self, broker: WakeupRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -242,10 +255,14 @@ class WakeupConsumer(_RedisConsumer):
         self.etas: dict[str, int] = {}
         self.wakeup = broker.listener.register(queue_name)
         self.pending = broker.pending_acks(queue_name)
+        self.pending.opened()
         admission = None if self.is_delay_queue else broker.admission
         #: ARGV of fetch that turns admission at fetch time on (ttl, max deliveries) or off.
         self.admit_args = (admission.ttl, admission.max_deliveries) if admission else (0, 0)
         self._fetched_at = 0.0
+        self._started = False
+        self._closed = False
+        self._reclaimed_at = time.monotonic()
 
     def ack(self, message: MessageProxy) -> None:
         self.pending.add(message.options["redis_message_id"], getattr(message, ACK_HOLD_ATTRIBUTE, None))
@@ -255,6 +272,7 @@ class WakeupConsumer(_RedisConsumer):
     def nack(self, message: MessageProxy) -> None:
         try:
             super().nack(message)
+            self.pending.dropped((message.options["redis_message_id"],))
         finally:
             self._release(message)
 
@@ -265,25 +283,46 @@ class WakeupConsumer(_RedisConsumer):
             self.etas.pop(message.message_id, None)
 
     def close(self) -> None:
+        if self._closed:  # Dramatiq closes a consumer twice after an unexpected error
+            return
+        self._closed = True
         self.broker.listener.unregister(self.queue_name, self.wakeup)
         self._send_acks(self.pending.take_all(timeout=self.broker.ack_flush_timeout))
         # Fetched but never handed to a worker thread: back to the queue now,
         # not after the heartbeat timeout, and not counted as delivered.
         cached, self.message_cache = self.message_cache, []
-        ids = [Message.decode(data).options["redis_message_id"] for data, _ in cached if data]
+        ids = [message.options["redis_message_id"] for message, _ in cached if message is not None]
         try:
             self._requeue_ids(ids)
         except redis.ConnectionError as exc:
-            self.logger.warning("Could not requeue %d fetched messages (%s): recovered later.", len(ids), exc)
+            self.logger.warning("Could not requeue %d fetched messages (%s): reclaimed later.", len(ids), exc)
+        if self.is_delay_queue:
+            # What the consumer thread still holds of a delay queue here is lost to it (it drops
+            # its delay queue on a connection error, after requeueing it on a clean stop).
+            self.pending.dropped(self.pending.held())
+            self.pending.suspect = True
+        self.pending.closed()
 
     def _requeue_ids(self, redis_message_ids: list[str]) -> None:
         if not redis_message_ids:
             return
         command = "requeue_admitted" if self.admit_args[0] else "requeue"
-        self.broker.do_dispatch(command, self.queue_name, *redis_message_ids)
+        try:
+            self.broker.do_dispatch(command, self.queue_name, *redis_message_ids)
+        except redis.ConnectionError:
+            self.pending.suspect = True  # it may not have run: the next reclaim puts them back
+            raise
+        finally:
+            self.pending.dropped(redis_message_ids)
 
     def __next__(self) -> MessageProxy | None:
         try:
+            if not self._started:
+                self.broker.check_server()
+                self.broker.listener.wait_connected()
+                self._started = True
+            if self.pending.suspect or time.monotonic() - self._reclaimed_at > RECLAIM_INTERVAL:
+                self._reclaim()
             while True:
                 if self.message_cache:
                     message = self._take()
@@ -305,19 +344,44 @@ class WakeupConsumer(_RedisConsumer):
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
 
-    def _fetch(self, room: int, acks: list[str]) -> list[tuple[bytes | None, str | None]]:
-        """(data, verdict) of up to ``room`` messages; ``acks`` go out in the same call."""
+    def _fetch(self, room: int, acks: list[str]) -> list[tuple[Message | None, str | None]]:
+        """(message, verdict) of up to ``room`` messages; ``acks`` go out in the same call."""
         self._fetched_at = time.monotonic()
         try:
             reply = self.broker.do_dispatch(
                 "fetch", self.queue_name, room, *self.admit_args, len(acks), *acks, *self._lane_order()
             )
-        except Exception:
+        except Exception as exc:
             self.pending.put_back(acks)
+            if isinstance(exc, redis.ConnectionError):
+                self.pending.suspect = True  # the call may have run: what it took is reclaimed
             raise
-        if not self.admit_args[0]:
-            return [(data, None) for data in reply]
-        return [(reply[i], reply[i + 1].decode()) for i in range(0, len(reply), 2)]
+        if self.admit_args[0]:
+            fetched = [(reply[i], reply[i + 1].decode()) for i in range(0, len(reply), 2)]
+        else:
+            fetched = [(data, None) for data in reply]
+        # Decoded now, not when handed out: the process holds them from here on.
+        messages = [(None if data is None else Message.decode(data), verdict) for data, verdict in fetched]
+        self.pending.taken(message.options["redis_message_id"] for message, _ in messages if message)
+        return messages
+
+    def _reclaim(self) -> None:
+        """Put back what this worker's ack set of the queue holds that this process does not."""
+        self._reclaimed_at = time.monotonic()
+        if self.pending.consumers != 1:  # another consumer here may be between a fetch and its reply
+            return
+        self.pending.suspect = False
+        held = self.pending.held()
+        try:
+            admitted = int(bool(self.admit_args[0]))
+            reclaimed = self.broker.do_dispatch("reclaim", self.queue_name, admitted, *held)
+        except Exception:
+            self.pending.suspect = True
+            raise
+        if reclaimed:
+            self.logger.warning(
+                "Put back %d messages of %r taken by calls whose reply was lost.", reclaimed, self.queue_name
+            )
 
     def _send_acks(self, acks: list[str]) -> None:
         """Ack ``acks`` now (on close).  On a failure they stay pending, for the consumer
@@ -336,10 +400,9 @@ class WakeupConsumer(_RedisConsumer):
             )
 
     def _take(self) -> MessageProxy | None:
-        data, verdict = self.message_cache.pop(0)
-        if data is None:  # its data is gone (acked elsewhere after a requeue): nothing to run
+        message, verdict = self.message_cache.pop(0)
+        if message is None:  # its data is gone (acked elsewhere after a requeue): nothing to run
             return None
-        message = Message.decode(data)
         self.queued_message_ids.add(message.message_id)
         eta = message.options.get("eta")
         if self.is_delay_queue and isinstance(eta, int | float):
@@ -439,10 +502,6 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         return WakeupConsumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> WakeupConsumer:
-        try:
-            self._check_server()
-        except redis.ConnectionError as exc:  # the worker retries a consumer that lost its connection
-            raise ConnectionClosed(exc) from None
         if not queue_name.endswith(".DQ"):
             prefetch = max(1, math.ceil(prefetch * self.prefetch_scale))
         return self.consumer_class(self, queue_name, prefetch, timeout)
@@ -451,7 +510,7 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         self.listener.close()
         super().close()
 
-    def _check_server(self) -> None:
+    def check_server(self) -> None:
         """Fail with the fix when the server is too old for the dispatch script."""
         if self._server_checked:
             return

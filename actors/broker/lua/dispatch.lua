@@ -200,10 +200,11 @@ if do_maintenance == "1" then
 end
 
 
--- enqueue(message_id, message_data[, lane])
+-- enqueue(message_id, message_data[, lane]): without a lane (Dramatiq's own
+-- call), the lane the message's priority option names.
 if command == "enqueue" then
     redis.call("hset", queue_messages, ARGS[1], ARGS[2])
-    if push(ARGS[3], ARGS[1]) then
+    if push(ARGS[3] or lane_of(ARGS[2]), ARGS[1]) then
         wake()
     end
 
@@ -225,15 +226,16 @@ elseif command == "enqueue_many" then
     end
 
 
--- fetch(prefetch, admit_ttl, max_deliveries, n_acks, ack_id * n_acks[, lane, ...]):
+-- fetch(prefetch[, admit_ttl, max_deliveries, n_acks, ack_id * n_acks, lane, ...]):
 -- first ack the messages named (the consumer's deferred acks), then take up
 -- to $prefetch messages, taking the lanes in the order given (default:
 -- critical, high, normal, low).  With admit_ttl > 0 each message taken is
 -- admitted too, and the reply is data, verdict, data, verdict, ...
+-- fetch(prefetch) alone is Dramatiq's call: no acks, no admission.
 elseif command == "fetch" then
-    local admit_ttl = tonumber(ARGS[2])
-    local max_deliveries = tonumber(ARGS[3])
-    local n_acks = tonumber(ARGS[4])
+    local admit_ttl = tonumber(ARGS[2]) or 0
+    local max_deliveries = tonumber(ARGS[3]) or 0
+    local n_acks = tonumber(ARGS[4]) or 0
     for i = 5, n_acks + 4 do
         if redis.call("srem", queue_acks, ARGS[i]) > 0 then
             redis.call("hdel", queue_messages, ARGS[i])
@@ -310,6 +312,32 @@ elseif command == "requeue" or command == "requeue_admitted" then
     if woken then
         wake()
     end
+
+
+-- reclaim(admitted, held_id, ...): puts back every message of this worker's
+-- ack set of the queue that the worker does not hold: taken by a fetch whose
+-- reply was lost, or left by a requeue that failed.  admitted = "1" undoes
+-- their admission (they never started).  Returns how many it put back.
+elseif command == "reclaim" then
+    local held = {}
+    for i = 2, #ARGS do
+        held[ARGS[i]] = true
+    end
+    local woken, reclaimed = false, 0
+    for _, message_id in ipairs(redis.call("smembers", queue_acks)) do
+        if not held[message_id] then
+            if ARGS[1] == "1" then
+                unadmit(message_id)
+            end
+            redis.call("srem", queue_acks, message_id)
+            woken = push_back(message_id) or woken
+            reclaimed = reclaimed + 1
+        end
+    end
+    if woken then
+        wake()
+    end
+    return reclaimed
 
 
 elseif command == "ack" then
