@@ -5,10 +5,41 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Link:
+    """One proxied connection: its two sockets, and whether its next reply is to be dropped."""
+
+    client: socket.socket
+    upstream: socket.socket
+    dropping: bool = False
+
+
+def resp_command(data: bytes) -> list[bytes] | None:
+    """The arguments of the one RESP command ``data`` holds, or None if it holds something else."""
+    if not data.startswith(b"*"):
+        return None
+    try:
+        head, rest = data.split(b"\r\n", 1)
+        parts = []
+        for _ in range(int(head[1:])):
+            length, rest = rest.split(b"\r\n", 1)
+            size = int(length[1:])
+            parts.append(rest[:size])
+            rest = rest[size + 2 :]
+    except ValueError:
+        return None
+    return parts if not rest else None
 
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target``; ``cut()`` drops every connection and refuses new ones.
+
+    ``drop_reply_once(predicate)`` loses one reply instead: the server runs the
+    request, the client sees its connection break.
 
     Parameters:
       target: (host, port) of the real server.
@@ -22,7 +53,16 @@ class TcpProxy:
         self._open.set()
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._trigger: Callable[[bytes], bool] | None = None
+        self.dropped = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_reply_once(self, predicate: Callable[[bytes], bool]) -> threading.Event:
+        """The next request ``predicate`` accepts reaches the server, but its connection is cut
+        before the reply comes back; other connections go on.  The event is set once it happened."""
+        self.dropped.clear()
+        self._trigger = predicate
+        return self.dropped
 
     def cut(self) -> None:
         self._open.clear()
@@ -57,16 +97,33 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets.update((client, upstream))
+            link = _Link(client, upstream)
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(link, source, sink), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, link: _Link, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                if source is link.client:
+                    self._check_trigger(link, data)
+                elif link.dropping:  # the reply of the triggering request: lost with the connection
+                    self.dropped.set()
+                    break
                 sink.sendall(data)
         except OSError:
             pass
         finally:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     sock.close()
+
+    def _check_trigger(self, link: _Link, data: bytes) -> None:
+        trigger = self._trigger
+        if trigger is None or not trigger(data):
+            return
+        with self._lock:
+            if self._trigger is trigger:  # one connection only
+                self._trigger = None
+                link.dropping = True  # set before the request goes on, so its reply is caught

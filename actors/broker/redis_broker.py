@@ -24,6 +24,7 @@ Needs Redis (or Valkey) 7.0 or newer, for ``LMPOP``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -143,6 +144,10 @@ class WakeupListener:
         """Stop listening; a later consumer starts a new listener."""
         self._stopping.set()
         if self._thread is not None and self._pid == os.getpid():
+            if self.connected.is_set():
+                # A notification of no queue ends the thread's wait for the next one now.
+                with contextlib.suppress(redis.RedisError):
+                    self.client.publish(self.prefix, b"")
             self._thread.join(2)
         self._pid = None
 
