@@ -356,10 +356,9 @@ class WakeupConsumer(_RedisConsumer):
             reply = self.broker.do_dispatch(
                 "fetch", self.queue_name, room, *self.admit_args, len(acks), *acks, *self._lane_order()
             )
-        except Exception as exc:
+        except Exception:
             self.pending.put_back(acks)
-            if isinstance(exc, redis.ConnectionError):
-                self.pending.suspect = True  # the call may have run: what it took is reclaimed
+            self.pending.suspect = True  # the call may have run (a lost reply): what it took is reclaimed
             raise
         if self.admit_args[0]:
             fetched = [(reply[i], reply[i + 1].decode()) for i in range(0, len(reply), 2)]

@@ -1,5 +1,5 @@
 -- Tradeflow's dispatch script: Dramatiq 2.2's redis/dispatch.lua (LGPL-3.0,
--- Copyright (C) 2017-2020 CLEARTYPE SRL) with four additions:
+-- Copyright (C) 2017-2020 CLEARTYPE SRL) with five additions:
 --
 --   * priority lanes: a queue is four lists, $namespace:$queue_name (the
 --     "normal" lane, the list stock Dramatiq uses) and
@@ -14,6 +14,11 @@
 --     one call per batch instead of one per message, and admits what it
 --     takes (actors/admission.py: cancelled, duplicate or poison?) in the
 --     same call instead of one call per message.
+--   * reclaim: a consumer puts back what its ack set holds that its process
+--     does not (a fetch whose reply the connection lost).
+--
+-- Dramatiq's own calls (enqueue, fetch, ack, nack, requeue, qsize, purge with
+-- Dramatiq's arguments) keep their meaning.
 --
 -- Needs Redis >= 7.0 (LMPOP).
 --
