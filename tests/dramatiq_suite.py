@@ -1,4 +1,4 @@
-"""Dramatiq's own Redis broker tests, run against :class:`~actors.redis_broker.WakeupRedisBroker`.
+"""Dramatiq's own Redis broker tests, run against :class:`~actors.broker.WakeupRedisBroker`.
 
 The tests (``tests/test_redis.py`` of the installed Dramatiq version) come
 from Dramatiq's sdist on the package index at test time; the wheel ships no
@@ -36,7 +36,7 @@ import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 
-from actors.redis_broker import WakeupRedisBroker
+from actors.broker import WakeupRedisBroker
 
 #: The Dramatiq test module that is run, as a path inside the sdist.
 SUITE_FILE = "tests/test_redis.py"

@@ -22,8 +22,8 @@ from dramatiq_suite import SKIPS, STOCK_VARIABLE, fetch_suite, lay_out, private_
 from tcp_proxy import TcpProxy, resp_command
 
 from actors import build_broker
-from actors.recovery import recover_stalled
-from actors.redis_broker import DEFAULT_LANE, LANES, WakeupRedisBroker
+from actors.broker import DEFAULT_LANE, LANES, WakeupRedisBroker
+from actors.middleware import recover_stalled
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from .dead_letters import (
 )
 from .errors import JobCancelled, NonRetryableError
 from .heartbeat import WORKERS_KEY, WorkerHeartbeat, workers_alive
-from .recovery import StalledRecovery
+from .recovery import StalledRecovery, recover_stalled
 from .retries import Retries, backoff_ms
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "find_dead_letter",
     "list_dead_letters",
     "purge_dead_letters",
+    "recover_stalled",
     "retry_dead_letter",
     "worker_id",
     "workers_alive",
