@@ -127,3 +127,11 @@ class TcpProxy:
             if self._trigger is trigger:  # one connection only
                 self._trigger = None
                 link.dropping = True  # set before the request goes on, so its reply is caught
+
+
+def proxied_redis(redis_url: str) -> tuple[TcpProxy, str]:
+    """A proxy in front of the Redis of ``redis_url`` (``redis://host:port/db``), and its URL."""
+    address, db = redis_url.split("//")[1].rsplit("/", 1)
+    host, port = address.split(":")
+    link = TcpProxy((host, int(port)))
+    return link, f"redis://127.0.0.1:{link.port}/{db}"

@@ -12,7 +12,7 @@ import pytest
 import redis
 from broker_support import running_worker, sqlite_settings, wait_until
 from dramatiq.middleware import CurrentMessage
-from tcp_proxy import TcpProxy
+from tcp_proxy import proxied_redis
 
 from actors import build_broker
 from actors.broker import hold_ack
@@ -135,10 +135,7 @@ def test_message_is_not_acked_before_its_audit_row_commits(redis_url, namespace,
 def test_acks_a_lost_connection_kept_go_out_with_the_next_consumer(redis_url, namespace, tmp_path):
     """The acks a consumer could not send (its fetch, then its close, failed) are kept for the
     consumer Dramatiq starts once Redis is back: the messages are acked, not run again."""
-    address, db = redis_url.split("//")[1].rsplit("/", 1)
-    host, port = address.split(":")
-    link = TcpProxy((host, int(port)))
-    proxied = f"redis://127.0.0.1:{link.port}/{db}"
+    link, proxied = proxied_redis(redis_url)
     settings = sqlite_settings(proxied, namespace, tmp_path, audit_enabled=False)
     broker = build_broker(settings)
     client = redis.Redis.from_url(redis_url)

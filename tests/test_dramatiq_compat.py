@@ -19,7 +19,7 @@ import redis
 from broker_support import running_worker, sqlite_settings, wait_until
 from dramatiq import Message
 from dramatiq_suite import SKIPS, STOCK_VARIABLE, fetch_suite, lay_out, private_redis, run_suite, suite_tests
-from tcp_proxy import TcpProxy, resp_command
+from tcp_proxy import TcpProxy, proxied_redis, resp_command
 
 from actors import build_broker
 from actors.broker import DEFAULT_LANE, LANES, WakeupRedisBroker
@@ -135,13 +135,37 @@ def _drops_flush_of(namespace: str, queue: str):
 @pytest.mark.timeout(60)
 def test_connection_cut_while_acks_are_flushed(redis_url, namespace, tmp_path):
     """The reply of a fetch carrying acks is lost (Redis ran it: the acks took effect and it took
-    more messages): every message is acked, none runs twice, none is lost."""
-    address, db = redis_url.split("//")[1].rsplit("/", 1)
+    more messages): every message is acked, none runs twice, none is lost.  The consumer sees
+    the error and reclaims what the lost call took."""
+    link, proxied = proxied_redis(redis_url)
+    broker = build_broker(sqlite_settings(proxied, namespace, tmp_path, audit_enabled=False))
+    try:
+        _runs_every_message_once_through_a_lost_flush(broker, link, redis_url, namespace)
+    finally:
+        link.close()
+
+
+@pytest.mark.timeout(60)
+def test_reply_lost_while_acks_are_flushed_and_retried_by_the_client(redis_url, namespace):
+    """The same, on a client that retries the call on its own (redis-py's default for
+    ``host=``/``port=`` parameters): the consumer never sees an error, its periodic reclaim
+    puts back what the first, lost, run of the call took."""
+    link, proxied = proxied_redis(redis_url)
+    address, db = proxied.split("//")[1].rsplit("/", 1)
     host, port = address.split(":")
-    link = TcpProxy((host, int(port)))
-    proxied = f"redis://127.0.0.1:{link.port}/{db}"
-    settings = sqlite_settings(proxied, namespace, tmp_path, audit_enabled=False)
-    broker = build_broker(settings)
+    broker = WakeupRedisBroker(
+        host=host, port=int(port), db=int(db), namespace=namespace, reclaim_interval=0.5
+    )
+    assert broker.client.get_retry().get_retries() > 0, "this client does not retry: the test proves nothing"
+    try:
+        _runs_every_message_once_through_a_lost_flush(broker, link, redis_url, namespace)
+    finally:
+        link.close()
+
+
+def _runs_every_message_once_through_a_lost_flush(
+    broker: WakeupRedisBroker, link: TcpProxy, redis_url: str, namespace: str
+) -> None:
     client = redis.Redis.from_url(redis_url)
     runs: list[int] = []
     lock = threading.Lock()
@@ -156,14 +180,11 @@ def test_connection_cut_while_acks_are_flushed(redis_url, namespace, tmp_path):
     for i in range(count):
         flushed.send(i)
     dropped = link.drop_reply_once(_drops_flush_of(namespace, "flushed"))
-    try:
-        with running_worker(broker, threads=2):
-            assert dropped.wait(10), "no fetch carried acks"
-            assert wait_until(lambda: len(runs) >= count, timeout=20), f"lost: {set(range(count)) - {*runs}}"
-            time.sleep(0.3)  # a duplicate run would show up now
-            assert wait_until(lambda: not list(client.scan_iter(match=f"{namespace}:__acks__.*")), timeout=5)
-    finally:
-        link.close()
+    with running_worker(broker, threads=2):
+        assert dropped.wait(10), "no fetch carried acks"
+        assert wait_until(lambda: len(runs) >= count, timeout=20), f"lost: {set(range(count)) - {*runs}}"
+        time.sleep(0.3)  # a duplicate run would show up now
+        assert wait_until(lambda: not list(client.scan_iter(match=f"{namespace}:__acks__.*")), timeout=5)
     assert sorted(runs) == list(range(count)), "a message ran twice"
     assert client.hlen(f"{namespace}:flushed.msgs") == 0, "a message was not acked"
     assert all(client.llen(lane_key(namespace, "flushed", lane)) == 0 for lane in LANES)

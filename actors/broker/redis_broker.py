@@ -64,8 +64,8 @@ LISTENER_MAX_BACKOFF = 5.0
 #: Cancelled message ids a process remembers (to skip messages fetched before the cancel).
 MAX_REMEMBERED_CANCELLATIONS = 100_000
 
-#: Seconds between two reclaims of a consumer when no call failed: a client that retries a
-#: command on its own (redis-py does for ``Redis(host=...)``) can lose a fetch's reply unseen.
+#: Default seconds between two reclaims of a consumer when no call failed: a client that retries
+#: a command on its own (redis-py does for ``Redis(host=...)``) can lose a fetch's reply unseen.
 RECLAIM_INTERVAL = 60.0
 
 
@@ -244,7 +244,7 @@ class WakeupConsumer(_RedisConsumer):
     Acks are deferred (:mod:`actors.broker.acks`): sent with the next fetch, once
     their holds are released.
 
-    After a broker call failed (and every :data:`RECLAIM_INTERVAL`) it
+    After a broker call failed (and every ``reclaim_interval``) it
     *reclaims*: puts back the messages of its ack set that this process does
     not hold, such as those a fetch took whose reply the connection lost.
     Otherwise they would wait for this process to die (Dramatiq's behaviour).
@@ -326,7 +326,7 @@ class WakeupConsumer(_RedisConsumer):
                 self.broker.check_server()
                 self.broker.listener.wait_connected()
                 self._started = True
-            if self.pending.suspect or time.monotonic() - self._reclaimed_at > RECLAIM_INTERVAL:
+            if self.pending.suspect or time.monotonic() - self._reclaimed_at > self.broker.reclaim_interval:
                 self._reclaim()
             while True:
                 if self.message_cache:
@@ -455,6 +455,9 @@ class WakeupRedisBroker(HookTable, RedisBroker):
       ack_flush_timeout(float): Seconds a closing consumer waits for the
         holds of its deferred acks (e.g. audit rows being committed).
         Defaults to 5.
+      reclaim_interval(float): Seconds between two reclaims of a consumer
+        when none of its calls failed (see :class:`WakeupConsumer`).
+        Defaults to :data:`RECLAIM_INTERVAL` (60).
       **kwargs: Everything :class:`~dramatiq.brokers.redis.RedisBroker` takes.
     """
 
@@ -462,8 +465,16 @@ class WakeupRedisBroker(HookTable, RedisBroker):
     defers_acks = True
 
     def __init__(
-        self, *, aging_every: int = 8, prefetch_scale: float = 0.5, ack_flush_timeout: float = 5.0, **kwargs
+        self,
+        *,
+        aging_every: int = 8,
+        prefetch_scale: float = 0.5,
+        ack_flush_timeout: float = 5.0,
+        reclaim_interval: float = RECLAIM_INTERVAL,
+        **kwargs,
     ) -> None:
+        if reclaim_interval <= 0:
+            raise ValueError(f"reclaim_interval must be > 0 (got {reclaim_interval})")
         if aging_every < 0:
             raise ValueError(f"aging_every must be >= 0 (got {aging_every})")
         if not 0 < prefetch_scale <= 1:
@@ -474,6 +485,7 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
         self.listener = WakeupListener(client=self.client, namespace=self.namespace)
         self.ack_flush_timeout = ack_flush_timeout
+        self.reclaim_interval = reclaim_interval
         self._redis_ids = UniqueIds()
         self._pending_acks: dict[str, PendingAcks] = {}
         self._server_checked = False
