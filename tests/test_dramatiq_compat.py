@@ -163,6 +163,35 @@ def test_reply_lost_while_acks_are_flushed_and_retried_by_the_client(redis_url, 
         link.close()
 
 
+@pytest.mark.timeout(60)
+def test_delayed_message_held_in_memory_survives_a_redis_outage(redis_url, namespace, tmp_path):
+    """Dramatiq's consumer thread drops the delayed messages it holds in memory when its
+    connection breaks, leaving them in the worker's ack set; the next delay-queue consumer
+    reclaims them, so the message still runs, once."""
+    link, proxied = proxied_redis(redis_url)
+    broker = build_broker(sqlite_settings(proxied, namespace, tmp_path, audit_enabled=False))
+    client = redis.Redis.from_url(redis_url)
+    runs: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="later", max_retries=0)
+    def later(i: int) -> None:
+        runs.append(i)
+
+    try:
+        with running_worker(broker, threads=2):
+            later.send_with_options(args=(1,), delay=2_000)
+            held = f"{namespace}:__acks__.{broker.broker_id}.later.DQ"
+            assert wait_until(lambda: client.scard(held) == 1, timeout=5), "the delayed message is not held"
+            link.cut()
+            time.sleep(1.5)  # both consumers fail; Dramatiq drops the delay queue it held
+            link.restore()
+            assert wait_until(lambda: runs == [1], timeout=15), "the delayed message never ran"
+            time.sleep(0.5)
+        assert runs == [1], "it ran twice"
+    finally:
+        link.close()
+
+
 def _runs_every_message_once_through_a_lost_flush(
     broker: WakeupRedisBroker, link: TcpProxy, redis_url: str, namespace: str
 ) -> None:
