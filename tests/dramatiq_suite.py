@@ -69,7 +69,7 @@ CONFTEST_MODULE = (
 )
 
 #: The child run's own ini file, so the repository's pytest options do not apply to it.
-PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider -p no:rerunfailures\ntimeout = 60\n"
+PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider -p no:rerunfailures\ntimeout = 200\n"
 
 
 # --- fixtures of the child run (upstream's conftest.py, with our broker) -------------------------
@@ -171,7 +171,7 @@ def suite_tests(suite_file: Path) -> list[str]:
 
 
 def run_suite(
-    root: Path, tests: list[str], *, redis_url: str, repo_root: Path, part: str = "all", timeout: float = 300
+    root: Path, tests: list[str], *, redis_url: str, repo_root: Path, part: str = "all", timeout: float = 280
 ) -> SuiteResult:
     """Run ``tests`` of the laid-out suite in a child pytest; their outcomes."""
     report = root / f"report-{part}.xml"

@@ -48,7 +48,7 @@ def dramatiq_suite_file(request: pytest.FixtureRequest, tmp_path_factory: pytest
         pytest.skip(message)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_dramatiq_redis_suite_passes_on_our_broker(dramatiq_suite_file, tmp_path):
     """Each test of Dramatiq's suite passes, except the documented skips (which are skipped).
 
