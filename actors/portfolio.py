@@ -1,10 +1,12 @@
 """The ``portfolio`` queue: account snapshots with P&L, and risk limits raised as alerts.
 
 ``sync_portfolio(account)`` reads positions, the account's portfolio (marks) and account
-summary, and today's executions through the process's shared ib_async connection, and stores
-a snapshot: unrealized P&L from average cost and marks, realized P&L from the executions'
-commission reports, daily P&L as net liquidation minus the previous day's equity with loan
-value.  ``evaluate_risk_limits(account)`` checks the latest snapshot against the configured
+summary, today's executions and IB's own daily P&L (``reqPnL`` for the account, ``reqPnLSingle``
+per position) through the process's shared ib_async connection, and stores a snapshot:
+unrealized P&L from average cost and marks, realized P&L from the executions' commission
+reports, daily P&L as IB reports it, and, under its own name, the equity change (net
+liquidation minus the previous day's equity with loan value, deposits and withdrawals
+included).  ``evaluate_risk_limits(account)`` checks the latest snapshot against the configured
 limits, stores each breach and raises it as an alert on the Redis stream ``<namespace>:alerts``.
 """
 

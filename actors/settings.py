@@ -69,7 +69,9 @@ class Settings(BaseSettings):
         prefix and TTL in seconds), the legacy Redis list other languages LPUSH tasks to,
         the sandbox's limits (CPU seconds, MiB of address space, wall seconds, MiB of
         output, seccomp on/off), the default holding period and entry rule of a backtest,
-        and how many recent bars of each symbol a screening reads.
+        how many recent bars of each symbol a screening reads, and how many times in all a
+        backtest re-runs the strategy on a symbol's bars cut at one of its signal dates to
+        detect look-ahead (up to 3 dates a symbol; 0: no check).
       ib_host / ib_port: Address of the IB Gateway (or ``tradeflow ib-sim``).
       ib_client_id_base: Each worker process connects with its own clientId above this.
       ib_account: Account whose portfolio updates (market prices) a connection subscribes to.
@@ -181,6 +183,7 @@ class Settings(BaseSettings):
     strategy_holding_period: int = Field(default=5, ge=1)
     strategy_entry: Literal["next_open", "close"] = "next_open"
     strategy_screen_lookback_bars: int = Field(default=120, ge=1)
+    strategy_lookahead_cuts: int = Field(default=24, ge=0, le=10_000)
 
     ib_host: str = "127.0.0.1"
     ib_port: int = Field(default=4002, gt=0, lt=65536)

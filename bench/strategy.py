@@ -6,7 +6,8 @@ Prints, on the same synthetic bars (2 years x 100 symbols by default):
 - engine rows/s of ``actors.strategies.engine`` and of the obvious per-row loop
   (``tests/strategy_fixtures.reference_backtest``), their ratio, and that both agree;
 - the sandbox's fixed cost (a strategy that returns nothing, on 1 row) and its
-  cost on the whole data set with the seed's gap-up strategy;
+  cost on the whole data set with the seed's gap-up strategy, without and with the
+  backtest's look-ahead check (24 cut runs, the default);
 - screening of 500 symbols: sandbox and ranking time;
 - end to end through Redis and a real worker process: enqueue -> ``task_result`` completed.
 """
@@ -105,10 +106,11 @@ def bench_sandbox(bars: pd.DataFrame) -> None:
     (the default), so the run does not wait for the interpreter and imports.
     """
     tiny = bars.head(1)
-    for label, prestart, code, frame, repeat in (
-        ("cold start, empty strategy", False, "def s(df):\n    return []", tiny, 5),
-        ("warm start, empty strategy", True, "def s(df):\n    return []", tiny, 5),
-        (f"warm, gap-up on {len(bars):,} rows", True, GAP_UP, bars, 3),
+    for label, prestart, code, frame, repeat, cuts in (
+        ("cold start, empty strategy", False, "def s(df):\n    return []", tiny, 5, 0),
+        ("warm start, empty strategy", True, "def s(df):\n    return []", tiny, 5, 0),
+        (f"warm, gap-up on {len(bars):,} rows", True, GAP_UP, bars, 3, 0),
+        ("warm, the same + look-ahead check", True, GAP_UP, bars, 3, 24),
     ):
         sandbox = Sandbox(prestart=prestart)
         sandbox.run(code=code, bars=tiny)  # the first run starts the first spare
@@ -116,7 +118,7 @@ def bench_sandbox(bars: pd.DataFrame) -> None:
         for _ in range(repeat):
             time.sleep(1.5 if prestart else 0)  # as between two tasks: the spare is ready
             wall = time.perf_counter()
-            results = sandbox.run(code=code, bars=frame)
+            results, _ = sandbox.run_with_cuts(code=code, bars=frame, cuts=cuts)
             walls.append(time.perf_counter() - wall)
         sandbox.close()
         cpu = (child_cpu_seconds() - cpu) / repeat

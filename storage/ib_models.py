@@ -78,7 +78,10 @@ class PortfolioSnapshot(SQLModel, table=True):
     gross_exposure: float
     unrealized_pnl: float
     realized_pnl: float
+    #: Today's P&L as IB reports it (``reqPnL``): trading only, deposits and withdrawals left out.
     daily_pnl: float | None = None
+    #: NetLiquidation - PreviousDayEquityWithLoanValue: counts deposits and withdrawals too.
+    equity_change: float | None = None
     positions: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     summary: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 

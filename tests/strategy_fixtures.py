@@ -61,45 +61,83 @@ def write_market_bars(delta_root: Path, bars: pd.DataFrame) -> Path:
     return path
 
 
-def reference_backtest(bars: pd.DataFrame, signals: pd.DataFrame, *, holding_period: int, entry: str) -> dict:
-    """The same backtest written the obvious way, one Python step per row: the engine's oracle."""
+def reference_backtest(
+    bars: pd.DataFrame,
+    signals: pd.DataFrame,
+    *,
+    holding_period: int,
+    entry: str,
+    commission_bps: float = 0.0,
+    commission_per_share: float = 0.0,
+    slippage_bps: float = 0.0,
+    max_weight: float | None = None,
+) -> dict:
+    """The documented backtest written the obvious way, one Python step per date: the engine's oracle.
+
+    Each position is valued at its symbol's last close on every calendar date from the one after
+    it was bought to its exit; the symbols held share the equity equally (capped), the positions
+    of a symbol share its part equally.
+    """
     wanted = {
         (t, d) for t, d, s in zip(signals["ticker"], signals["date"], signals["signal"], strict=True) if s
     }
-    daily: dict = {d: [0.0, 0] for d in sorted(set(bars["date"]))}
-    trades, unfilled = [], 0
+    calendar = sorted(set(bars["date"]))
+    slip, bps = slippage_bps / 10_000, commission_bps / 10_000
+    positions, trade_returns, unfilled = [], [], 0
     for ticker, frame in bars.sort_values(["ticker", "date"]).groupby("ticker"):
         rows = list(frame.itertuples(index=False))
+        close_on = {row.date: row.close for row in rows}
         for i, row in enumerate(rows):
             if (ticker, row.date) not in wanted:
                 continue
             if i + holding_period >= len(rows):
                 unfilled += 1
                 continue
-            entry_price = rows[i + 1].open if entry == "next_open" else row.close
-            previous = entry_price
-            for held in rows[i + 1 : i + holding_period + 1]:
-                daily[held.date][0] += held.close / previous - 1
-                daily[held.date][1] += 1
-                previous = held.close
-            trades.append((ticker, rows[i + holding_period].close / entry_price - 1))
-    returns = [earned / held if held else 0.0 for earned, held in daily.values()]
-    equity, peak, worst, value = [], 0.0, 0.0, 1.0
+            bought = (rows[i + 1].open if entry == "next_open" else row.close) * (1 + slip)
+            sold = rows[i + holding_period].close * (1 - slip)
+            paid = bought * (1 + bps) + commission_per_share
+            received = sold * (1 - bps) - commission_per_share
+            exit_date = rows[i + holding_period].date
+            if entry == "next_open":
+                held = [d for d in calendar if rows[i + 1].date <= d <= exit_date]
+            else:
+                held = [d for d in calendar if row.date < d <= exit_date]
+            value, mark, returns = paid, row.close, {}
+            for day in held:
+                mark = close_on.get(day, mark)
+                new = received if day == exit_date else mark
+                returns[day] = new / value - 1
+                value = new
+            positions.append((ticker, returns))
+            trade_returns.append(received / paid - 1)
+    returns = []
+    for day in calendar:
+        by_symbol: dict = {}
+        for ticker, earned in positions:
+            if day in earned:
+                by_symbol.setdefault(ticker, []).append(earned[day])
+        weight = 1 / len(by_symbol) if by_symbol else 0.0
+        if max_weight is not None:
+            weight = min(weight, max_weight)
+        returns.append(sum(weight * sum(r) / len(r) for r in by_symbol.values()))
+    value, peak, worst = 1.0, 1.0, 0.0
     for r in returns:
         value *= 1 + r
         peak = max(peak, value)
         worst = min(worst, value / peak - 1)
-        equity.append(value)
     mean = sum(returns) / len(returns)
     std = (sum((r - mean) ** 2 for r in returns) / (len(returns) - 1)) ** 0.5
-    trade_returns = [r for _, r in trades]
+    wins, losses = sum(r > 0 for r in trade_returns), sum(r < 0 for r in trade_returns)
     return {
-        "total_return": equity[-1] - 1,
-        "win_rate": sum(r > 0 for r in trade_returns) / len(trades) if trades else None,
-        "avg_return": sum(trade_returns) / len(trades) if trades else None,
+        "total_return": value - 1,
+        "win_rate": wins / (wins + losses) if wins + losses else None,
+        "avg_return": sum(trade_returns) / len(trade_returns) if trade_returns else None,
         "sharpe": mean / std * 252**0.5 if std else None,
         "max_drawdown": worst,
-        "number_of_trades": len(trades),
-        "exposure": sum(1 for _, held in daily.values() if held) / len(daily),
+        "number_of_trades": len(trade_returns),
+        "winning_trades": wins,
+        "losing_trades": losses,
+        "flat_trades": len(trade_returns) - wins - losses,
+        "exposure": sum(1 for day in calendar if any(day in e for _, e in positions)) / len(calendar),
         "signals_unfilled": unfilled,
     }

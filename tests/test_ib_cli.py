@@ -89,7 +89,8 @@ def test_simulator_workers_and_cli_end_to_end(settings, request, tmp_path):
         breaches = _wait_output(["ib", "breaches"], env, "max_gross_exposure")
         assert "max_gross_exposure" in breaches
         portfolio = run_cli("ib", "portfolio", "--account", "DU1", env=env).stdout
-        assert "100,000.00" in portfolio and "1,000.00" in portfolio  # net liq and daily P&L
+        # net liq, IB's daily P&L (25 + 50 + 75) and the equity change (100,000 - 99,000)
+        assert "100,000.00" in portfolio and "│ 150.00" in portfolio and "1,000.00" in portfolio
     finally:
         workers.terminate()
         sim.terminate()

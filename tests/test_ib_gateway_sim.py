@@ -124,6 +124,30 @@ def test_executions_with_commission_reports(gateway):
         ib.disconnect()
 
 
+def test_pnl_subscriptions_report_daily_pnl():
+    scenario = _scenario(daily_pnl={"DU2": -75.5})
+    scenario.positions[0].daily_pnl = 210.0
+    with GatewaySimulator(scenario=scenario) as simulator:
+        ib = _connect(simulator.port, readonly=True)
+        try:
+            account = ib.reqPnL("DU1")
+            single = ib.reqPnLSingle("DU1", "", 265598)
+            other = ib.reqPnL("DU2")
+            ib.sleep(0.3)
+            # DU1: its one position's daily P&L; 100 x (190.5 - 150) unrealized; the SLD fill's 390.
+            assert (account.dailyPnL, account.unrealizedPnL) == (210.0, 4050.0)
+            assert account.realizedPnL == 390.0
+            figures = (single.position, single.dailyPnL, single.unrealizedPnL, single.value)
+            assert figures == (100, 210.0, 4050.0, 19050.0)
+            assert other.dailyPnL == -75.5  # set for the account, not from its positions
+            ib.cancelPnL("DU1")
+            ib.cancelPnLSingle("DU1", "", 265598)
+            ib.sleep(0.1)
+            assert (simulator.request_counts["pnl"], simulator.request_counts["pnl_single"]) == (2, 1)
+        finally:
+            ib.disconnect()
+
+
 def test_market_data_snapshot_uses_the_mark(gateway):
     ib = _connect(gateway.port, readonly=True)
     try:

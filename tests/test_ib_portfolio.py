@@ -21,25 +21,27 @@ from storage.portfolio import list_breaches, list_snapshots
 pytestmark = pytest.mark.timeout(60)
 
 
-def _held(account, conid, symbol, position, avg_cost, mark) -> SimPosition:
+def _held(account, conid, symbol, position, avg_cost, mark, daily=0.0) -> SimPosition:
     return SimPosition(
-        account=account, conid=conid, symbol=symbol, position=position, avg_cost=avg_cost, market_price=mark
-    )
+        account=account, conid=conid, symbol=symbol, position=position, avg_cost=avg_cost, market_price=mark,
+        daily_pnl=daily,
+    )  # fmt: skip
 
 
 def portfolio_scenario() -> Scenario:
     return Scenario(
         accounts=["DU1", "DU2"],
         positions=[
-            _held("DU1", 101, "AAPL", 100, 150.0, 190.0),
-            _held("DU1", 202, "MSFT", -10, 400.0, 410.0),
+            _held("DU1", 101, "AAPL", 100, 150.0, 190.0, daily=-2500.0),
+            _held("DU1", 202, "MSFT", -10, 400.0, 410.0, daily=-500.0),
             _held("DU2", 303, "SPY", 1, 500.0, 505.0),
         ],
         account_values={
             "DU1": {
                 "NetLiquidation": 50000,
                 "TotalCashValue": 35000,
-                "PreviousDayEquityWithLoanValue": 53000,
+                # 5,000 were withdrawn today: the equity fell 8,000, trading lost 3,000.
+                "PreviousDayEquityWithLoanValue": 58000,
             },
             "DU2": {"NetLiquidation": 10000, "TotalCashValue": 9495},
         },
@@ -76,15 +78,19 @@ def test_sync_stores_a_snapshot_with_pnl(engine):
     # AAPL 100 x (190 - 150) = 4000; MSFT -10 x (410 - 400) = -100
     assert snapshot.unrealized_pnl == pytest.approx(3900.0)
     assert snapshot.realized_pnl == pytest.approx(2130.0)  # DU1's executions only
+    # IB's daily P&L (reqPnL): the positions' -2500 and -500, not the withdrawal.
     assert snapshot.daily_pnl == pytest.approx(-3000.0)
+    assert snapshot.equity_change == pytest.approx(50000 - 58000)
     assert snapshot.gross_exposure == pytest.approx(19000 + 4100)
     rows = {p["symbol"]: p for p in snapshot.positions}
     assert rows["MSFT"] == {"conid": 202, "symbol": "MSFT", "position": -10.0, "avg_cost": 400.0,
                             "market_price": 410.0, "market_value": -4100.0, "unrealized_pnl": -100.0,
-                            "exposure": -4100.0}  # fmt: skip
+                            "exposure": -4100.0, "daily_pnl": -500.0}  # fmt: skip
+    assert rows["AAPL"]["daily_pnl"] == -2500.0
     (stored,) = list_snapshots(engine, account="DU1")
     assert stored.id == snapshot.id and stored.positions == snapshot.positions
-    assert stored.summary["PreviousDayEquityWithLoanValue"] == "53000"
+    assert stored.summary["PreviousDayEquityWithLoanValue"] == "58000"
+    assert (stored.daily_pnl, stored.equity_change) == (-3000.0, -8000.0)
 
 
 def test_unknown_account_is_refused(engine):
@@ -165,3 +171,27 @@ def test_monitor_risk_in_worker_processes_raises_alerts(settings, request):
 def test_limits_know_whether_any_is_set():
     assert not RiskLimits().configured
     assert RiskLimits(max_daily_loss=500).configured
+
+
+def test_the_migration_keeps_old_figures_under_their_true_name(database_url):
+    from sqlalchemy import text
+
+    from storage import upgrade
+
+    engine = create_db_engine(database_url)
+    try:
+        upgrade(engine, "ib_0001")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO portfolio_snapshots (account, taken_at, gross_exposure, unrealized_pnl,"
+                    " realized_pnl, daily_pnl, positions, summary)"
+                    " VALUES ('DU1', '2026-12-01 20:00:00', 0, 0, 0, -8000, '[]', '{}')"
+                )
+            )
+        upgrade(engine)
+        (snapshot,) = list_snapshots(engine, account="DU1")
+        # Stored as "daily P&L" by the old code, it was NetLiquidation - previous day's equity.
+        assert (snapshot.daily_pnl, snapshot.equity_change) == (None, -8000.0)
+    finally:
+        engine.dispose()

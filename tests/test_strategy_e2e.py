@@ -212,6 +212,25 @@ def test_cli_backtest_and_screen_print_their_tables(stack: Settings, tmp_path: P
     )
     assert done.returncode == 0, done.stderr
     assert "total_return" in done.stdout and "holding_period" in done.stdout and "per symbol" in done.stdout
+    assert "trades (first" in done.stdout and "slippage" in done.stdout
+    done = run_cli(
+        "backtest", str(strategy), "--symbols", ",".join(SYMBOLS[:4]), "--start", "2023-01-01",
+        "--end", "2023-12-31", "--commission-bps", "2", "--slippage-bps", "5", "--json", env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["trades_total"] == data["performance_metrics"]["number_of_trades"] == len(data["trades"]) > 0
+    assert set(data["trades"][0]) == {
+        "symbol", "signal_date", "entry_date", "entry_price", "exit_date", "exit_price", "return",
+        "holding_bars",
+    }  # fmt: skip
+    assumptions = data["assumptions"]
+    assert (assumptions["entry"], assumptions["commission_bps"], assumptions["slippage_bps"]) == (
+        "next_open",
+        2,
+        5,
+    )
+    assert assumptions["interval"] == "1d" and "sizing" in assumptions and "missing_bars" in assumptions
     done = run_cli(
         "screen", str(strategy), "--universe", ",".join(SYMBOLS), "--limit", "2", env=env, timeout=120
     )

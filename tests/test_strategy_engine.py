@@ -186,7 +186,8 @@ def test_rank_takes_each_tickers_latest_instance_and_honours_limit() -> None:
     assert [(r["ticker"], r["score"]) for r in ranked] == [("BBB", 5.0), ("AAA", 2.0), ("CCC", 1.0)]
     assert ranked[1]["message"] == "latest" and ranked[1]["date"] == "2024-01-05"
     assert [r["rank"] for r in ranked] == [1, 2, 3]
-    assert len(rank(instances, limit=10)) == 4
+    assert len(rank(instances, limit=10)) == 3  # DDD's latest signal is false
+    assert len(rank(instances, limit=10, include_false=True)) == 4
     assert rank(instances_frame([], require_date=False), limit=5) == []
 
 

@@ -7,8 +7,10 @@ snapshot and checks it against :class:`~actors.accounts.RiskLimits` (figures def
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -26,6 +28,15 @@ ALERTS_STREAM = "alerts"
 #: Longest the alert stream grows (approximately), in entries.
 ALERTS_MAXLEN = 10_000
 
+#: Seconds a sync waits for the first update of its P&L subscriptions.
+PNL_TIMEOUT = 5.0
+
+#: Seconds between two looks at a P&L subscription while waiting.
+PNL_POLL = 0.01
+
+#: Values above this are IB's "unset" (Double.MAX_VALUE), not money.
+UNSET = 1e300
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,10 +47,11 @@ class AccountState:
     positions: list[dict]
     summary: dict[str, str]
     realized_pnl: float
+    daily_pnl: float | None = None
 
 
 async def fetch_account(ib, account: str) -> AccountState:
-    """Positions with marks, account summary and realized P&L of ``account``."""
+    """Positions with marks and daily P&L, account summary, realized and daily P&L of ``account``."""
     import ib_async
 
     positions = [p for p in await ib.reqPositionsAsync() if p.account == account]
@@ -48,11 +60,48 @@ async def fetch_account(ib, account: str) -> AccountState:
     summary = {v.tag: v.value for v in await ib.accountSummaryAsync(account)}
     await ib.reqExecutionsAsync(ib_async.ExecutionFilter(acctCode=account))
     realized = sum(f.commissionReport.realizedPNL for f in ib.fills() if f.execution.acctNumber == account)
+    daily, daily_by_conid = await fetch_daily_pnl(ib, account, [p.contract.conId for p in positions])
+    rows = [_position_row(p, marks.get(p.contract.conId)) for p in positions]
     return AccountState(
-        positions=[_position_row(p, marks.get(p.contract.conId)) for p in positions],
+        positions=[{**row, "daily_pnl": daily_by_conid.get(row["conid"])} for row in rows],
         summary=summary,
         realized_pnl=realized,
+        daily_pnl=daily,
     )
+
+
+async def fetch_daily_pnl(ib, account: str, conids: list[int]) -> tuple[float | None, dict[int, float | None]]:
+    """IB's daily P&L of ``account`` and of each position (``None`` where none came in time).
+
+    Subscribes (``reqPnL``/``reqPnLSingle``), waits for the first update of each, and cancels
+    the subscriptions it opened; one already open on this connection is read, not reopened.
+    """
+    opened_pnl = not ib.pnl(account)
+    pnl = ib.reqPnL(account) if opened_pnl else ib.pnl(account)[0]
+    singles, opened = {}, []
+    for conid in dict.fromkeys(conids):
+        existing = ib.pnlSingle(account, "", conid)
+        if existing:
+            singles[conid] = existing[0]
+        else:
+            singles[conid] = ib.reqPnLSingle(account, "", conid)
+            opened.append(conid)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PNL_TIMEOUT
+        waiting = [pnl, *singles.values()]
+        while any(math.isnan(item.dailyPnL) for item in waiting) and loop.time() < deadline:
+            await asyncio.sleep(PNL_POLL)
+    finally:
+        if opened_pnl:
+            ib.cancelPnL(account)
+        for conid in opened:
+            ib.cancelPnLSingle(account, "", conid)
+    return _money(pnl.dailyPnL), {conid: _money(single.dailyPnL) for conid, single in singles.items()}
+
+
+def _money(value: float) -> float | None:
+    return None if math.isnan(value) or abs(value) > UNSET else float(value)
 
 
 def _position_row(position, item) -> dict:
@@ -88,7 +137,8 @@ def build_snapshot(account: str, state: AccountState) -> PortfolioSnapshot:
         gross_exposure=sum(abs(p["exposure"]) for p in state.positions),
         unrealized_pnl=sum(p["unrealized_pnl"] or 0 for p in state.positions),
         realized_pnl=state.realized_pnl,
-        daily_pnl=net_liquidation - previous
+        daily_pnl=state.daily_pnl,
+        equity_change=net_liquidation - previous
         if net_liquidation is not None and previous is not None
         else None,
         positions=state.positions,

@@ -31,7 +31,9 @@ API (importable by any area)::
 Request kinds (keys of ``request_counts``, ``disconnect_on`` and ``errors``): ``positions``,
 ``account_updates``, ``account_updates_multi``, ``account_summary``, ``executions``,
 ``open_orders``, ``completed_orders``, ``historical_data``, ``market_data``, ``current_time``,
-``ids``, ``managed_accounts``.  Messages it does not implement are answered with a 321 warning
+``ids``, ``managed_accounts``, ``pnl`` (``reqPnL``), ``pnl_single`` (``reqPnLSingle``).  A P&L
+subscription is answered with one update at once (the real gateway repeats it about every
+second).  Messages it does not implement are answered with a 321 warning
 naming the message id.
 """
 
@@ -72,6 +74,7 @@ NEXT_VALID_ID, EXECUTION_DATA, MANAGED_ACCTS, HISTORICAL_DATA, CURRENT_TIME = 9,
 OPEN_ORDER_END, ACCT_DOWNLOAD_END, EXECUTION_DATA_END, TICK_SNAPSHOT_END = 53, 54, 55, 57
 COMMISSION_REPORT, POSITION_DATA, POSITION_END, ACCOUNT_SUMMARY, ACCOUNT_SUMMARY_END = 59, 61, 62, 63, 64
 ACCOUNT_UPDATE_MULTI, ACCOUNT_UPDATE_MULTI_END, COMPLETED_ORDERS_END = 73, 74, 102
+PNL, PNL_SINGLE = 94, 95
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -88,6 +91,7 @@ class SimPosition:
       avg_cost: Average cost per unit (times the multiplier, as IB reports it).
       market_price: Mark used for portfolio updates and market data (``None``: unknown;
         portfolio updates then report the average cost).
+      daily_pnl: Today's P&L of the position, reported by ``reqPnLSingle`` (default 0).
       sec_type / exchange / currency / multiplier: Contract fields (defaults STK, SMART, USD, "").
     """
 
@@ -99,6 +103,7 @@ class SimPosition:
     position: float
     avg_cost: float
     market_price: float | None = None
+    daily_pnl: float = 0.0
     sec_type: str = "STK"
     exchange: str = "SMART"
     currency: str = "USD"
@@ -167,6 +172,9 @@ class Scenario:
         ``reqHistoricalData`` for that contract (end date, duration, bar size and what-to-show
         are not applied; ``keepUpToDate`` gets no updates).
       executions: Past executions for ``reqExecutions``.
+      daily_pnl: account -> today's P&L reported by ``reqPnL`` (default: the sum of the
+        account's positions' ``daily_pnl``).  Unlike the change of NetLiquidation, it leaves
+        deposits and withdrawals out.
       next_order_id: First valid order id announced.
       latency_ms: Delay before every answer, in milliseconds (default 0).
       disconnect_after_requests: Close a connection instead of answering its Nth request after
@@ -185,6 +193,7 @@ class Scenario:
     base_currency: str = "USD"
     historical_bars: dict[str, list[SimBar]] = field(default_factory=dict)
     executions: list[SimExecution] = field(default_factory=list)
+    daily_pnl: dict[str, float] = field(default_factory=dict)
     next_order_id: int = 1
     latency_ms: float = 0.0
     disconnect_after_requests: int | None = None
@@ -287,6 +296,10 @@ class GatewaySimulator:
             49: ("current_time", self._current_time),
             8: ("ids", self._ids),
             17: ("managed_accounts", self._managed_accounts),
+            92: ("pnl", self._pnl),
+            93: (None, None),  # cancelPnL
+            94: ("pnl_single", self._pnl_single),
+            95: (None, None),  # cancelPnLSingle
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -536,13 +549,32 @@ class GatewaySimulator:
     def _managed_accounts(self, _fields: list[str]):
         yield frame(MANAGED_ACCTS, 1, ",".join(self.scenario.accounts))
 
+    # -- P&L subscriptions (reqPnL / reqPnLSingle) ---------------------------------------------
+
+    def _pnl(self, fields: list[str]):
+        req_id, account = fields[1], fields[2]
+        held = self._positions_of(account)
+        daily = self.scenario.daily_pnl.get(account, sum(p.daily_pnl for p in held))
+        unrealized = sum(p.market_value - p.avg_cost * p.position for p in held)
+        realized = sum(e.realized_pnl for e in self.scenario.executions if e.account == account)
+        yield frame(PNL, req_id, daily, unrealized, realized)
+
+    def _pnl_single(self, fields: list[str]):
+        req_id, account, conid = fields[1], fields[2], int(fields[4] or 0)
+        for p in self._positions_of(account):
+            if p.conid == conid:
+                unrealized = p.market_value - p.avg_cost * p.position
+                yield frame(PNL_SINGLE, req_id, p.position, p.daily_pnl, unrealized, 0.0, p.market_value)
+                return
+        yield frame(PNL_SINGLE, req_id, 0, 0.0, 0.0, 0.0, 0.0)  # not held: zeros (IB's answer not modelled)
+
     def _positions_of(self, account: str) -> list[SimPosition]:
         return [p for p in self.scenario.positions if p.account == account]
 
 
 def _request_id(kind: str, fields: list[str]) -> str:
     """The request id an error answer refers to (-1 for requests that have none)."""
-    if kind == "historical_data":
+    if kind in {"historical_data", "pnl", "pnl_single"}:
         return fields[1]
     if kind in {"account_summary", "account_updates_multi", "executions", "market_data"}:
         return fields[2]
@@ -561,8 +593,8 @@ async def _read_message(reader: asyncio.StreamReader) -> list[str]:
 
 
 def demo_scenario(*, holdings: int = 5, accounts: tuple[str, ...] = ("DU1", "DU2")) -> Scenario:
-    """A plausible gateway: ``holdings`` stock positions per account with marks, account values,
-    20 daily bars per symbol and one execution per account."""
+    """A plausible gateway: ``holdings`` stock positions per account with marks and daily P&L,
+    account values, 20 daily bars per symbol and one execution per account."""
     positions, bars, executions = [], {}, []
     for a, account in enumerate(accounts):
         for i in range(holdings):
@@ -570,7 +602,7 @@ def demo_scenario(*, holdings: int = 5, accounts: tuple[str, ...] = ("DU1", "DU2
             symbol = f"SYM{i}"
             positions.append(
                 SimPosition(account=account, conid=100_000 + i, symbol=symbol, position=10 * (i + 1) - a,
-                            avg_cost=price - 2.0, market_price=price)
+                            avg_cost=price - 2.0, market_price=price, daily_pnl=25.0 * (i + 1))
             )  # fmt: skip
             bars[symbol] = [
                 SimBar(date=f"202611{day:02d}", open=price, high=price + 1, low=price - 1, close=price + 0.5,

@@ -49,6 +49,21 @@ class _Series:
             return values.rolling(window).mean()
         return grouped.rolling(window).mean().droplevel(0)
 
+    def position(self, values: pd.Series) -> np.ndarray:
+        """Each row's position in its series (0 for the first bar)."""
+        grouped = self._grouped(values)
+        return grouped.cumcount().to_numpy() if grouped is not None else np.arange(len(values))
+
+    def wilder(self, values: pd.Series, period: int) -> pd.Series:
+        """Wilder's smoothing of ``values`` whose first row is undefined (a change, a true range):
+        the mean of rows 1..period at row ``period``, then ``(previous * (period - 1) + value) /
+        period``; null before row ``period``."""
+        position = self.position(values)
+        seed = self.rolling_mean(values, period).reindex(values.index)
+        # Rows before the seed are null, so the recursion starts from the simple mean.
+        seeded = values.where(position > period, seed.where(position == period))
+        return self.ewm_mean(seeded, alpha=1 / period).reindex(values.index)
+
     def ewm_mean(self, values: pd.Series, **options) -> pd.Series:
         grouped = self._grouped(values)
         if grouped is None:
@@ -76,12 +91,12 @@ def add_features(bars: pd.DataFrame, *, by: str | None = None) -> pd.DataFrame:
     for span in EMA_SPANS:
         features[f"ema_{span}"] = series.ewm_mean(close, span=span, min_periods=span)
     change = close - previous_close
-    wilder = {"alpha": 1 / WILDER_PERIOD, "min_periods": WILDER_PERIOD}
-    average_gain = series.ewm_mean(change.clip(lower=0), **wilder)
-    average_loss = series.ewm_mean((-change).clip(lower=0), **wilder)
+    average_gain = series.wilder(change.clip(lower=0), WILDER_PERIOD)
+    average_loss = series.wilder((-change).clip(lower=0), WILDER_PERIOD)
     rsi = 100 - 100 / (1 + average_gain / average_loss)
-    # No losses at all in the window: RSI is 100 by definition, not 0/0.
-    features[f"rsi_{WILDER_PERIOD}"] = rsi.where(average_loss != 0, 100.0).where(average_gain.notna())
+    # No losses: RSI is 100; no change at all (a flat series): 50, neither up nor down.
+    rsi = rsi.where(average_loss != 0, (average_gain > 0).map({True: 100.0, False: 50.0}))
+    features[f"rsi_{WILDER_PERIOD}"] = rsi.where(average_gain.notna())
     true_range = pd.concat(
         [
             bars["high"] - bars["low"],
@@ -90,7 +105,7 @@ def add_features(bars: pd.DataFrame, *, by: str | None = None) -> pd.DataFrame:
         ],
         axis=1,
     ).max(axis=1, skipna=False)
-    features[f"atr_{WILDER_PERIOD}"] = series.ewm_mean(true_range, **wilder)
+    features[f"atr_{WILDER_PERIOD}"] = series.wilder(true_range, WILDER_PERIOD)
     result = bars.copy()
     for name, values in features.items():
         result[name] = values.replace([np.inf, -np.inf], np.nan).astype("float64")

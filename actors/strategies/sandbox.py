@@ -145,8 +145,16 @@ class Sandbox:
         self, *, code: str, bars: pd.DataFrame, function_name: str | None = None
     ) -> dict[str, list[dict]]:
         """The strategy's instances per ticker.  Raises :class:`StrategyFailed` with the reason."""
+        return self.run_with_cuts(code=code, bars=bars, function_name=function_name, cuts=0)[0]
+
+    def run_with_cuts(
+        self, *, code: str, bars: pd.DataFrame, function_name: str | None = None, cuts: int
+    ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+        """The instances per ticker, and per ticker ``[{"cut": iso date, "instances": [...]}]``:
+        the strategy's true signals on the ticker's bars up to one of its true-signal dates, at
+        most ``cuts`` such runs in all (the look-ahead check)."""
         entry = validate_code(code, function_name) if self.restricted else function_name or "strategy"
-        header = json.dumps({"code": code, "function": entry}).encode() + b"\n"
+        header = json.dumps({"code": code, "function": entry, "cuts": cuts}).encode() + b"\n"
         output = self._run_child(header + arrow_stream(bars))
         return self._results(output)
 
@@ -226,7 +234,7 @@ class Sandbox:
                         stderr.write(chunk)
         return stdout.getvalue(), stderr.getvalue(), False, False
 
-    def _results(self, output: _ChildOutput) -> dict[str, list[dict]]:
+    def _results(self, output: _ChildOutput) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
         limits = self.limits
         if output.timed_out:
             raise StrategyFailed(
@@ -248,7 +256,7 @@ class Sandbox:
             )
         return self._parse(output.stdout)
 
-    def _parse(self, stdout: bytes) -> dict[str, list[dict]]:
+    def _parse(self, stdout: bytes) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
         try:
             document = json.loads(stdout)
         except ValueError:
@@ -257,13 +265,26 @@ class Sandbox:
             raise StrategyFailed("Sandbox error: the strategy process returned no valid answer")
         if not document["ok"]:
             raise StrategyFailed(_failure_reason(document, self.limits))
-        results = document.get("results")
-        if not isinstance(results, dict) or not all(
-            isinstance(instances, list) and all(isinstance(i, dict) for i in instances)
-            for instances in results.values()
-        ):
+        results, cuts = document.get("results"), document.get("cuts", {})
+        if not _instance_lists(results) or not isinstance(cuts, dict):
             raise StrategyFailed("Sandbox error: the strategy process returned malformed results")
-        return results
+        for runs in cuts.values():
+            if not isinstance(runs, list) or not all(
+                isinstance(run, dict)
+                and isinstance(run.get("cut"), str)
+                and _instance_lists({"": run.get("instances")})
+                for run in runs
+            ):
+                raise StrategyFailed("Sandbox error: the strategy process returned malformed results")
+        return results, cuts
+
+
+def _instance_lists(results: object) -> bool:
+    """Whether ``results`` is ``{ticker: [dict, ...]}``."""
+    return isinstance(results, dict) and all(
+        isinstance(instances, list) and all(isinstance(i, dict) for i in instances)
+        for instances in results.values()
+    )
 
 
 def _failure_reason(document: dict, limits: SandboxLimits) -> str:

@@ -152,6 +152,9 @@ ALLOWED_SYSCALLS = (
     "close",
 )
 
+#: Most signal dates of one symbol at which the look-ahead check cuts its bars.
+CUTS_PER_SYMBOL = 3
+
 #: ``nobody``: the user the strategy runs as when the runner starts as root.
 NOBODY_UID = 65534
 NOBODY_GID = 65534
@@ -429,7 +432,9 @@ def read_input():
     return header, table.to_pandas(use_threads=False)
 
 
-def run_strategy(header: dict, bars, *, restricted: bool = True) -> dict:
+def run_strategy(header: dict, bars, *, restricted: bool = True) -> tuple[dict, dict]:
+    """The instances per ticker, and per ticker the true signals on its bars cut at some of its
+    signal dates: at most ``header["cuts"]`` such runs in all (the look-ahead check; 0: none)."""
     code, entry = header["code"], header["function"]
     if restricted:
         compiled = compile_restricted_exec(code, filename="<strategy>")
@@ -441,21 +446,87 @@ def run_strategy(header: dict, bars, *, restricted: bool = True) -> dict:
         namespace = {"__name__": "strategy"}
         exec(compile(code, "<strategy>", "exec"), namespace)
     function = namespace[entry]
-    results = {}
+    results, candidates = {}, {}
     for ticker, frame in bars.groupby("ticker", sort=True):
-        instances = function(frame.reset_index(drop=True))
-        if not isinstance(instances, list | tuple):
+        results[str(ticker)] = _instances(function, frame.reset_index(drop=True), entry, ticker)
+        candidates[str(ticker)] = cut_dates(frame, results[str(ticker)], CUTS_PER_SYMBOL)
+    plan = plan_cuts(candidates, header.get("cuts", 0))
+    cuts: dict[str, list] = {ticker: [] for ticker in results}
+    for ticker, frame in bars[bars["ticker"].astype(str).isin(plan)].groupby("ticker", sort=True):
+        for cut in plan[str(ticker)]:
+            signals = _signals(function, frame[frame["date"] <= cut], entry, ticker)
+            cuts[str(ticker)].append({"cut": cut.isoformat(), "instances": signals})
+    return results, cuts
+
+
+def plan_cuts(candidates: dict[str, list], budget: int) -> dict[str, list]:
+    """At most ``budget`` (ticker, date) cuts: every ticker's first candidate before any ticker's
+    second, tickers spread evenly when the budget does not reach them all."""
+    plan: dict[str, list] = {}
+    taken = 0
+    for level in range(CUTS_PER_SYMBOL):
+        row = [(ticker, dates[level]) for ticker, dates in candidates.items() if len(dates) > level]
+        room = budget - taken
+        if room <= 0 or not row:
+            break
+        if len(row) > room:
+            row = [row[int(i * len(row) / room)] for i in range(room)]
+        for ticker, cut in row:
+            plan.setdefault(ticker, []).append(cut)
+        taken += len(row)
+    return plan
+
+
+def _instances(function, frame, entry: str, ticker) -> list:
+    instances = function(frame)
+    if not isinstance(instances, list | tuple):
+        raise TypeError(
+            f"{entry}() returned {type(instances).__name__} for {ticker}; expected a list of dicts"
+        )
+    for instance in instances:
+        if not isinstance(instance, dict):
             raise TypeError(
-                f"{entry}() returned {type(instances).__name__} for {ticker}; expected a list of dicts"
+                f"{entry}() returned a list containing {type(instance).__name__} for {ticker}; "
+                "expected a list of dicts"
             )
-        for instance in instances:
-            if not isinstance(instance, dict):
-                raise TypeError(
-                    f"{entry}() returned a list containing {type(instance).__name__} for {ticker}; "
-                    "expected a list of dicts"
-                )
-        results[str(ticker)] = list(instances)
-    return results
+    return list(instances)
+
+
+def _signals(function, frame, entry: str, ticker) -> list:
+    """The dates (and signals) of the instances not marked false: all the check compares."""
+    return [
+        {"date": i.get("date"), "signal": i.get("signal", True)}
+        for i in _instances(function, frame.reset_index(drop=True), entry, ticker)
+        if i.get("signal", True) is not False
+    ]
+
+
+def cut_dates(frame, instances: list, count: int) -> list:
+    """Up to ``count`` dates of true signals before the last bar, spread evenly over them, in
+    the order they are worth checking: the first (most future removed), the last, the rest."""
+    import pandas as pd
+
+    if count <= 0 or frame.empty:
+        return []
+    last, found = frame["date"].max(), set()
+    for instance in instances:
+        if instance.get("signal", True) is not True:
+            continue
+        try:
+            stamp = pd.Timestamp(instance.get("date"))
+        except (TypeError, ValueError):
+            continue  # the parent rejects such an instance with its position named
+        if pd.isna(stamp):
+            continue
+        if stamp.tzinfo is not None:
+            stamp = stamp.tz_convert("UTC").tz_localize(None)
+        if stamp < last:
+            found.add(stamp)
+    ordered = sorted(found)
+    if len(ordered) > count:
+        step = (len(ordered) - 1) / (count - 1) if count > 1 else 0
+        ordered = sorted({ordered[round(i * step)] for i in range(count)})
+    return ordered[:1] + ordered[:0:-1]
 
 
 def _to_json(value: object) -> object:
@@ -520,7 +591,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"sandbox hardening failed: {type(exc).__name__}: {exc}\n")
         os._exit(HARDENING_FAILED_EXIT)
     try:
-        document = {"ok": True, "results": run_strategy(header, bars, restricted=not options.unrestricted)}
+        results, cuts = run_strategy(header, bars, restricted=not options.unrestricted)
+        document = {"ok": True, "results": results, "cuts": cuts}
         _emit(document)
     except BaseException as exc:  # the strategy's failure is our answer, whatever it is
         _emit({"ok": False, "kind": _error_kind(exc), "error": _describe(exc)[:4000]})

@@ -1,9 +1,10 @@
 """Backtest and screening tasks: the work behind the ``strategy`` actors.
 
-Each task reads bars, runs the user's function in the sandbox
-(:mod:`actors.strategies.sandbox`), and turns its instances into a backtest
-(:mod:`actors.strategies.engine`) or a ranking.  Progress and outcome go to the
-seed-compatible ``task_result:{id}`` key (:mod:`actors.strategies.results`); the
+Each task reads bars of one interval, runs the user's function in the sandbox
+(:mod:`actors.strategies.sandbox`), checks a backtest's signals for look-ahead, and turns
+the instances into a backtest (:mod:`actors.strategies.engine`) or a ranking.  Progress
+and outcome go to the seed-compatible ``task_result:{id}`` key
+(:mod:`actors.strategies.results`); the
 actor's return value goes to the Dramatiq results backend as well.
 """
 
@@ -18,11 +19,11 @@ import pandas as pd
 import redis
 from dramatiq.logging import get_logger
 
-from actors.market_data.bars import MarketDataMissing, load_bars
+from actors.market_data.bars import DAILY, MarketDataMissing, load_bars
 from actors.middleware import worker_id
 from actors.settings import Settings
 
-from .engine import BacktestConfig, EntryRule, backtest
+from .engine import BacktestConfig, EntryRule, assumptions, backtest, trade_list
 from .results import TaskResultStore
 from .sandbox import Sandbox, SandboxLimits
 from .wire import BacktestArgs, InvalidTask, ScreeningArgs, StrategyFailed, parse_args
@@ -30,7 +31,8 @@ from .wire import BacktestArgs, InvalidTask, ScreeningArgs, StrategyFailed, pars
 #: Score of an instance that gives none: its signal's strength.
 SIGNAL_SCORE = {True: 1.0, False: 0.0}
 
-BarsLoader = Callable[[list[str], date | None, date | None], pd.DataFrame]
+#: ``(symbols, start, end, *, interval) -> bars``.
+BarsLoader = Callable[..., pd.DataFrame]
 
 
 class StrategyTasks:
@@ -39,9 +41,13 @@ class StrategyTasks:
     Parameters:
       results(TaskResultStore): Where status and outcome are written.
       sandbox(Sandbox): Runs the user's code.
-      load_bars(callable): ``(symbols, start, end) -> bars``; ``None`` bounds mean all.
+      load_bars(callable): ``(symbols, start, end, *, interval) -> bars``; ``None``
+        bounds mean all.
       config(BacktestConfig): Holding period and entry rule when a task names none.
       screen_lookback_bars(int): Most recent bars of each symbol a screening reads.
+      lookahead_cuts(int): How many times in all a backtest runs the strategy again on a
+        symbol's bars up to one of its true-signal dates (up to 3 dates a symbol, symbols
+        spread evenly; 0: no look-ahead check).  Defaults to 24.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class StrategyTasks:
         load_bars: BarsLoader,
         config: BacktestConfig | None = None,
         screen_lookback_bars: int = 120,
+        lookahead_cuts: int = 24,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.results = results
@@ -59,6 +66,7 @@ class StrategyTasks:
         self.load_bars = load_bars
         self.config = config or BacktestConfig()
         self.screen_lookback_bars = screen_lookback_bars
+        self.lookahead_cuts = lookahead_cuts
 
     def backtest(self, task_id: str, args: dict) -> dict:
         return self._run(
@@ -102,16 +110,24 @@ class StrategyTasks:
 
     def _backtest(self, args: BacktestArgs) -> dict:
         started = time.perf_counter()
-        bars = self._bars(args.symbols, args.start_date, args.end_date)
+        bars = self._bars(args.symbols, args.start_date, args.end_date, args.interval)
         load_ms = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
-        by_ticker = self.sandbox.run(code=args.strategy_code, bars=bars, function_name=args.function_name)
+        by_ticker, cuts = self.sandbox.run_with_cuts(
+            code=args.strategy_code, bars=bars, function_name=args.function_name, cuts=self.lookahead_cuts
+        )
         sandbox_ms = (time.perf_counter() - started) * 1000
         records = instance_records(by_ticker)
-        instances = instances_frame(records, require_date=True)
+        daily = args.interval == DAILY
+        instances = instances_frame(records, require_date=True, daily=daily)
+        check_lookahead(instances, cuts, daily=daily)
         config = BacktestConfig(
             holding_period=args.holding_period or self.config.holding_period,
             entry=EntryRule(args.entry) if args.entry else self.config.entry,
+            commission_bps=args.commission_bps,
+            commission_per_share=args.commission_per_share,
+            slippage_bps=args.slippage_bps,
+            max_weight=args.max_weight,
         )
         started = time.perf_counter()
         outcome = backtest(bars, instances, config)
@@ -122,6 +138,7 @@ class StrategyTasks:
             "holding_period": config.holding_period,
             "entry": config.entry.value,
         }
+        listed = trade_list(outcome.trades)
         return {
             "instances": records,
             "summary": {
@@ -131,30 +148,45 @@ class StrategyTasks:
                 "symbols_processed": int(bars["ticker"].nunique()),
                 "symbols_missing": sorted(set(args.symbols) - set(bars["ticker"])),
                 "data_shape": list(bars.shape),
+                "interval": args.interval,
             },
             "performance_metrics": metrics,
+            "trades": listed,
+            "trades_total": len(outcome.trades),
+            "trades_listed": len(listed),
+            "assumptions": {
+                **assumptions(config, interval=args.interval),
+                "lookahead_cuts": self.lookahead_cuts,
+                "trades_listed": f"the first {len(listed)} of {len(outcome.trades)} trades by signal date",
+            },
             "load_time_ms": round(load_ms, 3),
             "sandbox_time_ms": round(sandbox_ms, 3),
             "engine_time_ms": round(engine_ms, 3),
         }
 
     def _screening(self, args: ScreeningArgs) -> dict:
-        bars = self._bars(args.universe, None, None)
+        bars = self._bars(args.universe, None, None, args.interval)
         bars = bars.groupby("ticker", sort=False).tail(self.screen_lookback_bars).reset_index(drop=True)
         by_ticker = self.sandbox.run(code=args.strategy_code, bars=bars, function_name=args.function_name)
-        ranked = rank(instances_frame(instance_records(by_ticker), require_date=False), limit=args.limit)
+        instances = instances_frame(
+            instance_records(by_ticker), require_date=False, daily=args.interval == DAILY
+        )
+        ranked = rank(instances, limit=args.limit, include_false=args.include_false_signals)
         return {
             "ranked_results": ranked,
             "universe_size": len(args.universe),
             "results_returned": len(ranked),
             "symbols_missing": sorted(set(args.universe) - set(bars["ticker"])),
+            "interval": args.interval,
+            "include_false_signals": args.include_false_signals,
         }
 
-    def _bars(self, symbols: list[str], start: date | None, end: date | None) -> pd.DataFrame:
-        bars = self.load_bars(list(dict.fromkeys(symbols)), start, end)
+    def _bars(self, symbols: list[str], start: date | None, end: date | None, interval: str) -> pd.DataFrame:
+        bars = self.load_bars(list(dict.fromkeys(symbols)), start, end, interval=interval)
         if bars.empty:
             span = f" between {start} and {end}" if start else ""
-            raise MarketDataMissing(f"no market data for {', '.join(symbols[:10])}{span}")
+            kind = "" if interval == DAILY else f" ({interval} bars)"
+            raise MarketDataMissing(f"no market data{kind} for {', '.join(symbols[:10])}{span}")
         return bars
 
 
@@ -163,8 +195,8 @@ def instance_records(by_ticker: dict[str, list[dict]]) -> list[dict]:
     return [{"ticker": ticker, **instance} for ticker, items in by_ticker.items() for instance in items]
 
 
-def instances_frame(records: list[dict], *, require_date: bool) -> pd.DataFrame:
-    """The instances as a checked frame: ticker, date, signal, score, message."""
+def instances_frame(records: list[dict], *, require_date: bool, daily: bool = True) -> pd.DataFrame:
+    """The instances as a checked frame: ticker, date (the day when ``daily``), signal, score, message."""
     frame = pd.DataFrame.from_records(records, columns=_columns(records))
     frame["ticker"] = frame["ticker"].astype(str)
     if require_date and frame["date"].isna().any():
@@ -173,7 +205,7 @@ def instances_frame(records: list[dict], *, require_date: bool) -> pd.DataFrame:
     if dates.dt.tz is not None:
         dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
     _reject(frame, dates.isna() & frame["date"].notna(), "has a 'date' that is not a date")
-    frame["date"] = dates.dt.normalize()
+    frame["date"] = dates.dt.normalize() if daily else dates
     frame["signal"] = frame["signal"].where(frame["signal"].notna(), True)
     _reject(frame, ~frame["signal"].map(type).isin([bool]), "has a 'signal' that is not true or false")
     frame["signal"] = frame["signal"].astype(bool)
@@ -199,16 +231,54 @@ def _reject(frame: pd.DataFrame, bad: pd.Series, problem: str) -> None:
         raise StrategyFailed(f"Strategy error: instance {position} of {ticker} {problem}")
 
 
-def rank(instances: pd.DataFrame, *, limit: int) -> list[dict]:
-    """Each ticker's latest instance, best score first, at most ``limit``."""
+def check_lookahead(instances: pd.DataFrame, cuts: dict[str, list[dict]], *, daily: bool = True) -> None:
+    """Raise :class:`StrategyFailed` naming the first date whose signal changed when the bars
+    after a cut were removed (``cuts`` as :meth:`Sandbox.run_with_cuts` returns them)."""
+    signalled = instances.loc[instances["signal"]].groupby("ticker")["date"].agg(set).to_dict()
+    first = None
+    for ticker, runs in cuts.items():
+        with_future = signalled.get(ticker, set())
+        for run in runs:
+            cut = pd.Timestamp(run["cut"])
+            frame = instances_frame(
+                instance_records({ticker: run["instances"]}), require_date=True, daily=daily
+            )
+            without = {d for d in frame.loc[frame["signal"], "date"] if d <= cut}
+            changed = without ^ {d for d in with_future if d <= cut}
+            if changed and (first is None or min(changed) < first[0]):
+                first = (min(changed), ticker, cut, min(changed) in with_future)
+    if first is None:
+        return
+    day, ticker, cut, true_with_future = first
+    was, now = ("true", "false") if true_with_future else ("false", "true")
+    raise StrategyFailed(
+        f"Strategy error: look-ahead detected: the signal of {ticker} on {_stamp(day)} is {was} with the "
+        f"bars after {_stamp(cut)} and {now} without them; a strategy may use only the bar itself and "
+        "earlier bars (docs/strategy.md, Look-ahead)"
+    )
+
+
+def rank(instances: pd.DataFrame, *, limit: int, include_false: bool = False) -> list[dict]:
+    """Each ticker's latest instance, best score first, at most ``limit``; tickers whose latest
+    signal is false are left out unless ``include_false``."""
     if instances.empty:
         return []
     latest = instances.assign(order=range(len(instances)))
     latest = latest.sort_values(["date", "order"], na_position="first", kind="stable")
     latest = latest.groupby("ticker", sort=False).tail(1)
+    if not include_false:
+        latest = latest[latest["signal"]]
     best = latest.sort_values(["score", "ticker"], ascending=[False, True], kind="stable").head(limit)
-    best = best.assign(date=best["date"].map(_day), rank=range(1, len(best) + 1))
+    best = best.assign(date=best["date"].map(_stamp), rank=range(1, len(best) + 1))
     return best[["rank", "ticker", "score", "signal", "message", "date"]].to_dict("records")
+
+
+def _stamp(value) -> str | None:
+    """A day as ``YYYY-MM-DD``, a time of day in ISO 8601."""
+    if pd.isna(value):
+        return None
+    stamp = pd.Timestamp(value)
+    return stamp.date().isoformat() if stamp == stamp.normalize() else stamp.isoformat()
 
 
 def _day(value) -> str | None:
@@ -241,4 +311,5 @@ def build_strategy_tasks(settings: Settings, *, client: redis.Redis | None = Non
             holding_period=settings.strategy_holding_period, entry=EntryRule(settings.strategy_entry)
         ),
         screen_lookback_bars=settings.strategy_screen_lookback_bars,
+        lookahead_cuts=settings.strategy_lookahead_cuts,
     )

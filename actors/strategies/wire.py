@@ -23,6 +23,8 @@ MAX_CODE_LENGTH = 100_000
 Symbol = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
 TaskId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CODE_LENGTH)]
+#: Bar sizes of the ``market_bars`` table (``actors.market_data.INTERVALS``).
+Interval = Literal["1d", "1h", "30m", "15m", "5m", "1m"]
 
 
 class StrategyFailed(Exception):
@@ -42,16 +44,22 @@ class _Args(BaseModel):
 
     strategy_code: Code
     function_name: str | None = None
+    interval: Interval = "1d"
 
 
 class BacktestArgs(_Args):
-    """Arguments of a backtest; ``holding_period`` and ``entry`` default to the settings."""
+    """Arguments of a backtest; ``holding_period`` and ``entry`` default to the settings,
+    costs to 0 and ``max_weight`` (largest share of one symbol) to no cap."""
 
     symbols: list[Symbol] = Field(min_length=1, max_length=MAX_SYMBOLS)
     start_date: date
     end_date: date
     holding_period: int | None = Field(default=None, ge=1, le=1_000)
     entry: Literal["next_open", "close"] | None = None
+    commission_bps: float = Field(default=0.0, ge=0, le=10_000)
+    commission_per_share: float = Field(default=0.0, ge=0)
+    slippage_bps: float = Field(default=0.0, ge=0, le=10_000)
+    max_weight: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check_range(self) -> BacktestArgs:
@@ -61,10 +69,12 @@ class BacktestArgs(_Args):
 
 
 class ScreeningArgs(_Args):
-    """Arguments of a screening."""
+    """Arguments of a screening; only symbols whose latest signal is true are ranked unless
+    ``include_false_signals``."""
 
     universe: list[Symbol] = Field(min_length=1, max_length=MAX_SYMBOLS)
     limit: int = Field(default=10, ge=1, le=MAX_SYMBOLS)
+    include_false_signals: bool = False
 
 
 class StrategyTask(BaseModel):

@@ -196,11 +196,11 @@ def portfolio(
     """The newest portfolio snapshots with their P&L."""
     from storage.portfolio import list_snapshots
 
-    table = Table(
-        "id", "account", "taken", "net liq", "gross exposure", "unrealized", "realized", "daily", "positions"
-    )
+    columns = ("net liq", "gross exposure", "unrealized", "realized", "daily (IB)", "equity change")
+    table = Table("id", "account", "taken", *columns, "positions")
     for s in list_snapshots(_engine(), account=account, limit=limit):
-        money = (s.net_liquidation, s.gross_exposure, s.unrealized_pnl, s.realized_pnl, s.daily_pnl)
+        pnl = (s.unrealized_pnl, s.realized_pnl, s.daily_pnl, s.equity_change)
+        money = (s.net_liquidation, s.gross_exposure, *pnl)
         table.add_row(
             str(s.id),
             s.account,

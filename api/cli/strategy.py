@@ -28,6 +28,12 @@ POLL_INTERVAL = 0.2
 #: Rows of the per-symbol table printed after a backtest.
 SYMBOL_ROWS = 20
 
+#: Trades printed after a backtest (``--json`` has the result's whole list).
+TRADE_ROWS = 10
+
+#: Bar sizes a task may read.
+INTERVALS = ("1d", "1h", "30m", "15m", "5m", "1m")
+
 
 def _fail(message: str) -> typer.Exit:
     err_console.print(f"error: {message}", highlight=False, soft_wrap=True, markup=False)
@@ -93,7 +99,18 @@ def backtest(
     start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")],
     end: Annotated[str, typer.Option(help="Last date, YYYY-MM-DD.")],
     holding_period: Annotated[int | None, typer.Option(min=1, help="Bars a position is held.")] = None,
-    entry: Annotated[str | None, typer.Option(help="next_open or close.")] = None,
+    entry: Annotated[
+        str | None, typer.Option(help="next_open (default) or close (of the signal bar itself).")
+    ] = None,
+    interval: Annotated[str, typer.Option(help=f"Bar size: {', '.join(INTERVALS)}.")] = "1d",
+    commission_bps: Annotated[float, typer.Option(min=0, help="Commission per fill, bps of value.")] = 0.0,
+    commission_per_share: Annotated[float, typer.Option(min=0, help="Commission per share and fill.")] = 0.0,
+    slippage_bps: Annotated[
+        float, typer.Option(min=0, help="Slippage per fill, bps against the trade.")
+    ] = 0.0,
+    max_weight: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Largest share of the equity one symbol may hold.")
+    ] = None,
     function: Annotated[
         str | None, typer.Option(help="Entry function when the file defines several.")
     ] = None,
@@ -104,6 +121,8 @@ def backtest(
     args = {"strategy_code": _read_code(file), "symbols": _symbols(symbols, "--symbols")}
     args |= {"start_date": start, "end_date": end, "function_name": function}
     args |= {k: v for k, v in (("holding_period", holding_period), ("entry", entry)) if v is not None}
+    args |= {"interval": interval, "commission_bps": commission_bps, "slippage_bps": slippage_bps}
+    args |= {"commission_per_share": commission_per_share, "max_weight": max_weight}
     data = _submit_and_wait("backtest", args, timeout=timeout)
     if as_json:
         console.print_json(json.dumps(data))
@@ -123,6 +142,28 @@ def backtest(
             symbol, *(_metric(row[k]) for k in ("trades", "win_rate", "avg_return", "total_return"))
         )
     console.print(per_symbol)
+    title = f"trades (first {min(TRADE_ROWS, data['trades_listed'])} of {data['trades_total']})"
+    trades = Table("symbol", "signal", "entry", "price", "exit", "price", "return", "bars", title=title)
+    for trade in data["trades"][:TRADE_ROWS]:
+        trades.add_row(
+            trade["symbol"],
+            trade["signal_date"],
+            trade["entry_date"],
+            _metric(trade["entry_price"]),
+            trade["exit_date"],
+            _metric(trade["exit_price"]),
+            _metric(trade["return"]),
+            str(trade["holding_bars"]),
+        )
+    console.print(trades)
+    assumptions = data["assumptions"]
+    console.print(
+        f"entry: {assumptions['entry_fill']}; costs: {assumptions['commission_bps']} bps + "
+        f"{assumptions['commission_per_share']}/share commission, {assumptions['slippage_bps']} bps "
+        f"slippage; sizing: {assumptions['sizing']} (--json has every assumption)",
+        highlight=False,
+        markup=False,
+    )
 
 
 @strategy_app.command()
@@ -132,6 +173,10 @@ def screen(
     ],
     universe: Annotated[str, typer.Option(help="Comma-separated symbols to screen.")],
     limit: Annotated[int, typer.Option(min=1, help="Most results to return.")] = 10,
+    interval: Annotated[str, typer.Option(help=f"Bar size: {', '.join(INTERVALS)}.")] = "1d",
+    include_false_signals: Annotated[
+        bool, typer.Option(help="Rank symbols whose latest signal is false too.")
+    ] = False,
     function: Annotated[
         str | None, typer.Option(help="Entry function when the file defines several.")
     ] = None,
@@ -139,6 +184,7 @@ def screen(
 ) -> None:
     """Screen a universe with a strategy file and print the ranking."""
     args = {"strategy_code": _read_code(file), "universe": _symbols(universe, "--universe"), "limit": limit}
+    args |= {"interval": interval, "include_false_signals": include_false_signals}
     data = _submit_and_wait("screening", {**args, "function_name": function}, timeout=timeout)
     returned, size, seconds = data["results_returned"], data["universe_size"], data["execution_time_seconds"]
     title = f"screening: {returned} of {size} ({seconds:.2f}s)"
