@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from strategy_fixtures import reference_backtest, synthetic_bars
 
-from actors.backtest import BacktestConfig, EntryRule, backtest, trade_list
 from actors.market_data.features import add_features
-from actors.sandbox_runner import cut_dates, plan_cuts
+from actors.strategies import BacktestConfig, EntryRule, backtest, cut_dates, plan_cuts, trade_list
 
 DAYS = pd.bdate_range("2024-01-01", periods=6)
 

@@ -70,7 +70,9 @@ async def fetch_account(ib, account: str) -> AccountState:
     )
 
 
-async def fetch_daily_pnl(ib, account: str, conids: list[int]) -> tuple[float | None, dict[int, float | None]]:
+async def fetch_daily_pnl(
+    ib, account: str, conids: list[int]
+) -> tuple[float | None, dict[int, float | None]]:
     """IB's daily P&L of ``account`` and of each position (``None`` where none came in time).
 
     Subscribes (``reqPnL``/``reqPnLSingle``), waits for the first update of each, and cancels
