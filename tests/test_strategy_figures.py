@@ -142,6 +142,19 @@ def test_engine_agrees_with_a_per_date_loop_with_gaps_costs_and_a_cap(entry: str
     assert metrics == {key: pytest.approx(value) for key, value in expected.items()}
 
 
+def test_intraday_periods_compound_into_daily_returns() -> None:
+    hours = pd.to_datetime(["2024-01-02 15:00", "2024-01-02 16:00", "2024-01-02 17:00",
+                            "2024-01-03 15:00", "2024-01-03 16:00", "2024-01-03 17:00"])  # fmt: skip
+    bars = pd.DataFrame({"ticker": "AAA", "date": hours, "close": [10.0, 11, 12, 12, 13, 13]})
+    bars["open"] = bars["close"]
+    signal = pd.DataFrame({"ticker": ["AAA"], "date": [hours[0]], "signal": [True]})
+    outcome = backtest(bars, signal, BacktestConfig(holding_period=3, entry="close"))
+    # Held 16:00 (+10 %), 17:00 (12/11) and the next day's 15:00 (0 %): day one +20 %, day two 0.
+    assert outcome.daily_returns.tolist() == pytest.approx([1.1 * 12 / 11 - 1, 0.0])
+    assert outcome.daily_returns.index.strftime("%Y-%m-%d").tolist() == ["2024-01-02", "2024-01-03"]
+    assert outcome.metrics["exposure"] == pytest.approx(3 / 6)  # of the bars' periods
+
+
 def _wilder(values: list[float], period: int = 14) -> list[float]:
     """Wilder's smoothing as he defined it: the first average is the simple mean of the first
     ``period`` values (values[1..period]; values[0] has no previous bar), then
