@@ -366,7 +366,9 @@ class WakeupConsumer(_RedisConsumer):
             fetched = [(data, None) for data in reply]
         # Decoded now, not when handed out: the process holds them from here on.
         messages = [(None if data is None else Message.decode(data), verdict) for data, verdict in fetched]
-        self.pending.taken(message.options["redis_message_id"] for message, _ in messages if message)
+        # a foreign producer's message may lack the id option; it is then not tracked as held
+        ids = (message.options.get("redis_message_id") for message, _ in messages if message)
+        self.pending.taken(rid for rid in ids if rid)
         return messages
 
     def _reclaim(self) -> None:
