@@ -75,7 +75,7 @@ def running(commands: Sequence[list[str]], *, env: dict[str, str]) -> Iterator[l
     stop a service with SIGTERM, and a shell starts a background job with SIGINT ignored.
     """
     processes: list[subprocess.Popen] = []
-    with _interrupted_by_stop_signals() as stopping:
+    with interrupted_by_stop_signals() as stopping:
         try:
             for command in commands:
                 processes.append(subprocess.Popen(command, env=env, start_new_session=True))
@@ -90,7 +90,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def _interrupted_by_stop_signals() -> Iterator[Callable[[], None]]:
+def interrupted_by_stop_signals() -> Iterator[Callable[[], None]]:
     """The first stop signal raises ``KeyboardInterrupt``; later ones, and any once the block calls
     the function it is given (its children are stopping), are ignored."""
     if threading.current_thread() is not threading.main_thread():

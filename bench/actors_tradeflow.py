@@ -1,4 +1,8 @@
 """tradeflow: the full middleware stack with the audit trail, configured from TRADEFLOW_* variables."""
 
-import actors  # noqa: F401
-from bench.bench_actors import burn, flush_spans, latency_probe, noop  # noqa: F401
+import actors
+from bench.bench_actors import declare
+
+broker = actors.current_broker
+
+noop, burn, latency_probe, flush_spans = declare(broker)

@@ -2,7 +2,7 @@
 
 Both run in one invocation, on the same Redis, with the same worker processes x threads:
 
-    .venv/bin/python bench/throughput.py [--messages 20000] [--processes 2] [--threads 8]
+    .venv/bin/python bench/throughput.py [--messages 20000] [--processes 2] [--threads 8] [--smoke]
 
 The queue is filled first, then workers start; the clock runs from the first
 message taken to the last one acked (queue empty and no unacked message).
@@ -10,9 +10,7 @@ message taken to the last one acked (queue empty and no unacked message).
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,6 +24,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402
 
 
 @dataclass
@@ -82,8 +82,8 @@ def prepare_database(url: str) -> None:
 def fill(side: Side, count: int) -> None:
     """Enqueue ``count`` no-op messages from a child process using the side's own broker."""
     script = (
-        "import importlib, sys; m = importlib.import_module(sys.argv[1]); import dramatiq;"
-        "b = dramatiq.get_broker(); n = int(sys.argv[2]);"
+        "import importlib, sys; m = importlib.import_module(sys.argv[1]);"
+        "b = m.broker; n = int(sys.argv[2]);"
         "[m.noop.send() for _ in range(n)];"
         "from actors import audit_writer_of; w = audit_writer_of(b) if 'actors' in sys.modules else None;"
         "w and w.flush(120)"
@@ -98,22 +98,19 @@ def unacked(client: redis.Redis, namespace: str) -> int:
 
 
 def start_workers(side: Side, processes: int, threads: int) -> subprocess.Popen:
-    return subprocess.Popen(
+    """``dramatiq`` worker processes of ``side``, stopped by :func:`stop_workers` (or, should the
+    bench fail or be interrupted, by :func:`bench.harness.supervised`)."""
+    return harness.start(
         [sys.executable, "-m", "dramatiq", side.module, "-p", str(processes), "-t", str(threads)],
         env=side.env,
         cwd=side.root,
-        start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
 
 def stop_workers(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    harness.finish(process, timeout=60)
 
 
 def drain(side: Side, client: redis.Redis, count: int, processes: int, threads: int) -> float:
@@ -133,7 +130,7 @@ def drain(side: Side, client: redis.Redis, count: int, processes: int, threads: 
 
 
 def latency(
-    side: Side, client: redis.Redis, samples: int, gap: float, processes: int, threads: int
+    side: Side, client: redis.Redis, samples: int, gap: float, processes: int, threads: int, idle: float = 3.0
 ) -> list[float]:
     key = f"{side.namespace}:latency"
     script = (
@@ -143,7 +140,7 @@ def latency(
     )
     workers = start_workers(side, processes, threads)
     try:
-        time.sleep(3)  # boot, then go idle
+        time.sleep(idle)  # boot, then go idle
         subprocess.run(
             [sys.executable, "-c", script, side.module, str(samples), str(gap), key],
             env=side.env,
@@ -170,9 +167,7 @@ def cleanup(client: redis.Redis, namespace: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument(
         "--database-url", action="append", help="audit database(s); default: SQLite and PostgreSQL"
@@ -184,12 +179,16 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=40)
     parser.add_argument("--latency-gap", type=float, default=0.25, help="seconds between latency probes")
     args = parser.parse_args()
-
+    idle = 3.0
     tmp = tempfile.mkdtemp(prefix="tradeflow-bench-")
     database_urls = args.database_url or [
         f"sqlite:///{tmp}/bench.db",
         "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     ]
+    if args.smoke:  # SQLite only, unless asked: PostgreSQL runs the same code
+        args.messages, args.processes, args.threads, args.rounds = 100, 1, 2, 1
+        args.latency_samples, args.latency_gap, idle = 3, 0.05, 0.5
+        database_urls = args.database_url or database_urls[:1]
     for url in database_urls:
         prepare_database(url)
     client = redis.Redis.from_url(args.redis_url)
@@ -200,24 +199,34 @@ def main() -> None:
     )
     results: dict[str, tuple[float, list[float]]] = {}
     try:
-        for side in sides:
-            rates = [
-                drain(side, client, args.messages, args.processes, args.threads) for _ in range(args.rounds)
-            ]
-            lat = latency(side, client, args.latency_samples, args.latency_gap, args.processes, args.threads)
-            results[side.name] = (statistics.median(rates), lat)
-            print(
-                f"  {side.name:32s} {statistics.median(rates):8.0f} msg/s  (rounds: "
-                f"{', '.join(f'{r:.0f}' for r in rates)});  idle latency p50 {percentile(lat, 0.5):6.1f} ms"
-                f"  p99 {percentile(lat, 0.99):6.1f} ms",
-                flush=True,
-            )
+        with harness.supervised():
+            for side in sides:
+                rates = [
+                    drain(side, client, args.messages, args.processes, args.threads)
+                    for _ in range(args.rounds)
+                ]
+                lat = latency(
+                    side, client, args.latency_samples, args.latency_gap, args.processes, args.threads, idle
+                )
+                results[side.name] = (statistics.median(rates), lat)
+                shown = ", ".join(f"{rate:.0f}" for rate in rates)
+                print(
+                    f"  {side.name:32s} {statistics.median(rates):8.0f} msg/s  (rounds: {shown});"
+                    f"  idle latency p50 {percentile(lat, 0.5):6.1f} ms  p99 {percentile(lat, 0.99):6.1f} ms",
+                    flush=True,
+                )
     finally:
         for side in sides:
             cleanup(client, side.namespace)
     raw_rate = results[sides[0].name][0]
     for side in sides[1:]:
         print(f"ratio {side.name} / raw dramatiq throughput: {results[side.name][0] / raw_rate:.2f}")
+    for side in sides:
+        rate, lat = results[side.name]
+        name = harness.slug(side.name)
+        harness.figure(f"{name}.drain_per_s", rate, "msg/s")
+        harness.figure(f"{name}.latency_p50_ms", percentile(lat, 0.5), "ms")
+        harness.figure(f"{name}.latency_p99_ms", percentile(lat, 0.99), "ms")
 
 
 if __name__ == "__main__":
