@@ -7,12 +7,11 @@ End to end, as the ``fetch_market_data`` actor runs it (provider, checks, featur
 Then the write alone, side by side on the same prepared rows, into fresh tables, best of --rounds:
   4. MERGE upsert (ours) vs 5. plain Delta append (the baseline: no dedup), and 6. the MERGE again (no-op).
 
-Usage: python bench/data_fetch.py [--symbols 500] [--years 2] [--rounds 3]
+Usage: python bench/data_fetch.py [--symbols 500] [--years 2] [--rounds 3] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import shutil
@@ -30,6 +29,7 @@ import pyarrow.compute as pc
 from actors.market_data import ingest
 from actors.market_data.synthetic import SyntheticProvider
 from actors.market_data.tables import MARKET_BARS, append, read_table, upsert
+from bench import harness
 
 #: Last day of the benchmark range (fixed, so every run writes the same rows).
 END = datetime(2026, 1, 1, tzinfo=UTC)
@@ -43,18 +43,20 @@ def timed(call):
     return result, time.perf_counter() - started
 
 
-def line(label: str, seconds: float, rows: int, note: str = "") -> None:
+def line(label: str, seconds: float, rows: int, note: str = "", *, name: str) -> None:
     print(f"{label:<44} {seconds:7.2f} s {rows / seconds:10,.0f} rows/s  {note}")
+    harness.figure(f"{name}.seconds", seconds, "s")
+    harness.figure(f"{name}.rows_per_s", rows / seconds, "rows/s")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--years", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the write-only comparison")
     args = parser.parse_args()
+    if args.smoke:
+        args.symbols, args.years, args.rounds = 3, 1, 1
     symbols = [f"S{index:04d}" for index in range(args.symbols)]
     start = END - timedelta(days=365 * args.years)
     root = Path(tempfile.mkdtemp(prefix="tradeflow-bench-"))
@@ -84,14 +86,14 @@ def end_to_end(root: Path, provider: SyntheticProvider, symbols: list[str], star
     rows = first.inserted
     days = (END - start).days
     print(f"{len(symbols)} symbols x {days} days = {rows:,} daily bars ({len(first.errors)} errors)")
-    line("1. fetch_market_data, empty table", first_s, rows)
+    line("1. fetch_market_data, empty table", first_s, rows, name="fetch_empty")
     again, again_s = timed(lambda: fetch(start, END))
     no_op = not again.changed and again.inserted == again.updated == 0
     verdict = f"NO-OP (version {again.version} unchanged, 0 inserted, 0 updated)" if no_op else "CHANGED!"
-    line("2. same range again", again_s, rows, verdict)
+    line("2. same range again", again_s, rows, verdict, name="fetch_again")
     extended, extended_s = timed(lambda: fetch(END - timedelta(days=60), END + timedelta(days=31)))
     line("3. overlapping range, +1 month", extended_s, extended.inserted + extended.updated,
-         f"{extended.inserted:,} inserted, {extended.updated} updated")  # fmt: skip
+         f"{extended.inserted:,} inserted, {extended.updated} updated", name="fetch_overlap")  # fmt: skip
     return no_op
 
 
@@ -109,13 +111,14 @@ def write_only(root: Path, *, rounds: int) -> None:
         again_s.append(seconds)
         idempotent &= not again.changed
     best = f"best of {rounds}"
-    line(f"4. MERGE upsert only, empty table ({best})", min(merge_s), rows.num_rows)
-    line(f"5. baseline: plain Delta append ({best})", min(append_s), rows.num_rows)
+    line(f"4. MERGE upsert only, empty table ({best})", min(merge_s), rows.num_rows, name="merge")
+    line(f"5. baseline: plain Delta append ({best})", min(append_s), rows.num_rows, name="append")
     line(
         f"6. MERGE the same rows again ({best})",
         min(again_s),
         rows.num_rows,
         "no-op" if idempotent else "CHANGED!",
+        name="merge_again",
     )
     print(f"MERGE / append time: {min(merge_s) / min(append_s):.1f}x; no-op MERGE / first MERGE: "
           f"{min(again_s) / min(merge_s):.2f}x")  # fmt: skip

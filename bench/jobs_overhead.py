@@ -9,7 +9,7 @@ in-process worker (8 threads):
               log, stalled recovery, schedule control, backoff retries).
 
 The audit trail is off in both tradeflow stacks, so the difference is the job
-control alone.  Usage: ``python bench/jobs_overhead.py [N] [REDIS_URL]``.
+control alone.  Usage: ``python bench/jobs_overhead.py [N] [REDIS_URL] [--rounds 3] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -17,23 +17,24 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import dramatiq
 import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.broker import Admission
 from actors.middleware import CancelWatcher, DeadLetterLog, StalledRecovery
 from actors.runtime import build_broker
 from actors.scheduling import ScheduleControl
 from actors.settings import Settings
+from bench import harness
 
 #: Middleware types that make up job control.
 JOB_CONTROL = (Admission, CancelWatcher, DeadLetterLog, StalledRecovery, ScheduleControl)
-
-
-#: Rounds per broker, interleaved; the best round counts (the machine is shared).
-ROUNDS = 3
 
 
 def drain(broker: RedisBroker, count: int) -> float:
@@ -59,8 +60,8 @@ def _noop(i: int) -> None:
 def admission_latency(broker: RedisBroker, count: int) -> float:
     """Microseconds of one admission check (the one Redis round trip job control adds per message)."""
     gate = next(m for m in broker.middleware if isinstance(m, Admission))
-    messages = [
-        dramatiq.Message("bench", "_noop", (), {}, {"redis_message_id": str(uuid.uuid4())})
+    messages = [  # as a worker hands them to the middleware: in a proxy
+        MessageProxy(dramatiq.Message("bench", "_noop", (), {}, {"redis_message_id": str(uuid.uuid4())}))
         for _ in range(count)
     ]
     started = time.perf_counter()
@@ -70,8 +71,16 @@ def admission_latency(broker: RedisBroker, count: int) -> float:
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3_000
-    url = sys.argv[2] if len(sys.argv) > 2 else "redis://127.0.0.1:6379/15"
+    parser = harness.parser(__doc__.splitlines()[0])
+    parser.add_argument("count", nargs="?", type=int, default=3_000, help="messages per drain")
+    parser.add_argument("redis_url", nargs="?", default="redis://127.0.0.1:6379/15")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per broker, interleaved; the best round counts"
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        args.count, args.rounds = 100, 1
+    count, url, rounds = args.count, args.redis_url, args.rounds
     namespaces = []
 
     def settings() -> Settings:
@@ -86,7 +95,7 @@ def main() -> None:
     jobs = build_broker(settings())
     try:
         results: dict[str, float] = {}
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for name, broker in (("raw", raw), ("base", base), ("jobs", jobs)):
                 results[name] = min(results.get(name, float("inf")), drain(broker, count))
         admission_us = admission_latency(jobs, count)
@@ -98,11 +107,15 @@ def main() -> None:
                 client.delete(*keys)
     for name, seconds in results.items():
         print(f"{name:5s} {count / seconds:8.0f} msg/s  ({seconds:.2f}s for {count})")
-    print(f"best of {ROUNDS} interleaved rounds")
+    print(f"best of {rounds} interleaved rounds")
     print(f"jobs/raw  throughput ratio: {results['raw'] / results['jobs']:.2f}")
     print(f"jobs/base throughput ratio: {results['base'] / results['jobs']:.2f}")
     print(f"job-control cost per message: {(results['jobs'] - results['base']) / count * 1e6:.0f} us")
     print(f"admission check alone, sequential: {admission_us:.0f} us per message")
+    for name, seconds in results.items():
+        harness.figure(f"{name}.drain_per_s", count / seconds, "msg/s")
+    harness.figure("jobs.cost_per_message_us", (results["jobs"] - results["base"]) / count * 1e6, "µs")
+    harness.figure("jobs.admission_check_us", admission_us, "µs")
 
 
 if __name__ == "__main__":

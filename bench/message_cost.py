@@ -10,7 +10,7 @@ first message taken to the last one acked counts:
   clients of the machine's Redis do not count), from ``INFO cpu``;
 * the drain rate, for reference.
 
-    .venv/bin/python bench/message_cost.py [--messages 10000] [--rounds 3]
+    .venv/bin/python bench/message_cost.py [--messages 10000] [--rounds 3] [--smoke]
     BENCH_VARIANTS="audit off:TRADEFLOW_AUDIT_ENABLED=false" .venv/bin/python bench/message_cost.py
 
 Sides alternate within each round; the least CPU per message over the rounds
@@ -19,9 +19,7 @@ is reported (noise only ever adds CPU), with its ratio to raw Dramatiq.
 
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from latency import private_redis  # noqa: E402
-from throughput import Side, cleanup, fill, make_sides, prepare_database, unacked  # noqa: E402
+from throughput import (  # noqa: E402
+    Side,
+    cleanup,
+    fill,
+    make_sides,
+    prepare_database,
+    start_workers,
+    stop_workers,
+    unacked,
+)
+
+from bench import harness  # noqa: E402
 
 #: Clock ticks per second of ``/proc/<pid>/stat`` times.
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -98,13 +107,7 @@ def measure(side: Side, client: redis.Redis, count: int) -> tuple[float, float, 
     """(worker CPU µs, Redis CPU µs, messages/s) for draining ``count`` messages."""
     fill(side, count)
     queue = f"{side.namespace}:bench"
-    master = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", side.module, "-p", "1", "-t", "8"],
-        env=side.env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    master = start_workers(side, 1, 8)
     try:
         while client.llen(queue) == count:
             time.sleep(0.001)
@@ -124,24 +127,22 @@ def measure(side: Side, client: redis.Redis, count: int) -> tuple[float, float, 
             flush=True,
         )
     finally:
-        master.terminate()
-        master.wait(60)
+        stop_workers(master)
         cleanup(client, side.namespace)
     return cpu / count * 1e6, rcpu / count * 1e6, count / elapsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database-url", help="audit database; default: SQLite in a temporary folder")
     args = parser.parse_args()
-
+    if args.smoke:
+        args.messages, args.rounds = 100, 1
     database_url = args.database_url or f"sqlite:///{tempfile.mkdtemp(prefix='tradeflow-bench-')}/bench.db"
     prepare_database(database_url)
-    with private_redis() as redis_url:
+    with harness.supervised(), private_redis() as redis_url:
         client = redis.Redis.from_url(redis_url)
         sides = make_sides(redis_url, [database_url])
         best: dict[str, tuple[float, float, float]] = {}
@@ -169,6 +170,12 @@ def main() -> None:
         total = worker + server
         ratio = total / sum(raw[:2])
         print(f"{side.name:34s} {worker:10.0f} {server:9.0f} {total:9.0f} {ratio:6.2f} {rate:10.0f}")
+    for side in sides:
+        worker, server, rate = best[side.name]
+        name = harness.slug(side.name)
+        harness.figure(f"{name}.worker_cpu_us", worker, "µs/message")
+        harness.figure(f"{name}.redis_cpu_us", server, "µs/message")
+        harness.figure(f"{name}.drain_per_s", rate, "msg/s")
 
 
 if __name__ == "__main__":

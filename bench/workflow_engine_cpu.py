@@ -7,13 +7,12 @@ connections ("+N server").  It counts the statements the engine executes (on SQL
 ``BEGIN IMMEDIATE``) and its transactions (a claim on PostgreSQL is one autocommit statement).
 
 Usage: ``python bench/workflow_engine_cpu.py [--database sqlite|postgresql] [--runs 300]
-[--rounds 3]``.  Needs Redis on 127.0.0.1:6379 (the broker's client) and, for PostgreSQL,
+[--rounds 3] [--smoke]``.  Needs Redis on 127.0.0.1:6379 (the broker's client) and, for PostgreSQL,
 127.0.0.1:5432.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench import harness  # noqa: E402
 from bench.workflow_throughput import REDIS_URL, database_url  # noqa: E402
 
 
@@ -103,11 +103,13 @@ def instrument(engine, counter: Counter) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__.splitlines()[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
+    if options.smoke:
+        options.runs, options.rounds = 10, 1
     with tempfile.TemporaryDirectory() as folder:
         url, drop = database_url(options.database, folder)
         try:
@@ -194,6 +196,9 @@ def run(options, url: str) -> None:
         f"median: start {start * 1e6:.0f} us, step {step * 1e6:.0f} us"
         f" -> {(start + 3 * step) * 1e3:.2f} ms CPU per 3-step workflow"
     )
+    harness.figure("engine.start_cpu_us", start * 1e6, "µs")
+    harness.figure("engine.step_cpu_us", step * 1e6, "µs")
+    harness.figure("engine.workflow_cpu_ms", (start + 3 * step) * 1e3, "ms")
     engine.database.dispose()
     keys = list(broker.client.scan_iter(match=f"{namespace}*", count=1000))
     if keys:

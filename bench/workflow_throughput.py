@@ -6,13 +6,12 @@
    starting (target: <= 1 s).
 
 Usage: ``python bench/workflow_throughput.py [--database sqlite|postgresql] [--runs 300]
-[--rounds 3] [--producers 4] [--width 1000] [--processes 2] [--threads 8]``.
+[--rounds 3] [--producers 4] [--width 1000] [--processes 2] [--threads 8] [--smoke]``.
 Needs Redis on 127.0.0.1:6379 (and PostgreSQL on 127.0.0.1:5432 for ``--database postgresql``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from bench import harness  # noqa: E402
 
 #: PostgreSQL the benchmark makes a scratch schema in.
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -102,7 +103,7 @@ def wait_until(predicate, *, timeout: float, what: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__.splitlines()[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
         "--runs", type=int, default=300, help="linear workflows (and raw pipelines) per round"
@@ -113,8 +114,10 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     options = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as folder:
+    if options.smoke:
+        options.runs, options.rounds, options.producers, options.width = 5, 1, 2, 5
+        options.processes, options.threads = 1, 2
+    with harness.supervised(), tempfile.TemporaryDirectory() as folder:
         url, drop = database_url(options.database, folder)
         try:
             run(options, url)
@@ -134,13 +137,10 @@ def run(options, url: str) -> None:
     upgrade(create_db_engine(url))
     import dramatiq
 
-    import actors
-    from bench import workflow_actors  # noqa: F401  (declares noop on the global broker)
-    from bench.workflow_actors import CALLS_KEY
+    from bench.workflow_actors import CALLS_KEY, broker
     from saga import Step, Workflow, engine_of
     from storage import get_steps, run_status_counts
 
-    broker = actors.current_broker
     engine = engine_of(broker)
     noop = broker.get_actor("noop")
     calls_key = f"{namespace}:{CALLS_KEY}"
@@ -150,7 +150,7 @@ def run(options, url: str) -> None:
 
     command = [sys.executable, "-m", "dramatiq", "bench.workflow_actors", "-p", str(options.processes)]
     command += ["-t", str(options.threads)]
-    worker = subprocess.Popen(command, env=child_env(settings), cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    worker = harness.start(command, env=child_env(settings), cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
     try:
         noop.send()
         wait_until(lambda: calls() == 1, timeout=60, what="the workers to start")
@@ -236,6 +236,8 @@ def run(options, url: str) -> None:
             print(f"         CPU per pipeline: {describe(raw_spent)}; per workflow: {describe(saga_spent)}")
         print(f"ratio          : median {statistics.median(ratios):.0%} of raw (target >= 50%)")
         cpu_ratio = statistics.median(cpu_ratios)
+        harness.figure("linear.rate_ratio", statistics.median(ratios), "of raw")
+        harness.figure("linear.cpu_ratio", cpu_ratio, "raw CPU / saga CPU")
         print(f"CPU ratio      : median {cpu_ratio:.0%} (raw CPU / saga CPU per run; Redis not counted)")
 
         # 2. fan-out / fan-in
@@ -261,9 +263,10 @@ def run(options, url: str) -> None:
             f"fan-in latency : {latency * 1000:.0f} ms from the last child's completion"
             " to the fan-in start (target <= 1000 ms)"
         )
+        harness.figure("fan.steps_per_s", options.width / total, "steps/s")
+        harness.figure("fan.fan_in_latency_ms", latency * 1000, "ms")
     finally:
-        worker.terminate()
-        worker.wait(60)
+        harness.finish(worker, timeout=60)
         keys = list(broker.client.scan_iter(match=f"{namespace}*", count=1000))
         if keys:
             broker.client.delete(*keys)
