@@ -1,6 +1,7 @@
 """Strategy queue benchmark: the vectorised engine against a per-row loop, the sandbox's cost, end to end.
 
     .venv/bin/python bench/strategy.py [--symbols 100] [--days 504] [--screen-symbols 500] [--no-e2e]
+                                       [--smoke]
 
 Prints, on the same synthetic bars (2 years x 100 symbols by default):
 - engine rows/s of ``actors.strategies.engine`` and of the obvious per-row loop
@@ -14,7 +15,6 @@ Prints, on the same synthetic bars (2 years x 100 symbols by default):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -43,7 +43,7 @@ os.environ |= {
 import pandas as pd  # noqa: E402
 from strategy_fixtures import GAP_UP, reference_backtest, synthetic_bars, write_market_bars  # noqa: E402
 
-from actors.strategies import (  # noqa: E402  # noqa: E402
+from actors.strategies import (  # noqa: E402
     BacktestConfig,
     EntryRule,
     Sandbox,
@@ -52,6 +52,7 @@ from actors.strategies import (  # noqa: E402  # noqa: E402
     instances_frame,
     rank,
 )
+from bench import harness  # noqa: E402
 
 SCORED = GAP_UP.replace('"signal": True,', '"signal": True, "score": float(row.gap_pct),')
 
@@ -75,11 +76,12 @@ def timed_cpu(function, *, repeat: int) -> tuple[float, float, object]:
     return statistics.median(walls), statistics.median(cpus), result
 
 
-def bench_engine(bars: pd.DataFrame, signals: pd.DataFrame) -> None:
+def bench_engine(bars: pd.DataFrame, signals: pd.DataFrame, *, repeat: int = 7) -> None:
     config = BacktestConfig(holding_period=5, entry=EntryRule.NEXT_OPEN)
-    fast, fast_cpu, outcome = timed_cpu(lambda: backtest(bars, signals, config), repeat=7)
+    fast, fast_cpu, outcome = timed_cpu(lambda: backtest(bars, signals, config), repeat=repeat)
     slow, slow_cpu, expected = timed_cpu(
-        lambda: reference_backtest(bars, signals, holding_period=5, entry="next_open"), repeat=2
+        lambda: reference_backtest(bars, signals, holding_period=5, entry="next_open"),
+        repeat=max(1, repeat // 3),
     )
     agree = all(
         (outcome.metrics[k] is None and v is None) or abs(outcome.metrics[k] - v) < 1e-9
@@ -89,9 +91,12 @@ def bench_engine(bars: pd.DataFrame, signals: pd.DataFrame) -> None:
     for label, wall, cpu in (("vectorised", fast, fast_cpu), ("per-row", slow, slow_cpu)):
         speed = f"{rows / wall:11,.0f} rows/s"
         print(f"engine   {label:10}: {wall * 1000:8.1f} ms wall {speed}, {cpu * 1000:8.1f} ms CPU")
+        harness.figure(f"engine.{harness.slug(label)}.rows_per_s", rows / wall, "rows/s")
     ratios = f"{slow / fast:.1f}x wall, {slow_cpu / fast_cpu:.1f}x CPU"
     print(f"engine   speed-up  : {ratios}; metrics agree: {agree}")
     print(f"         ({len(signals)} signals, holding 5 bars, next-open entry)")
+    if not agree:
+        raise SystemExit("the vectorised engine and the per-row loop disagree")
 
 
 def child_cpu_seconds() -> float:
@@ -99,46 +104,58 @@ def child_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_sandbox(bars: pd.DataFrame) -> None:
+def bench_sandbox(bars: pd.DataFrame, *, repeat: int = 5, pause: float = 1.5) -> None:
     """Wall time and the child's CPU time (which other load on the machine does not inflate).
 
     ``cold`` starts a child per run; ``warm`` takes the child started ahead
-    (the default), so the run does not wait for the interpreter and imports.
+    (the default), so the run does not wait for the interpreter and imports; ``pause``
+    seconds before each run let the spare get ready, as between two tasks.
     """
     tiny = bars.head(1)
-    for label, prestart, code, frame, repeat, cuts in (
-        ("cold start, empty strategy", False, "def s(df):\n    return []", tiny, 5, 0),
-        ("warm start, empty strategy", True, "def s(df):\n    return []", tiny, 5, 0),
-        (f"warm, gap-up on {len(bars):,} rows", True, GAP_UP, bars, 3, 0),
-        ("warm, the same + look-ahead check", True, GAP_UP, bars, 3, 24),
+    some = max(1, repeat * 3 // 5)
+    for name, label, prestart, code, frame, runs, cuts in (
+        ("cold_empty", "cold start, empty strategy", False, "def s(df):\n    return []", tiny, repeat, 0),
+        ("warm_empty", "warm start, empty strategy", True, "def s(df):\n    return []", tiny, repeat, 0),
+        ("warm_gap_up", f"warm, gap-up on {len(bars):,} rows", True, GAP_UP, bars, some, 0),
+        ("warm_look_ahead", "warm, the same + look-ahead check", True, GAP_UP, bars, some, 24),
     ):
         sandbox = Sandbox(prestart=prestart)
-        sandbox.run(code=code, bars=tiny)  # the first run starts the first spare
-        walls, cpu = [], child_cpu_seconds()
-        for _ in range(repeat):
-            time.sleep(1.5 if prestart else 0)  # as between two tasks: the spare is ready
-            wall = time.perf_counter()
-            results, _ = sandbox.run_with_cuts(code=code, bars=frame, cuts=cuts)
-            walls.append(time.perf_counter() - wall)
-        sandbox.close()
-        cpu = (child_cpu_seconds() - cpu) / repeat
+        try:
+            sandbox.run(code=code, bars=tiny)  # the first run starts the first spare
+            walls, cpu = [], child_cpu_seconds()
+            for _ in range(runs):
+                time.sleep(pause if prestart else 0)
+                wall = time.perf_counter()
+                results, _ = sandbox.run_with_cuts(code=code, bars=frame, cuts=cuts)
+                walls.append(time.perf_counter() - wall)
+        finally:
+            sandbox.close()
+        cpu = (child_cpu_seconds() - cpu) / runs
         found = sum(len(v) for v in results.values())
         wall = statistics.median(walls) * 1000
         print(f"sandbox  {label:30}: {wall:8.1f} ms wall, {cpu * 1000:7.1f} ms child CPU ({found} instances)")
+        harness.figure(f"sandbox.{name}.wall_ms", wall, "ms")
+        harness.figure(f"sandbox.{name}.child_cpu_ms", cpu * 1000, "ms")
 
 
-def bench_screening(symbols: int) -> None:
+def bench_screening(symbols: int, *, repeat: int = 3) -> None:
     universe = [f"U{i:04d}" for i in range(symbols)]
     bars = synthetic_bars(universe, days=120, seed=5)
     sandbox = Sandbox()
-    run, results = timed(lambda: sandbox.run(code=SCORED, bars=bars), repeat=3)
+    try:
+        run, results = timed(lambda: sandbox.run(code=SCORED, bars=bars), repeat=repeat)
+    finally:
+        sandbox.close()
     ranking, ranked = timed(
-        lambda: rank(instances_frame(instance_records(results), require_date=False), limit=20), repeat=7
+        lambda: rank(instances_frame(instance_records(results), require_date=False), limit=20),
+        repeat=repeat * 2 + 1,
     )
     kept = len(ranked)
     print(
         f"screen   {symbols} symbols: sandbox {run * 1000:.1f} ms, rank {ranking * 1000:.1f} ms, {kept} kept"
     )
+    harness.figure("screen.sandbox_ms", run * 1000, "ms")
+    harness.figure("screen.rank_ms", ranking * 1000, "ms")
 
 
 def bench_end_to_end(bars: pd.DataFrame, screen_symbols: int) -> None:
@@ -147,7 +164,7 @@ def bench_end_to_end(bars: pd.DataFrame, screen_symbols: int) -> None:
 
     screen_bars = synthetic_bars([f"U{i:04d}" for i in range(screen_symbols)], days=120, seed=5)
     write_market_bars(actors.current_settings.delta_root, pd.concat([bars, screen_bars], ignore_index=True))
-    worker = subprocess.Popen(
+    worker = harness.start(
         [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "1", "-Q", "strategy"],
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
@@ -178,9 +195,10 @@ def bench_end_to_end(bars: pd.DataFrame, screen_symbols: int) -> None:
                 f"e2e      {label:9}: {seconds * 1000:8.1f} ms enqueue -> completed "
                 f"({engine}task {data['execution_time_ms']:.1f} ms)"
             )
+            harness.figure(f"e2e.{label}.round_trip_ms", seconds * 1000, "ms")
+            harness.figure(f"e2e.{label}.task_ms", data["execution_time_ms"], "ms")
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        harness.finish(worker)
         keys = list(client.scan_iter(match=f"{NAMESPACE}*"))
         if keys:
             client.delete(*keys)
@@ -205,22 +223,27 @@ def _round_trip(client, actor, args: dict, *, timeout: float = 300) -> tuple[flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=100)
     parser.add_argument("--days", type=int, default=504)
     parser.add_argument("--screen-symbols", type=int, default=500)
     parser.add_argument("--no-e2e", action="store_true", help="skip the run through Redis and a worker")
     options = parser.parse_args()
+    repeat, pause = 5, 1.5
+    if options.smoke:
+        options.symbols, options.days, options.screen_symbols = 3, 60, 5
+        repeat, pause = 1, 0.5
     bars = synthetic_bars([f"S{i:03d}" for i in range(options.symbols)], days=options.days)
     signals = bars.loc[(bars["gap_pct"] > 3) & (bars["volume_ratio"] > 1.5), ["ticker", "date"]].assign(
         signal=True
     )
     print(f"data: {options.symbols} symbols x {options.days} days = {len(bars):,} rows")
-    bench_engine(bars, signals)
-    bench_sandbox(bars)
-    bench_screening(options.screen_symbols)
-    if not options.no_e2e:
-        bench_end_to_end(bars, options.screen_symbols)
+    with harness.supervised():
+        bench_engine(bars, signals, repeat=7 if repeat > 1 else 1)
+        bench_sandbox(bars, repeat=repeat, pause=pause)
+        bench_screening(options.screen_symbols, repeat=3 if repeat > 1 else 1)
+        if not options.no_e2e:
+            bench_end_to_end(bars, options.screen_symbols)
 
 
 if __name__ == "__main__":
