@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--years", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the write-only comparison")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     if args.smoke:
         args.symbols, args.years, args.rounds = 3, 1, 1
     symbols = [f"S{index:04d}" for index in range(args.symbols)]

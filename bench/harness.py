@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -46,6 +47,15 @@ FIGURE_LINE = re.compile(rf"^{FIGURE_PREFIX} (?P<name>\S+) = (?P<value>\S+)(?: (
 #: Seconds a child gets to stop after SIGTERM before its process group is killed.
 STOP_TIMEOUT = 30.0
 
+#: The same in a ``--smoke`` run, whose figures do not count but whose time does: a ``dramatiq``
+#: worker takes about 3 s to stop, and a smoke run of a bench starts several.
+SMOKE_STOP_TIMEOUT = 1.0
+
+_stop_timeout = STOP_TIMEOUT
+
+#: Seconds the processes of a stopped child's group get to exit after it, before they are killed.
+LEFT_BEHIND_GRACE = 2.0
+
 #: Children started by :func:`start`, still to be stopped.
 _children: list[subprocess.Popen] = []
 _children_lock = threading.Lock()
@@ -61,6 +71,14 @@ def parser(description: str, *, raw: bool = False) -> argparse.ArgumentParser:
         "--smoke", action="store_true", help="tiny sizes, one round, a few seconds: checks the bench runs"
     )
     return result
+
+
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``parser.parse_args()``; with ``--smoke``, children get :data:`SMOKE_STOP_TIMEOUT` to stop."""
+    global _stop_timeout
+    args = parser.parse_args()
+    _stop_timeout = SMOKE_STOP_TIMEOUT if args.smoke else STOP_TIMEOUT
+    return args
 
 
 def slug(text: str) -> str:
@@ -102,12 +120,13 @@ def start(command: Sequence[str], **popen: object) -> subprocess.Popen:
     return process
 
 
-def finish(process: subprocess.Popen, *, timeout: float = STOP_TIMEOUT) -> int:
-    """Stop ``process`` and what is left of its process group now; its return code."""
+def finish(process: subprocess.Popen, *, timeout: float | None = None) -> int:
+    """Stop ``process`` and what is left of its process group now (SIGKILL after ``timeout``
+    seconds, by default :data:`STOP_TIMEOUT`); its return code."""
     with _children_lock:
         if process in _children:
             _children.remove(process)
-    return _stop_groups([process], timeout=timeout)[0]
+    return _stop_groups([process], timeout=_stop_timeout if timeout is None else timeout)[0]
 
 
 @contextmanager
@@ -122,20 +141,24 @@ def supervised() -> Iterator[None]:
             with _children_lock:
                 running, _children[:] = list(reversed(_children)), []
             if running:
-                _stop_groups(running, timeout=STOP_TIMEOUT)
+                _stop_groups(running, timeout=_stop_timeout)
 
 
 def _stop_groups(processes: list[subprocess.Popen], *, timeout: float) -> list[int]:
     """:func:`api.stack.stop`, then SIGKILL to every process that was in one of their groups
     before the stop and still is (a leader that exited may have left its children behind)."""
-    members = {process.pid: _group_members(process.pid) for process in processes}
+    members = [(pid, process.pid) for process in processes for pid in _group_members(process.pid)]
     codes = stop(processes, timeout=timeout)
-    for pgid, pids in members.items():
-        for pid in pids:
-            if _group_of(pid) == pgid:
-                logger.warning("killing %d, left behind in process group %d", pid, pgid)
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + LEFT_BEHIND_GRACE  # a group just killed takes a moment to go
+    while members:
+        members = [(pid, pgid) for pid, pgid in members if _group_of(pid) == pgid]
+        if not members or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid, pgid in members:
+        logger.warning("killing %d, left behind in process group %d", pid, pgid)
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     return codes
 
 

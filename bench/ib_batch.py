@@ -1,7 +1,7 @@
 """Position requests drained through the simulator to Delta Lake: batches vs one request per call.
 
     python bench/ib_batch.py [--contracts 500] [--accounts 1] [--duplicates 20] [--batch-size 50]
-                             [--workers 2] [--baseline-sample 100]
+                             [--workers 2] [--baseline-sample 100] [--smoke]
 
 Both runs use the same code path and real parts: the simulator (``tradeflow ib-sim``) in its
 own process, ``dramatiq actors`` worker processes, real Redis, SQLite, Delta Lake.
@@ -16,7 +16,6 @@ Worker start-up and the first gateway connection are warmed up before the clock 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -39,6 +38,7 @@ from actors.ib import (  # noqa: E402
 )
 from actors.runtime import build_broker  # noqa: E402
 from actors.settings import Settings  # noqa: E402
+from bench import harness  # noqa: E402
 from storage import create_db_engine, upgrade  # noqa: E402
 from storage.ib_positions import NewRequest, enqueue_requests, queue_stats  # noqa: E402
 
@@ -124,7 +124,7 @@ def run(*, label: str, requests: list[NewRequest], batch_size: int, workers: int
         "-Q",
         "ib_positions",
     ]
-    process = subprocess.Popen(command, env=_env(settings), cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    process = harness.start(command, env=_env(settings), cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
     try:
         # warm-up: every worker process connects to the gateway before the clock starts
         warm = [NewRequest(conid=FIRST_CONID + i, account="WARM") for i in range(workers * 2)]
@@ -147,8 +147,7 @@ def run(*, label: str, requests: list[NewRequest], batch_size: int, workers: int
         _wait(lambda: queue_stats(engine).processed >= total, 1_800, f"{distinct} distinct requests")
         elapsed = time.perf_counter() - started
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        harness.finish(process)
         client = redis.Redis.from_url(redis_url)
         for key in client.scan_iter(match=f"{namespace}*"):
             client.delete(key)
@@ -180,9 +179,7 @@ def _commits(delta_root: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--contracts", type=int, default=500)
     parser.add_argument("--accounts", type=int, default=1)
     parser.add_argument("--duplicates", type=int, default=20)
@@ -190,8 +187,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline-sample", type=int, default=100)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
-    args = parser.parse_args()
+    args = harness.parse(parser)
+    if args.smoke:
+        args.contracts, args.duplicates, args.batch_size, args.workers, args.baseline_sample = 6, 2, 3, 1, 3
+    with harness.supervised():
+        batched, single = _measure(args)
+    _report(args, batched, single)
 
+
+def _measure(args) -> tuple[dict, dict]:
+    """The batched run and the one-per-call run, on a simulator of their own."""
     requests = _requests(args.contracts, args.accounts, args.duplicates)
     with tempfile.TemporaryDirectory(prefix="bench-ib-") as tmp:
         work = Path(tmp)
@@ -205,7 +210,7 @@ def main() -> None:
         scenario_file.write_text(json.dumps(scenario.to_dict()))
         port = _free_port()
         command = ["ib-sim", "--scenario", str(scenario_file), "--port", str(port)]
-        simulator = subprocess.Popen(
+        simulator = harness.start(
             [sys.executable, "-m", "api.cli", *command],
             cwd=REPO_ROOT, env=_env(Settings()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -216,9 +221,8 @@ def main() -> None:
             sample = _requests(args.contracts, args.accounts, 1)[: args.baseline_sample]
             single = run(label="one-per-call", requests=sample, batch_size=1, **common)
         finally:
-            simulator.terminate()
-            simulator.wait(timeout=10)
-    _report(args, batched, single)
+            harness.finish(simulator)
+    return batched, single
 
 
 def _port_open(port: int) -> bool:
@@ -247,6 +251,12 @@ def _report(args, batched: dict, single: dict) -> None:
         projected = per_request * count
         print(f"one-per-call projected for the {count} {what} requests: {projected:.1f}s "
               f"-> batches are x{projected / batched['seconds']:.1f} faster")  # fmt: skip
+        harness.figure(f"batched.speedup_{what}", projected / batched["seconds"], "x")
+    for run_ in (batched, single):
+        name = harness.slug(run_["label"])
+        harness.figure(f"{name}.requests_per_s", run_["requests"] / run_["seconds"], "req/s")
+        harness.figure(f"{name}.rows_per_s", run_["rows"] / run_["seconds"], "rows/s")
+        harness.figure(f"{name}.commits_per_batch", run_["commits"] / max(run_["batches"], 1))
 
 
 if __name__ == "__main__":

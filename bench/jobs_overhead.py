@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds per broker, interleaved; the best round counts"
     )
-    args = parser.parse_args()
+    args = harness.parse(parser)
     if args.smoke:
         args.count, args.rounds = 100, 1
     count, url, rounds = args.count, args.redis_url, args.rounds

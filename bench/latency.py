@@ -318,7 +318,7 @@ def main() -> None:
     parser.add_argument("--sparse", type=int, default=40, help="sparse messages per broker")
     parser.add_argument("--drain", type=int, default=20_000, help="backlog size of the drain test")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the enqueue and drain tests")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     sizes = FULL
     if args.smoke:
         sizes, args.sparse, args.drain, args.rounds = SMOKE, 3, 200, 1

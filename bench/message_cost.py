@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database-url", help="audit database; default: SQLite in a temporary folder")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     if args.smoke:
         args.messages, args.rounds = 100, 1
     database_url = args.database_url or f"sqlite:///{tempfile.mkdtemp(prefix='tradeflow-bench-')}/bench.db"

@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=504)
     parser.add_argument("--screen-symbols", type=int, default=500)
     parser.add_argument("--no-e2e", action="store_true", help="skip the run through Redis and a worker")
-    options = parser.parse_args()
+    options = harness.parse(parser)
     repeat, pause = 5, 1.5
     if options.smoke:
         options.symbols, options.days, options.screen_symbols = 3, 60, 5

@@ -110,7 +110,7 @@ def start_workers(side: Side, processes: int, threads: int) -> subprocess.Popen:
 
 
 def stop_workers(process: subprocess.Popen) -> None:
-    harness.finish(process, timeout=60)
+    harness.finish(process)
 
 
 def drain(side: Side, client: redis.Redis, count: int, processes: int, threads: int) -> float:
@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="drain runs per side; the median is reported")
     parser.add_argument("--latency-samples", type=int, default=40)
     parser.add_argument("--latency-gap", type=float, default=0.25, help="seconds between latency probes")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     idle = 3.0
     tmp = tempfile.mkdtemp(prefix="tradeflow-bench-")
     database_urls = args.database_url or [

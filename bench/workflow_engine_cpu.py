@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    options = parser.parse_args()
+    options = harness.parse(parser)
     if options.smoke:
         options.runs, options.rounds = 10, 1
     with tempfile.TemporaryDirectory() as folder:

@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1000, help="fan-out width")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
-    options = parser.parse_args()
+    options = harness.parse(parser)
     if options.smoke:
         options.runs, options.rounds, options.producers, options.width = 5, 1, 2, 5
         options.processes, options.threads = 1, 2
@@ -266,7 +266,7 @@ def run(options, url: str) -> None:
         harness.figure("fan.steps_per_s", options.width / total, "steps/s")
         harness.figure("fan.fan_in_latency_ms", latency * 1000, "ms")
     finally:
-        harness.finish(worker, timeout=60)
+        harness.finish(worker)
         keys = list(broker.client.scan_iter(match=f"{namespace}*", count=1000))
         if keys:
             broker.client.delete(*keys)
