@@ -11,6 +11,7 @@ sampling 10% of traces, side by side.
     .venv/bin/python bench/tracing_overhead.py --full-stack-cpu sqlite:///DB [--sampled-side R] [--work-ms 1]
         [--compare-tree ../before]
         # CPU per message of real worker processes and their producer, sides alternated in rounds
+    .venv/bin/python bench/tracing_overhead.py --smoke [...]  # any of these, tiny: checks the bench runs
 
 Each round sends N messages (timed: enqueue rate) to an actor that burns ``--work-ms`` of CPU
 (0: a no-op, the worst case for any per-message overhead), then runs an in-process worker until
@@ -45,6 +46,7 @@ from otlp_receiver import OTLPReceiver
 from actors.runtime import build_broker
 from actors.settings import Settings
 from actors.telemetry import tracer_provider_for
+from bench import harness
 
 #: Redis of the benchmark (a database of its own, keys under a fresh namespace).
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -193,6 +195,7 @@ def hook_costs(endpoint: str, messages: int = 1000, rounds: int = 5) -> None:
             cost = (time.process_time() - started) * 1e6 / messages
             best = cost if best is None else min(best, cost)
         print(f"  {label:42s} {best:6.1f}")
+        harness.figure(f"hooks.{harness.slug(label)}_us", best, "µs/message")
 
 
 def metrics_hook_costs(messages: int = 5000, rounds: int = 5) -> None:
@@ -232,6 +235,8 @@ def metrics_hook_costs(messages: int = 5000, rounds: int = 5) -> None:
         f"\nMetrics hooks, µs CPU per message (best of {rounds}): "
         f"enqueue {best[0]:.1f}, process {best[1]:.1f}"
     )
+    harness.figure("metrics_hooks.enqueue_us", best[0], "µs/message")
+    harness.figure("metrics_hooks.process_us", best[1], "µs/message")
 
 
 def full_stack(argv: list[str], sample_ratios: list[float]) -> None:
@@ -294,14 +299,13 @@ def _group_times(pgid: int) -> tuple[int, float, float]:
 PRODUCER_SCRIPT = """
 import importlib, resource, sys
 module = importlib.import_module(sys.argv[1])
-import dramatiq
 from bench.producing import flush
 
 def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime, usage.ru_stime
 
-broker, count, work_us = dramatiq.get_broker(), int(sys.argv[2]), int(sys.argv[3])
+broker, count, work_us = module.broker, int(sys.argv[2]), int(sys.argv[3])
 send = (lambda: module.burn.send(work_us)) if work_us else module.noop.send
 send()  # the first send connects and loads scripts: not counted
 started, system = cpu()
@@ -494,6 +498,13 @@ def full_stack_cpu(
     print(
         f"spans received by the OTLP receiver: {received} (tracing on sent {expected}, a sampled side more)"
     )
+    for name, (produce, consume, rate, system) in median.items():
+        name = harness.slug(name)
+        harness.figure(f"{name}.producer_cpu_us", produce, "µs/message")
+        harness.figure(f"{name}.workers_cpu_us", consume, "µs/message")
+        harness.figure(f"{name}.kernel_cpu_us", system, "µs/message")
+        harness.figure(f"{name}.drain_per_s", rate, "msg/s")
+    harness.figure("tracing_on.cpu_vs_off", cost, "ratio - 1")
 
 
 def _cost(side: tuple[float, ...], off: tuple[float, ...], *, user_only: bool = False) -> float:
@@ -528,14 +539,13 @@ def _round(
         consume = (cpu_ended - cpu) / (messages + 1)
         consume_system = (system_ended - system) / (messages + 1)
     finally:
-        workers.send_signal(15)  # the master only: workers shut down (and flush) once
-        workers.wait(60)
+        throughput.stop_workers(workers)  # SIGTERM to the master only: workers shut down (and flush) once
         throughput.cleanup(client, side.namespace)
     return produce * 1e6, consume * 1e6, messages / elapsed, (produce_system + consume_system) * 1e6
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
@@ -564,9 +574,19 @@ def main() -> None:
         nargs=argparse.REMAINDER,
         help="run bench/throughput.py with these arguments, plus tracing-on sides (100%% and 10%%)",
     )
-    args = parser.parse_args()
+    args = harness.parse(parser)
+    hook_sizes = {}
+    if args.smoke:
+        args.messages, args.rounds, args.threads, args.processes = 50, 1, 2, 1
+        hook_sizes = {"messages": 50, "rounds": 1}
+    with harness.supervised():
+        run(args, hook_sizes)
+
+
+def run(args, hook_sizes: dict[str, int]) -> None:
+    """The mode ``args`` asks for."""
     if args.metrics_hooks:
-        metrics_hook_costs()
+        metrics_hook_costs(**hook_sizes)
         return
     if args.full_stack_cpu:
         full_stack_cpu(
@@ -581,7 +601,7 @@ def main() -> None:
         )
         return
     if args.full_stack is not None:
-        full_stack(args.full_stack, [1.0, 0.1])
+        full_stack(args.full_stack + ["--smoke"] * args.smoke, [1.0, 0.1])
         return
 
     url_pipe, child_pipe = multiprocessing.Pipe()
@@ -593,7 +613,7 @@ def main() -> None:
     configs = ("raw dramatiq", "tracing off", "tracing on", "tracing on 10%")
     best: dict[str, Round] = {}
     try:
-        hook_costs(endpoint)
+        hook_costs(endpoint, **hook_sizes)
         for round_number in range(0 if args.hooks_only else args.rounds):
             for config in configs:
                 namespace = f"bench-{uuid.uuid4().hex[:8]}"
@@ -644,6 +664,12 @@ def main() -> None:
         print(
             f"{result.name}: processing rate {-rate_cost:+.1%}, CPU per message {cpu_cost:+.1%} (target 15%)"
         )
+    for result in (raw, off, on, sampled):
+        name = harness.slug(result.name)
+        harness.figure(f"{name}.enqueue_per_s", result.enqueue_per_s, "msg/s")
+        harness.figure(f"{name}.process_per_s", result.process_per_s, "msg/s")
+        harness.figure(f"{name}.enqueue_cpu_us", result.enqueue_cpu_us, "µs/message")
+        harness.figure(f"{name}.process_cpu_us", result.process_cpu_us, "µs/message")
     expected = 2 * args.messages * args.rounds
     print(
         f"spans received by the OTLP receiver: {received} (tracing on: {expected}, plus about 10% of that, "
