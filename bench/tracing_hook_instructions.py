@@ -15,7 +15,9 @@ size and delay are set out of reach): encoding is ``bench/tracing_instructions.p
 * process: ``before_process_message`` + ``after_process_message`` of a message carrying a
   ``traceparent`` (the worker's common case).
 
-About a minute on the VM.
+About a minute on the VM.  ``--smoke``: 20 messages, and callgrind instruments nothing until the
+child is about to run the hooks (``--instr-atstart=no``, then ``callgrind_control -i on``), which
+spares the minute of instrumenting its imports: the counts are of the hooks cold, not warmed up.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402
 
 #: Batch processor settings under which no export runs while the hooks are counted (the warm-up's
 #: and the counted messages' spans stay queued).
@@ -41,7 +46,7 @@ QUIET_EXPORT = {
 MAX_MESSAGES = 2000
 
 
-def _child(hooks: str, count: int) -> None:
+def _child(hooks: str, count: int, *, smoke: bool) -> None:
     import dramatiq
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
@@ -61,6 +66,8 @@ def _child(hooks: str, count: int) -> None:
         middleware.after_enqueue(broker, message, None)
     received = [MessageProxy(dramatiq.Message.decode(message.encode())) for message in sent][:count]
     fresh = [actor.message() for _ in range(MAX_MESSAGES)][:count]
+    if smoke:  # from here on, callgrind counts (in the run with no message too: it cancels out)
+        subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True)
     if hooks == "send":
         for message in fresh:
             middleware.before_enqueue(broker, message, None)
@@ -72,17 +79,19 @@ def _child(hooks: str, count: int) -> None:
     os._exit(0)  # no shutdown flush: the export is not what is counted
 
 
-def _instructions(hooks: str, count: int) -> int:
+def _instructions(hooks: str, count: int, *, smoke: bool) -> int:
     output = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
             "--callgrind-out-file=/dev/null",
+            *(["--instr-atstart=no"] if smoke else []),
             sys.executable,
             __file__,
             "--child",
             hooks,
             str(count),
+            *(["--smoke"] if smoke else []),
         ],
         env={**os.environ, **QUIET_EXPORT, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
@@ -94,17 +103,25 @@ def _instructions(hooks: str, count: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=MAX_MESSAGES)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = harness.parse(parser)
     if args.child:
-        _child(args.child[0], int(args.child[1]))
+        _child(args.child[0], int(args.child[1]), smoke=args.smoke)
+    if args.smoke:
+        args.messages = 20
     if not 0 < args.messages <= MAX_MESSAGES:
         parser.error(f"--messages must be between 1 and {MAX_MESSAGES}")
-    for hooks in ("send", "process"):
-        per_message = (_instructions(hooks, args.messages) - _instructions(hooks, 0)) / args.messages
-        print(f"{hooks:8s} hooks: {per_message:8,.0f} instructions per message")
+    with harness.supervised():
+        # with no message, the pairs' runs differ by one branch: a smoke run makes one of them
+        zero = _instructions("send", 0, smoke=True) if args.smoke else None
+        for hooks in ("send", "process"):
+            counted = _instructions(hooks, args.messages, smoke=args.smoke)
+            baseline = zero if zero is not None else _instructions(hooks, 0, smoke=False)
+            per_message = (counted - baseline) / args.messages
+            print(f"{hooks:8s} hooks: {per_message:8,.0f} instructions per message")
+            harness.figure(f"{hooks}.instructions", per_message, "instructions/message")
 
 
 if __name__ == "__main__":

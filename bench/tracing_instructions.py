@@ -29,12 +29,14 @@ Not counted: the Redis server, the OTLP receiver, the kernel (system calls are o
 each to callgrind, the time inside them is not), process boot and imports, worker shutdown.
 
 One run of the three sides with N = 1000 takes about 6 minutes on the 2-core VM (valgrind runs
-Python about 50 times slower; a worker's boot alone takes about a minute).
+Python about 50 times slower; a worker's boot alone takes about a minute).  ``--smoke``: the
+tracing-on side alone, 20 messages, every step as above but with callgrind instrumenting nothing
+(``--instr-atstart=no``): its counts are 0, and it runs in a fraction of the time (instrumenting
+even the 20 messages' cold code paths takes a worker a minute).
 """
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import re
@@ -53,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import throughput
 from tracing_overhead import REDIS_URL, _group, _receive
+
+from bench import harness
 
 #: valgrind and its control program (callgrind_control talks to a running callgrind over vgdb).
 VALGRIND = "/usr/bin/valgrind"
@@ -90,9 +94,7 @@ EXPORT_SCHEDULE_MS = 3_600_000
 #: Sends ``bench_actors.flush_spans`` to the side's queue (a process of its own, not counted).
 FLUSH_SCRIPT = """
 import importlib, sys
-importlib.import_module(sys.argv[1])
-from bench.bench_actors import flush_spans
-flush_spans.send()
+importlib.import_module(sys.argv[1]).flush_spans.send()
 """
 
 #: Producer: imports the side's module, sends one warm-up message and flushes (not counted), says
@@ -101,10 +103,9 @@ flush_spans.send()
 PRODUCER_SCRIPT = """
 import importlib, sys
 module = importlib.import_module(sys.argv[1])
-import dramatiq
 from bench.producing import flush
 
-broker, count = dramatiq.get_broker(), int(sys.argv[2])
+broker, count = module.broker, int(sys.argv[2])
 module.noop.send()  # the first send connects and loads scripts: not counted
 flush(broker)
 print('ready', flush=True)
@@ -158,6 +159,10 @@ class Receiver:
         return count
 
 
+#: Whether callgrind instruments nothing (``--smoke``: the pipeline runs, the counts are 0).
+INSTRUMENT_NOTHING = False
+
+
 def _callgrind(out: Path, *command: str) -> list[str]:
     """``command`` under callgrind, one profile file per process (``%p``: its pid), its children
     too when they ``exec``."""
@@ -166,8 +171,14 @@ def _callgrind(out: Path, *command: str) -> list[str]:
         "--tool=callgrind",
         "--trace-children=yes",
         f"--callgrind-out-file={out}.%p.out",
+        *(["--instr-atstart=no"] if INSTRUMENT_NOTHING else []),
         *command,
     ]
+
+
+def _zero(pid: int) -> None:
+    """Zero ``pid``'s counters."""
+    _control("-z", str(pid))
 
 
 def _control(*args: str) -> str:
@@ -214,7 +225,7 @@ def produce(side: throughput.Side, messages: int, out: Path) -> int:
         )
     try:
         _expect(process.stdout, "ready")
-        _control("-z", str(process.pid))
+        _zero(process.pid)
         process.stdin.write("go\n")
         process.stdin.flush()
         _expect(process.stdout, "done")
@@ -266,11 +277,10 @@ def consume(side: throughput.Side, client: redis.Redis, out: Path) -> tuple[int,
     command = ["-m", "dramatiq", "--use-spawn", side.module, "-p", str(PROCESSES), "-t", str(THREADS)]
     command += ["-Q", QUEUE]
     with open(f"{out}.log", "w") as log:  # valgrind's output and the workers' logs
-        workers = subprocess.Popen(
+        workers = harness.start(
             _callgrind(out, sys.executable, *command),
             env=side.env,
             cwd=throughput.ROOT,
-            start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -281,7 +291,7 @@ def consume(side: throughput.Side, client: redis.Redis, out: Path) -> tuple[int,
             raise RuntimeError(f"callgrind controls {len(pids)} of the worker group's processes")
         print(f"    counting {len(pids)} worker-group processes under callgrind", flush=True)
         for pid in pids:
-            _control("-z", str(pid))
+            _zero(pid)
         started = time.monotonic()
         time.sleep(IDLE_SECONDS)
         idle = sum(_dump(out, pid) for pid in pids) / (time.monotonic() - started)
@@ -304,7 +314,7 @@ def consume(side: throughput.Side, client: redis.Redis, out: Path) -> tuple[int,
     finally:
         if workers.poll() is None or _group(workers.pid)[0]:  # on error: nothing left running
             os.killpg(workers.pid, signal.SIGKILL)
-            workers.wait()
+        harness.finish(workers)
 
 
 def _wait_drained(client: redis.Redis, side: throughput.Side) -> None:
@@ -368,17 +378,22 @@ def report(results: list[Result], messages: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    global INSTRUMENT_NOTHING, IDLE_SECONDS
+    parser = harness.parser(__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated, of: " + ", ".join(SIDES))
-    args = parser.parse_args()
+    args = harness.parse(parser)
+    if args.smoke:
+        args.messages, INSTRUMENT_NOTHING, IDLE_SECONDS = 20, True, 0.5
+        if args.sides == ",".join(SIDES):
+            args.sides = "tracing on"
     chosen = [name.strip() for name in args.sides.split(",")]
     unknown = set(chosen) - set(SIDES)
     if unknown:
         parser.error(f"unknown sides: {', '.join(sorted(unknown))}")
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="tradeflow-bench-instr-") as tmp:
+    with harness.supervised(), tempfile.TemporaryDirectory(prefix="tradeflow-bench-instr-") as tmp:
         directory = Path(tmp)
         database_url = f"sqlite:///{directory}/bench.db"
         throughput.prepare_database(database_url)
@@ -412,6 +427,11 @@ def main() -> None:
                 throughput.cleanup(client, side.namespace)
     report(results, args.messages)
     print(f"run time: {time.monotonic() - started:.0f} s")
+    for result in results:
+        name = harness.slug(result.name)
+        harness.figure(f"{name}.producer_instructions", result.producer, "instructions/message")
+        harness.figure(f"{name}.workers_instructions", result.workers, "instructions/message")
+        harness.figure(f"{name}.idle_bound", result.idle_bound(args.messages), "instructions/message")
 
 
 if __name__ == "__main__":

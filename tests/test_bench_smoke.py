@@ -1,0 +1,235 @@
+"""Every benchmark in ``bench/`` runs, at smoke size, and leaves no process behind.
+
+Each bench runs as a user runs it (``python bench/NAME.py --smoke``), in a child process whose
+``pika`` fails on import (``tests/no_default_broker``): a bench that leans on Dramatiq's implicit
+default broker fails here, as it would on a machine with pika installed.  A smoke run's figures
+mean nothing; that the bench exits 0 and its figure lines parse (and name what it measures) is
+what is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from bench.harness import parse_figures
+
+BENCH = REPO_ROOT / "bench"
+
+#: A ``pika`` that raises on import, first on the benches' path.
+NO_DEFAULT_BROKER = Path(__file__).resolve().parent / "no_default_broker"
+
+
+def bench_scripts() -> set[str]:
+    """The benchmark scripts: the modules of ``bench/`` run as ``__main__`` (not their helpers)."""
+    return {path.name for path in BENCH.glob("*.py") if 'if __name__ == "__main__":' in path.read_text()}
+
+
+#: One smoke run per bench (two for the bench whose other mode starts worker processes):
+#: (script, extra arguments, figures it must print among others).
+CASES = [
+    ("data_fetch.py", [], {"fetch_empty.rows_per_s", "merge.rows_per_s", "append.rows_per_s"}),
+    (
+        "ib_batch.py",
+        [],
+        {"batched.requests_per_s", "one-per-call.requests_per_s", "batched.speedup_distinct"},
+    ),
+    ("jobs_overhead.py", [], {"raw.drain_per_s", "jobs.drain_per_s", "jobs.admission_check_us"}),
+    ("jobs_recovery.py", [], {"tradeflow.recovery_s", "tradeflow.recovered", "dramatiq.recovery_s"}),
+    (
+        "latency.py",
+        [],
+        {
+            "tradeflow.sparse_p50_ms",
+            "dramatiq.sparse_p50_ms",
+            "tradeflow.critical_wait_ms",
+            "tradeflow.drain_per_s",
+            "tradeflow.drain_lanes_per_s",
+            "dramatiq.send_many_per_s",
+        },
+    ),
+    ("message_cost.py", [], {"raw_dramatiq.worker_cpu_us", "tradeflow_sqlite_audit.worker_cpu_us"}),
+    (
+        "strategy.py",
+        [],
+        {"engine.vectorised.rows_per_s", "sandbox.warm_empty.wall_ms", "e2e.backtest.task_ms"},
+    ),
+    ("throughput.py", [], {"raw_dramatiq.drain_per_s", "tradeflow_sqlite_audit.latency_p50_ms"}),
+    ("tracing_hook_instructions.py", [], {"send.instructions", "process.instructions"}),
+    ("tracing_instructions.py", [], {"tracing_on.producer_instructions", "tracing_on.workers_instructions"}),
+    (
+        "tracing_overhead.py",
+        [],
+        {"tracing_on.process_cpu_us", "raw_dramatiq.process_per_s", "hooks.sampled_100%_no_export_us"},
+    ),
+    (
+        "tracing_overhead.py",
+        ["--full-stack-cpu", "sqlite:///{tmp}/audit.db"],
+        {"tracing_on.workers_cpu_us", "tracing_off.producer_cpu_us", "tracing_on.cpu_vs_off"},
+    ),
+    ("worker_instructions.py", [], {"tracing_off.producer_instructions", "tracing_off.worker_instructions"}),
+    ("workflow_engine_cpu.py", [], {"engine.start_cpu_us", "engine.step_cpu_us"}),
+    ("workflow_throughput.py", [], {"linear.rate_ratio", "fan.fan_in_latency_ms"}),
+]
+
+#: Benches that count instructions with valgrind: skipped, with the reason, where it is missing.
+NEEDS_VALGRIND = {"tracing_hook_instructions.py", "tracing_instructions.py", "worker_instructions.py"}
+
+
+def bench_env() -> dict[str, str]:
+    """The environment of a bench run: no ``TRADEFLOW_*`` settings of ours, the failing ``pika``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TRADEFLOW_", "BENCH_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(NO_DEFAULT_BROKER), str(REPO_ROOT)])
+    return env
+
+
+def test_every_bench_has_a_smoke_case() -> None:
+    assert bench_scripts() == {script for script, _, _ in CASES}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("script", "arguments", "expected"),
+    CASES,
+    ids=[" ".join([script, *arguments]).replace("{tmp}", "") for script, arguments, _ in CASES],
+)
+def test_bench_runs_in_smoke_mode(
+    script: str, arguments: list[str], expected: set[str], redis_url: str, tmp_path: Path
+) -> None:
+    if script in NEEDS_VALGRIND and shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed: apt-get install valgrind")
+    command = [sys.executable, str(BENCH / script), "--smoke"]
+    command += [argument.format(tmp=tmp_path) for argument in arguments]
+    result = subprocess.run(
+        command, env=bench_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=170
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    figures = parse_figures(result.stdout)
+    assert expected <= figures.keys(), f"missing figures {expected - figures.keys()} in {sorted(figures)}"
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` (and not a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and fields[19] == started
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Live descendants of ``pid``, with their start times (to tell a reused pid)."""
+    found, todo = {}, [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                found[child] = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[19]
+            except OSError:
+                continue
+            todo.append(child)
+    return found
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_bench_leaves_no_process_behind(number: int, redis_url: str) -> None:
+    """``bench/latency.py``, stopped once its Redis server, worker master and worker processes
+    run: every process it started is gone when it has exited."""
+    bench = subprocess.Popen(
+        [sys.executable, str(BENCH / "latency.py"), "--smoke"],
+        env=bench_env(),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the signal goes to the bench alone, not to a terminal's group
+    )
+    seen: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen |= _descendants(bench.pid)
+            if len(_descendants(bench.pid)) >= 4:  # redis-server, the worker master, its worker(s)
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the bench started {len(seen)} processes in a minute")
+        time.sleep(0.5)
+        seen |= _descendants(bench.pid)
+        bench.send_signal(number)
+        _, stderr = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    assert bench.returncode != 0, "an interrupted bench reported success"
+    assert "KeyboardInterrupt" in stderr, stderr[-3000:]
+    deadline = time.monotonic() + 5
+    while (
+        left := [pid for pid, started in seen.items() if _alive(pid, started)]
+    ) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"processes outlived the interrupted bench: {left}"
+
+
+#: A bench body that starts a child leading a group whose other member ignores SIGTERM, then fails.
+FAILING_BENCH = textwrap.dedent(
+    """
+    import subprocess, sys
+    from bench import harness
+
+    STUBBORN = (
+        "import signal, subprocess, sys, time\\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+        "time.sleep(120)\\n"
+    )
+    LEADER = (
+        "import subprocess, sys, time\\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {STUBBORN!r}])\\n"
+        "print(child.pid, flush=True)\\n"
+        "time.sleep(120)\\n"
+    )
+    with harness.supervised():
+        leader = harness.start([sys.executable, "-c", LEADER], stdout=subprocess.PIPE, text=True)
+        print(leader.pid, leader.stdout.readline().strip(), flush=True)
+        raise RuntimeError("the bench failed")
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_bench_stops_its_children_and_what_they_left_behind() -> None:
+    """The leader exits on SIGTERM, its own child ignores it: both are gone after the failure."""
+    result = subprocess.run(
+        [sys.executable, "-c", FAILING_BENCH],
+        env=bench_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert result.returncode == 1 and "the bench failed" in result.stderr, result.stderr[-3000:]
+    pids = [int(pid) for pid in result.stdout.split()]
+    assert len(pids) == 2
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
