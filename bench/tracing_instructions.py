@@ -83,6 +83,9 @@ IDLE_CPU = 0.15
 #: of doing nothing, to judge what the waits after the drain add.
 IDLE_SECONDS = 5.0
 
+#: Seconds the workers get to shut down once counted, before they are killed (``--smoke``: 1).
+SHUTDOWN_SECONDS = 300.0
+
 #: The batch span processors' schedule (``OTEL_BSP_SCHEDULE_DELAY``, ms) of the tracing side: in
 #: effect never, spans are exported by the flushes (the producer's, and the workers' on a
 #: ``flush_spans`` message sent after the drain).  Valgrind runs Python about 50 times slower,
@@ -308,8 +311,9 @@ def consume(side: throughput.Side, client: redis.Redis, out: Path) -> tuple[int,
         _wait_idle(workers.pid, PROCESSES, 120)
         instructions = sum(_dump(out, pid) for pid in pids)
         after = time.monotonic() - drained
-        workers.send_signal(signal.SIGTERM)  # the master only: workers shut down once
-        workers.wait(300)
+        harness.finish(
+            workers, timeout=SHUTDOWN_SECONDS
+        )  # SIGTERM to the master only: workers shut down once
         return instructions, idle, drained - started, after
     finally:
         if workers.poll() is None or _group(workers.pid)[0]:  # on error: nothing left running
@@ -378,13 +382,13 @@ def report(results: list[Result], messages: int) -> None:
 
 
 def main() -> None:
-    global INSTRUMENT_NOTHING, IDLE_SECONDS
+    global INSTRUMENT_NOTHING, IDLE_SECONDS, SHUTDOWN_SECONDS
     parser = harness.parser(__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated, of: " + ", ".join(SIDES))
     args = harness.parse(parser)
     if args.smoke:
-        args.messages, INSTRUMENT_NOTHING, IDLE_SECONDS = 20, True, 0.5
+        args.messages, INSTRUMENT_NOTHING, IDLE_SECONDS, SHUTDOWN_SECONDS = 20, True, 0.5, 1.0
         if args.sides == ",".join(SIDES):
             args.sides = "tracing on"
     chosen = [name.strip() for name in args.sides.split(",")]
