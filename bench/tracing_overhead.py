@@ -257,11 +257,14 @@ def full_stack(argv: list[str], sample_ratios: list[float]) -> None:
     )
     root = Path(__file__).resolve().parent.parent
     try:
-        subprocess.run(
+        # started as a supervised child: interrupted, it gets SIGTERM and stops its own workers
+        bench = harness.start(
             [sys.executable, str(root / "bench" / "throughput.py"), *argv],
             env={**os.environ, "BENCH_VARIANTS": variants},
-            check=True,
         )
+        if bench.wait():
+            raise subprocess.CalledProcessError(bench.returncode, bench.args)
+        harness.finish(bench)
     finally:
         stop.set()
     print(f"spans received by the OTLP receiver: {url_pipe.recv()}")
