@@ -7,7 +7,7 @@ Side by side, in separate namespaces and at the same time:
              random maintenance (0.1 % of broker calls) to requeue the message.
 
 Each scenario: worker A starts a 10-minute job on queue ``idle``, a survivor worker
-B starts, A is killed with SIGKILL, and we wait (up to ``LIMIT`` seconds) for
+B starts, A is killed with SIGKILL, and we wait (up to 300 s) for
 the job to start again.  Usage: ``python bench/jobs_recovery.py [REDIS_URL] [--smoke]``
 (``--smoke``: heartbeat 2 s, recovery pass 0.5 s, waits of at most 6 s).
 """
@@ -38,11 +38,13 @@ from bench import harness  # noqa: E402
 
 @dataclass(frozen=True)
 class Timing:
-    """Parameters:
-    limit: longest wait for the message to come back, in seconds.
-    job: seconds the killed worker's job would run.
-    survivor_boot: seconds the survivor gets to boot before the kill.
-    settings: settings of both sides over the defaults (production's, in the full run).
+    """How long each part of a scenario takes: :data:`FULL` and :data:`SMOKE`.
+
+    Parameters:
+      limit: longest wait for the message to come back, in seconds.
+      job: seconds the killed worker's job would run.
+      survivor_boot: seconds the survivor gets to boot before the kill.
+      settings: settings of both sides over the defaults (none: production's).
     """
 
     limit: float = 300.0
@@ -51,6 +53,7 @@ class Timing:
     settings: tuple[tuple[str, int], ...] = ()
 
 
+#: The benchmark; ``--smoke``: short timeouts, to check the bench runs (its figures mean little).
 FULL = Timing()
 SMOKE = Timing(
     limit=6.0,

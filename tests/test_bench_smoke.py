@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from bench.harness import parse_figures
+from bench.harness import figure, parse_figures
 
 BENCH = REPO_ROOT / "bench"
 
@@ -86,6 +86,26 @@ def bench_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TRADEFLOW_", "BENCH_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(NO_DEFAULT_BROKER), str(REPO_ROOT)])
     return env
+
+
+def test_figure_lines_read_back_and_a_malformed_one_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    figure("tradeflow.drain_per_s", 1234.5, "msg/s")
+    figure("jobs.recovered", True)
+    printed = capsys.readouterr().out
+    assert parse_figures(f"a report line\n{printed}") == {
+        "tradeflow.drain_per_s": 1234.5,
+        "jobs.recovered": 1.0,
+    }
+    for malformed in (
+        "figure: a b = 1",
+        "figure: x = nan ms",
+        "figure: x = fast",
+        "figure: x = 1\nfigure: x = 2",
+    ):
+        with pytest.raises(ValueError):
+            parse_figures(malformed)
+    with pytest.raises(ValueError):
+        figure("two words", 1.0)
 
 
 def test_every_bench_has_a_smoke_case() -> None:
