@@ -13,6 +13,7 @@ from actors.system import QUEUE
 )
 def monitor_health() -> dict:
     """Run the health checks with this deployment's thresholds and store raised/resolved alerts."""
+    from actors.broker import routes_of
     from actors.runtime import process_settings
     from actors.telemetry import check_health
     from storage import create_db_engine
@@ -22,6 +23,7 @@ def monitor_health() -> dict:
     try:
         report = check_health(
             client=dramatiq.get_broker().client,
+            routes=routes_of(dramatiq.get_broker()),
             namespace=settings.namespace,
             engine=engine,
             heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,

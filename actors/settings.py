@@ -13,8 +13,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Valkey server instead.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: Schemes a Redis URL may have (actors.broker.redis_clients builds the clients).
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 _DATABASE_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` if it names a Redis deployment (a server, or Sentinel and a service), else a ``ValueError``."""
+    if not url.startswith(_REDIS_SCHEMES):
+        raise ValueError(f"must start with one of {', '.join(_REDIS_SCHEMES)} (got {url!r})")
+    if url.startswith("redis+sentinel://") and not url.split("://", 1)[1].partition("/")[2].strip("/"):
+        raise ValueError(f"a Sentinel URL names its service: redis+sentinel://host/service (got {url!r})")
+    return url
 
 
 #: A share, 0 to 1.
@@ -27,6 +37,15 @@ class Settings(BaseSettings):
     Parameters:
       redis_url: Redis (or Valkey) URL.  ``None`` means the default address,
         with an embedded server as the fallback for ``tradeflow up``.
+        ``redis+sentinel://host:port[,host:port...]/service[/db]`` reaches the
+        primary Redis Sentinel names for ``service`` (``docs/deployment.md``).
+      redis_queue_urls: Queue name -> the URL of the Redis that queue lives on
+        (its messages, acks, delayed and dead letters, admission keys, results);
+        JSON in the environment.  Queues not named use ``redis_url``.
+      redis_confirm_replicas: Enqueues of ``critical`` priority wait until this
+        many replicas have the message (Redis ``WAIT``); 0: never wait.
+      redis_confirm_timeout_ms: Longest such a wait; a message not confirmed by
+        then raises (it may still be stored: it is not sent twice).
       namespace: Prefix of every Redis key tradeflow writes (queues, results).
       database_url: SQLAlchemy URL of the audit and workflow database.
       delta_root: Root folder of the Delta Lake tables.
@@ -119,6 +138,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
 
     redis_url: str | None = None
+    redis_queue_urls: dict[str, str] = Field(default_factory=dict)
+    redis_confirm_replicas: int = Field(default=0, ge=0)
+    redis_confirm_timeout_ms: int = Field(default=1_000, gt=0)
     namespace: str = Field(default="tradeflow", min_length=1)
     database_url: str = "sqlite:///.tradeflow/tradeflow.db"
     delta_root: Path = Path(".tradeflow/delta")
@@ -227,9 +249,16 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value and not value.startswith(_REDIS_SCHEMES):
-            raise ValueError(f"must start with one of {', '.join(_REDIS_SCHEMES)} (got {value!r})")
-        return value or None
+        return check_redis_url(value) if value else None
+
+    @field_validator("redis_queue_urls")
+    @classmethod
+    def _check_queue_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for queue, url in value.items():
+            if not queue:
+                raise ValueError("a queue name must not be empty")
+            check_redis_url(url)
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -17,7 +17,14 @@ logger = logging.getLogger(__name__)
 
 def redis_answers(url: str, *, timeout: float = 0.5) -> bool:
     """True when a server at ``url`` answers PING within ``timeout`` seconds."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    if url.startswith("redis+sentinel://"):
+        # asking the sentinels needs the client factory of actors (importing it configures the
+        # broker from the same environment, which names this URL)
+        from actors.broker import redis_client
+
+        client = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    else:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):

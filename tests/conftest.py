@@ -6,6 +6,7 @@ elsewhere, with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -125,7 +126,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("TRADEFLOW_")}
     for name, value in settings.model_dump().items():
         if value is not None:
-            env[f"TRADEFLOW_{name.upper()}"] = str(value)
+            # complex values (dicts) are read back as JSON
+            env[f"TRADEFLOW_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
 

@@ -95,6 +95,8 @@ class TcpProxy:
                 client.close()
                 continue
             upstream.settimeout(None)
+            for sock in (client, upstream):  # no Nagle: small replies must not wait 40 ms for an ACK
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets.update((client, upstream))
             link = _Link(client, upstream)
@@ -109,7 +111,7 @@ class TcpProxy:
                 elif link.dropping:  # the reply of the triggering request: lost with the connection
                     self.dropped.set()
                     break
-                sink.sendall(data)
+                self._forward(source, sink, data)
         except OSError:
             pass
         finally:
@@ -118,6 +120,10 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    def _forward(self, source: socket.socket, sink: socket.socket, data: bytes) -> None:
+        """Pass ``data`` read from ``source`` on to ``sink`` (subclasses may drop it)."""
+        sink.sendall(data)
 
     def _check_trigger(self, link: _Link, data: bytes) -> None:
         trigger = self._trigger

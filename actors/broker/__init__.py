@@ -19,6 +19,19 @@ from .lanes import DEFAULT_LANE, LANES, LanePolicy, lane_of
 from .options import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, DUPLICATE, SKIP_REASON, SKIP_STATUS
 from .outbox import OutboxRelay, enqueue_in_transaction
 from .redis_broker import DISPATCH_SCRIPT, UniqueIds, WakeupRedisBroker
+from .redis_clients import (
+    REDIS_SCHEMES,
+    SENTINEL_SCHEME,
+    RedisRoutes,
+    SentinelAddress,
+    check_redis_url,
+    dedicated_client,
+    parse_sentinel_url,
+    queue_client,
+    redis_client,
+    routes_of,
+)
+from .replication import ReplicationTimeout
 
 __all__ = [
     "ACK_HOLD_ATTRIBUTE",
@@ -30,6 +43,8 @@ __all__ = [
     "DUPLICATE",
     "ENQUEUE_CHUNK",
     "LANES",
+    "REDIS_SCHEMES",
+    "SENTINEL_SCHEME",
     "SKIP_REASON",
     "SKIP_STATUS",
     "Admission",
@@ -37,12 +52,17 @@ __all__ = [
     "HookTable",
     "LanePolicy",
     "OutboxRelay",
+    "RedisRoutes",
+    "ReplicationTimeout",
     "SendManyError",
+    "SentinelAddress",
     "UniqueIds",
     "WakeupRedisBroker",
     "admission_key",
     "cancel_channel",
     "cancel_key",
+    "check_redis_url",
+    "dedicated_client",
     "delay_until",
     "enqueue_in_transaction",
     "enqueue_messages",
@@ -50,6 +70,10 @@ __all__ = [
     "hold_ack",
     "implemented_hooks",
     "lane_of",
+    "parse_sentinel_url",
+    "queue_client",
+    "redis_client",
+    "routes_of",
     "send_at",
     "send_many",
     "withdraw_unstarted",

@@ -31,6 +31,7 @@ from dramatiq.message import Message
 from dramatiq.middleware import SkipMessage
 
 from .options import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, DUPLICATE, SKIP_REASON, SKIP_STATUS
+from .redis_clients import queue_client, routes_of
 
 _ADMIT = """
 if redis.call('exists', KEYS[2]) == 1 then
@@ -108,10 +109,15 @@ def withdraw_unstarted(broker: Broker, message_ids: Sequence[str]) -> set[str]:
     keys = []
     for message_id in message_ids:
         keys += [attempt_key(broker.namespace, message_id), cancel_key(broker.namespace, message_id)]
-    positions = broker.client.eval(
-        _WITHDRAW, len(keys), *keys, WITHDRAW_TTL, "withdrawn: its workflow stopped"
-    )
-    return {message_ids[position - 1] for position in positions}
+    # The ids do not say which queue (so which Redis) holds each message: withdraw on every
+    # Redis; a message is withdrawn where it was admitted nowhere (it can only be admitted
+    # on its own queue's Redis, so that one decides).
+    withdrawn: set[str] | None = None
+    for client in routes_of(broker).clients():
+        positions = client.eval(_WITHDRAW, len(keys), *keys, WITHDRAW_TTL, "withdrawn: its workflow stopped")
+        here = {message_ids[position - 1] for position in positions}
+        withdrawn = here if withdrawn is None else withdrawn & here
+    return withdrawn or set()
 
 
 def cancel_key(namespace: str, message_id: str) -> str:
@@ -181,15 +187,18 @@ class Admission(Middleware):
         verdict, count = self._script(
             keys=[admission_key(namespace, message), cancel_key(namespace, message.message_id)],
             args=[message.options.get("redis_message_id", ""), self.ttl, self.max_deliveries],
+            client=queue_client(broker, message.queue_name),
         )
         return (verdict.decode() if isinstance(verdict, bytes) else verdict), count
 
     def _cancelled_since(self, broker: Broker, message: Message, fetched_at: float) -> bool:
         """Was the message cancelled after its fetch admitted it?"""
-        listener = getattr(broker, "listener", None)
+        listener_for = getattr(broker, "listener_for", None)
+        listener = listener_for(message.queue_name) if listener_for is not None else None
         if listener is not None and listener.heard_cancellations_since(fetched_at):
             return message.message_id in listener.cancelled
-        return bool(broker.client.exists(cancel_key(broker.namespace, message.message_id)))
+        client = queue_client(broker, message.queue_name)
+        return bool(client.exists(cancel_key(broker.namespace, message.message_id)))
 
     def _skip(self, message: Message, status: str, reason: str) -> None:
         self.logger.warning("Skipping message %r: %s.", message.message_id, reason)

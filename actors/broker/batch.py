@@ -24,6 +24,7 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
 from .lanes import DEFAULT_LANE, lane_of
+from .replication import ReplicationTimeout
 
 #: Messages per ``enqueue_many`` script call: one call is atomic, so a broken
 #: batch is reported per chunk; small enough to keep each call short.
@@ -137,6 +138,10 @@ class Chunk:
     marker: str
     #: The script's ARGV.
     argv: list
+    #: The queue the messages go to (it names the Redis they go to).
+    queue_name: str = ""
+    #: Whether a message is of ``critical`` priority (replication is then confirmed).
+    critical: bool = False
 
 
 class EnqueueBatch:
@@ -193,39 +198,79 @@ class EnqueueBatch:
                 argv = self.broker._dispatch_args(
                     "enqueue_many", queue_name, marker, BATCH_MARKER_TTL, *triples
                 )
-                chunks.append(Chunk(messages=[message for message, _, _ in part], marker=marker, argv=argv))
+                chunks.append(
+                    Chunk(
+                        messages=[message for message, _, _ in part],
+                        marker=marker,
+                        argv=argv,
+                        queue_name=queue_name,
+                        critical=any(lane == "critical" for _, _, lane in part),
+                    )
+                )
         return chunks
 
     def _send(self, chunks: list[Chunk]) -> tuple[list[bool | None], BaseException | None]:
-        """Per chunk True (stored), False (not) or None (unknown), and the first error."""
+        """Per chunk True (stored), False (not) or None (unknown), and the first error:
+        one pipeline per Redis the chunks' queues live on."""
+        outcomes: list[bool | None] = [None] * len(chunks)
+        cause: BaseException | None = None
+        groups: dict[int, list[int]] = {}
+        for index, chunk in enumerate(chunks):
+            groups.setdefault(id(self.broker.client_for(chunk.queue_name)), []).append(index)
+        for indices in groups.values():
+            group_outcomes, group_cause = self._send_group([chunks[i] for i in indices])
+            for index, outcome in zip(indices, group_outcomes, strict=True):
+                outcomes[index] = outcome
+            cause = cause or group_cause
+        return outcomes, cause
+
+    def _send_group(self, chunks: list[Chunk]) -> tuple[list[bool | None], BaseException | None]:
+        """:meth:`_send` for chunks whose queues live on one Redis."""
+        client = self.broker.client_for(chunks[0].queue_name)
+        script = self.broker.dispatcher_for(chunks[0].queue_name)
         try:
-            results = self._pipeline(chunks)
+            results = self._pipeline(client, script.sha, chunks)
             missing = [
                 index
                 for index, result in enumerate(results)
                 if isinstance(result, redis.exceptions.NoScriptError)
             ]
             if missing:  # the script cache was flushed: nothing ran, load it and send those again
-                self.broker.client.script_load(self.broker.scripts["dispatch"].script)
-                for index, result in zip(missing, self._pipeline([chunks[i] for i in missing]), strict=True):
+                client.script_load(script.script)
+                again = self._pipeline(client, script.sha, [chunks[i] for i in missing])
+                for index, result in zip(missing, again, strict=True):
                     results[index] = result
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # Chunks are idempotent and leave a marker: asking is exact.
-            return self._ask_markers([chunk.marker for chunk in chunks]), exc
+            return self._ask_markers(client, [chunk.marker for chunk in chunks]), exc
         errors = [result for result in results if isinstance(result, Exception)]
         return [not isinstance(result, Exception) for result in results], (errors[0] if errors else None)
 
-    def _pipeline(self, chunks: list[Chunk]) -> list:
-        pipeline = self.broker.client.pipeline(transaction=False)
-        sha = self.broker.scripts["dispatch"].sha
+    def _pipeline(self, client: redis.Redis, sha: str, chunks: list[Chunk]) -> list:
+        """One result per chunk.  With critical messages and ``confirm_replicas``, a ``WAIT``
+        on the same connection follows; a shortfall makes the critical chunks' result a
+        :class:`~actors.redis_broker.ReplicationTimeout` (stored, but maybe not on a replica)."""
+        pipeline = client.pipeline(transaction=False)
         for chunk in chunks:
             pipeline.evalsha(sha, 1, self.broker.namespace, *chunk.argv)
-        return pipeline.execute(raise_on_error=False)
+        wanted = self.broker.confirm_replicas if any(chunk.critical for chunk in chunks) else 0
+        if wanted:
+            pipeline.execute_command("WAIT", wanted, self.broker.confirm_timeout)
+        results = pipeline.execute(raise_on_error=False)
+        if not wanted:
+            return results
+        acknowledged = results.pop()
+        if isinstance(acknowledged, int) and acknowledged < wanted:
+            for index, chunk in enumerate(chunks):
+                if chunk.critical and not isinstance(results[index], Exception):
+                    timeout = ReplicationTimeout(chunk.messages[0], acknowledged=acknowledged, wanted=wanted)
+                    results[index] = timeout
+        return results
 
-    def _ask_markers(self, markers: list[str]) -> list[bool | None]:
+    def _ask_markers(self, client: redis.Redis, markers: list[str]) -> list[bool | None]:
         """After a broken connection: which chunks ran, from their markers (None: Redis still away)."""
         try:
-            return [value is not None for value in self.broker.client.mget(markers)]
+            return [value is not None for value in client.mget(markers)]
         except redis.RedisError as exc:
             self.logger.warning("Cannot tell which send_many chunks were stored: %s", exc)
             return [None] * len(markers)

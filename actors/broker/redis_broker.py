@@ -48,6 +48,8 @@ from .batch import EnqueueBatch
 from .hooks import HookTable
 from .lanes import DEFAULT_LANE, LanePolicy, lane_of
 from .received import ReceivedMessage
+from .redis_clients import RedisRoutes, dedicated_client
+from .replication import ReplicationTimeout
 
 #: The dispatch script: Dramatiq's, plus lanes, wake-up and enqueue_many.
 DISPATCH_SCRIPT = (Path(__file__).parent / "lua" / "dispatch.lua").read_bytes()
@@ -221,11 +223,7 @@ class WakeupListener:
 
     def _subscriber(self) -> redis.Redis:
         """A client like the broker's, named so ``CLIENT LIST`` shows what the connection is."""
-        pool = self.client.connection_pool
-        kwargs = {**pool.connection_kwargs, "client_name": LISTENER_CLIENT_NAME}
-        return redis.Redis(
-            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        )
+        return dedicated_client(self.client, client_name=LISTENER_CLIENT_NAME)
 
     def _wake(self, queue_name: str) -> None:
         with self._lock:
@@ -258,7 +256,7 @@ class WakeupConsumer(_RedisConsumer):
         self.lanes = LanePolicy(aging_every=broker.aging_every)
         self.room = threading.Event()
         self.etas: dict[str, int] = {}
-        self.wakeup = broker.listener.register(queue_name)
+        self.wakeup = broker.listener_for(queue_name).register(queue_name)
         self.pending = broker.pending_acks(queue_name)
         self.pending.opened()
         admission = None if self.is_delay_queue else broker.admission
@@ -291,7 +289,7 @@ class WakeupConsumer(_RedisConsumer):
         if self._closed:  # Dramatiq closes a consumer twice after an unexpected error
             return
         self._closed = True
-        self.broker.listener.unregister(self.queue_name, self.wakeup)
+        self.broker.listener_for(self.queue_name).unregister(self.queue_name, self.wakeup)
         self._send_acks(self.pending.take_all(timeout=self.broker.ack_flush_timeout))
         # Fetched but never handed to a worker thread: back to the queue now,
         # not after the heartbeat timeout, and not counted as delivered.
@@ -324,7 +322,7 @@ class WakeupConsumer(_RedisConsumer):
         try:
             if not self._started:
                 self.broker.check_server()
-                self.broker.listener.wait_connected()
+                self.broker.listener_for(self.queue_name).wait_connected()
                 self._started = True
             if self.pending.suspect or time.monotonic() - self._reclaimed_at > self.broker.reclaim_interval:
                 self._reclaim()
@@ -460,6 +458,13 @@ class WakeupRedisBroker(HookTable, RedisBroker):
       reclaim_interval(float): Seconds between two reclaims of a consumer
         when none of its calls failed (see :class:`WakeupConsumer`).
         Defaults to :data:`RECLAIM_INTERVAL` (60).
+      routes(RedisRoutes | None): Which Redis each queue lives on
+        (:mod:`actors.broker.redis_clients`); its default client is the broker's
+        ``client``.  Defaults to the one client for every queue.
+      confirm_replicas(int): ``enqueue`` of a ``critical`` message returns once
+        this many replicas acknowledged it (Redis ``WAIT``).  Defaults to 0: never waits.
+      confirm_timeout(int): Milliseconds such a wait may take before
+        :class:`ReplicationTimeout` is raised.  Defaults to 1000.
       **kwargs: Everything :class:`~dramatiq.brokers.redis.RedisBroker` takes.
     """
 
@@ -473,6 +478,9 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         prefetch_scale: float = 0.5,
         ack_flush_timeout: float = 5.0,
         reclaim_interval: float = RECLAIM_INTERVAL,
+        routes: RedisRoutes | None = None,
+        confirm_replicas: int = 0,
+        confirm_timeout: int = 1_000,
         **kwargs,
     ) -> None:
         if reclaim_interval <= 0:
@@ -481,11 +489,22 @@ class WakeupRedisBroker(HookTable, RedisBroker):
             raise ValueError(f"aging_every must be >= 0 (got {aging_every})")
         if not 0 < prefetch_scale <= 1:
             raise ValueError(f"prefetch_scale must be in (0, 1] (got {prefetch_scale})")
+        if routes is not None:
+            kwargs["client"] = routes.default
         super().__init__(**kwargs)
+        self.routes = routes or RedisRoutes(default=self.client)
         self.aging_every = aging_every
         self.prefetch_scale = prefetch_scale
+        self.confirm_replicas = confirm_replicas
+        self.confirm_timeout = confirm_timeout
         self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
-        self.listener = WakeupListener(client=self.client, namespace=self.namespace)
+        # one dispatch script object and one wake-up listener per distinct Redis
+        self._dispatchers = {id(self.client): self.scripts["dispatch"]}
+        self._listeners = {id(self.client): WakeupListener(client=self.client, namespace=self.namespace)}
+        for client in self.routes.clients()[1:]:
+            self._dispatchers[id(client)] = client.register_script(DISPATCH_SCRIPT)
+            self._listeners[id(client)] = WakeupListener(client=client, namespace=self.namespace)
+        self.listener = self._listeners[id(self.client)]
         self.ack_flush_timeout = ack_flush_timeout
         self.reclaim_interval = reclaim_interval
         self._redis_ids = UniqueIds()
@@ -504,9 +523,29 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         from ``RedisBroker.__getattr__``, reached only after a failed lookup
         has built an ``AttributeError``, and build a closure per call.
         """
-        return self.scripts["dispatch"](
+        return self.dispatcher_for(queue_name)(
             args=self._dispatch_args(command, queue_name, *args), keys=[self.namespace]
         )
+
+    def _dispatch(self, command: str):
+        """Dramatiq's ``do_<command>`` (flush, join, its consumer's calls), routed by queue."""
+        return lambda queue_name, *args: self.do_dispatch(command, queue_name, *args)
+
+    def client_for(self, queue_name: str) -> redis.Redis:
+        """The Redis ``queue_name`` lives on."""
+        return self.routes.client_for(queue_name)
+
+    def dispatcher_for(self, queue_name: str) -> redis.commands.core.Script:
+        """The dispatch script registered with the Redis of ``queue_name``."""
+        return self._dispatchers[id(self.routes.client_for(queue_name))]
+
+    def listener_for(self, queue_name: str) -> WakeupListener:
+        """The wake-up listener subscribed on the Redis of ``queue_name``."""
+        return self._listeners[id(self.routes.client_for(queue_name))]
+
+    def listeners(self) -> list[WakeupListener]:
+        """Every wake-up listener, one per distinct Redis, the default's first."""
+        return list(self._listeners.values())
 
     def pending_acks(self, queue_name: str) -> PendingAcks:
         """The deferred acks of ``queue_name`` in this process."""
@@ -525,19 +564,21 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         return self.consumer_class(self, queue_name, prefetch, timeout)
 
     def close(self) -> None:
-        self.listener.close()
+        for listener in self.listeners():
+            listener.close()
         super().close()
 
     def check_server(self) -> None:
-        """Fail with the fix when the server is too old for the dispatch script."""
+        """Fail with the fix when a server is too old for the dispatch script."""
         if self._server_checked:
             return
-        version = str(self.client.info("server").get("redis_version", "0"))
-        if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < MIN_SERVER_VERSION:
-            raise RuntimeError(
-                f"tradeflow's broker needs Redis or Valkey >= 7.0 (LMPOP); this server is {version}."
-                " Upgrade it, or set TRADEFLOW_STOCK_BROKER=true for Dramatiq's own broker."
-            )
+        for client in self.routes.clients():
+            version = str(client.info("server").get("redis_version", "0"))
+            if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < MIN_SERVER_VERSION:
+                raise RuntimeError(
+                    f"tradeflow's broker needs Redis or Valkey >= 7.0 (LMPOP); this server is {version}."
+                    " Upgrade it, or set TRADEFLOW_STOCK_BROKER=true for Dramatiq's own broker."
+                )
         self._server_checked = True
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
@@ -547,9 +588,25 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         lane = DEFAULT_LANE if delay is not None else lane  # the delay queue has one lane
         self.logger.debug("Enqueueing message %r on queue %r.", message.message_id, queue_name)
         self.emit_before("enqueue", message, delay)
-        self.do_dispatch("enqueue", queue_name, message.options["redis_message_id"], message.encode(), lane)
+        args = (message.options["redis_message_id"], message.encode(), lane)
+        if lane == "critical" and self.confirm_replicas:
+            self._enqueue_confirmed(queue_name, message, args)
+        else:
+            self.do_dispatch("enqueue", queue_name, *args)
         self.emit_after("enqueue", message, delay)
         return message
+
+    def _enqueue_confirmed(self, queue_name: str, message: Message, args: tuple) -> None:
+        """Enqueue, then ``WAIT`` for ``confirm_replicas`` replicas: on the same connection
+        (a pipeline holds one), since ``WAIT`` covers the writes of its own connection."""
+        with self.client_for(queue_name).pipeline(transaction=False) as pipe:
+            self.dispatcher_for(queue_name)(
+                args=self._dispatch_args("enqueue", queue_name, *args), keys=[self.namespace], client=pipe
+            )
+            pipe.execute_command("WAIT", self.confirm_replicas, self.confirm_timeout)
+            acknowledged = pipe.execute()[-1]
+        if acknowledged < self.confirm_replicas:
+            raise ReplicationTimeout(message, acknowledged=acknowledged, wanted=self.confirm_replicas)
 
     def enqueue_many(self, messages: Sequence[Message], *, delay: int | None = None) -> list[Message]:
         """Enqueue ``messages`` in one pipelined round trip; returns them as enqueued, in order.

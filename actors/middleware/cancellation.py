@@ -23,7 +23,7 @@ from dramatiq.message import Message
 from dramatiq.threading import raise_thread_exception
 from sqlalchemy import Engine
 
-from actors.broker import cancel_channel, cancel_key
+from actors.broker import cancel_channel, cancel_key, routes_of
 from storage import TERMINAL_STATUSES, cancel_waiting_task, get_task
 
 from .errors import JobCancelled
@@ -70,17 +70,20 @@ def cancel_job(
         return CancelOutcome(message_id, CancelState.FINISHED, row.status)
     # the flag first: a worker admitting the job from now on skips it; the
     # notification reaches workers that admitted it already but have not started it
-    pipeline = broker.client.pipeline(transaction=False)
-    pipeline.set(cancel_key(broker.namespace, message_id), reason, px=ttl)
-    pipeline.publish(cancel_channel(broker.namespace), message_id)
-    pipeline.execute()
+    # on every Redis: the id does not say which queue (so which Redis) holds the job
+    for client in routes_of(broker).clients():
+        pipeline = client.pipeline(transaction=False)
+        pipeline.set(cancel_key(broker.namespace, message_id), reason, px=ttl)
+        pipeline.publish(cancel_channel(broker.namespace), message_id)
+        pipeline.execute()
     if row is None:
         return CancelOutcome(message_id, CancelState.UNKNOWN, None)
     if cancel_waiting_task(engine, message_id, reason=reason):
         return CancelOutcome(message_id, CancelState.CANCELLED, row.status)
     row = get_task(engine, message_id)
     if row.status in TERMINAL_STATUSES and row.status != "cancelled":
-        broker.client.delete(cancel_key(broker.namespace, message_id))  # it finished meanwhile
+        for client in routes_of(broker).clients():  # it finished meanwhile
+            client.delete(cancel_key(broker.namespace, message_id))
         return CancelOutcome(message_id, CancelState.FINISHED, row.status)
     return CancelOutcome(message_id, CancelState.CANCELLING, row.status)
 
@@ -138,6 +141,7 @@ class CancelWatcher(Middleware):
             running = list(self._running.items())
         if not running:
             return
+        # cancel_job sets the flag on every Redis: the default one answers for all queues
         flags = broker.client.mget([cancel_key(broker.namespace, message_id) for _, message_id in running])
         for (thread_id, message_id), flag in zip(running, flags, strict=True):
             if flag is None:

@@ -19,7 +19,14 @@ from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
-from actors.broker import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, SKIP_REASON, SKIP_STATUS
+from actors.broker import (
+    AUDIT_SEQ_BASE,
+    DEAD_LETTER_REASON,
+    SKIP_REASON,
+    SKIP_STATUS,
+    queue_client,
+    routes_of,
+)
 from storage import utc_from_millis
 
 from .audit import describe_exception
@@ -72,7 +79,8 @@ class DeadLetterLog(Middleware):
             describe_exception(exception) if exception is not None else "failed"
         )
         record = {"reason": reason, "attempts": message.options.get("retries", 0) + 1}
-        broker.client.hset(reasons_key(broker.namespace), redis_id, json.dumps(record))
+        client = queue_client(broker, message.queue_name)
+        client.hset(reasons_key(broker.namespace), redis_id, json.dumps(record))
 
 
 def list_dead_letters(broker: RedisBroker, *, queue: str | None = None) -> list[DeadLetter]:
@@ -80,12 +88,13 @@ def list_dead_letters(broker: RedisBroker, *, queue: str | None = None) -> list[
     letters = []
     for xq in _dead_letter_queues(broker, queue):
         queue_name = xq[len(broker.namespace) + 1 : -len(".XQ")]
-        entries = broker.client.zrange(xq, 0, -1, withscores=True)
+        client = _xq_client(broker, xq)
+        entries = client.zrange(xq, 0, -1, withscores=True)
         if not entries:
             continue
         ids = [redis_id.decode() for redis_id, _ in entries]
-        bodies = broker.client.hmget(f"{xq}.msgs", ids)
-        reasons = broker.client.hmget(reasons_key(broker.namespace), ids)
+        bodies = client.hmget(f"{xq}.msgs", ids)
+        reasons = client.hmget(reasons_key(broker.namespace), ids)
         for (_, score), redis_id, body, reason in zip(entries, ids, bodies, reasons, strict=True):
             if body is not None:
                 letters.append(_dead_letter(redis_id, queue_name, score, body, reason))
@@ -105,7 +114,7 @@ def retry_dead_letter(broker: RedisBroker, letter: DeadLetter) -> Message | None
     The audit row continues (same id) from ``pending`` with a higher ``seq``.
     """
     xq = f"{broker.namespace}:{letter.queue}.XQ"
-    if not broker.client.zrem(xq, letter.redis_id):
+    if not _xq_client(broker, xq).zrem(xq, letter.redis_id):
         return None
     options = {key: value for key, value in letter.message.options.items() if key not in _STALE_OPTIONS}
     options.pop(SKIP_STATUS, None)
@@ -124,7 +133,7 @@ def retry_dead_letter(broker: RedisBroker, letter: DeadLetter) -> Message | None
     try:
         enqueued = broker.enqueue(fresh)
     except Exception:
-        broker.client.zadd(xq, {letter.redis_id: letter.failed_at_ms})
+        _xq_client(broker, xq).zadd(xq, {letter.redis_id: letter.failed_at_ms})
         raise
     _forget(broker, xq, [letter.redis_id])
     return enqueued
@@ -135,15 +144,16 @@ def purge_dead_letters(broker: RedisBroker, *, older_than_ms: int | None = None)
     cutoff = "+inf" if older_than_ms is None else time.time() * 1000 - older_than_ms
     purged = 0
     for xq in _dead_letter_queues(broker, None):
-        ids = [redis_id.decode() for redis_id in broker.client.zrangebyscore(xq, "-inf", cutoff)]
+        client = _xq_client(broker, xq)
+        ids = [redis_id.decode() for redis_id in client.zrangebyscore(xq, "-inf", cutoff)]
         if ids:
-            purged += broker.client.zrem(xq, *ids)
+            purged += client.zrem(xq, *ids)
             _forget(broker, xq, ids)
     return purged
 
 
 def _forget(broker: RedisBroker, xq: str, redis_ids: list[str]) -> None:
-    pipe = broker.client.pipeline()
+    pipe = _xq_client(broker, xq).pipeline()
     pipe.hdel(f"{xq}.msgs", *redis_ids)
     pipe.hdel(reasons_key(broker.namespace), *redis_ids)
     pipe.execute()
@@ -152,8 +162,15 @@ def _forget(broker: RedisBroker, xq: str, redis_ids: list[str]) -> None:
 def _dead_letter_queues(broker: RedisBroker, queue: str | None) -> list[str]:
     if queue is not None:
         return [f"{broker.namespace}:{queue}.XQ"]
-    keys = broker.client.scan_iter(match=f"{broker.namespace}:*.XQ", count=1000)
-    return sorted(key.decode() for key in keys)
+    found = set()
+    for client in routes_of(broker).clients():
+        found.update(key.decode() for key in client.scan_iter(match=f"{broker.namespace}:*.XQ", count=1000))
+    return sorted(found)
+
+
+def _xq_client(broker: RedisBroker, xq: str):
+    """The Redis of the dead-letter queue key ``xq`` (``<ns>:<queue>.XQ``)."""
+    return queue_client(broker, xq[len(broker.namespace) + 1 :])
 
 
 def _dead_letter(redis_id: str, queue: str, score: float, body: bytes, reason: bytes | None) -> DeadLetter:

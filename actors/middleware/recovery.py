@@ -7,6 +7,8 @@ here runs :func:`recover_stalled` each ``interval``: it finds workers silent
 for ``heartbeat_timeout``, and runs Dramatiq's own maintenance (its ``dispatch``
 script with maintenance forced) on each queue they held messages of.  Recovery
 then takes at most ``heartbeat_timeout + interval`` (75 s with the defaults).
+With queues routed to Redis instances of their own (:mod:`actors.broker.redis_clients`)
+each instance is swept: a worker's acks and heartbeat live where its queues do.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dramatiq import Broker, Middleware
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.logging import get_logger
 
+from actors.broker import routes_of
+
 #: The dispatch command run with forced maintenance: it only reads a queue size.
 _HARMLESS_COMMAND = "qsize"
 
@@ -28,7 +32,18 @@ def recover_stalled(broker: RedisBroker) -> dict[str, int]:
     Also beats this process's heart: a worker whose threads are all busy with
     long jobs makes no broker call that would, and must not look dead.
     """
-    client, namespace = broker.client, broker.namespace
+    routes = routes_of(broker)
+    recovered: dict[str, int] = {}
+    for client in routes.clients():
+        declared = [queue for queue in broker.get_declared_queues() if routes.client_for(queue) is client]
+        for queue, held in _recover_on(broker, client, declared).items():
+            recovered[queue] = recovered.get(queue, 0) + held
+    return recovered
+
+
+def _recover_on(broker: RedisBroker, client, declared: list[str]) -> dict[str, int]:
+    """:func:`recover_stalled` on one Redis, whose declared queues are ``declared``."""
+    namespace = broker.namespace
     now = int(time.time() * 1000)
     client.zadd(f"{namespace}:__heartbeats__", {broker.broker_id: now})
     dead = client.zrangebyscore(f"{namespace}:__heartbeats__", 0, now - broker.heartbeat_timeout)
@@ -38,17 +53,20 @@ def recover_stalled(broker: RedisBroker) -> dict[str, int]:
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             queue = key.decode()[len(prefix) :]
             held = client.scard(key)
-            _force_maintenance(broker, queue, now)
+            _force_maintenance(broker, client, queue, now)
             recovered[queue] = recovered.get(queue, 0) + held
     if dead and not recovered:
         # workers that held nothing: let maintenance drop their heartbeats
-        for queue in broker.get_declared_queues():
-            _force_maintenance(broker, queue, now)
+        for queue in declared:
+            _force_maintenance(broker, client, queue, now)
     return recovered
 
 
-def _force_maintenance(broker: RedisBroker, queue: str, now: int) -> None:
-    broker.scripts["dispatch"](
+def _force_maintenance(broker: RedisBroker, client, queue: str, now: int) -> None:
+    dispatcher = getattr(broker, "dispatcher_for", None)
+    script = dispatcher(queue) if dispatcher is not None else broker.scripts["dispatch"]
+    script(
+        client=client,
         keys=[broker.namespace],
         args=[
             _HARMLESS_COMMAND,

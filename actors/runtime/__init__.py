@@ -6,16 +6,24 @@ from .build import (
     build_audit_writer,
     build_broker,
     build_middleware,
+    build_redis_client,
+    build_redis_routes,
+    build_results_backend,
     configure,
 )
 from .process import process_settings
+from .routed_results import RoutedRedisBackend
 
 __all__ = [
     "PERIODIC_SKIP_DELAY",
+    "RoutedRedisBackend",
     "audit_writer_of",
     "build_audit_writer",
     "build_broker",
     "build_middleware",
+    "build_redis_client",
+    "build_redis_routes",
+    "build_results_backend",
     "configure",
     "process_settings",
 ]

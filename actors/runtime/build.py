@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
@@ -19,7 +20,15 @@ from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 from periodiq import PeriodiqMiddleware
 
-from actors.broker import Admission, WakeupRedisBroker, enqueue_messages, first_delivery, withdraw_unstarted
+from actors.broker import (
+    Admission,
+    RedisRoutes,
+    WakeupRedisBroker,
+    enqueue_messages,
+    first_delivery,
+    redis_client,
+    withdraw_unstarted,
+)
 from actors.middleware import Audit, CancelWatcher, DeadLetterLog, Retries, StalledRecovery
 from actors.scheduling import ScheduleControl
 from actors.settings import Settings
@@ -29,9 +38,30 @@ from storage import AuditWriter, create_db_engine
 
 from .metrics_server import serve_metrics
 from .process import remember
+from .routed_results import RoutedRedisBackend
 
 #: Seconds after its tick a periodic message is still worth running.
 PERIODIC_SKIP_DELAY = 30
+
+
+def build_redis_routes(settings: Settings, **options) -> RedisRoutes:
+    """The Redis clients of ``settings``: the default one and one per routed queue's URL
+    (``options`` go to every connection, e.g. ``socket_timeout``)."""
+    return RedisRoutes.from_urls(settings.effective_redis_url, settings.redis_queue_urls, **options)
+
+
+def build_redis_client(settings: Settings, **options) -> redis.Redis:
+    """A client of the default Redis of ``settings`` (plain or Sentinel URL)."""
+    return redis_client(settings.effective_redis_url, **options)
+
+
+def build_results_backend(settings: Settings, *, routes: RedisRoutes | None = None) -> RedisBackend:
+    """Where actor results go: on the Redis of each message's queue."""
+    routes = routes or build_redis_routes(settings)
+    namespace = f"{settings.namespace}-results"
+    if not routes.routed:
+        return RedisBackend(client=routes.default, namespace=namespace)
+    return RoutedRedisBackend(routes=routes, namespace=namespace)
 
 
 def build_audit_writer(settings: Settings) -> AuditWriter:
@@ -43,7 +73,9 @@ def build_audit_writer(settings: Settings) -> AuditWriter:
     )
 
 
-def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) -> list[Middleware]:
+def build_middleware(
+    settings: Settings, *, audit_writer: AuditWriter | None, routes: RedisRoutes | None = None
+) -> list[Middleware]:
     """The middleware stack, in order.
 
     Tracing comes first so its span is still open while the others enqueue
@@ -102,10 +134,7 @@ def build_middleware(settings: Settings, *, audit_writer: AuditWriter | None) ->
             jitter=settings.retry_jitter,
         ),
         CurrentMessage(),
-        Results(
-            backend=RedisBackend(url=settings.effective_redis_url, namespace=f"{settings.namespace}-results"),
-            result_ttl=settings.result_ttl_ms,
-        ),
+        Results(backend=build_results_backend(settings, routes=routes), result_ttl=settings.result_ttl_ms),
         PeriodiqMiddleware(skip_delay=PERIODIC_SKIP_DELAY),
         ScheduleControl(
             overrides=settings.schedules,
@@ -128,21 +157,29 @@ def build_broker(settings: Settings) -> RedisBroker:
     The waking broker with priority lanes (:mod:`actors.broker.redis_broker`), or
     Dramatiq's own with ``stock_broker``.
     """
+    if settings.stock_broker and (settings.redis_queue_urls or settings.redis_confirm_replicas):
+        raise ValueError(
+            "TRADEFLOW_REDIS_QUEUE_URLS and TRADEFLOW_REDIS_CONFIRM_REPLICAS need tradeflow's broker:"
+            " unset TRADEFLOW_STOCK_BROKER"
+        )
     audit_writer = build_audit_writer(settings) if settings.audit_enabled else None
+    routes = build_redis_routes(settings)
     options = dict(
-        url=settings.effective_redis_url,
         namespace=settings.namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         maintenance_chance=settings.maintenance_chance,
-        middleware=build_middleware(settings, audit_writer=audit_writer),
+        middleware=build_middleware(settings, audit_writer=audit_writer, routes=routes),
     )
     if settings.stock_broker:
-        broker = RedisBroker(**options)
+        broker = RedisBroker(client=routes.default, **options)
     else:
         broker = WakeupRedisBroker(
             aging_every=settings.broker_aging_every,
             prefetch_scale=settings.broker_prefetch_scale,
             ack_flush_timeout=settings.audit_commit_wait_ms / 1000,
+            routes=routes,
+            confirm_replicas=settings.redis_confirm_replicas,
+            confirm_timeout=settings.redis_confirm_timeout_ms,
             **options,
         )
     if audit_writer is not None:

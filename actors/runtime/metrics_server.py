@@ -14,6 +14,7 @@ import dramatiq
 import redis
 from dramatiq.logging import get_logger
 
+from actors.broker import routes_of
 from actors.telemetry import registry_for
 
 from .process import process_settings
@@ -33,7 +34,9 @@ def serve_metrics() -> int:
                 self.send_error(404, "try /metrics")
                 return
             try:
-                output = generate_latest(registry_for(settings, broker.client, broker.get_declared_queues()))
+                output = generate_latest(
+                    registry_for(settings, routes_of(broker), broker.get_declared_queues())
+                )
             except redis.RedisError as exc:
                 self.send_error(503, f"cannot read Redis: {exc}")
                 return

@@ -19,6 +19,7 @@ import pandas as pd
 import redis
 from dramatiq.logging import get_logger
 
+from actors.broker import redis_client
 from actors.market_data.bars import DAILY, MarketDataMissing, load_bars
 from actors.middleware import worker_id
 from actors.settings import Settings
@@ -299,7 +300,7 @@ def build_strategy_tasks(settings: Settings, *, client: redis.Redis | None = Non
         seccomp=settings.strategy_seccomp,
     )
     results = TaskResultStore(
-        client=client or redis.Redis.from_url(settings.effective_redis_url),
+        client=client or redis_client(settings.effective_redis_url),
         prefix=settings.strategy_result_prefix,
         ttl_seconds=settings.strategy_result_ttl_s,
     )

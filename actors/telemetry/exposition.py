@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from dramatiq.common import dq_name, q_name, xq_name
 
-from actors.broker import DEFAULT_LANE, LANES
+from actors.broker import DEFAULT_LANE, LANES, RedisRoutes
 from actors.middleware import workers_alive
 
 from .metrics import QUEUES_KEY, SCHEDULER_KEY, enqueue_counts, mark_dead_processes
@@ -26,12 +26,21 @@ class RedisStateCollector:
       namespace(str): The broker's key prefix.
       queues(list[str]): Queues to report (canonical names).
       heartbeat_timeout(float): Seconds after which a silent worker is not counted alive.
+      routes(RedisRoutes | None): Where each queue's depth is read, when queues live on
+        Redis instances of their own.  Defaults to ``client`` for every queue.
     """
 
     def __init__(
-        self, *, client: redis.Redis, namespace: str, queues: list[str], heartbeat_timeout: float
+        self,
+        *,
+        client: redis.Redis,
+        namespace: str,
+        queues: list[str],
+        heartbeat_timeout: float,
+        routes: RedisRoutes | None = None,
     ) -> None:
         self.client = client
+        self.routes = routes or RedisRoutes(default=client)
         self.namespace = namespace
         self.queues = sorted(set(queues))
         self.heartbeat_timeout = heartbeat_timeout
@@ -87,23 +96,25 @@ class RedisStateCollector:
         return self._read_depths()[0]
 
     def _read_depths(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
-        """Depths by state, and ready messages by priority lane, in one round trip."""
+        """Depths by state, and ready messages by priority lane, in one round trip per Redis."""
         known = {member.decode() for member in self.client.smembers(f"{self.namespace}:{QUEUES_KEY}")}
-        queues = sorted(known.union(self.queues))
-        with self.client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                for lane in LANES:  # the normal lane is the queue's own list (see actors/lua/dispatch.lua)
-                    pipe.llen(f"{self.namespace}:{queue}" + ("" if lane == DEFAULT_LANE else f":{lane}"))
-                pipe.llen(f"{self.namespace}:{dq_name(queue)}")
-                pipe.zcard(f"{self.namespace}:{xq_name(queue)}")
-            counts = pipe.execute()
         depths, lanes = {}, {}
         width = len(LANES) + 2
-        for i, queue in enumerate(queues):
-            row = counts[i * width : (i + 1) * width]
-            lanes[queue] = dict(zip(LANES, row[: len(LANES)], strict=True))
-            depths[queue] = {"ready": sum(row[: len(LANES)]), "delayed": row[-2], "dead_letter": row[-1]}
-        return depths, lanes
+        for client, queues in self.routes.group(sorted(known.union(self.queues))):
+            with client.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    for (
+                        lane
+                    ) in LANES:  # the normal lane is the queue's own list (see actors/lua/dispatch.lua)
+                        pipe.llen(f"{self.namespace}:{queue}" + ("" if lane == DEFAULT_LANE else f":{lane}"))
+                    pipe.llen(f"{self.namespace}:{dq_name(queue)}")
+                    pipe.zcard(f"{self.namespace}:{xq_name(queue)}")
+                counts = pipe.execute()
+            for i, queue in enumerate(queues):
+                row = counts[i * width : (i + 1) * width]
+                lanes[queue] = dict(zip(LANES, row[: len(LANES)], strict=True))
+                depths[queue] = {"ready": sum(row[: len(LANES)]), "delayed": row[-2], "dead_letter": row[-1]}
+        return dict(sorted(depths.items())), dict(sorted(lanes.items()))
 
     def workers_alive(self) -> int:
         return workers_alive(self.client, self.namespace, timeout=self.heartbeat_timeout)
@@ -114,7 +125,7 @@ class RedisStateCollector:
 
 
 def build_registry(
-    *, directory: Path, client: redis.Redis, namespace: str, queues: list[str], heartbeat_timeout: float
+    *, directory: Path, routes: RedisRoutes, namespace: str, queues: list[str], heartbeat_timeout: float
 ) -> Any:
     """The registry ``/metrics`` serves: the worker processes' files merged, plus Redis state."""
     from prometheus_client import CollectorRegistry
@@ -126,17 +137,21 @@ def build_registry(
     MultiProcessCollector(registry, path=str(directory))
     registry.register(
         RedisStateCollector(
-            client=client, namespace=namespace, queues=queues, heartbeat_timeout=heartbeat_timeout
+            client=routes.default,
+            namespace=namespace,
+            queues=queues,
+            heartbeat_timeout=heartbeat_timeout,
+            routes=routes,
         )
     )
     return registry
 
 
-def registry_for(settings: Any, client: redis.Redis, queues: list[str] = ()) -> Any:
+def registry_for(settings: Any, routes: RedisRoutes, queues: list[str] = ()) -> Any:
     """:func:`build_registry` with the values of ``settings`` (a ``actors.settings.Settings``)."""
     return build_registry(
         directory=settings.effective_metrics_dir,
-        client=client,
+        routes=routes,
         namespace=settings.namespace,
         queues=[q_name(queue) for queue in queues],
         heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,

@@ -15,6 +15,8 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from actors.broker import RedisRoutes
+
 from .exposition import RedisStateCollector
 
 #: Severity of an alert raised by each failing check (``Settings.health_severities`` overrides).
@@ -72,6 +74,7 @@ def check_health(
     heartbeat_timeout: float,
     max_queue_depth: int,
     scheduler_silence: float,
+    routes: RedisRoutes | None = None,
 ) -> HealthReport:
     """Check everything; never raises for an unreachable part (that is a failed check).
 
@@ -82,6 +85,8 @@ def check_health(
       heartbeat_timeout: Seconds after which a silent worker is dead.
       max_queue_depth: Most ready messages a healthy queue holds.
       scheduler_silence: Seconds a scheduler that ticked before may stay silent.
+      routes: Where each queue's depth is read, when queues live on Redis instances of
+        their own (``client`` is then their default one).
     """
     report = HealthReport()
     report.checks.append(_check_database(engine))
@@ -92,7 +97,7 @@ def check_health(
         return report
     report.checks.append(Check("broker", True, "Redis answers"))
     state = RedisStateCollector(
-        client=client, namespace=namespace, queues=[], heartbeat_timeout=heartbeat_timeout
+        client=client, namespace=namespace, queues=[], heartbeat_timeout=heartbeat_timeout, routes=routes
     )
     report.workers_alive = state.workers_alive()
     report.checks.append(

@@ -8,7 +8,6 @@ import urllib.request
 from collections import defaultdict
 from typing import Annotated
 
-import redis
 import typer
 from rich.table import Table
 
@@ -31,8 +30,11 @@ TASK_COLUMNS = {
 }
 
 
-def _redis(settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2, socket_timeout=5)
+def _routes(settings):
+    """The Redis clients of ``settings`` (each queue's, the default one)."""
+    from actors.runtime import build_redis_routes
+
+    return build_redis_routes(settings, socket_connect_timeout=2, socket_timeout=5)
 
 
 def _exposition_text(settings, url: str | None) -> str:
@@ -41,7 +43,7 @@ def _exposition_text(settings, url: str | None) -> str:
 
         from actors.telemetry import registry_for
 
-        return generate_latest(registry_for(settings, _redis(settings))).decode()
+        return generate_latest(registry_for(settings, _routes(settings))).decode()
     try:
         with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as response:
             return response.read().decode()
@@ -120,8 +122,10 @@ def health(
 
     settings = load_settings()
     engine = create_db_engine(settings.database_url)
+    routes = _routes(settings)
     report = check_health(
-        client=_redis(settings),
+        client=routes.default,
+        routes=routes,
         namespace=settings.namespace,
         engine=engine,
         heartbeat_timeout=settings.heartbeat_timeout_ms / 1000,

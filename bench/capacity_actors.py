@@ -1,0 +1,13 @@
+"""The no-op actor of the capacity benchmark: ``dramatiq bench.capacity_actors -Q capacity``."""
+
+import dramatiq
+
+import actors  # noqa: F401  (configures the broker from TRADEFLOW_* variables)
+
+#: Queue and actor name the benchmark sends to.
+QUEUE, ACTOR = "capacity", "capacity_noop"
+
+
+@dramatiq.actor(queue_name=QUEUE, actor_name=ACTOR, max_retries=0)
+def capacity_noop(*args) -> None:
+    """Does nothing: what is measured is what the stack around it costs."""
