@@ -136,8 +136,8 @@ def test_kill_the_primary_mid_drain_everyone_follows_the_new_primary(group, tmp_
         ran = _ran(log)
         lost = sorted(set(producer.sent) - ran)
         lost_critical = [index for index in lost if producer.sent[index] == "critical"]
-        # acked on the old primary while the replica was behind: held by the (live) worker on the
-        # new one, they run again when it restarts (at-least-once), never lost
+        # acked on the old primary while the replica was behind: the worker's reclaim puts them
+        # back on the new one (they run again: at-least-once), none stays in an ack set
         stale = sum(new.scard(key) for key in new.scan_iter(match="failover:__acks__.*"))
         print(
             f"stale acks {stale}; failover {failover_s:.1f} s; sent {len(producer.sent)} (critical confirmed"
