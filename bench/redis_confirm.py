@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def redis_server(*args: str) -> Iterator[int]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
-    server = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL)
+    folder = tempfile.mkdtemp(prefix="redis-confirm-")  # a replica's full sync writes an RDB file there
+    server = subprocess.Popen([*command, "--dir", folder, *args], stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     try:
         for _ in range(200):
@@ -52,6 +54,7 @@ def redis_server(*args: str) -> Iterator[int]:
         client.close()
         server.terminate()
         server.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def rate(settings: Settings, *, messages: int, threads: int) -> tuple[float, int]:
