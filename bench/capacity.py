@@ -397,7 +397,8 @@ def report(args, redis_url: str, database_url: str, admin, schema: str) -> None:
         unit = cost.per_unit()
         ceiling = 1e6 / unit["cpu_us"]  # one Redis main thread: one core
         # rows batched as the audit writer and the saga's group commit do
-        pg = f"{batched_rows / unit['rows']:>10,.0f}/s" if unit["rows"] else f"{'-':>12}"
+        # (a few hundredths of a row: background writes of the run, not the unit's)
+        pg = f"{batched_rows / unit['rows']:>10,.0f}/s" if unit["rows"] >= 0.05 else f"{'-':>12}"
         print(
             f"{cost.name:<16}{unit['scripts']:>12.2f}{unit['commands']:>12.2f}"
             f"{unit['cpu_us']:>12.1f}{unit['bytes']:>12.0f}{unit['rows']:>12.2f}{ceiling:>10,.0f}/s{pg}"
