@@ -211,6 +211,7 @@ def produce(folder: Path) -> None:
             for run, (good, run_id) in runs.items()
         },
         "undo": sorted(m.decode() for m in client.smembers(f"{namespace}:mh:undo")),
+        "shape": [GOOD_RUNS, BAD_RUNS, WIDTH],
         "ticks": client.scard(f"{namespace}:mh:tick"),
         "in_flight_at_cut": in_flight,
         "cut_at": cut_at,

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from broker_support import wait_until
 from conftest import REPO_ROOT, settings_env
-from multihost_actors import BAD_RUNS, GOOD_RUNS, WIDTH
 from netns import Network, netns_permitted
 
 from actors.settings import Settings
@@ -264,8 +263,9 @@ def test_two_worker_hosts_one_cut_mid_run_nothing_lost(hosts, tmp_path):
     for run, state in result["workflows"].items():
         assert state["status"] == ("succeeded" if state["good"] else "compensated"), (run, state)
     bad = [run for run, state in result["workflows"].items() if not state["good"]]
-    assert len(bad) == BAD_RUNS and len(result["workflows"]) == GOOD_RUNS + BAD_RUNS
-    assert set(result["undo"]) == {f"{run}-{i}" for run in bad for i in range(WIDTH)}
+    good_runs, bad_runs, width = result["shape"]
+    assert len(bad) == bad_runs and len(result["workflows"]) == good_runs + bad_runs
+    assert set(result["undo"]) == {f"{run}-{i}" for run in bad for i in range(width)}
     ticks_log = [line for line in (tmp_path / "worker2.log").read_text().splitlines() if "mh_tick" in line]
     assert result["ticks"] >= 3, ((tmp_path / "scheduler.log").read_text()[-2000:], ticks_log[-5:])
     # the cut host's in-flight work finished on the other host within the bound

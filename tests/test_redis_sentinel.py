@@ -27,6 +27,7 @@ from redis_servers import start_sentinel_group
 
 from actors import build_broker
 from actors.broker import ReplicationTimeout
+from api.embedded import redis_answers
 
 #: Seconds the producer goes on after the kill (the failover takes about 2 s here).
 AFTER_KILL = 6.0
@@ -91,6 +92,7 @@ def test_kill_the_primary_mid_drain_everyone_follows_the_new_primary(group, tmp_
         redis_confirm_replicas=1,
         redis_confirm_timeout_ms=200,
     )
+    assert redis_answers(group.url)  # the CLI's check before it imports the broker
     log = tmp_path / "ran.log"
     env = {**settings_env(settings), "FAILOVER_LOG": str(log), "dramatiq_restart_delay": "300"}
     worker = subprocess.Popen(
