@@ -13,7 +13,7 @@ from actors.system import QUEUE
 )
 def monitor_health() -> dict:
     """Run the health checks with this deployment's thresholds and store raised/resolved alerts."""
-    from actors.broker import routes_of
+    from actors.broker import event_log_of, routes_of
     from actors.runtime import process_settings
     from actors.telemetry import check_health
     from storage import create_db_engine
@@ -30,7 +30,9 @@ def monitor_health() -> dict:
             max_queue_depth=settings.health_max_queue_depth,
             scheduler_silence=settings.health_scheduler_silence_ms / 1000,
         )
-        raised = report.record(engine, severities=settings.health_severities)
+        raised = report.record(
+            engine, severities=settings.health_severities, events=event_log_of(dramatiq.get_broker())
+        )
     finally:
         engine.dispose()
     return {"healthy": report.healthy, "raised": [alert.check_name for alert in raised]}

@@ -133,6 +133,17 @@ class Settings(BaseSettings):
         is served first, so it is never starved (0: strict priority).
       broker_prefetch_scale: Fraction of Dramatiq's prefetch (2 x threads) a
         consumer holds; 0.5 (one per thread) lets urgent lanes start soonest.
+      api_host / api_port: Where ``tradeflow api`` (and ``tradeflow up``) serves the HTTP API
+        (``docs/api.md``); loopback by default.
+      api_read_only: Refuse every action over the API (403), whatever the key's role.
+      api_max_payload_bytes: Largest request body, and largest encoded message, a producer
+        may send over the API (413 above it).
+      api_idempotency_ttl_s: How long an ``Idempotency-Key`` keeps returning its first job or run.
+      api_session_ttl_s: Lifetime of a browser session cookie obtained with a key.
+      api_bulk_batch / api_bulk_rate: Items a bulk operation handles per batch, and at most
+        per second (0: no limit).
+      events_enabled / events_maxlen: The live-events Redis Stream (``GET /api/v1/events``):
+        whether processes append to it, and the approximate length it is capped at.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -242,6 +253,17 @@ class Settings(BaseSettings):
     health_max_queue_depth: int = Field(default=10_000, gt=0)
     health_scheduler_silence_ms: int = Field(default=300_000, gt=0)
     health_severities: dict[str, Literal["warning", "critical"]] = {}
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, gt=0, le=65_535)
+    api_read_only: bool = False
+    api_max_payload_bytes: int = Field(default=1_048_576, ge=1_024)
+    api_idempotency_ttl_s: int = Field(default=86_400, gt=0)
+    api_session_ttl_s: int = Field(default=43_200, gt=0)
+    api_bulk_batch: int = Field(default=500, gt=0, le=10_000)
+    api_bulk_rate: int = Field(default=10_000, ge=0)
+    events_enabled: bool = True
+    events_maxlen: int = Field(default=100_000, gt=0)
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)

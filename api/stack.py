@@ -40,6 +40,11 @@ def scheduler_command(*, modules: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-c", script, ACTORS_MODULE, *modules]
 
 
+def api_command() -> list[str]:
+    """The ``tradeflow api`` command line, run with this interpreter."""
+    return [sys.executable, "-m", "api.cli", "api"]
+
+
 def child_env(redis_url: str) -> dict[str, str]:
     return {**os.environ, "TRADEFLOW_REDIS_URL": redis_url}
 

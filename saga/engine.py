@@ -73,6 +73,11 @@ NOT_STARTED = "not started: the run was stopping"
 MAX_ERROR_LENGTH = 4_000
 
 
+#: ``on_run_status(run_id, workflow, status, error)``: told of each committed change of a run's status
+#: (the live-events stream's feed, given by ``actors.broker``).
+RunStatusHook = Callable[[str, str, str, "str | None"], None]
+
+
 class Unchanged(Exception):
     """Raised inside a locked block to roll it back: the delivery was stale."""
 
@@ -187,8 +192,10 @@ class SagaEngine:
         send_many: SendMany | None = None,
         tracer_provider: TracerProvider | None = None,
         withdraw: Withdraw | None = None,
+        on_run_status: RunStatusHook | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
+        self.on_run_status = on_run_status
         self.database = database
         self.broker = broker
         self.send_many = send_many
@@ -328,6 +335,7 @@ class SagaEngine:
         try:
             if outgoing is not None:
                 self._starts.run(functools.partial(self._insert_ready, run=state, steps=rows))
+                self._trace_end(state, None)  # a new run: its status is news
                 self._send(outgoing)
                 return run_id
             with self._transaction() as connection:
@@ -344,7 +352,7 @@ class SagaEngine:
         except Exception:
             self._release_slot(run)
             raise
-        self._trace_end(state, RunStatus.RUNNING)
+        self._trace_end(state, None)  # a new run: its status is news
         self._send(outgoing)
         return run_id
 
@@ -1126,9 +1134,14 @@ class SagaEngine:
                 f"actor {actor!r} is not declared in this process (import its module in every worker)"
             )
 
-    def _trace_end(self, run: dict[str, Any], before: str) -> None:
-        """The run's end span, once the transaction that ended it committed."""
+    def _trace_end(self, run: dict[str, Any], before: str | None) -> None:
+        """The run's end span, and the status hook, once the transaction that changed it committed."""
         status = run["status"]
+        if status != before and self.on_run_status is not None:
+            try:
+                self.on_run_status(run["run_id"], run["workflow"], str(status), run.get("error"))
+            except Exception:
+                self.logger.exception("The run status hook failed for run %s.", run["run_id"])
         if status != before and status in ENDED_RUN_STATUSES:
             end_run_span(
                 run["workflow"],

@@ -78,6 +78,9 @@ class Saga(Middleware):
         messages no worker took (``actors.broker.admission.withdraw_unstarted``, given by
         ``actors.current_broker``): a stopping run cancels its dispatched steps at once.
         Defaults to None: they are settled when delivered.
+      on_run_status(callable): ``on_run_status(run_id, workflow, status, error)``, told of
+        each committed change of a run's status (``actors.events``, given by ``actors.broker``).
+        Defaults to None.
     """
 
     def __init__(
@@ -92,9 +95,11 @@ class Saga(Middleware):
         tracer_provider=None,
         first_delivery: Callable[[Message], bool | None] | None = None,
         withdraw: Withdraw | None = None,
+        on_run_status=None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
+        self.on_run_status = on_run_status
         self.send_many = send_many
         self.tracer_provider = tracer_provider
         self.first_delivery = first_delivery
@@ -124,6 +129,7 @@ class Saga(Middleware):
                         send_many=self.send_many,
                         tracer_provider=self.tracer_provider,
                         withdraw=self.withdraw,
+                        on_run_status=self.on_run_status,
                     )
         return self._engine
 

@@ -1,6 +1,19 @@
 """Durable state in SQL (SQLite or PostgreSQL): audit trail, workflows, schedules, outbox, domain tables."""
 
 from .analysis import AnalysisRecord, get_analysis, list_analyses, save_analysis
+from .api_access import (
+    ROLES,
+    ApiKey,
+    OperatorAction,
+    UnknownApiKey,
+    authenticate,
+    create_api_key,
+    get_api_key,
+    list_api_keys,
+    list_operator_actions,
+    record_operator_action,
+    revoke_api_key,
+)
 from .audit import AuditWriter, TaskEvent, describe_database_error, utc_from_millis, utc_now
 from .db import SQLiteWriteLock, create_db_engine, normalize_url, sqlite_write_lock
 from .housekeeping import delete_finished_before, status_counts_since, vacuum
@@ -8,9 +21,12 @@ from .migrate import current_revisions, head_revisions, upgrade
 from .models import TERMINAL_STATUSES, TaskRecord, TaskStatus
 from .outbox import OutboxMessage, OutboxRecord, add_to_outbox, claim_unsent, mark_sent, unsent_count
 from .schedules import (
+    ScheduleConflict,
     ScheduleDefinition,
     ScheduleRecord,
     UnknownSchedule,
+    create_runtime_schedule,
+    delete_runtime_schedule,
     get_schedule,
     list_schedules,
     record_fired,
@@ -18,9 +34,20 @@ from .schedules import (
     record_outcome,
     register_schedules,
     set_enabled,
+    update_runtime_schedule,
 )
 from .task_control import cancel_waiting_task
-from .tasks import get_task, list_tasks, status_counts
+from .tasks import (
+    TaskFilter,
+    count_tasks,
+    delete_task,
+    enqueued_since,
+    get_task,
+    iter_tasks,
+    list_tasks,
+    page_tasks,
+    status_counts,
+)
 from .workflows import (
     DONE_STEP_STATUSES,
     FINAL_RUN_STATUSES,
@@ -29,9 +56,11 @@ from .workflows import (
     StepStatus,
     WorkflowRun,
     WorkflowStep,
+    compensation_order,
     get_run,
     get_steps,
     list_runs,
+    page_runs,
     run_status_counts,
 )
 
@@ -46,10 +75,12 @@ __all__ = [
     "OutboxRecord",
     "RunStatus",
     "SQLiteWriteLock",
+    "ScheduleConflict",
     "ScheduleDefinition",
     "ScheduleRecord",
     "StepStatus",
     "TaskEvent",
+    "TaskFilter",
     "TaskRecord",
     "TaskStatus",
     "UnknownSchedule",
@@ -58,22 +89,31 @@ __all__ = [
     "add_to_outbox",
     "cancel_waiting_task",
     "claim_unsent",
+    "compensation_order",
+    "count_tasks",
     "create_db_engine",
+    "create_runtime_schedule",
     "current_revisions",
     "delete_finished_before",
+    "delete_runtime_schedule",
+    "delete_task",
     "describe_database_error",
+    "enqueued_since",
     "get_analysis",
     "get_run",
     "get_schedule",
     "get_steps",
     "get_task",
     "head_revisions",
+    "iter_tasks",
     "list_analyses",
     "list_runs",
     "list_schedules",
     "list_tasks",
     "mark_sent",
     "normalize_url",
+    "page_runs",
+    "page_tasks",
     "record_fired",
     "record_manual_run",
     "record_outcome",
@@ -85,12 +125,27 @@ __all__ = [
     "status_counts",
     "status_counts_since",
     "unsent_count",
+    "update_runtime_schedule",
     "upgrade",
     "utc_from_millis",
     "utc_now",
     "vacuum",
 ]
 
-from .monitoring import SEVERITIES, MonitoringAlert, open_alerts, sync_alerts
+from .monitoring import SEVERITIES, MonitoringAlert, open_alerts, page_alerts, sync_alerts
 
-__all__ += ["SEVERITIES", "MonitoringAlert", "open_alerts", "sync_alerts"]
+__all__ += ["SEVERITIES", "MonitoringAlert", "open_alerts", "page_alerts", "sync_alerts"]
+
+__all__ += [
+    "ROLES",
+    "ApiKey",
+    "OperatorAction",
+    "UnknownApiKey",
+    "authenticate",
+    "create_api_key",
+    "get_api_key",
+    "list_api_keys",
+    "list_operator_actions",
+    "record_operator_action",
+    "revoke_api_key",
+]

@@ -211,6 +211,9 @@ class AuditWriter:
         (``submit(wait=True)``, :meth:`flush`, :meth:`wait_settled`) or the
         batch is full.  Fewer, larger transactions cost far less CPU than
         one per event.  Defaults to 0 (write at once).
+      on_commit: Called from the writer's thread with the events of each committed
+        batch (one per task, its latest): the live-events stream's feed.  Its errors
+        are logged.  Defaults to None.
 
     Counters: ``written``; ``dropped`` (buffer full); ``rejected`` (refused by
     the database for their content: logged, not retried, the rest of their
@@ -227,8 +230,10 @@ class AuditWriter:
         buffer_size: int = 100_000,
         batch_size: int = 500,
         commit_interval: float = 0.0,
+        on_commit: Callable[[list[TaskEvent]], None] | None = None,
     ) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.on_commit = on_commit
         self.engine = engine
         self.buffer_size = buffer_size
         self.batch_size = batch_size
@@ -415,6 +420,15 @@ class AuditWriter:
                 continue
             self._on_success(batch)
             backoff = MIN_RETRY_BACKOFF
+            self._notify_commit(batch)
+
+    def _notify_commit(self, batch: list[tuple[int, TaskEvent]]) -> None:
+        if self.on_commit is None:
+            return
+        try:
+            self.on_commit(collapse([event for _, event in batch]))
+        except Exception:
+            self.logger.exception("Audit commit hook failed.")
 
     def _write(self, events: list[TaskEvent]) -> None:
         # The DBAPI directly, with the statement compiled once: SQLAlchemy's

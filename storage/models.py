@@ -41,6 +41,8 @@ class TaskRecord(SQLModel, table=True):
         Index("ix_tasks_status_created_at", "status", "created_at"),
         Index("ix_tasks_task_type_status", "task_type", "status"),
         Index("ix_tasks_user_id_created_at", "user_id", "created_at"),
+        Index("ix_tasks_created_at_task_id", "created_at", "task_id"),  # api_0001: keyset pages
+        Index("ix_tasks_queue_created_at", "queue", "created_at"),
     )
 
     task_id: str = Field(primary_key=True, max_length=64)

@@ -94,3 +94,18 @@ def _open_query():
         .where(col(MonitoringAlert.resolved_at).is_(None))
         .order_by(col(MonitoringAlert.raised_at), col(MonitoringAlert.id))
     )
+
+
+def page_alerts(
+    engine: Engine, *, state: str | None = None, before_id: int | None = None, limit: int = 50
+) -> list[MonitoringAlert]:
+    """One keyset page of alerts, newest first (ids below ``before_id``); ``state`` open or resolved."""
+    query = select(MonitoringAlert)
+    if state == "open":
+        query = query.where(col(MonitoringAlert.resolved_at).is_(None))
+    elif state == "resolved":
+        query = query.where(col(MonitoringAlert.resolved_at).is_not(None))
+    if before_id is not None:
+        query = query.where(col(MonitoringAlert.id) < before_id)
+    with Session(engine) as session:
+        return list(session.exec(query.order_by(col(MonitoringAlert.id).desc()).limit(limit)))

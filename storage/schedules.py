@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, or_, update
+from sqlalchemy import JSON, Column, DateTime, Engine, delete, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from .audit import utc_now
@@ -22,7 +24,9 @@ class ScheduleRecord(SQLModel, table=True):
     """One periodic actor's schedule and its latest run.
 
     ``last_tick`` is the cron tick most recently fired by any scheduler; a
-    tick at or before it is never fired again.
+    tick at or before it is never fired again.  ``source`` is ``code`` (a periodic
+    actor: the name is the actor's) or ``runtime`` (created over the API or CLI: it
+    calls ``actor`` with ``args``/``kwargs``).
     """
 
     __tablename__ = "schedules"
@@ -40,6 +44,10 @@ class ScheduleRecord(SQLModel, table=True):
     last_finished_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
     next_run_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
     updated_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+    source: str = Field(default="code", max_length=20)
+    actor: str | None = Field(default=None, max_length=200)
+    args: list[Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    kwargs: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,10 @@ class ScheduleDefinition:
 
 class UnknownSchedule(LookupError):
     """No schedule of that name is registered."""
+
+
+class ScheduleConflict(ValueError):
+    """The name is taken, or the schedule is the code's (it cannot be edited or deleted)."""
 
 
 def register_schedules(engine: Engine, definitions: list[ScheduleDefinition]) -> None:
@@ -148,3 +160,68 @@ def record_outcome(engine: Engine, name: str, *, message_id: str, status: str, e
             .values(last_status=status, last_error=error, last_finished_at=now, updated_at=now)
         )
         session.commit()
+
+
+def create_runtime_schedule(
+    engine: Engine,
+    *,
+    name: str,
+    actor: str,
+    queue: str,
+    spec: str,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    catch_up: str = "skip",
+    enabled: bool = True,
+) -> ScheduleRecord:
+    """A schedule made at run time; running schedulers fire it from their next tick on."""
+    now = utc_now()
+    row = ScheduleRecord(
+        name=name,
+        queue=queue,
+        spec=spec,
+        catch_up=catch_up,
+        enabled=enabled,
+        source="runtime",
+        actor=actor,
+        args=list(args or []),
+        kwargs=dict(kwargs or {}),
+        updated_at=now,
+    )
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            session.add(row)
+            session.commit()
+    except IntegrityError:
+        raise ScheduleConflict(f"a schedule named {name!r} exists") from None
+    return row
+
+
+def update_runtime_schedule(engine: Engine, name: str, **changes: Any) -> ScheduleRecord:
+    """Change a run-time schedule's spec, arguments, catch-up or enabled flag (``None``: kept)."""
+    row = _runtime(engine, name)
+    values = {key: value for key, value in changes.items() if value is not None}
+    if "spec" in values and values["spec"] != row.spec:
+        values["next_run_at"] = None  # worked out again from the new spec
+    with Session(engine) as session:
+        session.exec(
+            update(ScheduleRecord)
+            .where(col(ScheduleRecord.name) == name)
+            .values(**values, updated_at=utc_now())
+        )
+        session.commit()
+    return get_schedule(engine, name)
+
+
+def delete_runtime_schedule(engine: Engine, name: str) -> None:
+    _runtime(engine, name)
+    with Session(engine) as session:
+        session.exec(delete(ScheduleRecord).where(col(ScheduleRecord.name) == name))
+        session.commit()
+
+
+def _runtime(engine: Engine, name: str) -> ScheduleRecord:
+    row = get_schedule(engine, name)
+    if row.source != "runtime":
+        raise ScheduleConflict(f"schedule {name!r} is declared in code: change the actor's `periodic` option")
+    return row

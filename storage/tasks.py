@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Engine, and_, func, or_
 from sqlmodel import Session, col, select
 
 from .models import TaskRecord
@@ -41,3 +44,107 @@ def status_counts(engine: Engine, *, task_ids: list[str] | None = None) -> dict[
         query = query.where(col(TaskRecord.task_id).in_(task_ids))
     with Session(engine) as session:
         return {status: count for status, count in session.exec(query)}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Which tasks a list, a count or a bulk action covers (every field optional).
+
+    ``kwargs_equal`` keeps the tasks whose keyword argument ``name`` equals the string
+    ``value`` (a JSON path on the stored arguments: ``args -> kwargs -> name``);
+    ``statuses`` keeps those in any of the statuses (with ``status``, both apply).
+    Times are naive UTC, ``created_to`` excluded.
+    """
+
+    status: str | None = None
+    statuses: tuple[str, ...] | None = None
+    task_type: str | None = None
+    queue: str | None = None
+    priority: str | None = None
+    user_id: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    kwargs_equal: dict[str, str] = field(default_factory=dict)
+    task_ids: tuple[str, ...] | None = None
+
+    def apply(self, query):
+        created = col(TaskRecord.created_at)
+        query = query.where(created.is_not(None))
+        for column, value in (
+            (TaskRecord.status, self.status),
+            (TaskRecord.task_type, self.task_type),
+            (TaskRecord.queue, self.queue),
+            (TaskRecord.priority, self.priority),
+            (TaskRecord.user_id, self.user_id),
+        ):
+            if value:
+                query = query.where(column == value)
+        if self.statuses is not None:
+            query = query.where(col(TaskRecord.status).in_(self.statuses))
+        if self.task_ids is not None:
+            query = query.where(col(TaskRecord.task_id).in_(self.task_ids))
+        if self.created_from is not None:
+            query = query.where(created >= self.created_from)
+        if self.created_to is not None:
+            query = query.where(created < self.created_to)
+        for name, value in self.kwargs_equal.items():
+            query = query.where(col(TaskRecord.args)["kwargs"][name].as_string() == value)
+        return query
+
+
+def page_tasks(
+    engine: Engine,
+    task_filter: TaskFilter | None = None,
+    *,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> list[TaskRecord]:
+    """One keyset page of tasks, newest first: up to ``limit`` rows after the sort key ``after``.
+
+    The order is ``(created_at, task_id)`` descending, which the index
+    ``ix_tasks_created_at_task_id`` serves; rows without a creation time are not listed.
+    """
+    created, task_id = col(TaskRecord.created_at), col(TaskRecord.task_id)
+    query = (task_filter or TaskFilter()).apply(select(TaskRecord))
+    if after is not None:
+        query = query.where(or_(created < after[0], and_(created == after[0], task_id < after[1])))
+    query = query.order_by(created.desc(), task_id.desc()).limit(limit)
+    with Session(engine) as session:
+        return list(session.exec(query))
+
+
+def count_tasks(engine: Engine, task_filter: TaskFilter) -> int:
+    with Session(engine) as session:
+        return session.exec(task_filter.apply(select(func.count()).select_from(TaskRecord))).one()
+
+
+def iter_tasks(engine: Engine, task_filter: TaskFilter, *, chunk: int = 500):
+    """Every task of ``task_filter``, newest first, read one keyset page at a time."""
+    after = None
+    while page := page_tasks(engine, task_filter, after=after, limit=chunk):
+        yield from page
+        if len(page) < chunk:
+            return
+        after = (page[-1].created_at, page[-1].task_id)
+
+
+def delete_task(engine: Engine, task_id: str) -> bool:
+    """Delete the audit row of ``task_id``; whether there was one."""
+    with Session(engine) as session:
+        row = session.get(TaskRecord, task_id)
+        if row is None:
+            return False
+        session.delete(row)
+        session.commit()
+        return True
+
+
+def enqueued_since(engine: Engine, since: datetime) -> dict[str, int]:
+    """How many tasks each queue got since ``since`` (naive UTC), from the audit trail."""
+    query = (
+        select(TaskRecord.queue, func.count())
+        .where(col(TaskRecord.created_at) >= since)
+        .group_by(TaskRecord.queue)
+    )
+    with Session(engine) as session:
+        return {queue: count for queue, count in session.exec(query)}

@@ -182,3 +182,43 @@ def run_status_counts(engine: Engine, *, run_ids: list[str] | None = None) -> di
         query = query.where(col(WorkflowRun.run_id).in_(run_ids))
     with Session(engine) as session:
         return {status: count for status, count in session.exec(query)}
+
+
+def page_runs(
+    engine: Engine,
+    *,
+    status: str | None = None,
+    workflow: str | None = None,
+    input_equal: dict[str, str] | None = None,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> list[WorkflowRun]:
+    """One keyset page of runs, newest first, after the sort key ``(created_at, run_id)`` ``after``.
+
+    ``input_equal`` keeps runs whose input ``name`` (a key of the inputs object) equals the string.
+    """
+    from sqlalchemy import and_, or_
+
+    created, run_id = col(WorkflowRun.created_at), col(WorkflowRun.run_id)
+    query = select(WorkflowRun)
+    if status:
+        query = query.where(WorkflowRun.status == status)
+    if workflow:
+        query = query.where(WorkflowRun.workflow == workflow)
+    for name, value in (input_equal or {}).items():
+        query = query.where(col(WorkflowRun.inputs)[name].as_string() == value)
+    if after is not None:
+        query = query.where(or_(created < after[0], and_(created == after[0], run_id < after[1])))
+    with Session(engine) as session:
+        return list(session.exec(query.order_by(created.desc(), run_id.desc()).limit(limit)))
+
+
+def compensation_order(steps: list[WorkflowStep]) -> list[WorkflowStep]:
+    """The succeeded steps with a compensation, in the order a cancel now would compensate them:
+    the latest completed first (the rule of ``SagaEngine._unwind``)."""
+    candidates = [
+        step
+        for step in steps
+        if step.status == StepStatus.SUCCEEDED and (step.spec or {}).get("compensate_with")
+    ]
+    return sorted(candidates, key=lambda step: -(step.completion_seq or 0))

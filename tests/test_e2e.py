@@ -8,10 +8,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, children_of, run_cli, settings_env
+from obs_support import free_port
 
 from storage import create_db_engine, get_task, list_tasks
 
@@ -119,6 +121,14 @@ def test_sigkill_mid_task_is_redelivered_and_audited_once(settings, tmp_path: Pa
     assert [r.task_id for r in list_tasks(engine, task_type="slow_marker")] == [task_id]
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def _ignore_sigint() -> None:
     # As a shell starts a background job (`tradeflow up &`): SIGINT ignored, inherited by Python.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -133,7 +143,8 @@ def test_up_runs_workers_until_interrupted(settings, stop_signal):
     """``tradeflow up`` stops its children and exits 0 on SIGINT (even one its parent ignored) and on
     SIGTERM (what Docker, systemd and Kubernetes send), a second signal not cutting the stop short."""
     env = settings_env(settings)
-    env.update(TRADEFLOW_WORKER_PROCESSES="1", TRADEFLOW_WORKER_THREADS="2")
+    api_port = free_port()
+    env.update(TRADEFLOW_WORKER_PROCESSES="1", TRADEFLOW_WORKER_THREADS="2", TRADEFLOW_API_PORT=str(api_port))
     up = subprocess.Popen(
         [str(Path(sys.executable).with_name("tradeflow")), "up"],
         env=env,
@@ -158,6 +169,7 @@ def test_up_runs_workers_until_interrupted(settings, stop_signal):
             45,
             "the ping to complete under `tradeflow up`",
         )
+        wait_until(lambda: _answers(f"http://127.0.0.1:{api_port}/readyz"), 30, "the API of `tradeflow up`")
     except BaseException as error:  # reported below with the stack's output, after it is stopped
         failure = error
     finally:
@@ -181,6 +193,7 @@ def test_up_runs_workers_until_interrupted(settings, stop_signal):
         pytest.fail(f"{failure}\n--- output of `tradeflow up` ---\n{output}")
     assert up.returncode == 0, output
     assert f"redis: {settings.redis_url}" in output
+    assert f"api: http://127.0.0.1:{api_port}/api/v1" in output
     assert "stopping..." in output
     assert children and not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children stopped"
 

@@ -103,7 +103,9 @@ def test_compose_services_are_the_stack_we_run() -> None:
         "migrations",
         "worker",
         "scheduler",
+        "api",
     }
+    assert services["api"]["command"] == ["tradeflow", "api"]
     assert services["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
     assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
     assert services["worker"]["command"][:2] == ["dramatiq", "actors"]
@@ -118,7 +120,7 @@ def test_compose_services_are_the_stack_we_run() -> None:
 
 def test_compose_environment_is_made_of_real_settings() -> None:
     services = _compose()["services"]
-    for name in ("migrations", "worker", "scheduler"):
+    for name in ("migrations", "worker", "scheduler", "api"):
         env = services[name]["environment"]
         fields = {key.removeprefix("TRADEFLOW_").lower(): value for key, value in env.items()}
         unknown = set(fields) - set(Settings.model_fields)

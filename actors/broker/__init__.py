@@ -14,6 +14,7 @@ from .admission import (
 )
 from .batch import ENQUEUE_CHUNK, EnqueueBatch, SendManyError, enqueue_messages, send_many
 from .delayed import delay_until, send_at
+from .events import EVENTS_KEY, EventLog, entry, event_log_of, events_key
 from .hooks import HookTable, implemented_hooks
 from .lanes import DEFAULT_LANE, LANES, LanePolicy, lane_of
 from .options import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, DUPLICATE, SKIP_REASON, SKIP_STATUS
@@ -32,6 +33,15 @@ from .redis_clients import (
     routes_of,
 )
 from .replication import ReplicationTimeout
+from .redis_broker import (
+    DISPATCH_SCRIPT,
+    PAUSED_KEY,
+    UniqueIds,
+    WakeupRedisBroker,
+    pause_queue,
+    paused_queues,
+    resume_queue,
+)
 
 __all__ = [
     "ACK_HOLD_ATTRIBUTE",
@@ -42,13 +52,16 @@ __all__ = [
     "DISPATCH_SCRIPT",
     "DUPLICATE",
     "ENQUEUE_CHUNK",
+    "EVENTS_KEY",
     "LANES",
     "REDIS_SCHEMES",
     "SENTINEL_SCHEME",
+    "PAUSED_KEY",
     "SKIP_REASON",
     "SKIP_STATUS",
     "Admission",
     "EnqueueBatch",
+    "EventLog",
     "HookTable",
     "LanePolicy",
     "OutboxRelay",
@@ -66,6 +79,9 @@ __all__ = [
     "delay_until",
     "enqueue_in_transaction",
     "enqueue_messages",
+    "entry",
+    "event_log_of",
+    "events_key",
     "first_delivery",
     "hold_ack",
     "implemented_hooks",
@@ -74,6 +90,9 @@ __all__ = [
     "queue_client",
     "redis_client",
     "routes_of",
+    "pause_queue",
+    "paused_queues",
+    "resume_queue",
     "send_at",
     "send_many",
     "withdraw_unstarted",

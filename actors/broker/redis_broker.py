@@ -71,6 +71,30 @@ MAX_REMEMBERED_CANCELLATIONS = 100_000
 RECLAIM_INTERVAL = 60.0
 
 
+#: Redis set (under the namespace) of paused queues: the fetch script hands out none of their messages.
+PAUSED_KEY = "__paused__"
+
+
+def pause_queue(client: redis.Redis, namespace: str, queue_name: str) -> bool:
+    """Stop consumers taking messages of ``queue_name`` (they stay queued); whether it was running.
+
+    Only the waking broker's fetch honours it (``TRADEFLOW_STOCK_BROKER`` consumers do not).
+    """
+    return bool(client.sadd(f"{namespace}:{PAUSED_KEY}", queue_name))
+
+
+def resume_queue(client: redis.Redis, namespace: str, queue_name: str) -> bool:
+    """Let consumers take ``queue_name``'s messages again, waking idle ones; whether it was paused."""
+    removed = bool(client.srem(f"{namespace}:{PAUSED_KEY}", queue_name))
+    if removed:
+        client.publish(f"{namespace}:__wake__.{queue_name}", 1)
+    return removed
+
+
+def paused_queues(client: redis.Redis, namespace: str) -> set[str]:
+    return {member.decode() for member in client.smembers(f"{namespace}:{PAUSED_KEY}")}
+
+
 def glob_escape(text: str) -> str:
     """``text`` as a literal in a Redis glob pattern."""
     return "".join(f"\\{char}" if char in "\\*?[]" else char for char in text)

@@ -5,15 +5,22 @@ recovery and worker heartbeats.
 from .audit import DEFAULT_PRIORITY, Audit, worker_id
 from .cancellation import CancelState, CancelWatcher, cancel_job, canceller
 from .dead_letters import (
+    DeadLetter,
     DeadLetterLog,
+    Fingerprint,
     UnknownDeadLetter,
+    dead_letter_counts,
     find_dead_letter,
+    fingerprint,
+    iter_dead_letters,
     list_dead_letters,
+    page_dead_letters,
     purge_dead_letters,
     retry_dead_letter,
+    retry_dead_letters,
 )
 from .errors import JobCancelled, NonRetryableError
-from .heartbeat import WORKERS_KEY, WorkerHeartbeat, workers_alive
+from .heartbeat import WORKERS_KEY, WorkerHeartbeat, worker_details, workers_alive
 from .recovery import StalledRecovery, recover_stalled
 from .retries import Retries, backoff_ms
 
@@ -23,7 +30,9 @@ __all__ = [
     "Audit",
     "CancelState",
     "CancelWatcher",
+    "DeadLetter",
     "DeadLetterLog",
+    "Fingerprint",
     "JobCancelled",
     "NonRetryableError",
     "Retries",
@@ -33,11 +42,17 @@ __all__ = [
     "backoff_ms",
     "cancel_job",
     "canceller",
+    "dead_letter_counts",
     "find_dead_letter",
+    "fingerprint",
+    "iter_dead_letters",
     "list_dead_letters",
+    "page_dead_letters",
     "purge_dead_letters",
     "recover_stalled",
     "retry_dead_letter",
+    "retry_dead_letters",
+    "worker_details",
     "worker_id",
     "workers_alive",
 ]

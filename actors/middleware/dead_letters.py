@@ -8,8 +8,12 @@ entry id (``redis_message_id``).  :class:`DeadLetterLog` adds, in
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,12 +28,17 @@ from actors.broker import (
     DEAD_LETTER_REASON,
     SKIP_REASON,
     SKIP_STATUS,
+    SendManyError,
+    enqueue_messages,
     queue_client,
     routes_of,
 )
 from storage import utc_from_millis
 
 from .audit import describe_exception
+
+#: Longest traceback kept with a dead letter, in characters (its end: the innermost frames).
+MAX_TRACEBACK_CHARS = 8_000
 
 #: Options of a dead message that must not follow it into a fresh retry.
 _STALE_OPTIONS = ("redis_message_id", "eta", "retries", "traceback", "requeue_timestamp", DEAD_LETTER_REASON)
@@ -45,6 +54,8 @@ class DeadLetter:
     failed_at_ms: float
     reason: str
     attempts: int
+    #: The last attempt's traceback, as :class:`DeadLetterLog` kept it (``None``: not kept).
+    traceback: str | None = None
 
     @property
     def message_id(self) -> str:
@@ -69,6 +80,8 @@ class DeadLetterLog(Middleware):
 
     def __init__(self) -> None:
         self.logger = get_logger(__name__, type(self))
+        #: The live-events stream (an ``actors.broker.EventLog``, set by ``actors.broker``), or None.
+        self.events = None
 
     def after_nack(self, broker: Broker, message: Message) -> None:
         redis_id = message.options.get("redis_message_id")
@@ -79,8 +92,19 @@ class DeadLetterLog(Middleware):
             describe_exception(exception) if exception is not None else "failed"
         )
         record = {"reason": reason, "attempts": message.options.get("retries", 0) + 1}
+        if exception is not None and exception.__traceback__ is not None:
+            lines = traceback.format_exception(type(exception), exception, exception.__traceback__)
+            record["traceback"] = "".join(lines)[-MAX_TRACEBACK_CHARS:]
         client = queue_client(broker, message.queue_name)
         client.hset(reasons_key(broker.namespace), redis_id, json.dumps(record))
+        if self.events is not None:
+            self.events.append(
+                "job.dead",
+                queue=q_name(message.queue_name),
+                job=message.message_id,
+                actor=message.actor_name,
+                reason=reason,
+            )
 
 
 def list_dead_letters(broker: RedisBroker, *, queue: str | None = None) -> list[DeadLetter]:
@@ -116,12 +140,52 @@ def retry_dead_letter(broker: RedisBroker, letter: DeadLetter) -> Message | None
     xq = f"{broker.namespace}:{letter.queue}.XQ"
     if not _xq_client(broker, xq).zrem(xq, letter.redis_id):
         return None
+    try:
+        enqueued = broker.enqueue(_fresh(letter))
+    except Exception:
+        _xq_client(broker, xq).zadd(xq, {letter.redis_id: letter.failed_at_ms})
+        raise
+    _forget(broker, xq, [letter.redis_id])
+    return enqueued
+
+
+def retry_dead_letters(broker: RedisBroker, letters: list[DeadLetter]) -> list[str]:
+    """:func:`retry_dead_letter` for many at once: one ``ZREM`` pipeline, one batch enqueue
+    (``send_many``'s), one cleanup pipeline; the ids retried (not those someone else took first).
+
+    If the enqueue fails, the letters it did not store go back to their dead-letter queues.
+    """
+    if not letters:
+        return []
+    taken = []
+    for xq, group in _by_queue(broker, letters).items():
+        with _xq_client(broker, xq).pipeline(transaction=False) as pipe:
+            for letter in group:
+                pipe.zrem(xq, letter.redis_id)
+            taken += [letter for letter, removed in zip(group, pipe.execute(), strict=True) if removed]
+    try:
+        enqueue_messages(broker, [_fresh(letter) for letter in taken])
+    except SendManyError as exc:
+        stored = set(exc.enqueued_ids)
+        _restore(broker, [letter for letter in taken if letter.message_id not in stored])
+        taken = [letter for letter in taken if letter.message_id in stored]
+        _forget_letters(broker, taken)
+        raise
+    except Exception:
+        _restore(broker, taken)
+        raise
+    _forget_letters(broker, taken)
+    return [letter.message_id for letter in taken]
+
+
+def _fresh(letter: DeadLetter) -> Message:
+    """The dead message as a first delivery: stale options dropped, audit sequence moved past its attempts."""
     options = {key: value for key, value in letter.message.options.items() if key not in _STALE_OPTIONS}
     options.pop(SKIP_STATUS, None)
     options.pop(SKIP_REASON, None)
     # every attempt used 3 audit sequence numbers: the fresh ones come after them all
     options[AUDIT_SEQ_BASE] = letter.message.options.get(AUDIT_SEQ_BASE, 0) + 3 * letter.attempts + 3
-    fresh = Message(
+    return Message(
         queue_name=q_name(letter.message.queue_name),
         actor_name=letter.message.actor_name,
         args=letter.message.args,
@@ -130,13 +194,24 @@ def retry_dead_letter(broker: RedisBroker, letter: DeadLetter) -> Message | None
         message_id=letter.message_id,
         message_timestamp=letter.message.message_timestamp,
     )
-    try:
-        enqueued = broker.enqueue(fresh)
-    except Exception:
-        _xq_client(broker, xq).zadd(xq, {letter.redis_id: letter.failed_at_ms})
-        raise
-    _forget(broker, xq, [letter.redis_id])
-    return enqueued
+
+
+def _by_queue(broker: RedisBroker, letters: list[DeadLetter]) -> dict[str, list[DeadLetter]]:
+    """``letters`` by dead-letter queue key (each queue may live on a Redis of its own)."""
+    groups: dict[str, list[DeadLetter]] = {}
+    for letter in letters:
+        groups.setdefault(f"{broker.namespace}:{letter.queue}.XQ", []).append(letter)
+    return groups
+
+
+def _restore(broker: RedisBroker, letters: list[DeadLetter]) -> None:
+    for xq, group in _by_queue(broker, letters).items():
+        _xq_client(broker, xq).zadd(xq, {letter.redis_id: letter.failed_at_ms for letter in group})
+
+
+def _forget_letters(broker: RedisBroker, letters: list[DeadLetter]) -> None:
+    for xq, group in _by_queue(broker, letters).items():
+        _forget(broker, xq, [letter.redis_id for letter in group])
 
 
 def purge_dead_letters(broker: RedisBroker, *, older_than_ms: int | None = None) -> int:
@@ -183,4 +258,85 @@ def _dead_letter(redis_id: str, queue: str, score: float, body: bytes, reason: b
         failed_at_ms=score,
         reason=record.get("reason", "unknown (died before reasons were kept)"),
         attempts=record.get("attempts", message.options.get("retries", 0) + 1),
+        traceback=record.get("traceback") or message.options.get("traceback"),
     )
+
+
+#: A frame line of a Python traceback: file and function.
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line \d+, in (?P<function>\S+)', re.MULTILINE)
+
+
+#: The exception line of a traceback, or of a reason: ``Type: message`` (``Type`` may be dotted).
+_RAISED = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(:|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What groups dead letters that died the same way: the exception type and the frame it was raised in."""
+
+    exception: str
+    top_frame: str | None
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha1(f"{self.exception}|{self.top_frame}".encode()).hexdigest()[:12]
+
+
+def fingerprint(letter: DeadLetter) -> Fingerprint:
+    """The exception type (the traceback's last line, else the reason's ``"last: Type: message"``)
+    and the innermost frame of the
+    traceback as ``file:function`` (no line number: an unrelated edit above it keeps the group)."""
+    text = letter.traceback or ""
+    last_line = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    raised = _RAISED.match(last_line) or _RAISED.match(letter.reason.rpartition("last: ")[2])
+    exception = raised.group("type") if raised else "unknown"
+    frames = _FRAME.findall(text)
+    top = f"{os.path.basename(frames[-1][0])}:{frames[-1][1]}" if frames else None
+    return Fingerprint(exception, top)
+
+
+def page_dead_letters(
+    broker: RedisBroker, *, queue: str | None = None, after: tuple[float, str] | None = None, limit: int = 50
+) -> list[DeadLetter]:
+    """Up to ``limit`` dead letters after the sort key ``(failed_at_ms, redis id)``, oldest death first.
+
+    Reads at most ``limit`` entries (plus ties) of each dead-letter queue, never a whole queue.
+    """
+    floor = "-inf" if after is None else after[0]
+    letters: list[DeadLetter] = []
+    for xq in _dead_letter_queues(broker, queue):
+        queue_name = xq[len(broker.namespace) + 1 : -len(".XQ")]
+        client = _xq_client(broker, xq)
+        entries = client.zrangebyscore(xq, floor, "+inf", start=0, num=limit + 16, withscores=True)
+        entries = [(rid.decode(), score) for rid, score in entries]
+        if after is not None:
+            entries = [(rid, score) for rid, score in entries if (score, rid) > (after[0], after[1])]
+        if not entries:
+            continue
+        ids = [rid for rid, _ in entries]
+        bodies = client.hmget(f"{xq}.msgs", ids)
+        reasons = client.hmget(reasons_key(broker.namespace), ids)
+        for (rid, score), body, reason in zip(entries, bodies, reasons, strict=True):
+            if body is not None:
+                letters.append(_dead_letter(rid, queue_name, score, body, reason))
+    letters.sort(key=lambda letter: (letter.failed_at_ms, letter.redis_id))
+    return letters[:limit]
+
+
+def dead_letter_counts(broker: RedisBroker, *, queue: str | None = None) -> dict[str, int]:
+    """Dead letters per queue (of ``queue``, if given), without reading them."""
+    return {
+        xq[len(broker.namespace) + 1 : -len(".XQ")]: _xq_client(broker, xq).zcard(xq)
+        for xq in _dead_letter_queues(broker, queue)
+    }
+
+
+def iter_dead_letters(broker: RedisBroker, *, queue: str | None = None, chunk: int = 500):
+    """Every dead letter, oldest first, read ``chunk`` at a time (memory: one chunk)."""
+    after = None
+    while True:
+        page = page_dead_letters(broker, queue=queue, after=after, limit=chunk)
+        yield from page
+        if len(page) < chunk:
+            return
+        after = (page[-1].failed_at_ms, page[-1].redis_id)

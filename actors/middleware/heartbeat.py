@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 
@@ -31,12 +32,22 @@ class WorkerHeartbeat:
       client(redis.Redis): Where to write.
       key(str): The sorted set.
       interval(float): Seconds between beats.  Defaults to :data:`HEARTBEAT_INTERVAL`.
+      details(dict): What the process says about itself (its queues, its broker id), kept as
+        JSON in the hash ``<key>:info`` under ``host:pid`` while it beats.  Defaults to None.
     """
 
-    def __init__(self, *, client: redis.Redis, key: str, interval: float = HEARTBEAT_INTERVAL) -> None:
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        key: str,
+        interval: float = HEARTBEAT_INTERVAL,
+        details: dict | None = None,
+    ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.client = client
         self.key = key
+        self.details = json.dumps(details) if details else None
         self.interval = interval
         self.member = worker_id()
         self._stopped = threading.Event()
@@ -50,6 +61,7 @@ class WorkerHeartbeat:
         self._thread.join(self.interval)
         with contextlib.suppress(redis.RedisError):
             self.client.zrem(self.key, self.member)
+            self.client.hdel(info_key(self.key), self.member)
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -57,12 +69,26 @@ class WorkerHeartbeat:
             try:
                 with self.client.pipeline(transaction=False) as pipe:
                     pipe.zadd(self.key, {self.member: now})
+                    if self.details is not None:
+                        pipe.hset(info_key(self.key), self.member, self.details)
+                        pipe.expire(info_key(self.key), int(FORGET_WORKERS_AFTER))
                     pipe.zremrangebyscore(self.key, 0, now - FORGET_WORKERS_AFTER)  # killed long ago
                     pipe.expire(self.key, int(FORGET_WORKERS_AFTER))  # the whole set, once nobody beats
                     pipe.execute()
             except redis.RedisError as exc:
                 self.logger.warning("Heartbeat not recorded (%s); retrying in %.0fs.", exc, self.interval)
             self._stopped.wait(self.interval)
+
+
+def info_key(workers_key: str) -> str:
+    """The hash of the workers' self-descriptions beside the sorted set ``workers_key``."""
+    return f"{workers_key}:info"
+
+
+def worker_details(client: redis.Redis, namespace: str) -> dict[str, dict]:
+    """``host:pid`` -> what each beating worker process said about itself (queues, broker id)."""
+    raw = client.hgetall(info_key(f"{namespace}:{WORKERS_KEY}"))
+    return {member.decode(): json.loads(value) for member, value in raw.items()}
 
 
 def workers_alive(client: redis.Redis, namespace: str, *, timeout: float) -> int:

@@ -22,6 +22,7 @@ from periodiq import PeriodiqMiddleware
 
 from actors.broker import (
     Admission,
+    EventLog,
     RedisRoutes,
     WakeupRedisBroker,
     enqueue_messages,
@@ -182,6 +183,11 @@ def build_broker(settings: Settings) -> RedisBroker:
             confirm_timeout=settings.redis_confirm_timeout_ms,
             **options,
         )
+    if settings.events_enabled:
+        _feed_events(
+            broker,
+            EventLog(client=broker.client, namespace=settings.namespace, maxlen=settings.events_maxlen),
+        )
     if audit_writer is not None:
         # Producers (CLI, services) exit right after sending: give their
         # pending rows a chance to land.
@@ -203,3 +209,14 @@ def configure(settings: Settings) -> RedisBroker:
     dramatiq.set_broker(broker)
     remember(settings)
     return broker
+
+
+def _feed_events(broker: RedisBroker, events: EventLog) -> None:
+    """Let the audit trail, the dead-letter log and the saga engine append to the live-events stream."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, Audit):
+            middleware.writer.on_commit = events.task_events
+        elif isinstance(middleware, DeadLetterLog):
+            middleware.events = events
+        elif isinstance(middleware, Saga):
+            middleware.on_run_status = events.run_event

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import dramatiq
 import pendulum
@@ -32,9 +32,11 @@ import periodiq
 import redis
 from dramatiq.logging import get_logger
 
+from actors.broker import event_log_of
 from actors.middleware import worker_id
 from storage import ScheduleRecord, list_schedules, record_fired, register_schedules
 
+from .cron import cron
 from .schedules import SCHEDULE_OPTION, ScheduleControl, schedule_control_of
 
 #: Seconds after its tick that a tick delayed by an outage is still fired as
@@ -82,6 +84,18 @@ class Fired:
     catch_up: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """One schedule as a tick sees it: its name, the actor it calls (with which arguments), its
+    cron and catch-up policy."""
+
+    name: str
+    actor: dramatiq.Actor
+    cron: Any
+    policy: str
+    call: tuple[tuple, dict] = ((), {})
+
+
 class Scheduler(periodiq.Scheduler):
     """Sends periodic actors' messages, once per tick over all schedulers.
 
@@ -110,6 +124,7 @@ class Scheduler(periodiq.Scheduler):
         self.clock = clock or WallClock(self.control.timezone)
         self.scheduler_id = scheduler_id or f"{worker_id()}:{uuid.uuid4().hex[:8]}"
         self._states: dict[str, ScheduleRecord] = {}
+        self._crons: dict[str, Any] = {}  # run-time specs, parsed once
         self._registered = False
         self._stopping = threading.Event()
 
@@ -149,7 +164,9 @@ class Scheduler(periodiq.Scheduler):
             self.clock.sleep(min(left, RETRY_PAUSE))
 
     def run_tick(self, now: datetime) -> list[Fired]:
-        """Fire what is due at ``now``'s minute, with catch-up for ticks missed since the last one."""
+        """Fire what is due at ``now``'s minute, with catch-up for ticks missed since the last one:
+        the code's periodic actors, then the run-time schedules of the table (read every tick, so a
+        schedule created, changed or deleted takes effect from the next tick)."""
         minute = _minute(now)
         self._refresh_states()
         fired = []
@@ -157,22 +174,45 @@ class Scheduler(periodiq.Scheduler):
             state = self._states.get(name)
             if state is not None and not state.enabled:
                 continue
-            fired += self._run_schedule(actor, minute, _aware(state.last_tick if state else None, minute))
+            last = _aware(state.last_tick if state else None, minute)
+            due = _Due(name, actor, actor.options["periodic"], self.control.policy(actor))
+            fired += self._run_schedule(due, minute, last)
+        for due, state in self._runtime_schedules():
+            fired += self._run_schedule(due, minute, _aware(state.last_tick, minute))
         return fired
 
-    def _run_schedule(self, actor: dramatiq.Actor, minute: pendulum.DateTime, last) -> list[Fired]:
-        cron = actor.options["periodic"]
+    def _runtime_schedules(self) -> list[tuple[_Due, ScheduleRecord]]:
+        found = []
+        for name, state in self._states.items():
+            if state.source != "runtime" or not state.enabled or name in self.actors:
+                continue
+            actor = self.broker.actors.get(state.actor)
+            try:
+                spec = self._crons.get(state.spec) or self._crons.setdefault(state.spec, cron(state.spec))
+            except ValueError as exc:
+                self.logger.warning("Run-time schedule %s has a bad spec %r: %s", name, state.spec, exc)
+                continue
+            if actor is None:
+                self.logger.warning(
+                    "Run-time schedule %s calls %r, which is not declared here.", name, state.actor
+                )
+                continue
+            call = (tuple(state.args or ()), dict(state.kwargs or {}))
+            found.append((_Due(name, actor, spec, state.catch_up, call), state))
+        return found
+
+    def _run_schedule(self, due: _Due, minute: pendulum.DateTime, last) -> list[Fired]:
         if last is not None and last >= minute:
             return []  # another scheduler already fired this tick (or a later one)
         fired = []
-        missed = self._latest_missed(cron, last, minute) if last is not None else None
+        missed = self._latest_missed(due.cron, last, minute) if last is not None else None
         if missed is not None:
-            if self.control.policy(actor) == "run_once":
-                fired.append(self._fire(actor, missed, minute, catch_up=True))
+            if due.policy == "run_once":
+                fired.append(self._fire(due, missed, minute, catch_up=True))
             else:
-                self.logger.info("Skipping missed ticks of %s (latest %s).", actor.actor_name, missed)
-        if cron.validate(minute):
-            fired.append(self._fire(actor, minute, minute, catch_up=False))
+                self.logger.info("Skipping missed ticks of %s (latest %s).", due.name, missed)
+        if due.cron.validate(minute):
+            fired.append(self._fire(due, minute, minute, catch_up=False))
         return [item for item in fired if item is not None]
 
     def _latest_missed(self, cron, last, minute):
@@ -183,19 +223,34 @@ class Scheduler(periodiq.Scheduler):
             latest, tick = tick, cron.next_valid_date(tick)
         return latest
 
-    def _fire(self, actor: dramatiq.Actor, tick, now, *, catch_up: bool) -> Fired | None:
-        name = actor.actor_name
+    def _fire(self, due: _Due, tick, now, *, catch_up: bool) -> Fired | None:
+        name, actor = due.name, due.actor
         tick_utc = tick.in_timezone("UTC")
         lease = f"{self.broker.namespace}:schedule-lease:{name}:{tick_utc:%Y%m%dT%H%M}"
         if not self._hold(lease):
             return None
         message_id = str(uuid.uuid5(TICK_ID_NAMESPACE, f"{self.broker.namespace}/{lease}"))
+        args, kwargs = due.call
         message = actor.message_with_options(
-            scheduled_at=str(now if catch_up else tick), schedule_tick=str(tick), **{SCHEDULE_OPTION: name}
+            args=args,
+            kwargs=kwargs,
+            scheduled_at=str(now if catch_up else tick),
+            schedule_tick=str(tick),
+            **{SCHEDULE_OPTION: name},
         ).copy(message_id=message_id)
         self.broker.enqueue(message)
         self.logger.info("Fired %s for tick %s%s.", name, tick, " (catch-up)" if catch_up else "")
-        self._record(actor, tick_utc, message_id)
+        self._record(due, tick_utc, message_id)
+        events = event_log_of(self.broker)
+        if events is not None:
+            events.append(
+                "schedule.fired",
+                queue=actor.queue_name,
+                job=message_id,
+                schedule=name,
+                tick=str(tick_utc),
+                catch_up=catch_up,
+            )
         return Fired(schedule=name, tick=tick_utc.naive(), message_id=message_id, catch_up=catch_up)
 
     def _hold(self, lease: str) -> bool:
@@ -206,21 +261,21 @@ class Scheduler(periodiq.Scheduler):
         holder = client.get(lease)
         return holder is not None and holder.decode() == self.scheduler_id
 
-    def _record(self, actor: dramatiq.Actor, tick_utc, message_id: str) -> None:
+    def _record(self, due: _Due, tick_utc, message_id: str) -> None:
         engine = self.control.engine
         if engine is None:
             return
-        next_run = actor.options["periodic"].next_valid_date(tick_utc.in_timezone(self.control.timezone))
+        next_run = due.cron.next_valid_date(tick_utc.in_timezone(self.control.timezone))
         try:
             record_fired(
                 engine,
-                actor.actor_name,
+                due.name,
                 tick=tick_utc.naive(),
                 message_id=message_id,
                 next_run_at=next_run.in_timezone("UTC").naive(),
             )
         except Exception as exc:  # the lease already guards the tick: state is best effort
-            self.logger.warning("Could not record tick of %s: %s", actor.actor_name, exc)
+            self.logger.warning("Could not record tick of %s: %s", due.name, exc)
 
     def _refresh_states(self) -> None:
         engine = self.control.engine

@@ -95,6 +95,10 @@ class RedisStateCollector:
         """Per queue: ``ready`` (all priority lanes), ``delayed`` and ``dead_letter`` message counts."""
         return self._read_depths()[0]
 
+    def depths_and_lanes(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+        """:meth:`depths`, and ready messages by priority lane, per queue, in one round trip."""
+        return self._read_depths()
+
     def _read_depths(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
         """Depths by state, and ready messages by priority lane, in one round trip per Redis."""
         known = {member.decode() for member in self.client.smembers(f"{self.namespace}:{QUEUES_KEY}")}

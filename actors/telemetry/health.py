@@ -57,13 +57,24 @@ class HealthReport:
     def as_dict(self) -> dict[str, Any]:
         return {"healthy": self.healthy, **asdict(self)}
 
-    def record(self, engine: Engine, *, severities: Mapping[str, str] | None = None) -> list[Any]:
-        """Store the verdicts as monitoring alerts (raise and resolve); the alerts raised now."""
+    def record(
+        self, engine: Engine, *, severities: Mapping[str, str] | None = None, events: Any = None
+    ) -> list[Any]:
+        """Store the verdicts as monitoring alerts (raise and resolve); the alerts raised now,
+        each also appended to the live-events stream ``events`` (an ``actors.broker.EventLog``)."""
         from storage import sync_alerts
 
         levels = {**DEFAULT_SEVERITIES, **(severities or {})}
         failing = {c.name: (levels.get(c.name, "critical"), c.detail) for c in self.checks if not c.ok}
-        return sync_alerts(engine, failing=failing, passing=[c.name for c in self.checks if c.ok])
+        raised = sync_alerts(engine, failing=failing, passing=[c.name for c in self.checks if c.ok])
+        if events is not None and raised:
+            from actors.broker import entry
+
+            events.append_many(
+                entry("alert.raised", check=alert.check_name, severity=alert.severity, message=alert.message)
+                for alert in raised
+            )
+        return raised
 
 
 def check_health(

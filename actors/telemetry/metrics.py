@@ -270,7 +270,12 @@ class Metrics(Middleware):
         queues = {q_name(queue) for queue in broker.get_declared_queues()}
         if queues:
             broker.client.sadd(f"{broker.namespace}:{QUEUES_KEY}", *queues)
-        self._heartbeat = WorkerHeartbeat(client=broker.client, key=f"{broker.namespace}:{WORKERS_KEY}")
+        consumed = sorted({q_name(queue) for queue in getattr(worker, "consumers", None) or queues})
+        self._heartbeat = WorkerHeartbeat(
+            client=broker.client,
+            key=f"{broker.namespace}:{WORKERS_KEY}",
+            details={"queues": consumed, "broker_id": getattr(broker, "broker_id", None)},
+        )
         self._heartbeat.start()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:

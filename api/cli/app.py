@@ -9,6 +9,7 @@ import typer
 from . import jobs
 from .common import CliError, err_console
 from .data import data_app
+from .http import api_keys_app, http_app
 from .ib import ib_app, ib_sim_app
 from .ops import ops_app
 from .processes import db_app, processes_app
@@ -30,6 +31,8 @@ app.add_typer(ib_app, name="ib")
 app.add_typer(ib_sim_app, name="ib-sim")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(ops_app)  # metrics, health
+app.add_typer(http_app)  # api
+app.add_typer(api_keys_app, name="api-keys")
 
 
 def main() -> None:

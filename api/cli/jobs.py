@@ -44,19 +44,20 @@ def send(
     positional, keyword = call_arguments(args, kwargs)
     actors = load_actors(settings)
     import_modules(module or ())
-    from dramatiq.errors import ActorNotFound
+    from orchestration.jobs import JobRequest, SubmissionError, submit_job
 
-    try:
-        target = actors.current_broker.get_actor(actor)
-    except ActorNotFound:
-        known = ", ".join(sorted(actors.current_broker.actors))
-        raise CliError(f"unknown actor {actor!r}; known actors: {known}") from None
     options = {"user_id": user_id} if user_id else {}
-    if priority:
-        options["priority"] = priority
+    request = JobRequest(
+        actor=actor,
+        args=positional,
+        kwargs=keyword,
+        priority=priority or "normal",
+        delay_ms=delay,
+        options=options,
+    )
     try:
-        message = target.send_with_options(args=tuple(positional), kwargs=keyword, delay=delay, **options)
-    except ValueError as exc:  # a bad priority
+        message = submit_job(actors.current_broker, request)  # the checks POST /api/v1/jobs makes
+    except SubmissionError as exc:
         raise CliError(str(exc)) from None
     writer = actors.audit_writer_of(actors.current_broker)
     if writer is not None and not writer.flush(settings.audit_commit_wait_ms / 1000):
@@ -108,46 +109,36 @@ def jobs_show(task_id: Annotated[str, typer.Argument(help="Message id.")]) -> No
     console.print(table)
 
 
-schedules_app = typer.Typer(help="Periodic schedules: list, enable, disable, run now.", no_args_is_help=True)
+schedules_app = typer.Typer(
+    help="Schedules: list, enable, disable, run now; create, change, delete run-time ones.",
+    no_args_is_help=True,
+)
 
 
-def _registered_schedules():
-    """The actors module, with every periodic actor it declares registered in the schedules table."""
-    from actors.scheduling import schedule_control_of
-    from storage import register_schedules
-
+def _schedules_broker():
     settings = load_settings()
-    actors = load_actors(settings)
-    control = schedule_control_of(actors.current_broker)
-    periodic = [actor for actor in actors.current_broker.actors.values() if "periodic" in actor.options]
-    register_schedules(open_engine(settings), [control.definition(actor) for actor in periodic])
-    return actors, settings
+    return load_actors(settings).current_broker, open_engine(settings), settings
 
 
-def _schedule_name(name: str):
-    from storage import UnknownSchedule, get_schedule
+def _schedule_call(operation, *args):
+    """Run a schedule operation; an unknown schedule is one line and exit code 1."""
+    from storage import UnknownSchedule
 
-    actors, settings = _registered_schedules()
     try:
-        get_schedule(open_engine(settings), name)
+        return operation(*args)
     except UnknownSchedule as exc:
         raise CliError(str(exc)) from None
-    return actors, settings
 
 
 @schedules_app.command("list")
 def schedules_list() -> None:
     """Every schedule with its state: enabled, last run and status, next run (times in UTC)."""
-    from actors.scheduling import next_tick
-    from storage import list_schedules, utc_now
+    from orchestration.schedules import schedule_views
 
-    actors, settings = _registered_schedules()
+    broker, engine, settings = _schedules_broker()
     table = Table("name", "spec", "queue", "enabled", "catch-up", "last run", "last status", "next run")
-    for row in list_schedules(open_engine(settings)):
-        actor = actors.current_broker.actors.get(row.name)
-        next_run = row.next_run_at
-        if actor is not None and "periodic" in actor.options and (next_run is None or next_run < utc_now()):
-            next_run = next_tick(actor, timezone=settings.schedule_timezone)
+    for view in schedule_views(broker, engine, timezone=settings.schedule_timezone):
+        row = view.row
         table.add_row(
             row.name,
             row.spec,
@@ -156,7 +147,7 @@ def schedules_list() -> None:
             row.catch_up,
             str(row.last_run_at or ""),
             row.last_status or "",
-            str(next_run or "") if row.enabled else "",
+            str(view.next_run_at or ""),
         )
     console.print(table)
 
@@ -164,34 +155,92 @@ def schedules_list() -> None:
 @schedules_app.command("enable")
 def schedules_enable(name: Annotated[str, typer.Argument(help="Schedule (actor) name.")]) -> None:
     """Fire the schedule again from its next tick."""
-    from storage import set_enabled
+    from orchestration.schedules import set_schedule_enabled
 
-    _, settings = _schedule_name(name)
-    set_enabled(open_engine(settings), name, True)
+    broker, engine, _ = _schedules_broker()
+    _schedule_call(set_schedule_enabled, broker, engine, name, True)
     console.print(f"{name}: enabled")
 
 
 @schedules_app.command("disable")
 def schedules_disable(name: Annotated[str, typer.Argument(help="Schedule (actor) name.")]) -> None:
     """Stop firing the schedule (a run already queued still runs)."""
-    from storage import set_enabled
+    from orchestration.schedules import set_schedule_enabled
 
-    _, settings = _schedule_name(name)
-    set_enabled(open_engine(settings), name, False)
+    broker, engine, _ = _schedules_broker()
+    _schedule_call(set_schedule_enabled, broker, engine, name, False)
     console.print(f"{name}: disabled")
+
+
+def _schedule_refusal(operation, *args, **kwargs):
+    """A schedule change; its refusals (bad spec, actor, arguments, name) as one line."""
+    from orchestration.jobs import SubmissionError
+    from storage import ScheduleConflict, UnknownSchedule
+
+    try:
+        return operation(*args, **kwargs)
+    except (UnknownSchedule, ScheduleConflict, SubmissionError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+@schedules_app.command("create")
+def schedules_create(
+    name: Annotated[str, typer.Argument(help="Schedule name (not an actor's).")],
+    actor: Annotated[str, typer.Option(help="Actor to call.")],
+    cron: Annotated[str, typer.Option(help="Cron spec, e.g. '*/15 * * * *' or @daily.")],
+    args: Annotated[
+        str | None, typer.Option(help="JSON array of arguments, or object of keyword arguments.")
+    ] = None,
+    kwargs: Annotated[str | None, typer.Option(help="JSON object of keyword arguments.")] = None,
+    catch_up: Annotated[str, typer.Option(help="skip or run_once after scheduler downtime.")] = "skip",
+) -> None:
+    """Create a run-time schedule; running schedulers fire it from their next tick."""
+    from orchestration.schedules import RuntimeSchedule, create_schedule
+
+    positional, keyword = call_arguments(args, kwargs)
+    broker, engine, _ = _schedules_broker()
+    schedule = RuntimeSchedule(
+        name=name, actor=actor, spec=cron, args=positional, kwargs=keyword, catch_up=catch_up
+    )
+    _schedule_refusal(create_schedule, broker, engine, schedule)
+    console.print(f"{name}: created ({cron} -> {actor})")
+
+
+@schedules_app.command("change")
+def schedules_change(
+    name: Annotated[str, typer.Argument(help="Run-time schedule name.")],
+    cron: Annotated[str | None, typer.Option(help="New cron spec.")] = None,
+    args: Annotated[str | None, typer.Option(help="New JSON arguments.")] = None,
+    kwargs: Annotated[str | None, typer.Option(help="New JSON keyword arguments.")] = None,
+) -> None:
+    """Change a run-time schedule's spec or arguments (from the next tick)."""
+    from orchestration.schedules import change_schedule
+
+    positional, keyword = call_arguments(args, kwargs) if (args or kwargs) else (None, None)
+    broker, engine, _ = _schedules_broker()
+    _schedule_refusal(change_schedule, broker, engine, name, spec=cron, args=positional, kwargs=keyword)
+    console.print(f"{name}: changed")
+
+
+@schedules_app.command("delete")
+def schedules_delete(name: Annotated[str, typer.Argument(help="Run-time schedule name.")]) -> None:
+    """Delete a run-time schedule (code's schedules can only be disabled)."""
+    from orchestration.schedules import delete_schedule
+
+    _, engine, _ = _schedules_broker()
+    _schedule_refusal(delete_schedule, engine, name)
+    console.print(f"{name}: deleted")
 
 
 @schedules_app.command("run")
 def schedules_run(name: Annotated[str, typer.Argument(help="Schedule (actor) name.")]) -> None:
     """Send the schedule's actor now (even when disabled); prints the message id."""
-    from actors.scheduling import SCHEDULE_OPTION
-    from storage import record_manual_run
+    from orchestration.schedules import run_schedule_now
 
-    actors, settings = _schedule_name(name)
-    message = actors.current_broker.actors[name].send_with_options(**{SCHEDULE_OPTION: name})
-    record_manual_run(open_engine(settings), name, message_id=message.message_id)
+    broker, engine, settings = _schedules_broker()
+    message_id = _schedule_call(run_schedule_now, broker, engine, name)
     _flush_audit(settings)
-    console.print(message.message_id, soft_wrap=True)
+    console.print(message_id, soft_wrap=True)
 
 
 dlq_app = typer.Typer(help="Dead letters: list, show, retry, purge.", no_args_is_help=True)
@@ -258,7 +307,7 @@ def dlq_show(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> 
         "error": letter.reason,
         "failed at": str(letter.failed_at),
         "attempts": str(letter.attempts),
-        "traceback": letter.message.options.get("traceback", ""),
+        "traceback": letter.traceback or "",
     }
     for name, value in rows.items():
         table.add_row(name, value)

@@ -57,8 +57,9 @@ def up(
     processes: Annotated[int | None, typer.Option("--processes", "-p", min=1)] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", min=1)] = None,
     scheduler: Annotated[bool, typer.Option(help="Also run the periodiq scheduler.")] = True,
+    api: Annotated[bool, typer.Option(help="Also serve the HTTP API (TRADEFLOW_API_HOST/PORT).")] = True,
 ) -> None:
-    """Run everything: Redis (embedded if none), workers and scheduler.  Ctrl-C stops it all."""
+    """Run everything: Redis (embedded if none), workers, scheduler and HTTP API.  Ctrl-C stops it all."""
     settings = load_settings()
     migrate(settings)
     with redis_for(settings) as redis_url:
@@ -70,6 +71,11 @@ def up(
         ]
         if scheduler:
             commands.append(stack.scheduler_command())
+        if api:
+            from api.http import url_of
+
+            commands.append(stack.api_command())
+            console.print(f"api: {url_of(settings)}", soft_wrap=True)
         with stack.running(commands, env=stack.child_env(redis_url)) as children:
             try:
                 code = _supervise(children[0], children[1:])

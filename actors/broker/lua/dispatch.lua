@@ -250,6 +250,11 @@ elseif command == "fetch" then
     if prefetch <= 0 then
         return {}
     end
+    -- a paused queue keeps its messages and hands out none (its delay queue still
+    -- moves due messages into it, where they wait for the resume)
+    if queue_name == queue_canonical_name and redis.call("sismember", namespace .. ":__paused__", queue_name) == 1 then
+        return {}
+    end
     local order = {}
     if #ARGS > n_acks + 4 then
         for i = n_acks + 5, #ARGS do

@@ -1,0 +1,332 @@
+"""The HTTP API under load: list and filter latency on a large tasks table, live-event latency,
+bulk retry of dead letters.
+
+Runs a real ``tradeflow api`` (uvicorn, one process) against PostgreSQL (a schema of its own in
+``--postgres``) and the Redis of ``--redis``, in a namespace of its own, removed afterwards:
+
+* list/filter: ``--rows`` rows (default 1,000,000) made with ``generate_series`` in the tasks
+  table (plus an expression index on ``args -> kwargs ->> symbol``), then ``--requests`` GETs of
+  a page of 50 per query shape from one client: p50/p99 as the client sees them;
+* live events: a worker runs ``ping``; each of ``--events`` jobs is submitted over the API while a
+  client listens to ``/api/v1/events``: p50/p99 from the job's state change to the client's
+  receipt, for ``job.pending`` (from the submission's answer) and ``job.completed`` (from the
+  row's ``completed_at``, the worker's clock: same host);
+* bulk retry: ``--dead`` dead letters (default 100,000) written straight into a dead-letter queue,
+  retried with ``POST /api/v1/dead-letters:retry`` (no rate limit), while another client keeps
+  listing jobs: retries a second and that client's p50/p99.
+
+Usage: ``python bench/api.py [--rows 1000000] [--dead 100000] [--requests 200] [--events 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/: the PostgreSQL schema and port helpers
+
+from actors.settings import Settings  # noqa: E402
+from storage import create_api_key, create_db_engine, upgrade  # noqa: E402
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+#: Queue of the dead letters: no worker consumes it, so the retry rate is the API's alone.
+DEAD_QUEUE = "bench_dead"
+
+#: Symbols spread over the generated rows (the JSON-path filter's values).
+SYMBOLS = [f"S{i:03d}" for i in range(200)]
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def report(name: str, millis: list[float]) -> None:
+    print(
+        f"  {name:<44} p50 {percentile(millis, 0.5):7.2f} ms"
+        f"   p99 {percentile(millis, 0.99):7.2f} ms   (n={len(millis)})"
+    )
+
+
+def fill_tasks(url: str, rows: int) -> float:
+    """``rows`` audit rows over the last ``rows`` seconds, 3 actors, 4 statuses, 200 symbols."""
+    from sqlalchemy import text
+
+    engine = create_db_engine(url)
+    started = time.perf_counter()
+    symbols = "ARRAY[" + ",".join(f"'{s}'" for s in SYMBOLS) + "]"
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"""
+                INSERT INTO tasks (task_id, task_type, queue, priority, status, seq, args, user_id,
+                                   retry_count, created_at)
+                SELECT 'bench-' || g,
+                       (ARRAY['ping','fetch_market_data','sync_portfolio'])[1 + g % 3],
+                       (ARRAY['system','data_fetcher','portfolio'])[1 + g % 3],
+                       (ARRAY['normal','high','low','critical'])[1 + g % 4],
+                       (ARRAY['completed','completed','completed','failed','dead_letter','pending'])
+                           [1 + g % 6],
+                       2,
+                       json_build_object('args', json_build_array(),
+                                         'kwargs', json_build_object(
+                                             'symbol', ({symbols})[1 + g % {len(SYMBOLS)}])),
+                       'user' || (g % 1000), 0,
+                       now() AT TIME ZONE 'UTC' - make_interval(secs => g)
+                FROM generate_series(1, :rows) AS g
+                """
+            ),
+            {"rows": rows},
+        )
+        connection.execute(
+            text(
+                "CREATE INDEX ix_tasks_kwargs_symbol ON tasks (((args -> 'kwargs') ->> 'symbol'), created_at)"
+            )
+        )
+        connection.execute(text("ANALYZE tasks"))
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+@contextmanager
+def api_server(settings: Settings, log: Path):
+    from obs_support import free_port  # tests/ helper
+
+    settings = settings.model_copy(update={"api_port": free_port(), "api_bulk_rate": 0, "metrics_port": 0})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEFLOW_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"TRADEFLOW_{name.upper()}"] = str(value)
+    env["PYTHONPATH"] = str(ROOT)
+    tradeflow = str(Path(sys.executable).with_name("tradeflow"))
+    with open(log, "w") as out:
+        process = subprocess.Popen([tradeflow, "api"], env=env, cwd=ROOT, stdout=out, stderr=out)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "8", "-Q", "system"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+        )
+    url = f"http://127.0.0.1:{settings.api_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit(f"the API did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield url, settings
+    finally:
+        for child in (process, worker):
+            child.terminate()
+        for child in (process, worker):
+            child.wait(30)
+
+
+def bench_lists(client: httpx.Client, requests: int) -> None:
+    print(f"list and filter, page of 50 ({requests} requests each):")
+    shapes = {
+        "newest": {},
+        "status=failed": {"status": "failed"},
+        "actor=ping&status=completed": {"actor": "ping", "status": "completed"},
+        "queue=portfolio": {"queue": "portfolio"},
+        "args.symbol=S042 (JSON path, indexed)": {"args.symbol": "S042"},
+        "user=user7": {"user": "user7"},
+    }
+    for name, params in shapes.items():
+        millis = []
+        for _ in range(requests):
+            started = time.perf_counter()
+            response = client.get("/api/v1/jobs", params={**params, "limit": 50})
+            millis.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200 and response.json()["items"], response.text[:300]
+        report(name, millis)
+    millis, cursor = [], None
+    for _ in range(requests):  # deep pages: follow the cursor
+        started = time.perf_counter()
+        page = client.get(
+            "/api/v1/jobs", params={"limit": 50, **({"cursor": cursor} if cursor else {})}
+        ).json()
+        millis.append((time.perf_counter() - started) * 1000)
+        cursor = page["next_cursor"]
+    report(f"cursor walk, pages 1..{requests}", millis)
+
+
+def bench_events(url: str, token: str, count: int):
+    print(f"live events ({count} ping jobs, one at a time):")
+    headers = {"Authorization": f"Bearer {token}"}
+    received: dict[tuple[str, str], float] = {}
+    ready = threading.Event()
+
+    def listen() -> None:
+        with (
+            httpx.Client(base_url=url, headers=headers, timeout=None) as client,
+            client.stream(
+                "GET", "/api/v1/events", params={"kind": "job.pending,job.completed", "queue": "system"}
+            ) as stream,
+        ):
+            event = None
+            for line in stream.iter_lines():
+                if line == ": connected":
+                    ready.set()
+                elif line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    received[(event, json.loads(line[6:])["job"])] = time.time()
+                    if len(received) >= 2 * count:
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(30)
+    submitted: dict[str, float] = {}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for i in range(count):
+            response = client.post("/api/v1/jobs", json={"actor": "ping", "args": [i]})
+            submitted[response.json()["job_id"]] = time.time()
+            time.sleep(0.02)
+    listener.join(60)
+    pending = [
+        (received[("job.pending", job)] - at) * 1000
+        for job, at in submitted.items()
+        if ("job.pending", job) in received
+    ]
+    report("submitted -> job.pending received", pending)
+    return submitted, received
+
+
+def completed_latency(database_url: str, submitted, received) -> None:
+    from sqlalchemy import text
+
+    engine = create_db_engine(database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT task_id, completed_at FROM tasks WHERE task_id = ANY(:ids)"),
+            {"ids": list(submitted)},
+        ).all()
+    engine.dispose()
+    millis = []
+    for job, completed_at in rows:
+        if completed_at is not None and ("job.completed", job) in received:
+            finished = completed_at.replace(tzinfo=__import__("datetime").UTC).timestamp()
+            millis.append((received[("job.completed", job)] - finished) * 1000)
+    report("completed (row's completed_at) -> received", millis)
+
+
+def fill_dead_letters(client: redis.Redis, namespace: str, count: int) -> None:
+    from dramatiq.message import Message
+
+    xq = f"{namespace}:{DEAD_QUEUE}.XQ"
+    now = time.time() * 1000
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            redis_id = uuid.uuid4().hex
+            message = Message(
+                queue_name=DEAD_QUEUE,
+                actor_name="ping",
+                args=(i,),
+                kwargs={},
+                options={"redis_message_id": redis_id},
+                message_id=str(uuid.uuid4()),
+            )
+            pipe.hset(f"{xq}.msgs", redis_id, message.encode())
+            pipe.zadd(xq, {redis_id: now - count + i})
+            if i % 5_000 == 4_999:
+                pipe.execute()
+        pipe.execute()
+
+
+def bench_bulk_retry(url: str, token: str, settings: Settings, dead: int) -> None:
+    print(f"bulk retry of {dead:,} dead letters (no rate limit), a reader listing jobs meanwhile:")
+    client = redis.Redis.from_url(settings.redis_url)
+    fill_dead_letters(client, settings.namespace, dead)
+    headers = {"Authorization": f"Bearer {token}"}
+    stop = threading.Event()
+    reads: list[float] = []
+
+    def reader() -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as api:
+            while not stop.is_set():
+                started = time.perf_counter()
+                api.get("/api/v1/jobs", params={"limit": 50, "status": "failed"})
+                reads.append((time.perf_counter() - started) * 1000)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as api:
+        thread.start()
+        started = time.perf_counter()
+        operation = api.post("/api/v1/dead-letters:retry", json={"queue": DEAD_QUEUE}).json()["operation_id"]
+        while (state := api.get(f"/api/v1/operations/{operation}").json())["status"] == "running":
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+    stop.set()
+    thread.join(30)
+    print(
+        f"  {state['done']:,} retried in {elapsed:.2f} s:"
+        f" {state['done'] / elapsed:,.0f} retries/s ({state['status']})"
+    )
+    report("GET /jobs meanwhile", reads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dead", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--postgres", default=POSTGRES)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--only", choices=["lists", "events", "bulk"], help="Run one part only.")
+    args = parser.parse_args()
+    namespace = f"bench-api-{uuid.uuid4().hex[:8]}"
+    from conftest import _postgres_schema_url  # a schema of its own, dropped afterwards
+
+    with contextmanager(_postgres_schema_url)(args.postgres) as url, tempfile.TemporaryDirectory() as tmp:
+        engine = create_db_engine(url)
+        upgrade(engine)
+        _, token = create_api_key(engine, name="bench", role="admin")
+        engine.dispose()
+        if args.only in (None, "lists"):
+            print(f"filled {args.rows:,} task rows in {fill_tasks(url, args.rows):.1f} s")
+        settings = Settings(
+            redis_url=args.redis, namespace=namespace, database_url=url, metrics_dir=Path(tmp) / "m"
+        )
+        try:
+            with api_server(settings, Path(tmp) / "api.log") as (base, running):
+                if args.only in (None, "lists"):
+                    headers = {"Authorization": f"Bearer {token}"}
+                    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+                        client.get("/api/v1/jobs")  # warm the pool
+                        bench_lists(client, args.requests)
+                if args.only in (None, "events"):
+                    submitted, received = bench_events(base, token, args.events)
+                    completed_latency(url, submitted, received)
+                if args.only in (None, "bulk"):
+                    bench_bulk_retry(base, token, running, args.dead)
+        finally:
+            client = redis.Redis.from_url(args.redis)
+            for key in client.scan_iter(match=f"{namespace}*", count=1000):
+                client.delete(key)
+
+
+if __name__ == "__main__":
+    main()
