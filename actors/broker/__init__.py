@@ -19,7 +19,15 @@ from .hooks import HookTable, implemented_hooks
 from .lanes import DEFAULT_LANE, LANES, LanePolicy, lane_of
 from .options import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, DUPLICATE, SKIP_REASON, SKIP_STATUS
 from .outbox import OutboxRelay, enqueue_in_transaction
-from .redis_broker import DISPATCH_SCRIPT, UniqueIds, WakeupRedisBroker
+from .redis_broker import (
+    DISPATCH_SCRIPT,
+    PAUSED_KEY,
+    UniqueIds,
+    WakeupRedisBroker,
+    pause_queue,
+    paused_queues,
+    resume_queue,
+)
 from .redis_clients import (
     REDIS_SCHEMES,
     SENTINEL_SCHEME,
@@ -33,15 +41,6 @@ from .redis_clients import (
     routes_of,
 )
 from .replication import ReplicationTimeout
-from .redis_broker import (
-    DISPATCH_SCRIPT,
-    PAUSED_KEY,
-    UniqueIds,
-    WakeupRedisBroker,
-    pause_queue,
-    paused_queues,
-    resume_queue,
-)
 
 __all__ = [
     "ACK_HOLD_ATTRIBUTE",
@@ -54,9 +53,9 @@ __all__ = [
     "ENQUEUE_CHUNK",
     "EVENTS_KEY",
     "LANES",
+    "PAUSED_KEY",
     "REDIS_SCHEMES",
     "SENTINEL_SCHEME",
-    "PAUSED_KEY",
     "SKIP_REASON",
     "SKIP_STATUS",
     "Admission",
@@ -87,12 +86,12 @@ __all__ = [
     "implemented_hooks",
     "lane_of",
     "parse_sentinel_url",
-    "queue_client",
-    "redis_client",
-    "routes_of",
     "pause_queue",
     "paused_queues",
+    "queue_client",
+    "redis_client",
     "resume_queue",
+    "routes_of",
     "send_at",
     "send_many",
     "withdraw_unstarted",

@@ -34,14 +34,13 @@ class ApiContext:
 
     @classmethod
     def build(cls, settings: Settings, *, broker: Any = None, workflows: Any = None) -> ApiContext:
+        from actors.broker import redis_client
         from storage import create_db_engine
 
         client = (
             broker.client
             if broker is not None and hasattr(broker, "client")
-            else redis.Redis.from_url(
-                settings.effective_redis_url, socket_connect_timeout=2, socket_timeout=10
-            )
+            else redis_client(settings.effective_redis_url, socket_connect_timeout=2, socket_timeout=10)
         )
         context = cls(
             settings=settings,

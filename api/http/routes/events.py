@@ -29,11 +29,22 @@ def _async_client(context: ApiContext):
     """One asyncio Redis client per app (made on the event loop's first request)."""
     client = context.extras.get("async_redis")
     if client is None:
-        import redis.asyncio
-
-        client = redis.asyncio.Redis.from_url(context.settings.effective_redis_url, socket_connect_timeout=2)
-        context.extras["async_redis"] = client
+        client = context.extras["async_redis"] = async_redis_client(context.settings.effective_redis_url)
     return client
+
+
+def async_redis_client(url: str):
+    """An asyncio client of the deployment ``url`` names: a plain URL, or a Sentinel one."""
+    import redis.asyncio
+    from redis.asyncio.sentinel import Sentinel
+
+    from actors.broker import SENTINEL_SCHEME, parse_sentinel_url
+
+    if not url.startswith(SENTINEL_SCHEME):
+        return redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
+    address = parse_sentinel_url(url)
+    sentinel = Sentinel(list(address.sentinels), sentinel_kwargs={"socket_connect_timeout": 2})
+    return sentinel.master_for(address.service, db=address.db, password=address.password)
 
 
 class EventFilter:

@@ -35,11 +35,25 @@ def _in_flight(context: ApiContext) -> dict[tuple[str, str], int]:
     ``__acks__.<broker id>.<queue>`` sets (a handful of keys: workers x queues)."""
     prefix = f"{context.namespace}:__acks__."
     counts: dict[tuple[str, str], int] = {}
-    for key in context.redis.scan_iter(match=f"{prefix}*", count=1000):
-        broker_id, _, queue = key.decode()[len(prefix) :].partition(".")
-        if queue and not queue.endswith(".DQ"):
-            counts[(broker_id, queue)] = counts.get((broker_id, queue), 0) + context.redis.scard(key)
+    for client in _clients(context):
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            broker_id, _, queue = key.decode()[len(prefix) :].partition(".")
+            if queue and not queue.endswith(".DQ"):
+                counts[(broker_id, queue)] = counts.get((broker_id, queue), 0) + client.scard(key)
     return counts
+
+
+def _clients(context: ApiContext) -> list:
+    """Every Redis the broker's queues live on (one, unless queues are routed to their own)."""
+    from actors.broker import routes_of
+
+    return routes_of(context.broker).clients() if context.broker is not None else [context.redis]
+
+
+def _queue_client(context: ApiContext, queue: str):
+    from actors.broker import queue_client
+
+    return queue_client(context.broker, queue) if context.broker is not None else context.redis
 
 
 def _per_queue(counts: dict[tuple[str, str], int]) -> dict[str, int]:
@@ -53,11 +67,12 @@ def _oldest_age(context: ApiContext, queue: str, lanes: list[str]) -> float | No
     """Seconds since the oldest ready message of ``queue`` was enqueued (the heads of its lanes)."""
     from dramatiq.message import Message
 
-    heads = [context.redis.lindex(lane, 0) for lane in lanes]
+    client = _queue_client(context, queue)
+    heads = [client.lindex(lane, 0) for lane in lanes]
     ids = [head.decode() for head in heads if head is not None]
     if not ids:
         return None
-    bodies = context.redis.hmget(f"{context.namespace}:{queue}.msgs", ids)
+    bodies = client.hmget(f"{context.namespace}:{queue}.msgs", ids)
     stamps = [Message.decode(body).message_timestamp for body in bodies if body is not None]
     return round(max(0.0, time.time() - min(stamps) / 1000), 3) if stamps else None
 
@@ -72,15 +87,18 @@ def list_queues(request: Request, principal: Viewer) -> list[QueueStats]:
     queues = sorted(
         {actor.queue_name for actor in (context.broker.actors.values() if context.broker else [])}
     )
+    from actors.broker import routes_of
+
     collector = RedisStateCollector(
         client=context.redis,
         namespace=context.namespace,
         queues=queues,
         heartbeat_timeout=context.settings.heartbeat_timeout_ms / 1000,
+        routes=routes_of(context.broker) if context.broker is not None else None,
     )
     depths, lanes = collector.depths_and_lanes()
     in_flight = _per_queue(_in_flight(context))
-    paused = paused_queues(context.redis, context.namespace)
+    paused = set().union(*(paused_queues(client, context.namespace) for client in _clients(context)))
     rates = enqueued_since(context.database, utc_now().replace(microsecond=0) - _MINUTE)
     stats = []
     for queue, depth in sorted(depths.items()):
@@ -116,7 +134,7 @@ def pause(
 
     context = context_of(request)
     _known_queue(context, queue)
-    pause_queue(context.redis, context.namespace, queue)
+    pause_queue(_queue_client(context, queue), context.namespace, queue)  # where its fetch script runs
     return QueueAction(queue=queue, paused=True)
 
 
@@ -128,7 +146,7 @@ def resume(
 
     context = context_of(request)
     _known_queue(context, queue)
-    resume_queue(context.redis, context.namespace, queue)
+    resume_queue(_queue_client(context, queue), context.namespace, queue)
     return QueueAction(queue=queue, paused=False)
 
 
