@@ -69,10 +69,12 @@ def metrics(request: Request) -> PlainTextResponse:
     as ``tradeflow metrics --raw`` prints them."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    from actors.broker import RedisRoutes, routes_of
     from actors.telemetry import registry_for
 
     context = context_of(request)
-    body = generate_latest(registry_for(context.settings, context.redis))
+    routes = routes_of(context.broker) if context.broker is not None else RedisRoutes(default=context.redis)
+    body = generate_latest(registry_for(context.settings, routes))
     return PlainTextResponse(body.decode(), media_type=CONTENT_TYPE_LATEST)
 
 
