@@ -110,7 +110,8 @@ def dead_letter_groups(
             )
             continue
         group.count += 1
-        group.last_failed_at = max(group.last_failed_at, letter.failed_at)
+        # the group's time is aware (the model's), the letter's naive UTC
+        group.last_failed_at = max(group.last_failed_at, letter.failed_at.replace(tzinfo=UTC))
         if letter.queue not in group.queues:
             group.queues.append(letter.queue)
     return sorted(groups.values(), key=lambda group: (-group.count, group.fingerprint))
