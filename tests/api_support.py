@@ -58,9 +58,16 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_api(settings: Settings, log_dir: Path, *, worker: bool = True) -> Iterator[Server]:
-    """``tradeflow api -m tests.api_actors`` on a free port, and (``worker``) one worker process
-    consuming ``api_work`` and ``system``; both stopped afterwards."""
+def running_api(
+    settings: Settings,
+    log_dir: Path,
+    *,
+    worker: bool = True,
+    modules: tuple[str, ...] = ("tests.api_actors",),
+    queues: tuple[str, ...] = ("api_work", "system"),
+) -> Iterator[Server]:
+    """``tradeflow api -m <modules>`` on a free port, and (``worker``) one worker process
+    consuming ``queues`` (``api_work`` and ``system``); both stopped afterwards."""
     # metrics on (the workers' heartbeats that /workers lists come with them), served nowhere
     settings = settings.model_copy(
         update={"api_port": free_port(), "metrics_port": 0, "metrics_dir": log_dir / "metrics"}
@@ -71,7 +78,11 @@ def running_api(settings: Settings, log_dir: Path, *, worker: bool = True) -> It
     tradeflow = str(Path(sys.executable).with_name("tradeflow"))
     with open(log, "w") as out:
         api = subprocess.Popen(
-            [tradeflow, "api", "-m", "tests.api_actors"], env=env, cwd=REPO_ROOT, stdout=out, stderr=out
+            [tradeflow, "api", *(arg for module in modules for arg in ("-m", module))],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=out,
         )
     workers = None
     if worker:
@@ -82,14 +93,13 @@ def running_api(settings: Settings, log_dir: Path, *, worker: bool = True) -> It
                     "-m",
                     "dramatiq",
                     "actors",
-                    "tests.api_actors",
+                    *modules,
                     "-p",
                     "1",
                     "-t",
                     "4",
                     "-Q",
-                    "api_work",
-                    "system",
+                    *queues,
                 ],
                 env=env,
                 cwd=REPO_ROOT,
@@ -141,9 +151,12 @@ def read_events(lines, *, until, timeout: float) -> list[dict]:
 
 
 @contextmanager
-def api_for_database(request, redis_url: str, tmp: Path, *, worker: bool = True) -> Iterator[Server]:
-    """:func:`running_api` on a fresh namespace and database of the kind ``request.param``
-    (``sqlite`` or ``postgresql``: a schema of its own, dropped afterwards)."""
+def api_for_database(
+    request, redis_url: str, tmp: Path, *, worker: bool = True, overrides: dict | None = None, **options
+) -> Iterator[Server]:
+    """:func:`running_api` (with ``options``) on a fresh namespace and database of the kind
+    ``request.param`` (``sqlite`` or ``postgresql``: a schema of its own, dropped afterwards);
+    ``overrides`` are settings."""
     import uuid
 
     import redis
@@ -162,15 +175,18 @@ def api_for_database(request, redis_url: str, tmp: Path, *, worker: bool = True)
         upgrade(engine)
         engine.dispose()
         settings = Settings(
-            redis_url=redis_url,
-            namespace=namespace,
-            database_url=database_url,
-            delta_root=tmp / "delta",
-            api_max_payload_bytes=4096,
-            min_backoff_ms=10,
-            max_backoff_ms=50,
+            **{
+                "redis_url": redis_url,
+                "namespace": namespace,
+                "database_url": database_url,
+                "delta_root": tmp / "delta",
+                "api_max_payload_bytes": 4096,
+                "min_backoff_ms": 10,
+                "max_backoff_ms": 50,
+                **(overrides or {}),
+            }
         )
-        with running_api(settings, tmp, worker=worker) as running:
+        with running_api(settings, tmp, worker=worker, **options) as running:
             yield running
     finally:
         next(urls, None)  # drops the PostgreSQL schema

@@ -16,6 +16,7 @@ from .dead_letters import (
     list_dead_letters,
     page_dead_letters,
     purge_dead_letters,
+    purge_letters,
     retry_dead_letter,
     retry_dead_letters,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "list_dead_letters",
     "page_dead_letters",
     "purge_dead_letters",
+    "purge_letters",
     "recover_stalled",
     "retry_dead_letter",
     "retry_dead_letters",

@@ -227,6 +227,19 @@ def purge_dead_letters(broker: RedisBroker, *, older_than_ms: int | None = None)
     return purged
 
 
+def purge_letters(broker: RedisBroker, letters: list[DeadLetter]) -> int:
+    """Delete these dead letters; how many were still dead (one retried or purged meanwhile
+    by someone else is not counted: its ``ZREM`` removes nothing)."""
+    removed: list[DeadLetter] = []
+    for xq, group in _by_queue(broker, letters).items():
+        with _xq_client(broker, xq).pipeline(transaction=False) as pipe:
+            for letter in group:
+                pipe.zrem(xq, letter.redis_id)
+            removed += [letter for letter, gone in zip(group, pipe.execute(), strict=True) if gone]
+    _forget_letters(broker, removed)
+    return len(removed)
+
+
 def _forget(broker: RedisBroker, xq: str, redis_ids: list[str]) -> None:
     pipe = _xq_client(broker, xq).pipeline()
     pipe.hdel(f"{xq}.msgs", *redis_ids)

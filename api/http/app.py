@@ -18,7 +18,7 @@ from actors.settings import Settings
 from . import docs, problems
 from .access import SecurityMiddleware
 from .context import ApiContext
-from .routes import dead_letters, events, jobs, operations, strategies, system
+from .routes import dead_letter_purge, dead_letters, events, jobs, operations, stats, strategies, system
 from .routes import workflows as workflow_routes
 
 #: Where the OpenAPI schema is served.
@@ -99,6 +99,8 @@ def create_app(settings: Settings, *, broker: Any = None, workflows: Any = None)
     for module in (system, jobs, dead_letters, workflow_routes, operations, strategies, events):
         if hasattr(module, "open_router"):
             app.include_router(module.open_router)
+        app.include_router(module.router)
+    for module in (stats, dead_letter_purge):  # the dashboard's needs
         app.include_router(module.router)
     docs.install(app, openapi_url=OPENAPI_URL)
     app.add_middleware(BodyLimitMiddleware, limit=settings.api_max_payload_bytes)

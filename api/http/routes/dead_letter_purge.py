@@ -1,0 +1,44 @@
+"""``POST /api/v1/dead-letters:purge``: purge the dead letters of a selection (ids, queue,
+fingerprint) as a tracked operation, so a dashboard can purge one fingerprint group."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Request, Response
+
+from ..access import Principal, require
+from ..bulk import bulk_action
+from ..models import BulkAccepted, DeadLetterSelection
+from ..problems import API_PROBLEMS
+from .dead_letters import _broker, _count, _selected
+
+router = APIRouter(prefix="/api/v1", tags=["dead letters"], responses=API_PROBLEMS)
+
+
+@router.post(
+    "/dead-letters:purge",
+    response_model=BulkAccepted,
+    status_code=202,
+    summary="Purge many dead letters (ids or filters) as a tracked operation (admin); dry_run counts",
+    responses={200: {"model": BulkAccepted, "description": "Dry run: the count"}},
+)
+def purge_many(
+    request: Request,
+    response: Response,
+    body: DeadLetterSelection,
+    principal: Annotated[Principal, require("dlq.purge")],
+) -> BulkAccepted:
+    from actors.middleware import purge_letters
+
+    broker = _broker(request)
+    return bulk_action(
+        request,
+        response,
+        dry_run=body.dry_run,
+        kind="dead-letters.purge",
+        items=lambda: _selected(broker, body),
+        apply=lambda letters: purge_letters(broker, letters),
+        count=lambda: _count(broker, body),
+        principal=principal,
+    )
