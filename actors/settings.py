@@ -144,6 +144,10 @@ class Settings(BaseSettings):
         per second (0: no limit).
       events_enabled / events_maxlen: The live-events Redis Stream (``GET /api/v1/events``):
         whether processes append to it, and the approximate length it is capped at.
+      dashboard_environment: The badge the web dashboard shows in its header (e.g.
+        ``production``, ``staging``), so an operator knows which deployment a page acts on.
+      dashboard_jaeger_url: Base URL of the Jaeger UI the dashboard links a job's trace to
+        (``None``: no link), e.g. ``http://127.0.0.1:16686``.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -264,6 +268,8 @@ class Settings(BaseSettings):
     api_bulk_rate: int = Field(default=10_000, ge=0)
     events_enabled: bool = True
     events_maxlen: int = Field(default=100_000, gt=0)
+    dashboard_environment: str = Field(default="development", min_length=1, max_length=40)
+    dashboard_jaeger_url: str | None = None
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)

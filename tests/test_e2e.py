@@ -194,6 +194,7 @@ def test_up_runs_workers_until_interrupted(settings, stop_signal):
     assert up.returncode == 0, output
     assert f"redis: {settings.redis_url}" in output
     assert f"api: http://127.0.0.1:{api_port}/api/v1" in output
+    assert f"dashboard: http://127.0.0.1:{api_port}/" in output
     assert "stopping..." in output
     assert children and not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children stopped"
 

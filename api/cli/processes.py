@@ -76,6 +76,7 @@ def up(
 
             commands.append(stack.api_command())
             console.print(f"api: {url_of(settings)}", soft_wrap=True)
+            console.print(f"dashboard: {url_of(settings).removesuffix('/api/v1')}/", soft_wrap=True)
         with stack.running(commands, env=stack.child_env(redis_url)) as children:
             try:
                 code = _supervise(children[0], children[1:])

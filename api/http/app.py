@@ -77,7 +77,9 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-def create_app(settings: Settings, *, broker: Any = None, workflows: Any = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, broker: Any = None, workflows: Any = None, dashboard: bool = True
+) -> FastAPI:
     """The API of the deployment ``settings`` describes.
 
     Parameters:
@@ -85,6 +87,7 @@ def create_app(settings: Settings, *, broker: Any = None, workflows: Any = None)
       broker: The process's Dramatiq broker with its actors registered (``import actors``);
         without it the routes that send messages answer 503.
       workflows: The workflow registry (``orchestration.registry``).
+      dashboard: Serve the web dashboard at ``/`` (``docs/dashboard.md``).
     """
     app = FastAPI(
         title="tradeflow",
@@ -103,6 +106,10 @@ def create_app(settings: Settings, *, broker: Any = None, workflows: Any = None)
     for module in (stats, dead_letter_purge):  # the dashboard's needs
         app.include_router(module.router)
     docs.install(app, openapi_url=OPENAPI_URL)
+    if dashboard:
+        from .dashboard import install as install_dashboard
+
+        install_dashboard(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.api_max_payload_bytes)
     app.add_middleware(SecurityMiddleware)
     return app
