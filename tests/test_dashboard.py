@@ -220,11 +220,12 @@ def test_job_sent_with_tradeflow_send_appears_within_a_second_without_reload(log
     assert sent.returncode == 0, sent.stderr
     job_id = sent.stdout.strip().split()[-1]
     started = time.monotonic()
-    page.wait_for_selector(f"tr[data-job='{job_id}']", timeout=1_000)
+    # waits longer than the promise, so that a miss reports by how much
+    page.wait_for_selector(f"tr[data-job='{job_id}']", timeout=10_000)
     elapsed = time.monotonic() - started
     print(f"job on the page {elapsed:.3f} s after `tradeflow send` returned")
     assert page.evaluate("() => window.__sameDocument === true"), "the page was not reloaded"
-    assert elapsed < 1.0
+    assert elapsed < 1.0, f"the job showed {elapsed:.2f} s after `tradeflow send` returned"
 
 
 def test_cancel_all_jobs_matching_a_filter_after_typing_the_count(login, server):
