@@ -143,6 +143,7 @@ def test_login_then_every_page_has_no_serious_accessibility_violation(login, ser
         "/api/v1/workflows:run",
         json={
             "name": "axe_run",
+            "inputs": {"user_id": "axe"},
             "steps": [
                 {"name": "a", "actor": "dash_step", "args": ["a"], "compensate_with": "dash_undo"},
                 {"name": "b", "actor": "dash_step", "args": ["b"], "depends_on": ["a"]},
@@ -170,7 +171,7 @@ def test_login_then_every_page_has_no_serious_accessibility_violation(login, ser
         "job": (f"/jobs/{dead}", "pre.traceback"),
         "dead-letters": ("/dead-letters", "tr[data-fingerprint]"),
         "schedules": ("/schedules", "tr[data-schedule]"),
-        "workflows": ("/workflows", f"tr[data-run='{run_id}']"),
+        "workflows": ("/workflows?input=user_id%3Daxe", f"tr[data-run='{run_id}']"),
         "run": (f"/workflows/{run_id}", "g.node[data-step='b']"),
         "queues": ("/queues", "#queues-table tbody tr[data-queue]"),
     }
@@ -187,6 +188,9 @@ def test_login_then_every_page_has_no_serious_accessibility_violation(login, ser
         if found:
             failures[name] = found
     assert failures == {}
+    page.goto("/workflows?input=user_id%3Dnobody")
+    page.wait_for_selector("#runs-table td.empty")
+    assert page.input_value("#filters input[name=input]") == "user_id=nobody"
     page.goto(f"/jobs/{dead}")
     page.wait_for_selector("#trace-link-row:not([hidden])")
     href = urllib.parse.urlsplit(page.get_attribute("#trace-link", "href"))

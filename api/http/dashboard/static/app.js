@@ -414,14 +414,21 @@ function jobQuery(url) {
     const iso = inputToIso(url.get(name));
     if (iso) { params.set(name, iso); selection[name] = iso; }
   }
-  for (const pair of (url.get("args") || "").split(",")) {
-    const [key, ...rest] = pair.split("=");
-    if (key && key.trim() && rest.length) {
-      params.set(`args.${key.trim()}`, rest.join("=").trim());
-      selection.args[key.trim()] = rest.join("=").trim();
-    }
+  for (const [key, value] of pairs(url.get("args"))) {
+    params.set(`args.${key}`, value);
+    selection.args[key] = value;
   }
   return { params, selection };
+}
+
+/** ``"a=1,b=2"`` as ``[["a", "1"], ["b", "2"]]`` (the args and input filters). */
+function pairs(text) {
+  const out = [];
+  for (const pair of (text || "").split(",")) {
+    const [key, ...rest] = pair.split("=");
+    if (key && key.trim() && rest.length) out.push([key.trim(), rest.join("=").trim()]);
+  }
+  return out;
 }
 
 function bindFilters(form, names, base) {
@@ -685,9 +692,10 @@ pages.schedules = async function () {
 
 pages.workflows = async function () {
   const url = new URLSearchParams(location.search);
-  bindFilters($("#filters"), ["workflow", "status"], "/workflows");
+  bindFilters($("#filters"), ["workflow", "status", "input"], "/workflows");
   const params = new URLSearchParams();
   for (const name of ["workflow", "status", "cursor"]) if (url.get(name)) params.set(name, url.get(name));
+  for (const [key, value] of pairs(url.get("input"))) params.set(`input.${key}`, value);
   const table = $("#runs-table");
   const refresh = async () => {
     const data = await api("/workflow-runs", { params });
