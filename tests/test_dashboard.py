@@ -545,13 +545,18 @@ def test_dark_mode_and_time_zone_persist_across_reloads(login, server):
     shoot(page, "jobs-dark")
 
 
-def test_keyboard_shortcuts_and_the_live_pause_toggle(login, server):
+def test_keyboard_shortcuts_live_pause_and_hidden_tab(login, server):
     for symbol in ("K1", "K2", "K3"):
         submit(server, "api_hold", symbol)
     context = login()
     page = context.new_page()
     page.goto("/jobs")
     wait_live(page)
+    # connected and nothing happening: the list is not polled
+    listed = []
+    page.on("request", lambda request: listed.append(request.url) if "/api/v1/jobs" in request.url else None)
+    page.wait_for_timeout(1_500)
+    assert listed == []
     page.keyboard.press("j")
     page.keyboard.press("j")
     rows = page.locator("#jobs-table tbody tr")
@@ -572,3 +577,16 @@ def test_keyboard_shortcuts_and_the_live_pause_toggle(login, server):
     assert page.locator(f"tr[data-job='{job_id}']").count() == 0
     page.click("#live-toggle")
     page.wait_for_selector(f"tr[data-job='{job_id}']", timeout=3_000)
+    # a hidden tab closes its stream and catches up when shown again
+    set_hidden = """(hidden) => {
+      Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});
+      document.dispatchEvent(new Event('visibilitychange'));
+    }"""
+    page.evaluate(set_hidden, True)
+    page.wait_for_selector("#live-state[data-state='hidden']")
+    hidden_job = submit(server, "api_hold", "HIDDEN")
+    page.wait_for_timeout(800)
+    assert page.locator(f"tr[data-job='{hidden_job}']").count() == 0
+    page.evaluate(set_hidden, False)
+    page.wait_for_selector(f"tr[data-job='{hidden_job}']", timeout=3_000)
+    wait_live(page)
