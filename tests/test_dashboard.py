@@ -253,6 +253,26 @@ def test_cancel_all_jobs_matching_a_filter_after_typing_the_count(login, server)
     page.wait_for_selector(f"tr[data-job='{ids[0]}'] .st-cancelled", timeout=5_000)
 
 
+def test_jobs_keyset_pages_keep_the_filter(login, server):
+    user = f"pages-{uuid.uuid4().hex[:6]}"
+    ids = [submit(server, "api_hold", f"P{i}", user_id=user) for i in range(3)]
+    wait_until(lambda: all(job_status(server, job_id) for job_id in ids), timeout=10, what="audit rows")
+    page = login().new_page()
+    page.goto(f"/jobs?user={user}&limit=2")
+    page.wait_for_selector("#jobs-table tbody tr[data-job]")
+    first = page.locator("#jobs-table tbody tr[data-job]").evaluate_all(
+        "rows => rows.map(r => r.dataset.job)"
+    )
+    assert len(first) == 2 and set(first) < set(ids)
+    (rest,) = set(ids) - set(first)
+    page.click("#next-page")
+    page.wait_for_url("**cursor=**")
+    assert f"user={user}" in page.url
+    page.wait_for_selector(f"#jobs-table tbody tr[data-job='{rest}']")
+    assert page.locator("#jobs-table tbody tr[data-job]").count() == 1
+    assert page.is_hidden("#next-page") and page.is_visible("#first-page")
+
+
 # -- dead letters: one by a click, a group in bulk with progress ---------------------------------------
 
 

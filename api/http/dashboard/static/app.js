@@ -470,7 +470,7 @@ pages.jobs = async function () {
   const url = new URLSearchParams(location.search);
   bindFilters($("#filters"), JOB_FILTERS, "/jobs");
   const { params, selection } = jobQuery(url);
-  if (url.get("cursor")) params.set("cursor", url.get("cursor"));
+  for (const name of ["cursor", "limit"]) if (url.get(name)) params.set(name, url.get(name));
   const table = $("#jobs-table");
   const tbody = $("tbody", table);
   const selected = new Set();
@@ -694,7 +694,7 @@ pages.workflows = async function () {
   const url = new URLSearchParams(location.search);
   bindFilters($("#filters"), ["workflow", "status", "input"], "/workflows");
   const params = new URLSearchParams();
-  for (const name of ["workflow", "status", "cursor"]) if (url.get(name)) params.set(name, url.get(name));
+  for (const name of ["workflow", "status", "cursor", "limit"]) if (url.get(name)) params.set(name, url.get(name));
   for (const [key, value] of pairs(url.get("input"))) params.set(`input.${key}`, value);
   const table = $("#runs-table");
   const refresh = async () => {
