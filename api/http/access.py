@@ -127,7 +127,7 @@ def close_session(context: ApiContext, session_id: str) -> None:
     context.redis.delete(session_key(context.namespace, session_id))
 
 
-def authenticate(request: Request, context: ApiContext) -> Principal:
+def authenticate_request(request: Request, context: ApiContext) -> Principal:
     from storage import authenticate, get_api_key
 
     token = bearer_token(request)
@@ -174,7 +174,7 @@ def require(permission: str):
 
     def dependency(request: Request) -> Principal:
         context = context_of(request)
-        principal = authenticate(request, context)
+        principal = authenticate_request(request, context)
         request.state.principal = principal
         if principal.via_session and request.method in UNSAFE_METHODS:
             _check_same_site(request)

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from ..access import ROLE_RANK, Principal, authenticate
+from ..access import ROLE_RANK, Principal, authenticate_request
 from ..context import context_of
 from ..problems import Problem
 
@@ -47,7 +47,7 @@ def _principal(request: Request) -> Principal | None:
     if not request.cookies:
         return None
     try:
-        principal = authenticate(request, context_of(request))
+        principal = authenticate_request(request, context_of(request))
     except Problem:
         return None
     return principal if principal.via_session else None
