@@ -11,7 +11,7 @@ settings), and the queues' domain code: ``ib``, ``accounts``, ``market_data``,
 """
 
 from actors.middleware import Audit, worker_id
-from actors.runtime import audit_writer_of, build_broker, configure
+from actors.runtime import audit_writer_of, build_broker, configure, load_modules
 from actors.settings import Settings
 
 #: The settings this process read from its ``TRADEFLOW_*`` environment.
@@ -32,6 +32,10 @@ from actors import (  # noqa: E402  (actors register on the broker set above)
 )
 from actors.scheduling import scheduler  # noqa: E402
 
+#: The user's modules (``TRADEFLOW_MODULES``), imported last: their actors register on the
+#: broker above and they may ``import actors`` themselves.
+user_modules = load_modules(current_settings.modules)
+
 __all__ = [
     "Audit",
     "Settings",
@@ -48,5 +52,6 @@ __all__ = [
     "scheduler",
     "strategy",
     "system",
+    "user_modules",
     "worker_id",
 ]

@@ -148,6 +148,10 @@ class Settings(BaseSettings):
         ``production``, ``staging``), so an operator knows which deployment a page acts on.
       dashboard_jaeger_url: Base URL of the Jaeger UI the dashboard links a job's trace to
         (``None``: no link), e.g. ``http://127.0.0.1:16686``.
+      modules: The user's modules with actors and workflows, comma-separated
+        (``myapp.actors,myapp.flows``): ``import actors`` imports them, so every
+        worker, scheduler, ``tradeflow workflow`` command and the HTTP API knows them.
+        The CLI's ``-m/--module`` adds to it.
     """
 
     model_config = SettingsConfigDict(env_prefix="TRADEFLOW_", extra="ignore")
@@ -270,6 +274,7 @@ class Settings(BaseSettings):
     events_maxlen: int = Field(default=100_000, gt=0)
     dashboard_environment: str = Field(default="development", min_length=1, max_length=40)
     dashboard_jaeger_url: str | None = None
+    modules: str = ""
 
     worker_processes: int = Field(default=2, gt=0)
     worker_threads: int = Field(default=8, gt=0)

@@ -9,6 +9,7 @@ from .definition import Condition, Fragment, Ref, Step, Workflow, WorkflowDefini
 from .engine import SAGA_OPTION, SagaEngine, WorkflowError, dispatch
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
 from .middleware import Saga, StepAborted, engine_of
+from .results import StepAwareResults
 
 __all__ = [
     "SAGA_OPTION",
@@ -21,6 +22,7 @@ __all__ = [
     "SagaEngine",
     "Step",
     "StepAborted",
+    "StepAwareResults",
     "StepContext",
     "Workflow",
     "WorkflowDefinitionError",

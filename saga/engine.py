@@ -290,6 +290,7 @@ class SagaEngine:
         keep = ("name", "position", "actor", "spec", "depends_on", "dependents", "group_name", "group_limit")
         steps = [{key: row[key] for key in keep} for row in rows]
         done = {row["name"]: row for row in rows if row["status"] == StepStatus.SUCCEEDED}
+        self._refuse_unknown_actors("fork", run_id, [row for row in rows if row["name"] not in done])
         run = {
             "run_id": uuid.uuid4().hex,
             "workflow": source["workflow"],
@@ -698,9 +699,10 @@ class SagaEngine:
         """Apply ``values`` to the step if ``claim`` still holds it in status ``expected``;
         returns the step's name, status, dependents and group, or None."""
         values.update(claim=None, lease_until=None)
-        if finish:
+        # A compensation leaves the step's own timings alone: they say how long the step ran.
+        if finish and claim.kind == STEP:
             values["finished_at"] = utc_now()
-        if claim.started_at is not None:
+        if claim.started_at is not None and claim.kind == STEP:
             values["started_at"] = func.coalesce(STEPS.c.started_at, claim.started_at)
         statement = (
             update(STEPS)
@@ -925,6 +927,9 @@ class SagaEngine:
         with self._locked(run_id) as (connection, run):
             if run["status"] not in (RunStatus.RUNNING, RunStatus.COMPENSATING):
                 raise WorkflowError(f"run {run_id} is {run['status']}; only a running run can be cancelled")
+            if compensate and run["compensate"]:
+                succeeded = self._steps_in(connection, run_id, (StepStatus.SUCCEEDED,))
+                self._refuse_unknown_actors("cancel", run_id, succeeded, compensations=True)
             run.update(cancel_requested=True, compensate=run["compensate"] and compensate)
             if run["status"] == RunStatus.RUNNING:
                 outgoing = self._begin_unwinding(connection, run, "cancelled by an operator", abort=True)
@@ -950,6 +955,10 @@ class SagaEngine:
             return self._retry_compensation(run_id)
         if run["status"] not in (RunStatus.FAILED, RunStatus.COMPENSATED, RunStatus.CANCELLED):
             raise WorkflowError(f"run {run_id} is {run['status']}; only a stopped run can be resumed")
+        with self.database.connect() as connection:
+            rows = self._steps(connection, run_id, None)
+        rerun = [row for row in rows.values() if row["status"] not in DONE_STEP_STATUSES]
+        self._refuse_unknown_actors("resume", run_id, rerun)
         self._acquire_slot(run)
         with self._locked(run_id) as (connection, run):
             rows = self._steps(connection, run_id, None)
@@ -965,6 +974,9 @@ class SagaEngine:
                     ),
                     "claim": None,
                     "lease_until": None,
+                    # A re-run's timings are its own, not counted from the first attempt.
+                    "started_at": None,
+                    "finished_at": None,
                 }
                 connection.execute(
                     update(STEPS).where(STEPS.c.run_id == run_id, STEPS.c.name == name).values(values)
@@ -987,9 +999,8 @@ class SagaEngine:
 
     def _retry_compensation(self, run_id: str) -> None:
         with self._locked(run_id) as (connection, run):
-            failed = [
-                s for s in self._steps(connection, run_id, None).values() if s["status"] == "compensating"
-            ]
+            failed = self._steps_in(connection, run_id, (StepStatus.COMPENSATING,))
+            self._refuse_unknown_actors("resume", run_id, failed, compensations=True)
             run.update(status=RunStatus.COMPENSATING, error=None)
             outgoing = []
             for step in failed:
@@ -1004,6 +1015,8 @@ class SagaEngine:
                 raise WorkflowError(
                     f"run {run_id} is {run['status']}; only compensation_failed can be resolved"
                 )
+            succeeded = self._steps_in(connection, run_id, (StepStatus.SUCCEEDED,))
+            self._refuse_unknown_actors("resolve", run_id, succeeded, compensations=True)
             connection.execute(
                 update(STEPS)
                 .where(STEPS.c.run_id == run_id, STEPS.c.status == StepStatus.COMPENSATING)
@@ -1126,6 +1139,25 @@ class SagaEngine:
             options=options,
             message_id=message_id(run_id, step["name"], kind, step["epoch"]),
         )
+
+    def _refuse_unknown_actors(
+        self, operation: str, run_id: str, steps: Iterable[dict[str, Any]], *, compensations: bool = False
+    ) -> None:
+        """Raise before ``operation`` changes anything if it would dispatch one of ``steps`` (or,
+        with ``compensations``, their compensations) through an actor this process does not know:
+        a dispatch that cannot be sent would fail the step and stop the run instead."""
+        for step in steps:
+            actor = step["spec"].get("compensate_with") if compensations else step["actor"]
+            if actor is not None and actor not in self.broker.actors:
+                role = "is compensated by" if compensations else "runs"
+                raise WorkflowError(
+                    f"cannot {operation} run {run_id}: step {step['name']!r} {role} actor {actor!r}, "
+                    "which this process does not declare; load the module that declares it "
+                    "(TRADEFLOW_MODULES, or -m/--module on the CLI). Nothing was changed."
+                )
+
+    def _steps_in(self, connection, run_id: str, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [row for row in self._steps(connection, run_id, None).values() if row["status"] in statuses]
 
     def _check_declared(self, actor: str) -> None:
         """Steps are sent by whichever process finished the step before: it must know the actor."""

@@ -38,7 +38,17 @@ class StepStateUnavailable(MiddlewareError):
 
 
 class StepAborted(Exception):
-    """Raised inside a running step whose run was cancelled or failed with ``on_failure="cancel"``."""
+    """Raised inside a running step whose run was cancelled or failed with ``on_failure="cancel"``.
+
+    It is raised in the step's thread as a class (``raise_thread_exception``), so its
+    message is the default one.
+    """
+
+    #: The message of an abort (the run's own error says why it stopped).
+    MESSAGE = "aborted: the run is stopping (cancelled, failed or past its deadline)"
+
+    def __init__(self, message: str = MESSAGE) -> None:
+        super().__init__(message)
 
 
 class Saga(Middleware):

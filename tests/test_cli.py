@@ -47,7 +47,7 @@ def test_unknown_actor(env):
 
 def test_unknown_module(env):
     _assert_one_line_error(
-        run_cli("send", "ping", "-m", "no.such", env=env), "cannot import actor module 'no.such'"
+        run_cli("send", "ping", "-m", "no.such", env=env), "cannot import module 'no.such'"
     )
 
 

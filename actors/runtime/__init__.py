@@ -11,11 +11,13 @@ from .build import (
     build_results_backend,
     configure,
 )
+from .modules import ModuleLoadError, load_modules, module_names
 from .process import process_settings
 from .routed_results import RoutedRedisBackend
 
 __all__ = [
     "PERIODIC_SKIP_DELAY",
+    "ModuleLoadError",
     "RoutedRedisBackend",
     "audit_writer_of",
     "build_audit_writer",
@@ -25,5 +27,7 @@ __all__ = [
     "build_redis_routes",
     "build_results_backend",
     "configure",
+    "load_modules",
+    "module_names",
     "process_settings",
 ]

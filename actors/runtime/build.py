@@ -16,7 +16,6 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
-from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 from periodiq import PeriodiqMiddleware
 
@@ -34,7 +33,7 @@ from actors.middleware import Audit, CancelWatcher, DeadLetterLog, Retries, Stal
 from actors.scheduling import ScheduleControl
 from actors.settings import Settings
 from actors.telemetry import Metrics, Tracing, tracer_provider_for
-from saga import Saga
+from saga import Saga, StepAwareResults
 from storage import AuditWriter, create_db_engine
 
 from .metrics_server import serve_metrics
@@ -135,7 +134,10 @@ def build_middleware(
             jitter=settings.retry_jitter,
         ),
         CurrentMessage(),
-        Results(backend=build_results_backend(settings, routes=routes), result_ttl=settings.result_ttl_ms),
+        # a workflow step's result is the engine's to record: no store_results warning for it
+        StepAwareResults(
+            backend=build_results_backend(settings, routes=routes), result_ttl=settings.result_ttl_ms
+        ),
         PeriodiqMiddleware(skip_delay=PERIODIC_SKIP_DELAY),
         ScheduleControl(
             overrides=settings.schedules,

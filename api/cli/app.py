@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
 from . import jobs
-from .common import CliError, err_console
+from .common import MODULE_HELP, CliError, add_modules, err_console
 from .data import data_app
 from .http import api_keys_app, http_app
 from .ib import ib_app, ib_sim_app
@@ -22,6 +23,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _root(
+    module: Annotated[list[str] | None, typer.Option("--module", "-m", help=MODULE_HELP)] = None,
+) -> None:
+    """tradeflow: jobs and workflows on Dramatiq + Redis."""
+    add_modules(module)
+
+
 jobs.register(app)  # send, jobs, schedules, dlq, outbox
 app.add_typer(processes_app)  # worker, scheduler, up, demo
 app.add_typer(db_app, name="db")
@@ -49,6 +60,11 @@ def main() -> None:
         sys.exit(1)
     except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as exc:
         err_console.print(f"error: cannot reach Redis: {exc}", highlight=False)
+        sys.exit(1)
+    except ImportError as exc:
+        if not getattr(exc, "user_error", False):  # actors.runtime.ModuleLoadError
+            raise
+        err_console.print(f"error: {exc}", highlight=False)
         sys.exit(1)
     except (OperationalError, ProgrammingError) as exc:
         err_console.print(f"error: database: {describe_database_error(exc.orig or exc)}", highlight=False)

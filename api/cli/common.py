@@ -6,6 +6,8 @@ Each group module imports from here, never from the app that assembles them.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -54,14 +56,25 @@ def load_actors(settings: Settings):
     return actors
 
 
-def import_modules(names: list[str] | tuple[str, ...]) -> None:
-    import importlib
+#: Environment variable of the user's modules (``Settings.modules``).
+MODULES_VARIABLE = "TRADEFLOW_MODULES"
 
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise CliError(f"cannot import actor module {name!r}: {exc}") from None
+#: Help of every ``-m/--module`` option.
+MODULE_HELP = "A module with your actors and workflows (repeatable); adds to TRADEFLOW_MODULES."
+
+
+def add_modules(names: list[str] | None) -> None:
+    """Add ``names`` to ``TRADEFLOW_MODULES`` of this process (``import actors`` loads them)
+    and of the children it starts (worker, scheduler)."""
+    if not names:
+        return
+    current = [n for n in os.environ.get(MODULES_VARIABLE, "").split(",") if n.strip()]
+    merged = current + [name for name in names if name not in current]
+    os.environ[MODULES_VARIABLE] = ",".join(merged)
+    if "actors" in sys.modules:  # imported already (a test's process): load them now
+        from actors.runtime import load_modules
+
+        load_modules(merged)
 
 
 def parse_json(text: str, what: str) -> Any:

@@ -9,10 +9,11 @@ import typer
 from rich.table import Column, Table
 
 from .common import (
+    MODULE_HELP,
     CliError,
+    add_modules,
     console,
     err_console,
-    import_modules,
     load_actors,
     load_settings,
     migrate,
@@ -41,15 +42,13 @@ def parse_expiry(text: str, *, now: datetime | None = None) -> datetime:
 
 @http_app.command("api")
 def api(
-    modules: Annotated[
-        list[str] | None, typer.Option("--module", "-m", help="Extra actor module to import.")
-    ] = None,
+    modules: Annotated[list[str] | None, typer.Option("--module", "-m", help=MODULE_HELP)] = None,
 ) -> None:
     """Serve the HTTP API on TRADEFLOW_API_HOST:TRADEFLOW_API_PORT (migrates the database first)."""
+    add_modules(modules)  # ``import actors`` (below) loads them, with TRADEFLOW_MODULES
     settings = load_settings()
     migrate(settings)
     actors = load_actors(settings)
-    import_modules(modules or ())
     from api.http import serve, url_of
     from orchestration import registry
 

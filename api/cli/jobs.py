@@ -13,11 +13,12 @@ if TYPE_CHECKING:
     from actors.settings import Settings
 
 from .common import (
+    MODULE_HELP,
     CliError,
+    add_modules,
     call_arguments,
     console,
     err_console,
-    import_modules,
     load_actors,
     load_settings,
     open_engine,
@@ -34,16 +35,14 @@ def send(
     kwargs: Annotated[str | None, typer.Option(help="JSON object of keyword arguments.")] = None,
     delay: Annotated[int | None, typer.Option(help="Delay in milliseconds.", min=0)] = None,
     user_id: Annotated[str | None, typer.Option(help="Recorded in the audit trail.")] = None,
-    module: Annotated[
-        list[str] | None, typer.Option("--module", "-m", help="Extra actor module to import.")
-    ] = None,
+    module: Annotated[list[str] | None, typer.Option("--module", "-m", help=MODULE_HELP)] = None,
     priority: Annotated[str | None, typer.Option(help="Lane: critical, high, normal or low.")] = None,
 ) -> None:
     """Send one message; prints its id."""
+    add_modules(module)
     settings = load_settings()
     positional, keyword = call_arguments(args, kwargs)
     actors = load_actors(settings)
-    import_modules(module or ())
     from orchestration.jobs import JobRequest, SubmissionError, submit_job
 
     options = {"user_id": user_id} if user_id else {}

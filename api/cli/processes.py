@@ -14,7 +14,20 @@ if TYPE_CHECKING:
 from api import stack
 from api.embedded import redis_for
 
-from .common import CliError, console, err_console, load_actors, load_settings, migrate, open_engine
+from .common import (
+    MODULE_HELP,
+    CliError,
+    add_modules,
+    console,
+    err_console,
+    load_actors,
+    load_settings,
+    migrate,
+    open_engine,
+)
+
+#: ``-m/--module``: the user's modules, passed to the children in ``TRADEFLOW_MODULES``.
+ModuleOption = Annotated[list[str] | None, typer.Option("--module", "-m", help=MODULE_HELP)]
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 processes_app = typer.Typer()
@@ -31,8 +44,10 @@ def worker(
     modules: Annotated[list[str] | None, typer.Argument(help="Extra actor modules.")] = None,
     processes: Annotated[int | None, typer.Option("--processes", "-p", min=1)] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", min=1)] = None,
+    module: ModuleOption = None,
 ) -> None:
     """Run workers: ``dramatiq actors`` with our defaults (migrates the database first)."""
+    add_modules(module)
     settings = load_settings()
     migrate(settings)
     command = stack.worker_command(
@@ -46,8 +61,10 @@ def worker(
 @processes_app.command()
 def scheduler(
     modules: Annotated[list[str] | None, typer.Argument(help="Extra actor modules.")] = None,
+    module: ModuleOption = None,
 ) -> None:
     """Run the scheduler: ``periodiq actors``."""
+    add_modules(module)
     command = stack.scheduler_command(modules=modules or ())
     os.execv(command[0], command)
 
@@ -58,8 +75,10 @@ def up(
     threads: Annotated[int | None, typer.Option("--threads", "-t", min=1)] = None,
     scheduler: Annotated[bool, typer.Option(help="Also run the periodiq scheduler.")] = True,
     api: Annotated[bool, typer.Option(help="Also serve the HTTP API (TRADEFLOW_API_HOST/PORT).")] = True,
+    module: ModuleOption = None,
 ) -> None:
     """Run everything: Redis (embedded if none), workers, scheduler and HTTP API.  Ctrl-C stops it all."""
+    add_modules(module)
     settings = load_settings()
     migrate(settings)
     with redis_for(settings) as redis_url:

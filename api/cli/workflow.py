@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.tree import Tree
 
-from .common import load_settings
+from .common import MODULE_HELP, add_modules, load_settings
 
 #: Statuses ``--wait`` stops at.
 SETTLED_STATUSES = ("succeeded", "failed", "compensated", "compensation_failed", "cancelled")
@@ -34,6 +34,15 @@ workflow_app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+#: ``-m/--module`` of a command.
+ModuleOption = Annotated[list[str] | None, typer.Option("--module", "-m", help=MODULE_HELP)]
+
+
+@workflow_app.callback()
+def _workflow(module: ModuleOption = None) -> None:
+    """Durable workflows: start, list, show, cancel, resume, fork."""
+    add_modules(module)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -111,8 +120,8 @@ def start(
     from orchestration import registry
 
     inputs = _json(args, "--args")
+    engine = _engine()  # first: importing ``actors`` loads the user's modules and their workflows
     workflow = _operate(registry.get, name)
-    engine = _engine()
     limit = timedelta(seconds=deadline) if deadline is not None else None
     run_id = _operate(engine.start, workflow, inputs, idempotency_key=idempotency_key, deadline=limit)
     console.print(run_id, highlight=False)
@@ -134,6 +143,7 @@ def list_(
     from storage import RunStatus, list_runs
 
     if defined:
+        _engine()  # imports ``actors``, which loads the user's modules and their workflows
         for name in registry.names():
             events = ", ".join(registry.events_of(name))
             console.print(name + (f"  (on {events})" if events else ""), highlight=False)
