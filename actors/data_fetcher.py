@@ -121,6 +121,34 @@ def fetch_fundamentals(symbols: list[str]) -> dict:
     return _run(ingest.fetch_fundamentals, symbols=symbols)
 
 
+@dramatiq.actor(queue_name=QUEUE, throws=(ValueError,), time_limit=FETCH_TIME_LIMIT_MS)
+def market_features(symbols: list[str], interval: str = "1d") -> dict:
+    """The newest bar's features (``market_data.features.FEATURE_COLUMNS``) of each symbol."""
+    import pyarrow.compute as pc
+
+    from actors.market_data.features import FEATURE_COLUMNS
+    from actors.market_data.tables import MARKET_BARS, read_table, table_version
+
+    if isinstance(symbols, str) or not symbols:
+        raise ValueError(f"symbols must be a non-empty list of tickers, got {symbols!r}")
+    wanted = [symbol.upper() for symbol in symbols]
+    root = _settings().delta_root
+    condition = pc.field("symbol").isin(wanted) & (pc.field("interval") == interval)
+    bars = read_table(root, MARKET_BARS, filter=condition).to_pandas()
+    features, missing = {}, []
+    for symbol in wanted:
+        rows = bars[bars["symbol"] == symbol].sort_values("timestamp")
+        if rows.empty:
+            missing.append(symbol)
+            continue
+        last = rows.iloc[-1]
+        # NaN (a window not yet full) is not JSON: None
+        values = {name: (None if last[name] != last[name] else float(last[name])) for name in FEATURE_COLUMNS}
+        stamp = last["timestamp"].isoformat()
+        features[symbol] = {"timestamp": stamp, "close": float(last["close"]), **values}
+    return {"features": features, "missing": missing, "market_bars_version": table_version(root, MARKET_BARS)}
+
+
 @dramatiq.actor(
     queue_name=QUEUE, store_results=True, time_limit=MAINTENANCE_TIME_LIMIT_MS, periodic=cron(STATS_SCHEDULE)
 )

@@ -25,7 +25,8 @@ QUEUE = "portfolio"
 
 
 @functools.cache
-def _service() -> PortfolioService:
+def portfolio_service() -> PortfolioService:
+    """This process's portfolio service (its gateway session, database and limits)."""
     state = runtime()
     settings = state.settings
     limits = RiskLimits(
@@ -45,14 +46,43 @@ def _service() -> PortfolioService:
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000, store_results=True)
 def sync_portfolio(account: str) -> dict:
     """Snapshot one account; returns its P&L figures."""
-    snapshot = _service().sync(account)
+    snapshot = portfolio_service().sync(account)
     return snapshot.model_dump(mode="json", exclude={"positions", "summary"})
+
+
+def account_of(account: str | None) -> str:
+    """``account``, else the configured ``ib_account``, else the gateway's first managed account."""
+    return account or runtime().settings.ib_account or portfolio_service().accounts()[0]
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000)
+def fetch_portfolio(user_id: str, account: str | None = None, history_days: int = 30) -> dict:
+    """A fresh snapshot of the user's account (``account``, else the configured or first managed
+    one) as the next steps of ``portfolio_analysis`` read it: its ``symbols``, ``holdings``
+    (``{"positions": {symbol: quantity}, "cash": ...}``), P&L figures, and the date range
+    (``start``, ``end``) of the market data to fetch for it."""
+    from datetime import timedelta
+
+    snapshot = portfolio_service().sync(account_of(account))
+    positions = {p["symbol"]: p["position"] for p in snapshot.positions if p.get("position")}
+    end = snapshot.taken_at.date()
+    return {
+        "user_id": user_id,
+        "account": snapshot.account,
+        "snapshot_id": snapshot.id,
+        "symbols": sorted(positions),
+        "holdings": {"positions": positions, "cash": snapshot.total_cash or 0.0},
+        "net_liquidation": snapshot.net_liquidation,
+        "unrealized_pnl": snapshot.unrealized_pnl,
+        "start": (end - timedelta(days=history_days)).isoformat(),
+        "end": end.isoformat(),
+    }
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000, store_results=True)
 def sync_all_portfolios(evaluate_limits: bool = False) -> list[str]:
     """Snapshot every managed account (and check its limits afterwards if asked)."""
-    accounts = _service().accounts()
+    accounts = portfolio_service().accounts()
     for account in accounts:
         if not evaluate_limits:
             sync_portfolio.send(account)
@@ -65,7 +95,7 @@ def sync_all_portfolios(evaluate_limits: bool = False) -> list[str]:
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=60_000, store_results=True)
 def evaluate_risk_limits(account: str) -> list[dict]:
     """Check the latest snapshot of ``account``; each breach is stored and raised as an alert."""
-    return [b.model_dump(mode="json") for b in _service().check(account)]
+    return [b.model_dump(mode="json") for b in portfolio_service().check(account)]
 
 
 @dramatiq.actor(
@@ -74,6 +104,6 @@ def evaluate_risk_limits(account: str) -> list[dict]:
 def monitor_risk() -> list[str]:
     """Each minute: snapshot every account, then check its limits (idle while no limit is set,
     so deployments without a gateway are not bothered)."""
-    if not _service().limits.configured:
+    if not portfolio_service().limits.configured:
         return []
     return sync_all_portfolios.fn(evaluate_limits=True)

@@ -8,6 +8,7 @@ from typing import Any
 from dramatiq.logging import get_logger
 
 from saga import SagaEngine, Workflow
+from saga.versions import check_definitions
 
 
 class UnknownWorkflow(LookupError):
@@ -47,6 +48,11 @@ class WorkflowRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._workflows)
+
+    def check_definitions(self, database) -> None:
+        """At a process's start-up: every registered workflow's definition against the one its
+        version was first started with; raises ``WorkflowDefinitionError`` naming the difference."""
+        check_definitions(database, [self._workflows[name] for name in self.names()])
 
     def triggered_by(self, event: str) -> list[str]:
         return list(self._triggers.get(event, ()))

@@ -1,8 +1,7 @@
 """The platform's predefined workflows, one per orchestration mode of the queue-management design.
 
-Steps name actors that other areas build (portfolio, market data, AI
-analysis, orders); starting a workflow whose actors are not deployed yet
-fails with an error naming the missing actor.
+Steps name actors of the queue modules (portfolio, data_fetcher, ai_analysis,
+orders); ``tests/test_platform_workflows.py`` checks that every one is declared.
 """
 
 from __future__ import annotations
@@ -27,46 +26,76 @@ system_check = registry.register(
     on=("system.check_requested",),
 )
 
-#: Sequential: portfolio -> data fetcher -> AI analysis, each result feeding the next.
+#: Sequential: sync the user's IB portfolio -> market data of its holdings -> an AI review of it,
+#: stored in ``analysis_reports`` (inputs: ``{"user_id": ...}``; the account is the configured
+#: ``ib_account`` or the gateway's first).
 portfolio_analysis = registry.register(
     Workflow(
         "portfolio_analysis",
         [
-            pipeline(
-                Step("portfolio", "fetch_portfolio", kwargs={"user_id": inputs("user_id")}),
-                Step("market_data", "fetch_market_data"),
-                Step("analysis", "run_ai_analysis", time_limit=300_000),
-            )
+            Step("portfolio", "fetch_portfolio", kwargs={"user_id": inputs("user_id")}),
+            Step(
+                "market_data",
+                "fetch_market_data",
+                kwargs={
+                    "symbols": result("portfolio", "symbols"),
+                    "start": result("portfolio", "start"),
+                    "end": result("portfolio", "end"),
+                },
+                depends_on=["portfolio"],
+            ),
+            Step(
+                "analysis",
+                "evening_review",
+                kwargs={"portfolio": result("portfolio", "holdings")},
+                depends_on=["market_data"],
+                time_limit=300_000,
+            ),
         ],
         concurrency_key="portfolio_analysis:{user_id}",
     ),
     on=("market.closed",),
 )
 
-#: Parallel with bounded concurrency: refresh market data of a watchlist, then rebuild features.
+#: Parallel with bounded concurrency: refresh a watchlist's bars and fundamentals, two fetches at
+#: a time, then read the features of the refreshed bars (inputs: ``symbols``, ``start``, ``end``).
 market_data_refresh = registry.register(
     Workflow(
         "market_data_refresh",
         [
-            pipeline(
-                group(
-                    [
+            group(
+                [
+                    *(
                         Step(
-                            f"bars_{kind}",
+                            f"bars_{interval}",
                             "fetch_market_data",
-                            kwargs={"kind": kind, "symbols": inputs("symbols")},
+                            kwargs={
+                                "symbols": inputs("symbols"),
+                                "start": inputs("start"),
+                                "end": inputs("end"),
+                                "interval": interval,
+                            },
                         )
-                        for kind in ("daily", "minute", "fundamentals")
-                    ],
-                    max_concurrency=2,
-                ),
-                Step("features", "build_features"),
-            )
+                        for interval in ("1d", "1h")
+                    ),
+                    Step("fundamentals", "fetch_fundamentals", kwargs={"symbols": inputs("symbols")}),
+                ],
+                max_concurrency=2,
+            ),
+            Step(
+                "features",
+                "market_features",
+                kwargs={"symbols": inputs("symbols")},
+                depends_on=["bars_1d", "bars_1h", "fundamentals"],
+            ),
         ],
     )
 )
 
-#: Conditional, with compensations: an order only after the risk check passes; undone on failure.
+#: Conditional, with compensations: the order is checked against the risk limits; only an approved
+#: one reserves funds, is placed through the gateway and awaited until filled.  A failure after the
+#: reservation compensates in reverse order: cancel the order, release the funds (inputs:
+#: ``{"order": {"symbol": ..., "action": "BUY", "quantity": ..., ...}}``, see ``actors/orders.py``).
 order_with_prerequisites = registry.register(
     Workflow(
         "order_with_prerequisites",
@@ -75,7 +104,7 @@ order_with_prerequisites = registry.register(
             Step(
                 "reserve",
                 "reserve_funds",
-                kwargs={"order": inputs("order")},
+                kwargs={"order": inputs("order"), "risk": result("risk")},
                 depends_on=["risk"],
                 when=result("risk", "approved") == True,  # noqa: E712  (builds a condition)
                 compensate_with="release_funds",
@@ -86,7 +115,16 @@ order_with_prerequisites = registry.register(
                 kwargs={"order": inputs("order"), "reservation": result("reserve")},
                 depends_on=["reserve"],
                 compensate_with="cancel_order",
-                max_retries=2,
+            ),
+            Step(
+                "fill",
+                "wait_for_fill",
+                kwargs={
+                    "order": inputs("order"),
+                    "placed": result("place"),
+                    "reservation": result("reserve"),
+                },
+                depends_on=["place"],
             ),
         ],
     )

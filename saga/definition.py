@@ -236,6 +236,9 @@ class Workflow:
         ``"backtest:{user_id}"``: at most ``concurrency_limit`` runs with the same
         key are active at once.
       concurrency_limit: Defaults to 1.
+      version: The definition's version (a positive integer, default 1).  A changed
+        definition needs a new version: the first start of a version stores its definition
+        and a different one under the same version is refused (``saga.versions``).
     """
 
     name: str
@@ -244,6 +247,7 @@ class Workflow:
     deadline: timedelta | None = None
     concurrency_key: str | None = None
     concurrency_limit: int = 1
+    version: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -253,6 +257,8 @@ class Workflow:
             raise self._error(f"on_failure must be one of {ON_FAILURE_POLICIES} (got {self.on_failure!r})")
         if self.concurrency_limit < 1:
             raise self._error(f"concurrency_limit must be at least 1 (got {self.concurrency_limit})")
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:
+            raise self._error(f"version must be a positive integer (got {self.version!r})")
         self._check_steps()
         self.order = self._topological_order()
         self._check_references()
@@ -268,6 +274,26 @@ class Workflow:
             for dependency in step.depends_on:
                 found[dependency].append(step.name)
         return found
+
+    def definition(self) -> dict[str, Any]:
+        """The canonical JSON form of the definition, as its version stores it."""
+        return {
+            "on_failure": self.on_failure,
+            "deadline_s": self.deadline.total_seconds() if self.deadline is not None else None,
+            "concurrency_key": self.concurrency_key,
+            "concurrency_limit": self.concurrency_limit,
+            "steps": [
+                {
+                    "name": step.name,
+                    "actor": step.actor,
+                    "depends_on": list(step.depends_on),
+                    "group": step.group,
+                    "group_limit": step.group_limit,
+                    **step.spec(),
+                }
+                for step in self.steps
+            ],
+        }
 
     def check_actors(self, known: Collection[str]) -> None:
         """Raise if a step or compensation names an actor not in ``known``."""

@@ -261,6 +261,7 @@ class SagaEngine:
         run = {
             "run_id": uuid.uuid4().hex,
             "workflow": workflow.name,
+            "workflow_version": workflow.version,
             "inputs": inputs,
             "idempotency_key": idempotency_key,
             "on_failure": workflow.on_failure,
@@ -294,6 +295,7 @@ class SagaEngine:
         run = {
             "run_id": uuid.uuid4().hex,
             "workflow": source["workflow"],
+            "workflow_version": source["workflow_version"],
             "inputs": source["inputs"] if inputs is None else inputs,
             "on_failure": source["on_failure"],
             "concurrency_key": source["concurrency_key"],
@@ -1404,6 +1406,7 @@ def _concurrency_key(workflow: Workflow, inputs: Any) -> str | None:
 
 def _run_defaults(run: dict[str, Any]) -> dict[str, Any]:
     defaults = {"idempotency_key": None, "deadline_at": None, "forked_from": None, "error": None}
+    defaults["workflow_version"] = None
     defaults.update(abort_requested=False, cancel_requested=False, compensate=True, finished_at=None)
     return {**defaults, **run}
 

@@ -91,6 +91,8 @@ class WorkflowRun(SQLModel, table=True):
     compensate: bool = True
     error: str | None = Field(default=None, sa_column=Column(Text))
     forked_from: str | None = Field(default=None, max_length=32)
+    #: The version of the definition the run started with (its steps are stored with it).
+    workflow_version: int | None = None
     deadline_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
     created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
@@ -145,6 +147,47 @@ class WorkflowStep(SQLModel, table=True):
     ready_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
     started_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
     finished_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+
+
+class WorkflowDefinitionRecord(SQLModel, table=True):
+    """A workflow definition as first started under its version: a changed definition must come
+    with a new version (see ``saga.versions``)."""
+
+    __tablename__ = "workflow_definitions"
+
+    name: str = Field(primary_key=True, max_length=200)
+    version: int = Field(primary_key=True)
+    fingerprint: str = Field(max_length=64)
+    definition: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+
+
+class WorkflowEvent(SQLModel, table=True):
+    """One entry of a run's history, in order of ``id`` (the engine writes them in the
+    transactions of the transitions, which the run's lock orders)."""
+
+    __tablename__ = "workflow_events"
+    __table_args__ = (Index("ix_workflow_events_run_id_id", "run_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=32)
+    at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    kind: str = Field(max_length=40)
+    step: str | None = Field(default=None, max_length=200)
+    attempt: int | None = None
+    detail: str | None = Field(default=None, sa_column=Column(Text))
+
+
+def get_history(engine: Engine, run_id: str) -> list[WorkflowEvent]:
+    """The events of a run, oldest first."""
+    query = select(WorkflowEvent).where(WorkflowEvent.run_id == run_id).order_by(col(WorkflowEvent.id))
+    with Session(engine) as session:
+        return list(session.exec(query))
+
+
+def get_definition(engine: Engine, name: str, version: int) -> WorkflowDefinitionRecord | None:
+    with Session(engine) as session:
+        return session.get(WorkflowDefinitionRecord, (name, version))
 
 
 def list_runs(

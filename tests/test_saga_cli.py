@@ -71,8 +71,8 @@ def test_start_show_list_and_publish_with_a_real_worker(env, worker):
     [
         (("start", "nope"), "no workflow named 'nope'; registered workflows: market_data_refresh"),
         (
-            ("start", "portfolio_analysis", "--args", '{"user_id": "u1"}'),
-            "workflow 'portfolio_analysis', step 'portfolio': unknown actor 'fetch_portfolio'",
+            ("start", "portfolio_analysis", "--args", "{}"),
+            "concurrency key 'portfolio_analysis:{user_id}' needs input 'user_id'",
         ),
         (("start", "system_check", "--args", "{bad"), "--args is not valid JSON"),
         (("show", "missing"), "no run with id 'missing'"),

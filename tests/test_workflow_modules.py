@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, run_cli, settings_env
 from saga_helpers import fast, steps_of
 
 from actors.settings import Settings
-from storage import create_db_engine, get_run, list_runs
+from storage import create_db_engine, get_run, list_runs, upgrade
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -67,17 +67,25 @@ def test_resume_and_fork_without_the_module_are_refused_and_change_nothing(env, 
     db.dispose()
 
 
-def test_the_setting_loads_the_users_workflows_and_a_bad_module_is_one_clear_line(
+def test_the_setting_loads_the_users_workflows_and_a_changed_version_is_refused_at_start_up(
     redis_url, namespace, tmp_path
 ):
-    """No database work: SQLite only (the refusal test above covers both databases and ``-m``)."""
-    env = settings_env(
-        Settings(redis_url=redis_url, namespace=namespace, database_url=f"sqlite:///{tmp_path}/t.db")
-    )
+    """Little database work: SQLite only (the refusal test above covers both databases and ``-m``)."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    upgrade(create_db_engine(url))
+    env = settings_env(Settings(redis_url=redis_url, namespace=namespace, database_url=url))
     by_setting = run_cli("workflow", "list", "--defined", env={**env, "TRADEFLOW_MODULES": MODULE})
-    assert by_setting.returncode == 0 and "user_flow" in by_setting.stdout
+    assert by_setting.returncode == 0 and "user_flow  v1" in by_setting.stdout
     bad = run_cli(
         "workflow", "list", "--defined", env={**env, "TRADEFLOW_MODULES": f"{MODULE},no.such.module"}
     )
     assert bad.returncode == 1
     assert "cannot import module 'no.such.module'" in bad.stderr and "Traceback" not in bad.stderr
+    started = run_cli("-m", MODULE, "workflow", "start", "user_flow", env=env)  # stores version 1
+    assert started.returncode == 0, started.stderr
+    changed = run_cli("worker", "-m", "tests.user_workflows_changed", env=env)
+    assert changed.returncode == 1
+    assert (
+        "workflow 'user_flow' version 1 is already defined differently: step 'first' args: ['a'] -> ['b']; "
+        "give the changed definition a new version"
+    ) in changed.stderr.replace("\n", " ")

@@ -1,39 +1,6 @@
-"""A user's own module of actors and a workflow, loaded through ``TRADEFLOW_MODULES`` / ``-m``.
+"""A user's own workflow, on the actors of ``tests.user_actors``: ``-m tests.user_workflows``."""
 
-``user_first`` fails the first time it runs for a label (a Redis counter in the
-test's namespace) and succeeds after, so a run fails once and a resume finishes it.
-"""
-
-import dramatiq
-
-import actors
 from orchestration import registry
-from saga import Step, Workflow
+from tests.user_actors import user_flow_of
 
-#: The queue of the user's actors (a worker listens to every declared queue).
-QUEUE = "user_flows"
-
-
-@dramatiq.actor(queue_name=QUEUE, max_retries=0)
-def user_first(label: str) -> int:
-    broker = actors.current_broker
-    attempt = broker.client.incr(f"{broker.namespace}:user:{label}")
-    if attempt == 1:
-        raise RuntimeError(f"{label}: the first attempt fails on purpose")
-    return attempt
-
-
-@dramatiq.actor(queue_name=QUEUE, max_retries=0)
-def user_second(previous: int) -> dict:
-    return {"after": previous}
-
-
-user_flow = registry.register(
-    Workflow(
-        "user_flow",
-        [
-            Step("first", user_first, args=("a",)),
-            Step("second", user_second, depends_on=["first"], pipe_from=("first",)),
-        ],
-    )
-)
+user_flow = registry.register(user_flow_of("a"))

@@ -31,8 +31,9 @@ API (importable by any area)::
 Request kinds (keys of ``request_counts``, ``disconnect_on`` and ``errors``): ``positions``,
 ``account_updates``, ``account_updates_multi``, ``account_summary``, ``executions``,
 ``open_orders``, ``completed_orders``, ``historical_data``, ``market_data``, ``current_time``,
-``ids``, ``managed_accounts``, ``pnl`` (``reqPnL``), ``pnl_single`` (``reqPnLSingle``).  A P&L
-subscription is answered with one update at once (the real gateway repeats it about every
+``ids``, ``managed_accounts``, ``pnl`` (``reqPnL``), ``pnl_single`` (``reqPnLSingle``),
+``place_order``, ``cancel_order`` (orders: ``order_fills``, see ``actors/ib/sim_orders.py``).
+A P&L subscription is answered with one update at once (the real gateway repeats it about every
 second).  Messages it does not implement are answered with a 321 warning
 naming the message id.
 """
@@ -49,9 +50,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from .sim_orders import OrderDesk
 
 #: The server version the simulator announces (ib_async 2.1.0 accepts 157..178).
 SERVER_VERSION = 178
@@ -157,6 +160,8 @@ class SimExecution:
     realized_pnl: float = 0.0
     commission: float = 0.0
     currency: str = "USD"
+    order_id: int = 0
+    perm_id: int = 0
 
 
 @dataclass
@@ -183,6 +188,9 @@ class Scenario:
         that kind, counted over the server's life.
       errors: kind -> [code, message]: answer every request of that kind with this error.
       refuse_connections: Close every connection right after accepting it.
+      order_fills: What a placed order does: ``fill`` at once, ``hold`` until cancelled, or
+        ``reject`` (see :mod:`actors.ib.sim_orders`).
+      order_default_price: Fill price of a market order in a symbol without a mark.
     """
 
     __pydantic_config__ = _STRICT
@@ -200,6 +208,8 @@ class Scenario:
     disconnect_on: dict[str, int] = field(default_factory=dict)
     errors: dict[str, tuple[int, str]] = field(default_factory=dict)
     refuse_connections: bool = False
+    order_fills: Literal["fill", "hold", "reject"] = "fill"
+    order_default_price: float = 100.0
 
     def __post_init__(self) -> None:
         if not self.accounts or not all(self.accounts):
@@ -300,6 +310,12 @@ class GatewaySimulator:
             93: (None, None),  # cancelPnL
             94: ("pnl_single", self._pnl_single),
             95: (None, None),  # cancelPnLSingle
+        }
+        #: Orders (:mod:`actors.ib.sim_orders`): handlers that also take the client's id.
+        self.orders = OrderDesk(scenario=scenario, frame=frame, execution=SimExecution)
+        self._client_handlers = {
+            3: ("place_order", self.orders.place),
+            4: ("cancel_order", self.orders.cancel),
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -435,6 +451,10 @@ class GatewaySimulator:
     async def _dispatch(self, fields: list[str], writer: asyncio.StreamWriter) -> None:
         message_id = int(fields[0])
         kind, handler = self._handlers.get(message_id, ("unsupported", None))
+        if message_id in self._client_handlers:
+            kind, take = self._client_handlers[message_id]
+            client_id = self._client_ids.get(writer, 0)
+            handler = lambda fields: take(fields, client_id)  # noqa: E731
         if kind is None:
             return
         self.request_counts[kind] += 1
@@ -508,9 +528,9 @@ class GatewaySimulator:
             if account_filter and ex.account != account_filter:
                 continue
             yield frame(
-                EXECUTION_DATA, req_id, 0, ex.conid, ex.symbol, "STK", "", 0.0, "", "", "SMART",
+                EXECUTION_DATA, req_id, ex.order_id, ex.conid, ex.symbol, "STK", "", 0.0, "", "", "SMART",
                 ex.currency, ex.symbol, ex.symbol, ex.exec_id, f"{ex.time} UTC", ex.account, "SMART",
-                ex.side, ex.shares, ex.price, 0, 0, 0, ex.shares, ex.price, "", "", "", "", 0, 0,
+                ex.side, ex.shares, ex.price, ex.perm_id, 0, 0, ex.shares, ex.price, "", "", "", "", 0, 0,
             )  # fmt: skip
             yield frame(COMMISSION_REPORT, 1, ex.exec_id, ex.commission, ex.currency, ex.realized_pnl, "", "")
         yield frame(EXECUTION_DATA_END, 1, req_id)

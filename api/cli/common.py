@@ -100,6 +100,20 @@ def call_arguments(args: str | None, kwargs: str | None) -> tuple[list, dict]:
     return positional, keyword
 
 
+def check_workflows(settings: Settings) -> None:
+    """At start-up (``up``, ``worker``): load the user's modules and refuse a workflow whose
+    definition changed under a version already started (``saga.versions``)."""
+    load_settings()
+    import actors  # noqa: F401  (loads TRADEFLOW_MODULES: their workflows register)
+    from orchestration import registry
+    from saga import WorkflowDefinitionError
+
+    try:
+        registry.check_definitions(open_engine(settings))
+    except WorkflowDefinitionError as exc:
+        raise CliError(str(exc)) from None
+
+
 def migrate(settings: Settings) -> None:
     """Create or migrate the schema to the newest revision, and say which."""
     from storage import current_revisions, upgrade

@@ -18,6 +18,7 @@ from .common import (
     MODULE_HELP,
     CliError,
     add_modules,
+    check_workflows,
     console,
     err_console,
     load_actors,
@@ -50,6 +51,7 @@ def worker(
     add_modules(module)
     settings = load_settings()
     migrate(settings)
+    check_workflows(settings)
     command = stack.worker_command(
         processes=processes or settings.worker_processes,
         threads=threads or settings.worker_threads,
@@ -81,6 +83,7 @@ def up(
     add_modules(module)
     settings = load_settings()
     migrate(settings)
+    check_workflows(settings)
     with redis_for(settings) as redis_url:
         console.print(f"redis: {redis_url}")
         commands = [

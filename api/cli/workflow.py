@@ -122,6 +122,9 @@ def start(
     inputs = _json(args, "--args")
     engine = _engine()  # first: importing ``actors`` loads the user's modules and their workflows
     workflow = _operate(registry.get, name)
+    from saga.versions import check_definitions
+
+    _operate(check_definitions, engine.database, [workflow])  # a changed definition needs a new version
     limit = timedelta(seconds=deadline) if deadline is not None else None
     run_id = _operate(engine.start, workflow, inputs, idempotency_key=idempotency_key, deadline=limit)
     console.print(run_id, highlight=False)
@@ -146,7 +149,8 @@ def list_(
         _engine()  # imports ``actors``, which loads the user's modules and their workflows
         for name in registry.names():
             events = ", ".join(registry.events_of(name))
-            console.print(name + (f"  (on {events})" if events else ""), highlight=False)
+            version = registry.get(name).version
+            console.print(f"{name}  v{version}" + (f"  (on {events})" if events else ""), highlight=False)
         return
     if status and status not in {s.value for s in RunStatus}:
         raise _fail(f"unknown status {status!r}; use one of {', '.join(s.value for s in RunStatus)}")

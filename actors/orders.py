@@ -1,0 +1,104 @@
+"""The ``orders`` queue: the steps of ``order_with_prerequisites`` and their compensations.
+
+``check_risk`` (the order against the risk limits and the account's latest snapshot, synced
+from the gateway first when there is none), ``reserve_funds`` / ``release_funds`` (cash set
+aside in Redis), ``place_order`` / ``cancel_order`` (through the process's ib_async session)
+and ``wait_for_fill`` (the gateway's executions).  Domain code: :mod:`actors.accounts.orders`.
+A bad order, a refusal or a timeout raises an error in ``throws``: the step fails at once and
+the workflow compensates in reverse order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dramatiq
+
+from actors.accounts import FillTimeout, FundReservations, Order, OrderRejected, check_order
+from actors.accounts import orders as domain
+from actors.ib import runtime
+from actors.portfolio import account_of, portfolio_service
+from saga import current_step
+from storage.portfolio import latest_snapshot
+
+#: Queue of the order actors.
+QUEUE = "orders"
+
+_OPTIONS = {"queue_name": QUEUE, "max_retries": 0, "throws": (OrderRejected, FillTimeout)}
+
+
+def _reservations() -> FundReservations:
+    broker = dramatiq.get_broker()
+    return FundReservations(client=broker.client, namespace=runtime().settings.namespace)
+
+
+def _reference() -> str:
+    """The id of this step's effect (a reservation, an order's ``orderRef``): the same for
+    every delivery of the step, so a redelivery finds what the first one did."""
+    step = current_step()
+    if step is None:
+        raise OrderRejected("the order actors run as workflow steps (order_with_prerequisites)")
+    return f"{step.run_id}:{step.step}"
+
+
+def _order(data: dict) -> Order:
+    order = Order.of(data)
+    return order if order.account else Order(**{**vars(order), "account": account_of(None)})
+
+
+@dramatiq.actor(**_OPTIONS, time_limit=120_000)
+def check_risk(order: dict) -> dict:
+    """The order against the configured risk limits and the account's latest snapshot."""
+    service = portfolio_service()
+    request = _order(order)
+    snapshot = latest_snapshot(service.engine, request.account) or service.sync(request.account)
+    return check_order(service.limits, snapshot, request)
+
+
+@dramatiq.actor(**_OPTIONS, time_limit=30_000)
+def reserve_funds(order: dict, risk: dict | None = None) -> dict:
+    """Set the order's notional aside (a BUY; a SELL reserves nothing) within the account's cash."""
+    request = _order(order)
+    amount = risk["notional"] if risk and request.action == "BUY" else 0.0
+    cash = (risk or {}).get("cash") or 0.0
+    reservation = _reference()
+    _reservations().reserve(request.account, reservation, amount, cash=cash)
+    return {"reservation": reservation, "account": request.account, "amount": amount}
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=30_000)
+def release_funds(order: dict, risk: dict | None = None, *, result: dict) -> dict:
+    """Compensation of ``reserve_funds``: give the reservation back."""
+    released = _reservations().release(result["account"], result["reservation"])
+    return {"released": released, "reservation": result["reservation"]}
+
+
+@dramatiq.actor(**_OPTIONS, time_limit=60_000)
+def place_order(order: dict, reservation: dict | None = None) -> dict:
+    """Send the order to the gateway; returns its ids and first status."""
+    request, reference = _order(order), _reference()
+    return portfolio_service().session.call(lambda ib: domain.place(ib, request, reference=reference))
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=60_000)
+def cancel_order(order: dict, reservation: dict | None = None, *, result: dict) -> dict:
+    """Compensation of ``place_order``: cancel the order unless it filled."""
+    return portfolio_service().session.call(lambda ib: domain.cancel(ib, result))
+
+
+@dramatiq.actor(**_OPTIONS, time_limit=600_000)
+def wait_for_fill(order: dict, placed: dict, reservation: dict | None = None) -> dict:
+    """Wait (up to the order's ``fill_timeout_s``) until the gateway reports the order's fill;
+    the fill settles the ``reservation`` (the cash is spent: the next snapshot shows it)."""
+    request = _order(order)
+    session = portfolio_service().session
+    deadline = time.monotonic() + request.fill_timeout_s
+    while True:
+        fill = session.call(lambda ib: domain.filled(ib, request.account, placed))
+        if fill is not None:
+            if reservation:
+                _reservations().release(reservation["account"], reservation["reservation"])
+            return fill
+        if time.monotonic() >= deadline:
+            raise FillTimeout(f"order {placed['order_id']} not filled within {request.fill_timeout_s:.0f}s")
+        time.sleep(domain.FILL_POLL_S)

@@ -1,0 +1,46 @@
+"""Workflow versions (the definition each version was first started with, a run's version) and
+each run's event history.
+
+Revision ID: saga_0002
+Revises: saga_0001
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "saga_0002"
+down_revision = "saga_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("workflow_runs") as batch:
+        batch.add_column(sa.Column("workflow_version", sa.Integer, nullable=True))
+    op.create_table(
+        "workflow_definitions",
+        sa.Column("name", sa.String(200), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("definition", sa.JSON, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+    )
+    op.create_table(
+        "workflow_events",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.String(32), nullable=False),
+        sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("kind", sa.String(40), nullable=False),
+        sa.Column("step", sa.String(200), nullable=True),
+        sa.Column("attempt", sa.Integer, nullable=True),
+        sa.Column("detail", sa.Text, nullable=True),
+    )
+    op.create_index("ix_workflow_events_run_id_id", "workflow_events", ["run_id", "id"])
+
+
+def downgrade() -> None:
+    op.drop_table("workflow_events")
+    op.drop_table("workflow_definitions")
+    with op.batch_alter_table("workflow_runs") as batch:
+        batch.drop_column("workflow_version")
