@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from storage import DONE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus, StepStatus, sqlite_write_lock, utc_now
 
+from . import history as log
 from . import statements as sql
 from .definition import Workflow
 from .driver import DriverStatement
@@ -212,6 +213,7 @@ class SagaEngine:
         self._readers = threading.local()  # SQLite: one kept-open read connection per thread
         self._autocommit = database.execution_options(isolation_level="AUTOCOMMIT")
         self._hot = HotStatements(database.dialect)
+        self._history = log.History(database.dialect)
         self._driver_error = database.dialect.loaded_dbapi.Error
         # Concurrent step successes (and on SQLite claims) share transactions, and the
         # successes' next steps go out together; so do starts, in transactions of their own
@@ -344,6 +346,7 @@ class SagaEngine:
             with self._transaction() as connection:
                 # Nobody else knows the run yet: no lock, and the rows in hand are current.
                 connection.execute(insert(RUNS).values(state))
+                self._history.write(connection, [_started(state)])
                 for first in range(0, len(rows), INSERT_CHUNK):
                     # One multi-row INSERT per chunk: one round trip, not one per row.
                     connection.execute(insert(STEPS).values(rows[first : first + INSERT_CHUNK]))
@@ -364,6 +367,14 @@ class SagaEngine:
         (so on PostgreSQL, BEGIN, the inserts and COMMIT go out in one round trip)."""
         self._hot.insert_run.executemany(connection, [run])
         self._hot.insert_steps.executemany(connection, steps)
+        dispatched = [
+            log.event(
+                run["run_id"], log.DISPATCHED, step=step["name"], attempt=step["epoch"], at=run["created_at"]
+            )
+            for step in steps
+            if step["epoch"]
+        ]
+        self._history.write(connection, [_started(run), *dispatched])
 
     def _ready_roots(self, run: dict[str, Any], rows: list[dict[str, Any]]) -> list[Message] | None:
         """Make the roots of a new run ready in its rows before they are inserted (what
@@ -563,6 +574,7 @@ class SagaEngine:
             connection, claim, StepStatus.COMPENSATING, status=StepStatus.COMPENSATED
         ):
             raise Unchanged
+        self._history.write(connection, _outcome(claim, log.COMPENSATED))
         return self._unwind(connection, run)
 
     def failed(
@@ -602,6 +614,7 @@ class SagaEngine:
         if not steps:
             raise Unchanged  # a stale delivery: roll the counters back
         step = steps[0]
+        self._history.write(connection, _outcome(claim, log.SUCCEEDED))
         return self._finished(connection, run, step)
 
     def _record_success_pipelined(self, claim: Claim, result: Any) -> None:
@@ -634,6 +647,8 @@ class SagaEngine:
                 hot.release_dependent.send(connection, {"b_run": run_id, "b_step": name, "b_skipped": 0})
                 for name in claim.dependents
             ]
+            # Rolled back with the rest when the delivery turns out stale.
+            self._history.write(connection, _outcome(claim, log.SUCCEEDED))
         runs, steps = hot.lock_run_for_success.fetch(lock), hot.succeed_step_pipelined.fetch(record)
         released = [row for cursor in releases for row in hot.release_dependent.fetch(cursor)]
         if not runs:
@@ -672,7 +687,9 @@ class SagaEngine:
             status = _unclaimed_status(claim.kind)
             # The sweep sends a step again only once its retry is overdue.
             values = {"status": status, "min_retry": retry, error_column: error, "ready_at": retry_due}
-            self._update_claimed(connection, claim, expected, finish=False, **values)
+            if self._update_claimed(connection, claim, expected, finish=False, **values):
+                detail = f"retry {retry} due {retry_due.isoformat(timespec='milliseconds')}: {error}"
+                self._history.write(connection, _outcome(claim, log.RETRYING, detail))
             return []
         if claim.kind == COMPENSATE:
             values = {error_column: error}
@@ -680,10 +697,12 @@ class SagaEngine:
                 run.update(
                     status=RunStatus.COMPENSATION_FAILED, error=f"compensation of {claim.step!r}: {error}"
                 )
+                self._history.write(connection, _outcome(claim, log.COMPENSATION_FAILED, error))
             return []
         status = StepStatus.CANCELLED if aborted else StepStatus.FAILED
         if not self._update_claimed(connection, claim, expected, status=status, error=error):
             return []
+        self._history.write(connection, _outcome(claim, log.STEP_CANCELLED if aborted else log.FAILED, error))
         return self._stopped(connection, run, f"step {claim.step!r} failed: {error}")
 
     def _stopped(self, connection, run: dict, reason: str) -> list[Message]:
@@ -775,6 +794,9 @@ class SagaEngine:
             self._set_step(
                 connection, run, step["name"], StepStatus.PENDING, status=StepStatus.FAILED, error=error
             )
+            self._history.write(
+                connection, [log.event(run["run_id"], log.FAILED, step=step["name"], detail=error)]
+            )
             return self._stopped(connection, run, f"step {step['name']!r} failed: {error}")
         values, now, token = {"call_args": call_args, "epoch": step["epoch"] + 1}, utc_now(), uuid.uuid4().hex
         params = {"b_run": run["run_id"], "b_step": step["name"], "b_call_args": call_args}
@@ -782,11 +804,14 @@ class SagaEngine:
         if self._hot.dispatch_step.rowcount(connection, params) != 1:
             return []
         step.update(values)
+        event = log.event(run["run_id"], log.DISPATCHED, step=step["name"], attempt=values["epoch"], at=now)
+        self._history.write(connection, [event])
         return [self._message(run, step, STEP, token=token)]
 
     def _skip(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
         if not self._set_step(connection, run, step["name"], StepStatus.PENDING, status=StepStatus.SKIPPED):
             return []
+        self._history.write(connection, [log.event(run["run_id"], log.SKIPPED, step=step["name"])])
         run["open_steps"] -= 1
         return self._finished(connection, run, {**step, "status": StepStatus.SKIPPED})
 
@@ -832,6 +857,7 @@ class SagaEngine:
     def _finish_if_done(self, connection, run: dict) -> None:
         if run["status"] == RunStatus.RUNNING and run["open_steps"] == 0:
             run.update(status=RunStatus.SUCCEEDED, finished_at=utc_now())
+            self._history.write(connection, [log.event(run["run_id"], log.RUN_PREFIX + RunStatus.SUCCEEDED)])
             self._release_slot(run)
 
     # -- failure, cancellation and compensation ------------------------------------------------
@@ -839,6 +865,7 @@ class SagaEngine:
     def _begin_unwinding(self, connection, run: dict, reason: str, *, abort: bool) -> list[Message]:
         """Stop starting steps and, once nothing runs, compensate in reverse order of completion."""
         run.update(status=RunStatus.COMPENSATING, error=reason[:MAX_ERROR_LENGTH], abort_requested=abort)
+        self._history.write(connection, [log.event(run["run_id"], log.UNWINDING, detail=reason)])
         cancelled = connection.execute(
             update(STEPS)
             .where(
@@ -877,7 +904,10 @@ class SagaEngine:
             row = dispatched[withdrawn]
             claim = Claim(run_id, row.name, STEP, row.claim, 0, None, None)
             values = {"status": StepStatus.CANCELLED, "error": NOT_STARTED}
-            cancelled += self._update_claimed(connection, claim, StepStatus.RUNNING, **values) is not None
+            if self._update_claimed(connection, claim, StepStatus.RUNNING, **values) is not None:
+                cancelled += 1
+                entry = log.event(run_id, log.STEP_CANCELLED, step=row.name, detail=NOT_STARTED)
+                self._history.write(connection, [entry])
         return cancelled
 
     def _unwind(self, connection, run: dict) -> list[Message]:
@@ -901,6 +931,7 @@ class SagaEngine:
         else:
             final = RunStatus.FAILED
         run.update(status=final, finished_at=utc_now(), abort_requested=False)
+        self._history.write(connection, [log.event(run["run_id"], log.RUN_PREFIX + final)])
         self._release_slot(run)
         return []
 
@@ -914,11 +945,17 @@ class SagaEngine:
             run.update(
                 status=RunStatus.COMPENSATION_FAILED, error=f"compensation of {step['name']!r}: {error}"
             )
+            failed = log.event(run["run_id"], log.COMPENSATION_FAILED, step=step["name"], detail=error)
+            self._history.write(connection, [failed])
             return []
         values = {"status": StepStatus.COMPENSATING, "epoch": step["epoch"] + 1, "min_retry": 0}
         values.update(claimed_retry=None, claim=None, ready_at=utc_now(), compensation_error=None)
         if not self._set_step(connection, run, step["name"], step["status"], **values):
             return []
+        started = log.event(
+            run["run_id"], log.COMPENSATION_STARTED, step=step["name"], attempt=values["epoch"]
+        )
+        self._history.write(connection, [started])
         step.update(values)
         return [self._message(run, step, COMPENSATE)]
 
@@ -933,6 +970,8 @@ class SagaEngine:
                 succeeded = self._steps_in(connection, run_id, (StepStatus.SUCCEEDED,))
                 self._refuse_unknown_actors("cancel", run_id, succeeded, compensations=True)
             run.update(cancel_requested=True, compensate=run["compensate"] and compensate)
+            detail = "with compensation" if run["compensate"] else "without compensation"
+            self._history.write(connection, [log.event(run_id, log.CANCEL_REQUESTED, detail=detail)])
             if run["status"] == RunStatus.RUNNING:
                 outgoing = self._begin_unwinding(connection, run, "cancelled by an operator", abort=True)
             else:
@@ -984,6 +1023,8 @@ class SagaEngine:
                     update(STEPS).where(STEPS.c.run_id == run_id, STEPS.c.name == name).values(values)
                 )
                 row.update(values)
+            rerun = ", ".join(name for name in rows if name not in done)
+            self._history.write(connection, [log.event(run_id, log.RESUMED, detail=f"re-running {rerun}")])
             run.update(
                 status=RunStatus.RUNNING,
                 open_steps=len(rows) - len(done),
@@ -1004,6 +1045,9 @@ class SagaEngine:
             failed = self._steps_in(connection, run_id, (StepStatus.COMPENSATING,))
             self._refuse_unknown_actors("resume", run_id, failed, compensations=True)
             run.update(status=RunStatus.COMPENSATING, error=None)
+            self._history.write(
+                connection, [log.event(run_id, log.RESUMED, detail="retrying the compensation")]
+            )
             outgoing = []
             for step in failed:
                 outgoing += self._dispatch_compensation(connection, run, step)
@@ -1027,6 +1071,9 @@ class SagaEngine:
                 )
             )
             run["status"] = RunStatus.COMPENSATING
+            self._history.write(
+                connection, [log.event(run_id, log.RESOLVED, detail="compensation done by hand")]
+            )
             outgoing = self._unwind(connection, run)
         self._send(outgoing)
 
@@ -1098,6 +1145,8 @@ class SagaEngine:
                     connection, claim, StepStatus.RUNNING, status=StepStatus.CANCELLED, error=error
                 ):
                     raise Unchanged
+                cancelled = log.event(row["run_id"], log.STEP_CANCELLED, step=row["name"], detail=error)
+                self._history.write(connection, [cancelled])
                 outgoing = self._stopped(connection, run, error)
         except Unchanged:
             return
@@ -1422,3 +1471,23 @@ def _step_defaults(step: dict[str, Any]) -> dict[str, Any]:
     }
     defaults.update(completion_seq=None, started_at=None, finished_at=None)
     return {**defaults, **step}
+
+
+def _started(run: dict[str, Any]) -> dict[str, Any]:
+    """The first history entry of a new run (a fork names its source)."""
+    if run.get("forked_from"):
+        return log.event(run["run_id"], log.FORKED, detail=f"from {run['forked_from']}", at=run["created_at"])
+    version = run.get("workflow_version")
+    detail = f"{run['workflow']} v{version}" if version else run["workflow"]
+    return log.event(run["run_id"], log.STARTED, detail=detail, at=run["created_at"])
+
+
+def _outcome(claim: Claim, kind: str, detail: str | None = None) -> list[dict[str, Any]]:
+    """The entries of a delivery's outcome: its claim (when it started) and what came of it."""
+    entries = []
+    if claim.started_at is not None:
+        entries.append(
+            log.event(claim.run_id, log.CLAIMED, step=claim.step, attempt=claim.attempt, at=claim.started_at)
+        )
+    entries.append(log.event(claim.run_id, kind, step=claim.step, attempt=claim.attempt, detail=detail))
+    return entries

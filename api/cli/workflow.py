@@ -214,6 +214,26 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
     console.print(tree)
 
 
+@workflow_app.command("history")
+def history(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
+    """The run's event history, oldest first: started, dispatched, claimed, succeeded, failed,
+    retrying, compensation started/compensated, cancel requested, resumed, forked, its end."""
+    from storage import get_history, get_run
+
+    database = _database()
+    if get_run(database, run_id) is None:
+        raise _fail(f"no run with id {run_id!r}")
+    for entry in get_history(database, run_id):
+        parts = [entry.at.isoformat(sep=" ", timespec="milliseconds"), entry.kind]
+        if entry.step is not None:
+            parts.append(entry.step)
+        if entry.attempt is not None:
+            parts.append(f"#{entry.attempt}")
+        if entry.detail:
+            parts.append(entry.detail)
+        console.print("  ".join(parts), highlight=False, soft_wrap=True, markup=False)
+
+
 @workflow_app.command("cancel")
 def cancel(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
