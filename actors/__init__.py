@@ -30,6 +30,7 @@ from actors import (  # noqa: E402  (actors register on the broker set above)
     portfolio,
     strategy,
     system,
+    workflows,
 )
 from actors.scheduling import scheduler  # noqa: E402
 
@@ -56,4 +57,5 @@ __all__ = [
     "system",
     "user_modules",
     "worker_id",
+    "workflows",
 ]

@@ -10,9 +10,12 @@ from .engine import SAGA_OPTION, SagaEngine, WorkflowError, dispatch
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
 from .middleware import Saga, StepAborted, engine_of
 from .results import StepAwareResults
+from .waits import SIGNAL_ACTOR, TIMER_ACTOR, sleep, until, wait_for_signal
 
 __all__ = [
     "SAGA_OPTION",
+    "SIGNAL_ACTOR",
+    "TIMER_ACTOR",
     "ConcurrencyLeases",
     "ConcurrencyLimitExceeded",
     "Condition",
@@ -33,4 +36,7 @@ __all__ = [
     "engine_of",
     "inputs",
     "result",
+    "sleep",
+    "until",
+    "wait_for_signal",
 ]

@@ -144,6 +144,8 @@ class Step:
         argument (one step: its result; several: the list of their results).
       group, group_limit: At most ``group_limit`` steps of ``group`` are
         ready or running at once.
+      wait: Set by :mod:`saga.waits` (``sleep``, ``until``, ``wait_for_signal``): how the step
+        waits without holding a worker.  Defaults to None: an ordinary step.
     """
 
     name: str
@@ -160,6 +162,7 @@ class Step:
     pipe_from: tuple[str, ...] = ()
     group: str | None = None
     group_limit: int | None = None
+    wait: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -189,7 +192,9 @@ class Step:
 
     def spec(self) -> dict[str, Any]:
         """The step's stored form: what a worker needs to dispatch and compensate it."""
+        extra = {"wait": dict(self.wait)} if self.wait else {}
         return {
+            **extra,
             "args": _encode(list(self.args)),
             "kwargs": _encode(self.kwargs),
             "when": [condition.to_json() for condition in self.conditions],

@@ -33,10 +33,19 @@ from opentelemetry.trace import TracerProvider
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from storage import DONE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus, StepStatus, sqlite_write_lock, utc_now
+from storage import (
+    DONE_STEP_STATUSES,
+    FINAL_RUN_STATUSES,
+    RunStatus,
+    StepStatus,
+    WorkflowSignal,
+    sqlite_write_lock,
+    utc_now,
+)
 
 from . import history as log
 from . import statements as sql
+from . import waits
 from .definition import Workflow
 from .driver import DriverStatement
 from .group_commit import GroupCommit
@@ -45,6 +54,7 @@ from .run_tracing import LINKS_OPTION, address, end_run_span, fan_out_links, run
 from .values import MissingValue, call_arguments, conditions_hold, referenced_steps
 
 RUNS, STEPS = sql.RUNS, sql.STEPS
+SIGNALS = WorkflowSignal.__table__
 
 T = TypeVar("T")
 
@@ -53,6 +63,10 @@ MESSAGE_ID_NAMESPACE = uuid.UUID("6f1d4c8e-2f4b-4f43-9d0e-5a3c1b7e9a10")
 
 #: Message option that marks a message as a workflow step: ``{run, step, kind, epoch}``.
 SAGA_OPTION = "saga"
+
+#: Key of the ``saga`` option holding when a waiting step's message is due (epoch milliseconds):
+#: :func:`dispatch` sends it through the broker's delay queue.
+DUE_KEY = "due_ms"
 
 #: Kinds of saga messages.
 STEP, COMPENSATE = "step", "compensate"
@@ -134,6 +148,12 @@ def dispatch(broker, messages: Sequence[Message], *, send_many: SendMany | None 
     on a broker that batches; a single message, or every message without ``send_many``, goes
     through ``broker.enqueue``.
     """
+    delayed = [m for m in messages if m.options.get(SAGA_OPTION, {}).get(DUE_KEY)]
+    if delayed:
+        messages = [m for m in messages if not m.options.get(SAGA_OPTION, {}).get(DUE_KEY)]
+        for message in delayed:  # a timer or a signal's timeout: due later, from the delay queue
+            delay = message.options[SAGA_OPTION][DUE_KEY] - waits.now_ms()
+            broker.enqueue(message, delay=delay if delay > 0 else None)
     if send_many is not None and len(messages) > 1:
         send_many(broker, messages)
         return
@@ -385,7 +405,9 @@ class SagaEngine:
         in_group: dict[str, int] = {}
         for step in roots:
             # A root's conditions and references can only read the inputs.
-            if not conditions_hold(step["spec"], results={}, inputs=run["inputs"]):
+            if step["spec"].get("wait") or not conditions_hold(
+                step["spec"], results={}, inputs=run["inputs"]
+            ):
                 return None
             if step["group_name"] and step["group_limit"]:
                 if in_group.get(step["group_name"], 0) >= step["group_limit"]:
@@ -799,14 +821,77 @@ class SagaEngine:
             )
             return self._stopped(connection, run, f"step {step['name']!r} failed: {error}")
         values, now, token = {"call_args": call_args, "epoch": step["epoch"] + 1}, utc_now(), uuid.uuid4().hex
+        plan = self._wait_plan(connection, run, step, now)
+        if plan is not None:
+            call_args[1].update(plan.kwargs)
         params = {"b_run": run["run_id"], "b_step": step["name"], "b_call_args": call_args}
-        params.update(b_epoch=values["epoch"], b_now=now, b_token=token, b_lease_until=now + self.lease)
+        lease_until = plan.lease_until if plan is not None else now + self.lease
+        params.update(b_epoch=values["epoch"], b_now=now, b_token=token, b_lease_until=lease_until)
         if self._hot.dispatch_step.rowcount(connection, params) != 1:
             return []
         step.update(values)
         event = log.event(run["run_id"], log.DISPATCHED, step=step["name"], attempt=values["epoch"], at=now)
         self._history.write(connection, [event])
-        return [self._message(run, step, STEP, token=token)]
+        if plan is not None and not plan.send:
+            return []  # a signal step without a timeout: the signal sends its message
+        message = self._message(run, step, STEP, token=token)
+        if plan is not None and plan.due is not None:
+            message.options[SAGA_OPTION][DUE_KEY] = waits.epoch_ms(plan.due)
+        return [message]
+
+    def _wait_plan(self, connection, run: dict, step: dict, now: datetime) -> waits.WaitPlan | None:
+        """How a waiting step (timer, signal: :mod:`saga.waits`) is dispatched; None for others."""
+        wait = step["spec"].get("wait")
+        if not wait:
+            return None
+        signalled = wait["kind"] == waits.SIGNAL and self._signal(connection, run["run_id"], wait["signal"])
+        return waits.plan(wait, now=now, lease=self.lease, signalled=bool(signalled))
+
+    def _signal(self, connection, run_id: str, name: str) -> dict[str, Any] | None:
+        """The newest signal ``name`` the run received, or None."""
+        query = (
+            select(SIGNALS.c.payload, SIGNALS.c.received_at)
+            .where(SIGNALS.c.run_id == run_id, SIGNALS.c.name == name)
+            .order_by(SIGNALS.c.id.desc())
+            .limit(1)
+        )
+        row = connection.execute(query).first()
+        return {"payload": row.payload, "at": row.received_at.isoformat()} if row else None
+
+    def received_signal(self, run_id: str, name: str) -> dict[str, Any] | None:
+        """The newest signal ``name`` run ``run_id`` received (``{"payload", "at"}``), or None."""
+        with self.database.connect() as connection:
+            return self._signal(connection, run_id, name)
+
+    @_reconnecting
+    def signal(self, run_id: str, name: str, payload: Any = None) -> int:
+        """Deliver signal ``name`` (with a JSON ``payload``) to a run: it is kept with the run, and
+        each step waiting for it runs now.  Returns how many steps it woke (0: kept for later)."""
+        if not isinstance(name, str) or not name:
+            raise WorkflowError("a signal needs a non-empty name")
+        _check_json(payload, f"payload of signal {name!r}")
+        with self._locked(run_id) as (connection, run):
+            if run["status"] not in (RunStatus.RUNNING, RunStatus.COMPENSATING):
+                raise WorkflowError(f"run {run_id} is {run['status']}; only a running run takes signals")
+            now = utc_now()
+            connection.execute(
+                insert(SIGNALS).values(run_id=run_id, name=name, payload=payload, received_at=now)
+            )
+            outgoing = []
+            for step in self._steps_in(connection, run_id, (StepStatus.RUNNING,)):
+                wait = step["spec"].get("wait") or {}
+                if wait.get("kind") != waits.SIGNAL or wait.get("signal") != name or not step["claim"]:
+                    continue
+                # The lease now runs from the signal: recovery resends if this message is lost.
+                values = {"lease_until": now + self.lease, "ready_at": now}
+                self._set_step(connection, run, step["name"], StepStatus.RUNNING, **values)
+                outgoing.append(self._message(run, step, STEP, token=step["claim"]))
+            woke = ", ".join(m.options[SAGA_OPTION]["step"] for m in outgoing) or "no step waits yet: kept"
+            self._history.write(
+                connection, [log.event(run_id, log.SIGNAL_RECEIVED, detail=f"{name}: {woke}")]
+            )
+        self._send(outgoing)
+        return len(outgoing)
 
     def _skip(self, connection, run: dict, step: dict[str, Any]) -> list[Message]:
         if not self._set_step(connection, run, step["name"], StepStatus.PENDING, status=StepStatus.SKIPPED):

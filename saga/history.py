@@ -35,6 +35,7 @@ COMPENSATION_STARTED, COMPENSATED, COMPENSATION_FAILED = (
     "compensated",
     "compensation_failed",
 )
+SIGNAL_RECEIVED = "signal_received"
 #: A run's final status is recorded as ``run_<status>``.
 RUN_PREFIX = "run_"
 

@@ -178,6 +178,20 @@ class WorkflowEvent(SQLModel, table=True):
     detail: str | None = Field(default=None, sa_column=Column(Text))
 
 
+class WorkflowSignal(SQLModel, table=True):
+    """A named event delivered to a run (``tradeflow workflow signal``), kept whether or not a
+    step waits for it yet; a ``wait_for_signal`` step reads the newest of its name."""
+
+    __tablename__ = "workflow_signals"
+    __table_args__ = (Index("ix_workflow_signals_run_id_name_id", "run_id", "name", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=32)
+    name: str = Field(max_length=200)
+    payload: Any = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    received_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+
+
 def get_history(engine: Engine, run_id: str) -> list[WorkflowEvent]:
     """The events of a run, oldest first."""
     query = select(WorkflowEvent).where(WorkflowEvent.run_id == run_id).order_by(col(WorkflowEvent.id))

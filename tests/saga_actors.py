@@ -89,6 +89,16 @@ def declare_actors(broker) -> SimpleNamespace:
                 raise Boom("crash after the first checkpoint")
         return done
 
+    # The waiting steps' actors (``actors.workflows``), on this broker.
+    from actors import workflows
+
+    waiting = [
+        dramatiq.actor(f.fn, broker=broker, actor_name=f.actor_name, queue_name=f.queue_name, max_retries=3)
+        for f in (workflows.workflow_timer, workflows.workflow_signal)
+    ]
     return SimpleNamespace(
-        **{a.actor_name: a for a in (record, add, count, tick, fail, flaky, undo, undo_fail, slow, resumable)}
+        **{
+            a.actor_name: a
+            for a in (record, add, count, tick, fail, flaky, undo, undo_fail, slow, resumable, *waiting)
+        }
     )

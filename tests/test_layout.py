@@ -132,7 +132,7 @@ def test_imports_point_down_the_layers() -> None:
 
 def test_top_of_actors_holds_only_queue_modules_and_subpackages() -> None:
     queues = {"portfolio", "data_fetcher", "ai_analysis", "ib_positions", "strategy", "system"}
-    queues |= {"maintenance", "monitoring", "orders"}
+    queues |= {"maintenance", "monitoring", "orders", "workflows"}
     top = {path.stem for path in (REPO_ROOT / "actors").glob("*.py")} - {"__init__", "settings"}
     assert top == queues
     for folder in (REPO_ROOT / "actors").iterdir():

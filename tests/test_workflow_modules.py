@@ -88,4 +88,4 @@ def test_the_setting_loads_the_users_workflows_and_a_changed_version_is_refused_
     assert (
         "workflow 'user_flow' version 1 is already defined differently: step 'first' args: ['a'] -> ['b']; "
         "give the changed definition a new version"
-    ) in changed.stderr.replace("\n", " ")
+    ) in " ".join(changed.stderr.split())

@@ -273,6 +273,20 @@ def fork(
         _wait(new_id, wait)
 
 
+@workflow_app.command("signal")
+def signal(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    name: Annotated[str, typer.Argument(help="Signal name, as a wait_for_signal step names it.")],
+    payload: Annotated[str | None, typer.Option(help="JSON payload the waiting step returns.")] = None,
+) -> None:
+    """Send a signal to a run: the steps waiting for it run now; if none waits yet, it is kept."""
+    data = _json(payload, "--payload")
+    woke = _operate(_engine().signal, run_id, name, data)
+    console.print(
+        f"{run_id} {name}: woke {woke} step(s)" if woke else f"{run_id} {name}: kept", highlight=False
+    )
+
+
 @workflow_app.command("publish")
 def publish(
     event: Annotated[str, typer.Argument(help="Event name, e.g. market.closed.")],

@@ -1,5 +1,5 @@
-"""Workflow versions (the definition each version was first started with, a run's version) and
-each run's event history.
+"""Workflow versions (the definition each version was first started with, a run's version),
+each run's event history, and the signals sent to runs.
 
 Revision ID: saga_0002
 Revises: saga_0001
@@ -37,9 +37,19 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text, nullable=True),
     )
     op.create_index("ix_workflow_events_run_id_id", "workflow_events", ["run_id", "id"])
+    op.create_table(
+        "workflow_signals",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.String(32), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("payload", sa.JSON, nullable=True),
+        sa.Column("received_at", sa.DateTime, nullable=False),
+    )
+    op.create_index("ix_workflow_signals_run_id_name_id", "workflow_signals", ["run_id", "name", "id"])
 
 
 def downgrade() -> None:
+    op.drop_table("workflow_signals")
     op.drop_table("workflow_events")
     op.drop_table("workflow_definitions")
     with op.batch_alter_table("workflow_runs") as batch:
