@@ -4,6 +4,7 @@ Refers to actors by name and sends through the broker it is given; it never
 imports ``actors``.
 """
 
+from .children import CHILD_ACTOR, ChildWorkflowFailed, child
 from .context import StepContext, checkpoint, current_step
 from .definition import Condition, Fragment, Ref, Step, Workflow, WorkflowDefinitionError, inputs, result
 from .engine import SAGA_OPTION, SagaEngine, WorkflowError, dispatch
@@ -13,9 +14,11 @@ from .results import StepAwareResults
 from .waits import SIGNAL_ACTOR, TIMER_ACTOR, sleep, until, wait_for_signal
 
 __all__ = [
+    "CHILD_ACTOR",
     "SAGA_OPTION",
     "SIGNAL_ACTOR",
     "TIMER_ACTOR",
+    "ChildWorkflowFailed",
     "ConcurrencyLeases",
     "ConcurrencyLimitExceeded",
     "Condition",
@@ -31,6 +34,7 @@ __all__ = [
     "WorkflowDefinitionError",
     "WorkflowError",
     "checkpoint",
+    "child",
     "current_step",
     "dispatch",
     "engine_of",

@@ -294,7 +294,7 @@ class Workflow:
                     "depends_on": list(step.depends_on),
                     "group": step.group,
                     "group_limit": step.group_limit,
-                    **step.spec(),
+                    "spec": step.spec(),
                 }
                 for step in self.steps
             ],
@@ -357,6 +357,27 @@ class Workflow:
                         f"uses the result of {other!r}, which is not one of its (transitive) dependencies",
                         step,
                     )
+
+
+def step_rows(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a run of ``definition`` (:meth:`Workflow.definition`) starts with, in order."""
+    dependents: dict[str, list[str]] = {step["name"]: [] for step in definition["steps"]}
+    for step in definition["steps"]:
+        for dependency in step["depends_on"]:
+            dependents[dependency].append(step["name"])
+    return [
+        {
+            "name": step["name"],
+            "position": position,
+            "actor": step["actor"],
+            "spec": step["spec"],
+            "depends_on": list(step["depends_on"]),
+            "dependents": dependents[step["name"]],
+            "group_name": step["group"],
+            "group_limit": step["group_limit"],
+        }
+        for position, step in enumerate(definition["steps"])
+    ]
 
 
 def _refs(step: Step) -> list[Ref]:

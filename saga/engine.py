@@ -43,10 +43,10 @@ from storage import (
     utc_now,
 )
 
+from . import children, waits
 from . import history as log
 from . import statements as sql
-from . import waits
-from .definition import Workflow
+from .definition import Workflow, step_rows
 from .driver import DriverStatement
 from .group_commit import GroupCommit
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
@@ -266,20 +266,7 @@ class SagaEngine:
         deadline = deadline if deadline is not None else workflow.deadline
         if isinstance(deadline, timedelta):
             deadline = now + deadline
-        dependents = workflow.dependents()
-        steps = [
-            {
-                "name": step.name,
-                "position": position,
-                "actor": step.actor,
-                "spec": step.spec(),
-                "depends_on": list(step.depends_on),
-                "dependents": dependents[step.name],
-                "group_name": step.group,
-                "group_limit": step.group_limit,
-            }
-            for position, step in enumerate(workflow.steps)
-        ]
+        steps = step_rows(workflow.definition())
         run = {
             "run_id": uuid.uuid4().hex,
             "workflow": workflow.name,
@@ -341,21 +328,7 @@ class SagaEngine:
     ) -> str:
         run_id = run["run_id"]
         self._acquire_slot(run)
-        now = utc_now()
-        run.update(
-            status=RunStatus.RUNNING, created_at=now, updated_at=now, open_steps=len(steps) - len(done)
-        )
-        run["completions"] = max((row["completion_seq"] or 0 for row in done.values()), default=0)
-        for step in steps:
-            finished = done.get(step["name"])
-            step["run_id"] = run_id
-            step["remaining_deps"] = sum(1 for d in step["depends_on"] if d not in done)
-            step["status"] = StepStatus.SUCCEEDED if finished else StepStatus.PENDING
-            if finished:
-                for key in ("call_args", "result", "completion_seq", "attempts", "started_at", "finished_at"):
-                    step[key] = finished[key]
-        state = _run_defaults(run)
-        rows = [_step_defaults(step) for step in steps]
+        state, rows = self._rows(run, steps, done)
         outgoing = None if done else self._ready_roots(state, rows)
         try:
             if outgoing is not None:
@@ -364,23 +337,50 @@ class SagaEngine:
                 self._send(outgoing)
                 return run_id
             with self._transaction() as connection:
-                # Nobody else knows the run yet: no lock, and the rows in hand are current.
-                connection.execute(insert(RUNS).values(state))
-                self._history.write(connection, [_started(state)])
-                for first in range(0, len(rows), INSERT_CHUNK):
-                    # One multi-row INSERT per chunk: one round trip, not one per row.
-                    connection.execute(insert(STEPS).values(rows[first : first + INSERT_CHUNK]))
-                snapshot = dict(state)
-                roots = [row for row in rows if row["remaining_deps"] == 0 and row["name"] not in done]
-                outgoing = self._admit(connection, state, roots)
-                self._finish_if_done(connection, state)
-                self._save(connection, state, snapshot)
+                outgoing = self._insert_new(connection, state, rows, done)
         except Exception:
             self._release_slot(run)
             raise
         self._trace_end(state, None)  # a new run: its status is news
         self._send(outgoing)
         return run_id
+
+    def _rows(
+        self, run: dict[str, Any], steps: list[dict[str, Any]], done: dict[str, dict]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The rows of a new run and its steps (``done``: steps already succeeded, by name)."""
+        now = utc_now()
+        run.update(
+            status=RunStatus.RUNNING, created_at=now, updated_at=now, open_steps=len(steps) - len(done)
+        )
+        run["completions"] = max((row["completion_seq"] or 0 for row in done.values()), default=0)
+        for step in steps:
+            finished = done.get(step["name"])
+            step["run_id"] = run["run_id"]
+            step["remaining_deps"] = sum(1 for d in step["depends_on"] if d not in done)
+            step["status"] = StepStatus.SUCCEEDED if finished else StepStatus.PENDING
+            if finished:
+                for key in ("call_args", "result", "completion_seq", "attempts", "started_at", "finished_at"):
+                    step[key] = finished[key]
+        return _run_defaults(run), [_step_defaults(step) for step in steps]
+
+    def _insert_new(
+        self, connection, state: dict[str, Any], rows: list[dict[str, Any]], done: dict[str, dict]
+    ) -> list[Message]:
+        """Insert a new run and its steps in ``connection``'s transaction and admit its roots;
+        the messages to send once it committed."""
+        # Nobody else knows the run yet: no lock, and the rows in hand are current.
+        connection.execute(insert(RUNS).values(state))
+        self._history.write(connection, [_started(state)])
+        for first in range(0, len(rows), INSERT_CHUNK):
+            # One multi-row INSERT per chunk: one round trip, not one per row.
+            connection.execute(insert(STEPS).values(rows[first : first + INSERT_CHUNK]))
+        snapshot = dict(state)
+        roots = [row for row in rows if row["remaining_deps"] == 0 and row["name"] not in done]
+        outgoing = self._admit(connection, state, roots)
+        self._finish_if_done(connection, state)
+        self._save(connection, state, snapshot)
+        return outgoing
 
     def _insert_ready(self, connection, *, run: dict[str, Any], steps: list[dict[str, Any]]) -> None:
         """Insert a run whose roots are ready in ``steps``: two statements, no result read
@@ -822,8 +822,12 @@ class SagaEngine:
             return self._stopped(connection, run, f"step {step['name']!r} failed: {error}")
         values, now, token = {"call_args": call_args, "epoch": step["epoch"] + 1}, utc_now(), uuid.uuid4().hex
         plan = self._wait_plan(connection, run, step, now)
+        started: list[Message] = []
         if plan is not None:
             call_args[1].update(plan.kwargs)
+            if step["spec"]["wait"]["kind"] == children.CHILD:
+                child_id, started = self._start_child(connection, run, step, call_args[1], values["epoch"])
+                call_args[1]["run_id"] = child_id
         params = {"b_run": run["run_id"], "b_step": step["name"], "b_call_args": call_args}
         lease_until = plan.lease_until if plan is not None else now + self.lease
         params.update(b_epoch=values["epoch"], b_now=now, b_token=token, b_lease_until=lease_until)
@@ -833,7 +837,7 @@ class SagaEngine:
         event = log.event(run["run_id"], log.DISPATCHED, step=step["name"], attempt=values["epoch"], at=now)
         self._history.write(connection, [event])
         if plan is not None and not plan.send:
-            return []  # a signal step without a timeout: the signal sends its message
+            return started  # the signal, or the child's end, sends the step's message
         message = self._message(run, step, STEP, token=token)
         if plan is not None and plan.due is not None:
             message.options[SAGA_OPTION][DUE_KEY] = waits.epoch_ms(plan.due)
@@ -844,8 +848,115 @@ class SagaEngine:
         wait = step["spec"].get("wait")
         if not wait:
             return None
+        if wait["kind"] == children.CHILD:
+            return waits.WaitPlan(now + waits.NO_TIMEOUT_LEASE, None, False, {})
         signalled = wait["kind"] == waits.SIGNAL and self._signal(connection, run["run_id"], wait["signal"])
         return waits.plan(wait, now=now, lease=self.lease, signalled=bool(signalled))
+
+    def _start_child(
+        self, connection, run: dict, step: dict, kwargs: dict[str, Any], epoch: int
+    ) -> tuple[str, list[Message]]:
+        """Start the child run of ``step`` (a :func:`saga.children.child` step) in the parent's
+        transaction; its id and the messages of its first steps."""
+        wait = step["spec"]["wait"]
+        definition = wait["definition"]
+        inputs = kwargs.pop("inputs", None)
+        child = {
+            "run_id": children.child_run_id(run["run_id"], step["name"], epoch),
+            "workflow": wait["workflow"],
+            "workflow_version": wait["version"],
+            "inputs": inputs,
+            "on_failure": definition["on_failure"],
+            "concurrency_key": None,
+            "concurrency_limit": definition["concurrency_limit"],
+            "parent_run_id": run["run_id"],
+            "parent_step": step["name"],
+        }
+        if definition.get("deadline_s") is not None:
+            child["deadline_at"] = utc_now() + timedelta(seconds=definition["deadline_s"])
+        state, rows = self._rows(child, step_rows(definition), {})
+        outgoing = self._insert_new(connection, state, rows, {})
+        entry = log.event(run["run_id"], log.CHILD_STARTED, step=step["name"], detail=child["run_id"])
+        self._history.write(connection, [entry])
+        return child["run_id"], outgoing
+
+    def child_outcome(self, run_id: str) -> dict[str, Any]:
+        """What a child step returns: the child run's id, status and its steps' results; raises
+        :class:`saga.children.ChildWorkflowFailed` when it did not succeed."""
+        run = self._run(run_id)
+        if run["status"] != RunStatus.SUCCEEDED:
+            raise children.ChildWorkflowFailed(
+                f"child run {run_id} ({run['workflow']}) is {run['status']}: {run['error'] or 'no error'}"
+            )
+        with self.database.connect() as connection:
+            rows = self._steps(connection, run_id, None)
+        results = {name: row["result"] for name, row in rows.items() if row["status"] == StepStatus.SUCCEEDED}
+        return {"run_id": run_id, "status": str(run["status"]), "results": results}
+
+    def _wake_parent(self, child: dict[str, Any]) -> None:
+        """A child run ended: send its parent's waiting step (which reads the outcome)."""
+        parent_id, name = child.get("parent_run_id"), child.get("parent_step")
+        if not parent_id:
+            return
+        now = utc_now()
+        with self._transaction() as connection:
+            rows = self._steps(connection, parent_id, [name])
+            step = rows.get(name)
+            if step is None or step["status"] != StepStatus.RUNNING or not step["claim"]:
+                return
+            if step["call_args"][1].get("run_id") != child["run_id"]:
+                return  # a child of an older dispatch of the step
+            # The lease now runs from the child's end: recovery resends if this message is lost.
+            connection.execute(
+                update(STEPS)
+                .where(STEPS.c.run_id == parent_id, STEPS.c.name == name, STEPS.c.claim == step["claim"])
+                .values(lease_until=now + self.lease, ready_at=now)
+            )
+            parent = (
+                connection.execute(
+                    select(RUNS.c.run_id, RUNS.c.concurrency_key).where(RUNS.c.run_id == parent_id)
+                )
+                .mappings()
+                .first()
+            )
+        self._send([self._message(dict(parent), step, STEP, token=step["claim"])])
+
+    def _unwoken_parents(self, now: datetime, stale: datetime) -> list[dict[str, Any]]:
+        """Child runs that ended a while ago whose parent's step still waits (its wake-up was
+        lost: the step's lease is still the child's, not one started by a wake-up)."""
+        children_runs = RUNS.alias("child")
+        query = (
+            select(children_runs.c.run_id, children_runs.c.parent_run_id, children_runs.c.parent_step)
+            .join(
+                STEPS,
+                and_(
+                    STEPS.c.run_id == children_runs.c.parent_run_id,
+                    STEPS.c.name == children_runs.c.parent_step,
+                ),
+            )
+            .where(
+                children_runs.c.parent_run_id.is_not(None),
+                children_runs.c.status.in_(list(ENDED_RUN_STATUSES)),
+                children_runs.c.finished_at < stale,
+                STEPS.c.status == StepStatus.RUNNING,
+                STEPS.c.lease_until > now + waits.NO_TIMEOUT_LEASE / 2,
+            )
+        )
+        with self.database.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
+    def _cancel_children(self, run_id: str) -> None:
+        """The run is stopping: cancel its running children first (each compensates)."""
+        query = select(RUNS.c.run_id).where(
+            RUNS.c.parent_run_id == run_id, RUNS.c.status.in_([RunStatus.RUNNING])
+        )
+        with self.database.connect() as connection:
+            active = list(connection.execute(query).scalars())
+        for child_id in active:
+            try:
+                self.cancel(child_id)
+            except WorkflowError as exc:  # it ended meanwhile
+                self.logger.info("Child run %s of %s not cancelled: %s", child_id, run_id, exc)
 
     def _signal(self, connection, run_id: str, name: str) -> dict[str, Any] | None:
         """The newest signal ``name`` the run received, or None."""
@@ -966,13 +1077,18 @@ class SagaEngine:
         the broker first, so none of them starts after all); how many."""
         if self.withdraw is None:
             return 0
-        query = select(STEPS.c.name, STEPS.c.epoch, STEPS.c.claim).where(
+        query = select(STEPS.c.name, STEPS.c.epoch, STEPS.c.claim, STEPS.c.spec).where(
             STEPS.c.run_id == run_id,
             STEPS.c.status == StepStatus.RUNNING,
             STEPS.c.worker_id.is_(None),  # a claim a delivery wrote names its worker
             STEPS.c.claimed_retry == 0,
         )
-        dispatched = {message_id(run_id, row.name, STEP, row.epoch): row for row in connection.execute(query)}
+        dispatched = {
+            message_id(run_id, row.name, STEP, row.epoch): row
+            for row in connection.execute(query)
+            # A child step ends with its child run, which is cancelled (and compensates) first.
+            if (row.spec.get("wait") or {}).get("kind") != children.CHILD
+        }
         try:
             withdrawn_ids = self.withdraw(self.broker, list(dispatched)) if dispatched else set()
         except Exception as exc:  # Redis away: the stop is recorded all the same
@@ -1192,6 +1308,8 @@ class SagaEngine:
             expired = list(expired)
         for run_id in expired:
             self.fail(run_id, "deadline exceeded")
+        for child in self._unwoken_parents(now, stale):
+            self._wake_parent(child)
         outgoing = []
         for row in rows:
             kind = COMPENSATE if row["status"] == StepStatus.COMPENSATING else STEP
@@ -1303,13 +1421,25 @@ class SagaEngine:
             )
 
     def _trace_end(self, run: dict[str, Any], before: str | None) -> None:
-        """The run's end span, and the status hook, once the transaction that changed it committed."""
+        """The run's end span, and the status hook, once the transaction that changed it committed;
+        and what a run's end or stop means for its family: a child's end wakes its parent's step,
+        a parent that starts unwinding cancels its running children."""
         status = run["status"]
         if status != before and self.on_run_status is not None:
             try:
                 self.on_run_status(run["run_id"], run["workflow"], str(status), run.get("error"))
             except Exception:
                 self.logger.exception("The run status hook failed for run %s.", run["run_id"])
+        if status != before:
+            if before == RunStatus.RUNNING and status == RunStatus.COMPENSATING:
+                self._cancel_children(run["run_id"])
+            elif status in ENDED_RUN_STATUSES and run.get("parent_run_id"):
+                try:
+                    self._wake_parent(run)
+                except Exception as exc:  # recovery wakes it later
+                    self.logger.warning(
+                        "Could not wake the parent of run %s: %s", run["run_id"], describe(exc)
+                    )
         if status != before and status in ENDED_RUN_STATUSES:
             end_run_span(
                 run["workflow"],

@@ -35,7 +35,7 @@ COMPENSATION_STARTED, COMPENSATED, COMPENSATION_FAILED = (
     "compensated",
     "compensation_failed",
 )
-SIGNAL_RECEIVED = "signal_received"
+SIGNAL_RECEIVED, CHILD_STARTED = "signal_received", "child_started"
 #: A run's final status is recorded as ``run_<status>``.
 RUN_PREFIX = "run_"
 

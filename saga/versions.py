@@ -43,8 +43,8 @@ def differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for key in sorted(set(stored) | set(new))
         if key != "steps" and stored.get(key) != new.get(key)
     ]
-    old_steps = {step["name"]: step for step in stored.get("steps", [])}
-    new_steps = {step["name"]: step for step in new.get("steps", [])}
+    old_steps = {step["name"]: _flat(step) for step in stored.get("steps", [])}
+    new_steps = {step["name"]: _flat(step) for step in new.get("steps", [])}
     found += [f"step {name!r} removed" for name in old_steps if name not in new_steps]
     found += [f"step {name!r} added" for name in new_steps if name not in old_steps]
     for name in old_steps.keys() & new_steps.keys():
@@ -59,6 +59,11 @@ def differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]:
         found.append("the steps' order")
     return found
+
+
+def _flat(step: dict[str, Any]) -> dict[str, Any]:
+    """A step's fields and its spec's side by side, so a difference names the field."""
+    return {**{k: v for k, v in step.items() if k != "spec"}, **step.get("spec", {})}
 
 
 class DefinitionRegistry:

@@ -74,6 +74,7 @@ class WorkflowRun(SQLModel, table=True):
         Index("ix_workflow_runs_status_created_at", "status", "created_at"),
         Index("ix_workflow_runs_workflow_created_at", "workflow", "created_at"),
         Index("ix_workflow_runs_idempotency_key", "idempotency_key", unique=True),
+        Index("ix_workflow_runs_parent_run_id", "parent_run_id"),
     )
 
     run_id: str = Field(primary_key=True, max_length=32)
@@ -93,6 +94,9 @@ class WorkflowRun(SQLModel, table=True):
     forked_from: str | None = Field(default=None, max_length=32)
     #: The version of the definition the run started with (its steps are stored with it).
     workflow_version: int | None = None
+    #: A child run's parent run and the parent's step that waits for it (``saga.child``).
+    parent_run_id: str | None = Field(default=None, max_length=32)
+    parent_step: str | None = Field(default=None, max_length=200)
     deadline_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
     created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime, nullable=False))

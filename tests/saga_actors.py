@@ -93,8 +93,8 @@ def declare_actors(broker) -> SimpleNamespace:
     from actors import workflows
 
     waiting = [
-        dramatiq.actor(f.fn, broker=broker, actor_name=f.actor_name, queue_name=f.queue_name, max_retries=3)
-        for f in (workflows.workflow_timer, workflows.workflow_signal)
+        dramatiq.actor(f.fn, broker=broker, actor_name=f.actor_name, queue_name=f.queue_name, **f.options)
+        for f in (workflows.workflow_timer, workflows.workflow_signal, workflows.workflow_child)
     ]
     return SimpleNamespace(
         **{

@@ -35,8 +35,8 @@ def test_a_changed_definition_needs_a_new_version(migrated_url):
         "step 'last' args: ['v1'] -> ['v2']; give the changed definition a new version"
     )
     check_definitions(database, [_flow("v2", version=2)])
-    assert get_definition(database, "versioned", 1).definition["steps"][1]["args"] == ["v1"]
-    assert get_definition(database, "versioned", 2).definition["steps"][1]["args"] == ["v2"]
+    assert get_definition(database, "versioned", 1).definition["steps"][1]["spec"]["args"] == ["v1"]
+    assert get_definition(database, "versioned", 2).definition["steps"][1]["spec"]["args"] == ["v2"]
     with pytest.raises(WorkflowDefinitionError, match="version must be a positive integer"):
         _flow("v3", version=0)
     database.dispose()

@@ -1,5 +1,5 @@
 """Workflow versions (the definition each version was first started with, a run's version),
-each run's event history, and the signals sent to runs.
+each run's event history, the signals sent to runs, and child runs' parents.
 
 Revision ID: saga_0002
 Revises: saga_0001
@@ -18,6 +18,9 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("workflow_runs") as batch:
         batch.add_column(sa.Column("workflow_version", sa.Integer, nullable=True))
+        batch.add_column(sa.Column("parent_run_id", sa.String(32), nullable=True))
+        batch.add_column(sa.Column("parent_step", sa.String(200), nullable=True))
+    op.create_index("ix_workflow_runs_parent_run_id", "workflow_runs", ["parent_run_id"])
     op.create_table(
         "workflow_definitions",
         sa.Column("name", sa.String(200), primary_key=True),
@@ -53,4 +56,6 @@ def downgrade() -> None:
     op.drop_table("workflow_events")
     op.drop_table("workflow_definitions")
     with op.batch_alter_table("workflow_runs") as batch:
+        batch.drop_column("parent_step")
+        batch.drop_column("parent_run_id")
         batch.drop_column("workflow_version")
