@@ -95,6 +95,7 @@ def declare_actors(broker) -> SimpleNamespace:
     waiting = [
         dramatiq.actor(f.fn, broker=broker, actor_name=f.actor_name, queue_name=f.queue_name, **f.options)
         for f in (workflows.workflow_timer, workflows.workflow_signal, workflows.workflow_child)
+        if f.actor_name not in broker.actors  # ``import actors`` declared them on its broker
     ]
     return SimpleNamespace(
         **{
