@@ -1698,11 +1698,7 @@ def _started(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _outcome(claim: Claim, kind: str, detail: str | None = None) -> list[dict[str, Any]]:
-    """The entries of a delivery's outcome: its claim (when it started) and what came of it."""
-    entries = []
-    if claim.started_at is not None:
-        entries.append(
-            log.event(claim.run_id, log.CLAIMED, step=claim.step, attempt=claim.attempt, at=claim.started_at)
-        )
-    entries.append(log.event(claim.run_id, kind, step=claim.step, attempt=claim.attempt, detail=detail))
-    return entries
+    """The entry of a delivery's outcome, with when the delivery started (its claim)."""
+    entry = log.event(claim.run_id, kind, step=claim.step, attempt=claim.attempt, detail=detail)
+    entry["started_at"] = claim.started_at
+    return [entry]

@@ -2,9 +2,10 @@
 transaction of each transition (so an entry exists exactly when its transition committed).
 
 Entries are ordered by ``workflow_events.id``; a run's transitions are serialized by its
-row lock, so within a run the ids follow the transitions.  ``claimed`` entries are written
-with the outcome of the delivery that ran the step (a first delivery's claim is taken at
-dispatch and writes nothing of its own), with the time the delivery started.
+row lock, so within a run the ids follow the transitions.  A delivery's outcome is one row
+that also holds when the delivery started (``started_at``; a first delivery's claim is taken
+at dispatch and writes nothing of its own): ``storage.get_history`` shows it as a ``claimed``
+entry before the outcome.  One insert per step outcome, compiled once.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ RUN_PREFIX = "run_"
 MAX_DETAIL = 2_000
 
 INSERT_EVENT = insert(EVENTS).values(
-    {name: bindparam(f"b_{name}") for name in ("run_id", "at", "kind", "step", "attempt", "detail")}
+    {
+        name: bindparam(f"b_{name}")
+        for name in ("run_id", "at", "kind", "step", "attempt", "detail", "started_at")
+    }
 )
 
 
@@ -55,17 +59,14 @@ def event(
     attempt: int | None = None,
     detail: Any = None,
     at: datetime | None = None,
+    started_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """One history entry, ready for :meth:`History.write`."""
+    """One history entry, ready for :meth:`History.write`; ``started_at``: a delivery's outcome
+    records when the delivery started (read back as a ``claimed`` entry)."""
     text = None if detail is None else str(detail)[:MAX_DETAIL]
-    return {
-        "run_id": run_id,
-        "at": at or utc_now(),
-        "kind": kind,
-        "step": step,
-        "attempt": attempt,
-        "detail": text,
-    }
+    entry = {"run_id": run_id, "at": at or utc_now(), "kind": kind, "step": step, "attempt": attempt}
+    entry.update(detail=text, started_at=started_at)
+    return entry
 
 
 class History:

@@ -180,6 +180,8 @@ class WorkflowEvent(SQLModel, table=True):
     step: str | None = Field(default=None, max_length=200)
     attempt: int | None = None
     detail: str | None = Field(default=None, sa_column=Column(Text))
+    #: A delivery's outcome: when that delivery started (shown as a ``claimed`` entry before it).
+    started_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
 
 
 class WorkflowSignal(SQLModel, table=True):
@@ -197,10 +199,18 @@ class WorkflowSignal(SQLModel, table=True):
 
 
 def get_history(engine: Engine, run_id: str) -> list[WorkflowEvent]:
-    """The events of a run, oldest first."""
+    """The events of a run in order; each outcome of a delivery is preceded by a ``claimed``
+    entry at the time the delivery started (stored with the outcome: one row per outcome)."""
     query = select(WorkflowEvent).where(WorkflowEvent.run_id == run_id).order_by(col(WorkflowEvent.id))
     with Session(engine) as session:
-        return list(session.exec(query))
+        rows = list(session.exec(query))
+    entries: list[WorkflowEvent] = []
+    for row in rows:
+        if row.started_at is not None:
+            claimed = {"id": row.id, "run_id": run_id, "at": row.started_at, "kind": "claimed"}
+            entries.append(WorkflowEvent(**claimed, step=row.step, attempt=row.attempt))
+        entries.append(row)
+    return entries
 
 
 def get_definition(engine: Engine, name: str, version: int) -> WorkflowDefinitionRecord | None:

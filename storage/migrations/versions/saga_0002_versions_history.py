@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("step", sa.String(200), nullable=True),
         sa.Column("attempt", sa.Integer, nullable=True),
         sa.Column("detail", sa.Text, nullable=True),
+        sa.Column("started_at", sa.DateTime, nullable=True),
     )
     op.create_index("ix_workflow_events_run_id_id", "workflow_events", ["run_id", "id"])
     op.create_table(
