@@ -81,6 +81,8 @@ def test_the_setting_loads_the_users_workflows_and_a_changed_version_is_refused_
     )
     assert bad.returncode == 1
     assert "cannot import module 'no.such.module'" in bad.stderr and "Traceback" not in bad.stderr
+    shown = run_cli("workflow", "-m", "no.such.module", "show", "any", env=env)  # every command loads them
+    assert shown.returncode == 1 and "cannot import module 'no.such.module'" in shown.stderr
     started = run_cli("-m", MODULE, "workflow", "start", "user_flow", env=env)  # stores version 1
     assert started.returncode == 0, started.stderr
     changed = run_cli("worker", "-m", "tests.user_workflows_changed", env=env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import timedelta
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.tree import Tree
 
-from .common import MODULE_HELP, add_modules, load_settings
+from .common import MODULE_HELP, MODULES_VARIABLE, add_modules, load_settings
 
 #: Statuses ``--wait`` stops at.
 SETTLED_STATUSES = ("succeeded", "failed", "compensated", "compensation_failed", "cancelled")
@@ -43,6 +44,8 @@ ModuleOption = Annotated[list[str] | None, typer.Option("--module", "-m", help=M
 def _workflow(module: ModuleOption = None) -> None:
     """Durable workflows: start, list, show, cancel, resume, fork."""
     add_modules(module)
+    if os.environ.get(MODULES_VARIABLE, "").strip():
+        _engine()  # every workflow command loads the user's modules (a bad one fails each alike)
 
 
 def _fail(message: str) -> typer.Exit:
