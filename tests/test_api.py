@@ -580,3 +580,33 @@ def test_bulk_cancel_by_filter(server):
     assert (done["status"], done["total"], done["done"]) == ("succeeded", 3, 3)
     assert {job_status(api, job_id) for job_id in ids} == {"cancelled"}
     assert api.post("/api/v1/jobs:cancel", json={**selection, "dry_run": True}).json()["count"] == 0
+
+
+def test_a_runs_history_and_signals(server):
+    api = server.client("operator")
+    run_id = api.post("/api/v1/workflows/system_check/runs", json={}).json()["run_id"]
+    wait_until(
+        lambda: api.get(f"/api/v1/workflow-runs/{run_id}").json()["status"] == "succeeded",
+        timeout=30,
+        what="the run",
+    )
+    history = api.get(f"/api/v1/workflow-runs/{run_id}/history").json()
+    kinds = [(entry["kind"], entry["step"]) for entry in history]
+    assert kinds[0] == ("started", None) and kinds[-1] == ("run_succeeded", None)
+    assert kinds.index(("succeeded", "health")) < kinds.index(("dispatched", "ping"))
+    finished = api.post(f"/api/v1/workflow-runs/{run_id}/signals/go", json={"payload": 1})
+    assert finished.status_code == 409 and "only a running run takes signals" in finished.json()["detail"]
+    assert problem_type(api.post("/api/v1/workflow-runs/nope/signals/go")) == "not-found"
+    # A run that stays running here (no worker consumes the orders queue): its signal is kept.
+    order = {"order": {"symbol": "SYM1", "action": "BUY", "quantity": 1}}
+    waiting = api.post("/api/v1/workflows/order_with_prerequisites/runs", json={"inputs": order}).json()[
+        "run_id"
+    ]
+    sent = api.post(f"/api/v1/workflow-runs/{waiting}/signals/filled", json={"payload": {"price": 1}})
+    assert sent.status_code == 202 and sent.json() == {"run_id": waiting, "signal": "filled", "woke": 0}
+    assert ("signal_received", None) in [
+        (e["kind"], e["step"]) for e in api.get(f"/api/v1/workflow-runs/{waiting}/history").json()
+    ]
+    viewer = server.client("viewer")
+    assert problem_type(viewer.post(f"/api/v1/workflow-runs/{waiting}/signals/filled")) == "forbidden"
+    api.post(f"/api/v1/workflow-runs/{waiting}/cancel", params={"compensate": "false"})

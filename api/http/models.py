@@ -278,6 +278,28 @@ class TimelineEntry(BaseModel):
     event: str
 
 
+class HistoryEntry(BaseModel):
+    """One entry of a run's ordered history (``storage.get_history``)."""
+
+    at: Time
+    kind: str
+    step: str | None
+    attempt: int | None
+    detail: str | None
+
+
+class SignalSent(BaseModel):
+    """A signal delivered to a run: how many waiting steps it woke (0: kept for later)."""
+
+    run_id: str
+    signal: str
+    woke: int
+
+
+class SignalBody(BaseModel):
+    payload: Any = None
+
+
 class WorkflowRunDetail(WorkflowRunSummary):
     steps: list[WorkflowStepView]
     edges: list[Edge]

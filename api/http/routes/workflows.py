@@ -17,9 +17,12 @@ from ..models import (
     Catalog,
     CompensationPreview,
     Edge,
+    HistoryEntry,
     InlineWorkflow,
     RunStart,
     RunStarted,
+    SignalBody,
+    SignalSent,
     TimelineEntry,
     WorkflowInfo,
     WorkflowRunDetail,
@@ -337,3 +340,39 @@ def fork_run(
     new_id = _operate(_engine(context).fork, run_id, inputs=(body.inputs if body else None))
     note_target(request, f"run={run_id}", fork=new_id)
     return RunStarted(run_id=new_id, workflow=run.workflow, replayed=False)
+
+
+@router.get(
+    "/workflow-runs/{run_id}/history",
+    response_model=list[HistoryEntry],
+    summary="The run's ordered event history (dispatches, claims, outcomes, compensations, signals)",
+)
+def run_history(request: Request, run_id: str, principal: Viewer) -> list[HistoryEntry]:
+    from storage import get_history
+
+    context = context_of(request)
+    _run_and_steps(context, run_id)
+    return [
+        HistoryEntry(at=e.at, kind=e.kind, step=e.step, attempt=e.attempt, detail=e.detail)
+        for e in get_history(context.database, run_id)
+    ]
+
+
+@router.post(
+    "/workflow-runs/{run_id}/signals/{name}",
+    response_model=SignalSent,
+    status_code=202,
+    summary="Send a signal to a run: its waiting steps run now; if none waits yet, it is kept",
+)
+def signal_run(
+    request: Request,
+    run_id: str,
+    name: str,
+    principal: Annotated[Principal, require("workflows.control")],
+    body: SignalBody | None = None,
+) -> SignalSent:
+    context = context_of(request)
+    _run_and_steps(context, run_id)
+    woke = _operate(_engine(context).signal, run_id, name, body.payload if body else None)
+    note_target(request, f"run={run_id}", signal=name)
+    return SignalSent(run_id=run_id, signal=name, woke=woke)
