@@ -54,7 +54,7 @@ def stack(settings, gateway, tmp_path):
     )
     tradeflow = str(Path(sys.executable).with_name("tradeflow"))
     process = subprocess.Popen(
-        [tradeflow, "up", "-p", "1", "-t", "4", "--no-scheduler"],
+        [tradeflow, "up", "-p", "1", "-t", "4", "--no-scheduler", "--no-api"],
         env=env,
         cwd=REPO_ROOT,
         start_new_session=True,
