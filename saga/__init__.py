@@ -5,7 +5,7 @@ imports ``actors``.
 """
 
 from .children import CHILD_ACTOR, ChildWorkflowFailed, child
-from .context import StepContext, checkpoint, current_step
+from .context import StepContext, checkpoint, current_step, idempotency_key
 from .definition import Condition, Fragment, Ref, Step, Workflow, WorkflowDefinitionError, inputs, result
 from .engine import SAGA_OPTION, SagaEngine, WorkflowError, dispatch
 from .leases import ConcurrencyLeases, ConcurrencyLimitExceeded
@@ -38,6 +38,7 @@ __all__ = [
     "current_step",
     "dispatch",
     "engine_of",
+    "idempotency_key",
     "inputs",
     "result",
     "sleep",

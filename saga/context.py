@@ -24,6 +24,17 @@ class StepContext:
     engine: SagaEngine
     checkpoint: Any = None
     progress: float | None = None
+    #: The dispatch of the step this delivery belongs to (a step run again after it was
+    #: compensated, or a compensation sent again by ``resume``, is a new dispatch).
+    epoch: int = 0
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<run id>:<step>:<kind>:<epoch>``: the same for every delivery and retry of one
+        dispatch of this step (or compensation), different for any other.  Steps run at least
+        once: pass it to the external system the step changes (an order reference, an
+        idempotency header) so a repeated delivery changes nothing there."""
+        return idempotency_key(self.claim.run_id, self.claim.step, self.claim.kind, self.epoch)
 
     @property
     def run_id(self) -> str:
@@ -44,6 +55,12 @@ class StepContext:
         if saved:
             self.checkpoint, self.progress = payload, progress
         return saved
+
+
+def idempotency_key(run_id: str, step: str, kind: str, epoch: int) -> str:
+    """The idempotency key of one dispatch of a step (``kind`` ``step``) or compensation
+    (``compensate``); see :attr:`StepContext.idempotency_key`."""
+    return f"{run_id}:{step}:{kind}:{epoch}"
 
 
 def current_step() -> StepContext | None:

@@ -137,6 +137,10 @@ def message_id(run_id: str, step: str, kind: str, epoch: int) -> str:
 #: that will now never start (``actors.broker.admission.withdraw_unstarted``).
 Withdraw = Callable[[Any, Sequence[str]], set[str]]
 
+#: Marks a message sent again as a copy the broker's admission counts on its own, not as a
+#: duplicate of the first (``actors.broker.admission.readmit``): returns it.
+Readmit = Callable[[Message], Message]
+
 #: Sends built messages in one go: ``send_many(broker, messages)`` (``actors.broker.batch.enqueue_messages``).
 SendMany = Callable[[Any, Sequence[Message]], Any]
 
@@ -200,6 +204,9 @@ class SagaEngine:
         A run that stops withdraws the messages of its dispatched steps that no
         worker took, and counts those steps cancelled at once.  Defaults to None:
         each such step is settled when its message is delivered.
+      readmit(callable): ``readmit(message)``: see :data:`Readmit`.  What
+        :meth:`recover` sends again goes through it, so a copy admitted and then
+        lost earlier cannot make the broker drop the new one.  Defaults to None.
     """
 
     def __init__(
@@ -214,6 +221,7 @@ class SagaEngine:
         tracer_provider: TracerProvider | None = None,
         withdraw: Withdraw | None = None,
         on_run_status: RunStatusHook | None = None,
+        readmit: Readmit | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.on_run_status = on_run_status
@@ -221,6 +229,7 @@ class SagaEngine:
         self.broker = broker
         self.send_many = send_many
         self.withdraw = withdraw
+        self.readmit = readmit
         self.tracer_provider = tracer_provider
         self.lease = timedelta(milliseconds=lease_ms)
         self.recovery_after = timedelta(milliseconds=recovery_after_ms)
@@ -526,6 +535,46 @@ class SagaEngine:
         params = {"b_run": run_id, "b_step": step, "b_epoch": epoch, "b_dispatch": dispatch}
         params.update(b_lease_floor=now + self.lease / 2, b_now=now)
         return self._read(self._hot.dispatched_step, params)
+
+    def lease_left_ms(self, *, run_id: str, step: str, kind: str, epoch: int) -> int | None:
+        """Milliseconds until the live claim on this dispatch of a step (or compensation) runs
+        out; None when no live claim holds it.  A redelivery refused while a claim holds is
+        postponed that long: the claim may be a dead worker's."""
+        now = utc_now()
+        query = select(STEPS.c.lease_until).where(
+            STEPS.c.run_id == run_id,
+            STEPS.c.name == step,
+            STEPS.c.epoch == epoch,
+            STEPS.c.status == (StepStatus.RUNNING if kind == STEP else StepStatus.COMPENSATING),
+            STEPS.c.claim.is_not(None),
+            STEPS.c.lease_until >= now,
+        )
+        with self.database.connect() as connection:
+            lease_until = connection.execute(query).scalar()
+        return None if lease_until is None else int((lease_until - now).total_seconds() * 1000) + 1
+
+    def quarantined(self, *, run_id: str, step: str, kind: str, epoch: int, error: str) -> None:
+        """A delivery of this dispatch killed its worker too often and was dead-lettered: the
+        step (or compensation) failed for good, whoever's claim holds it."""
+        with self.database.connect() as connection:
+            token = connection.execute(
+                select(STEPS.c.claim).where(
+                    STEPS.c.run_id == run_id, STEPS.c.name == step, STEPS.c.epoch == epoch
+                )
+            ).scalar()
+        try:
+            with self._locked(run_id) as (connection, run):
+                if token is None:
+                    # Not claimed (a queued compensation, a step waiting for its retry): claim it here.
+                    token = uuid.uuid4().hex
+                    values = {"claim": token, "status": _claimed(kind)}
+                    if not self._set_step(connection, run, step, _unclaimed_status(kind), **values):
+                        raise Unchanged
+                claim = Claim(run_id, step, kind, token, 0, None, None)
+                outgoing = self._record_failure(connection, run, claim, error, None, utc_now(), False)
+        except Unchanged:
+            return
+        self._send(outgoing)
 
     def save_checkpoint(self, claim: Claim, *, progress: float | None, payload: Any) -> bool:
         """Record a running step's progress and checkpoint; False if the claim was lost."""
@@ -1317,7 +1366,8 @@ class SagaEngine:
                 self._abandon(row)
                 continue
             retry = row["claimed_retry"] if row["claim"] else row["min_retry"]
-            outgoing.append(self._message(row, row, kind, retry=retry or 0))
+            message = self._message(row, row, kind, retry=retry or 0)
+            outgoing.append(self.readmit(message) if self.readmit else message)
         if outgoing:
             with self._transaction() as connection:
                 for row in rows:
@@ -1648,6 +1698,10 @@ class HotStatements:
 
 def _unclaimed_status(kind: str) -> str:
     return StepStatus.READY if kind == STEP else StepStatus.COMPENSATING
+
+
+def _claimed(kind: str) -> str:
+    return StepStatus.RUNNING if kind == STEP else StepStatus.COMPENSATING
 
 
 def _check_json(value: Any, what: str) -> None:

@@ -19,13 +19,23 @@ from dramatiq.threading import raise_thread_exception
 from sqlalchemy import Engine
 
 from .context import StepContext, current_step, enter
-from .engine import COMPENSATE, SAGA_OPTION, STEP, Claim, SagaEngine, SendMany, Withdraw, describe
+from .engine import COMPENSATE, SAGA_OPTION, STEP, Claim, Readmit, SagaEngine, SendMany, Withdraw, describe
 
 #: Attempts at recording a step's outcome while the database does not answer.
 RECORD_ATTEMPTS = 5
 
 #: Pause before the first repeated attempt, in seconds; it doubles each time.
 RECORD_BACKOFF = 0.2
+
+#: Milliseconds added to a postponed redelivery's wait, so it arrives after the lease ended.
+POSTPONE_MARGIN_MS = 250
+
+#: Error of a step whose message was dead-lettered before it ran.
+QUARANTINED = "its message was dead-lettered before it ran (its worker died too often, or it expired)"
+
+#: Postpones a delivered message: ``postpone(broker, message, delay_ms)`` sends it again as a
+#: copy of its own and marks this delivery unrecorded (``actors.admission.postpone``).
+Postpone = Callable[[Broker, Message, int], None]
 
 #: Largest exponent ``dramatiq.common.compute_backoff`` uses.
 MAX_BACKOFF_EXPONENT = 32
@@ -91,6 +101,13 @@ class Saga(Middleware):
       on_run_status(callable): ``on_run_status(run_id, workflow, status, error)``, told of
         each committed change of a run's status (``actors.events``, given by ``actors.broker``).
         Defaults to None.
+      postpone(callable): ``postpone(broker, message, delay_ms)``: see :data:`Postpone`.
+        A delivery refused because a live claim holds its step (a redelivery of a
+        worker that died mid-step, inside the lease) is postponed until the claim
+        runs out instead of acked away.  Defaults to None: it is acked, and the
+        recovery sweep sends the step again once the lease ran out.
+      readmit(callable): What the recovery sweep sends again goes through it
+        (see :data:`saga.engine.Readmit`).  Defaults to None.
     """
 
     def __init__(
@@ -106,6 +123,8 @@ class Saga(Middleware):
         first_delivery: Callable[[Message], bool | None] | None = None,
         withdraw: Withdraw | None = None,
         on_run_status=None,
+        postpone: Postpone | None = None,
+        readmit: Readmit | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
@@ -114,6 +133,8 @@ class Saga(Middleware):
         self.tracer_provider = tracer_provider
         self.first_delivery = first_delivery
         self.withdraw = withdraw
+        self.postpone = postpone
+        self.readmit = readmit
         self.lease_ms = lease_ms
         self.recovery_after_ms = recovery_after_ms
         self.recovery_interval_ms = recovery_interval_ms
@@ -140,6 +161,7 @@ class Saga(Middleware):
                         tracer_provider=self.tracer_provider,
                         withdraw=self.withdraw,
                         on_run_status=self.on_run_status,
+                        readmit=self.readmit,
                     )
         return self._engine
 
@@ -170,10 +192,31 @@ class Saga(Middleware):
         except Exception as exc:
             raise StepStateUnavailable(f"cannot claim step {marker['step']!r}: {describe(exc)}") from exc
         if claim is None:
+            self._postpone_if_held(broker, engine, message, marker)
             raise SkipMessage(f"step {marker['step']!r} of run {marker['run']} is not due")
         with self._held_lock:
             self._held[claim.token] = threading.get_ident()
-        enter(StepContext(claim, engine, claim.checkpoint, claim.progress))
+        enter(StepContext(claim, engine, claim.checkpoint, claim.progress, epoch=marker["epoch"]))
+
+    def _postpone_if_held(self, broker: Broker, engine: SagaEngine, message: Message, marker: dict) -> None:
+        """A live claim holds the step: maybe a dead worker's, whose message came back before
+        its lease ran out.  Acked now, the step would be lost; it is sent again for then."""
+        if self.postpone is None:
+            return
+        try:
+            left = engine.lease_left_ms(
+                run_id=marker["run"], step=marker["step"], kind=marker["kind"], epoch=marker["epoch"]
+            )
+        except Exception as exc:
+            raise StepStateUnavailable(f"cannot read step {marker['step']!r}: {describe(exc)}") from exc
+        if left is not None:
+            self.logger.info(
+                "Step %r of run %s is held by a live claim; trying again in %d ms.",
+                marker["step"],
+                marker["run"],
+                left + POSTPONE_MARGIN_MS,
+            )
+            self.postpone(broker, message, left + POSTPONE_MARGIN_MS)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         context = self._leave()
@@ -194,6 +237,21 @@ class Saga(Middleware):
         context = self._leave()
         if context is not None:
             self._record(context.claim, context.engine.release, context.claim)
+            return
+        marker = message.options.get(SAGA_OPTION)
+        if message.failed and _well_formed(marker):
+            # Dead-lettered before it ran (admission's poison quarantine, an age limit): the
+            # step failed for good; left alone, recovery would send it again and again.
+            run_id, step, kind = marker["run"], marker["step"], marker["kind"]
+            self._record(
+                Claim(run_id, step, kind, "", 0, None, None),
+                self.engine(broker).quarantined,
+                run_id=run_id,
+                step=step,
+                kind=kind,
+                epoch=marker["epoch"],
+                error=QUARANTINED,
+            )
 
     def after_worker_boot(self, broker: Broker, worker) -> None:
         self._stopping.clear()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
 import pendulum
 import pytest
 import redis
+from conftest import REPO_ROOT, settings_env
 from dramatiq.message import Message
 from tcp_proxy import TcpProxy
 
@@ -70,3 +75,37 @@ def cuttable_redis(settings):
         yield link, settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{link.port}/{db}"})
     finally:
         link.close()
+
+
+class WorkerProcesses:
+    """Real ``dramatiq <module> <arguments>`` worker processes, each in its own process group.
+
+    Parameters:
+      settings(Settings): What the workers read.
+      module(str): Actor module (or modules, space-separated) on the command line.
+    """
+
+    def __init__(self, settings, *, module: str = "actors tests.jobs_actors") -> None:
+        self.env = settings_env(settings)
+        self.module = module.split()
+        self.running: list[subprocess.Popen] = []
+
+    def start(self, *arguments: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "dramatiq", *self.module, *arguments]
+        process = subprocess.Popen(command, env=self.env, cwd=REPO_ROOT, start_new_session=True)
+        self.running.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.running:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill(process)

@@ -7,18 +7,15 @@ only our recovery can bring messages back.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 import redis
-from conftest import REPO_ROOT, settings_env
+from conftest import settings_env
 from dramatiq.message import Message
-from jobs_support import sqlite_only, wait_for
+from jobs_support import WorkerProcesses, sqlite_only, wait_for
 
 from actors import audit_writer_of, build_broker
 from actors.middleware import list_dead_letters
@@ -47,38 +44,16 @@ def producer(crash_settings):
     audit_writer_of(broker).close(5)
 
 
-class Workers:
-    """Real ``dramatiq`` worker processes, each in its own process group."""
-
-    def __init__(self, settings) -> None:
-        self.env = settings_env(settings)
-        self.running: list[subprocess.Popen] = []
+class _Workers(WorkerProcesses):
+    """Workers of ``tests.jobs_actors``, one process of one thread, on the queues named."""
 
     def start(self, *queues: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "dramatiq", "actors", "tests.jobs_actors", "-p", "1", "-t", "1"]
-        command += ["-Q", *queues]
-        process = subprocess.Popen(command, env=self.env, cwd=REPO_ROOT, start_new_session=True)
-        self.running.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen) -> None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-    def stop_all(self) -> None:
-        for process in self.running:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.running:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill(process)
+        return super().start("-p", "1", "-t", "1", "-Q", *queues)
 
 
 @pytest.fixture
 def workers(crash_settings):
-    group = Workers(crash_settings)
+    group = _Workers(crash_settings)
     yield group
     group.stop_all()
 

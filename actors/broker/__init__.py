@@ -10,6 +10,8 @@ from .admission import (
     cancel_channel,
     cancel_key,
     first_delivery,
+    postpone,
+    readmit,
     withdraw_unstarted,
 )
 from .batch import ENQUEUE_CHUNK, EnqueueBatch, SendManyError, enqueue_messages, send_many
@@ -17,7 +19,15 @@ from .delayed import delay_until, send_at
 from .events import EVENTS_KEY, EventLog, entry, event_log_of, events_key
 from .hooks import HookTable, implemented_hooks
 from .lanes import DEFAULT_LANE, LANES, LanePolicy, lane_of
-from .options import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, DUPLICATE, SKIP_REASON, SKIP_STATUS
+from .options import (
+    ADMISSION_SALT,
+    AUDIT_SEQ_BASE,
+    DEAD_LETTER_REASON,
+    DUPLICATE,
+    PRIOR_DELIVERIES,
+    SKIP_REASON,
+    SKIP_STATUS,
+)
 from .outbox import OutboxRelay, enqueue_in_transaction
 from .redis_broker import (
     DISPATCH_SCRIPT,
@@ -45,6 +55,7 @@ from .replication import ReplicationTimeout
 __all__ = [
     "ACK_HOLD_ATTRIBUTE",
     "ADMISSION_ATTRIBUTE",
+    "ADMISSION_SALT",
     "AUDIT_SEQ_BASE",
     "DEAD_LETTER_REASON",
     "DEFAULT_LANE",
@@ -56,6 +67,7 @@ __all__ = [
     "PAUSED_KEY",
     "REDIS_SCHEMES",
     "SENTINEL_SCHEME",
+    "PRIOR_DELIVERIES",
     "SKIP_REASON",
     "SKIP_STATUS",
     "Admission",
@@ -92,6 +104,8 @@ __all__ = [
     "redis_client",
     "resume_queue",
     "routes_of",
+    "postpone",
+    "readmit",
     "send_at",
     "send_many",
     "withdraw_unstarted",

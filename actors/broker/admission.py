@@ -11,17 +11,21 @@ broker the call is made here, per message.  The keys:
 
 * ``<ns>:cancel:<message id>``: set by :func:`actors.middleware.cancellation.cancel_job`; the
   message is skipped and recorded ``cancelled``.
-* ``<ns>:admit:<message id>:<audit base>:<attempt>``: the first Redis entry
+* ``<ns>:admit:<message id>:<audit base>:<attempt>[:<salt>]``: the first Redis entry
   (``redis_message_id``) to start this attempt claims it.  Another entry of the
   same attempt is a duplicate (Dramatiq's delay-queue move, an outbox relay
   resend, two schedulers) and is dropped; the same entry coming back was
   redelivered after its worker died, and counts a delivery.  After
   ``max_deliveries`` deliveries that never finished, the message is dead-lettered
-  with ``worker crashed N times`` instead of killing another worker.
+  with ``worker crashed N times`` instead of killing another worker.  A message
+  sent again on purpose (:func:`readmit`: the saga's recovery sweep, a delivery
+  postponed by :func:`postpone`) carries a salt that makes its key its own, and
+  the deliveries of its earlier copies that died, which still count.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +34,15 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 from dramatiq.middleware import SkipMessage
 
-from .options import AUDIT_SEQ_BASE, DEAD_LETTER_REASON, DUPLICATE, SKIP_REASON, SKIP_STATUS
+from .options import (
+    ADMISSION_SALT,
+    AUDIT_SEQ_BASE,
+    DEAD_LETTER_REASON,
+    DUPLICATE,
+    PRIOR_DELIVERIES,
+    SKIP_REASON,
+    SKIP_STATUS,
+)
 from .redis_clients import queue_client, routes_of
 
 _ADMIT = """
@@ -41,7 +53,7 @@ local owner = redis.call('hget', KEYS[1], 'rid')
 if owner and owner ~= ARGV[1] then
     return {'duplicate', 0}
 end
-local deliveries = redis.call('hincrby', KEYS[1], 'deliveries', 1)
+local deliveries = redis.call('hincrby', KEYS[1], 'deliveries', 1) + tonumber(ARGV[4])
 if not owner then
     redis.call('hset', KEYS[1], 'rid', ARGV[1])
 end
@@ -131,14 +143,50 @@ def cancel_channel(namespace: str) -> str:
 
 def admission_key(namespace: str, message: Message) -> str:
     options = message.options
-    return attempt_key(
+    key = attempt_key(
         namespace, message.message_id, base=options.get(AUDIT_SEQ_BASE, 0), retries=options.get("retries", 0)
     )
+    salt = options.get(ADMISSION_SALT)
+    return f"{key}:{salt}" if isinstance(salt, str) else key
 
 
 def attempt_key(namespace: str, message_id: str, *, base: int = 0, retries: int = 0) -> str:
     """The admission key of one attempt of a message (by default its first)."""
     return f"{namespace}:admit:{message_id}:{base}:{retries}"
+
+
+def readmit(message: Message, *, prior_deliveries: int = 0) -> Message:
+    """``message`` (changed in place) made a copy that admission counts on its own, not a
+    duplicate of the copies sent before; ``prior_deliveries`` of those died running it and
+    count towards ``max_deliveries``.  The saga engine's recovery sweep sends with it: its
+    copy of a lost step must run even if an earlier copy was admitted and then lost."""
+    message.options[ADMISSION_SALT] = uuid.uuid4().hex[:12]
+    if prior_deliveries:
+        message.options[PRIOR_DELIVERIES] = prior_deliveries
+    else:
+        message.options.pop(PRIOR_DELIVERIES, None)
+    return message
+
+
+def postpone(broker: Broker, message: Message, delay_ms: int) -> None:
+    """Send a delivered ``message`` again in ``delay_ms`` as a copy of its own (see
+    :func:`readmit`) carrying the count of its deliveries that died, and let this delivery
+    end unrecorded: the saga middleware postpones a redelivered step whose lease still
+    holds (its worker died; acking it would lose the step) until the lease ends."""
+    verdict = getattr(message, ADMISSION_ATTRIBUTE, None)
+    delivered = verdict.count if verdict is not None and verdict.outcome == "run" else 1
+    copy = Message(
+        queue_name=message.queue_name,
+        actor_name=message.actor_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        options={**message.options},
+        message_id=message.message_id,
+        message_timestamp=message.message_timestamp,
+    )
+    broker.enqueue(readmit(copy, prior_deliveries=delivered - 1), delay=delay_ms)
+    message.options[SKIP_STATUS] = DUPLICATE  # the copy owns the audit row
+    message.options[SKIP_REASON] = f"postponed by {delay_ms} ms"
 
 
 class Admission(Middleware):
@@ -186,7 +234,12 @@ class Admission(Middleware):
         namespace = broker.namespace
         verdict, count = self._script(
             keys=[admission_key(namespace, message), cancel_key(namespace, message.message_id)],
-            args=[message.options.get("redis_message_id", ""), self.ttl, self.max_deliveries],
+            args=[
+                message.options.get("redis_message_id", ""),
+                self.ttl,
+                self.max_deliveries,
+                int(message.options.get(PRIOR_DELIVERIES, 0) or 0),
+            ],
             client=queue_client(broker, message.queue_name),
         )
         return (verdict.decode() if isinstance(verdict, bytes) else verdict), count

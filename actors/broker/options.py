@@ -15,3 +15,12 @@ DUPLICATE = "duplicate"
 #: Added on a retry from the dead letters: offsets the audit sequence and the
 #: admission key, so the fresh attempts are new ones.
 AUDIT_SEQ_BASE = "audit_seq_base"
+
+#: Makes the admission key of a message sent again (the saga's recovery sweep, a delivery
+#: postponed until its step's lease ends) its own: admission counts it afresh instead of
+#: dropping it as a duplicate of the first copy.  A short string.
+ADMISSION_SALT = "admission_salt"
+
+#: Deliveries of earlier copies of a message sent again that died running it: counted
+#: towards ``max_deliveries``, so a poison message is still quarantined.
+PRIOR_DELIVERIES = "prior_deliveries"

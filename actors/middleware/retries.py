@@ -21,7 +21,7 @@ from dramatiq.errors import Retry
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
-from actors.broker import DEAD_LETTER_REASON
+from actors.broker import DEAD_LETTER_REASON, PRIOR_DELIVERIES
 
 from .audit import describe_exception
 from .errors import JobCancelled, NonRetryableError
@@ -102,6 +102,7 @@ class Retries(Middleware):
             self._dead_letter(message, f"failed {attempts} attempts, last: {describe_exception(exception)}")
             return
         message.options["retries"] = retries + 1
+        message.options.pop(PRIOR_DELIVERIES, None)  # a new attempt: its crashes count afresh
         if isinstance(exception, Retry) and exception.delay is not None:
             delay = exception.delay
         else:

@@ -26,6 +26,8 @@ from actors.broker import (
     WakeupRedisBroker,
     enqueue_messages,
     first_delivery,
+    postpone,
+    readmit,
     redis_client,
     withdraw_unstarted,
 )
@@ -126,6 +128,8 @@ def build_middleware(
             tracer_provider=tracer_provider,  # each run's root span
             first_delivery=first_delivery,  # admission's count: a first delivery only reads
             withdraw=withdraw_unstarted,  # a stopping run's queued steps never start
+            postpone=postpone,  # a dead worker's step, back inside its lease, waits for it
+            readmit=readmit,  # recovery's copies are admitted on their own
         ),
         Retries(
             max_retries=settings.max_retries,

@@ -123,8 +123,9 @@ local function int_text(value)
     return "0"
 end
 
--- The message id and admission key of a stored message (nil if it is not a
--- message): <ns>:admit:<message id>:<audit seq base>:<retries>.
+-- The message id, admission key and deliveries of earlier copies that died, of a
+-- stored message (nil if it is not a message):
+-- <ns>:admit:<message id>:<audit seq base>:<retries>[:<admission salt>].
 local function admission_key(message_data)
     local ok, decoded = pcall(cjson.decode, message_data)
     if not ok or type(decoded) ~= "table" or type(decoded.message_id) ~= "string" then
@@ -134,14 +135,18 @@ local function admission_key(message_data)
     if type(options) ~= "table" then
         options = {}
     end
-    return decoded.message_id, namespace .. ":admit:" .. decoded.message_id .. ":" ..
+    local key = namespace .. ":admit:" .. decoded.message_id .. ":" ..
         int_text(options.audit_seq_base) .. ":" .. int_text(options.retries)
+    if type(options.admission_salt) == "string" then
+        key = key .. ":" .. options.admission_salt
+    end
+    return decoded.message_id, key, tonumber(int_text(options.prior_deliveries))
 end
 
 -- The admission of one stored message (see actors/admission.py): "run:N"
 -- (N-th delivery), "cancelled:0", "duplicate:0" or "poison:N".
 local function admit(message_id, message_data, ttl, max_deliveries)
-    local id, key = admission_key(message_data)
+    local id, key, prior = admission_key(message_data)
     if not id then
         return "run:1" -- the worker reports what is wrong with it
     end
@@ -152,7 +157,7 @@ local function admit(message_id, message_data, ttl, max_deliveries)
     if owner and owner ~= message_id then
         return "duplicate:0"
     end
-    local deliveries = redis.call("hincrby", key, "deliveries", 1)
+    local deliveries = redis.call("hincrby", key, "deliveries", 1) + prior
     if not owner then
         redis.call("hset", key, "rid", message_id)
     end
