@@ -553,6 +553,25 @@ class SagaEngine:
             lease_until = connection.execute(query).scalar()
         return None if lease_until is None else int((lease_until - now).total_seconds() * 1000) + 1
 
+    def expire_claims(self, *, workers: Sequence[str], tokens: Sequence[str]) -> int:
+        """End now the leases of the claims of worker processes ``workers`` (``host:pid``) and
+        of the claims ``tokens`` (dispatch claims their messages carry): their supervisor saw
+        those processes die.  How many."""
+        if not workers and not tokens:
+            return 0
+        now = utc_now()
+        statement = (
+            update(STEPS)
+            .where(
+                or_(STEPS.c.worker_id.in_(list(workers)), STEPS.c.claim.in_(list(tokens))),
+                STEPS.c.claim.is_not(None),
+                STEPS.c.lease_until > now,
+            )
+            .values(lease_until=now)
+        )
+        with self._single_statement() as connection:
+            return connection.execute(statement).rowcount
+
     def quarantined(self, *, run_id: str, step: str, kind: str, epoch: int, error: str) -> None:
         """A delivery of this dispatch killed its worker too often and was dead-lettered: the
         step (or compensation) failed for good, whoever's claim holds it."""

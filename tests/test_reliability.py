@@ -8,19 +8,28 @@ messages back.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, children_of, settings_env
+from dramatiq import Message
 from jobs_support import WorkerProcesses, sqlite_only, wait_for
 from reliability_actors import declare_actors
 from saga_helpers import wait_for_run
 
 from actors import audit_writer_of, build_broker
+from actors.middleware import list_dead_letters
+from actors.telemetry import restart_counts
 from saga import Step, Workflow, engine_of
-from storage import RunStatus
+from storage import RunStatus, create_db_engine, get_task
 
 pytestmark = [pytest.mark.e2e]
 
@@ -100,3 +109,70 @@ def test_a_compensation_whose_worker_died_runs_again_whatever_the_heartbeat(sett
         # Both deliveries of the compensation presented the same idempotency key, the step its own.
         keys = [key.decode() for key in broker.client.lrange(f"{prefix}:keys", 0, -1)]
         assert keys == [f"{run_id}:a:step:1", f"{run_id}:a:compensate:2", f"{run_id}:a:compensate:2"]
+
+
+@contextmanager
+def _tradeflow_up(settings, *arguments: str):
+    """``tradeflow up ARGUMENTS`` with one worker process of one thread (a crash takes no other
+    message down with it): ``(process, lines)``; stopped with SIGTERM at the end, which must
+    end it with code 0."""
+    env = settings_env(settings)
+    env.update(TRADEFLOW_WORKER_PROCESSES="1", TRADEFLOW_WORKER_THREADS="1")
+    up = subprocess.Popen(
+        [str(Path(sys.executable).with_name("tradeflow")), "up", *arguments],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)
+    reader.start()
+    try:
+        yield up, lines
+    except BaseException:
+        print("--- output of `tradeflow up` ---\n" + "".join(lines))
+        raise
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            for group in [*children_of(up.pid), up.pid]:
+                os.killpg(group, signal.SIGKILL)
+            up.wait()
+        reader.join(10)
+    assert up.returncode == 0, "".join(lines)
+
+
+@sqlite_only
+@pytest.mark.timeout(90)
+def test_up_restarts_crashed_workers_and_a_poison_message_reaches_the_dead_letters(settings):
+    """Default heartbeat (60 s) and deliveries (3), no other worker: only ``up`` brings the
+    poison message back, each time its worker dies, until admission quarantines it."""
+    settings = settings.model_copy(update={"maintenance_chance": 0})
+    producer = build_broker(settings)
+    key = f"{settings.namespace}:marks"
+    try:
+        with _tradeflow_up(settings, "tests.jobs_actors", "--no-scheduler") as (up, lines):
+            started = time.monotonic()
+            poison = producer.enqueue(Message("crashing", "crash", (key,), {}, {}))
+            producer.enqueue(Message("crashing", "healthy", (key,), {}, {}))
+            wait_for(lambda: list_dead_letters(producer), timeout=60, what="the dead letter")
+            quarantined_in = time.monotonic() - started
+            wait_for(lambda: producer.client.get(f"{key}:done"), timeout=30, what="the healthy message")
+            print(f"\npoison message dead-lettered {quarantined_in:.1f}s after it was sent, under `up` alone")
+            assert up.poll() is None, "".join(lines)  # still supervising
+            [letter] = list_dead_letters(producer)
+            assert letter.message_id == poison.message_id and letter.reason == "worker crashed 3 times"
+            assert int(producer.client.get(f"{key}:starts")) == 3
+            assert restart_counts(producer.client, settings.namespace) == {"worker": 3.0}
+            row = get_task(create_db_engine(settings.database_url), poison.message_id)
+            assert row.status == "dead_letter"
+    finally:
+        audit_writer_of(producer).close(5)
+        producer.close()
+    output = "".join(lines)
+    assert output.count("restarted worker") == 3, output

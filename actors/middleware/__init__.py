@@ -22,7 +22,13 @@ from .dead_letters import (
 )
 from .errors import JobCancelled, NonRetryableError
 from .heartbeat import WORKERS_KEY, WorkerHeartbeat, worker_details, workers_alive
-from .recovery import StalledRecovery, recover_stalled
+from .recovery import (
+    StalledRecovery,
+    recover_stalled,
+    register_process,
+    requeue_observed_death,
+    worker_processes,
+)
 from .retries import Retries, backoff_ms
 
 __all__ = [
@@ -52,9 +58,12 @@ __all__ = [
     "purge_dead_letters",
     "purge_letters",
     "recover_stalled",
+    "register_process",
+    "requeue_observed_death",
     "retry_dead_letter",
     "retry_dead_letters",
     "worker_details",
     "worker_id",
+    "worker_processes",
     "workers_alive",
 ]

@@ -22,8 +22,10 @@ from .metrics import (
     Metrics,
     WorkerMetrics,
     claim_directory,
+    count_restart,
     enqueue_counts,
     mark_dead_processes,
+    restart_counts,
     use_directory,
 )
 from .otlp_export import encode_spans, grpc_span_exporter, http_span_exporter
@@ -52,6 +54,7 @@ __all__ = [
     "check_health",
     "claim_directory",
     "context_from",
+    "count_restart",
     "encode_spans",
     "enqueue_counts",
     "grpc_span_exporter",
@@ -59,6 +62,7 @@ __all__ = [
     "mark_dead_processes",
     "parent_from",
     "registry_for",
+    "restart_counts",
     "root_sampler",
     "span_record",
     "tracer_provider_for",

@@ -12,7 +12,7 @@ from dramatiq.common import dq_name, q_name, xq_name
 from actors.broker import DEFAULT_LANE, LANES, RedisRoutes
 from actors.middleware import workers_alive
 
-from .metrics import QUEUES_KEY, SCHEDULER_KEY, enqueue_counts, mark_dead_processes
+from .metrics import QUEUES_KEY, SCHEDULER_KEY, enqueue_counts, mark_dead_processes, restart_counts
 
 
 class RedisStateCollector:
@@ -75,6 +75,14 @@ class RedisStateCollector:
         for labels, count in sorted(enqueue_counts(self.client, self.namespace).items()):
             enqueued.add_metric(list(labels), count)
         yield enqueued
+        restarts = CounterMetricFamily(
+            "task_queue_worker_restarts",
+            "Worker and scheduler processes restarted by their supervisor (tradeflow up) after they died.",
+            labels=["process"],
+        )
+        for process, count in sorted(restart_counts(self.client, self.namespace).items()):
+            restarts.add_metric([process], count)
+        yield restarts
         workers = GaugeMetricFamily("task_queue_workers_alive", "Worker processes whose heartbeat is recent.")
         workers.add_metric([], self.workers_alive())
         yield workers

@@ -48,6 +48,10 @@ QUEUES_KEY = "__queues__"
 #: field ``["queue", "priority", "actor"]`` (JSON), value the count.
 ENQUEUED_KEY = "__enqueued__"
 
+#: Redis hash (under the namespace) where supervisors (``tradeflow up``) count the restarts
+#: of the processes they run: field the process kind (``worker``, ``scheduler``).
+RESTARTS_KEY = "__restarts__"
+
 #: Seconds between two additions of a process's enqueue counts to Redis.
 ENQUEUE_FLUSH_INTERVAL = 1.0
 
@@ -378,6 +382,17 @@ class Metrics(Middleware):
         started = self._started.pop(message.message_id, None)
         if started is not None:
             duration.observe(time.perf_counter() - started)
+
+
+def count_restart(client: redis.Redis, namespace: str, process: str) -> None:
+    """Count one restart of a supervised ``process`` (``worker`` or ``scheduler``)."""
+    client.hincrby(f"{namespace}:{RESTARTS_KEY}", process, 1)
+
+
+def restart_counts(client: redis.Redis, namespace: str) -> dict[str, float]:
+    """Restarts of supervised processes so far, by process kind."""
+    raw = client.hgetall(f"{namespace}:{RESTARTS_KEY}")
+    return {kind.decode(): float(count) for kind, count in raw.items()}
 
 
 def _is_scheduler_tick(message: Message) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import TYPE_CHECKING, Annotated
 
@@ -73,54 +74,113 @@ def scheduler(
 
 @processes_app.command()
 def up(
+    modules: Annotated[list[str] | None, typer.Argument(help="Extra actor modules.")] = None,
     processes: Annotated[int | None, typer.Option("--processes", "-p", min=1)] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", min=1)] = None,
     scheduler: Annotated[bool, typer.Option(help="Also run the periodiq scheduler.")] = True,
     api: Annotated[bool, typer.Option(help="Also serve the HTTP API (TRADEFLOW_API_HOST/PORT).")] = True,
     module: ModuleOption = None,
 ) -> None:
-    """Run everything: Redis (embedded if none), workers, scheduler and HTTP API.  Ctrl-C stops it all."""
+    """Run everything: Redis (embedded if none), workers, scheduler and HTTP API, until Ctrl-C
+    or SIGTERM.
+
+    A worker, scheduler or API process that dies is started again after a backoff (0.5 s
+    doubling to 30 s), counted in ``task_queue_worker_restarts_total``; the messages a dead
+    worker process held are requeued as soon as its death is seen."""
     add_modules(module)
     settings = load_settings()
     migrate(settings)
     check_workflows(settings)
     with redis_for(settings) as redis_url:
         console.print(f"redis: {redis_url}")
+        os.environ["TRADEFLOW_REDIS_URL"] = redis_url
+        broker = load_actors(load_settings()).current_broker
+        from actors.telemetry import count_restart
+
         commands = [
             stack.worker_command(
-                processes=processes or settings.worker_processes, threads=threads or settings.worker_threads
+                processes=processes or settings.worker_processes,
+                threads=threads or settings.worker_threads,
+                modules=modules or (),
             )
         ]
+        names = ["worker"]
         if scheduler:
-            commands.append(stack.scheduler_command())
+            commands.append(stack.scheduler_command(modules=modules or ()))
+            names.append("scheduler")
         if api:
             from api.http import url_of
 
             commands.append(stack.api_command())
+            names.append("api")
             console.print(f"api: {url_of(settings)}", soft_wrap=True)
             console.print(f"dashboard: {url_of(settings).removesuffix('/api/v1')}/", soft_wrap=True)
+        watch = _WorkerDeaths(broker)
         with stack.running(commands, env=stack.child_env(redis_url)) as children:
+            supervisor = stack.Supervisor(
+                processes=children,
+                names=names,
+                env=stack.child_env(redis_url),
+                on_exit=watch.exited,
+                watch=watch.poll,
+                on_restart=lambda name: count_restart(broker.client, broker.namespace, name),
+                log=lambda line: err_console.print(line, highlight=False),
+            )
             try:
-                code = _supervise(children[0], children[1:])
+                supervisor.run()
             except KeyboardInterrupt:
                 console.print("stopping...")
-                code = 0
-    raise typer.Exit(code)
+    raise typer.Exit(0)
 
 
-def _supervise(workers, others) -> int:
-    """Block while the workers run; a scheduler that exits (e.g. no periodic actor) is reported, not fatal."""
-    reported = set()
-    while workers.poll() is None:
-        for child in others:
-            if child.poll() is not None and child.pid not in reported:
-                reported.add(child.pid)
-                err_console.print(
-                    f"warning: {' '.join(child.args[:3])}... exited with code {child.returncode}"
-                )
-        time.sleep(0.5)
-    err_console.print(f"error: the workers exited with code {workers.returncode}")
-    return 1
+#: Seconds a worker master whose worker processes all died may take to exit before it is
+#: killed: Dramatiq's master waits for its forks, and one stopped while it boots lingers.
+MASTER_EXIT_GRACE = 1.0
+
+
+class _WorkerDeaths:
+    """What ``up`` does when it sees worker processes die: requeue their messages at once
+    (without waiting for their heartbeat timeout), and kill a master left with none alive
+    that does not exit in :data:`MASTER_EXIT_GRACE` seconds."""
+
+    def __init__(self, broker) -> None:
+        self.broker = broker
+        self.orphaned: dict[int, float] = {}  # master pid -> when its last worker process died
+
+    def poll(self, name: str, master) -> None:
+        """A running child: requeue the messages of its dead worker processes."""
+        if name != "worker":
+            return
+        pids = self._requeue(master, every=False)
+        if pids is None:
+            return
+        if pids:
+            self.orphaned.pop(master.pid, None)
+            return
+        died = self.orphaned.setdefault(master.pid, time.monotonic())
+        if time.monotonic() - died > MASTER_EXIT_GRACE:
+            err_console.print(f"worker master {master.pid} has no worker process left; killing it")
+            os.killpg(master.pid, signal.SIGKILL)
+
+    def exited(self, name: str, master) -> None:
+        """A child exited: requeue what its worker processes held (a clean stop leaves nothing)."""
+        if name == "worker":
+            self._requeue(master, every=True)
+            self.orphaned.pop(master.pid, None)
+
+    def _requeue(self, master, *, every: bool) -> list[int] | None:
+        """Requeue the messages of the dead (``every``: all) worker processes of ``master``;
+        the live ones, or None if it registered none yet (booting)."""
+        from actors.middleware import requeue_observed_death, worker_processes
+
+        pids = list(worker_processes(self.broker, master_pid=master.pid))
+        if not pids:
+            return None if master.pid not in self.orphaned else []
+        dead = pids if every else [pid for pid in pids if not stack.process_alive(pid)]
+        if dead:
+            recovered = requeue_observed_death(self.broker, master_pid=master.pid, pids=dead)
+            err_console.print(f"worker processes {dead} died; requeued their messages at once: {recovered}")
+        return [pid for pid in pids if pid not in dead]
 
 
 @processes_app.command()
