@@ -14,7 +14,7 @@ from .api_access import (
     record_operator_action,
     revoke_api_key,
 )
-from .audit import AuditWriter, TaskEvent, describe_database_error, utc_from_millis, utc_now
+from .audit import AuditJournal, AuditWriter, TaskEvent, describe_database_error, utc_from_millis, utc_now
 from .db import SQLiteWriteLock, create_db_engine, normalize_url, sqlite_write_lock
 from .housekeeping import delete_finished_before, status_counts_since, vacuum
 from .migrate import current_revisions, head_revisions, upgrade
@@ -75,6 +75,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "TERMINAL_STEP_STATUSES",
     "AnalysisRecord",
+    "AuditJournal",
     "AuditWriter",
     "OutboxMessage",
     "OutboxRecord",

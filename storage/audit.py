@@ -16,12 +16,12 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from sqlalchemy import Engine, case, func
@@ -37,6 +37,9 @@ MAX_RETRY_BACKOFF = 5.0
 
 #: First pause after a failed write, in seconds; it doubles up to MAX_RETRY_BACKOFF.
 MIN_RETRY_BACKOFF = 0.05
+
+#: Seconds between two attempts to replay the journal while the database (or the journal) fails.
+JOURNAL_RETRY_INTERVAL = 5.0
 
 
 def utc_from_millis(millis: int | float) -> datetime:
@@ -70,6 +73,18 @@ class TaskEvent:
     completed_at: datetime | None = None
     processing_time_ms: float | None = None
     worker_id: str | None = None
+
+
+class AuditJournal(Protocol):
+    """Durable storage outside the database for the events a closing writer could not write:
+    the next writer replays them (``actors.audit_journal.RedisAuditJournal``)."""
+
+    def spill(self, events: Sequence[TaskEvent]) -> None:
+        """Keep ``events``; raises if they could not be kept."""
+
+    def replay(self, write: Callable[[list[TaskEvent]], None], *, batch_size: int) -> bool:
+        """``write`` the kept events in batches, forgetting each once written; True when none
+        is left, False when another process is replaying.  Raises what ``write`` raises."""
 
 
 _FIELDS = tuple(f.name for f in fields(TaskEvent))
@@ -214,6 +229,10 @@ class AuditWriter:
       on_commit: Called from the writer's thread with the events of each committed
         batch (one per task, its latest): the live-events stream's feed.  Its errors
         are logged.  Defaults to None.
+      journal(AuditJournal): Where :meth:`close` spills the events the database did
+        not take in time (a worker stopping while the database is down: their messages
+        are acked already), and whose events this writer replays once it starts.
+        Defaults to None: such events are lost, and logged.
 
     Counters: ``written``; ``dropped`` (buffer full); ``rejected`` (refused by
     the database for their content: logged, not retried, the rest of their
@@ -231,10 +250,12 @@ class AuditWriter:
         batch_size: int = 500,
         commit_interval: float = 0.0,
         on_commit: Callable[[list[TaskEvent]], None] | None = None,
+        journal: AuditJournal | None = None,
     ) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.on_commit = on_commit
         self.engine = engine
+        self.journal = journal
         self.buffer_size = buffer_size
         self.batch_size = batch_size
         self.commit_interval = commit_interval
@@ -375,10 +396,35 @@ class AuditWriter:
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             thread.join(timeout)
         if not flushed:
-            self.logger.error(
-                "Audit trail closed with %d events unwritten: %s", self.pending, self.last_error
-            )
+            flushed = self._spill()
         return flushed
+
+    def _spill(self) -> bool:
+        """Hand the unwritten events to the journal; False if they are lost."""
+        with self._lock:
+            events = [event for _, event in self._buffer] + [event for _, event in self._deferred.values()]
+        if self.journal is not None and events:
+            try:
+                self.journal.spill(events)
+            except Exception as exc:
+                self.logger.error("Audit journal refused %d events: %s", len(events), exc)
+            else:
+                self.logger.warning(
+                    "Audit trail closed with %d events unwritten (%s): kept in the journal, "
+                    "the next writer replays them.",
+                    len(events),
+                    self.last_error,
+                )
+                with self._lock:
+                    self._buffer.clear()
+                    self._deferred.clear()
+                return True
+        self.logger.error("Audit trail closed with %d events unwritten: %s", self.pending, self.last_error)
+        return False
+
+    def start(self) -> None:
+        """Start the writer's thread now (and the journal's replay), not at the first event."""
+        self._ensure_started()
 
     def _ensure_started(self) -> None:
         if self._pid != os.getpid():
@@ -389,6 +435,21 @@ class AuditWriter:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="tradeflow-audit", daemon=True)
                     self._thread.start()
+                    if self.journal is not None:
+                        name = "tradeflow-audit-journal"
+                        threading.Thread(target=self._replay_journal, name=name, daemon=True).start()
+
+    def _replay_journal(self) -> None:
+        """Write what writers that closed with the database down left in the journal; until
+        it is empty, or this writer closes."""
+        while True:
+            try:
+                if self.journal.replay(self._write_batch, batch_size=self.batch_size):
+                    return
+            except Exception as exc:
+                self.logger.warning("Audit journal not replayed yet: %s", describe_database_error(exc))
+            if self._stopping.wait(JOURNAL_RETRY_INTERVAL):
+                return
 
     def _drop_oldest(self) -> bool:
         if self._in_flight >= len(self._buffer):

@@ -24,6 +24,8 @@ from dramatiq import Message
 from jobs_support import WorkerProcesses, sqlite_only, wait_for
 from reliability_actors import declare_actors
 from saga_helpers import wait_for_run
+from sqlalchemy.engine import make_url
+from tcp_proxy import TcpProxy
 
 from actors import audit_writer_of, build_broker
 from actors.middleware import list_dead_letters
@@ -176,3 +178,47 @@ def test_up_restarts_crashed_workers_and_a_poison_message_reaches_the_dead_lette
         producer.close()
     output = "".join(lines)
     assert output.count("restarted worker") == 3, output
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_sigterm_while_postgres_refuses_connections_loses_no_audit_row(settings):
+    """The worker reaches PostgreSQL through a proxy that is cut: its jobs run and are acked,
+    their rows wait; a graceful stop keeps them in the journal, and the next worker writes them."""
+    settings = settings.model_copy(update={"workflow_lease_ms": 3_000})
+    url = make_url(settings.database_url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxied = settings.model_copy(
+        update={"database_url": url.set(port=proxy.port).render_as_string(hide_password=False)}
+    )
+    prefix = f"{settings.namespace}:{uuid.uuid4().hex[:6]}"
+    database = create_db_engine(settings.database_url)
+    with _stack(settings) as (broker, declared, _, _unused):
+        workers = Workers(proxied)
+        try:
+            worker = workers.start()
+            warm = declared.note.send(prefix, "warm")
+            wait_for(lambda: _status(database, warm.message_id) == "completed", timeout=30, what="warm-up")
+            proxy.cut()
+            sent = [declared.note.send(prefix, f"m{index}").message_id for index in range(20)]
+            wait_for(lambda: _count(broker, prefix, "m19") == 1, timeout=30, what="the jobs to run")
+            wait_for(lambda: len(broker.client.lrange(f"{prefix}:log", 0, -1)) == 42, timeout=10, what="all")
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
+            assert [_status(database, task_id) for task_id in sent] == ["pending"] * 20  # not written yet
+            proxy.restore()
+            workers.start()  # the next writer
+            wait_for(
+                lambda: all(_status(database, task_id) == "completed" for task_id in sent),
+                timeout=30,
+                what="the rows of the jobs run before the stop",
+            )
+        finally:
+            workers.stop_all()
+            proxy.close()
+            database.dispose()
+
+
+def _status(database, task_id: str) -> str | None:
+    row = get_task(database, task_id)
+    return row.status if row else None

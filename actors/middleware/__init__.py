@@ -3,6 +3,7 @@ recovery and worker heartbeats.
 """
 
 from .audit import DEFAULT_PRIORITY, Audit, worker_id
+from .audit_journal import RedisAuditJournal
 from .cancellation import CancelState, CancelWatcher, cancel_job, canceller
 from .dead_letters import (
     DeadLetter,
@@ -42,6 +43,7 @@ __all__ = [
     "Fingerprint",
     "JobCancelled",
     "NonRetryableError",
+    "RedisAuditJournal",
     "Retries",
     "StalledRecovery",
     "UnknownDeadLetter",

@@ -175,6 +175,9 @@ class Audit(Middleware):
         event.error_message = message.options.get(SKIP_REASON, default_reason)
         self._commit(broker, message, event)
 
+    def after_worker_boot(self, broker: Broker, worker) -> None:
+        self.writer.start()  # replays what a worker that stopped with the database down left
+
     def after_worker_shutdown(self, broker: Broker, worker) -> None:
         self.writer.close(self.commit_wait)
 

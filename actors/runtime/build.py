@@ -31,7 +31,7 @@ from actors.broker import (
     redis_client,
     withdraw_unstarted,
 )
-from actors.middleware import Audit, CancelWatcher, DeadLetterLog, Retries, StalledRecovery
+from actors.middleware import Audit, CancelWatcher, DeadLetterLog, RedisAuditJournal, Retries, StalledRecovery
 from actors.scheduling import ScheduleControl
 from actors.settings import Settings
 from actors.telemetry import Metrics, Tracing, tracer_provider_for
@@ -67,11 +67,15 @@ def build_results_backend(settings: Settings, *, routes: RedisRoutes | None = No
 
 
 def build_audit_writer(settings: Settings) -> AuditWriter:
+    journal = RedisAuditJournal(
+        client=redis.Redis.from_url(settings.effective_redis_url), namespace=settings.namespace
+    )
     return AuditWriter(
         create_db_engine(settings.database_url),
         buffer_size=settings.audit_buffer_size,
         batch_size=settings.audit_batch_size,
         commit_interval=settings.audit_commit_interval_ms / 1000,
+        journal=journal,  # a stop while the database is down spills here
     )
 
 
