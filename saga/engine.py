@@ -669,14 +669,17 @@ class SagaEngine:
 
     def failed(
         self, claim: Claim, error: str, *, retry: int | None, retry_delay_ms: int = 0, aborted: bool = False
-    ) -> None:
+    ) -> bool:
         """The delivery holding ``claim`` raised ``error``; ``retry`` is the retry number
         Dramatiq scheduled (due within ``retry_delay_ms``), or None when the failure is final.
-        An ``aborted`` step (its run is stopping) ends ``cancelled``."""
+        An ``aborted`` step (its run is stopping) ends ``cancelled``.  True when a scheduled
+        retry will not run: the run stopped, the step's failure is final."""
         retry_due = utc_now() + timedelta(milliseconds=retry_delay_ms)
         with self._locked(claim.run_id) as (connection, run):
+            refused = retry is not None and claim.kind == STEP and run["status"] != RunStatus.RUNNING
             outgoing = self._record_failure(connection, run, claim, error, retry, retry_due, aborted)
         self._send(outgoing)
+        return refused
 
     def release(self, claim: Claim) -> None:
         """Give a claim back unfinished (the message was skipped after the claim)."""

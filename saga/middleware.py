@@ -108,6 +108,11 @@ class Saga(Middleware):
         recovery sweep sends the step again once the lease ran out.
       readmit(callable): What the recovery sweep sends again goes through it
         (see :data:`saga.engine.Readmit`).  Defaults to None.
+      forgo_retry(callable): ``forgo_retry(broker, message)`` makes the broker drop,
+        unrecorded, the retry ``Retries`` just sent of ``message``
+        (``actors.admission.forgo_retry``): a step that failed with retries left
+        while its run stopped failed for good.  Defaults to None: the retry is
+        delivered, refused, and recorded ``cancelled``.
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class Saga(Middleware):
         on_run_status=None,
         postpone: Postpone | None = None,
         readmit: Readmit | None = None,
+        forgo_retry: Callable[[Broker, Message], None] | None = None,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.database = database
@@ -135,6 +141,7 @@ class Saga(Middleware):
         self.withdraw = withdraw
         self.postpone = postpone
         self.readmit = readmit
+        self.forgo_retry = forgo_retry
         self.lease_ms = lease_ms
         self.recovery_after_ms = recovery_after_ms
         self.recovery_interval_ms = recovery_interval_ms
@@ -231,7 +238,12 @@ class Saga(Middleware):
             self._record(claim, engine.failed, claim, describe(exception), retry=None, aborted=aborted)
             return
         retry, delay = message.options["retries"], longest_retry_delay(broker, message, exception)
-        self._record(claim, engine.failed, claim, describe(exception), retry=retry, retry_delay_ms=delay)
+        if self._record(claim, engine.failed, claim, describe(exception), retry=retry, retry_delay_ms=delay):
+            # The run stopped: the step failed for good.  Say so (the audit trail records the
+            # message failed, not retrying) and drop the retry ``Retries`` sent, unrecorded.
+            message.fail()
+            if self.forgo_retry is not None:
+                self.forgo_retry(broker, message)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         context = self._leave()
@@ -273,19 +285,21 @@ class Saga(Middleware):
                 self._held.pop(context.claim.token, None)
         return context
 
-    def _record(self, claim: Claim, record, *args, **kwargs) -> None:
+    def _record(self, claim: Claim, record, *args, **kwargs):
+        """``record(*args, **kwargs)``, tried again while the database fails: what it returned
+        (None if it never succeeded)."""
         backoff = RECORD_BACKOFF
         for attempt in range(1, RECORD_ATTEMPTS + 1):
             try:
-                record(*args, **kwargs)
-                return
+                return record(*args, **kwargs)
             except Exception as exc:
                 if attempt == RECORD_ATTEMPTS:
                     # The claim's lease runs out and recovery runs the step again.
                     self.logger.error("Outcome of step %r not recorded: %s", claim.step, describe(exc))
-                    return
+                    return None
                 time.sleep(backoff)
                 backoff *= 2
+        return None
 
     def _maintain(self, broker: Broker) -> None:
         interval = self.lease_ms / 3000

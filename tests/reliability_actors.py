@@ -16,6 +16,9 @@ from saga import current_step
 #: The queue of every actor here.
 QUEUE = "reliable"
 
+#: Milliseconds before ``fail_later`` is retried.
+RETRY_BACKOFF_MS = 3_000
+
 #: Seconds the first run of ``slow_undo`` takes.
 FIRST_UNDO_SECONDS = 30
 
@@ -62,9 +65,9 @@ def declare_actors(broker) -> SimpleNamespace:
         mark(prefix, "refuse")
         raise RuntimeError("refused on purpose")
 
-    @actor(max_retries=3, min_backoff=60_000, max_backoff=60_000)
+    @actor(max_retries=3, min_backoff=RETRY_BACKOFF_MS, max_backoff=RETRY_BACKOFF_MS, jitter=0)
     def fail_later(prefix: str, seconds: float) -> None:
-        """A step that fails after ``seconds`` with retries left (a minute away)."""
+        """A step that fails after ``seconds`` with retries left (:data:`RETRY_BACKOFF_MS` away)."""
         time.sleep(seconds)
         mark(prefix, "fail-later")
         raise RuntimeError("failed with retries left")

@@ -18,11 +18,12 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import dramatiq
 import pytest
 from conftest import REPO_ROOT, children_of, settings_env
 from dramatiq import Message
 from jobs_support import WorkerProcesses, sqlite_only, wait_for
-from reliability_actors import declare_actors
+from reliability_actors import RETRY_BACKOFF_MS, declare_actors
 from saga_helpers import wait_for_run
 from sqlalchemy.engine import make_url
 from tcp_proxy import TcpProxy
@@ -31,6 +32,7 @@ from actors import audit_writer_of, build_broker
 from actors.middleware import list_dead_letters
 from actors.telemetry import restart_counts
 from saga import Step, Workflow, engine_of
+from saga.engine import message_id
 from storage import RunStatus, create_db_engine, get_task
 
 pytestmark = [pytest.mark.e2e]
@@ -222,3 +224,29 @@ def test_sigterm_while_postgres_refuses_connections_loses_no_audit_row(settings)
 def _status(database, task_id: str) -> str | None:
     row = get_task(database, task_id)
     return row.status if row else None
+
+
+@sqlite_only
+@pytest.mark.timeout(60)
+def test_a_step_failing_with_retries_left_after_its_run_stopped_ends_final_in_the_audit_trail(settings):
+    """``late`` fails with retries left while its run is already unwinding (``early`` failed for
+    good): the workflow tables say ``failed``, and so must its audit row, for good."""
+    prefix = f"{settings.namespace}:{uuid.uuid4().hex[:6]}"
+    workflow = Workflow(
+        "late_failure",
+        [Step("early", "refuse", args=(prefix,)), Step("late", "fail_later", args=(prefix, 1.0))],
+    )
+    with _stack(settings) as (broker, _, engine, _unused):
+        worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+        worker.start()
+        try:
+            run_id = engine.start(workflow)
+            run = wait_for_run(engine.database, run_id, timeout=20)
+            assert run.status == RunStatus.FAILED
+            late = message_id(run_id, "late", "step", 1)
+            wait_for(lambda: _status(engine.database, late) == "dead_letter", timeout=10, what="a final row")
+            time.sleep(RETRY_BACKOFF_MS / 1000 + 1.5)  # the retry Retries sent is due: dropped
+            assert _status(engine.database, late) == "dead_letter"
+            assert _count(broker, prefix, "fail-later") == 1
+        finally:
+            worker.stop(timeout=10_000)

@@ -168,6 +168,16 @@ def readmit(message: Message, *, prior_deliveries: int = 0) -> Message:
     return message
 
 
+def forgo_retry(broker: Broker, message: Message) -> None:
+    """Make admission drop, unrecorded, the retry of ``message`` that ``Retries`` just sent
+    (its ``retries`` option already counts it): claim that attempt for no Redis entry."""
+    key = admission_key(broker.namespace, message)
+    with broker.client.pipeline(transaction=False) as pipe:
+        pipe.hsetnx(key, "rid", "forgone")
+        pipe.pexpire(key, WITHDRAW_TTL)
+        pipe.execute()
+
+
 def postpone(broker: Broker, message: Message, delay_ms: int) -> None:
     """Send a delivered ``message`` again in ``delay_ms`` as a copy of its own (see
     :func:`readmit`) carrying the count of its deliveries that died, and let this delivery

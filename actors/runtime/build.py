@@ -26,6 +26,7 @@ from actors.broker import (
     WakeupRedisBroker,
     enqueue_messages,
     first_delivery,
+    forgo_retry,
     postpone,
     readmit,
     redis_client,
@@ -134,6 +135,7 @@ def build_middleware(
             withdraw=withdraw_unstarted,  # a stopping run's queued steps never start
             postpone=postpone,  # a dead worker's step, back inside its lease, waits for it
             readmit=readmit,  # recovery's copies are admitted on their own
+            forgo_retry=forgo_retry,  # a step whose run stopped is not retried
         ),
         Retries(
             max_retries=settings.max_retries,
