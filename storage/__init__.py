@@ -15,7 +15,7 @@ from .api_access import (
     revoke_api_key,
 )
 from .audit import AuditJournal, AuditWriter, TaskEvent, describe_database_error, utc_from_millis, utc_now
-from .db import SQLiteWriteLock, create_db_engine, normalize_url, sqlite_write_lock
+from .db import MAX_OVERFLOW, POOL_SIZE, SQLiteWriteLock, create_db_engine, normalize_url, sqlite_write_lock
 from .housekeeping import delete_finished_before, status_counts_since, vacuum
 from .migrate import current_revisions, head_revisions, upgrade
 from .models import TERMINAL_STATUSES, TaskRecord, TaskStatus
@@ -72,6 +72,8 @@ from .workflows import (
 __all__ = [
     "DONE_STEP_STATUSES",
     "FINAL_RUN_STATUSES",
+    "MAX_OVERFLOW",
+    "POOL_SIZE",
     "TERMINAL_STATUSES",
     "TERMINAL_STEP_STATUSES",
     "AnalysisRecord",

@@ -13,6 +13,19 @@ from sqlalchemy.engine import make_url
 #: How long a SQLite connection waits for a lock held by another process, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
+#: PostgreSQL connections an engine keeps open by default.
+POOL_SIZE = 2
+
+#: Connections an engine may open beyond :data:`POOL_SIZE` at a peak (closed when returned).
+MAX_OVERFLOW = 2
+
+#: Seconds a thread waits for a connection of a full pool before failing.
+POOL_TIMEOUT = 30
+
+#: Query parameter of a PostgreSQL URL that turns psycopg's prepared statements off
+#: (``prepare_threshold=none``), as a pooler in transaction mode (PgBouncer) requires.
+PREPARE_THRESHOLD = "prepare_threshold"
+
 
 def normalize_url(url: str) -> str:
     """Map ``postgres://`` and ``postgresql://`` to the psycopg 3 driver."""
@@ -22,7 +35,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def create_db_engine(url: str, *, pre_ping: bool = True) -> Engine:
+def create_db_engine(
+    url: str, *, pre_ping: bool = True, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW
+) -> Engine:
     """Create an engine for ``url``.
 
     SQLite gets WAL journaling, a busy timeout and ``synchronous=NORMAL`` so
@@ -30,7 +45,10 @@ def create_db_engine(url: str, *, pre_ping: bool = True) -> Engine:
     created if missing.  PostgreSQL uses psycopg 3 with pre-ping, so a
     connection cut by a restart is replaced instead of failing a write;
     ``pre_ping=False`` saves that round trip per checkout for callers that
-    retry a failed write themselves.
+    retry a failed write themselves.  Its pool holds ``pool_size`` connections
+    and opens up to ``max_overflow`` more at a peak: an engine never has more
+    than their sum open.  ``?prepare_threshold=none`` in the URL turns psycopg's
+    prepared statements off (PgBouncer in transaction mode).
     """
     url = normalize_url(url)
     parsed = make_url(url)
@@ -38,8 +56,18 @@ def create_db_engine(url: str, *, pre_ping: bool = True) -> Engine:
         return _sqlite_engine(url, parsed.database)
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    connect_args: dict[str, object] = {"connect_timeout": 5}
+    threshold = parsed.query.get(PREPARE_THRESHOLD)
+    if threshold is not None:
+        parsed = parsed.difference_update_query([PREPARE_THRESHOLD])
+        connect_args[PREPARE_THRESHOLD] = None if str(threshold).lower() == "none" else int(threshold)
     return create_engine(
-        url, pool_pre_ping=pre_ping, pool_size=4, max_overflow=4, connect_args={"connect_timeout": 5}
+        parsed,
+        pool_pre_ping=pre_ping,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=POOL_TIMEOUT,
+        connect_args=connect_args,
     )
 
 

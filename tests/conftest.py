@@ -12,11 +12,13 @@ import socket
 import subprocess
 import sys
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import Engine, event
 
 from actors.settings import Settings
 
@@ -27,6 +29,27 @@ POSTGRES_URL = os.environ.get(
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Engines that connected during the running test (see :func:`_dispose_engines`).
+_connected_engines: weakref.WeakSet = weakref.WeakSet()
+
+
+def _remember_engine(connection) -> None:
+    _connected_engines.add(connection.engine)
+
+
+event.listen(Engine, "engine_connect", _remember_engine)
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    """Close the pooled connections of every engine a test used, once its other fixtures are
+    torn down: a pytest process keeps no PostgreSQL connection from a finished test."""
+    yield
+    engines = list(_connected_engines)
+    _connected_engines.clear()
+    for engine in engines:
+        engine.dispose()
 
 
 def _missing(what: str) -> None:

@@ -37,11 +37,17 @@ from actors.scheduling import ScheduleControl
 from actors.settings import Settings
 from actors.telemetry import Metrics, Tracing, tracer_provider_for
 from saga import Saga, StepAwareResults
-from storage import AuditWriter, create_db_engine
+from storage import MAX_OVERFLOW, POOL_SIZE, AuditWriter, create_db_engine
 
 from .metrics_server import serve_metrics
 from .process import remember
 from .routed_results import RoutedRedisBackend
+
+#: Connections of the audit writer's pool: its thread's, and the journal replay's.
+AUDIT_POOL_SIZE = 2
+
+#: Connections a saga engine may open beyond one per worker thread and its maintenance thread.
+SAGA_POOL_OVERFLOW = 2
 
 #: Seconds after its tick a periodic message is still worth running.
 PERIODIC_SKIP_DELAY = 30
@@ -67,12 +73,26 @@ def build_results_backend(settings: Settings, *, routes: RedisRoutes | None = No
     return RoutedRedisBackend(routes=routes, namespace=namespace)
 
 
+def saga_pool(*, threads: int) -> dict[str, int]:
+    """Pool of a worker process's saga engine: a connection for each worker thread (one
+    statement or transaction at a time each), one for the maintenance thread, and
+    :data:`SAGA_POOL_OVERFLOW` for producers' threads (an API process sending many runs)."""
+    return {"pool_size": threads + 1, "max_overflow": SAGA_POOL_OVERFLOW}
+
+
+def connections_per_process(*, threads: int) -> int:
+    """Most PostgreSQL connections one worker process opens with ``threads`` worker threads:
+    the saga engine's, the audit writer's and the schedules' (docs/architecture.md); an actor
+    module with an engine of its own adds ``POOL_SIZE + MAX_OVERFLOW`` (4)."""
+    saga = sum(saga_pool(threads=threads).values())
+    return saga + AUDIT_POOL_SIZE + POOL_SIZE + MAX_OVERFLOW
+
+
 def build_audit_writer(settings: Settings) -> AuditWriter:
-    journal = RedisAuditJournal(
-        client=redis.Redis.from_url(settings.effective_redis_url), namespace=settings.namespace
-    )
+    journal = RedisAuditJournal(client=build_redis_client(settings), namespace=settings.namespace)
     return AuditWriter(
-        create_db_engine(settings.database_url),
+        # Its thread writes; the journal's replay may run beside it.
+        create_db_engine(settings.database_url, pool_size=AUDIT_POOL_SIZE, max_overflow=0),
         buffer_size=settings.audit_buffer_size,
         batch_size=settings.audit_batch_size,
         commit_interval=settings.audit_commit_interval_ms / 1000,
@@ -124,7 +144,9 @@ def build_middleware(
     middleware += [
         Saga(
             # No pre-ping: the saga retries a failed claim or outcome itself.
-            database=create_db_engine(settings.database_url, pre_ping=False),
+            database=create_db_engine(
+                settings.database_url, pre_ping=False, **saga_pool(threads=settings.worker_threads)
+            ),
             lease_ms=settings.workflow_lease_ms,
             recovery_after_ms=settings.workflow_recovery_after_ms,
             recovery_interval_ms=settings.workflow_recovery_interval_ms,

@@ -26,7 +26,12 @@ DEFAULT_SEVERITIES = {
     "workers": "critical",
     "scheduler": "critical",
     "queues": "warning",
+    "connections": "warning",
 }
+
+#: Share of the server's connections (those not reserved for superusers) in use above which
+#: the ``connections`` check fails: the next worker processes may find none.
+CONNECTIONS_HIGH = 0.9
 
 
 @dataclass
@@ -101,6 +106,8 @@ def check_health(
     """
     report = HealthReport()
     report.checks.append(_check_database(engine))
+    if engine.dialect.name == "postgresql":
+        report.checks.append(_check_connections(engine))
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -139,6 +146,23 @@ def _check_database(engine: Engine) -> Check:
             "database", False, f"cannot query the database: {exc.__class__.__name__}: {exc.orig or exc}"
         )
     return Check("database", True, "answers")
+
+
+def _check_connections(engine: Engine) -> Check:
+    """PostgreSQL's client connections in use (every client's, server-wide) against its maximum."""
+    try:
+        with engine.connect() as connection:
+            used = connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+            ).scalar()
+            maximum = int(connection.execute(text("SHOW max_connections")).scalar())
+            reserved = int(connection.execute(text("SHOW superuser_reserved_connections")).scalar())
+    except SQLAlchemyError as exc:
+        return Check(
+            "connections", False, f"cannot count connections: {exc.__class__.__name__}: {exc.orig or exc}"
+        )
+    detail = f"{used} of {maximum} in use ({reserved} reserved for superusers)"
+    return Check("connections", used < CONNECTIONS_HIGH * (maximum - reserved), detail)
 
 
 def _check_scheduler(ticks: dict[str, float], silence: float) -> Check:
