@@ -34,7 +34,7 @@ POSTPONE_MARGIN_MS = 250
 QUARANTINED = "its message was dead-lettered before it ran (its worker died too often, or it expired)"
 
 #: Postpones a delivered message: ``postpone(broker, message, delay_ms)`` sends it again as a
-#: copy of its own and marks this delivery unrecorded (``actors.admission.postpone``).
+#: copy of its own and marks this delivery unrecorded (``actors.broker.admission.postpone``).
 Postpone = Callable[[Broker, Message, int], None]
 
 #: Largest exponent ``dramatiq.common.compute_backoff`` uses.
@@ -110,7 +110,7 @@ class Saga(Middleware):
         (see :data:`saga.engine.Readmit`).  Defaults to None.
       forgo_retry(callable): ``forgo_retry(broker, message)`` makes the broker drop,
         unrecorded, the retry ``Retries`` just sent of ``message``
-        (``actors.admission.forgo_retry``): a step that failed with retries left
+        (``actors.broker.admission.forgo_retry``): a step that failed with retries left
         while its run stopped failed for good.  Defaults to None: the retry is
         delivered, refused, and recorded ``cancelled``.
     """

@@ -77,7 +77,7 @@ class TaskEvent:
 
 class AuditJournal(Protocol):
     """Durable storage outside the database for the events a closing writer could not write:
-    the next writer replays them (``actors.audit_journal.RedisAuditJournal``)."""
+    the next writer replays them (``actors.middleware.RedisAuditJournal``)."""
 
     def spill(self, events: Sequence[TaskEvent]) -> None:
         """Keep ``events``; raises if they could not be kept."""

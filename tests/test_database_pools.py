@@ -18,7 +18,6 @@ from pathlib import Path
 
 import dramatiq
 import pytest
-from actors.schedules import ScheduleControl
 from conftest import run_cli, settings_env
 from jobs_support import wait_for
 from reliability_actors import declare_actors
@@ -27,7 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from actors import audit_writer_of, build_broker
-from actors.broker import connections_per_process
+from actors.runtime import connections_per_process
+from actors.scheduling import ScheduleControl
 from saga import Step, Workflow, engine_of
 from storage import RunStatus, create_db_engine, get_task
 

@@ -10,6 +10,8 @@ from .build import (
     build_redis_routes,
     build_results_backend,
     configure,
+    connections_per_process,
+    saga_pool,
 )
 from .modules import ModuleLoadError, load_modules, module_names
 from .process import process_settings
@@ -27,7 +29,9 @@ __all__ = [
     "build_redis_routes",
     "build_results_backend",
     "configure",
+    "connections_per_process",
     "load_modules",
     "module_names",
     "process_settings",
+    "saga_pool",
 ]
