@@ -33,7 +33,8 @@ from actors.middleware import list_dead_letters
 from actors.telemetry import restart_counts
 from saga import Step, Workflow, engine_of
 from saga.engine import message_id
-from storage import RunStatus, create_db_engine, get_task
+from saga.middleware import QUARANTINED
+from storage import RunStatus, create_db_engine, get_run, get_steps, get_task
 
 pytestmark = [pytest.mark.e2e]
 
@@ -250,3 +251,29 @@ def test_a_step_failing_with_retries_left_after_its_run_stopped_ends_final_in_th
             assert _count(broker, prefix, "fail-later") == 1
         finally:
             worker.stop(timeout=10_000)
+
+
+@sqlite_only
+@pytest.mark.timeout(90)
+def test_a_step_that_kills_its_worker_fails_for_good_after_max_deliveries(settings):
+    """A poison step is quarantined like a poison job, though its redeliveries come back inside
+    the lease (postponed copies carry the count of deliveries that died), and its run fails
+    instead of waiting for recovery to send it again forever."""
+    settings = _timings(settings, 1_000).model_copy(update={"max_deliveries": 2})
+    prefix = f"{settings.namespace}:{uuid.uuid4().hex[:6]}"
+    workflow = Workflow("poison_step", [Step("boom", "kill_worker", args=(prefix,))])
+    with _stack(settings) as (broker, _, engine, workers):
+        run_id = engine.start(workflow)
+        worker = workers.start(threads=1)
+        deadline = time.monotonic() + 60
+        while (run := get_run(engine.database, run_id)).status == RunStatus.RUNNING:
+            assert time.monotonic() < deadline, "the poison step was not quarantined"
+            if worker.poll() is not None:  # it died: the next one must recover its message
+                worker = workers.start(threads=1)
+            time.sleep(0.2)
+        step = get_steps(engine.database, run_id)[0]
+        assert run.status == RunStatus.FAILED and step.status == "failed"
+        assert step.error == QUARANTINED
+        assert _count(broker, prefix, "kill") == 2  # never a third time
+        [letter] = list_dead_letters(broker)
+        assert letter.reason == "worker crashed 2 times"
