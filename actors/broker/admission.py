@@ -172,7 +172,8 @@ def forgo_retry(broker: Broker, message: Message) -> None:
     """Make admission drop, unrecorded, the retry of ``message`` that ``Retries`` just sent
     (its ``retries`` option already counts it): claim that attempt for no Redis entry."""
     key = admission_key(broker.namespace, message)
-    with broker.client.pipeline(transaction=False) as pipe:
+    # Admitted on the Redis of its queue (see ``redis_clients``): claimed there.
+    with queue_client(broker, message.queue_name).pipeline(transaction=False) as pipe:
         pipe.hsetnx(key, "rid", "forgone")
         pipe.pexpire(key, WITHDRAW_TTL)
         pipe.execute()
