@@ -47,7 +47,13 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def _up(settings: Settings) -> subprocess.Popen:
-    command = [str(Path(sys.executable).with_name("tradeflow")), "up", "tests.jobs_actors", "--no-scheduler"]
+    command = [
+        str(Path(sys.executable).with_name("tradeflow")),
+        "up",
+        "tests.jobs_actors",
+        "--no-scheduler",
+        "--no-api",
+    ]
     return subprocess.Popen(
         command,
         env=_env(settings),

@@ -161,7 +161,7 @@ def test_up_restarts_crashed_workers_and_a_poison_message_reaches_the_dead_lette
     producer = build_broker(settings)
     key = f"{settings.namespace}:marks"
     try:
-        with _tradeflow_up(settings, "tests.jobs_actors", "--no-scheduler") as (up, lines):
+        with _tradeflow_up(settings, "tests.jobs_actors", "--no-scheduler", "--no-api") as (up, lines):
             started = time.monotonic()
             poison = producer.enqueue(Message("crashing", "crash", (key,), {}, {}))
             producer.enqueue(Message("crashing", "healthy", (key,), {}, {}))
