@@ -385,7 +385,7 @@ class Metrics(Middleware):
 
 
 def count_restart(client: redis.Redis, namespace: str, process: str) -> None:
-    """Count one restart of a supervised ``process`` (``worker`` or ``scheduler``)."""
+    """Count one restart of a supervised ``process`` (``worker``, ``scheduler``, ``api``)."""
     client.hincrby(f"{namespace}:{RESTARTS_KEY}", process, 1)
 
 
