@@ -206,7 +206,7 @@ def test_sigterm_while_postgres_refuses_connections_loses_no_audit_row(settings)
             sent = [declared.note.send(prefix, f"m{index}").message_id for index in range(20)]
             wait_for(lambda: _count(broker, prefix, "m19") == 1, timeout=30, what="the jobs to run")
             wait_for(lambda: len(broker.client.lrange(f"{prefix}:log", 0, -1)) == 42, timeout=10, what="all")
-            os.killpg(worker.pid, signal.SIGTERM)
+            worker.send_signal(signal.SIGTERM)  # to the master, which stops its worker process
             worker.wait(60)
             assert [_status(database, task_id) for task_id in sent] == ["pending"] * 20  # not written yet
             proxy.restore()
