@@ -33,12 +33,13 @@ def _reservations() -> FundReservations:
 
 
 def _reference() -> str:
-    """The id of this step's effect (a reservation, an order's ``orderRef``): the same for
-    every delivery of the step, so a redelivery finds what the first one did."""
+    """The id of this step's effect (a reservation, an order's ``orderRef``): the step's
+    idempotency key, the same for every delivery of one dispatch, so a redelivery finds what
+    the first one did."""
     step = current_step()
     if step is None:
         raise OrderRejected("the order actors run as workflow steps (order_with_prerequisites)")
-    return f"{step.run_id}:{step.step}"
+    return step.idempotency_key
 
 
 def _order(data: dict) -> Order:

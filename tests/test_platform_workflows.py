@@ -15,6 +15,7 @@ from conftest import REPO_ROOT, run_cli, settings_env
 from saga_helpers import fast, steps_of
 
 from actors.ib import GatewaySimulator, demo_scenario
+from saga import idempotency_key
 from storage import create_db_engine, get_run
 from storage.analysis import list_analyses
 
@@ -109,6 +110,8 @@ def test_the_platform_workflows_run_end_to_end_on_the_up_stack(stack, settings, 
         ("SYM1", 5, "Filled")
     ]
     assert placed["perm_id"] == next(iter(gateway.orders.orders.values())).perm_id
+    # the funds are reserved under the step's idempotency key: a redelivery finds the same reservation
+    assert steps["reserve"].result["reservation"] == idempotency_key(run_id, "reserve", "step", 1)
 
     # An order the gateway takes but never fills: the fill times out, and the compensations run
     # in reverse order: cancel the order, then release the funds.
