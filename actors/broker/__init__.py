@@ -28,6 +28,7 @@ from .options import (
     PRIOR_DELIVERIES,
     SKIP_REASON,
     SKIP_STATUS,
+    dead_letter_reasons_key,
 )
 from .outbox import OutboxRelay, enqueue_in_transaction
 from .redis_broker import (
@@ -87,6 +88,7 @@ __all__ = [
     "cancel_channel",
     "cancel_key",
     "check_redis_url",
+    "dead_letter_reasons_key",
     "dedicated_client",
     "delay_until",
     "enqueue_in_transaction",

@@ -24,3 +24,8 @@ ADMISSION_SALT = "admission_salt"
 #: Deliveries of earlier copies of a message sent again that died running it: counted
 #: towards ``max_deliveries``, so a poison message is still quarantined.
 PRIOR_DELIVERIES = "prior_deliveries"
+
+
+def dead_letter_reasons_key(namespace: str) -> str:
+    """The hash of why each dead letter died (by Redis entry id), kept beside Dramatiq's ``.XQ``."""
+    return f"{namespace}:dead-letter-reasons"

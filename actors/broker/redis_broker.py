@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import os
 import threading
@@ -38,7 +39,7 @@ import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
@@ -47,8 +48,9 @@ from .admission import ADMISSION_ATTRIBUTE, Admission, Verdict, cancel_channel
 from .batch import EnqueueBatch
 from .hooks import HookTable
 from .lanes import DEFAULT_LANE, LanePolicy, lane_of
+from .options import dead_letter_reasons_key
 from .received import ReceivedMessage
-from .redis_clients import RedisRoutes, dedicated_client
+from .redis_clients import RedisRoutes, dedicated_client, queue_client
 from .replication import ReplicationTimeout
 
 #: The dispatch script: Dramatiq's, plus lanes, wake-up and enqueue_many.
@@ -382,15 +384,19 @@ class WakeupConsumer(_RedisConsumer):
             self.pending.put_back(acks)
             self.pending.suspect = True  # the call may have run (a lost reply): what it took is reclaimed
             raise
+        foreign = reply.pop() if reply and isinstance(reply[-1], list) else None
         if self.admit_args[0]:
             fetched = [(reply[i], reply[i + 1].decode()) for i in range(0, len(reply), 2)]
         else:
             fetched = [(data, None) for data in reply]
         # Decoded now, not when handed out: the process holds them from here on.
-        messages = [(None if data is None else Message.decode(data), verdict) for data, verdict in fetched]
-        # a foreign producer's message may lack the id option; it is then not tracked as held
-        ids = (message.options.get("redis_message_id") for message, _ in messages if message)
-        self.pending.taken(rid for rid in ids if rid)
+        if foreign:
+            messages = self._decode_with_foreign(fetched, foreign)
+        else:
+            messages = [
+                (None if data is None else Message.decode(data), verdict) for data, verdict in fetched
+            ]
+        self.pending.taken(message.options["redis_message_id"] for message, _ in messages if message)
         return messages
 
     def _reclaim(self) -> None:
@@ -410,6 +416,52 @@ class WakeupConsumer(_RedisConsumer):
             self.logger.warning(
                 "Put back %d messages of %r taken by calls whose reply was lost.", reclaimed, self.queue_name
             )
+
+    def _decode_with_foreign(
+        self, fetched: list[tuple[bytes | None, str | None]], foreign: list
+    ) -> list[tuple[Message | None, str | None]]:
+        """Decode ``fetched``; messages of non-Dramatiq producers get the Redis id they were stored under.
+
+        ``foreign`` is ``[index, id, ...]`` (1-based) from the fetch script: the
+        entries without a ``redis_message_id`` option.  One that does not decode
+        as a message goes to the dead letters with the reason, not to a worker.
+        """
+        redis_ids = {int(foreign[i]) - 1: foreign[i + 1].decode() for i in range(0, len(foreign), 2)}
+        messages: list[tuple[Message | None, str | None]] = []
+        for index, (data, verdict) in enumerate(fetched):
+            redis_id = redis_ids.get(index)
+            if data is None:
+                messages.append((None, verdict))
+            elif redis_id is None:
+                messages.append((Message.decode(data), verdict))
+            else:
+                messages.append((self._adopt(redis_id, data), verdict))
+        return messages
+
+    def _adopt(self, redis_id: str, data: bytes) -> Message | None:
+        try:
+            message = Message.decode(data)
+            if not isinstance(message.options, dict):
+                raise DecodeError(f"options must be an object, not {type(message.options).__name__}")
+        except DecodeError as exc:
+            self._reject_undecodable(redis_id, data, exc)
+            return None
+        return Message(**{**vars(message), "options": {**message.options, "redis_message_id": redis_id}})
+
+    def _reject_undecodable(self, redis_id: str, data: bytes, exc: Exception) -> None:
+        reason = f"not a Dramatiq message: {exc.__cause__ or exc}"
+        self.logger.error(
+            "Message %r on queue %r goes to the dead letters: %s (data %.200r)",
+            redis_id,
+            self.queue_name,
+            reason,
+            data,
+        )
+        self.broker.do_dispatch("nack", self.queue_name, redis_id)
+        record = json.dumps({"reason": reason, "attempts": 1})
+        queue_client(self.broker, self.queue_name).hset(
+            dead_letter_reasons_key(self.broker.namespace), redis_id, record
+        )
 
     def _send_acks(self, acks: list[str]) -> None:
         """Ack ``acks`` now (on close).  On a failure they stay pending, for the consumer

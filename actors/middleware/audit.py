@@ -178,6 +178,18 @@ class Audit(Middleware):
     def after_worker_boot(self, broker: Broker, worker) -> None:
         self.writer.start()  # replays what a worker that stopped with the database down left
 
+    def after_nack(self, broker: Broker, message: Message) -> None:
+        if message.actor_name in broker.actors:
+            return  # it ran (or was skipped) here: that hook recorded it
+        # Dramatiq dead-letters a message for an actor this worker does not
+        # have without running any middleware: the row says so (raw producers).
+        attempt = message.options.get("retries", 0)
+        event = self._event(broker, message, TaskStatus.DEAD_LETTER, seq=attempt * 3 + 2)
+        event.worker_id = worker_id()
+        event.completed_at = utc_now()
+        event.error_message = f"ActorNotFound: no actor named {message.actor_name!r} in this worker"
+        self.writer.submit(event)
+
     def after_worker_shutdown(self, broker: Broker, worker) -> None:
         self.writer.close(self.commit_wait)
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from dramatiq import Broker, Middleware
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import q_name
+from dramatiq.errors import DecodeError
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
@@ -29,6 +30,7 @@ from actors.broker import (
     SKIP_REASON,
     SKIP_STATUS,
     SendManyError,
+    dead_letter_reasons_key,
     enqueue_messages,
     queue_client,
     routes_of,
@@ -71,10 +73,6 @@ class UnknownDeadLetter(LookupError):
     """No dead letter has that message id."""
 
 
-def reasons_key(namespace: str) -> str:
-    return f"{namespace}:dead-letter-reasons"
-
-
 class DeadLetterLog(Middleware):
     """Keeps the reason and attempt count of every message Dramatiq dead-letters."""
 
@@ -96,7 +94,7 @@ class DeadLetterLog(Middleware):
             lines = traceback.format_exception(type(exception), exception, exception.__traceback__)
             record["traceback"] = "".join(lines)[-MAX_TRACEBACK_CHARS:]
         client = queue_client(broker, message.queue_name)
-        client.hset(reasons_key(broker.namespace), redis_id, json.dumps(record))
+        client.hset(dead_letter_reasons_key(broker.namespace), redis_id, json.dumps(record))
         if self.events is not None:
             self.events.append(
                 "job.dead",
@@ -118,7 +116,7 @@ def list_dead_letters(broker: RedisBroker, *, queue: str | None = None) -> list[
             continue
         ids = [redis_id.decode() for redis_id, _ in entries]
         bodies = client.hmget(f"{xq}.msgs", ids)
-        reasons = client.hmget(reasons_key(broker.namespace), ids)
+        reasons = client.hmget(dead_letter_reasons_key(broker.namespace), ids)
         for (_, score), redis_id, body, reason in zip(entries, ids, bodies, reasons, strict=True):
             if body is not None:
                 letters.append(_dead_letter(redis_id, queue_name, score, body, reason))
@@ -243,7 +241,7 @@ def purge_letters(broker: RedisBroker, letters: list[DeadLetter]) -> int:
 def _forget(broker: RedisBroker, xq: str, redis_ids: list[str]) -> None:
     pipe = _xq_client(broker, xq).pipeline()
     pipe.hdel(f"{xq}.msgs", *redis_ids)
-    pipe.hdel(reasons_key(broker.namespace), *redis_ids)
+    pipe.hdel(dead_letter_reasons_key(broker.namespace), *redis_ids)
     pipe.execute()
 
 
@@ -261,8 +259,23 @@ def _xq_client(broker: RedisBroker, xq: str):
     return queue_client(broker, xq[len(broker.namespace) + 1 :])
 
 
+#: Actor name shown for a dead letter whose body is not a Dramatiq message.
+UNDECODABLE = "<undecodable>"
+
+
 def _dead_letter(redis_id: str, queue: str, score: float, body: bytes, reason: bytes | None) -> DeadLetter:
-    message = Message.decode(body)
+    try:
+        message = Message.decode(body)
+    except DecodeError:  # a foreign producer's malformed message: listed under its Redis id
+        message = Message(
+            queue_name=queue,
+            actor_name=UNDECODABLE,
+            args=(),
+            kwargs={},
+            options={},
+            message_id=redis_id,
+            message_timestamp=int(score),
+        )
     record = json.loads(reason) if reason else {}
     return DeadLetter(
         message=message,
@@ -328,7 +341,7 @@ def page_dead_letters(
             continue
         ids = [rid for rid, _ in entries]
         bodies = client.hmget(f"{xq}.msgs", ids)
-        reasons = client.hmget(reasons_key(broker.namespace), ids)
+        reasons = client.hmget(dead_letter_reasons_key(broker.namespace), ids)
         for (rid, score), body, reason in zip(entries, bodies, reasons, strict=True):
             if body is not None:
                 letters.append(_dead_letter(rid, queue_name, score, body, reason))

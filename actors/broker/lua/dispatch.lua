@@ -302,13 +302,27 @@ elseif command == "fetch" then
     end
     redis.call("sadd", queue_acks, unpack(message_ids))
     local messages = redis.call("hmget", queue_messages, unpack(message_ids))
-    if admit_ttl <= 0 then
-        return messages
-    end
-    local reply = {}
+    -- A message written by a producer that is not Dramatiq (docs/producers.md)
+    -- may lack the redis_message_id option, which the consumer needs to ack
+    -- it: the reply then ends with a table {index, id, index, id, ...} naming
+    -- the entries that lack it and the hash field each was stored under.
+    local foreign = {}
     for i, message_data in ipairs(messages) do
-        reply[2 * i - 1] = message_data
-        reply[2 * i] = message_data and admit(message_ids[i], message_data, admit_ttl, max_deliveries) or "run:1"
+        if message_data and not string.find(message_data, '"redis_message_id"', 1, true) then
+            foreign[#foreign + 1] = i
+            foreign[#foreign + 1] = message_ids[i]
+        end
+    end
+    local reply = messages
+    if admit_ttl > 0 then
+        reply = {}
+        for i, message_data in ipairs(messages) do
+            reply[2 * i - 1] = message_data
+            reply[2 * i] = message_data and admit(message_ids[i], message_data, admit_ttl, max_deliveries) or "run:1"
+        end
+    end
+    if #foreign > 0 then
+        reply[#reply + 1] = foreign
     end
     return reply
 
