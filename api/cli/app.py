@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import jobs
-from .common import MODULE_HELP, CliError, add_modules, err_console
+from .common import MODULE_HELP, CliError, add_modules, err_console, plain_help_types
 from .data import data_app
 from .http import api_keys_app, http_app
 from .ib import ib_app, ib_sim_app
@@ -21,8 +21,9 @@ app = typer.Typer(
     help="tradeflow: jobs and workflows on Dramatiq + Redis.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # tradeflow --install-completion [bash|zsh|fish]
 )
+plain_help_types()
 
 
 @app.callback()

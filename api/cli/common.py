@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Column, Table
 
 if TYPE_CHECKING:
     from actors.settings import Settings
@@ -121,3 +125,107 @@ def migrate(settings: Settings) -> None:
     engine = open_engine(settings)
     upgrade(engine)
     console.print(f"database at revision {', '.join(sorted(current_revisions(engine)))}", soft_wrap=True)
+
+
+#: ``--json`` of every list and show command: one JSON object per line (lists) or one object (show),
+#: with the field names documented in docs/cli.md.
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="JSON: one object per line for a list, one object for a show."),
+]
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON has it: datetimes and other objects as their text."""
+    if value is None or isinstance(value, bool | int | float | str | list | dict):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def print_rows(
+    rows: Iterable[dict[str, Any]], *, fields: Sequence[str], as_json: bool, title: str | None = None
+) -> None:
+    """Rows as JSON lines (keys = ``fields``) or as a table whose ids and names are never cut.
+
+    The table is as wide as its content needs, wider than the terminal or the
+    80 columns of a pipe if need be: a value printed can be pasted into the
+    next command.
+    """
+    rows = list(rows)
+    if as_json:
+        for row in rows:
+            print(json.dumps({field: plain(row.get(field)) for field in fields}))
+        return
+    table = Table(
+        *(Column(field.replace("_", " "), no_wrap=True, overflow="ignore") for field in fields), title=title
+    )
+    for row in rows:
+        table.add_row(*(_cell(row.get(field)) for field in fields))
+    print_wide(table)
+
+
+def print_record(record: dict[str, Any], *, as_json: bool) -> None:
+    """One object: as JSON, or as a two-column table of field and value (values never cut)."""
+    if as_json:
+        print(json.dumps({key: plain(value) for key, value in record.items()}))
+        return
+    table = Table(Column("field", no_wrap=True), Column("value", no_wrap=True), show_header=False)
+    for name, value in record.items():
+        table.add_row(name.replace("_", " "), _cell(value))
+    print_wide(table)
+
+
+def print_wide(table: Table) -> None:
+    """Print ``table`` at its natural width when the console is narrower (a pipe is 80 columns)."""
+    width = Measurement.get(console, console.options.update(max_width=100_000), table).maximum
+    if width <= console.width:
+        console.print(table)
+        return
+    wide = Console(
+        file=console.file, width=width, force_terminal=console.is_terminal, no_color=console.no_color
+    )
+    wide.print(table, crop=False)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(plain(value))
+
+
+#: How ``--help`` names a value's type: the words click uses, not Python annotations.
+PLAIN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "", "Path": "PATH"}
+
+
+def plain_help_types() -> None:
+    """Make ``--help`` say ``TEXT``, ``INTEGER``, ``TEXT...`` where Typer says ``<str>``, ``<list[str]>``.
+
+    Typer builds the label from the Python annotation in one method of its
+    parameter class; this wraps that method (once) to translate the label.
+    """
+    from typer import core
+
+    original = core._TyperParameter.display_type
+    if getattr(original, "plain", False):
+        return
+
+    def display_type(self, ctx) -> str:
+        label = original(self, ctx).strip("<>")
+        repeated = label.startswith("list[") and label.endswith("]")
+        if repeated:
+            label = label[len("list[") : -1]
+        label = label.removesuffix(" range")
+        word = PLAIN_TYPES.get(label, label.upper() if "|" not in label else label)
+        return f"{word}..." if repeated and word else word
+
+    def usage_name(self) -> str:  # ACTOR and [ACCOUNT], as click writes them, not {actor}
+        name = self.display_name_raw.upper()
+        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+    display_type.plain = True
+    core._TyperParameter.display_type = display_type
+    core.TyperArgument._usage_display_name = usage_name

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import console, err_console, load_settings
+from .common import JsonOption, console, err_console, load_settings, print_record, print_rows, print_wide
 
 ib_app = typer.Typer(help="IB position requests, statistics and portfolio.", no_args_is_help=True)
 ib_sim_app = typer.Typer(help="Run the IB Gateway simulator.", invoke_without_command=True)
@@ -94,11 +94,16 @@ def request(
 
 
 @ib_app.command("stats")
-def stats() -> None:
+def stats(as_json: JsonOption = False) -> None:
     """Totals of the position queue and its last batch."""
+    from dataclasses import asdict
+
     from storage.ib_positions import queue_stats
 
     figures = queue_stats(_engine())
+    if as_json:
+        print_record({**asdict(figures), "processed": figures.processed}, as_json=True)
+        return
     table = Table("statistic", "value", show_header=False)
     for name, value in (
         ("pending", figures.pending),
@@ -116,11 +121,26 @@ def stats() -> None:
     console.print(table)
 
 
+#: Fields of ``ib requests`` (table columns and ``--json`` keys).
+REQUEST_FIELDS = (
+    "id",
+    "conid",
+    "account",
+    "priority",
+    "status",
+    "attempts",
+    "coalesced",
+    "created_at",
+    "reason",
+)
+
+
 @ib_app.command("requests")
 def requests_list(
     status: Annotated[str | None, typer.Option(help="pending, processing, success, failed")] = None,
     conid: Annotated[int | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: JsonOption = False,
 ) -> None:
     """The newest position requests."""
     from storage.ib_models import RequestStatus
@@ -128,26 +148,15 @@ def requests_list(
 
     if status and status not in {s.value for s in RequestStatus}:
         raise _fail(f"unknown status {status!r}; use one of {', '.join(s.value for s in RequestStatus)}")
-    table = Table("id", "conid", "account", "priority", "status", "attempts", "dups", "created", "reason")
-    for row in list_requests(_engine(), status=status, conid=conid, limit=limit):
-        table.add_row(
-            str(row.id),
-            str(row.conid),
-            row.account or "*",
-            str(row.priority),
-            row.status,
-            str(row.attempts),
-            str(row.coalesced),
-            str(row.created_at),
-            row.reason or "",
-        )
-    console.print(table)
+    rows = list_requests(_engine(), status=status, conid=conid, limit=limit)
+    print_rows((row.model_dump() for row in rows), fields=REQUEST_FIELDS, as_json=as_json)
 
 
 @ib_app.command("updates")
 def updates(
     conid: Annotated[int | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+    as_json: JsonOption = False,
 ) -> None:
     """The newest rows of the Delta table ``position_updates``."""
     from storage.position_updates import read_position_updates
@@ -155,6 +164,9 @@ def updates(
     rows = read_position_updates(load_settings().delta_root).to_pylist()
     rows = [r for r in rows if conid is None or r["conid"] == conid]
     rows.sort(key=lambda r: (r["fetched_at"], r["request_id"]), reverse=True)
+    if as_json:
+        print_rows(rows[:limit], fields=tuple(rows[0]) if rows else (), as_json=True)
+        return
     table = Table(
         "request", "conid", "account", "symbol", "position", "avg cost", "price", "value", "fetched"
     )
@@ -164,7 +176,7 @@ def updates(
             *("" if r[k] is None else f"{r[k]:.2f}" for k in ("market_price", "market_value")),
             str(r["fetched_at"]),
         )
-    console.print(table)
+    print_wide(table)
     console.print(f"{len(rows)} rows in total")
 
 
@@ -192,10 +204,15 @@ def sync(
 def portfolio(
     account: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option(min=1, max=1_000)] = 10,
+    as_json: JsonOption = False,
 ) -> None:
     """The newest portfolio snapshots with their P&L."""
     from storage.portfolio import list_snapshots
 
+    if as_json:
+        snapshots = [s.model_dump() for s in list_snapshots(_engine(), account=account, limit=limit)]
+        print_rows(snapshots, fields=tuple(snapshots[0]) if snapshots else (), as_json=True)
+        return
     columns = ("net liq", "gross exposure", "unrealized", "realized", "daily (IB)", "equity change")
     table = Table("id", "account", "taken", *columns, "positions")
     for s in list_snapshots(_engine(), account=account, limit=limit):
@@ -208,17 +225,22 @@ def portfolio(
             *("-" if v is None else f"{v:,.2f}" for v in money),
             str(len(s.positions)),
         )
-    console.print(table)
+    print_wide(table)
 
 
 @ib_app.command("breaches")
 def breaches(
     account: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option(min=1, max=1_000)] = 20,
+    as_json: JsonOption = False,
 ) -> None:
     """The newest risk-limit breaches."""
     from storage.portfolio import list_breaches
 
+    if as_json:
+        rows = [b.model_dump() for b in list_breaches(_engine(), account=account, limit=limit)]
+        print_rows(rows, fields=tuple(rows[0]) if rows else (), as_json=True)
+        return
     table = Table("id", "account", "limit", "limit value", "actual", "conid", "detail", "detected")
     for b in list_breaches(_engine(), account=account, limit=limit):
         table.add_row(
@@ -231,7 +253,7 @@ def breaches(
             b.detail,
             str(b.detected_at),
         )
-    console.print(table)
+    print_wide(table)
 
 
 @ib_app.command("demo")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Column, Table
 
 if TYPE_CHECKING:
     from actors.settings import Settings
@@ -15,6 +14,7 @@ if TYPE_CHECKING:
 from .common import (
     MODULE_HELP,
     CliError,
+    JsonOption,
     add_modules,
     call_arguments,
     console,
@@ -22,6 +22,9 @@ from .common import (
     load_actors,
     load_settings,
     open_engine,
+    plain,
+    print_record,
+    print_rows,
 )
 
 jobs_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True)
@@ -64,13 +67,26 @@ def send(
     console.print(message.message_id, soft_wrap=True)
 
 
+#: Fields of ``jobs list``'s table (``--json`` prints every field of the row).
+JOB_FIELDS = (
+    "task_id",
+    "task_type",
+    "queue",
+    "status",
+    "retry_count",
+    "processing_time_ms",
+    "created_at",
+    "error",
+)
+
+
 @jobs_app.command("list")
 def jobs_list(
     status: Annotated[str | None, typer.Option(help="pending, running, retrying, completed, ...")] = None,
     actor: Annotated[str | None, typer.Option(help="Actor name (task type).")] = None,
     user: Annotated[str | None, typer.Option(help="User id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The newest tasks, filtered."""
     from storage import TaskStatus, list_tasks
@@ -82,30 +98,127 @@ def jobs_list(
         for row in rows:
             print(row.model_dump_json())
         return
-    table = Table("actor", "queue", "status", "retries", "ms", "created", "error")
-    table.columns.insert(0, Column("task id", no_wrap=True, min_width=36))
-    for row in rows:
-        ms = f"{row.processing_time_ms:.1f}" if row.processing_time_ms is not None else ""
-        created = row.created_at.isoformat(sep=" ", timespec="seconds") if row.created_at else ""
-        error = (row.error_message or "")[:60]
-        table.add_row(
-            row.task_id, row.task_type, row.queue, row.status, str(row.retry_count), ms, created, error
-        )
-    console.print(table)
+    print_rows(
+        (
+            {
+                **row.model_dump(),
+                "processing_time_ms": None
+                if row.processing_time_ms is None
+                else f"{row.processing_time_ms:.1f}",
+                "created_at": row.created_at.isoformat(sep=" ", timespec="seconds")
+                if row.created_at
+                else None,
+                "error": (row.error_message or "")[:60],
+            }
+            for row in rows
+        ),
+        fields=JOB_FIELDS,
+        as_json=False,
+    )
 
 
 @jobs_app.command("show")
-def jobs_show(task_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
-    """Every field of one task."""
+def jobs_show(
+    task_id: Annotated[str, typer.Argument(help="Message id.")], as_json: JsonOption = False
+) -> None:
+    """Every field of one task, and its stored result (``result``) when the actor stores results."""
     from storage import get_task
 
-    row = get_task(open_engine(load_settings()), task_id)
+    settings = load_settings()
+    row = get_task(open_engine(settings), task_id)
     if row is None:
         raise CliError(f"no task with id {task_id!r}")
-    table = Table("field", "value", show_header=False)
-    for name, value in row.model_dump().items():
-        table.add_row(name, json.dumps(value) if isinstance(value, dict) else str(value))
-    console.print(table)
+    print_record({**row.model_dump(), "result": _stored_result(settings, row)}, as_json=as_json)
+
+
+def _stored_result(settings: Settings, row) -> Any:
+    """The job's result from the results backend; None when there is none (or Redis is away)."""
+    from dramatiq.message import Message
+    from dramatiq.results import ResultFailure, ResultMissing, Results
+
+    from api.embedded import redis_answers
+
+    if not redis_answers(settings.effective_redis_url):
+        return None
+    import actors
+
+    backend = next((m.backend for m in actors.current_broker.middleware if isinstance(m, Results)), None)
+    if backend is None:
+        return None
+    message = Message(
+        queue_name=row.queue,
+        actor_name=row.task_type,
+        args=(),
+        kwargs={},
+        options={},
+        message_id=row.task_id,
+        message_timestamp=0,
+    )
+    try:
+        return backend.get_result(message)
+    except ResultMissing:
+        return None
+    except ResultFailure as exc:
+        return {"error": f"{exc.orig_exc_type}: {exc.orig_exc_msg}"}
+
+
+#: Fields of each line ``jobs watch`` prints.
+WATCH_FIELDS = ("at", "task_id", "task_type", "status", "retry_count", "error_message")
+
+
+@jobs_app.command("watch")
+def jobs_watch(
+    task_ids: Annotated[list[str] | None, typer.Argument(help="Message ids; none: every job.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Only this actor (task type).")] = None,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between looks at the audit trail.", min=0.05)
+    ] = 0.5,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.", min=0)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print each state change of jobs as it happens (Ctrl-C stops).
+
+    With message ids it exits when all of them have finished: 0 if all
+    completed, 1 otherwise.
+    """
+    import time
+
+    from storage import TERMINAL_STATUSES, get_task, list_tasks, utc_now
+
+    engine = open_engine(load_settings())
+    wanted = list(dict.fromkeys(task_ids or ()))
+    seen: dict[str, tuple] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            if wanted:
+                rows = [row for row in (get_task(engine, task_id) for task_id in wanted) if row is not None]
+            else:
+                rows = list_tasks(engine, task_type=actor, limit=500)
+            for row in reversed(rows):
+                state = (row.status, row.retry_count, row.error_message)
+                if seen.get(row.task_id) == state:
+                    continue
+                seen[row.task_id] = state
+                change = {**row.model_dump(), "at": utc_now()}
+                if as_json:
+                    print(json.dumps({field: plain(change[field]) for field in WATCH_FIELDS}), flush=True)
+                else:
+                    error = f"  {row.error_message[:100]}" if row.error_message else ""
+                    console.print(
+                        f"{change['at']:%H:%M:%S} {row.task_id} {row.task_type} {row.status}{error}",
+                        soft_wrap=True,
+                        highlight=False,
+                    )
+            if wanted and len(rows) == len(wanted) and all(r.status in TERMINAL_STATUSES for r in rows):
+                if any(r.status != "completed" for r in rows):
+                    raise typer.Exit(1)
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                if wanted:
+                    raise CliError(f"timed out after {timeout}s with jobs still unfinished")
+                return
+            time.sleep(interval)
 
 
 schedules_app = typer.Typer(
@@ -129,26 +242,41 @@ def _schedule_call(operation, *args):
         raise CliError(str(exc)) from None
 
 
+#: Fields of ``schedules list`` (table columns and ``--json`` keys).
+SCHEDULE_FIELDS = (
+    "name",
+    "spec",
+    "queue",
+    "enabled",
+    "catch_up",
+    "last_run_at",
+    "last_status",
+    "next_run_at",
+)
+
+
 @schedules_app.command("list")
-def schedules_list() -> None:
+def schedules_list(as_json: JsonOption = False) -> None:
     """Every schedule with its state: enabled, last run and status, next run (times in UTC)."""
     from orchestration.schedules import schedule_views
 
     broker, engine, settings = _schedules_broker()
-    table = Table("name", "spec", "queue", "enabled", "catch-up", "last run", "last status", "next run")
+    rows = []
     for view in schedule_views(broker, engine, timezone=settings.schedule_timezone):
         row = view.row
-        table.add_row(
-            row.name,
-            row.spec,
-            row.queue,
-            "yes" if row.enabled else "no",
-            row.catch_up,
-            str(row.last_run_at or ""),
-            row.last_status or "",
-            str(view.next_run_at or ""),
+        rows.append(
+            {
+                "name": row.name,
+                "spec": row.spec,
+                "queue": row.queue,
+                "enabled": row.enabled if as_json else ("yes" if row.enabled else "no"),
+                "catch_up": row.catch_up,
+                "last_run_at": row.last_run_at,
+                "last_status": row.last_status,
+                "next_run_at": view.next_run_at,
+            }
         )
-    console.print(table)
+    print_rows(rows, fields=SCHEDULE_FIELDS, as_json=as_json)
 
 
 @schedules_app.command("enable")
@@ -261,25 +389,44 @@ def _broker():
     return load_actors(settings).current_broker, settings
 
 
+#: Fields of ``dlq list`` (table columns and ``--json`` keys); ``dlq show`` adds ``kwargs`` and ``traceback``.
+DEAD_LETTER_FIELDS = ("message_id", "actor", "queue", "args", "error", "failed_at", "attempts")
+
+
+def _letter_record(letter, *, full: bool) -> dict[str, Any]:
+    record = {
+        "message_id": letter.message_id,
+        "actor": letter.message.actor_name,
+        "queue": letter.queue,
+        "args": list(letter.message.args),
+        "kwargs": letter.message.kwargs,
+        "error": letter.reason,
+        "failed_at": letter.failed_at,
+        "attempts": letter.attempts,
+    }
+    if full:
+        record["traceback"] = letter.traceback
+    return record
+
+
 @dlq_app.command("list")
-def dlq_list(queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None) -> None:
+def dlq_list(
+    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None, as_json: JsonOption = False
+) -> None:
     """Every dead letter, oldest first."""
     from actors.middleware import list_dead_letters
 
     broker, _ = _broker()
-    table = Table("message id", "actor", "queue", "args", "error", "failed at", "attempts")
+    rows = []
     for letter in list_dead_letters(broker, queue=queue):
-        arguments = json.dumps({"args": list(letter.message.args), "kwargs": letter.message.kwargs})
-        table.add_row(
-            letter.message_id,
-            letter.message.actor_name,
-            letter.queue,
-            arguments[:60],
-            letter.reason[:80],
-            str(letter.failed_at),
-            str(letter.attempts),
-        )
-    console.print(table)
+        record = _letter_record(letter, full=False)
+        if not as_json:  # the table shows the start of the long texts; show and --json have all
+            arguments = json.dumps({"args": record.pop("args"), "kwargs": record.pop("kwargs")})
+            record.update(args=arguments[:60], error=letter.reason[:80])
+        rows.append(record)
+    print_rows(
+        rows, fields=DEAD_LETTER_FIELDS if not as_json else (*DEAD_LETTER_FIELDS, "kwargs"), as_json=as_json
+    )
 
 
 def _find(broker, message_id: str):
@@ -292,25 +439,12 @@ def _find(broker, message_id: str):
 
 
 @dlq_app.command("show")
-def dlq_show(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
+def dlq_show(
+    message_id: Annotated[str, typer.Argument(help="Message id.")], as_json: JsonOption = False
+) -> None:
     """Everything about one dead letter, with its last traceback."""
     broker, _ = _broker()
-    letter = _find(broker, message_id)
-    table = Table("field", "value", show_header=False)
-    rows = {
-        "message id": letter.message_id,
-        "actor": letter.message.actor_name,
-        "queue": letter.queue,
-        "args": json.dumps(list(letter.message.args)),
-        "kwargs": json.dumps(letter.message.kwargs),
-        "error": letter.reason,
-        "failed at": str(letter.failed_at),
-        "attempts": str(letter.attempts),
-        "traceback": letter.traceback or "",
-    }
-    for name, value in rows.items():
-        table.add_row(name, value)
-    console.print(table)
+    print_record(_letter_record(_find(broker, message_id), full=True), as_json=as_json)
 
 
 @dlq_app.command("retry")

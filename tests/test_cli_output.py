@@ -1,0 +1,114 @@
+"""The CLI for people and scripts: full ids when piped, ``--json`` everywhere, results, live watch, help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dramatiq
+import pytest
+from conftest import REPO_ROOT, run_cli, settings_env
+from jobs_support import sqlite_only, wait_for
+from test_jobs_control import harness  # noqa: F401  (fixture)
+
+from api.cli.jobs import DEAD_LETTER_FIELDS, SCHEDULE_FIELDS, WATCH_FIELDS
+from storage import create_db_engine, get_task
+
+TRADEFLOW = str(Path(sys.executable).with_name("tradeflow"))
+
+
+def _plain_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    return env | {"PYTHONPATH": str(REPO_ROOT)}
+
+
+def test_help_shows_plain_types_and_completion_is_installed():
+    top = run_cli("--help", env=_plain_env())
+    assert top.returncode == 0 and "--install-completion" in top.stdout
+    send = run_cli("send", "--help", env=_plain_env())
+    assert send.returncode == 0
+    assert "<str>" not in send.stdout and "<list[" not in send.stdout and "<bool>" not in send.stdout
+    assert "TEXT..." in send.stdout and "INTEGER" in send.stdout and "ACTOR" in send.stdout
+
+
+def _lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_lists_print_full_ids_when_piped_and_json_everywhere(harness, settings):  # noqa: F811
+    @dramatiq.actor(broker=harness, store_results=True, queue_name="a_rather_long_queue_name_for_output")
+    def an_actor_with_a_long_name_that_tables_used_to_cut(x):
+        return {"doubled": x * 2}
+
+    @dramatiq.actor(broker=harness, max_retries=0, queue_name="a_rather_long_queue_name_for_output")
+    def an_actor_that_always_fails_with_a_long_name(x):
+        raise RuntimeError(f"broken {x}")
+
+    done = an_actor_with_a_long_name_that_tables_used_to_cut.send(21)
+    dead = an_actor_that_always_fails_with_a_long_name.send(1)
+    harness.start_worker()
+    engine = create_db_engine(settings.database_url)
+    for message, status in ((done, "completed"), (dead, "dead_letter")):
+        wait_for(
+            lambda m=message, s=status: getattr(get_task(engine, m.message_id), "status", None) == s,
+            timeout=30,
+            what=f"{message.actor_name} {status}",
+        )
+    env = settings_env(settings)  # no COLUMNS: output to a pipe is 80 columns wide
+
+    listed = run_cli("jobs", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    for message in (done, dead):
+        assert message.message_id in listed.stdout and message.actor_name in listed.stdout
+    rows = _lines(run_cli("jobs", "list", "--json", env=env).stdout)
+    assert {row["task_id"] for row in rows} == {done.message_id, dead.message_id}
+
+    shown = _lines(run_cli("jobs", "show", done.message_id, "--json", env=env).stdout)[0]
+    assert shown["status"] == "completed" and shown["result"] == {"doubled": 42}
+
+    dlq = run_cli("dlq", "list", env=env)
+    assert dead.message_id in dlq.stdout and "RuntimeError: broken 1" in dlq.stdout
+    letters = _lines(run_cli("dlq", "list", "--json", env=env).stdout)
+    assert [letter["message_id"] for letter in letters] == [dead.message_id]
+    assert set(DEAD_LETTER_FIELDS) <= set(letters[0])
+    # the id printed by the table pastes into show
+    pasted = next(word for word in dlq.stdout.split() if word.startswith(dead.message_id[:8]))
+    letter = _lines(run_cli("dlq", "show", pasted, "--json", env=env).stdout)[0]
+    assert letter["error"].endswith("RuntimeError: broken 1") and "traceback" in letter
+
+    schedules = _lines(run_cli("schedules", "list", "--json", env=env).stdout)
+    assert schedules and all(tuple(row) == SCHEDULE_FIELDS for row in schedules)
+    assert all(isinstance(row["enabled"], bool) for row in schedules)
+
+
+@sqlite_only
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_jobs_watch_streams_state_changes_until_the_jobs_finish(harness, settings):  # noqa: F811
+    @dramatiq.actor(broker=harness, max_retries=0)
+    def takes_a_moment():
+        time.sleep(1.0)
+
+    harness.start_worker()
+    message = takes_a_moment.send_with_options(delay=1_500)
+    watch = subprocess.Popen(
+        [TRADEFLOW, "jobs", "watch", message.message_id, "--json", "--interval", "0.1", "--timeout", "30"],
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    out, _ = watch.communicate(timeout=45)
+    changes = _lines(out)
+    assert watch.returncode == 0, out
+    assert all(tuple(change) == WATCH_FIELDS for change in changes)
+    statuses = [change["status"] for change in changes]
+    # printed as they happened: the job was seen waiting and running before it completed
+    assert statuses[0] == "pending" and "running" in statuses and statuses[-1] == "completed", statuses
