@@ -298,6 +298,14 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(_DATABASE_SCHEMES):
             raise ValueError(f"must be a sqlite:// or postgresql:// URL (got {value!r})")
+        if value.startswith("sqlite:///"):
+            # a set path is used as given: a typo must not create folders somewhere (the default's are made)
+            path = value[len("sqlite:///") :].split("?", 1)[0]
+            folder = Path(path).parent
+            if path and path != ":memory:" and not folder.is_dir():
+                raise ValueError(
+                    f"the folder {str(folder)!r} of the SQLite file does not exist: create it first"
+                )
         return value
 
     @field_validator("schedule_timezone")

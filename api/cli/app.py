@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import jobs
-from .common import MODULE_HELP, CliError, add_modules, err_console, plain_help_types
+from .common import MODULE_HELP, CliError, add_modules, describe_settings_error, err_console, plain_help_types
 from .data import data_app
 from .http import api_keys_app, http_app
 from .ib import ib_app, ib_sim_app
@@ -48,8 +48,16 @@ app.add_typer(api_keys_app, name="api-keys")
 
 
 def main() -> None:
-    """Console entry point: user errors are one line on stderr and exit code 1."""
+    """Console entry point: user errors are one line on stderr and exit code 1.
+
+    Anything else is one line too (exit code 2); ``TRADEFLOW_CLI_TRACEBACK=1``
+    shows where it came from.
+    """
+    import os
+
     import redis
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from storage import describe_database_error
@@ -57,16 +65,29 @@ def main() -> None:
     try:
         app()
     except CliError as exc:
-        err_console.print(f"error: {exc}", highlight=False)
-        sys.exit(1)
+        _fail(f"error: {exc}")
+    except (ValidationError, SettingsError) as exc:  # settings read by an import, e.g. ``import actors``
+        _fail(f"error: {describe_settings_error(exc)}")
     except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as exc:
-        err_console.print(f"error: cannot reach Redis: {exc}", highlight=False)
-        sys.exit(1)
+        _fail(f"error: cannot reach Redis: {exc}")
+    except redis.RedisError as exc:  # e.g. the URL points at something that is not Redis
+        _fail(
+            f"error: Redis answered unexpectedly ({type(exc).__name__}: {exc}); is TRADEFLOW_REDIS_URL right?"
+        )
     except ImportError as exc:
         if not getattr(exc, "user_error", False):  # actors.runtime.ModuleLoadError
             raise
-        err_console.print(f"error: {exc}", highlight=False)
-        sys.exit(1)
+        _fail(f"error: {exc}")
     except (OperationalError, ProgrammingError) as exc:
-        err_console.print(f"error: database: {describe_database_error(exc.orig or exc)}", highlight=False)
-        sys.exit(1)
+        _fail(f"error: database: {describe_database_error(exc.orig or exc)}")
+    except Exception as exc:
+        if os.environ.get("TRADEFLOW_CLI_TRACEBACK"):
+            raise
+        _fail(
+            f"error: unexpected {type(exc).__name__}: {exc} (TRADEFLOW_CLI_TRACEBACK=1 shows where)", code=2
+        )
+
+
+def _fail(line: str, *, code: int = 1) -> None:
+    err_console.print(line, highlight=False, soft_wrap=True)
+    sys.exit(code)

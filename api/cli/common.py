@@ -30,17 +30,33 @@ class CliError(Exception):
 
 def load_settings() -> Settings:
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
         # importing ``actors`` configures the broker from the same environment
         from actors.settings import Settings
 
         return Settings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
+        raise CliError(describe_settings_error(exc)) from None
+
+
+def describe_settings_error(exc: Exception) -> str:
+    """One line naming the environment variables that are wrong and why."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
         problems = "; ".join(
             f"TRADEFLOW_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
         )
-        raise CliError(f"invalid settings: {problems}") from None
+        return f"invalid settings: {problems}"
+    # pydantic-settings: 'error parsing value for field "schedules" from source "EnvSettingsSource"'
+    text = str(exc)
+    field = text.split('field "', 1)[1].split('"', 1)[0] if 'field "' in text else None
+    cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+    if field is None:
+        return f"invalid settings: {text}{cause}"
+    return f"invalid settings: TRADEFLOW_{field.upper()} is not valid JSON{cause}"
 
 
 def open_engine(settings: Settings):

@@ -482,10 +482,15 @@ def dlq_purge(
 
 def cancel(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
     """Cancel a pending, delayed or running job: it never starts, or is interrupted; never retried."""
-    from actors.middleware import cancel_job
+    from actors.middleware import CancelState, cancel_job
 
     broker, settings = _broker()
     outcome = cancel_job(broker, message_id, engine=open_engine(settings), ttl=settings.cancel_ttl_ms)
+    if outcome.state is CancelState.UNKNOWN:
+        raise CliError(
+            f"no job with id {message_id!r} in the audit trail; the cancellation is kept "
+            f"for {settings.cancel_ttl_ms // 1000}s in case it turns up"
+        )
     console.print(
         f"{message_id}: {outcome.state.value}" + (f" (was {outcome.status})" if outcome.status else "")
     )

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.tree import Tree
 
-from .common import MODULE_HELP, MODULES_VARIABLE, add_modules, load_settings
+from .common import MODULE_HELP, MODULES_VARIABLE, add_modules, load_actors, load_settings
 
 #: Statuses ``--wait`` stops at.
 SETTLED_STATUSES = ("succeeded", "failed", "compensated", "compensation_failed", "cancelled")
@@ -70,13 +70,9 @@ def _database():
 
 def _engine():
     """The saga engine of the configured broker (importing ``actors`` reads the environment)."""
-    from pydantic import ValidationError
-
-    try:
-        import actors
-    except ValidationError as exc:
-        raise _fail(f"invalid settings: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") from None
     from saga import engine_of
+
+    actors = load_actors(load_settings())  # one line on bad settings or Redis away
 
     return engine_of(actors.current_broker)
 
