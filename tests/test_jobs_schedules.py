@@ -381,3 +381,22 @@ def test_schedule_control_added_late_applies_to_actors_already_declared():
     dramatiq.actor(settle, broker=other)
     with pytest.raises(ScheduleError, match="needs account"):
         other.add_middleware(ScheduleControl(overrides={"settle": "* * * * *"}))
+
+
+@sqlite_only
+@pytest.mark.timeout(30)
+def test_a_scheduler_started_late_in_a_minute_sends_no_tick_the_workers_would_skip(
+    settings, namespace, brokers
+):
+    broker, actors_ = _broker_with(settings, ("every_minute", "* * * * *", "skip"), brokers=brokers)
+    # started 45 s into 4:00 (periodiq's workers skip a tick older than 30 s), a minute lasting 1 s
+    clock = FastClock(SUNDAY_4AM.add(seconds=45), time.time(), speed=60.0)
+    scheduler = Scheduler(actors_, clock=clock)
+    thread = threading.Thread(target=scheduler.run_forever, daemon=True)
+    thread.start()
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_for(lambda: queued_messages(client, namespace, "ticks"), timeout=10, what="a tick")
+    scheduler.stop()
+    thread.join(10)
+    ticks = sorted(m.options["schedule_tick"] for m in queued_messages(client, namespace, "ticks"))
+    assert ticks and ticks[0] == str(SUNDAY_4AM.add(minutes=1)), ticks

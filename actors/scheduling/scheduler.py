@@ -141,7 +141,7 @@ class Scheduler(periodiq.Scheduler):
     def run_forever(self) -> None:
         """Run every minute's tick until :meth:`stop`; outages are waited out."""
         self.logger.info("Scheduler %s started: %s", self.scheduler_id, ", ".join(sorted(self.actors)))
-        pending = _minute(self.clock.now())
+        pending = _first_tick(self.clock.now())
         while not self._stopping.is_set():
             try:
                 self.run_tick(pending)
@@ -155,7 +155,7 @@ class Scheduler(periodiq.Scheduler):
                 self.logger.exception("Tick %s failed.", pending)
             pending = pending.add(minutes=1)
             self._sleep((pending - self.clock.now()).total_seconds())
-            pending = max(pending, _minute(self.clock.now()))
+            pending = max(pending, _first_tick(self.clock.now()))
 
     def _sleep(self, seconds: float) -> None:
         """Sleep on the clock in short steps, so that :meth:`stop` is honoured quickly."""
@@ -288,6 +288,20 @@ class Scheduler(periodiq.Scheduler):
             self._states = {row.name: row for row in list_schedules(engine)}
         except Exception as exc:  # keep scheduling on the last known state
             self.logger.warning("Schedule table unreachable, using the last known state: %s", exc)
+
+
+def _first_tick(now) -> pendulum.DateTime:
+    """The tick to fire next from ``now``: this minute's, unless it is too late for it.
+
+    A message for a tick older than periodiq's 30 s is skipped by the worker
+    (a ``cancelled`` row, a ``failed`` count): a scheduler started (or back
+    from a pause) late in a minute starts with the next one; a tick missed so
+    is caught up by the schedule's policy.
+    """
+    minute = _minute(now)
+    if (pendulum.instance(now) - minute).total_seconds() > TICK_GRACE:
+        return minute.add(minutes=1)
+    return minute
 
 
 def _minute(moment) -> pendulum.DateTime:
