@@ -196,10 +196,12 @@ def run_schedule_now(broker: Broker, engine: Engine, name: str) -> str:
     register_code_schedules(broker, engine)
     row = get_schedule(engine, name)
     if row.source == "runtime":
-        message = broker.actors[row.actor].send_with_options(
+        message = broker.actors[row.actor].message_with_options(
             args=tuple(row.args or ()), kwargs=row.kwargs or {}, **{SCHEDULE_OPTION: name}
         )
     else:
-        message = broker.actors[name].send_with_options(**{SCHEDULE_OPTION: name})
+        message = broker.actors[name].message_with_options(**{SCHEDULE_OPTION: name})
+    # recorded before it is sent: a fast run's outcome must not be overwritten by "enqueued"
     record_manual_run(engine, name, message_id=message.message_id)
+    broker.enqueue(message)
     return message.message_id

@@ -149,16 +149,38 @@ def record_manual_run(engine: Engine, name: str, *, message_id: str) -> None:
         session.commit()
 
 
-def record_outcome(engine: Engine, name: str, *, message_id: str, status: str, error: str | None) -> None:
-    """How the run ``message_id`` ended, unless a newer run was fired since."""
+def record_outcome(
+    engine: Engine,
+    name: str,
+    *,
+    message_id: str,
+    status: str,
+    error: str | None,
+    tick: datetime | None = None,
+) -> None:
+    """How the run ``message_id`` ended, unless a newer run was fired since.
+
+    ``tick`` (naive UTC) is the scheduled tick the run was fired for: a run
+    that ends before the scheduler recorded its firing (a fast job) records
+    the tick itself, and the late :func:`record_fired` then leaves it alone.
+    """
     now = utc_now()
+    mine = col(ScheduleRecord.last_message_id) == message_id
+    if tick is not None:
+        newer = or_(col(ScheduleRecord.last_tick).is_(None), col(ScheduleRecord.last_tick) < tick)
+        mine = or_(mine, newer)
+    values = {"last_status": status, "last_error": error, "last_finished_at": now, "updated_at": now}
     with Session(engine) as session:
         session.exec(
-            update(ScheduleRecord)
-            .where(col(ScheduleRecord.name) == name)
-            .where(col(ScheduleRecord.last_message_id) == message_id)
-            .values(last_status=status, last_error=error, last_finished_at=now, updated_at=now)
+            update(ScheduleRecord).where(col(ScheduleRecord.name) == name).where(mine).values(**values)
         )
+        if tick is not None:  # the firing was not recorded yet: record it now
+            session.exec(
+                update(ScheduleRecord)
+                .where(col(ScheduleRecord.name) == name)
+                .where(or_(col(ScheduleRecord.last_tick).is_(None), col(ScheduleRecord.last_tick) < tick))
+                .values(last_tick=tick, last_run_at=now, last_message_id=message_id)
+            )
         session.commit()
 
 

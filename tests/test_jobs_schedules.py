@@ -388,7 +388,7 @@ def test_schedule_control_added_late_applies_to_actors_already_declared():
 def test_a_scheduler_started_late_in_a_minute_sends_no_tick_the_workers_would_skip(
     settings, namespace, brokers
 ):
-    broker, actors_ = _broker_with(settings, ("every_minute", "* * * * *", "skip"), brokers=brokers)
+    _, actors_ = _broker_with(settings, ("every_minute", "* * * * *", "skip"), brokers=brokers)
     # started 45 s into 4:00 (periodiq's workers skip a tick older than 30 s), a minute lasting 1 s
     clock = FastClock(SUNDAY_4AM.add(seconds=45), time.time(), speed=60.0)
     scheduler = Scheduler(actors_, clock=clock)
@@ -400,3 +400,65 @@ def test_a_scheduler_started_late_in_a_minute_sends_no_tick_the_workers_would_sk
     thread.join(10)
     ticks = sorted(m.options["schedule_tick"] for m in queued_messages(client, namespace, "ticks"))
     assert ticks and ticks[0] == str(SUNDAY_4AM.add(minutes=1)), ticks
+
+
+def test_a_run_that_ends_before_its_firing_is_recorded_keeps_its_outcome(settings, namespace, brokers):
+    from actors.scheduling import SCHEDULE_OPTION, schedule_control_of
+
+    broker, actors_ = _broker_with(settings, ("quick", "* * * * *", "skip"), brokers=brokers)
+    scheduler = Scheduler(actors_, clock=FixedClock(SUNDAY_4AM))
+    scheduler.run_tick(SUNDAY_4AM)  # registers the schedule; fires 4:00
+    tick = SUNDAY_4AM.add(minutes=1)
+    message = actors_[0].message_with_options(
+        scheduled_at=str(tick), schedule_tick=str(tick), **{SCHEDULE_OPTION: "quick"}
+    )
+    # the worker finishes the run before the scheduler has written that it fired it
+    schedule_control_of(broker).after_process_message(broker, message)
+    scheduler._record(actors_[0], tick.in_timezone("UTC"), message.message_id)
+    row = get_schedule(create_db_engine(settings.database_url), "quick")
+    assert (row.last_status, row.last_message_id) == ("completed", message.message_id)
+    assert row.last_tick == tick.naive()
+
+
+@sqlite_only
+@pytest.mark.timeout(60)
+def test_a_scheduled_run_retried_from_the_dead_letters_runs(settings, namespace, brokers):
+    from dramatiq.common import current_millis
+
+    from actors.middleware import list_dead_letters, retry_dead_letter
+    from actors.scheduling import SCHEDULE_OPTION
+    from storage import get_task
+
+    broker = build_broker(settings)
+    brokers.append(broker)
+    ran = []
+    actor = dramatiq.actor(
+        lambda: ran.append(1),
+        broker=broker,
+        actor_name="nightly",
+        queue_name="ticks",
+        periodic=cron("0 3 * * *"),
+    )
+    an_hour_ago = str(pendulum.now("UTC").subtract(hours=1))
+    message = actor.message_with_options(
+        scheduled_at=an_hour_ago, schedule_tick=an_hour_ago, **{SCHEDULE_OPTION: "nightly"}
+    )
+    # dead-lettered an hour ago, as Dramatiq stores it
+    broker.client.hset(f"{namespace}:ticks.XQ.msgs", "r1", message.encode())
+    broker.client.zadd(f"{namespace}:ticks.XQ", {"r1": current_millis() - 3_600_000})
+    [letter] = list_dead_letters(broker)
+    assert retry_dead_letter(broker, letter) is not None
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        engine = create_db_engine(settings.database_url)
+        wait_for(
+            lambda: (
+                getattr(get_task(engine, message.message_id), "status", None) in ("completed", "cancelled")
+            ),
+            timeout=30,
+            what="the retried run to finish",
+        )
+    finally:
+        worker.stop(timeout=10_000)
+    assert get_task(engine, message.message_id).status == "completed" and ran == [1]

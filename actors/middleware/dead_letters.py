@@ -181,6 +181,9 @@ def _fresh(letter: DeadLetter) -> Message:
     options = {key: value for key, value in letter.message.options.items() if key not in _STALE_OPTIONS}
     options.pop(SKIP_STATUS, None)
     options.pop(SKIP_REASON, None)
+    # A scheduled run retried is a run now: periodiq's workers would skip its old tick as too old.
+    options.pop("scheduled_at", None)
+    options.pop("schedule_tick", None)
     # every attempt used 3 audit sequence numbers: the fresh ones come after them all
     options[AUDIT_SEQ_BASE] = letter.message.options.get(AUDIT_SEQ_BASE, 0) + 3 * letter.attempts + 3
     return Message(

@@ -173,8 +173,16 @@ class ScheduleControl(Middleware):
         name = message.options.get(SCHEDULE_OPTION)
         if name is None or self.engine is None:
             return
+        tick = message.options.get("schedule_tick")
         try:
-            record_outcome(self.engine, name, message_id=message.message_id, status=status.value, error=error)
+            record_outcome(
+                self.engine,
+                name,
+                message_id=message.message_id,
+                status=status.value,
+                error=error,
+                tick=pendulum.parse(tick).in_timezone("UTC").naive() if tick else None,
+            )
         except Exception as exc:  # the run's outcome is in the audit trail too: never fail the message
             self.logger.warning("Could not record the outcome of schedule %r: %s", name, exc)
 

@@ -210,7 +210,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, dict | list):
         return json.dumps(value)
-    return str(plain(value))
+    return str(value)
 
 
 #: How ``--help`` names a value's type: the words click uses, not Python annotations.
