@@ -1,5 +1,5 @@
 """Per-message policies: the audit trail, retries, dead letters, cancellation, stalled-message
-recovery and worker heartbeats.
+recovery, worker heartbeats and worker inspection/control.
 """
 
 from .audit import DEFAULT_PRIORITY, Audit, worker_id
@@ -31,6 +31,7 @@ from .recovery import (
     worker_processes,
 )
 from .retries import Retries, backoff_ms
+from .workers import WorkerRegistry, list_workers, request_control
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -48,6 +49,7 @@ __all__ = [
     "StalledRecovery",
     "UnknownDeadLetter",
     "WorkerHeartbeat",
+    "WorkerRegistry",
     "backoff_ms",
     "cancel_job",
     "canceller",
@@ -56,11 +58,13 @@ __all__ = [
     "fingerprint",
     "iter_dead_letters",
     "list_dead_letters",
+    "list_workers",
     "page_dead_letters",
     "purge_dead_letters",
     "purge_letters",
     "recover_stalled",
     "register_process",
+    "request_control",
     "requeue_observed_death",
     "retry_dead_letter",
     "retry_dead_letters",

@@ -32,7 +32,15 @@ from actors.broker import (
     redis_client,
     withdraw_unstarted,
 )
-from actors.middleware import Audit, CancelWatcher, DeadLetterLog, RedisAuditJournal, Retries, StalledRecovery
+from actors.middleware import (
+    Audit,
+    CancelWatcher,
+    DeadLetterLog,
+    RedisAuditJournal,
+    Retries,
+    StalledRecovery,
+    WorkerRegistry,
+)
 from actors.scheduling import ScheduleControl
 from actors.settings import Settings
 from actors.telemetry import Metrics, Tracing, tracer_provider_for
@@ -179,6 +187,7 @@ def build_middleware(
             database_url=settings.database_url,
         ),
         DeadLetterLog(),
+        WorkerRegistry(),
         StalledRecovery(interval=settings.recovery_interval_ms),
         # last: its after-hook runs first, so a job stops being interruptible as soon as it returns
         CancelWatcher(interval=settings.cancel_poll_interval_ms),

@@ -15,6 +15,7 @@ from .ib import ib_app, ib_sim_app
 from .ops import ops_app
 from .processes import db_app, processes_app
 from .strategy import strategy_app
+from .workers import workers_app
 from .workflow import workflow_app
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.add_typer(workflow_app, name="workflow")
 app.add_typer(ops_app)  # metrics, health
 app.add_typer(http_app)  # api
 app.add_typer(api_keys_app, name="api-keys")
+app.add_typer(workers_app, name="workers")
 
 
 def main() -> None:

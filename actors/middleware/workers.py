@@ -1,0 +1,158 @@
+"""Worker inspection and control: what each worker process holds, and ``quiet`` / ``stop`` requests.
+
+Each worker process writes, every ``interval`` seconds, a JSON record under
+``<ns>:worker:<host:pid>`` (expiring after three missed beats): host, pid,
+queues, version, state, and the messages it is running with their start
+times.  ``tradeflow workers list`` reads them.  ``tradeflow workers quiet|stop
+ID`` sets ``<ns>:worker-control:<host:pid>``, which the worker reads at its
+next beat: a quiet worker stops fetching (it finishes what it holds, nothing
+new starts); a stopped one shuts down as on SIGTERM (its messages not started
+go back to their queues).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from dramatiq import Broker, Middleware
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+
+from .audit import worker_id
+
+#: Seconds between two records of a worker process.
+WORKER_RECORD_INTERVAL = 2.0
+
+#: Commands ``worker-control`` accepts.
+CONTROL_COMMANDS = ("quiet", "stop")
+
+#: Seconds a control request waits for its worker.
+CONTROL_TTL = 60
+
+
+def worker_key(namespace: str, worker: str) -> str:
+    return f"{namespace}:worker:{worker}"
+
+
+def control_key(namespace: str, worker: str) -> str:
+    return f"{namespace}:worker-control:{worker}"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tradeflow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class WorkerRegistry(Middleware):
+    """Publishes this worker process's state in Redis and obeys ``quiet``/``stop`` requests.
+
+    Parameters:
+      interval(float): Seconds between records (and control checks).
+        Defaults to :data:`WORKER_RECORD_INTERVAL`.
+    """
+
+    def __init__(self, *, interval: float = WORKER_RECORD_INTERVAL) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.interval = interval
+        self._running: dict[str, tuple[str, float]] = {}
+        self._state = "running"
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._worker = None
+        self._broker: Broker | None = None
+        self._started_at = time.time()
+
+    def after_worker_boot(self, broker: Broker, worker) -> None:
+        self._broker, self._worker = broker, worker
+        self._started_at = time.time()
+        self._thread = threading.Thread(target=self._run, name="tradeflow-worker-registry", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(self.interval + 1)
+        with contextlib.suppress(redis.RedisError):
+            broker.client.delete(worker_key(broker.namespace, worker_id()))
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        self._running[message.message_id] = (message.actor_name, time.time())
+
+    def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        self._running.pop(message.message_id, None)
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        self._running.pop(message.message_id, None)
+
+    def record(self) -> dict[str, Any]:
+        """What ``workers list`` shows of this process."""
+        worker = self._worker
+        queues = sorted({q for q in getattr(worker, "consumers", {}) if not q.endswith(".DQ")})
+        return {
+            "id": worker_id(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": queues,
+            "threads": len(getattr(worker, "workers", ())),
+            "state": self._state,
+            "version": _version(),
+            "started_at": self._started_at,
+            "heartbeat_at": time.time(),
+            "running": [
+                {"message_id": message_id, "actor": actor, "started_at": started}
+                for message_id, (actor, started) in list(self._running.items())
+            ],
+        }
+
+    def _run(self) -> None:
+        broker = self._broker
+        key, control = worker_key(broker.namespace, worker_id()), control_key(broker.namespace, worker_id())
+        while not self._stopped.is_set():
+            try:
+                command = broker.client.getdel(control)
+                if command is not None:
+                    self._obey(command.decode())
+                broker.client.set(key, json.dumps(self.record()), ex=max(1, int(self.interval * 3)))
+            except redis.RedisError as exc:
+                self.logger.warning("Worker record not written (%s); retrying.", exc)
+            self._stopped.wait(self.interval)
+
+    def _obey(self, command: str) -> None:
+        if command == "quiet" and self._state != "quiet":
+            self.logger.info("Quiet: finishing the messages held, fetching no more.")
+            self._state = "quiet"
+            for consumer in list(self._worker.consumers.values()):
+                consumer.pause()
+        elif command == "stop":
+            self.logger.info("Stop requested: shutting down as on SIGTERM.")
+            self._state = "stopping"
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def list_workers(client: redis.Redis, namespace: str) -> list[dict[str, Any]]:
+    """The records of every live worker process, oldest first."""
+    keys = sorted(client.scan_iter(match=f"{namespace}:worker:*", count=1000))
+    records = [json.loads(data) for data in client.mget(keys) if data] if keys else []
+    return sorted(records, key=lambda record: (record["started_at"], record["id"]))
+
+
+def request_control(client: redis.Redis, namespace: str, worker: str, command: str) -> bool:
+    """Ask ``worker`` to ``quiet`` or ``stop``; False if no such worker is alive."""
+    if command not in CONTROL_COMMANDS:
+        raise ValueError(f"unknown command {command!r}; use one of {', '.join(CONTROL_COMMANDS)}")
+    if not client.exists(worker_key(namespace, worker)):
+        return False
+    client.set(control_key(namespace, worker), command, ex=CONTROL_TTL)
+    return True
