@@ -125,7 +125,7 @@ def test_raw_messages_a_worker_cannot_run_go_to_the_dead_letters_with_the_reason
     assert "ActorNotFound" in row.error_message and row.args == {"args": [1], "kwargs": {}}
     listing = run_cli("dlq", "list", "--json", env=env)
     assert listing.returncode == 0, listing.stderr
-    letters = {letter["message_id"]: letter for letter in json.loads(listing.stdout)}
+    letters = {(letter := json.loads(line))["message_id"]: letter for line in listing.stdout.splitlines()}
     assert "no_such_actor" in letters[unknown]["error"]
     assert letters["garbage-1"]["actor"] == "<undecodable>"
     assert letters["garbage-1"]["error"].startswith("not a Dramatiq message")

@@ -44,7 +44,7 @@ def test_workers_list_shows_what_each_runs_and_quiet_then_stop_control_it(settin
         [record] = wait_for(
             lambda: list_workers(client, settings.namespace), timeout=40, what="the worker's record"
         )
-        message = slow_marker.send(str(first), 4.0)
+        message = slow_marker.send(str(first), 8.0)
         wait_for(lambda: _starts(first) == 1, timeout=20, what="the slow message to start")
 
         listed = run_cli("workers", "list", "--json", env=env)
