@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import dramatiq
@@ -92,23 +92,25 @@ def test_lists_print_full_ids_when_piped_and_json_everywhere(harness, settings):
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_jobs_watch_streams_state_changes_until_the_jobs_finish(harness, settings):  # noqa: F811
+    release = threading.Event()
+
     @dramatiq.actor(broker=harness, max_retries=0)
-    def takes_a_moment():
-        time.sleep(1.0)
+    def waits_for_the_test():
+        release.wait(30)
 
     harness.start_worker()
-    message = takes_a_moment.send_with_options(delay=1_500)
+    message = waits_for_the_test.send()
     watch = subprocess.Popen(
-        [TRADEFLOW, "jobs", "watch", message.message_id, "--json", "--interval", "0.1", "--timeout", "30"],
+        [TRADEFLOW, "jobs", "watch", message.message_id, "--json", "--interval", "0.1", "--timeout", "40"],
         env=settings_env(settings),
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO_ROOT,
     )
-    out, _ = watch.communicate(timeout=45)
-    changes = _lines(out)
-    assert watch.returncode == 0, out
-    assert all(tuple(change) == WATCH_FIELDS for change in changes)
-    statuses = [change["status"] for change in changes]
-    # printed as they happened: the job was seen waiting and running before it completed
-    assert statuses[0] == "pending" and "running" in statuses and statuses[-1] == "completed", statuses
+    first = json.loads(watch.stdout.readline())  # printed while the job is still unfinished
+    assert first["status"] in ("pending", "running") and tuple(first) == WATCH_FIELDS
+    release.set()
+    rest, _ = watch.communicate(timeout=45)
+    assert watch.returncode == 0, rest
+    statuses = [first["status"]] + [change["status"] for change in _lines(rest)]
+    assert statuses[-1] == "completed" and "completed" not in statuses[:-1], statuses
