@@ -13,6 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Valkey server instead.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
+#: Limits on unless ``rate_limits`` sets the same key: IB's pacing of about 50 messages a second
+#: per client, over all workers.
+DEFAULT_RATE_LIMITS: dict[str, dict[str, int]] = {"queue:ib_positions": {"rate": 50, "per_ms": 1_000}}
+
 #: Schemes a Redis URL may have (actors.broker.redis_clients builds the clients).
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 _DATABASE_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
@@ -71,6 +75,12 @@ class Settings(BaseSettings):
         OpenAI-compatible endpoint, model, key and timeout (seconds) of the ``llm`` one.
       retry_jitter: Fraction (0..1) by which a retry's backoff is randomly
         stretched or shrunk, so failed jobs do not all come back at once.
+      rate_limits: Limits over all workers, by actor name or ``queue:<name>``:
+        ``{"rate": starts, "per_ms": window, "concurrency": at once}`` (JSON in the
+        environment; ``docs/jobs.md``), added to :data:`DEFAULT_RATE_LIMITS` (IB's
+        pacing on ``ib_positions``), see ``effective_rate_limits``.
+      rate_limit_max_wait_ms: Longest a message waits in its worker for its limit
+        before it fails (and is retried).
       schedules: Overrides of the schedule table, actor name -> cron spec
         (``"*/10 * * * *"``, ``"@daily"``) or ``"off"``; JSON in the environment.
       schedule_catch_up: Per actor name, ``skip`` or ``run_once`` after scheduler downtime.
@@ -201,6 +211,8 @@ class Settings(BaseSettings):
     analysis_llm_timeout_s: float = Field(default=30.0, gt=0)
 
     retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    rate_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+    rate_limit_max_wait_ms: int = Field(default=60_000, gt=0)
     schedules: dict[str, str] = Field(default_factory=dict)
     schedule_catch_up: dict[str, Literal["skip", "run_once"]] = Field(default_factory=dict)
     schedule_timezone: str = "UTC"
@@ -308,6 +320,19 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        for key, spec in value.items():
+            unknown = set(spec) - {"rate", "per_ms", "concurrency"}
+            if unknown:
+                raise ValueError(f"{key}: unknown fields {sorted(unknown)}; use rate, per_ms, concurrency")
+            if spec.get("per_ms", 1_000) <= 0 or not (
+                spec.get("rate", 0) > 0 or spec.get("concurrency", 0) > 0
+            ):
+                raise ValueError(f"{key}: give rate (> 0, per per_ms > 0 ms) and/or concurrency (> 0)")
+        return value
+
     @field_validator("schedule_timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:
@@ -321,6 +346,11 @@ class Settings(BaseSettings):
     def effective_metrics_dir(self) -> Path:
         """The multiprocess metrics directory: the configured one or one per namespace."""
         return self.metrics_dir or Path(tempfile.gettempdir()) / "tradeflow-metrics" / self.namespace
+
+    @property
+    def effective_rate_limits(self) -> dict[str, dict[str, int]]:
+        """The limits in force: the defaults, and the configured ones over them."""
+        return {**DEFAULT_RATE_LIMITS, **self.rate_limits}
 
     @property
     def effective_redis_url(self) -> str:

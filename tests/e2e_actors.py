@@ -28,3 +28,12 @@ def slow_marker(folder: str, seconds: float) -> None:
     time.sleep(seconds)
     with open(path / "finishes", "a") as file:
         file.write(f"{os.getpid()}\n")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def timed_marker(folder: str, seconds: float) -> None:
+    """Append ``start end`` (epoch seconds) of this run to ``runs`` in ``folder``."""
+    started = time.time()
+    time.sleep(seconds)
+    with open(Path(folder) / "runs", "a") as file:
+        file.write(f"{started} {time.time()}\n")

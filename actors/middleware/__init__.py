@@ -23,6 +23,7 @@ from .dead_letters import (
 )
 from .errors import JobCancelled, NonRetryableError
 from .heartbeat import WORKERS_KEY, WorkerHeartbeat, worker_details, workers_alive
+from .rate_limits import Limit, RateLimited, RateLimits, limit_usage
 from .recovery import (
     StalledRecovery,
     recover_stalled,
@@ -43,7 +44,10 @@ __all__ = [
     "DeadLetterLog",
     "Fingerprint",
     "JobCancelled",
+    "Limit",
     "NonRetryableError",
+    "RateLimited",
+    "RateLimits",
     "RedisAuditJournal",
     "Retries",
     "StalledRecovery",
@@ -57,6 +61,7 @@ __all__ = [
     "find_dead_letter",
     "fingerprint",
     "iter_dead_letters",
+    "limit_usage",
     "list_dead_letters",
     "list_workers",
     "page_dead_letters",

@@ -36,6 +36,7 @@ from actors.middleware import (
     Audit,
     CancelWatcher,
     DeadLetterLog,
+    RateLimits,
     RedisAuditJournal,
     Retries,
     StalledRecovery,
@@ -139,6 +140,12 @@ def build_middleware(
         Pipelines(),
         Admission(max_deliveries=settings.max_deliveries, ttl=settings.run_once_ttl_ms),
     ]
+    if (
+        settings.rate_limits
+    ):  # after Admission: a duplicate takes no slot; before Audit: waiting is not running
+        middleware.append(
+            RateLimits(limits=settings.rate_limits, max_wait_ms=settings.rate_limit_max_wait_ms)
+        )
     if audit_writer is not None:
         middleware.append(
             Audit(

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import CliError, console, load_settings
+from .common import CliError, console, load_settings, print_rows
 
 ops_app = typer.Typer()
 
@@ -134,12 +134,28 @@ def health(
     )
     if record and report.check("database").ok:
         report.record(engine, severities=settings.health_severities)
+    limits = _rate_limits(settings, routes.default) if report.check("broker").ok else []
     if as_json:
-        console.print_json(json.dumps(report.as_dict()))
+        console.print_json(json.dumps({**report.as_dict(), "rate_limits": limits}))
     else:
         table = Table("check", "ok", "detail", title="healthy" if report.healthy else "UNHEALTHY")
         for check in report.checks:
             table.add_row(check.name, "yes" if check.ok else "NO", check.detail)
         console.print(table)
+        if limits:
+            print_rows(
+                limits, fields=("key", "limit", "starts", "running"), as_json=False, title="rate limits"
+            )
     if not report.healthy:
         raise typer.Exit(1)
+
+
+def _rate_limits(settings, client) -> list[dict]:
+    """Each configured limit (``TRADEFLOW_RATE_LIMITS``) with its use now: starts in the window, running."""
+    from actors.middleware import Limit, limit_usage
+
+    rows = []
+    for key, spec in settings.effective_rate_limits.items():
+        limit = Limit.parse(key, spec)
+        rows.append({"key": key, "limit": limit.describe(), **limit_usage(client, settings.namespace, limit)})
+    return rows
