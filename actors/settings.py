@@ -8,6 +8,26 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+
+def user_data_dir() -> Path:
+    """The per-user folder of the default SQLite database and Delta tables.
+
+    ``$TRADEFLOW_DATA_DIR`` if set, else ``$XDG_DATA_HOME/tradeflow``, else
+    ``~/.local/share/tradeflow`` (``~/Library/Application Support/tradeflow`` on
+    macOS): the same whichever folder a command runs from.
+    """
+    import os
+    import sys
+
+    if os.environ.get("TRADEFLOW_DATA_DIR"):
+        return Path(os.environ["TRADEFLOW_DATA_DIR"])
+    if os.environ.get("XDG_DATA_HOME"):
+        return Path(os.environ["XDG_DATA_HOME"]) / "tradeflow"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "tradeflow"
+    return Path.home() / ".local" / "share" / "tradeflow"
+
+
 #: Where tradeflow looks for Redis when no URL is configured.  When nothing
 #: answers there, ``tradeflow up`` and ``tradeflow demo`` start an embedded
 #: Valkey server instead.
@@ -51,8 +71,10 @@ class Settings(BaseSettings):
       redis_confirm_timeout_ms: Longest such a wait; a message not confirmed by
         then raises (it may still be stored: it is not sent twice).
       namespace: Prefix of every Redis key tradeflow writes (queues, results).
-      database_url: SQLAlchemy URL of the audit and workflow database.
-      delta_root: Root folder of the Delta Lake tables.
+      database_url: SQLAlchemy URL of the audit and workflow database.  Defaults to
+        ``tradeflow.db`` in :func:`user_data_dir`; a SQLite path you set must be in a folder
+        that exists.
+      delta_root: Root folder of the Delta Lake tables.  Defaults to ``delta`` in :func:`user_data_dir`.
       result_ttl_ms: How long actor results stay in Redis, in milliseconds.
       max_retries: Default retry budget of an actor.
       min_backoff_ms / max_backoff_ms: Bounds of the exponential retry backoff.
@@ -171,8 +193,8 @@ class Settings(BaseSettings):
     redis_confirm_replicas: int = Field(default=0, ge=0)
     redis_confirm_timeout_ms: int = Field(default=1_000, gt=0)
     namespace: str = Field(default="tradeflow", min_length=1)
-    database_url: str = "sqlite:///.tradeflow/tradeflow.db"
-    delta_root: Path = Path(".tradeflow/delta")
+    database_url: str = Field(default_factory=lambda: f"sqlite:///{user_data_dir() / 'tradeflow.db'}")
+    delta_root: Path = Field(default_factory=lambda: user_data_dir() / "delta")
 
     result_ttl_ms: int = Field(default=86_400_000, gt=0)
     max_retries: int = Field(default=3, ge=0)
@@ -314,7 +336,12 @@ class Settings(BaseSettings):
             # a set path is used as given: a typo must not create folders somewhere (the default's are made)
             path = value[len("sqlite:///") :].split("?", 1)[0]
             folder = Path(path).parent
-            if path and path != ":memory:" and not folder.is_dir():
+            if (
+                path
+                and path != ":memory:"
+                and not folder.is_dir()
+                and not folder.is_relative_to(user_data_dir())
+            ):
                 raise ValueError(
                     f"the folder {str(folder)!r} of the SQLite file does not exist: create it first"
                 )

@@ -121,11 +121,23 @@ def test_cli_reports_bad_input(settings, tmp_path, request):
     assert result.returncode == 1 and "cannot listen on 127.0.0.1" in result.stderr
 
 
-def test_ib_demo_runs_the_whole_flow(settings, request):
+def test_ib_demo_runs_the_whole_flow_beside_the_workers_of_tradeflow_up(settings, request):
     if "postgresql" in request.node.callspec.params.get("database_url", ""):
         pytest.skip("runs once, on SQLite")
     env = settings_env(settings) | {"COLUMNS": "250"}
-    result = run_cli("ib", "demo", "--holdings", "3", "--timeout", "60", env=env, timeout=100)
+    # the workers of a `tradeflow up` on the same Redis, namespace and database, whose gateway does not exist
+    up_workers = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "2", "-Q", "ib_positions", "portfolio"],
+        env=env | {"TRADEFLOW_IB_PORT": str(_free_port())},
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        result = run_cli("ib", "demo", "--holdings", "3", "--timeout", "60", env=env, timeout=100)
+    finally:
+        up_workers.terminate()
+        up_workers.wait(timeout=30)
     assert result.returncode == 0, result.stderr[-2000:]
     for name, value in (("processed", 4), ("succeeded", 3), ("failed", 1)):
         assert _stat(name, value) in result.stdout, result.stdout

@@ -12,7 +12,8 @@ from api.embedded import redis_answers, redis_for
 NOWHERE = "redis://127.0.0.1:1/0"
 
 
-def test_settings_read_prefixed_environment(monkeypatch):
+def test_settings_read_prefixed_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     monkeypatch.setenv("TRADEFLOW_REDIS_URL", "redis://example:6380/2")
     monkeypatch.setenv("TRADEFLOW_MAX_RETRIES", "7")
     monkeypatch.setenv("REDIS_URL", "redis://ignored:1/0")
@@ -21,8 +22,34 @@ def test_settings_read_prefixed_environment(monkeypatch):
     assert settings.tracing_queue_sample_ratios == {"ib_positions": 0.05}
     assert settings.effective_redis_url == "redis://example:6380/2"
     assert settings.max_retries == 7
-    assert str(settings.delta_root) == ".tradeflow/delta"
-    assert settings.database_url.startswith("sqlite:///.tradeflow/")
+    assert settings.delta_root == tmp_path / "tradeflow" / "delta"
+    assert settings.database_url == f"sqlite:///{tmp_path}/tradeflow/tradeflow.db"
+
+
+def test_the_default_database_is_the_same_from_any_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import REPO_ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEFLOW_")}
+    env |= {"XDG_DATA_HOME": str(tmp_path / "data"), "PYTHONPATH": str(REPO_ROOT)}
+    tradeflow = str(Path(sys.executable).with_name("tradeflow"))
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+    upgraded = subprocess.run(
+        [tradeflow, "db", "upgrade"], cwd=tmp_path / "one", env=env, capture_output=True, text=True
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    listed = subprocess.run(
+        [tradeflow, "jobs", "list"], cwd=tmp_path / "two", env=env, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert (tmp_path / "data" / "tradeflow" / "tradeflow.db").exists() and not list(
+        (tmp_path / "two").iterdir()
+    )
 
 
 def test_no_redis_url_means_default_address():

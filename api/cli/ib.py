@@ -261,9 +261,17 @@ def demo(
     holdings: Annotated[int, typer.Option(min=1, max=5_000, help="Positions per simulated account.")] = 50,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the workers.")] = 120.0,
 ) -> None:
-    """The IB flow on embedded defaults: simulator, a worker, position requests, a portfolio sync."""
+    """The IB flow on embedded defaults: simulator, a worker, position requests, a portfolio sync.
+
+    It runs in a Redis namespace and a SQLite database of its own, so workers
+    of ``tradeflow up`` on the same Redis neither take its messages nor its
+    requests.
+    """
     import os
     import time
+
+    if not os.environ.get(DEMO_MARKER):
+        raise typer.Exit(_run_demo_apart(holdings=holdings, timeout=timeout))
 
     from actors.ib import GatewaySimulator, demo_scenario
     from api import stack
@@ -301,6 +309,68 @@ def demo(
                     break
                 time.sleep(0.2)
             else:
-                raise _fail(f"the workers did not finish within {timeout:.0f}s")
+                processed = queue_stats(engine).processed - before
+                raise _fail(
+                    f"the demo's worker did not finish within {timeout:.0f}s: {processed} of {len(conids)} "
+                    f"position requests processed; its log is above"
+                )
     stats()
     portfolio(account=None, limit=len(scenario.accounts))
+
+
+#: Set in the environment of the process that runs the demo itself.
+DEMO_MARKER = "TRADEFLOW_IB_DEMO_APART"
+
+
+def _run_demo_apart(*, holdings: int, timeout: float) -> int:
+    """Run ``ib demo`` again in a child whose namespace and SQLite database are the demo's own.
+
+    A child, because importing ``actors`` configures the broker and the IB
+    runtime from the environment once per process.
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    settings = load_settings()
+    with tempfile.TemporaryDirectory(prefix="tradeflow-ib-demo-") as folder:
+        env = {
+            **os.environ,
+            DEMO_MARKER: "1",
+            "TRADEFLOW_NAMESPACE": f"{settings.namespace}-ib-demo-{os.getpid()}",
+            "TRADEFLOW_DATABASE_URL": f"sqlite:///{folder}/demo.db",
+            "TRADEFLOW_DELTA_ROOT": f"{folder}/delta",
+        }
+        if settings.redis_url:
+            env["TRADEFLOW_REDIS_URL"] = settings.redis_url
+        command = [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "ib",
+            "demo",
+            "--holdings",
+            str(holdings),
+            "--timeout",
+            str(timeout),
+        ]
+        try:
+            return subprocess.run(command, env=env).returncode
+        finally:
+            _forget_namespace(settings, env["TRADEFLOW_NAMESPACE"])
+
+
+def _forget_namespace(settings, namespace: str) -> None:
+    """Delete the demo's Redis keys (its own namespace only)."""
+    import redis
+
+    from api.embedded import redis_answers
+
+    if not redis_answers(settings.effective_redis_url):
+        return
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    for pattern in (f"{namespace}:*", f"{namespace}-results:*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
