@@ -7,6 +7,6 @@ COPY api api
 COPY orchestration orchestration
 COPY saga saga
 COPY storage storage
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir '.[all]'
 ENV PYTHONUNBUFFERED=1
 CMD ["tradeflow", "--help"]

@@ -21,7 +21,7 @@ from .dead_letters import (
     retry_dead_letter,
     retry_dead_letters,
 )
-from .errors import JobCancelled, NonRetryableError
+from .errors import EXTRA_OF_MODULE, JobCancelled, NonRetryableError, missing_extra
 from .heartbeat import WORKERS_KEY, WorkerHeartbeat, worker_details, workers_alive
 from .rate_limits import Limit, RateLimited, RateLimits, limit_usage
 from .recovery import (
@@ -36,6 +36,7 @@ from .workers import WorkerRegistry, list_workers, request_control
 
 __all__ = [
     "DEFAULT_PRIORITY",
+    "EXTRA_OF_MODULE",
     "WORKERS_KEY",
     "Audit",
     "CancelState",
@@ -64,6 +65,7 @@ __all__ = [
     "limit_usage",
     "list_dead_letters",
     "list_workers",
+    "missing_extra",
     "page_dead_letters",
     "purge_dead_letters",
     "purge_letters",

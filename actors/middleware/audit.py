@@ -14,7 +14,7 @@ from dramatiq.message import Message
 from actors.broker import AUDIT_SEQ_BASE, DUPLICATE, SKIP_REASON, SKIP_STATUS, hold_ack
 from storage import AuditWriter, TaskEvent, TaskStatus, utc_from_millis, utc_now
 
-from .errors import JobCancelled
+from .errors import JobCancelled, missing_extra
 
 #: Longest error text kept in an audit row, in characters.
 MAX_ERROR_LENGTH = 4_000
@@ -153,7 +153,8 @@ class Audit(Middleware):
         event.retry_count = retry_count
         event.worker_id = worker_id()
         if exception is not None:
-            event.error_message = describe_exception(exception)
+            extra = missing_extra(exception)
+            event.error_message = describe_exception(exception) + (f": {extra}" if extra else "")
         if status is not TaskStatus.RETRYING:
             event.completed_at = utc_now()
         if started is not None:

@@ -24,7 +24,7 @@ from dramatiq.message import Message
 from actors.broker import DEAD_LETTER_REASON, PRIOR_DELIVERIES
 
 from .audit import describe_exception
-from .errors import JobCancelled, NonRetryableError
+from .errors import JobCancelled, NonRetryableError, missing_extra
 
 #: Longest delay the Redis broker accepts for a message, in milliseconds.
 MAX_DELAY = 7 * 86_400_000
@@ -90,6 +90,10 @@ class Retries(Middleware):
                 "Message %r failed with expected %s.", message.message_id, type(exception).__name__
             )
             message.fail()
+            return
+        extra = missing_extra(exception)
+        if extra is not None:  # a retry cannot install it
+            self._dead_letter(message, f"{message.actor_name} {extra}")
             return
         if isinstance(exception, (NonRetryableError, *option("non_retryable", ()))):
             self._dead_letter(message, f"non-retryable {describe_exception(exception)}")

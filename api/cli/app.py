@@ -85,11 +85,25 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("TRADEFLOW_CLI_TRACEBACK"):
             raise
+        extra = _missing_extra(exc)
+        if extra is not None:
+            _fail(f"error: this command {extra}")
         _fail(
             f"error: unexpected {type(exc).__name__}: {exc} (TRADEFLOW_CLI_TRACEBACK=1 shows where)", code=2
         )
 
 
 def _fail(line: str, *, code: int = 1) -> None:
-    err_console.print(line, highlight=False, soft_wrap=True)
+    err_console.print(line, highlight=False, soft_wrap=True, markup=False)
     sys.exit(code)
+
+
+def _missing_extra(exc: Exception) -> str | None:
+    """What to install, when ``exc`` is an optional module missing."""
+    if not isinstance(exc, ModuleNotFoundError):
+        return None
+    try:
+        from actors.middleware import missing_extra
+    except Exception:  # settings or imports broken too: the generic line says enough
+        return None
+    return missing_extra(exc)
