@@ -152,7 +152,11 @@ JsonOption = Annotated[
 
 
 def plain(value: Any) -> Any:
-    """``value`` as JSON has it: datetimes and other objects as their text."""
+    """``value`` as JSON has it: datetimes and other objects as their text, NaN as null."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # numpy scalars: int64 and the like
+    if isinstance(value, float) and value != value:
+        return None
     if value is None or isinstance(value, bool | int | float | str | list | dict):
         return value
     if hasattr(value, "isoformat"):

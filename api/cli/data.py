@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import CliError, console, load_settings
+from .common import CliError, JsonOption, console, load_settings, print_rows
 
 data_app = typer.Typer(help="Market data (Delta Lake) and analyses.", no_args_is_help=True)
 
@@ -60,6 +60,7 @@ def bars(
     symbol: Annotated[str, typer.Argument(help="Ticker.")],
     interval: Annotated[str, typer.Option(help="Bar size.")] = "1d",
     last: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the newest bars.")] = 10,
+    as_json: JsonOption = False,
 ) -> None:
     """The newest bars of SYMBOL in market_bars, with some of their features."""
     import pyarrow.compute as pc
@@ -78,6 +79,9 @@ def bars(
             "fetch them first (tradeflow data fetch, or the fetch_market_data actor)"
         )
     frame = table.to_pandas().sort_values("timestamp").tail(last)
+    if as_json:
+        print_rows(frame.to_dict("records"), fields=BAR_COLUMNS, as_json=True)
+        return
     view = Table(title=f"{symbol.upper()} {interval} ({table.num_rows} bars stored)")
     for column in BAR_COLUMNS:
         view.add_column(column, no_wrap=True)
@@ -92,11 +96,16 @@ def analyses(
         str | None, typer.Option(help="morning_prep, evening_review, recommendations, ...")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+    as_json: JsonOption = False,
 ) -> None:
     """The newest stored analyses: kind, analyzer, fallback reason, summary."""
     from storage import create_db_engine, list_analyses
 
     rows = list_analyses(create_db_engine(load_settings().database_url), kind=kind, limit=limit)
+    if as_json:
+        dumped = [row.model_dump() for row in rows]
+        print_rows(dumped, fields=tuple(dumped[0]) if dumped else (), as_json=True)
+        return
     if not rows:
         console.print("no analyses stored" + (f" of kind {kind}" if kind else ""))
     for row in rows:
