@@ -19,6 +19,7 @@ COMMANDS = (
     ("schedules", "list"),
     ("workflow", "start", "system_check"),
     ("health",),
+    ("scheduler",),  # with broken settings only: with good ones it runs
 )
 NEEDS_REDIS = {"send", "jobs cancel", "dlq", "schedules", "workflow start", "health"}
 

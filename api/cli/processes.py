@@ -68,6 +68,7 @@ def scheduler(
 ) -> None:
     """Run the scheduler: ``periodiq actors``."""
     add_modules(module)
+    load_settings()  # bad settings: one line here, not periodiq's traceback
     command = stack.scheduler_command(modules=modules or ())
     os.execv(command[0], command)
 
