@@ -179,7 +179,7 @@ def print_rows(
             print(json.dumps({field: plain(row.get(field)) for field in fields}))
         return
     table = Table(
-        *(Column(field.replace("_", " "), no_wrap=True, overflow="ignore") for field in fields), title=title
+        *(Column(field, no_wrap=True, overflow="ignore") for field in fields), title=title
     )
     for row in rows:
         table.add_row(*(_cell(row.get(field)) for field in fields))
@@ -193,7 +193,7 @@ def print_record(record: dict[str, Any], *, as_json: bool) -> None:
         return
     table = Table(Column("field", no_wrap=True), Column("value", no_wrap=True), show_header=False)
     for name, value in record.items():
-        table.add_row(name.replace("_", " "), _cell(value))
+        table.add_row(name, _cell(value))
     print_wide(table)
 
 
