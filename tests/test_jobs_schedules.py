@@ -404,6 +404,7 @@ def test_a_scheduler_started_late_in_a_minute_sends_no_tick_the_workers_would_sk
 
 def test_a_run_that_ends_before_its_firing_is_recorded_keeps_its_outcome(settings, namespace, brokers):
     from actors.scheduling import SCHEDULE_OPTION, schedule_control_of
+    from storage import record_fired
 
     broker, actors_ = _broker_with(settings, ("quick", "* * * * *", "skip"), brokers=brokers)
     scheduler = Scheduler(actors_, clock=FixedClock(SUNDAY_4AM))
@@ -413,9 +414,12 @@ def test_a_run_that_ends_before_its_firing_is_recorded_keeps_its_outcome(setting
         scheduled_at=str(tick), schedule_tick=str(tick), **{SCHEDULE_OPTION: "quick"}
     )
     # the worker finishes the run before the scheduler has written that it fired it
+    engine = create_db_engine(settings.database_url)
     schedule_control_of(broker).after_process_message(broker, message)
-    scheduler._record(actors_[0], tick.in_timezone("UTC"), message.message_id)
-    row = get_schedule(create_db_engine(settings.database_url), "quick")
+    record_fired(
+        engine, "quick", tick=tick.in_timezone("UTC").naive(), message_id=message.message_id, next_run_at=None
+    )
+    row = get_schedule(engine, "quick")
     assert (row.last_status, row.last_message_id) == ("completed", message.message_id)
     assert row.last_tick == tick.naive()
 

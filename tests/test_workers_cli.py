@@ -46,6 +46,10 @@ def test_workers_list_shows_what_each_runs_and_quiet_then_stop_control_it(settin
         )
         message = slow_marker.send(str(first), 8.0)
         wait_for(lambda: _starts(first) == 1, timeout=20, what="the slow message to start")
+        # the record is refreshed every 2 s: wait for the one written since it started
+        wait_for(
+            lambda: list_workers(client, settings.namespace)[0]["running"], timeout=10, what="a fresh record"
+        )
 
         listed = run_cli("workers", "list", "--json", env=env)
         assert listed.returncode == 0, listed.stderr

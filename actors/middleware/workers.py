@@ -133,8 +133,13 @@ class WorkerRegistry(Middleware):
         if command == "quiet" and self._state != "quiet":
             self.logger.info("Quiet: finishing the messages held, fetching no more.")
             self._state = "quiet"
-            for consumer in list(self._worker.consumers.values()):
-                consumer.pause()
+            for thread in list(self._worker.consumers.values()):
+                consumer = getattr(thread, "consumer", None)
+                if consumer is not None and hasattr(consumer, "pending"):
+                    # the waking consumer: fetch nothing more, but keep sending the deferred acks
+                    consumer.prefetch = 0
+                else:
+                    thread.pause()
         elif command == "stop":
             self.logger.info("Stop requested: shutting down as on SIGTERM.")
             self._state = "stopping"

@@ -141,10 +141,10 @@ def build_middleware(
         Admission(max_deliveries=settings.max_deliveries, ttl=settings.run_once_ttl_ms),
     ]
     if (
-        settings.rate_limits
-    ):  # after Admission: a duplicate takes no slot; before Audit: waiting is not running
+        settings.effective_rate_limits
+    ):  # after Admission: a duplicate takes no slot; before Audit: not running
         middleware.append(
-            RateLimits(limits=settings.rate_limits, max_wait_ms=settings.rate_limit_max_wait_ms)
+            RateLimits(limits=settings.effective_rate_limits, max_wait_ms=settings.rate_limit_max_wait_ms)
         )
     if audit_writer is not None:
         middleware.append(
