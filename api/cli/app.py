@@ -55,7 +55,6 @@ def main() -> None:
     Anything else is one line too (exit code 2); ``TRADEFLOW_CLI_TRACEBACK=1``
     shows where it came from.
     """
-    import os
 
     import redis
     from pydantic import ValidationError
@@ -77,20 +76,25 @@ def main() -> None:
             f"error: Redis answered unexpectedly ({type(exc).__name__}: {exc}); is TRADEFLOW_REDIS_URL right?"
         )
     except ImportError as exc:
-        if not getattr(exc, "user_error", False):  # actors.runtime.ModuleLoadError
-            raise
-        _fail(f"error: {exc}")
+        if getattr(exc, "user_error", False):  # actors.runtime.ModuleLoadError
+            _fail(f"error: {exc}")
+        _unexpected(exc)
     except (OperationalError, ProgrammingError) as exc:
         _fail(f"error: database: {describe_database_error(exc.orig or exc)}")
     except Exception as exc:
-        if os.environ.get("TRADEFLOW_CLI_TRACEBACK"):
-            raise
-        extra = _missing_extra(exc)
-        if extra is not None:
-            _fail(f"error: this command {extra}")
-        _fail(
-            f"error: unexpected {type(exc).__name__}: {exc} (TRADEFLOW_CLI_TRACEBACK=1 shows where)", code=2
-        )
+        _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> None:
+    """One line for what no handler above expected (exit code 2), or the extra to install."""
+    import os
+
+    if os.environ.get("TRADEFLOW_CLI_TRACEBACK"):
+        raise exc
+    extra = _missing_extra(exc)
+    if extra is not None:
+        _fail(f"error: this command {extra}")
+    _fail(f"error: unexpected {type(exc).__name__}: {exc} (TRADEFLOW_CLI_TRACEBACK=1 shows where)", code=2)
 
 
 def _fail(line: str, *, code: int = 1) -> None:

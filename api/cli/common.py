@@ -178,9 +178,7 @@ def print_rows(
         for row in rows:
             print(json.dumps({field: plain(row.get(field)) for field in fields}))
         return
-    table = Table(
-        *(Column(field, no_wrap=True, overflow="ignore") for field in fields), title=title
-    )
+    table = Table(*(Column(field, no_wrap=True, overflow="ignore") for field in fields), title=title)
     for row in rows:
         table.add_row(*(_cell(row.get(field)) for field in fields))
     print_wide(table)
