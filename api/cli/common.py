@@ -88,6 +88,8 @@ def add_modules(names: list[str] | None) -> None:
     and of the children it starts (worker, scheduler)."""
     if not names:
         return
+    if os.getcwd() not in sys.path:  # found from the current folder, as `dramatiq` finds them
+        sys.path.insert(0, os.getcwd())
     current = [n for n in os.environ.get(MODULES_VARIABLE, "").split(",") if n.strip()]
     merged = current + [name for name in names if name not in current]
     os.environ[MODULES_VARIABLE] = ",".join(merged)
