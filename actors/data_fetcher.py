@@ -121,7 +121,7 @@ def fetch_fundamentals(symbols: list[str]) -> dict:
     return _run(ingest.fetch_fundamentals, symbols=symbols)
 
 
-@dramatiq.actor(queue_name=QUEUE, throws=(ValueError,), time_limit=FETCH_TIME_LIMIT_MS)
+@dramatiq.actor(queue_name=QUEUE, store_results=True, throws=(ValueError,), time_limit=FETCH_TIME_LIMIT_MS)
 def market_features(symbols: list[str], interval: str = "1d") -> dict:
     """The newest bar's features (``market_data.features.FEATURE_COLUMNS``) of each symbol."""
     import pyarrow.compute as pc

@@ -55,7 +55,7 @@ def account_of(account: str | None) -> str:
     return account or runtime().settings.ib_account or portfolio_service().accounts()[0]
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000)
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=120_000, store_results=True)
 def fetch_portfolio(user_id: str, account: str | None = None, history_days: int = 30) -> dict:
     """A fresh snapshot of the user's account (``account``, else the configured or first managed
     one) as the next steps of ``portfolio_analysis`` read it: its ``symbols``, ``holdings``
