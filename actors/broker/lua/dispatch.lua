@@ -241,7 +241,7 @@ elseif command == "enqueue_many" then
 -- to $prefetch messages, taking the lanes in the order given (default:
 -- critical, high, normal, low).  With admit_ttl > 0 each message taken is
 -- admitted too, and the reply is data, verdict, data, verdict, ...
--- fetch(prefetch) alone is Dramatiq's call: no acks, no admission.
+-- fetch(prefetch) alone is Dramatiq's call: no acks, no admission, no foreign-id trailer.
 elseif command == "fetch" then
     local admit_ttl = tonumber(ARGS[2]) or 0
     local max_deliveries = tonumber(ARGS[3]) or 0
@@ -321,7 +321,8 @@ elseif command == "fetch" then
             reply[2 * i] = message_data and admit(message_ids[i], message_data, admit_ttl, max_deliveries) or "run:1"
         end
     end
-    if #foreign > 0 then
+    -- Dramatiq's own fetch(prefetch) gets plain data, as Dramatiq's script returns
+    if #foreign > 0 and ARGS[2] ~= nil then
         reply[#reply + 1] = foreign
     end
     return reply
