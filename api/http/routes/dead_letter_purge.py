@@ -8,10 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Response
 
 from ..access import Principal, require
-from ..bulk import bulk_action
 from ..models import BulkAccepted, DeadLetterSelection
 from ..problems import API_PROBLEMS
-from .dead_letters import _broker, _count, _selected
+from .dead_letters import bulk_letters
 
 router = APIRouter(prefix="/api/v1", tags=["dead letters"], responses=API_PROBLEMS)
 
@@ -31,14 +30,4 @@ def purge_many(
 ) -> BulkAccepted:
     from actors.middleware import purge_letters
 
-    broker = _broker(request)
-    return bulk_action(
-        request,
-        response,
-        dry_run=body.dry_run,
-        kind="dead-letters.purge",
-        items=lambda: _selected(broker, body),
-        apply=lambda letters: purge_letters(broker, letters),
-        count=lambda: _count(broker, body),
-        principal=principal,
-    )
+    return bulk_letters(request, response, body, principal, kind="dead-letters.purge", apply=purge_letters)

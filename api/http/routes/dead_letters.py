@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -191,14 +192,35 @@ def retry_many(
 ) -> BulkAccepted:
     from actors.middleware import retry_dead_letters
 
+    return bulk_letters(
+        request,
+        response,
+        body,
+        principal,
+        kind="dead-letters.retry",
+        apply=lambda broker, letters: len(retry_dead_letters(broker, letters)),
+    )
+
+
+def bulk_letters(
+    request: Request,
+    response: Response,
+    body: DeadLetterSelection,
+    principal: Principal,
+    *,
+    kind: str,
+    apply: Callable[[Any, list], int],
+) -> BulkAccepted:
+    """Run ``apply(broker, letters)`` over the selected dead letters as a tracked operation
+    (``dry_run``: only their count)."""
     broker = _broker(request)
     return bulk_action(
         request,
         response,
         dry_run=body.dry_run,
-        kind="dead-letters.retry",
+        kind=kind,
         items=lambda: _selected(broker, body),
-        apply=lambda letters: len(retry_dead_letters(broker, letters)),
+        apply=lambda letters: apply(broker, letters),
         count=lambda: _count(broker, body),
         principal=principal,
     )
