@@ -3,6 +3,7 @@ and the ``tradeflow api-keys`` commands."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import uvicorn
 from conftest import run_cli, settings_env
 from obs_support import free_port
 
+from api.cli.http import API_KEY_FIELDS
 from api.http import create_app
 from api.http.pagination import decode_cursor, encode_cursor
 from api.http.problems import Problem
@@ -117,5 +119,14 @@ def test_api_keys_commands(settings):
     assert bad.returncode == 1 and "unknown role 'root'" in bad.stderr
     assert run_cli("api-keys", "revoke", key.key_id, env=env).returncode == 0
     assert list_api_keys(engine)[0].revoked_at is not None
+    listed = run_cli("api-keys", "list", "--json", env=env)
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert tuple(row) == API_KEY_FIELDS and (row["key_id"], row["name"], row["role"]) == (
+        key.key_id,
+        "ci",
+        "operator",
+    )
+    assert row["revoked_at"] and row["expires_at"] and row["last_used_at"] is None
+    assert token not in listed.stdout and key.token_hash not in listed.stdout
     missing = run_cli("api-keys", "revoke", "nope", env=env)
     assert missing.returncode == 1 and "no API key with id 'nope'" in missing.stderr

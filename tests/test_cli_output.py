@@ -13,9 +13,12 @@ import dramatiq
 import pytest
 from conftest import REPO_ROOT, run_cli, settings_env
 from jobs_support import sqlite_only, wait_for
+from saga_helpers import fast, running_stack, wait_for_run
 from test_jobs_control import harness  # noqa: F401  (fixture)
 
 from api.cli.jobs import DEAD_LETTER_FIELDS, SCHEDULE_FIELDS, WATCH_FIELDS
+from api.cli.workflow import DEFINED_FIELDS, HISTORY_FIELDS, RUN_DETAIL_FIELDS, RUN_FIELDS, STEP_FIELDS
+from saga import Step, Workflow
 from storage import create_db_engine, get_task
 
 TRADEFLOW = str(Path(sys.executable).with_name("tradeflow"))
@@ -33,6 +36,19 @@ def test_help_shows_plain_types_and_completion_is_installed():
     assert send.returncode == 0
     assert "<str>" not in send.stdout and "<list[" not in send.stdout and "<bool>" not in send.stdout
     assert "TEXT..." in send.stdout and "INTEGER" in send.stdout and "ACTOR" in send.stdout
+
+
+def test_docs_name_every_json_field():
+    from api.cli.http import API_KEY_FIELDS
+    from api.cli.ops import DEPTH_FIELDS, TASK_FIELDS
+    from api.cli.workers import WORKER_FIELDS
+
+    documented = (REPO_ROOT / "docs" / "cli.md").read_text()
+    constants = (DEAD_LETTER_FIELDS, SCHEDULE_FIELDS, WATCH_FIELDS, WORKER_FIELDS, API_KEY_FIELDS)
+    constants += (RUN_FIELDS, RUN_DETAIL_FIELDS, STEP_FIELDS, DEFINED_FIELDS, HISTORY_FIELDS)
+    missing = {field for fields in (*constants, TASK_FIELDS, DEPTH_FIELDS) for field in fields}
+    missing = {field for field in missing if field != "running_now" and f"`{field}`" not in documented}
+    assert not missing, f"fields of --json missing from docs/cli.md: {sorted(missing)}"
 
 
 def _lines(stdout: str) -> list[dict]:
@@ -86,6 +102,53 @@ def test_lists_print_full_ids_when_piped_and_json_everywhere(harness, settings):
     schedules = _lines(run_cli("schedules", "list", "--json", env=env).stdout)
     assert schedules and all(tuple(row) == SCHEDULE_FIELDS for row in schedules)
     assert all(isinstance(row["enabled"], bool) for row in schedules)
+
+
+@sqlite_only
+@pytest.mark.timeout(60)
+def test_workflow_list_show_and_history_print_json_and_full_ids(settings):
+    workflow = Workflow(
+        "a_workflow_with_a_name_long_enough_that_tables_used_to_cut_it",
+        [
+            Step("a", "record", args=("a",), compensate_with="undo"),
+            Step("b", "fail", args=("b",), depends_on=["a"]),
+        ],
+    )
+    with running_stack(fast(settings)) as stack:
+        run_id = stack.engine.start(workflow, {"account": "DU123"})
+        assert wait_for_run(stack.db, run_id).status == "compensated"
+    env = settings_env(settings)  # no COLUMNS: piped, 80 columns
+
+    table = run_cli("workflow", "list", env=env)
+    assert table.returncode == 0, table.stderr
+    assert run_id in table.stdout and workflow.name in table.stdout
+    [row] = _lines(run_cli("workflow", "list", "--json", env=env).stdout)
+    assert tuple(row) == RUN_FIELDS
+    assert row["run_id"] == run_id and row["workflow"] == workflow.name and row["status"] == "compensated"
+    assert row["inputs"] == {"account": "DU123"} and row["open_steps"] == 0
+    assert "b failed on purpose" in row["error"] and row["finished_at"] > row["created_at"]
+    assert _lines(run_cli("workflow", "list", "--status", "succeeded", "--json", env=env).stdout) == []
+
+    shown = run_cli("workflow", "show", run_id, "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    [run] = _lines(shown.stdout)
+    assert tuple(run) == (*RUN_FIELDS, *RUN_DETAIL_FIELDS, "steps")
+    assert {key: run[key] for key in RUN_FIELDS} == row and run["workflow_version"] == 1
+    first, second = run["steps"]
+    assert tuple(first) == STEP_FIELDS and tuple(second) == STEP_FIELDS
+    assert (first["name"], first["actor"], first["status"]) == ("a", "record", "compensated")
+    assert first["compensate_with"] == "undo" and first["result"]["label"] == "a"
+    assert (second["name"], second["status"], second["depends_on"]) == ("b", "failed", ["a"])
+    assert "b failed on purpose" in second["error"] and second["attempts"] == 1
+
+    history = _lines(run_cli("workflow", "history", run_id, "--json", env=env).stdout)
+    assert all(tuple(entry) == HISTORY_FIELDS for entry in history)
+    assert history[0]["kind"] == "started" and history[-1]["kind"] == "run_compensated"
+    assert ("failed", "b", 1) in [(e["kind"], e["step"], e["attempt"]) for e in history]
+
+    defined = _lines(run_cli("workflow", "list", "--defined", "--json", env=env).stdout)
+    assert all(tuple(entry) == DEFINED_FIELDS for entry in defined)
+    assert {"name": "system_check", "version": 1, "events": ["system.check_requested"]} in defined
 
 
 @sqlite_only

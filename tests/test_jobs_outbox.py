@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import uuid
 import dramatiq
 import pytest
 import redis
-from conftest import REPO_ROOT, settings_env
+from conftest import REPO_ROOT, run_cli, settings_env
 from jobs_support import cuttable_redis, queued_messages, wait_for
 from sqlalchemy import text
 
@@ -59,6 +60,8 @@ def test_job_is_sent_only_if_the_transaction_commits(broker, engine, settings, n
     with pytest.raises(RuntimeError):
         _place_order(engine, actor, "k", 2, fail=True)
     assert unsent_count(engine) == 1
+    status = run_cli("outbox", "status", "--json", env=settings_env(settings))
+    assert json.loads(status.stdout) == {"unsent": 1}, status.stderr
     relay = OutboxRelay(broker=broker, engine=engine)
     assert relay.relay_once() == 1
     assert relay.relay_once() == 0 and unsent_count(engine) == 0

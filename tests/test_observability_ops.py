@@ -15,6 +15,7 @@ from obs_support import result_of, start_workers, stop_workers, wait_until
 from actors.runtime import build_broker
 from actors.settings import Settings
 from actors.telemetry import SCHEDULER_KEY, Metrics
+from api.cli.ops import TASK_FIELDS
 
 pytest_plugins = ["obs_fixtures"]
 
@@ -45,6 +46,7 @@ def test_health_and_metrics_commands_with_a_running_worker(obs_settings: Setting
         wait_until(lambda: client.zcard(f"{obs_settings.namespace}:__workers__") == 1, what="heartbeat")
         rc, report = _health(obs_settings)
         summary = run_cli("metrics", env={**settings_env(obs_settings), "COLUMNS": "200"})
+        as_json = run_cli("metrics", "--json", env=settings_env(obs_settings))
     finally:
         stop_workers(workers)
 
@@ -57,6 +59,17 @@ def test_health_and_metrics_commands_with_a_running_worker(obs_settings: Setting
     # retried, dead letters, in progress, mean ms
     assert [cell.strip() for cell in row.split("│")[3:10]] == ["5", "5", "5", "0", "0", "0", "0"], row
     assert "workers alive: 1" in summary.stdout
+    assert as_json.returncode == 0, as_json.stderr
+    figures = json.loads(as_json.stdout)
+    assert tuple(figures) == ("tasks", "queue_depths", "workers_alive", "scheduler_ticks")
+    task = next(t for t in figures["tasks"] if t["actor"] == "obs_step")
+    assert tuple(task) == TASK_FIELDS and task["queue"] == QUEUE
+    counts = {field: task[field] for field in TASK_FIELDS[2:-1]}
+    assert counts == {field: 5 if field in ("enqueued", "dequeued", "completed") else 0 for field in counts}
+    assert isinstance(task["mean_ms"], float) and task["mean_ms"] > 0
+    depth = next(d for d in figures["queue_depths"] if d["queue"] == QUEUE)
+    assert depth == {"queue": QUEUE, "ready": 0, "delayed": 0, "dead_letter": 0}
+    assert figures["workers_alive"] == 1 and set(figures["scheduler_ticks"]) == {"fired", "skipped"}
 
 
 def test_health_fails_without_workers_and_on_deep_queues(obs_settings: Settings) -> None:

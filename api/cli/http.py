@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
-from rich.table import Column, Table
 
 from .common import (
     MODULE_HELP,
     CliError,
+    JsonOption,
     add_modules,
     console,
     err_console,
@@ -18,10 +18,14 @@ from .common import (
     load_settings,
     migrate,
     open_engine,
+    print_rows,
 )
 
 http_app = typer.Typer()
 api_keys_app = typer.Typer(help="API keys of the HTTP API: create, list, revoke.", no_args_is_help=True)
+
+#: Fields of ``api-keys list`` (table columns and ``--json`` keys; never the token or its hash).
+API_KEY_FIELDS = ("key_id", "name", "role", "created_at", "expires_at", "revoked_at", "last_used_at")
 
 #: Units of ``--expires`` given as a duration, in seconds.
 EXPIRY_UNITS = {"h": 3_600, "d": 86_400, "w": 7 * 86_400}
@@ -79,23 +83,12 @@ def create(
 
 
 @api_keys_app.command("list")
-def list_() -> None:
+def list_(as_json: JsonOption = False) -> None:
     """Every key: id, name, role, created, expires, revoked, last used (UTC)."""
     from storage import list_api_keys
 
-    table = Table("name", "role", "created", "expires", "revoked", "last used")
-    table.columns.insert(0, Column("key id", no_wrap=True, min_width=16))
-    for key in list_api_keys(open_engine(load_settings())):
-        table.add_row(
-            key.key_id,
-            key.name,
-            key.role,
-            str(key.created_at),
-            str(key.expires_at or ""),
-            str(key.revoked_at or ""),
-            str(key.last_used_at or ""),
-        )
-    console.print(table)
+    keys = list_api_keys(open_engine(load_settings()))
+    print_rows((key.model_dump() for key in keys), fields=API_KEY_FIELDS, as_json=as_json)
 
 
 @api_keys_app.command("revoke")

@@ -527,11 +527,15 @@ def outbox_relay(once: Annotated[bool, typer.Option(help="Relay what is there, t
 
 
 @outbox_app.command("status")
-def outbox_status() -> None:
+def outbox_status(as_json: JsonOption = False) -> None:
     """How many committed messages wait for the relay."""
     from storage import unsent_count
 
-    console.print(f"unsent {unsent_count(open_engine(load_settings()))}")
+    unsent = unsent_count(open_engine(load_settings()))
+    if as_json:
+        print_record({"unsent": unsent}, as_json=True)
+        return
+    console.print(f"unsent {unsent}")
 
 
 def _flush_audit(settings: Settings) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -11,23 +10,29 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import CliError, console, load_settings, print_rows
+from .common import CliError, JsonOption, console, load_settings, print_record, print_rows
 
 ops_app = typer.Typer()
 
 #: Seconds a scrape of a remote ``/metrics`` may take.
 SCRAPE_TIMEOUT = 10.0
 
-#: Per (queue, actor) columns of the summary: metric name -> column title.
+#: Per (queue, actor) counts of the summary: metric name -> field (table column and ``--json`` key).
 TASK_COLUMNS = {
     "task_queue_enqueued_total": "enqueued",
     "task_queue_dequeued_total": "dequeued",
     "task_queue_completed_total": "completed",
     "task_queue_failed_total": "failed",
     "task_queue_retried_total": "retried",
-    "task_queue_dlq_total": "dead letters",
-    "task_queue_in_progress": "in progress",
+    "task_queue_dlq_total": "dead_letters",
+    "task_queue_in_progress": "in_progress",
 }
+
+#: Fields of each task row of ``metrics`` (``tasks`` of ``--json``).
+TASK_FIELDS = ("queue", "actor", *TASK_COLUMNS.values(), "mean_ms")
+
+#: Fields of each queue of ``metrics`` (``queue_depths`` of ``--json``): messages per state, from Redis.
+DEPTH_FIELDS = ("queue", "ready", "delayed", "dead_letter")
 
 
 def _routes(settings):
@@ -62,14 +67,32 @@ def metrics(
         ),
     ] = None,
     raw: Annotated[bool, typer.Option(help="Print the exposition text as it is.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """A readable summary of the task metrics, queue depths and workers."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     text = _exposition_text(load_settings(), url)
     if raw:
         console.print(text, soft_wrap=True, highlight=False, markup=False)
         return
+    summary = summarize_metrics(text)
+    if as_json:
+        print_record(summary, as_json=True)
+        return
+    print_rows(summary["tasks"], fields=TASK_FIELDS, as_json=False, title="tasks")
+    print_rows(summary["queue_depths"], fields=DEPTH_FIELDS, as_json=False, title="queue depth (Redis)")
+    ticks = summary["scheduler_ticks"]
+    console.print(
+        f"workers alive: {summary['workers_alive']}   "
+        f"scheduler ticks fired: {ticks['fired']}, skipped: {ticks['skipped']}"
+    )
+
+
+def summarize_metrics(text: str) -> dict:
+    """The summary of ``metrics`` from Prometheus exposition ``text``: ``tasks`` (``TASK_FIELDS``
+    per queue and actor), ``queue_depths`` (``DEPTH_FIELDS`` per queue), ``workers_alive`` and
+    ``scheduler_ticks`` (``fired``, ``skipped``); counts are integers, ``mean_ms`` null without runs."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     tasks: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     durations: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     depths: dict[str, dict[str, float]] = defaultdict(dict)
@@ -90,27 +113,25 @@ def metrics(
                 depths[sample.labels["queue"]][sample.labels["state"]] = sample.value
             elif not sample.labels:
                 gauges[sample.name] = sample.value
-    table = Table("queue", "actor", *TASK_COLUMNS.values(), "mean ms", title="tasks")
+    rows = []
     for (queue, actor), counts in sorted(tasks.items()):
         total, count = durations[(queue, actor)]
-        mean = f"{total / count * 1000:.1f}" if count else ""
-        table.add_row(queue, actor, *(f"{counts.get(c, 0):.0f}" for c in TASK_COLUMNS.values()), mean)
-    console.print(table)
-    depth_table = Table("queue", "ready", "delayed", "dead letter", title="queue depth (Redis)")
-    for queue, by_state in sorted(depths.items()):
-        depth_table.add_row(
-            queue, *(f"{by_state.get(s, 0):.0f}" for s in ("ready", "delayed", "dead_letter"))
-        )
-    console.print(depth_table)
-    console.print(
-        f"workers alive: {gauges.get('task_queue_workers_alive', 0):.0f}   "
-        f"scheduler ticks fired: {ticks.get('fired', 0):.0f}, skipped: {ticks.get('skipped', 0):.0f}"
-    )
+        row = {"queue": queue, "actor": actor, **{c: round(counts.get(c, 0)) for c in TASK_COLUMNS.values()}}
+        rows.append({**row, "mean_ms": round(total / count * 1000, 1) if count else None})
+    return {
+        "tasks": rows,
+        "queue_depths": [
+            {"queue": queue, **{state: round(by_state.get(state, 0)) for state in DEPTH_FIELDS[1:]}}
+            for queue, by_state in sorted(depths.items())
+        ],
+        "workers_alive": round(gauges.get("task_queue_workers_alive", 0)),
+        "scheduler_ticks": {outcome: round(ticks.get(outcome, 0)) for outcome in ("fired", "skipped")},
+    }
 
 
 @ops_app.command()
 def health(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: JsonOption = False,
     record: Annotated[
         bool,
         typer.Option(help="Also store failing checks as monitoring alerts in SQL, resolve passing ones."),
@@ -136,7 +157,7 @@ def health(
         report.record(engine, severities=settings.health_severities)
     limits = _rate_limits(settings, routes.default) if report.check("broker").ok else []
     if as_json:
-        console.print_json(json.dumps({**report.as_dict(), "rate_limits": limits}))
+        print_record({**report.as_dict(), "rate_limits": limits}, as_json=True)
     else:
         table = Table("check", "ok", "detail", title="healthy" if report.healthy else "UNHEALTHY")
         for check in report.checks:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import timedelta
@@ -10,13 +9,64 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Column, Table
 from rich.tree import Tree
 
-from .common import MODULE_HELP, MODULES_VARIABLE, add_modules, load_actors, load_settings
+from .common import (
+    MODULE_HELP,
+    MODULES_VARIABLE,
+    JsonOption,
+    add_modules,
+    load_actors,
+    load_settings,
+    parse_json,
+    plain,
+    print_record,
+    print_rows,
+)
 
 #: Statuses ``--wait`` stops at.
 SETTLED_STATUSES = ("succeeded", "failed", "compensated", "compensation_failed", "cancelled")
+
+#: Fields of ``workflow list --json`` (those of the HTTP API's run summary); the table leaves out ``inputs``.
+RUN_FIELDS = (
+    "run_id",
+    "workflow",
+    "status",
+    "inputs",
+    "open_steps",
+    "error",
+    "forked_from",
+    "created_at",
+    "finished_at",
+)
+
+#: ``workflow show --json``: the run's ``RUN_FIELDS``, these, and ``steps`` (each with ``STEP_FIELDS``).
+RUN_DETAIL_FIELDS = ("workflow_version", "parent_run_id", "parent_step", "deadline_at")
+
+#: Fields of each step of ``workflow show --json`` (the HTTP API's step view, and ``result``).
+STEP_FIELDS = (
+    "name",
+    "actor",
+    "status",
+    "attempts",
+    "depends_on",
+    "compensate_with",
+    "group",
+    "progress",
+    "checkpoint",
+    "result",
+    "error",
+    "compensation_error",
+    "worker_id",
+    "started_at",
+    "finished_at",
+)
+
+#: Fields of ``workflow list --defined --json``.
+DEFINED_FIELDS = ("name", "version", "events")
+
+#: Fields of ``workflow history --json``, one object per entry.
+HISTORY_FIELDS = ("at", "kind", "step", "attempt", "detail")
 
 #: Colour of each status in ``workflow show``.
 STATUS_STYLES = {
@@ -54,12 +104,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _json(text: str | None, what: str) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _fail(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    return None if text is None else parse_json(text, what)
 
 
 def _database():
@@ -139,6 +184,7 @@ def list_(
     defined: Annotated[
         bool, typer.Option("--defined", help="List the registered workflows instead.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The newest runs, filtered (or, with --defined, the workflows that can be started)."""
     from orchestration import registry
@@ -146,26 +192,25 @@ def list_(
 
     if defined:
         _engine()  # imports ``actors``, which loads the user's modules and their workflows
-        for name in registry.names():
-            events = ", ".join(registry.events_of(name))
-            version = registry.get(name).version
-            console.print(f"{name}  v{version}" + (f"  (on {events})" if events else ""), highlight=False)
+        rows = [
+            {"name": name, "version": registry.get(name).version, "events": list(registry.events_of(name))}
+            for name in registry.names()
+        ]
+        if as_json:
+            print_rows(rows, fields=DEFINED_FIELDS, as_json=True)
+            return
+        for row in rows:
+            on = f"  (on {', '.join(row['events'])})" if row["events"] else ""
+            console.print(f"{row['name']}  v{row['version']}{on}", highlight=False)
         return
     if status and status not in {s.value for s in RunStatus}:
         raise _fail(f"unknown status {status!r}; use one of {', '.join(s.value for s in RunStatus)}")
-    table = Table("workflow", "status", "open", "created", "finished", "error")
-    table.columns.insert(0, Column("run id", no_wrap=True, min_width=32))
-    for run in list_runs(_database(), status=status, workflow=workflow, limit=limit):
-        table.add_row(
-            run.run_id,
-            run.workflow,
-            run.status,
-            str(run.open_steps),
-            str(run.created_at),
-            str(run.finished_at or ""),
-            (run.error or "")[:60],
-        )
-    console.print(table)
+    rows = [run.model_dump() for run in list_runs(_database(), status=status, workflow=workflow, limit=limit)]
+    if not as_json:
+        for row in rows:  # the table shows the start of an error; show and --json have all of it
+            row["error"] = (row["error"] or "")[:60]
+    fields = RUN_FIELDS if as_json else tuple(field for field in RUN_FIELDS if field != "inputs")
+    print_rows(rows, fields=fields, as_json=as_json)
 
 
 def _label(step) -> str:
@@ -185,8 +230,14 @@ def _label(step) -> str:
     return "  ".join(parts)
 
 
+def _step_record(step) -> dict[str, Any]:
+    """``step`` with ``STEP_FIELDS``, as the HTTP API's step view names them."""
+    extra = {"compensate_with": (step.spec or {}).get("compensate_with"), "group": step.group_name}
+    return {field: extra[field] if field in extra else getattr(step, field) for field in STEP_FIELDS}
+
+
 @workflow_app.command("show")
-def show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
+def show(run_id: Annotated[str, typer.Argument(help="Run id.")], as_json: JsonOption = False) -> None:
     """The run and a tree of its steps (each under its first dependency) with status,
     attempts, timings and errors."""
     from storage import get_run, get_steps
@@ -195,6 +246,11 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
     run = get_run(database, run_id)
     if run is None:
         raise _fail(f"no run with id {run_id!r}")
+    if as_json:
+        record = {field: getattr(run, field) for field in (*RUN_FIELDS, *RUN_DETAIL_FIELDS)}
+        steps = [{k: plain(v) for k, v in _step_record(step).items()} for step in get_steps(database, run_id)]
+        print_record({**record, "steps": steps}, as_json=True)
+        return
     style = STATUS_STYLES.get(run.status, "white")
     header = (
         f"[bold]{run.workflow}[/bold] {run.run_id} [{style}]{run.status}[/{style}]  created {run.created_at}"
@@ -214,7 +270,7 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
 
 
 @workflow_app.command("history")
-def history(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
+def history(run_id: Annotated[str, typer.Argument(help="Run id.")], as_json: JsonOption = False) -> None:
     """The run's event history, oldest first: started, dispatched, claimed, succeeded, failed,
     retrying, compensation started/compensated, cancel requested, resumed, forked, its end."""
     from storage import get_history, get_run
@@ -222,6 +278,13 @@ def history(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
     database = _database()
     if get_run(database, run_id) is None:
         raise _fail(f"no run with id {run_id!r}")
+    if as_json:
+        print_rows(
+            (entry.model_dump() for entry in get_history(database, run_id)),
+            fields=HISTORY_FIELDS,
+            as_json=True,
+        )
+        return
     for entry in get_history(database, run_id):
         parts = [entry.at.isoformat(sep=" ", timespec="milliseconds"), entry.kind]
         if entry.step is not None:
