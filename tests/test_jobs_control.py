@@ -127,6 +127,30 @@ def test_non_retryable_error_goes_straight_to_dead_letters(harness, settings):
 
 
 @sqlite_only
+def test_a_dead_letter_is_never_visible_without_its_reason(harness, settings, monkeypatch):
+    """The reason is kept before the nack moves the message: a reader between the two
+    steps (``dlq list``, the API) must not see "unknown"."""
+    seen_at_nack = []
+    consumer_class = type(harness.consume("default"))
+    original_nack = consumer_class.nack
+
+    def nack(self, message):
+        original_nack(self, message)
+        seen_at_nack.extend(letter.reason for letter in list_dead_letters(harness))
+
+    monkeypatch.setattr(consumer_class, "nack", nack)
+
+    @dramatiq.actor(broker=harness, max_retries=0)
+    def fails_once():
+        raise RuntimeError("no quote")
+
+    message = fails_once.send()
+    harness.start_worker()
+    _row(settings, message.message_id, status="dead_letter")
+    assert seen_at_nack == ["failed 1 attempts, last: RuntimeError: no quote"]
+
+
+@sqlite_only
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
 def test_dlq_cli_lists_shows_retries_and_purges(harness, settings):

@@ -48,7 +48,10 @@ class _Workers(WorkerProcesses):
     """Workers of ``tests.jobs_actors``, one process of one thread, on the queues named."""
 
     def start(self, *queues: str) -> subprocess.Popen:
-        return super().start("-p", "1", "-t", "1", "-Q", *queues)
+        # A worker killed by its first message never says it is ready, and Dramatiq's main
+        # process would wait 30 s for that before noticing: under load, three of those
+        # outlast the test.
+        return super().start("-p", "1", "-t", "1", "--worker-fork-timeout", "2000", "-Q", *queues)
 
 
 @pytest.fixture

@@ -457,11 +457,11 @@ class WakeupConsumer(_RedisConsumer):
             reason,
             data,
         )
-        self.broker.do_dispatch("nack", self.queue_name, redis_id)
         record = json.dumps({"reason": reason, "attempts": 1})
         queue_client(self.broker, self.queue_name).hset(
             dead_letter_reasons_key(self.broker.namespace), redis_id, record
         )
+        self.broker.do_dispatch("nack", self.queue_name, redis_id)
 
     def _send_acks(self, acks: list[str]) -> None:
         """Ack ``acks`` now (on close).  On a failure they stay pending, for the consumer

@@ -81,10 +81,28 @@ class DeadLetterLog(Middleware):
         #: The live-events stream (an ``actors.broker.EventLog``, set by ``actors.broker``), or None.
         self.events = None
 
-    def after_nack(self, broker: Broker, message: Message) -> None:
+    def before_nack(self, broker: Broker, message: Message) -> None:
+        # Kept before the nack moves the message to the dead letters, so that no reader
+        # ever sees a dead letter without its reason.
         redis_id = message.options.get("redis_message_id")
         if redis_id is None:
             return
+        client = queue_client(broker, message.queue_name)
+        client.hset(dead_letter_reasons_key(broker.namespace), redis_id, json.dumps(self._record(message)))
+
+    def after_nack(self, broker: Broker, message: Message) -> None:
+        if self.events is None or message.options.get("redis_message_id") is None:
+            return
+        self.events.append(
+            "job.dead",
+            queue=q_name(message.queue_name),
+            job=message.message_id,
+            actor=message.actor_name,
+            reason=self._record(message)["reason"],
+        )
+
+    @staticmethod
+    def _record(message: Message) -> dict:
         exception = getattr(message, "_exception", None)
         reason = message.options.get(DEAD_LETTER_REASON) or (
             describe_exception(exception) if exception is not None else "failed"
@@ -93,16 +111,7 @@ class DeadLetterLog(Middleware):
         if exception is not None and exception.__traceback__ is not None:
             lines = traceback.format_exception(type(exception), exception, exception.__traceback__)
             record["traceback"] = "".join(lines)[-MAX_TRACEBACK_CHARS:]
-        client = queue_client(broker, message.queue_name)
-        client.hset(dead_letter_reasons_key(broker.namespace), redis_id, json.dumps(record))
-        if self.events is not None:
-            self.events.append(
-                "job.dead",
-                queue=q_name(message.queue_name),
-                job=message.message_id,
-                actor=message.actor_name,
-                reason=reason,
-            )
+        return record
 
 
 def list_dead_letters(broker: RedisBroker, *, queue: str | None = None) -> list[DeadLetter]:
