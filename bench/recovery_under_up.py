@@ -10,12 +10,13 @@ Two figures (docs/jobs.md states them), each in a namespace of its own:
 
 Defaults: heartbeat timeout 60 s, recovery pass 15 s, three deliveries; one worker process
 of one thread; SQLite in a temporary folder.  Usage:
-``python bench/recovery_under_up.py [REDIS_URL] [--rounds N]``.
+``python bench/recovery_under_up.py [REDIS_URL] [--rounds N] [--smoke]``.  ``--smoke``: one round,
+one delivery before the dead letters (one crash instead of three), no wait for ``up`` to boot
+before the poison message; its figures mean little.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -24,19 +25,47 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from dramatiq.message import Message
 
-from actors.middleware import list_dead_letters, worker_processes
-from actors.runtime import audit_writer_of, build_broker
-from actors.settings import Settings
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
 
-#: Longest wait for either figure, in seconds.
-LIMIT = 180
+from actors.middleware import list_dead_letters, worker_processes  # noqa: E402
+from actors.runtime import audit_writer_of, build_broker  # noqa: E402
+from actors.settings import Settings  # noqa: E402
+from api.stack import STOP_TIMEOUT  # noqa: E402
+from bench import harness  # noqa: E402
+
+#: Seconds ``up`` gets to stop: more than it gives its worker masters before killing their
+#: groups, which are not in its own (killed sooner, it would leave them running).
+UP_STOP_TIMEOUT = STOP_TIMEOUT + 15
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How each round runs: :data:`FULL` and :data:`SMOKE`.
+
+    Parameters:
+      limit: longest wait for either figure, in seconds.
+      job: seconds the killed job runs; once restarted, ``up``'s stop waits for it to finish.
+      boot: seconds ``up`` and its worker get to boot before the poison message is sent.
+      max_deliveries: the quarantine's ``max_deliveries`` (the restart keeps the default: with
+        one delivery, the killed job would be dead-lettered instead of restarted).
+    """
+
+    limit: float = 180.0
+    job: float = 600.0
+    boot: float = 5.0
+    max_deliveries: int = Settings.model_fields["max_deliveries"].default
+
+
+#: The benchmark; ``--smoke``: one crash to the dead letters, to check the bench runs.
+FULL = Timing()
+SMOKE = Timing(limit=60.0, job=3.0, boot=0.0, max_deliveries=1)
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -47,6 +76,7 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def _up(settings: Settings) -> subprocess.Popen:
+    """``tradeflow up`` with one worker process, leading a process group of its own."""
     command = [
         str(Path(sys.executable).with_name("tradeflow")),
         "up",
@@ -54,69 +84,55 @@ def _up(settings: Settings) -> subprocess.Popen:
         "--no-scheduler",
         "--no-api",
     ]
-    return subprocess.Popen(
-        command,
-        env=_env(settings),
-        cwd=REPO_ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return harness.start(
+        command, env=_env(settings), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
-def _stop(up: subprocess.Popen) -> None:
-    up.send_signal(signal.SIGTERM)
-    try:
-        up.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(up.pid, signal.SIGKILL)
-        up.wait()
-
-
-def _wait(predicate, what: str) -> float:
-    deadline = time.monotonic() + LIMIT
+def _wait(predicate, what: str, timing: Timing) -> float:
+    deadline = time.monotonic() + timing.limit
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {LIMIT}s")
+            raise TimeoutError(f"no {what} within {timing.limit:.0f}s")
         time.sleep(0.05)
     return time.monotonic()
 
 
-def restart_after_kill(settings: Settings) -> float:
+def restart_after_kill(settings: Settings, timing: Timing) -> float:
     """Seconds from the SIGKILL of the worker process running a job to the job's next start."""
     producer = build_broker(settings)
     client, key = producer.client, f"{settings.namespace}:marks"
     up = _up(settings)
     try:
         producer.enqueue(
-            Message(queue_name="idle", actor_name="slow", args=(key, 600.0), kwargs={}, options={})
+            Message(queue_name="idle", actor_name="slow", args=(key, timing.job), kwargs={}, options={})
         )
-        _wait(lambda: client.llen(f"{key}:starts") >= 1, "first start")
+        _wait(lambda: client.llen(f"{key}:starts") >= 1, "first start", timing)
         master = int(next(p for p in _children(up.pid)))
         [pid] = worker_processes(producer, master_pid=master)
         os.kill(pid, signal.SIGKILL)
         killed = time.time()
-        _wait(lambda: client.llen(f"{key}:starts") >= 2, "restart")
+        _wait(lambda: client.llen(f"{key}:starts") >= 2, "restart", timing)
         return float(client.lindex(f"{key}:starts", 1)) - killed
     finally:
-        _stop(up)
+        harness.finish(up, timeout=UP_STOP_TIMEOUT)
         audit_writer_of(producer).close(5)
 
 
-def quarantine(settings: Settings) -> float:
+def quarantine(settings: Settings, timing: Timing) -> float:
     """Seconds from sending a poison message to its dead letter."""
     producer = build_broker(settings)
     key = f"{settings.namespace}:marks"
     up = _up(settings)
     try:
-        time.sleep(5)  # up and its worker booted: the figure counts the crashes, not the first boot
+        time.sleep(timing.boot)  # up and its worker booted: the figure counts the crashes, not the first boot
         sent = time.monotonic()
         producer.enqueue(
             Message(queue_name="crashing", actor_name="crash", args=(key,), kwargs={}, options={})
         )
-        return _wait(lambda: list_dead_letters(producer), "dead letter") - sent
+        return _wait(lambda: list_dead_letters(producer), "dead letter", timing) - sent
     finally:
-        _stop(up)
+        harness.finish(up, timeout=UP_STOP_TIMEOUT)
         audit_writer_of(producer).close(5)
 
 
@@ -129,21 +145,25 @@ def _children(pid: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__.splitlines()[0])
     parser.add_argument("redis_url", nargs="?", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--rounds", type=int, default=3)
-    options = parser.parse_args()
+    options = harness.parse(parser)
+    timing = FULL
+    if options.smoke:
+        timing, options.rounds = SMOKE, 1
     restarts, quarantines = [], []
-    with tempfile.TemporaryDirectory() as folder:
+    with harness.supervised(), tempfile.TemporaryDirectory() as folder:
         for round_ in range(options.rounds):
             for figure, results in ((restart_after_kill, restarts), (quarantine, quarantines)):
                 settings = Settings(
                     redis_url=options.redis_url,
                     namespace=f"bench-up-{uuid.uuid4().hex[:8]}",
                     database_url=f"sqlite:///{folder}/{figure.__name__}-{round_}.db",
+                    **({"max_deliveries": timing.max_deliveries} if figure is quarantine else {}),
                 )
                 try:
-                    results.append(figure(settings))
+                    results.append(figure(settings, timing))
                 finally:
                     client = redis.Redis.from_url(options.redis_url)
                     for key in client.scan_iter(match=f"{settings.namespace}*", count=1000):
@@ -154,9 +174,13 @@ def main() -> None:
         f"max {max(restarts):.1f} s (target 10 s)"
     )
     print(
-        f"poison message to the dead letters (3 crashes): median {statistics.median(quarantines):.1f} s, "
-        f"max {max(quarantines):.1f} s (target 30 s)"
+        f"poison message to the dead letters ({timing.max_deliveries} crashes): "
+        f"median {statistics.median(quarantines):.1f} s, max {max(quarantines):.1f} s (target 30 s)"
     )
+    for name, results in (("restart", restarts), ("quarantine", quarantines)):
+        harness.figure(f"{name}.median_s", statistics.median(results), "s")
+        harness.figure(f"{name}.max_s", max(results), "s")
+    harness.figure("quarantine.deliveries", timing.max_deliveries)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ enqueues ``--messages`` critical messages through tradeflow's broker with
 ``TRADEFLOW_REDIS_CONFIRM_REPLICAS`` 0 (no wait) and 1 (each enqueue waits until the replica
 has it), from 1 and from ``--threads`` producer threads, and prints messages per second::
 
-    .venv/bin/python bench/redis_confirm.py [--messages 5000] [--threads 8]
+    .venv/bin/python bench/redis_confirm.py [--messages 5000] [--threads 8] [--smoke]
+
+``--smoke``: 100 messages, from 1 and 2 threads; its figures mean nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import shutil
 import socket
@@ -31,6 +32,10 @@ from dramatiq.message import Message  # noqa: E402
 
 from actors import build_broker  # noqa: E402
 from actors.settings import Settings  # noqa: E402
+from bench import harness  # noqa: E402
+
+#: Seconds a server gets to answer, and the replica to be in sync with the primary.
+READY_TIMEOUT = 30.0
 
 
 @contextlib.contextmanager
@@ -41,20 +46,30 @@ def redis_server(*args: str) -> Iterator[int]:
         port = probe.getsockname()[1]
     command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
     folder = tempfile.mkdtemp(prefix="redis-confirm-")  # a replica's full sync writes an RDB file there
-    server = subprocess.Popen([*command, "--dir", folder, *args], stdout=subprocess.DEVNULL)
+    server = harness.start([*command, "--dir", folder, *args], stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     try:
-        for _ in range(200):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.05)
+        _wait_until(lambda: _answers(client), f"redis-server on port {port} answering")
         yield port
     finally:
         client.close()
-        server.terminate()
-        server.wait(10)
+        harness.finish(server)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+def _wait_until(predicate, what: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {READY_TIMEOUT:.0f} s")
+        time.sleep(0.05)
 
 
 def rate(settings: Settings, *, messages: int, threads: int) -> tuple[float, int]:
@@ -93,21 +108,27 @@ def _wait_calls(client: redis.Redis) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=5_000)
-    parser.add_argument("--threads", type=int, default=8)
-    args = parser.parse_args()
+    parser = harness.parser(__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5_000, help="critical enqueues per measure")
+    parser.add_argument("--threads", type=int, default=8, help="producer threads of the second row")
+    args = harness.parse(parser)
+    if args.smoke:
+        args.messages, args.threads = 100, 2
     with (
+        harness.supervised(),
         tempfile.TemporaryDirectory() as folder,
         redis_server() as primary,
         redis_server("--replicaof", "127.0.0.1", str(primary)) as replica,
     ):
         replica_client = redis.Redis(port=replica)
-        while replica_client.info("replication").get("master_link_status") != "up":
-            time.sleep(0.05)
+        _wait_until(
+            lambda: replica_client.info("replication").get("master_link_status") == "up",
+            "replica in sync",
+        )
+        replica_client.close()
         print(f"{args.messages} critical enqueues, primary :{primary}, replica :{replica}")
         print(f"{'producers':>10} {'no confirm':>12} {'WAIT 1':>12} {'ratio':>7} {'WAITs':>7}")
-        for threads in (1, args.threads):
+        for row, threads in (("single", 1), ("threaded", args.threads)):
             rates, waits = [], 0
             for replicas in (0, 1):
                 settings = Settings(
@@ -122,6 +143,12 @@ def main() -> None:
                 rates.append(per_second)
             ratio = rates[1] / rates[0]
             print(f"{threads:>10} {rates[0]:>10.0f}/s {rates[1]:>10.0f}/s {ratio:>7.2f} {waits:>7}")
+            # by row, not by thread count, so that a smoke run's names are the full run's
+            harness.figure(f"{row}.producers", threads)
+            harness.figure(f"{row}.no_confirm_per_s", rates[0], "msg/s")
+            harness.figure(f"{row}.wait_1_per_s", rates[1], "msg/s")
+            harness.figure(f"{row}.ratio", ratio)
+            harness.figure(f"{row}.waits", waits)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,23 @@ def bench_scripts() -> set[str]:
     return {path.name for path in BENCH.glob("*.py") if 'if __name__ == "__main__":' in path.read_text()}
 
 
-#: One smoke run per bench: (script, extra arguments, figures it must print among others).  The
+#: One smoke run per bench: (script, extra arguments, figures it must print among others); in the
+#: arguments, ``{tmp}`` is the test's temporary folder and ``{redis_url}`` the tests' Redis.  The
 #: other modes of a bench take ``--smoke`` too (``tracing_overhead.py --smoke --full-stack-cpu URL``:
 #: about 15 s) but are left out, for the suite's time.
 CASES = [
+    (
+        "capacity.py",
+        [],
+        {
+            "plain_job.redis_cpu_us",
+            "job_with_audit.pg_rows",
+            "workflow_step.commands",
+            "redis_benchmark.cpu_us_per_request",
+            "postgres.batched_rows_per_s",
+        },
+    ),
+    ("core_install.py", [], {"core.site_packages_mb", "core.db_upgrade_ok", "core.send_ping_ok"}),
     ("data_fetch.py", [], {"fetch_empty.rows_per_s", "merge.rows_per_s", "append.rows_per_s"}),
     (
         "ib_batch.py",
@@ -59,6 +72,8 @@ CASES = [
         },
     ),
     ("message_cost.py", [], {"raw_dramatiq.worker_cpu_us", "tradeflow_sqlite_audit.worker_cpu_us"}),
+    ("recovery_under_up.py", ["{redis_url}"], {"restart.median_s", "quarantine.median_s"}),
+    ("redis_confirm.py", [], {"single.wait_1_per_s", "threaded.no_confirm_per_s", "threaded.ratio"}),
     (
         "strategy.py",
         [],
@@ -111,7 +126,7 @@ def test_figure_lines_read_back_and_a_malformed_one_fails(capsys: pytest.Capture
 
 #: Benches written beside the smoke harness that take no ``--smoke`` yet (issue 32 stays open for them).
 #: A new bench outside this list and without a case still fails the test below.
-NOT_YET_SMOKED = {"api.py", "capacity.py", "core_install.py", "recovery_under_up.py", "redis_confirm.py"}
+NOT_YET_SMOKED = {"api.py"}
 
 
 def test_every_bench_has_a_smoke_case() -> None:
@@ -122,7 +137,10 @@ def test_every_bench_has_a_smoke_case() -> None:
 @pytest.mark.parametrize(
     ("script", "arguments", "expected"),
     CASES,
-    ids=[" ".join([script, *arguments]).replace("{tmp}", "") for script, arguments, _ in CASES],
+    ids=[
+        " ".join([script, *arguments]).replace("{tmp}", "").replace(" {redis_url}", "")
+        for script, arguments, _ in CASES
+    ],
 )
 def test_bench_runs_in_smoke_mode(
     script: str, arguments: list[str], expected: set[str], redis_url: str, tmp_path: Path
@@ -133,7 +151,7 @@ def test_bench_runs_in_smoke_mode(
             pytest.fail(message)
         pytest.skip(message)
     command = [sys.executable, str(BENCH / script), "--smoke"]
-    command += [argument.format(tmp=tmp_path) for argument in arguments]
+    command += [argument.format(tmp=tmp_path, redis_url=redis_url) for argument in arguments]
     result = subprocess.run(
         command, env=bench_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=170
     )
@@ -169,13 +187,29 @@ def _descendants(pid: int) -> dict[int, str]:
     return found
 
 
+#: Interrupted benches: (script, extra arguments, signal).  ``latency.py`` runs a Redis server, a
+#: worker master and its worker, each leading a group; ``recovery_under_up.py`` runs ``tradeflow up``,
+#: whose worker master leads a group of its own, which ``up`` alone stops.
+INTERRUPTED = [
+    ("latency.py", [], signal.SIGINT),
+    ("latency.py", [], signal.SIGTERM),
+    ("recovery_under_up.py", ["{redis_url}"], signal.SIGTERM),
+]
+
+
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupted_bench_leaves_no_process_behind(number: int, redis_url: str) -> None:
-    """``bench/latency.py``, stopped once its Redis server, worker master and worker processes
-    run: every process it started is gone when it has exited."""
+@pytest.mark.parametrize(
+    ("script", "arguments", "number"),
+    INTERRUPTED,
+    ids=[f"{script}-{signal.Signals(number).name}" for script, _, number in INTERRUPTED],
+)
+def test_an_interrupted_bench_leaves_no_process_behind(
+    script: str, arguments: list[str], number: int, redis_url: str
+) -> None:
+    """A bench stopped once three processes of its run (children and theirs): every process it
+    started, and every process they started, is gone when it has exited."""
     bench = subprocess.Popen(
-        [sys.executable, str(BENCH / "latency.py"), "--smoke"],
+        [sys.executable, str(BENCH / script), "--smoke", *[a.format(redis_url=redis_url) for a in arguments]],
         env=bench_env(),
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
@@ -188,7 +222,7 @@ def test_an_interrupted_bench_leaves_no_process_behind(number: int, redis_url: s
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             seen |= _descendants(bench.pid)
-            if len(_descendants(bench.pid)) >= 3:  # redis-server, the worker master, its worker
+            if len(_descendants(bench.pid)) >= 3:  # e.g. redis-server, the worker master, its worker
                 break
             time.sleep(0.05)
         else:
