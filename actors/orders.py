@@ -5,7 +5,9 @@ from the gateway first when there is none), ``reserve_funds`` / ``release_funds`
 aside in Redis), ``place_order`` / ``cancel_order`` (through the process's ib_async session)
 and ``wait_for_fill`` (the gateway's executions).  Domain code: :mod:`actors.accounts.orders`.
 A bad order, a refusal or a timeout raises an error in ``throws``: the step fails at once and
-the workflow compensates in reverse order.
+the workflow compensates in reverse order.  ``place_order`` places at most one order per step
+(by ``orderRef``, see :func:`actors.accounts.orders.place_once`) and is retried while the
+gateway is unavailable; ``cancel_order`` leaves an order already filled or cancelled alone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import dramatiq
 
 from actors.accounts import FillTimeout, FundReservations, Order, OrderRejected, check_order
 from actors.accounts import orders as domain
-from actors.ib import runtime
+from actors.ib import GatewayUnavailable, runtime
 from actors.portfolio import account_of, portfolio_service
 from saga import current_step
 from storage.portfolio import latest_snapshot
@@ -25,6 +27,10 @@ from storage.portfolio import latest_snapshot
 QUEUE = "orders"
 
 _OPTIONS = {"queue_name": QUEUE, "max_retries": 0, "throws": (OrderRejected, FillTimeout)}
+
+#: Retries of ``place_order`` while the gateway is unavailable, and the longest backoff (ms)
+#: between two tries of ``place_order`` or ``cancel_order``.
+GATEWAY_RETRIES, GATEWAY_BACKOFF_MS = 5, 30_000
 
 
 def _reservations() -> FundReservations:
@@ -74,17 +80,30 @@ def release_funds(order: dict, risk: dict | None = None, *, result: dict) -> dic
     return {"released": released, "reservation": result["reservation"]}
 
 
-@dramatiq.actor(**_OPTIONS, time_limit=60_000)
+def _gateway_down(retries: int, exception: BaseException) -> bool:
+    """Retry ``place_order`` while the gateway cannot be asked (it looks again, then places);
+    any other failure is final."""
+    return isinstance(exception, GatewayUnavailable) and retries < GATEWAY_RETRIES
+
+
+@dramatiq.actor(
+    **_OPTIONS, retry_when=_gateway_down, min_backoff=1_000, max_backoff=GATEWAY_BACKOFF_MS, time_limit=60_000
+)
 def place_order(order: dict, reservation: dict | None = None) -> dict:
-    """Send the order to the gateway; returns its ids and first status."""
+    """Send the order to the gateway, at most once per step: its ``orderRef`` is the step's
+    idempotency key, and a redelivery that finds an order with it at the gateway adopts that
+    order.  Returns its ids, ``order_ref``, status and whether it was ``adopted``."""
     request, reference = _order(order), _reference()
-    return portfolio_service().session.call(lambda ib: domain.place(ib, request, reference=reference))
+    return domain.place_once(portfolio_service().session, request, reference=reference)
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, time_limit=60_000)
+@dramatiq.actor(
+    queue_name=QUEUE, max_retries=3, min_backoff=1_000, max_backoff=GATEWAY_BACKOFF_MS, time_limit=60_000
+)
 def cancel_order(order: dict, reservation: dict | None = None, *, result: dict) -> dict:
-    """Compensation of ``place_order``: cancel the order unless it filled."""
-    return portfolio_service().session.call(lambda ib: domain.cancel(ib, result))
+    """Compensation of ``place_order``: cancel the order if it still works at the gateway; the
+    result says what happened (``cancelled``, ``status``, ``reason``: already filled, cancelled...)."""
+    return domain.cancel_once(portfolio_service().session, result)
 
 
 @dramatiq.actor(**_OPTIONS, time_limit=600_000)

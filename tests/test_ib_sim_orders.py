@@ -53,3 +53,56 @@ def test_a_held_order_is_cancelled_and_a_rejected_one_is_inactive():
             assert any(entry.errorCode == 201 for entry in rejected.log)
         finally:
             ib.disconnect()
+
+
+def test_open_and_completed_orders_are_listed_with_their_order_ref_to_any_client():
+    scenario = demo_scenario(holdings=2)
+    scenario.order_fills = "hold"
+    with GatewaySimulator(scenario=scenario) as gateway:
+        ib = _connected(gateway, 5)
+        other = _connected(gateway, 6)
+        try:
+            held = ib_async.LimitOrder("BUY", 3, 49.5, account="DU1", orderRef="run:place:step:1")
+            ib.placeOrder(ib_async.Stock("SYM1", "SMART", "USD"), held)
+            scenario.order_fills = "fill"
+            filled = ib_async.MarketOrder("SELL", 2, account="DU1", orderRef="run:place:step:2")
+            ib.placeOrder(ib_async.Stock("SYM0", "SMART", "USD"), filled)
+            ib.sleep(0.3)
+            (working,) = other.reqAllOpenOrders()
+            assert other.reqOpenOrders() == []  # reqOpenOrders: this client's orders only
+            (done,) = other.reqCompletedOrders(apiOnly=True)
+        finally:
+            other.disconnect()
+            ib.disconnect()
+    order, status = working.order, working.orderStatus
+    assert (order.orderRef, order.clientId, order.orderId, order.permId) == (
+        "run:place:step:1",
+        5,
+        held.orderId,
+        900001,
+    )
+    assert (working.contract.symbol, order.action, order.totalQuantity, order.lmtPrice, order.account) == (
+        "SYM1", "BUY", 3.0, 49.5, "DU1",
+    )  # fmt: skip
+    assert (status.status, status.filled, status.remaining) == ("Submitted", 0.0, 3.0)
+    order = done.order
+    assert (order.orderRef, order.permId, order.filledQuantity, done.orderStatus.status) == (
+        "run:place:step:2", 900002, 2.0, "Filled",
+    )  # fmt: skip
+    assert (done.contract.symbol, order.action, order.orderType) == ("SYM0", "SELL", "MKT")
+
+
+def test_a_delayed_ack_leaves_the_order_accepted_and_filled_at_the_gateway():
+    scenario = demo_scenario(holdings=1)
+    scenario.order_ack_delay_ms = 600
+    with GatewaySimulator(scenario=scenario) as gateway:
+        ib = _connected(gateway, 5)
+        try:
+            trade = ib.placeOrder(ib_async.Stock("SYM0", "SMART", "USD"), ib_async.MarketOrder("BUY", 1))
+            ib.sleep(0.3)
+            assert trade.orderStatus.status == "PendingSubmit"  # no answer yet ...
+            assert [o.status for o in gateway.orders.orders.values()] == ["Filled"]  # ... but done there
+            ib.sleep(0.6)
+            assert trade.orderStatus.status == "Filled"
+        finally:
+            ib.disconnect()

@@ -10,10 +10,12 @@ how long ``wait_for_fill`` waits, default :data:`FILL_TIMEOUT_S`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from actors.ib.session import GatewayUnavailable, IBSession
 from storage.ib_models import PortfolioSnapshot
 
 from .risk_limits import RiskLimits
@@ -42,8 +44,16 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return {1, ARGV[2]}
 """
 
+#: Seconds between two looks at the gateway while a cancel takes effect.
+CANCEL_POLL_S = 0.1
+
 #: Order statuses after which an order is no longer working.
 DONE_STATUSES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
+
+#: Statuses of an order that ended without (fully) filling.
+CANCELLED_STATUSES = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
+
+logger = logging.getLogger(__name__)
 
 
 class OrderRejected(Exception):
@@ -52,6 +62,15 @@ class OrderRejected(Exception):
 
 class FillTimeout(Exception):
     """The order was not filled in time; the workflow compensates (cancel, release)."""
+
+
+class OrderLookupFailed(GatewayUnavailable):
+    """The gateway could not say whether the step's order exists, so nothing was placed; the
+    step is retried (it looks again before it places)."""
+
+
+class CancelNotConfirmed(Exception):
+    """The order still works at the gateway after the cancel; the compensation is retried."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +176,78 @@ class FundReservations:
         return {key.decode(): float(value) for key, value in raw.items()}
 
 
+def place_once(session: IBSession, order: Order, *, reference: str) -> dict[str, Any]:
+    """Place ``order`` with ``orderRef`` ``reference`` unless the gateway already has an order
+    with that reference (placed by an earlier delivery of the step that died before its outcome
+    was recorded): that one is adopted instead, never doubled.
+
+    Raises :class:`OrderLookupFailed` when the gateway cannot be asked (nothing is placed
+    blind) and :class:`OrderRejected` when the order (new or adopted) was refused or cancelled.
+    """
+    try:
+        found = session.call(lambda ib: find(ib, reference=reference))
+    except GatewayUnavailable as exc:
+        raise OrderLookupFailed(
+            f"cannot look up orderRef {reference!r} at the gateway, so no order was placed "
+            f"(the step is retried): {exc.reason}",
+            retry_in=exc.retry_in,
+        ) from exc
+    if found:
+        return _adopt(found, reference)
+    return session.call(lambda ib: place(ib, order, reference=reference))
+
+
+def cancel_once(session: IBSession, placed: dict[str, Any]) -> dict[str, Any]:
+    """Cancel the order ``place_once`` returned, as the gateway knows it now: an order already
+    filled, cancelled or unknown there is left alone and the result says so (``cancelled``
+    False, ``status``, ``reason``).  Raises :class:`CancelNotConfirmed` when the order still
+    works after :data:`STATUS_TIMEOUT_S`, and ``GatewayUnavailable`` when the gateway cannot be
+    asked (both retried by the compensation)."""
+    reference, perm_id = placed.get("order_ref"), placed.get("perm_id")
+    found = session.call(lambda ib: find(ib, reference=reference, perm_id=perm_id))
+    if not found:
+        return _cancel_result(
+            placed, None, "the gateway does not list the order (not today's, or never placed)"
+        )
+    trade = found[0]
+    if trade.orderStatus.status in DONE_STATUSES:
+        return _cancel_result(placed, trade, f"already {trade.orderStatus.status.lower()}")
+    # the order id is the placing client's: a gateway lets only that client cancel it
+    session.call(lambda ib: _send_cancel(ib, trade.order.orderId))
+    deadline = time.monotonic() + STATUS_TIMEOUT_S
+    while trade.orderStatus.status not in DONE_STATUSES:
+        if time.monotonic() >= deadline:
+            raise CancelNotConfirmed(
+                f"order {trade.order.permId} (orderRef {trade.order.orderRef!r}) is still "
+                f"{trade.orderStatus.status} {STATUS_TIMEOUT_S:g}s after its cancel"
+            )
+        time.sleep(CANCEL_POLL_S)
+        found = session.call(lambda ib: find(ib, reference=reference, perm_id=perm_id)) or found
+        trade = found[0]
+    status = trade.orderStatus.status
+    if status in CANCELLED_STATUSES:
+        return {**_cancel_result(placed, trade, "cancelled"), "cancelled": True}
+    return _cancel_result(placed, trade, f"{status.lower()} before the cancel took effect")
+
+
+async def find(ib, *, reference: str | None, perm_id: int | None = None) -> list:
+    """The gateway's orders (ib_async ``Trade``) with ``orderRef`` ``reference`` or permId
+    ``perm_id``, whichever client placed them: the working ones (``reqAllOpenOrders``), then
+    the completed ones (``reqCompletedOrders``), one per permId, oldest first."""
+    # open orders first: an order completing between the two answers is then in one of them
+    working = await ib.reqAllOpenOrdersAsync()
+    completed = await ib.reqCompletedOrdersAsync(apiOnly=True)
+    found = {}
+    for trade in [*working, *completed]:  # a completed record replaces a stale open one
+        order = trade.order
+        if (reference and order.orderRef == reference) or (perm_id and order.permId == perm_id):
+            found[order.permId] = trade
+    return [found[key] for key in sorted(found)]
+
+
 async def place(ib, order: Order, *, reference: str) -> dict[str, Any]:
-    """Place ``order`` (``reference``: its ``orderRef``) and wait for the gateway's status."""
+    """Place ``order`` (``reference``: its ``orderRef``) and wait for the gateway's status;
+    :func:`place_once` looks for an earlier one first."""
     import ib_async
 
     contract = ib_async.Stock(order.symbol, "SMART", "USD")
@@ -172,29 +261,76 @@ async def place(ib, order: Order, *, reference: str) -> dict[str, Any]:
     while trade.orderStatus.status in ("PendingSubmit", "ApiPending", "") and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     status = trade.orderStatus
-    if status.status in ("Inactive", "Cancelled", "ApiCancelled"):
+    if status.status in CANCELLED_STATUSES:
         errors = "; ".join(f"{e.errorCode} {e.message}" for e in trade.log if e.errorCode) or status.status
         raise OrderRejected(f"the gateway did not accept the order: {errors}")
     return {
         "order_id": request.orderId,
         "perm_id": status.permId,
         "client_id": ib.client.clientId,
+        "order_ref": reference,
         "status": status.status,
         "filled": status.filled,
         "avg_price": status.avgFillPrice,
+        "adopted": False,
     }
 
 
-async def cancel(ib, placed: dict[str, Any]) -> dict[str, Any]:
-    """Cancel the order ``place`` returned (nothing to do once it is filled)."""
-    if placed.get("status") == "Filled":
-        return {"cancelled": False, "reason": "already filled"}
-    trade = next((t for t in ib.trades() if t.order.permId == placed.get("perm_id")), None)
-    ib.client.cancelOrder(placed["order_id"], "")
-    deadline = time.monotonic() + STATUS_TIMEOUT_S
-    while trade is not None and trade.orderStatus.status not in DONE_STATUSES and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return {"cancelled": True, "order_id": placed["order_id"], "status": trade and trade.orderStatus.status}
+def _adopt(found: list, reference: str) -> dict[str, Any]:
+    """The result of an order an earlier delivery placed (the oldest, should there be more)."""
+    trade = found[0]
+    order, status = trade.order, trade.orderStatus
+    if len(found) > 1:
+        logger.error(
+            "%d orders carry orderRef %r at the gateway; adopting permId %d",
+            len(found),
+            reference,
+            order.permId,
+        )
+    if status.status in CANCELLED_STATUSES:
+        raise OrderRejected(
+            f"the order placed earlier with orderRef {reference!r} (permId {order.permId}) is {status.status}"
+        )
+    logger.warning(
+        "orderRef %r is at the gateway already (permId %d, %s): adopted, not placed again",
+        reference,
+        order.permId,
+        status.status,
+    )
+    return {
+        "order_id": order.orderId,  # 0 for a completed order: the gateway does not list it
+        "perm_id": order.permId,
+        "client_id": order.clientId,
+        "order_ref": reference,
+        "status": status.status,
+        "filled": _filled(trade),
+        "avg_price": status.avgFillPrice,
+        "adopted": True,
+    }
+
+
+def _filled(trade) -> float:
+    """Shares filled: an open order's status says it, a completed order its ``filledQuantity``."""
+    from ib_async.util import UNSET_DOUBLE
+
+    listed = float(trade.order.filledQuantity)
+    return trade.orderStatus.filled or (listed if listed < UNSET_DOUBLE else 0.0)
+
+
+async def _send_cancel(ib, order_id: int) -> None:
+    ib.client.cancelOrder(order_id, "")
+
+
+def _cancel_result(placed: dict[str, Any], trade, reason: str) -> dict[str, Any]:
+    return {
+        "cancelled": False,
+        "order_id": placed.get("order_id"),
+        "perm_id": trade.order.permId if trade else placed.get("perm_id"),
+        "order_ref": placed.get("order_ref"),
+        "status": trade.orderStatus.status if trade else None,
+        "filled": _filled(trade) if trade else 0.0,
+        "reason": reason,
+    }
 
 
 async def filled(ib, account: str, placed: dict[str, Any]) -> dict[str, Any] | None:

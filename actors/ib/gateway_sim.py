@@ -32,7 +32,8 @@ Request kinds (keys of ``request_counts``, ``disconnect_on`` and ``errors``): ``
 ``account_updates``, ``account_updates_multi``, ``account_summary``, ``executions``,
 ``open_orders``, ``completed_orders``, ``historical_data``, ``market_data``, ``current_time``,
 ``ids``, ``managed_accounts``, ``pnl`` (``reqPnL``), ``pnl_single`` (``reqPnLSingle``),
-``place_order``, ``cancel_order`` (orders: ``order_fills``, see ``actors/ib/sim_orders.py``).
+``place_order``, ``cancel_order`` (orders: ``order_fills``, ``order_ack_delay_ms``; open and
+completed orders are listed with their ``orderRef``, see ``actors/ib/sim_orders.py``).
 A P&L subscription is answered with one update at once (the real gateway repeats it about every
 second).  Messages it does not implement are answered with a 321 warning
 naming the message id.
@@ -43,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import struct
@@ -74,9 +76,9 @@ HISTORICAL_DATA_ERROR = 162
 #: Outgoing message ids (TWS API ``IN`` ids, as ib_async's decoder numbers them).
 TICK_PRICE, ERR_MSG, ACCT_VALUE, PORTFOLIO_VALUE, ACCT_UPDATE_TIME = 1, 4, 6, 7, 8
 NEXT_VALID_ID, EXECUTION_DATA, MANAGED_ACCTS, HISTORICAL_DATA, CURRENT_TIME = 9, 11, 15, 17, 49
-OPEN_ORDER_END, ACCT_DOWNLOAD_END, EXECUTION_DATA_END, TICK_SNAPSHOT_END = 53, 54, 55, 57
+ACCT_DOWNLOAD_END, EXECUTION_DATA_END, TICK_SNAPSHOT_END = 54, 55, 57
 COMMISSION_REPORT, POSITION_DATA, POSITION_END, ACCOUNT_SUMMARY, ACCOUNT_SUMMARY_END = 59, 61, 62, 63, 64
-ACCOUNT_UPDATE_MULTI, ACCOUNT_UPDATE_MULTI_END, COMPLETED_ORDERS_END = 73, 74, 102
+ACCOUNT_UPDATE_MULTI, ACCOUNT_UPDATE_MULTI_END = 73, 74
 PNL, PNL_SINGLE = 94, 95
 
 _STRICT = ConfigDict(extra="forbid")
@@ -191,6 +193,9 @@ class Scenario:
       order_fills: What a placed order does: ``fill`` at once, ``hold`` until cancelled, or
         ``reject`` (see :mod:`actors.ib.sim_orders`).
       order_default_price: Fill price of a market order in a symbol without a mark.
+      order_ack_delay_ms: Delay before the answers to a ``placeOrder`` (its status, fill), in
+        milliseconds; the order is accepted (and filled) at once, as a gateway that took the
+        order before its client died.
     """
 
     __pydantic_config__ = _STRICT
@@ -210,6 +215,7 @@ class Scenario:
     refuse_connections: bool = False
     order_fills: Literal["fill", "hold", "reject"] = "fill"
     order_default_price: float = 100.0
+    order_ack_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.accounts or not all(self.accounts):
@@ -289,10 +295,7 @@ class GatewaySimulator:
         self._handlers = {
             61: ("positions", self._positions),
             64: (None, None),  # cancelPositions
-            5: ("open_orders", self._open_orders),
-            16: ("open_orders", self._open_orders),
             15: (None, None),  # reqAutoOpenOrders
-            99: ("completed_orders", self._completed_orders),
             6: ("account_updates", self._account_updates),
             76: ("account_updates_multi", self._account_updates_multi),
             77: (None, None),
@@ -316,6 +319,9 @@ class GatewaySimulator:
         self._client_handlers = {
             3: ("place_order", self.orders.place),
             4: ("cancel_order", self.orders.cancel),
+            5: ("open_orders", functools.partial(self.orders.open_orders, all_clients=False)),
+            16: ("open_orders", functools.partial(self.orders.open_orders, all_clients=True)),
+            99: ("completed_orders", self.orders.completed_orders),
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -470,7 +476,12 @@ class GatewaySimulator:
             text = f"simulator does not implement message {message_id}"
             writer.write(frame(ERR_MSG, 2, -1, 321, text, ""))
             return
-        for message in handler(fields):
+        # the whole answer is computed first: what a request changes (an order accepted, filled)
+        # happens at the gateway even if the client is gone before the answer is written
+        answer = list(handler(fields))
+        if kind == "place_order" and self.scenario.order_ack_delay_ms:
+            await asyncio.sleep(self.scenario.order_ack_delay_ms / 1000)
+        for message in answer:
             writer.write(message)
 
     # -- answers (each yields framed messages) -----------------------------------------------
@@ -482,12 +493,6 @@ class GatewaySimulator:
                 p.multiplier, p.exchange, p.currency, p.symbol, p.symbol, p.position, p.avg_cost,
             )  # fmt: skip
         yield frame(POSITION_END, 1)
-
-    def _open_orders(self, _fields: list[str]):
-        yield frame(OPEN_ORDER_END, 1)
-
-    def _completed_orders(self, _fields: list[str]):
-        yield frame(COMPLETED_ORDERS_END)
 
     def _account_updates(self, fields: list[str]):
         _, _, subscribe, account = fields[:4]

@@ -1,0 +1,173 @@
+"""At most one order per workflow step, by ``orderRef``: ``place_once`` and ``cancel_once`` with
+the real ib_async client (through :class:`IBSession`) against the simulator over a socket."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import time
+
+import pytest
+
+from actors.accounts.orders import (
+    CancelNotConfirmed,
+    Order,
+    OrderLookupFailed,
+    OrderRejected,
+    cancel_once,
+    place_once,
+)
+from actors.ib import GatewaySimulator, GatewayUnavailable, IBSession, demo_scenario
+from actors.orders import _gateway_down
+
+pytestmark = pytest.mark.timeout(60)
+
+#: One order as a workflow's inputs give it.
+ORDER = Order(account="DU1", symbol="SYM1", action="BUY", quantity=5, limit_price=51.0)
+
+_client_ids = itertools.count(100)
+
+
+def _session(port: int) -> IBSession:
+    """A worker process's session: a fresh clientId for each connection, as in production."""
+    return IBSession(host="127.0.0.1", port=port, next_client_id=_client_ids.__next__, timeout=3.0)
+
+
+@pytest.fixture
+def gateway():
+    with GatewaySimulator(scenario=demo_scenario(holdings=2)) as running:
+        yield running
+
+
+@pytest.mark.parametrize("fills", ["fill", "hold"])
+def test_placing_twice_with_one_order_ref_places_one_order(gateway, fills):
+    # "fill": the second delivery finds it among the completed orders; "hold": among the open ones.
+    gateway.scenario.order_fills = fills
+    first, second = _session(gateway.port), _session(gateway.port)  # a redelivery in another process
+    try:
+        placed = place_once(first, ORDER, reference="run1:place:step:1")
+        again = place_once(second, ORDER, reference="run1:place:step:1")
+        other = place_once(second, ORDER, reference="run2:place:step:1")
+    finally:
+        first.close()
+        second.close()
+    assert gateway.request_counts["place_order"] == 2  # run1 once, run2 once
+    by_ref = {}
+    for order in gateway.orders.orders.values():
+        by_ref.setdefault(order.order_ref, []).append(order)
+    assert {ref: len(orders) for ref, orders in by_ref.items()} == {
+        "run1:place:step:1": 1,
+        "run2:place:step:1": 1,
+    }
+    status = "Filled" if fills == "fill" else "Submitted"
+    assert (placed["adopted"], again["adopted"], other["adopted"]) == (False, True, False)
+    assert again["perm_id"] == placed["perm_id"] == by_ref["run1:place:step:1"][0].perm_id
+    assert (again["status"], again["order_ref"], again["filled"]) == (
+        status,
+        "run1:place:step:1",
+        placed["filled"],
+    )
+    assert other["perm_id"] != placed["perm_id"]
+
+
+def test_an_adopted_order_that_was_rejected_fails_the_step(gateway):
+    gateway.scenario.order_fills = "reject"
+    session = _session(gateway.port)
+    try:
+        with pytest.raises(OrderRejected, match="did not accept"):
+            place_once(session, ORDER, reference="run1:place:step:1")
+        with pytest.raises(
+            OrderRejected, match=r"placed earlier with orderRef 'run1:place:step:1' .* is Inactive"
+        ):
+            place_once(session, ORDER, reference="run1:place:step:1")
+    finally:
+        session.close()
+    assert gateway.request_counts["place_order"] == 1
+
+
+def test_a_lookup_that_fails_places_nothing_and_says_the_step_is_retried(gateway):
+    down = _session(_closed_port())  # the gateway is down
+    try:
+        with pytest.raises(OrderLookupFailed, match="no order was placed") as refused:
+            place_once(down, ORDER, reference="run1:place:step:1")
+    finally:
+        down.close()
+    assert isinstance(refused.value, GatewayUnavailable) and _gateway_down(0, refused.value)
+    assert not _gateway_down(0, OrderRejected("no")) and not _gateway_down(5, refused.value)
+
+    # Up, but the connection drops in the middle of the lookup: still nothing placed blind.
+    gateway.scenario.disconnect_on = {"open_orders": 1}
+    session = _session(gateway.port)
+    try:
+        with pytest.raises(OrderLookupFailed, match="gateway connection lost"):
+            place_once(session, ORDER, reference="run1:place:step:1")
+        assert gateway.request_counts["place_order"] == 0
+        time.sleep(_retry_in(session))
+        placed = place_once(session, ORDER, reference="run1:place:step:1")  # the retry looks again
+    finally:
+        session.close()
+    assert placed["adopted"] is False and gateway.request_counts["place_order"] == 1
+
+
+def _retry_in(session: IBSession) -> float:
+    """Seconds until the session dials again after its last failure."""
+    return max(0.0, session._next_attempt - session._loop.time()) + 0.05
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_cancel_says_what_happened_and_never_strands_the_compensation(gateway):
+    session = _session(gateway.port)
+    try:
+        gateway.scenario.order_fills = "hold"
+        held = place_once(session, ORDER, reference="run1:place:step:1")
+        cancelled = cancel_once(session, held)
+        assert (cancelled["cancelled"], cancelled["status"], cancelled["reason"]) == (
+            True,
+            "Cancelled",
+            "cancelled",
+        )
+        again = cancel_once(session, held)  # a redelivered compensation
+        assert (again["cancelled"], again["status"], again["reason"]) == (
+            False,
+            "Cancelled",
+            "already cancelled",
+        )
+
+        gateway.scenario.order_fills = "fill"
+        filled = place_once(session, ORDER, reference="run2:place:step:1")
+        done = cancel_once(session, filled)
+        assert (done["cancelled"], done["status"], done["reason"], done["filled"]) == (
+            False,
+            "Filled",
+            "already filled",
+            5.0,
+        )
+
+        unknown = cancel_once(session, {"order_id": 7, "perm_id": 1, "order_ref": "never:placed"})
+        assert unknown["cancelled"] is False and unknown["status"] is None
+        assert "does not list the order" in unknown["reason"]
+    finally:
+        session.close()
+    assert gateway.request_counts["cancel_order"] == 1  # only the working order was sent a cancel
+    assert [o.status for o in gateway.orders.orders.values()] == ["Cancelled", "Filled"]
+
+
+def test_a_cancel_the_gateway_does_not_carry_out_is_retried(gateway, monkeypatch):
+    import actors.accounts.orders as orders
+
+    gateway.scenario.order_fills = "hold"
+    monkeypatch.setattr(orders, "STATUS_TIMEOUT_S", 0.5)
+    session = _session(gateway.port)
+    try:
+        held = place_once(session, ORDER, reference="run1:place:step:1")
+        gateway.scenario.errors = {"cancel_order": (10147, "OrderId that needs to be cancelled is not found")}
+        with pytest.raises(CancelNotConfirmed, match=r"still Submitted 0.5s after its cancel"):
+            cancel_once(session, held)
+    finally:
+        session.close()
+    assert [o.status for o in gateway.orders.orders.values()] == ["Submitted"]
