@@ -4,10 +4,17 @@ the real ib_async client (through :class:`IBSession`) against the simulator over
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
+from conftest import REPO_ROOT, run_cli, settings_env
+from saga_helpers import fast, steps_of, wait_for_run
 
 from actors.accounts.orders import (
     CancelNotConfirmed,
@@ -19,6 +26,8 @@ from actors.accounts.orders import (
 )
 from actors.ib import GatewaySimulator, GatewayUnavailable, IBSession, demo_scenario
 from actors.orders import _gateway_down
+from saga import idempotency_key
+from storage import create_db_engine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,3 +180,75 @@ def test_a_cancel_the_gateway_does_not_carry_out_is_retried(gateway, monkeypatch
     finally:
         session.close()
     assert [o.status for o in gateway.orders.orders.values()] == ["Submitted"]
+
+
+def _orders_worker(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "2", "-Q", "orders"],
+        env=env,
+        cwd=REPO_ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.e2e
+def test_a_worker_killed_after_the_gateway_took_the_order_does_not_place_it_twice(settings, request):
+    if "postgresql" in request.node.callspec.params.get("database_url", ""):
+        pytest.skip("worker process tests run once, on SQLite")
+    scenario = demo_scenario(holdings=3)
+    scenario.order_ack_delay_ms = 2_000  # the gateway takes (and fills) the order, its ack waits
+    with GatewaySimulator(scenario=scenario) as gateway:
+        settings = fast(
+            settings,
+            ib_port=gateway.port,
+            ib_account="DU1",
+            ib_timeout_ms=3_000,
+            risk_max_position_value=50_000.0,
+            heartbeat_timeout_ms=2_000,
+            maintenance_chance=1_000_000,
+        )
+        env = settings_env(settings)
+        workers = [_orders_worker(env)]
+        db = create_db_engine(settings.database_url)
+        try:
+            order = {"symbol": "SYM1", "action": "BUY", "quantity": 5}
+            started = run_cli(
+                "workflow",
+                "start",
+                "order_with_prerequisites",
+                "--args",
+                json.dumps({"order": order}),
+                env=env,
+            )
+            assert started.returncode == 0, started.stdout + started.stderr
+            run_id = started.stdout.split()[0]
+            deadline = time.monotonic() + 15
+            while not gateway.request_counts["place_order"]:
+                assert time.monotonic() < deadline, "the worker never placed the order"
+                time.sleep(0.02)
+            os.killpg(workers[0].pid, signal.SIGKILL)  # before the step's outcome is recorded
+            workers[0].wait(10)
+            assert steps_of(db, run_id)["place"].status == "running"
+            workers.append(_orders_worker(env))
+            run = wait_for_run(db, run_id, timeout=30)
+            steps = steps_of(db, run_id)
+        finally:
+            for worker in workers:  # the run is over: nothing to drain, no graceful stop to wait for
+                if worker.poll() is None:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait(10)
+            db.dispose()
+    assert run.status == "succeeded", (run.error, {n: (s.status, s.error) for n, s in steps.items()})
+    assert gateway.request_counts["place_order"] == 1
+    (placed,) = gateway.orders.orders.values()
+    assert (placed.symbol, placed.quantity, placed.status, placed.order_ref) == (
+        "SYM1",
+        5,
+        "Filled",
+        idempotency_key(run_id, "place", "step", 1),
+    )
+    place = steps["place"]
+    assert place.attempts >= 2 and place.result["adopted"] is True
+    assert place.result["perm_id"] == placed.perm_id and steps["fill"].result["shares"] == 5
