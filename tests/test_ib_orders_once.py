@@ -21,11 +21,12 @@ from actors.accounts.orders import (
     Order,
     OrderLookupFailed,
     OrderRejected,
+    OrderUnconfirmed,
     cancel_once,
     place_once,
 )
 from actors.ib import GatewaySimulator, GatewayUnavailable, IBSession, demo_scenario
-from actors.orders import _gateway_down
+from actors.orders import _gateway_down, place_order
 from saga import idempotency_key
 from storage import create_db_engine
 
@@ -102,6 +103,8 @@ def test_a_lookup_that_fails_places_nothing_and_says_the_step_is_retried(gateway
     finally:
         down.close()
     assert isinstance(refused.value, GatewayUnavailable) and _gateway_down(0, refused.value)
+    assert place_order.options["retry_when"] is _gateway_down
+    assert not isinstance(refused.value, place_order.options["throws"])
     assert not _gateway_down(0, OrderRejected("no")) and not _gateway_down(5, refused.value)
 
     # Up, but the connection drops in the middle of the lookup: still nothing placed blind.
@@ -116,6 +119,25 @@ def test_a_lookup_that_fails_places_nothing_and_says_the_step_is_retried(gateway
     finally:
         session.close()
     assert placed["adopted"] is False and gateway.request_counts["place_order"] == 1
+
+
+def test_an_order_the_gateway_does_not_confirm_in_time_is_looked_up_by_the_retry(gateway, monkeypatch):
+    import actors.accounts.orders as orders
+
+    monkeypatch.setattr(orders, "STATUS_TIMEOUT_S", 0.3)
+    gateway.scenario.order_ack_delay_ms = 1_000
+    session = _session(gateway.port)
+    try:
+        with pytest.raises(
+            OrderUnconfirmed, match="did not confirm the order with orderRef 'run1:place:step:1'"
+        ):
+            place_once(session, ORDER, reference="run1:place:step:1")
+        again = place_once(session, ORDER, reference="run1:place:step:1")  # the retry
+    finally:
+        session.close()
+    assert _gateway_down(0, OrderUnconfirmed("x", retry_in=0.0))
+    assert gateway.request_counts["place_order"] == 1
+    assert again["adopted"] is True and again["perm_id"] == next(iter(gateway.orders.orders.values())).perm_id
 
 
 def _retry_in(session: IBSession) -> float:

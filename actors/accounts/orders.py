@@ -69,6 +69,11 @@ class OrderLookupFailed(GatewayUnavailable):
     step is retried (it looks again before it places)."""
 
 
+class OrderUnconfirmed(GatewayUnavailable):
+    """The order was sent but the gateway gave no status in time: it may or may not be there.
+    The step is retried, and the retry looks the order up before it places."""
+
+
 class CancelNotConfirmed(Exception):
     """The order still works at the gateway after the cancel; the compensation is retried."""
 
@@ -182,7 +187,8 @@ def place_once(session: IBSession, order: Order, *, reference: str) -> dict[str,
     was recorded): that one is adopted instead, never doubled.
 
     Raises :class:`OrderLookupFailed` when the gateway cannot be asked (nothing is placed
-    blind) and :class:`OrderRejected` when the order (new or adopted) was refused or cancelled.
+    blind), :class:`OrderUnconfirmed` when a new order got no status in time (both retried) and
+    :class:`OrderRejected` when the order (new or adopted) was refused or cancelled.
     """
     try:
         found = session.call(lambda ib: find(ib, reference=reference))
@@ -261,6 +267,12 @@ async def place(ib, order: Order, *, reference: str) -> dict[str, Any]:
     while trade.orderStatus.status in ("PendingSubmit", "ApiPending", "") and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     status = trade.orderStatus
+    if status.status in ("PendingSubmit", "ApiPending", ""):
+        raise OrderUnconfirmed(
+            f"the gateway did not confirm the order with orderRef {reference!r} within "
+            f"{STATUS_TIMEOUT_S:g}s (the step is retried and looks it up before placing)",
+            retry_in=0.0,
+        )
     if status.status in CANCELLED_STATUSES:
         errors = "; ".join(f"{e.errorCode} {e.message}" for e in trade.log if e.errorCode) or status.status
         raise OrderRejected(f"the gateway did not accept the order: {errors}")
