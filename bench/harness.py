@@ -56,6 +56,9 @@ _stop_timeout = STOP_TIMEOUT
 #: Seconds the processes of a stopped child's group get to exit after it, before they are killed.
 LEFT_BEHIND_GRACE = 2.0
 
+#: The setting of the workers' metrics exposition port, set to 0 in :func:`start`'s children.
+METRICS_PORT_VARIABLE = "TRADEFLOW_METRICS_PORT"
+
 #: Children started by :func:`start`, still to be stopped.
 _children: list[subprocess.Popen] = []
 _children_lock = threading.Lock()
@@ -111,10 +114,19 @@ def parse_figures(text: str) -> dict[str, float]:
     return figures
 
 
-def start(command: Sequence[str], **popen: object) -> subprocess.Popen:
+def start(command: Sequence[str], *, metrics: bool = False, **popen: object) -> subprocess.Popen:
     """``subprocess.Popen(command, **popen)`` leading a process group of its own (a terminal's
-    Ctrl-C reaches only the bench, which stops it), registered to be stopped by :func:`supervised`."""
-    process = subprocess.Popen(list(command), start_new_session=True, **popen)
+    Ctrl-C reaches only the bench, which stops it), registered to be stopped by :func:`supervised`.
+
+    Its environment (``env``, by default this process's) gets ``TRADEFLOW_METRICS_PORT=0``:
+    ``dramatiq`` workers then start no metrics exposition, so a bench run beside a stack that
+    serves on the default port logs no "Address already in use".  A bench that measures the
+    exposition passes ``metrics=True`` and keeps the port its ``env`` names."""
+    given = popen.pop("env", None)
+    env = dict(os.environ if given is None else given)
+    if not metrics:
+        env[METRICS_PORT_VARIABLE] = "0"
+    process = subprocess.Popen(list(command), start_new_session=True, env=env, **popen)
     with _children_lock:
         _children.append(process)
     return process

@@ -145,12 +145,19 @@ def settings(redis_url: str, namespace: str, migrated_url: str, tmp_path: Path) 
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process read ``settings``."""
+    """The environment that makes a child process read ``settings``.
+
+    Its metrics port is 0 (no exposition process) unless ``settings`` names one
+    (``model_copy(update={"metrics_port": port})``): worker processes of tests running side by side,
+    or beside a stack, must not fight for the default port.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("TRADEFLOW_")}
     for name, value in settings.model_dump().items():
         if value is not None:
             # complex values (dicts) are read back as JSON
             env[f"TRADEFLOW_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+    if "metrics_port" not in settings.model_fields_set:
+        env["TRADEFLOW_METRICS_PORT"] = "0"
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
+from bench import harness
 from bench.harness import figure, parse_figures
 
 BENCH = REPO_ROOT / "bench"
@@ -122,6 +123,18 @@ def test_figure_lines_read_back_and_a_malformed_one_fails(capsys: pytest.Capture
             parse_figures(malformed)
     with pytest.raises(ValueError):
         figure("two words", 1.0)
+
+
+def test_children_serve_no_metrics_unless_the_bench_measures_them() -> None:
+    """A bench beside a stack: its workers must not bind the stack's metrics port."""
+    show = [sys.executable, "-c", "import os; print(os.environ['TRADEFLOW_METRICS_PORT'])"]
+    env = {**os.environ, "TRADEFLOW_METRICS_PORT": "9191"}
+    ports = []
+    for metrics in (False, True):
+        child = harness.start(show, metrics=metrics, env=env, stdout=subprocess.PIPE, text=True)
+        ports.append(child.communicate(timeout=10)[0].strip())
+        harness.finish(child)
+    assert ports == ["0", "9191"]
 
 
 #: Benches written beside the smoke harness that take no ``--smoke`` yet (issue 32 stays open for them).

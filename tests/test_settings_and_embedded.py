@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import settings_env
 from pydantic import ValidationError
 
 from actors.settings import DEFAULT_REDIS_URL, Settings
@@ -24,6 +25,15 @@ def test_settings_read_prefixed_environment(monkeypatch, tmp_path):
     assert settings.max_retries == 7
     assert settings.delta_root == tmp_path / "tradeflow" / "delta"
     assert settings.database_url == f"sqlite:///{tmp_path}/tradeflow/tradeflow.db"
+
+
+def test_test_workers_serve_metrics_only_on_a_port_the_test_names(monkeypatch):
+    monkeypatch.delenv("TRADEFLOW_METRICS_PORT", raising=False)
+    settings = Settings(redis_url=NOWHERE)
+    assert settings.metrics_port == 9191
+    assert settings_env(settings)["TRADEFLOW_METRICS_PORT"] == "0"
+    asked = settings.model_copy(update={"metrics_port": 9300})
+    assert settings_env(asked)["TRADEFLOW_METRICS_PORT"] == "9300"
 
 
 def test_the_default_database_is_the_same_from_any_folder(tmp_path):
