@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,63 +87,3 @@ def declare_slow(broker: dramatiq.Broker) -> dramatiq.Actor:
         client.rpush(f"{namespace}:done", os.getpid())
 
     return slow
-
-
-class RedisProxy:
-    """A TCP proxy in front of the real Redis that can go down (connections cut, new ones refused)."""
-
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 6379)) -> None:
-        self.target = target
-        self.up = True
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def go_down(self) -> None:
-        with self._lock:
-            self.up = False
-            pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            for end in pair:
-                _close(end)
-
-    def come_back(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        _close(self._listener)
-        self.go_down()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                if not self.up:
-                    _close(client)
-                    continue
-                upstream = socket.create_connection(self.target)
-                self._pairs.append((client, upstream))
-            threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            sink.sendall(data)
-    _close(source)
-    _close(sink)
-
-
-def _close(end: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        end.shutdown(socket.SHUT_RDWR)
-    end.close()

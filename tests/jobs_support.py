@@ -15,7 +15,7 @@ import pytest
 import redis
 from conftest import REPO_ROOT, settings_env
 from dramatiq.message import Message
-from tcp_proxy import TcpProxy
+from tcp_proxy import proxied_redis
 
 
 @dataclass
@@ -68,11 +68,9 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @contextlib.contextmanager
 def cuttable_redis(settings):
     """``(proxy, proxied_settings)``: the test's settings reaching Redis through a cuttable link."""
-    host, port = settings.redis_url.split("//")[1].split("/")[0].split(":")
-    link = TcpProxy((host, int(port)))
-    db = settings.redis_url.rsplit("/", 1)[1]
+    link, proxied = proxied_redis(settings.redis_url)
     try:
-        yield link, settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{link.port}/{db}"})
+        yield link, settings.model_copy(update={"redis_url": proxied})
     finally:
         link.close()
 

@@ -6,7 +6,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,29 +113,6 @@ def start_redis(directory: Path, *lines: str, sentinel: bool = False) -> RedisPr
             time.sleep(0.05)
 
 
-class PartitionProxy(TcpProxy):
-    """A :class:`TcpProxy` in front of a primary that can drop its replication traffic
-    (``partition``): bytes in flight to and from the replica vanish, as over a broken
-    network; other clients' connections go on.  A connection is the replica's once it
-    sent ``PSYNC``.  The sentinels monitor the primary at this address too, so they see
-    the replica following it and leave its configuration alone."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.dropping = threading.Event()
-        self.replication: set[socket.socket] = set()
-        super().__init__(target)
-
-    def partition(self) -> None:
-        self.dropping.set()
-
-    def _forward(self, source: socket.socket, sink: socket.socket, data: bytes) -> None:
-        if b"PSYNC" in data:
-            self.replication.update((source, sink))
-        if self.dropping.is_set() and source in self.replication:
-            return
-        sink.sendall(data)
-
-
 #: Name the sentinels monitor the primary under.
 SERVICE = "tradeflow"
 
@@ -149,13 +125,16 @@ class SentinelGroup:
       primary(RedisProcess): The primary at the start.
       replica(RedisProcess): Its replica (promoted when the primary dies).
       sentinels(list[RedisProcess]): Three sentinels, quorum 2.
-      link(PartitionProxy): The replication link: the replica reaches the primary through it.
+      link(TcpProxy): The replication link: the replica reaches the primary through it, and
+        :meth:`~tcp_proxy.TcpProxy.partition` drops the replication traffic (marked by ``PSYNC``)
+        while other clients' connections go on.  The sentinels monitor the primary at this
+        address too, so they see the replica following it and leave its configuration alone.
     """
 
     primary: RedisProcess
     replica: RedisProcess
     sentinels: list[RedisProcess]
-    link: PartitionProxy
+    link: TcpProxy
 
     @property
     def url(self) -> str:
@@ -178,11 +157,11 @@ class SentinelGroup:
 
 
 def start_sentinel_group(directory: Path, *, down_after_ms: int = 1_000) -> SentinelGroup:
-    """Primary, replica (in sync, through a :class:`PartitionProxy`) and three sentinels
+    """Primary, replica (in sync, through a :class:`~tcp_proxy.TcpProxy`) and three sentinels
     that see both and each other."""
     primary = start_redis(directory)
     servers = [primary]
-    link = PartitionProxy(("127.0.0.1", primary.port))
+    link = TcpProxy(("127.0.0.1", primary.port), marker=b"PSYNC")
     try:
         replica = start_redis(directory, f"replicaof 127.0.0.1 {link.port}")
         servers.append(replica)

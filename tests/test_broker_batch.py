@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-
 import dramatiq
 import pytest
 import redis
 from broker_support import running_worker, sqlite_settings, wait_until
 from dramatiq.middleware import CurrentMessage, MiddlewareError
+from tcp_proxy import proxied_redis
 
 from actors import audit_writer_of, build_broker
 from actors.broker import (
@@ -85,68 +82,6 @@ def test_send_many_falls_back_to_single_sends_on_stock_broker(redis_url, namespa
     assert [stored[index] for index in range(20)] == ids
 
 
-class CuttingProxy:
-    """A TCP proxy to Redis that breaks its first connection after ``limit`` bytes from the client.
-
-    Later connections pass through whole (Redis is reachable again), or with
-    ``refuse_later`` are closed at once (Redis is still away).
-    """
-
-    def __init__(self, target: tuple[str, int], *, limit: int, refuse_later: bool = False) -> None:
-        self.target = target
-        self.limit = limit
-        self.refuse_later = refuse_later
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.refuse_later and self.connections > 1:
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            limit = self.limit if self.connections == 1 else None
-            threading.Thread(target=self._requests, args=(client, upstream, limit), daemon=True).start()
-            threading.Thread(target=self._replies, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _requests(client: socket.socket, upstream: socket.socket, limit: int | None) -> None:
-        """Client to Redis; past ``limit`` the client is cut off, and Redis sees a clean end of input
-        (it runs every command it received whole: an abortive close could make it drop them)."""
-        sent = 0
-        with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                if limit is not None and sent + len(data) > limit:
-                    upstream.sendall(data[: limit - sent])
-                    break
-                upstream.sendall(data)
-                sent += len(data)
-        with contextlib.suppress(OSError):
-            upstream.shutdown(socket.SHUT_WR)
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_RDWR)
-        client.close()
-
-    @staticmethod
-    def _replies(upstream: socket.socket, client: socket.socket) -> None:
-        """Redis to client, until Redis closes; replies to a cut-off client are dropped."""
-        with contextlib.suppress(OSError):
-            while data := upstream.recv(65536):
-                with contextlib.suppress(OSError):
-                    client.sendall(data)
-        upstream.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def _send_through_cut(redis_url: str, namespace: str, tmp_path, *, refuse_later: bool):
     """enqueue_many of three chunks through a proxy that cuts the pipeline half way through chunk two."""
     settings = sqlite_settings(redis_url, namespace, tmp_path, audit_enabled=False)
@@ -163,9 +98,10 @@ def _send_through_cut(redis_url: str, namespace: str, tmp_path, *, refuse_later:
     sizes = [
         len(b"".join(packer.pack_command("EVALSHA", sha, 1, namespace, *chunk.argv))) for chunk in chunks
     ]
-    proxy = CuttingProxy(("127.0.0.1", 6379), limit=sizes[0] + sizes[1] // 2, refuse_later=refuse_later)
+    proxy, proxied = proxied_redis(redis_url)
+    proxy.cut_after(sizes[0] + sizes[1] // 2, stay_down=refuse_later)
     no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-    client = redis.Redis(host="127.0.0.1", port=proxy.port, db=15, retry=no_retry)
+    client = redis.Redis.from_url(proxied, retry=no_retry)
     broker = WakeupRedisBroker(client=client, namespace=namespace)
     try:
         with pytest.raises(SendManyError) as caught:

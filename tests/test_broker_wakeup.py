@@ -15,7 +15,6 @@ import dramatiq
 import pytest
 import redis
 from broker_support import (
-    RedisProxy,
     declare_slow,
     median,
     running_worker,
@@ -26,6 +25,7 @@ from broker_support import (
 from conftest import REPO_ROOT, settings_env
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+from tcp_proxy import proxied_redis
 
 from actors import build_broker
 from actors.broker import ACK_HOLD_ATTRIBUTE, ADMISSION_ATTRIBUTE, WakeupRedisBroker
@@ -223,8 +223,8 @@ def test_wakeups_resume_after_the_listener_connection_is_killed(broker_settings,
 
 @pytest.mark.timeout(90)
 def test_worker_survives_a_redis_outage_and_wakeups_resume(redis_url, namespace, tmp_path):
-    proxy = RedisProxy()
-    settings = sqlite_settings(proxy.url(15), namespace, tmp_path, audit_enabled=False)
+    proxy, proxied = proxied_redis(redis_url)
+    settings = sqlite_settings(proxied, namespace, tmp_path, audit_enabled=False)
     broker = build_broker(settings)
     client = redis.Redis.from_url(redis_url)  # the producer and the test talk to Redis directly
     producer = WakeupRedisBroker(url=redis_url, namespace=namespace)
@@ -240,10 +240,10 @@ def test_worker_survives_a_redis_outage_and_wakeups_resume(redis_url, namespace,
     try:
         with running_worker(broker):
             assert broker.listener.connected.wait(5)
-            proxy.go_down()
+            proxy.cut()
             time.sleep(2)
             send()  # while the worker cannot reach Redis
-            proxy.come_back()
+            proxy.restore()
             assert wait_until(lambda: client.llen(key) == 1, timeout=30), "message lost in the outage"
             assert wait_until(broker.listener.connected.is_set, timeout=30), "wake-ups did not resume"
             client.delete(key)
