@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pendulum
@@ -51,14 +52,17 @@ def queued_messages(client: redis.Redis, namespace: str, queue: str) -> list[Mes
     return [Message.decode(data) for data in client.hvals(f"{namespace}:{queue}.msgs")]
 
 
-def wait_for(predicate, *, timeout: float, interval: float = 0.1, what: str = "condition"):
+def wait_for(
+    predicate, *, timeout: float, interval: float = 0.1, what: str | Callable[[], str] = "condition"
+):
+    """``predicate()`` once true; ``what`` (or, callable, what it returns at the timeout) names it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
 
 
 #: For tests whose subject is Redis-side: run them on SQLite only (the SQL parts run on both elsewhere).

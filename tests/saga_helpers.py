@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 import dramatiq
+from jobs_support import WorkerProcesses
 from saga_actors import declare_actors
 
 from actors import audit_writer_of, build_broker
@@ -21,12 +22,55 @@ FAST_WORKFLOW_SETTINGS = {
     "workflow_recovery_interval_ms": 300,
 }
 
+#: Settings of the tests that SIGKILL a worker mid-flight: the messages it held come back once its
+#: heartbeat is 3 s old (a maintenance pass on every fetch), the runs it leased 2 s after their
+#: 3 s lease ran out (recovery passes every 0.5 s).
+CRASH_SETTINGS = {
+    "heartbeat_timeout_ms": 3_000,
+    "maintenance_chance": 1_000_000,
+    "workflow_lease_ms": 3_000,
+    "workflow_recovery_after_ms": 2_000,
+    "workflow_recovery_interval_ms": 500,
+}
+
 #: Statuses a test waits for by default.
 SETTLED = {*FINAL_RUN_STATUSES, RunStatus.COMPENSATION_FAILED}
 
 
 def fast(settings: Settings, **overrides) -> Settings:
     return settings.model_copy(update={**FAST_WORKFLOW_SETTINGS, **overrides})
+
+
+class SagaWorkers(WorkerProcesses):
+    """``dramatiq tests.saga_worker -p 1 -t THREADS`` processes, one at a time, that a test
+    SIGKILLs mid-flight and replaces; leaving the ``with`` stops what still runs.
+
+    Parameters:
+      settings(Settings): What the workers read (:func:`crash_settings` of the test's).
+      threads(int): Worker threads of each process.
+    """
+
+    def __init__(self, settings: Settings, *, threads: int) -> None:
+        super().__init__(settings, module="tests.saga_worker")
+        self.threads = threads
+
+    def __enter__(self) -> SagaWorkers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_all()
+
+    def start_one(self) -> None:
+        self.start("-p", "1", "-t", str(self.threads))
+
+    def kill_latest(self) -> None:
+        """SIGKILL of the last started process's whole group: no shutdown, nothing acked or released."""
+        self.kill(self.running[-1])
+
+
+def crash_settings(settings: Settings) -> Settings:
+    """``settings`` with :data:`CRASH_SETTINGS`: what a killed worker held comes back within seconds."""
+    return fast(settings, **CRASH_SETTINGS)
 
 
 @contextmanager

@@ -3,15 +3,11 @@ nothing runs more often than at-least-once allows, no run is stuck."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO_ROOT, settings_env
-from saga_helpers import counts_of, fast, running_stack
+from jobs_support import wait_for
+from saga_helpers import SagaWorkers, counts_of, crash_settings, running_stack
 
 from saga import Step, Workflow
 from storage import RunStatus, get_steps, run_status_counts
@@ -32,34 +28,13 @@ def _workflow() -> Workflow:
     return Workflow("crash", [tick("a"), tick("b", "a"), tick("c", "a"), tick("d", "b", "c")])
 
 
-def _start_worker(env: dict[str, str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "dramatiq", "tests.saga_worker", "-p", "1", "-t", str(THREADS)]
-    return subprocess.Popen(
-        command,
-        env=env,
-        cwd=REPO_ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def _settled(db, run_ids) -> int:
     counts = run_status_counts(db, run_ids=run_ids)
     return sum(n for status, n in counts.items() if status != RunStatus.RUNNING)
 
 
 def test_sigkill_of_a_worker_mid_flight_loses_nothing(settings):
-    settings = fast(
-        settings,
-        heartbeat_timeout_ms=3_000,
-        maintenance_chance=1_000_000,
-        workflow_lease_ms=3_000,
-        workflow_recovery_after_ms=2_000,
-        workflow_recovery_interval_ms=500,
-    )
-    env = settings_env(settings)
-    processes = []
+    settings = crash_settings(settings)
     with running_stack(settings, worker=False) as stack:
         workflow = _workflow()
         run_ids = []
@@ -67,29 +42,24 @@ def test_sigkill_of_a_worker_mid_flight_loses_nothing(settings):
             for step in workflow.steps:
                 step.args = (f"{index}:{step.name}", STEP_MS)
             run_ids.append(stack.engine.start(workflow))
-        try:
-            processes.append(_start_worker(env))
-            deadline = time.monotonic() + 60
-            while _settled(stack.db, run_ids) < RUNS // 4:
-                assert time.monotonic() < deadline, "the first worker made no progress"
-                time.sleep(0.02)
-            os.killpg(processes[0].pid, signal.SIGKILL)
-            processes[0].wait(10)
+        with SagaWorkers(settings, threads=THREADS) as workers:
+            workers.start_one()
+            wait_for(
+                lambda: _settled(stack.db, run_ids) >= RUNS // 4,
+                timeout=60,
+                interval=0.02,
+                what="first progress",
+            )
+            workers.kill_latest()
             killed_at = time.monotonic()
             settled_at_kill = _settled(stack.db, run_ids)
-            processes.append(_start_worker(env))
-            deadline = time.monotonic() + 90
-            while _settled(stack.db, run_ids) < RUNS:
-                assert time.monotonic() < deadline, (
-                    f"runs stuck: {run_status_counts(stack.db, run_ids=run_ids)}"
-                )
-                time.sleep(0.1)
+            workers.start_one()
+            wait_for(
+                lambda: _settled(stack.db, run_ids) == RUNS,
+                timeout=90,
+                what=lambda: f"every run (stuck: {run_status_counts(stack.db, run_ids=run_ids)})",
+            )
             recovered_in = time.monotonic() - killed_at
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(30)
         print(
             f"\nkilled with {settled_at_kill}/{RUNS} runs done; all done {recovered_in:.2f}s after the kill"
         )
