@@ -20,7 +20,8 @@ from obs_actors import IDLE_QUEUE, QUEUE, declare
 from obs_support import free_port, result_of, start_workers, stop_workers, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.middleware import WorkerHeartbeat, workers_alive
+from actors.middleware import workers_alive
+from actors.middleware.heartbeat import beat, leave, read_workers
 from actors.runtime import build_broker
 from actors.settings import Settings
 from actors.telemetry import (
@@ -303,18 +304,21 @@ def test_scheduler_ticks_are_counted_in_redis(obs_settings: Settings) -> None:
     assert time.time() - ticks["last_fired"] < 60
 
 
-def test_worker_heartbeat_beats_and_leaves_on_stop(redis_url: str, namespace: str) -> None:
+def test_worker_presence_beats_and_leaves_on_stop(redis_url: str, namespace: str) -> None:
     client = redis.Redis.from_url(redis_url)
     key = f"{namespace}:__workers__"
-    heartbeat = WorkerHeartbeat(client=client, key=key, interval=0.05)
-    heartbeat.start()
-    try:
-        wait_until(lambda: client.zscore(key, heartbeat.member) is not None, what="first beat")
-        first = client.zscore(key, heartbeat.member)
-        wait_until(lambda: client.zscore(key, heartbeat.member) > first, what="a later beat")
-        assert workers_alive(client, namespace, timeout=60) == 1
-        assert 0 < client.ttl(key) <= 86_400, "the set expires once nobody beats"
-    finally:
-        heartbeat.stop()
-    assert client.zscore(key, heartbeat.member) is None, "a stopped worker leaves at once"
+    beat(client, namespace, "here:1", {"queues": ["q"], "broker_id": "b1"})
+    [first] = read_workers(client, namespace)
+    assert (first.id, first.record) == ("here:1", {"queues": ["q"], "broker_id": "b1"})
+    beat(client, namespace, "here:1", {"queues": ["q", "r"], "broker_id": "b1"})
+    [later] = read_workers(client, namespace, within=60)
+    assert later.beat_at >= first.beat_at and later.record["queues"] == ["q", "r"]
+    assert workers_alive(client, namespace, timeout=60) == 1
+    assert 0 < client.ttl(key) <= 86_400, "the set expires once nobody beats"
+    client.zadd(key, {"there:2": time.time() - 120})  # killed two minutes ago: listed, not alive
+    assert [p.id for p in read_workers(client, namespace)] == ["here:1", "there:2"]
+    assert [p.id for p in read_workers(client, namespace, within=60)] == ["here:1"]
+    assert workers_alive(client, namespace, timeout=60) == 1
+    leave(client, namespace, "here:1")
+    assert [p.id for p in read_workers(client, namespace)] == ["there:2"], "a stopped worker leaves at once"
     assert workers_alive(client, namespace, timeout=60) == 0

@@ -1,5 +1,5 @@
 """Per-message policies: the audit trail, retries, dead letters, cancellation, stalled-message
-recovery, worker heartbeats and worker inspection/control.
+recovery, worker presence and worker inspection/control.
 """
 
 from .audit import DEFAULT_PRIORITY, Audit, worker_id
@@ -22,7 +22,7 @@ from .dead_letters import (
     retry_dead_letters,
 )
 from .errors import EXTRA_OF_MODULE, JobCancelled, NonRetryableError, missing_extra
-from .heartbeat import WORKERS_KEY, WorkerHeartbeat, worker_details, workers_alive
+from .heartbeat import WORKERS_KEY, WorkerPresence, read_workers, workers_alive
 from .rate_limits import Limit, RateLimited, RateLimits, limit_usage
 from .recovery import (
     StalledRecovery,
@@ -53,7 +53,7 @@ __all__ = [
     "Retries",
     "StalledRecovery",
     "UnknownDeadLetter",
-    "WorkerHeartbeat",
+    "WorkerPresence",
     "WorkerRegistry",
     "backoff_ms",
     "cancel_job",
@@ -69,13 +69,13 @@ __all__ = [
     "page_dead_letters",
     "purge_dead_letters",
     "purge_letters",
+    "read_workers",
     "recover_stalled",
     "register_process",
     "request_control",
     "requeue_observed_death",
     "retry_dead_letter",
     "retry_dead_letters",
-    "worker_details",
     "worker_id",
     "worker_processes",
     "workers_alive",

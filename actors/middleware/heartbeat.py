@@ -1,96 +1,96 @@
-"""Heartbeats of worker processes in Redis: who is consuming, on any host."""
+"""Worker presence in Redis: which worker processes run, on any host, and what each says of itself.
+
+One writer, :class:`~actors.middleware.workers.WorkerRegistry` (every worker process runs it),
+calls :func:`beat` every few seconds; every reader goes through :func:`read_workers` (or
+:func:`workers_alive` for a count): ``tradeflow workers list``, the API's ``/workers``, the
+``task_queue_workers_alive`` gauge and ``tradeflow health``.
+
+Two keys under the namespace: the sorted set :data:`WORKERS_KEY` of ``host:pid`` by last beat,
+and beside it the hash ``<key>:info`` of each process's latest record (JSON: queues, broker id,
+state, running messages...).  A process that stops leaves both at once; a killed one stays, its
+beat ageing, until :data:`FORGET_WORKERS_AFTER`.  Dramatiq's own ``__heartbeats__`` come from
+every broker client, producers included; this presence counts only processes running a worker.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
-from dramatiq.logging import get_logger
-
-from .audit import worker_id
 
 #: Redis sorted set (under the namespace) of worker processes by last heartbeat.
 WORKERS_KEY = "__workers__"
 
-#: Seconds between two heartbeats of a worker process.
-HEARTBEAT_INTERVAL = 5.0
-
 #: Seconds after which a silent worker's heartbeat entry is removed.
 FORGET_WORKERS_AFTER = 86_400.0
 
+#: Most worker processes :func:`read_workers` returns, the latest beats first.
+READ_LIMIT = 1_000
 
-class WorkerHeartbeat:
-    """Records ``host:pid`` with the time in a Redis sorted set every ``interval`` seconds.
 
-    Dramatiq's own heartbeats come from every broker client, producers
-    included; this one counts only processes running a worker.
+@dataclass(frozen=True)
+class WorkerPresence:
+    """One worker process as its last beat left it.
 
     Parameters:
-      client(redis.Redis): Where to write.
-      key(str): The sorted set.
-      interval(float): Seconds between beats.  Defaults to :data:`HEARTBEAT_INTERVAL`.
-      details(dict): What the process says about itself (its queues, its broker id), kept as
-        JSON in the hash ``<key>:info`` under ``host:pid`` while it beats.  Defaults to None.
+      id(str): ``host:pid``.
+      beat_at(float): Epoch seconds of its last beat.
+      record(dict): What it said of itself then (empty if nothing).
     """
 
-    def __init__(
-        self,
-        *,
-        client: redis.Redis,
-        key: str,
-        interval: float = HEARTBEAT_INTERVAL,
-        details: dict | None = None,
-    ) -> None:
-        self.logger = get_logger(__name__, type(self))
-        self.client = client
-        self.key = key
-        self.details = json.dumps(details) if details else None
-        self.interval = interval
-        self.member = worker_id()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tradeflow-heartbeat", daemon=True)
+    id: str
+    beat_at: float
+    record: dict[str, Any] = field(default_factory=dict)
 
-    def start(self) -> None:
-        self._thread.start()
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(self.interval)
-        with contextlib.suppress(redis.RedisError):
-            self.client.zrem(self.key, self.member)
-            self.client.hdel(info_key(self.key), self.member)
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            now = time.time()
-            try:
-                with self.client.pipeline(transaction=False) as pipe:
-                    pipe.zadd(self.key, {self.member: now})
-                    if self.details is not None:
-                        pipe.hset(info_key(self.key), self.member, self.details)
-                        pipe.expire(info_key(self.key), int(FORGET_WORKERS_AFTER))
-                    pipe.zremrangebyscore(self.key, 0, now - FORGET_WORKERS_AFTER)  # killed long ago
-                    pipe.expire(self.key, int(FORGET_WORKERS_AFTER))  # the whole set, once nobody beats
-                    pipe.execute()
-            except redis.RedisError as exc:
-                self.logger.warning("Heartbeat not recorded (%s); retrying in %.0fs.", exc, self.interval)
-            self._stopped.wait(self.interval)
+def workers_key(namespace: str) -> str:
+    return f"{namespace}:{WORKERS_KEY}"
 
 
 def info_key(workers_key: str) -> str:
-    """The hash of the workers' self-descriptions beside the sorted set ``workers_key``."""
+    """The hash of the workers' records beside the sorted set ``workers_key``."""
     return f"{workers_key}:info"
 
 
-def worker_details(client: redis.Redis, namespace: str) -> dict[str, dict]:
-    """``host:pid`` -> what each beating worker process said about itself (queues, broker id)."""
-    raw = client.hgetall(info_key(f"{namespace}:{WORKERS_KEY}"))
-    return {member.decode(): json.loads(value) for member, value in raw.items()}
+def beat(client: redis.Redis, namespace: str, worker: str, record: dict[str, Any]) -> None:
+    """``worker`` is alive now and says ``record`` of itself; workers silent for a day are forgotten."""
+    key, now = workers_key(namespace), time.time()
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {worker: now})
+        pipe.hset(info_key(key), worker, json.dumps(record))
+        pipe.zremrangebyscore(key, 0, now - FORGET_WORKERS_AFTER)  # killed long ago
+        for each in (key, info_key(key)):  # the whole set, once nobody beats
+            pipe.expire(each, int(FORGET_WORKERS_AFTER))
+        pipe.execute()
+
+
+def leave(client: redis.Redis, namespace: str, worker: str) -> None:
+    """``worker`` stopped: it is gone from every reader at once."""
+    key = workers_key(namespace)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zrem(key, worker)
+        pipe.hdel(info_key(key), worker)
+        pipe.execute()
+
+
+def read_workers(client: redis.Redis, namespace: str, *, within: float | None = None) -> list[WorkerPresence]:
+    """The worker processes that beat in the last ``within`` seconds (by default every one not yet
+    forgotten, killed ones included), the latest beat first, at most :data:`READ_LIMIT`."""
+    key = workers_key(namespace)
+    low = "-inf" if within is None else time.time() - within
+    beats = client.zrevrangebyscore(key, "+inf", low, start=0, num=READ_LIMIT, withscores=True)
+    if not beats:
+        return []
+    records = client.hmget(info_key(key), [member for member, _ in beats])
+    return [
+        WorkerPresence(id=member.decode(), beat_at=beat_at, record=json.loads(raw) if raw else {})
+        for (member, beat_at), raw in zip(beats, records, strict=True)
+    ]
 
 
 def workers_alive(client: redis.Redis, namespace: str, *, timeout: float) -> int:
-    """How many worker processes beat in the last ``timeout`` seconds."""
-    return int(client.zcount(f"{namespace}:{WORKERS_KEY}", time.time() - timeout, "+inf"))
+    """How many worker processes beat in the last ``timeout`` seconds (a count: no record is read)."""
+    return int(client.zcount(workers_key(namespace), time.time() - timeout, "+inf"))

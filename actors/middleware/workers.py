@@ -1,19 +1,17 @@
 """Worker inspection and control: what each worker process holds, and ``quiet`` / ``stop`` requests.
 
-Each worker process writes, every ``interval`` seconds, a JSON record under
-``<ns>:worker:<host:pid>`` (expiring after three missed beats): host, pid,
-queues, version, state, and the messages it is running with their start
-times.  ``tradeflow workers list`` reads them.  ``tradeflow workers quiet|stop
-ID`` sets ``<ns>:worker-control:<host:pid>``, which the worker reads at its
-next beat: a quiet worker stops fetching (it finishes what it holds, nothing
-new starts); a stopped one shuts down as on SIGTERM (its messages not started
-go back to their queues).
+Each worker process records itself every ``interval`` seconds in the worker presence
+(:mod:`actors.middleware.heartbeat`): host, pid, queues, broker id, version, state, and the
+messages it is running with their start times.  ``tradeflow workers list`` shows the processes
+that recorded themselves in the last three intervals.  ``tradeflow workers quiet|stop ID`` sets
+``<ns>:worker-control:<host:pid>``, which the worker reads at its next record: a quiet worker
+stops fetching (it finishes what it holds, nothing new starts); a stopped one shuts down as on
+SIGTERM (its messages not started go back to their queues).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -23,23 +21,24 @@ from typing import Any
 
 import redis
 from dramatiq import Broker, Middleware
+from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
 from .audit import worker_id
+from .heartbeat import beat, leave, read_workers
 
 #: Seconds between two records of a worker process.
 WORKER_RECORD_INTERVAL = 2.0
+
+#: Seconds after its last record a worker process is no longer listed (three records missed).
+LISTED_WITHIN = 3 * WORKER_RECORD_INTERVAL
 
 #: Commands ``worker-control`` accepts.
 CONTROL_COMMANDS = ("quiet", "stop")
 
 #: Seconds a control request waits for its worker.
 CONTROL_TTL = 60
-
-
-def worker_key(namespace: str, worker: str) -> str:
-    return f"{namespace}:worker:{worker}"
 
 
 def control_key(namespace: str, worker: str) -> str:
@@ -81,11 +80,15 @@ class WorkerRegistry(Middleware):
         self._thread.start()
 
     def before_worker_shutdown(self, broker: Broker, worker) -> None:
+        # still present (the health check and the API count it) until its threads are done
+        self._state = "stopping"
+
+    def after_worker_shutdown(self, broker: Broker, worker) -> None:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(self.interval + 1)
         with contextlib.suppress(redis.RedisError):
-            broker.client.delete(worker_key(broker.namespace, worker_id()))
+            leave(broker.client, broker.namespace, worker_id())
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         self._running[message.message_id] = (message.actor_name, time.time())
@@ -97,14 +100,15 @@ class WorkerRegistry(Middleware):
         self._running.pop(message.message_id, None)
 
     def record(self) -> dict[str, Any]:
-        """What ``workers list`` shows of this process."""
+        """What ``workers list`` and the API's ``/workers`` show of this process."""
         worker = self._worker
-        queues = sorted({q for q in getattr(worker, "consumers", {}) if not q.endswith(".DQ")})
+        queues = sorted({q_name(queue) for queue in getattr(worker, "consumers", {})})  # q and q.DQ: q
         return {
             "id": worker_id(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "queues": queues,
+            "broker_id": getattr(self._broker, "broker_id", None),  # whose unacked sets are its in-flight
             "threads": len(getattr(worker, "workers", ())),
             "state": self._state,
             "version": _version(),
@@ -118,13 +122,13 @@ class WorkerRegistry(Middleware):
 
     def _run(self) -> None:
         broker = self._broker
-        key, control = worker_key(broker.namespace, worker_id()), control_key(broker.namespace, worker_id())
+        control = control_key(broker.namespace, worker_id())
         while not self._stopped.is_set():
             try:
                 command = broker.client.getdel(control)
                 if command is not None:
                     self._obey(command.decode())
-                broker.client.set(key, json.dumps(self.record()), ex=max(1, int(self.interval * 3)))
+                beat(broker.client, broker.namespace, worker_id(), self.record())
             except redis.RedisError as exc:
                 self.logger.warning("Worker record not written (%s); retrying.", exc)
             self._stopped.wait(self.interval)
@@ -148,8 +152,9 @@ class WorkerRegistry(Middleware):
 
 def list_workers(client: redis.Redis, namespace: str) -> list[dict[str, Any]]:
     """The records of every live worker process, oldest first."""
-    keys = sorted(client.scan_iter(match=f"{namespace}:worker:*", count=1000))
-    records = [json.loads(data) for data in client.mget(keys) if data] if keys else []
+    records = [presence.record for presence in read_workers(client, namespace, within=LISTED_WITHIN)]
+    # a process of an older release beats with a shorter record: listed by the API, not here
+    records = [record for record in records if "started_at" in record]
     return sorted(records, key=lambda record: (record["started_at"], record["id"]))
 
 
@@ -157,7 +162,7 @@ def request_control(client: redis.Redis, namespace: str, worker: str, command: s
     """Ask ``worker`` to ``quiet`` or ``stop``; False if no such worker is alive."""
     if command not in CONTROL_COMMANDS:
         raise ValueError(f"unknown command {command!r}; use one of {', '.join(CONTROL_COMMANDS)}")
-    if not client.exists(worker_key(namespace, worker)):
+    if worker not in {presence.id for presence in read_workers(client, namespace, within=LISTED_WITHIN)}:
         return False
     client.set(control_key(namespace, worker), command, ex=CONTROL_TTL)
     return True

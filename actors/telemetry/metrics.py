@@ -30,7 +30,7 @@ from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 
-from actors.middleware import DEFAULT_PRIORITY, WORKERS_KEY, WorkerHeartbeat
+from actors.middleware import DEFAULT_PRIORITY
 
 #: Buckets of the processing duration histogram, in seconds.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, float("inf"))
@@ -255,7 +255,6 @@ class Metrics(Middleware):
         self._enqueue_lock = threading.Lock()
         self._started: dict[str, float] = {}
         self._delayed: set[str] = set()
-        self._heartbeat: WorkerHeartbeat | None = None
         # (queue, actor) -> the labelled children of a processed message: one lookup, not five
         self._children: dict[tuple[str, str], tuple[Any, ...]] = {}
 
@@ -274,17 +273,8 @@ class Metrics(Middleware):
         queues = {q_name(queue) for queue in broker.get_declared_queues()}
         if queues:
             broker.client.sadd(f"{broker.namespace}:{QUEUES_KEY}", *queues)
-        consumed = sorted({q_name(queue) for queue in getattr(worker, "consumers", None) or queues})
-        self._heartbeat = WorkerHeartbeat(
-            client=broker.client,
-            key=f"{broker.namespace}:{WORKERS_KEY}",
-            details={"queues": consumed, "broker_id": getattr(broker, "broker_id", None)},
-        )
-        self._heartbeat.start()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
         if self.enqueue_counts is not None:
             self.enqueue_counts.close()
         if self.worker_metrics is None:

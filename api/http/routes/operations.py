@@ -152,30 +152,25 @@ def resume(
 
 @router.get("/workers", response_model=list[Worker], summary="Worker processes by last heartbeat")
 def list_workers(request: Request, principal: Viewer) -> list[Worker]:
-    from actors.middleware import WORKERS_KEY, worker_details
+    from actors.middleware import read_workers
 
     context = context_of(request)
     timeout = context.settings.heartbeat_timeout_ms / 1000
     now = time.time()
-    details = worker_details(context.redis, context.namespace)
     in_flight = _in_flight(context)
     workers = []
-    for member, beat in context.redis.zrevrange(
-        f"{context.namespace}:{WORKERS_KEY}", 0, 999, withscores=True
-    ):
-        worker_id = member.decode()
-        host, _, pid = worker_id.rpartition(":")
-        info = details.get(worker_id, {})
-        broker_id = info.get("broker_id")
+    for presence in read_workers(context.redis, context.namespace):
+        host, _, pid = presence.id.rpartition(":")
+        broker_id = presence.record.get("broker_id")
         workers.append(
             Worker(
-                id=worker_id,
+                id=presence.id,
                 host=host or socket.gethostname(),
                 pid=int(pid) if pid.isdigit() else None,
-                queues=info.get("queues", []),
+                queues=presence.record.get("queues", []),
                 in_flight=sum(count for (owner, _), count in in_flight.items() if owner == broker_id),
-                last_heartbeat=datetime.fromtimestamp(beat, UTC).replace(tzinfo=None),
-                alive=now - beat <= timeout,
+                last_heartbeat=datetime.fromtimestamp(presence.beat_at, UTC).replace(tzinfo=None),
+                alive=now - presence.beat_at <= timeout,
             )
         )
     return workers
