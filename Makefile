@@ -23,7 +23,7 @@ demo: install
 ## A failed test is run once more; a rerun shows as "R" and in the summary, so flakes stay visible.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n 3 --reruns 1 --reruns-delay 2
+	$(BIN)/pytest -n 3 --reruns 1 --reruns-delay 2 --durations=20
 
 lint: install
 	$(BIN)/ruff check .

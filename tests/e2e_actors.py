@@ -20,12 +20,14 @@ def add(x: int, y: int) -> int:
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-def slow_marker(folder: str, seconds: float) -> None:
-    """Append this process's pid to ``starts`` then, after ``seconds``, to ``finishes``."""
+def slow_marker(folder: str, seconds: float, later_seconds: float | None = None) -> None:
+    """Append this process's pid to ``starts`` then, after ``seconds`` (``later_seconds`` on
+    any start but the first, if given), to ``finishes``."""
     path = Path(folder)
+    first = not (path / "starts").exists()
     with open(path / "starts", "a") as file:
         file.write(f"{os.getpid()}\n")
-    time.sleep(seconds)
+    time.sleep(seconds if first or later_seconds is None else later_seconds)
     with open(path / "finishes", "a") as file:
         file.write(f"{os.getpid()}\n")
 
