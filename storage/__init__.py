@@ -14,11 +14,19 @@ from .api_access import (
     record_operator_action,
     revoke_api_key,
 )
-from .audit import AuditJournal, AuditWriter, TaskEvent, describe_database_error, utc_from_millis, utc_now
+from .audit import (
+    AttemptEvent,
+    AuditJournal,
+    AuditWriter,
+    TaskEvent,
+    describe_database_error,
+    utc_from_millis,
+    utc_now,
+)
 from .db import MAX_OVERFLOW, POOL_SIZE, SQLiteWriteLock, create_db_engine, normalize_url, sqlite_write_lock
 from .housekeeping import delete_finished_before, status_counts_since, vacuum
 from .migrate import current_revisions, head_revisions, upgrade
-from .models import TERMINAL_STATUSES, TaskRecord, TaskStatus
+from .models import TERMINAL_STATUSES, AttemptRecord, TaskRecord, TaskStatus
 from .outbox import OutboxMessage, OutboxRecord, add_to_outbox, claim_unsent, mark_sent, unsent_count
 from .schedules import (
     ScheduleConflict,
@@ -42,6 +50,7 @@ from .tasks import (
     count_tasks,
     delete_task,
     enqueued_since,
+    get_attempts,
     get_task,
     iter_tasks,
     list_tasks,
@@ -77,6 +86,8 @@ __all__ = [
     "TERMINAL_STATUSES",
     "TERMINAL_STEP_STATUSES",
     "AnalysisRecord",
+    "AttemptEvent",
+    "AttemptRecord",
     "AuditJournal",
     "AuditWriter",
     "OutboxMessage",
@@ -111,6 +122,7 @@ __all__ = [
     "describe_database_error",
     "enqueued_since",
     "get_analysis",
+    "get_attempts",
     "get_definition",
     "get_history",
     "get_run",

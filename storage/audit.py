@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from .db import sqlite_write_lock
-from .models import TaskRecord
+from .models import AttemptRecord, TaskRecord
 
 #: Longest pause between two attempts to write to an unreachable database, in seconds.
 MAX_RETRY_BACKOFF = 5.0
@@ -49,6 +49,29 @@ def utc_from_millis(millis: int | float) -> datetime:
 
 def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(slots=True)
+class AttemptEvent:
+    """A change of one attempt's row (``task_attempts``).  ``None`` fields leave the row's value.
+
+    ``number`` is the attempt's ``seq // 3`` (see :class:`storage.models.AttemptRecord`);
+    ``seq`` is the event's own audit ``seq``: a start never overrides a finish.
+    """
+
+    task_id: str
+    number: int
+    seq: int
+    status: str
+    retry_count: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    worker_id: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    trace_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -73,6 +96,8 @@ class TaskEvent:
     completed_at: datetime | None = None
     processing_time_ms: float | None = None
     worker_id: str | None = None
+    #: The attempt this event starts or ends (its row in ``task_attempts``), if it ran.
+    attempt: AttemptEvent | None = None
 
 
 class AuditJournal(Protocol):
@@ -87,15 +112,42 @@ class AuditJournal(Protocol):
         is left, False when another process is replaying.  Raises what ``write`` raises."""
 
 
-_FIELDS = tuple(f.name for f in fields(TaskEvent))
+_FIELDS = tuple(f.name for f in fields(TaskEvent) if f.name != "attempt")
+_ATTEMPT_FIELDS = tuple(f.name for f in fields(AttemptEvent))
 _ALWAYS_SET = ("status", "seq", "retry_count")
 
 
-def merge_events(older: TaskEvent, newer: TaskEvent) -> TaskEvent:
-    """Fold two events of one message: the higher ``seq`` wins, gaps are filled from the other."""
+def _merge(older, newer, names: tuple[str, ...]):
     winner, other = (newer, older) if newer.seq >= older.seq else (older, newer)
-    gaps = {name: getattr(other, name) for name in _FIELDS if getattr(winner, name) is None}
+    gaps = {name: getattr(other, name) for name in names if getattr(winner, name) is None}
     return replace(winner, **gaps) if gaps else winner
+
+
+def merge_events(older: TaskEvent, newer: TaskEvent) -> TaskEvent:
+    """Fold two events of one message: the higher ``seq`` wins, gaps are filled from the other
+    (the attempt's too, when both are of one attempt)."""
+    merged = _merge(older, newer, _FIELDS)
+    attempts = older.attempt, newer.attempt
+    if None not in attempts and attempts[0].number == attempts[1].number:
+        attempt = _merge(attempts[0], attempts[1], _ATTEMPT_FIELDS)
+    else:
+        attempt = merged.attempt or older.attempt or newer.attempt
+    return merged if attempt is merged.attempt else replace(merged, attempt=attempt)
+
+
+def collapse_attempts(events: list[TaskEvent]) -> list[AttemptEvent]:
+    """The attempts ``events`` carry, one per (task, number), sorted so concurrent writers lock
+    rows in one order.  Taken before :func:`collapse`: two attempts of a message that finished
+    within one batch are two rows."""
+    merged: dict[tuple[str, int], AttemptEvent] = {}
+    for event in events:
+        attempt = event.attempt
+        if attempt is None:
+            continue
+        key = (attempt.task_id, attempt.number)
+        previous = merged.get(key)
+        merged[key] = attempt if previous is None else _merge(previous, attempt, _ATTEMPT_FIELDS)
+    return [merged[key] for key in sorted(merged)]
 
 
 def collapse(events: list[TaskEvent]) -> list[TaskEvent]:
@@ -107,21 +159,23 @@ def collapse(events: list[TaskEvent]) -> list[TaskEvent]:
     return [merged[key] for key in sorted(merged)]
 
 
-def upsert_statement(dialect_name: str):
-    """``INSERT .. ON CONFLICT DO UPDATE`` for the dialect, ordered by ``seq``.
+def upsert_statement(dialect_name: str, *, attempts: bool = False):
+    """``INSERT .. ON CONFLICT DO UPDATE`` for the dialect, ordered by ``seq``: of ``tasks``, or
+    (``attempts``) of ``task_attempts``.
 
     The event with the higher ``seq`` decides status, seq and retry count; any
     column that side leaves empty is filled from the other, so a late
     ``pending`` event still records the arguments and creation time.
     """
-    table = TaskRecord.__table__
+    table = (AttemptRecord if attempts else TaskRecord).__table__
+    names, keys = (_ATTEMPT_FIELDS, ("task_id", "number")) if attempts else (_FIELDS, ("task_id",))
     insert = sqlite_insert if dialect_name == "sqlite" else pg_insert
     statement = insert(table)
     excluded = statement.excluded
     newer = table.c.seq <= excluded.seq
     updates = {}
-    for name in _FIELDS:
-        if name == "task_id":
+    for name in names:
+        if name in keys:
             continue
         if name in _ALWAYS_SET:
             updates[name] = case((newer, excluded[name]), else_=table.c[name])
@@ -130,7 +184,7 @@ def upsert_statement(dialect_name: str):
                 (newer, func.coalesce(excluded[name], table.c[name])),
                 else_=func.coalesce(table.c[name], excluded[name]),
             )
-    return statement.on_conflict_do_update(index_elements=[table.c.task_id], set_=updates)
+    return statement.on_conflict_do_update(index_elements=[table.c[key] for key in keys], set_=updates)
 
 
 class _ExecuteMany:
@@ -259,15 +313,20 @@ class AuditWriter:
         self.buffer_size = buffer_size
         self.batch_size = batch_size
         self.commit_interval = commit_interval
-        compiled = upsert_statement(engine.dialect.name).compile(dialect=engine.dialect)
         self._postgres = engine.dialect.name == "postgresql"
         # SQLite: queue with the other writers of the database (the saga engine) fairly.
         self._write_lock = sqlite_write_lock(engine) or nullcontext()
-        if self._postgres:
-            self._statement = _MultiRowInsert(str(compiled))
-        else:
-            self._statement = _ExecuteMany(str(compiled), tuple(compiled.positiontup))
+        self._statement = self._compile(attempts=False)
+        self._attempts_statement = self._compile(attempts=True)
         self._reset()
+
+    def _compile(self, *, attempts: bool):
+        compiled = upsert_statement(self.engine.dialect.name, attempts=attempts).compile(
+            dialect=self.engine.dialect
+        )
+        if self._postgres:
+            return _MultiRowInsert(str(compiled))
+        return _ExecuteMany(str(compiled), tuple(compiled.positiontup))
 
     def _reset(self) -> None:
         self._pid = os.getpid()
@@ -332,7 +391,14 @@ class AuditWriter:
     def _absorb_deferred(self, event: TaskEvent) -> TaskEvent:
         """``event`` merged with the held (deferred) event of its task, which is dropped (lock held)."""
         held = self._deferred.pop(event.task_id, None)
-        return event if held is None else merge_events(held[1], event)
+        if held is None:
+            return event
+        attempt = held[1].attempt
+        if attempt is not None and (event.attempt is None or event.attempt.number != attempt.number):
+            # another attempt's start: written as it is (its attempt row too), not folded away
+            self._enqueue(held[1])
+            return event
+        return merge_events(held[1], event)
 
     def settled(self, ticket: int) -> bool:
         """Whether waiting for ``ticket`` is over: committed, or the database is failing."""
@@ -502,6 +568,10 @@ class AuditWriter:
                 # PostgreSQL itself can lose the last few hundred ms of rows.
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             self._statement.run(cursor, collapse(events))
+            # the attempts ride in the same transaction: one more statement per batch, not per message
+            attempts = collapse_attempts(events)
+            if attempts:
+                self._attempts_statement.run(cursor, attempts)
 
     def _wait_for_work(self) -> None:
         while True:

@@ -6,21 +6,34 @@ from datetime import datetime
 
 from sqlalchemy import Engine, delete, func, select, text
 
-from .models import TERMINAL_STATUSES, TaskRecord
+from .models import TERMINAL_STATUSES, AttemptRecord, TaskRecord
 from .outbox import OutboxRecord
 
 
 def delete_finished_before(engine: Engine, before: datetime) -> dict[str, int]:
-    """Delete finished tasks and relayed outbox rows older than ``before``; counts per table."""
-    tasks, outbox = TaskRecord.__table__, OutboxRecord.__table__
+    """Delete finished tasks (with their attempts), attempts finished before ``before`` whose
+    task is gone, and relayed outbox rows older than ``before``; counts per table.
+
+    An attempt of a task still kept is kept too, however old: a job's detail shows every attempt.
+    """
+    tasks, attempts, outbox = TaskRecord.__table__, AttemptRecord.__table__, OutboxRecord.__table__
+    expired = (
+        select(tasks.c.task_id)
+        .where(tasks.c.status.in_([status.value for status in TERMINAL_STATUSES]))
+        .where(tasks.c.completed_at < before)
+    )
     with engine.begin() as connection:
-        finished = connection.execute(
-            delete(tasks)
-            .where(tasks.c.status.in_([status.value for status in TERMINAL_STATUSES]))
-            .where(tasks.c.completed_at < before)
+        # the attempts first: the subquery still finds their tasks
+        gone = connection.execute(delete(attempts).where(attempts.c.task_id.in_(expired))).rowcount
+        finished = connection.execute(delete(tasks).where(tasks.c.task_id.in_(expired))).rowcount
+        # attempts whose task row went another way (deleted by hand, or never written)
+        gone += connection.execute(
+            delete(attempts)
+            .where(attempts.c.finished_at < before)
+            .where(~select(tasks.c.task_id).where(tasks.c.task_id == attempts.c.task_id).exists())
         ).rowcount
         relayed = connection.execute(delete(outbox).where(outbox.c.sent_at < before)).rowcount
-    return {"tasks": finished, "outbox": relayed}
+    return {"tasks": finished, "task_attempts": gone, "outbox": relayed}
 
 
 def vacuum(engine: Engine) -> None:

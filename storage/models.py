@@ -63,3 +63,30 @@ class TaskRecord(SQLModel, table=True):
     completed_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
     processing_time_ms: float | None = None
     worker_id: str | None = Field(default=None, max_length=200)
+
+
+class AttemptRecord(SQLModel, table=True):
+    """One row per attempt (delivery that ran) of a message: what ``tasks`` keeps only for the last.
+
+    ``number`` is the attempt's audit ``seq // 3``: it grows with each retry and past
+    the attempts of a dead letter that was retried, so it orders a message's attempts
+    and names each once.  ``seq`` is the audit ``seq`` of the event that last wrote the
+    row (a finish overrides a start, never the reverse).  All times are naive UTC.
+    """
+
+    __tablename__ = "task_attempts"
+    __table_args__ = (Index("ix_task_attempts_finished_at", "finished_at"),)
+
+    task_id: str = Field(primary_key=True, max_length=64)
+    number: int = Field(primary_key=True)
+    seq: int = 0
+    retry_count: int = 0
+    status: str = Field(max_length=20)
+    started_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
+    duration_ms: float | None = None
+    worker_id: str | None = Field(default=None, max_length=200)
+    error_type: str | None = Field(default=None, max_length=200)
+    error_message: str | None = None
+    traceback: str | None = None
+    trace_id: str | None = Field(default=None, max_length=32)

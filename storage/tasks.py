@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, func, or_
+from sqlalchemy import Engine, and_, delete, func, or_
 from sqlmodel import Session, col, select
 
-from .models import TaskRecord
+from .models import AttemptRecord, TaskRecord
 
 
 def list_tasks(
@@ -35,6 +35,18 @@ def list_tasks(
 def get_task(engine: Engine, task_id: str) -> TaskRecord | None:
     with Session(engine) as session:
         return session.get(TaskRecord, task_id)
+
+
+def get_attempts(engine: Engine, task_id: str, *, limit: int = 100) -> list[AttemptRecord]:
+    """The attempts of ``task_id``, first first (at most ``limit``: the newest of them)."""
+    query = (
+        select(AttemptRecord)
+        .where(AttemptRecord.task_id == task_id)
+        .order_by(col(AttemptRecord.number).desc())
+        .limit(limit)
+    )
+    with Session(engine) as session:
+        return list(reversed(session.exec(query).all()))
 
 
 def status_counts(engine: Engine, *, task_ids: list[str] | None = None) -> dict[str, int]:
@@ -129,12 +141,13 @@ def iter_tasks(engine: Engine, task_filter: TaskFilter, *, chunk: int = 500):
 
 
 def delete_task(engine: Engine, task_id: str) -> bool:
-    """Delete the audit row of ``task_id``; whether there was one."""
+    """Delete the audit row of ``task_id`` and its attempts; whether there was one."""
     with Session(engine) as session:
         row = session.get(TaskRecord, task_id)
         if row is None:
             return False
         session.delete(row)
+        session.exec(delete(AttemptRecord).where(col(AttemptRecord.task_id) == task_id))
         session.commit()
         return True
 

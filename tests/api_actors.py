@@ -35,3 +35,12 @@ def api_sleep(seconds: float) -> None:
     import time
 
     time.sleep(seconds)
+
+
+@dramatiq.actor(queue_name="api_work", max_retries=3)
+def api_third_time(key: str) -> str:
+    """Fails its first two attempts (``ValueError: attempt N``), then succeeds."""
+    attempt = _client().incr(f"{key}:attempts")
+    if attempt < 3:
+        raise ValueError(f"attempt {attempt}")
+    return "ok"

@@ -91,6 +91,33 @@ def test_submit_a_job_that_a_worker_runs(server):
     assert detail["ip_address"] == "127.0.0.1" and detail["worker_id"]
 
 
+def test_job_detail_lists_every_attempt_with_error_traceback_worker_and_timings(server):
+    api = server.client("viewer")
+    key = f"{server.settings.namespace}:third:{uuid.uuid4().hex[:6]}"
+    job = server.client("operator").post("/api/v1/jobs", json={"actor": "api_third_time", "args": [key]})
+    job_id = job.json()["job_id"]
+    wait_until(lambda: job_status(api, job_id) == "completed", timeout=30, what="the third attempt")
+    detail = api.get(f"/api/v1/jobs/{job_id}").json()
+    attempts = detail["attempts"]
+    assert [(a["number"], a["retry_count"], a["status"]) for a in attempts] == [
+        (1, 0, "retrying"),
+        (2, 1, "retrying"),
+        (3, 2, "completed"),
+    ]
+    assert [a["error"] for a in attempts] == ["ValueError: attempt 1", "ValueError: attempt 2", None]
+    assert [a["error_type"] for a in attempts] == ["ValueError", "ValueError", None]
+    assert (
+        'raise ValueError(f"attempt {attempt}")' in attempts[1]["traceback"] and not attempts[2]["traceback"]
+    )
+    workers = {(a["worker_id"], a["worker_host"], a["worker_pid"]) for a in attempts}
+    assert len(workers) == 1 and detail["worker_id"] == attempts[2]["worker_id"], "the one worker process"
+    assert all(a["started_at"] <= a["finished_at"] and a["duration_ms"] >= 0 for a in attempts)
+    schema = api.get("/api/openapi.json").json()["components"]["schemas"]
+    assert schema["JobDetail"]["properties"]["attempts"]["items"] == {
+        "$ref": "#/components/schemas/JobAttempt"
+    }
+
+
 def test_idempotency_key_returns_the_first_job_and_sends_one_message(server):
     api = server.client("operator")
     key = uuid.uuid4().hex
@@ -242,6 +269,11 @@ def test_dead_letter_grouped_then_retried_by_an_operator(server):
     retried = api.post(f"/api/v1/dead-letters/{job_id}/retry")
     assert retried.status_code == 202, retried.text
     wait_until(lambda: job_status(api, job_id) == "completed", timeout=30, what="the retried job")
+    attempts = api.get(f"/api/v1/jobs/{job_id}").json()["attempts"]
+    assert [(a["status"], a["error"]) for a in attempts] == [
+        ("dead_letter", "ValueError: not fixed yet"),
+        ("completed", None),
+    ], "the attempt before the dead letter and the one after its retry"
     assert problem_type(api.post(f"/api/v1/dead-letters/{job_id}/retry")) == "not-found"
     assert problem_type(api.delete("/api/v1/dead-letters")) == "forbidden", "purging is for admins"
     assert (

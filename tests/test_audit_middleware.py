@@ -10,7 +10,7 @@ import dramatiq
 import pytest
 
 from actors import build_broker
-from storage import TERMINAL_STATUSES, create_db_engine, get_task, list_tasks
+from storage import TERMINAL_STATUSES, create_db_engine, get_attempts, get_task, list_tasks
 
 
 def wait_for_terminal(engine, task_id: str, timeout: float = 30):
@@ -43,6 +43,12 @@ def harness(settings):
     def flaky(key):
         if record(key) == 1:
             raise RuntimeError("first attempt fails")
+
+    @dramatiq.actor(broker=broker, queue_name="t", max_retries=3)
+    def twice(key):
+        call = record(key)
+        if call < 3:
+            raise ValueError(f"attempt {call} fails")
 
     @dramatiq.actor(broker=broker, queue_name="t", max_retries=1)
     def broken():
@@ -79,6 +85,32 @@ def test_failure_then_success_is_completed_after_one_retry(harness):
     assert calls["k1"] == 2
     assert (row.status, row.retry_count) == ("completed", 1)
     assert row.error_message == "RuntimeError: first attempt fails"
+
+
+def test_each_attempt_has_its_row_with_error_traceback_worker_timings(harness):
+    from actors.middleware import worker_id
+
+    _, engine, calls, actors = harness
+    message = actors["twice"].send("k2")
+    row = wait_for_terminal(engine, message.message_id)
+    attempts = get_attempts(engine, message.message_id)
+    assert calls["k2"] == 3 and row.status == "completed"
+    assert [(a.retry_count, a.status, a.error_type) for a in attempts] == [
+        (0, "retrying", "ValueError"),
+        (1, "retrying", "ValueError"),
+        (2, "completed", None),
+    ]
+    assert [a.error_message for a in attempts] == [
+        "ValueError: attempt 1 fails",
+        "ValueError: attempt 2 fails",
+        None,
+    ]
+    assert "raise ValueError" in attempts[0].traceback and attempts[0].traceback.startswith("Traceback")
+    assert attempts[2].traceback is None
+    for attempt in attempts:
+        assert attempt.worker_id == worker_id()
+        assert attempt.started_at <= attempt.finished_at and attempt.duration_ms >= 0
+    assert attempts[0].finished_at <= attempts[1].started_at <= attempts[2].started_at
 
 
 def test_exhausted_retries_end_in_dead_letter(harness):
@@ -144,3 +176,41 @@ def test_message_from_a_non_python_producer_gets_a_row_when_it_runs(harness, set
     row = wait_for_terminal(engine, message_id)
     assert (row.status, row.task_type, row.args) == ("completed", "add", {"args": [4, 5], "kwargs": {}})
     assert row.created_at is not None and row.started_at is not None
+
+
+def test_an_attempt_records_the_trace_id_its_message_carries(harness):
+    _, engine, _, actors = harness
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    message = actors["add"].send_with_options(
+        args=(1, 2), trace_context={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    )
+    wait_for_terminal(engine, message.message_id)
+    assert [a.trace_id for a in get_attempts(engine, message.message_id)] == [trace_id]
+
+
+def test_trace_id_of_prefers_the_current_span():
+    from dramatiq.message import Message
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from actors.middleware.audit import trace_id_of
+
+    message = Message(queue_name="t", actor_name="add", args=(), kwargs={}, options={})
+    assert trace_id_of(message) is None
+    with TracerProvider().get_tracer("test").start_as_current_span("process t") as span:
+        assert trace_id_of(message) == f"{span.get_span_context().trace_id:032x}"
+
+
+def test_the_journal_keeps_an_events_attempt(redis_url, namespace):
+    import redis
+
+    from actors.middleware import RedisAuditJournal
+    from storage import AttemptEvent, TaskEvent, utc_now
+
+    now = utc_now()
+    attempt = AttemptEvent(task_id="j1", number=0, seq=2, status="retrying", started_at=now, finished_at=now)
+    event = TaskEvent(task_id="j1", task_type="ping", queue="t", status="retrying", seq=2, attempt=attempt)
+    journal = RedisAuditJournal(client=redis.Redis.from_url(redis_url), namespace=namespace)
+    journal.spill([event, TaskEvent(task_id="j2", task_type="ping", queue="t", status="pending", seq=0)])
+    replayed: list = []
+    assert journal.replay(replayed.extend, batch_size=10)
+    assert replayed == [event, TaskEvent(task_id="j2", task_type="ping", queue="t", status="pending", seq=0)]

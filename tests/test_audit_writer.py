@@ -200,3 +200,64 @@ def test_sqlite_audit_writes_queue_behind_the_databases_fair_write_lock(tmp_path
         release.set()
         holder.join(10)
         writer.close(5)
+
+
+def _attempt_events(task_id: str, number: int, status: str, **attempt) -> TaskEvent:
+    from storage import AttemptEvent
+
+    seq = number * 3 + 2
+    return TaskEvent(
+        task_id=task_id,
+        task_type="ping",
+        queue="system",
+        status=status,
+        seq=seq,
+        attempt=AttemptEvent(task_id=task_id, number=number, seq=seq, status=status, **attempt),
+    )
+
+
+def test_attempts_of_one_batch_are_rows_of_their_own_in_the_same_commit(migrated_url):
+    from storage import get_attempts
+
+    engine = create_db_engine(migrated_url)
+    writer = AuditWriter(engine, commit_interval=5.0)
+    events = [
+        _attempt_events(
+            "j", 0, "retrying", error_type="ValueError", worker_id="h:1", traceback="Traceback 0"
+        ),
+        _attempt_events("j", 1, "retrying", error_type="KeyError", worker_id="h:2"),
+        _attempt_events("j", 2, "completed", worker_id="h:1", trace_id="ab" * 16),
+        *(_event(i) for i in range(20)),
+    ]
+    for event in events[:-1]:
+        writer.submit(event)
+    assert writer.submit(events[-1], wait=True, timeout=10)
+    assert writer.commits == 1, "one transaction for tasks and attempts"
+    attempts = get_attempts(engine, "j")
+    assert [(a.number, a.status, a.error_type, a.worker_id) for a in attempts] == [
+        (0, "retrying", "ValueError", "h:1"),
+        (1, "retrying", "KeyError", "h:2"),
+        (2, "completed", None, "h:1"),
+    ]
+    assert attempts[0].traceback == "Traceback 0" and attempts[2].trace_id == "ab" * 16
+    assert get_task(engine, "j").status == "completed"
+    # a replay (the journal) or a late start event never moves an attempt backwards
+    start = _attempt_events("j", 2, "running", worker_id="h:9")
+    start.seq = start.attempt.seq = 7
+    assert writer.submit(start, wait=True, timeout=10)
+    assert get_attempts(engine, "j")[2].status == "completed"
+    writer.close(5)
+
+
+def test_a_deferred_start_keeps_its_attempt_when_the_next_attempt_absorbs_nothing(migrated_url):
+    from storage import get_attempts
+
+    engine = create_db_engine(migrated_url)
+    writer = AuditWriter(engine)
+    start = _attempt_events("k", 0, "running", worker_id="h:1")
+    start.seq = start.attempt.seq = 1
+    writer.submit(start, defer=5.0)
+    assert writer.submit(_attempt_events("k", 1, "completed", worker_id="h:2"), wait=True, timeout=10)
+    assert writer.flush(10)
+    assert [(a.number, a.status) for a in get_attempts(engine, "k")] == [(0, "running"), (1, "completed")]
+    writer.close(5)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import time
+import traceback
 
 from dramatiq import Broker, Middleware
 from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
+from opentelemetry import trace
 
 from actors.broker import AUDIT_SEQ_BASE, DUPLICATE, SKIP_REASON, SKIP_STATUS, hold_ack
-from storage import AuditWriter, TaskEvent, TaskStatus, utc_from_millis, utc_now
+from storage import AttemptEvent, AuditWriter, TaskEvent, TaskStatus, utc_from_millis, utc_now
 
 from .errors import JobCancelled, missing_extra
 
@@ -21,6 +23,12 @@ MAX_ERROR_LENGTH = 4_000
 
 #: Priority recorded for a message that names none.
 DEFAULT_PRIORITY = "normal"
+
+#: Longest traceback kept in an attempt row, in characters (its end: the innermost frames).
+MAX_TRACEBACK_LENGTH = 8_000
+
+#: The message option carrying the trace context (``saga.run_tracing.CONTEXT_OPTION``).
+_TRACE_CONTEXT = "trace_context"
 
 _HOSTNAME = socket.gethostname()
 _worker_id = ("", -1)
@@ -38,6 +46,30 @@ def worker_id() -> str:
 def describe_exception(exception: BaseException) -> str:
     text = f"{type(exception).__name__}: {exception}"
     return text[:MAX_ERROR_LENGTH]
+
+
+def format_traceback(exception: BaseException) -> str | None:
+    """The traceback of ``exception``, its last :data:`MAX_TRACEBACK_LENGTH` characters."""
+    if exception.__traceback__ is None:
+        return None
+    text = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+    if len(text) > MAX_TRACEBACK_LENGTH:
+        text = "…" + text[-MAX_TRACEBACK_LENGTH + 1 :]
+    return text
+
+
+def trace_id_of(message: Message) -> str | None:
+    """The trace id of ``message``'s processing, 32 hex digits: the current span's (the
+    ``Tracing`` middleware's process span), else the one its ``traceparent`` carries."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        return trace.format_trace_id(span_context.trace_id)
+    carrier = message.options.get(_TRACE_CONTEXT)
+    value = carrier.get("traceparent") if isinstance(carrier, dict) else None
+    parts = value.split("-") if isinstance(value, str) else ()
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        return parts[1]
+    return None
 
 
 class CommitHold:
@@ -131,14 +163,18 @@ class Audit(Middleware):
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         attempt = message.options.get("retries", 0)
-        self._started[message.message_id] = (time.perf_counter(), attempt)
         event = self._event(broker, message, TaskStatus.RUNNING, seq=attempt * 3 + 1)
         event.started_at = utc_now()
         event.worker_id = worker_id()
+        trace_id = trace_id_of(message)
+        self._started[message.message_id] = (time.perf_counter(), attempt, event.started_at, trace_id)
+        event.attempt = self._attempt(event, trace_id=trace_id)
         self.writer.submit(event, defer=self.running_delay)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
-        started, attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))
+        started, attempt, started_at, trace_id = self._started.pop(
+            message.message_id, (None, message.options.get("retries", 0), None, None)
+        )
         if exception is None:
             status, retry_count = TaskStatus.COMPLETED, attempt
         elif isinstance(exception, JobCancelled):
@@ -159,12 +195,21 @@ class Audit(Middleware):
             event.completed_at = utc_now()
         if started is not None:
             event.processing_time_ms = (time.perf_counter() - started) * 1000
+        record = event.attempt = self._attempt(event, trace_id=trace_id or trace_id_of(message))
+        record.retry_count = attempt  # the attempt's own number within its budget, not the next one's
+        record.started_at = started_at
+        record.finished_at = event.completed_at or utc_now()
+        record.duration_ms = event.processing_time_ms
+        if exception is not None:
+            record.error_type = type(exception).__name__
+            record.error_message = event.error_message
+            record.traceback = format_traceback(exception)
         self._commit(broker, message, event)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if message.options.get(SKIP_STATUS) == DUPLICATE:
             return  # the original delivery (maybe running here now) owns the row
-        _, attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))
+        attempt = self._started.pop(message.message_id, (None, message.options.get("retries", 0)))[1]
         status = TaskStatus.FAILED if message.failed else TaskStatus.CANCELLED
         status = TaskStatus(message.options.get(SKIP_STATUS, status))
         # a skipped message may never have had a row: write all it says about itself
@@ -210,6 +255,20 @@ class Audit(Middleware):
                 self.commit_wait,
                 self.writer.last_error,
             )
+
+    @staticmethod
+    def _attempt(event: TaskEvent, *, trace_id: str | None) -> AttemptEvent:
+        """The row of the attempt ``event`` starts or ends (its number: the attempt's ``seq // 3``)."""
+        return AttemptEvent(
+            task_id=event.task_id,
+            number=event.seq // 3,
+            seq=event.seq,
+            status=event.status,
+            retry_count=event.retry_count,
+            started_at=event.started_at,
+            worker_id=event.worker_id,
+            trace_id=trace_id,
+        )
 
     def _is_expected(self, broker: Broker, message: Message, exception: BaseException) -> bool:
         actor = broker.actors.get(message.actor_name)

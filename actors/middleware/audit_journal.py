@@ -16,7 +16,7 @@ from datetime import datetime
 import redis
 from dramatiq.logging import get_logger
 
-from storage import TaskEvent
+from storage import AttemptEvent, TaskEvent
 
 #: Redis list (under the namespace) of journaled events, one JSON object each.
 JOURNAL_KEY = "__audit_journal__"
@@ -26,6 +26,9 @@ REPLAY_LOCK_MS = 30_000
 
 #: Fields of a :class:`storage.TaskEvent` that hold times.
 _TIMES = ("created_at", "started_at", "completed_at")
+
+#: Fields of a :class:`storage.AttemptEvent` that hold times.
+_ATTEMPT_TIMES = ("started_at", "finished_at")
 
 
 class RedisAuditJournal:
@@ -73,15 +76,29 @@ class RedisAuditJournal:
 
 def _encode(event: TaskEvent) -> str:
     fields = asdict(event)
-    for name in _TIMES:
-        if fields[name] is not None:
-            fields[name] = fields[name].isoformat()
+    _times_to_text(fields, _TIMES)
+    if fields["attempt"] is not None:
+        _times_to_text(fields["attempt"], _ATTEMPT_TIMES)
     return json.dumps(fields)
 
 
 def _decode(raw: bytes) -> TaskEvent:
     fields = json.loads(raw)
-    for name in _TIMES:
+    _times_from_text(fields, _TIMES)
+    attempt = fields.pop("attempt", None)  # absent from what an older writer journaled
+    if attempt is not None:
+        _times_from_text(attempt, _ATTEMPT_TIMES)
+        fields["attempt"] = AttemptEvent(**attempt)
+    return TaskEvent(**fields)
+
+
+def _times_to_text(fields: dict, names: tuple[str, ...]) -> None:
+    for name in names:
+        if fields[name] is not None:
+            fields[name] = fields[name].isoformat()
+
+
+def _times_from_text(fields: dict, names: tuple[str, ...]) -> None:
+    for name in names:
         if fields.get(name) is not None:
             fields[name] = datetime.fromisoformat(fields[name])
-    return TaskEvent(**fields)

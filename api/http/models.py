@@ -88,11 +88,39 @@ class Job(BaseModel):
     worker_id: str | None = None
 
 
+class JobAttempt(BaseModel):
+    """One attempt (a delivery that ran) of a job."""
+
+    number: int = Field(description="1 for the first attempt, then one more per attempt.")
+    retry_count: int = Field(
+        description="Retries spent before this attempt (a dead-letter retry starts at 0)."
+    )
+    status: str = Field(
+        description="running; or how the attempt ended, as the job's status then: completed, retrying "
+        "(failed, retried), dead_letter, failed (an expected error), cancelled."
+    )
+    started_at: Time | None = None
+    finished_at: Time | None = None
+    duration_ms: float | None = None
+    worker_id: str | None = Field(default=None, description="host:pid of the worker process.")
+    worker_host: str | None = None
+    worker_pid: int | None = None
+    error_type: str | None = None
+    error: str | None = Field(default=None, description="Type: message.")
+    traceback: str | None = Field(
+        default=None, description="Its end (innermost frames), at most 8,000 characters."
+    )
+    trace_id: str | None = Field(default=None, description="OpenTelemetry trace id (32 hex digits).")
+
+
 class JobDetail(Job):
-    """A job with what the broker still holds: its dead letter's traceback, if any."""
+    """A job with every attempt, and what the broker still holds: its dead letter, if any."""
 
     timeout_ms: int | None = None
     ip_address: str | None = None
+    attempts: list[JobAttempt] = Field(
+        default_factory=list, description="Every attempt, first first (at most the last 100)."
+    )
     dead_letter: DeadLetter | None = None
 
 

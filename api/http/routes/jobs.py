@@ -16,6 +16,7 @@ from ..models import (
     Job,
     JobAccepted,
     JobAction,
+    JobAttempt,
     JobBatch,
     JobBatchAccepted,
     JobDetail,
@@ -173,6 +174,25 @@ def job_view(row, cls=Job):
     )
 
 
+def attempt_view(row, number: int) -> JobAttempt:
+    host, _, pid = (row.worker_id or "").rpartition(":")
+    return JobAttempt(
+        number=number,
+        retry_count=row.retry_count,
+        status=row.status,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_ms=row.duration_ms,
+        worker_id=row.worker_id,
+        worker_host=host or None,
+        worker_pid=int(pid) if pid.isdigit() else None,
+        error_type=row.error_type,
+        error=row.error_message,
+        traceback=row.traceback,
+        trace_id=row.trace_id,
+    )
+
+
 @router.get(
     "/jobs",
     response_model=Page[Job],
@@ -221,12 +241,20 @@ def _task(context: ApiContext, job_id: str):
     return row
 
 
-@router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job, with its dead letter if it died")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobDetail,
+    summary="One job: every attempt, and its dead letter if it died",
+)
 def get_job(request: Request, job_id: str, principal: Viewer) -> JobDetail:
     from actors.middleware import UnknownDeadLetter, find_dead_letter
+    from storage import get_attempts
 
     context = context_of(request)
     detail = job_view(_task(context, job_id), JobDetail)
+    detail.attempts = [
+        attempt_view(row, number) for number, row in enumerate(get_attempts(context.database, job_id), 1)
+    ]
     if detail.status == "dead_letter" and context.broker is not None:
         with contextlib.suppress(UnknownDeadLetter):  # retried or purged meanwhile
             detail.dead_letter = dead_letter_view(find_dead_letter(context.broker, job_id))
