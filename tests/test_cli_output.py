@@ -88,6 +88,20 @@ def test_lists_print_full_ids_when_piped_and_json_everywhere(harness, settings):
 
     shown = _lines(run_cli("jobs", "show", done.message_id, "--json", env=env).stdout)[0]
     assert shown["status"] == "completed" and shown["result"] == {"doubled": 42}
+    assert [(a["number"], a["status"], a["error_message"]) for a in shown["attempts"]] == [
+        (1, "completed", None)
+    ]
+    died = _lines(run_cli("jobs", "show", dead.message_id, "--json", env=env).stdout)[0]
+    (attempt,) = died["attempts"]
+    assert (attempt["status"], attempt["error_type"]) == ("dead_letter", "RuntimeError")
+    assert attempt["worker_id"] == died["worker_id"] and attempt["finished_at"] >= attempt["started_at"]
+    assert attempt["traceback"].rstrip().endswith("RuntimeError: broken 1")
+    text = run_cli("jobs", "show", dead.message_id, env=env).stdout
+    assert (
+        "attempts" in text
+        and "RuntimeError: broken 1" in text
+        and 'raise RuntimeError(f"broken {x}")' in text
+    )
 
     dlq = run_cli("dlq", "list", env=env)
     assert dead.message_id in dlq.stdout and "RuntimeError: broken 1" in dlq.stdout

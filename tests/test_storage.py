@@ -100,3 +100,34 @@ def test_collapse_keeps_highest_seq_and_fills_gaps():
     assert [event.task_id for event in collapse(events)] == ["x", "y"]
     assert merged["x"].status == "completed"
     assert (merged["x"].user_id, merged["x"].worker_id, merged["x"].processing_time_ms) == ("u", "w", 1.0)
+
+
+def test_housekeeping_deletes_old_finished_tasks_with_their_attempts(migrated_url):
+    from storage import AttemptEvent, delete_finished_before, delete_task, get_attempts
+
+    old, recent = datetime(2020, 1, 1), datetime(2030, 1, 1)
+
+    def finished(task_id: str, status: str, at: datetime) -> TaskEvent:
+        attempt = AttemptEvent(task_id=task_id, number=0, seq=2, status=status, finished_at=at)
+        return _event(task_id, status, 2, completed_at=at, attempt=attempt)
+
+    _write(
+        migrated_url,
+        finished("old", "completed", old),
+        finished("new", "completed", recent),
+        finished("gone", "completed", recent),
+        _event(
+            "live",
+            "running",
+            4,
+            attempt=AttemptEvent(task_id="live", number=0, seq=2, status="retrying", finished_at=old),
+        ),
+    )
+    engine = create_db_engine(migrated_url)
+    assert delete_task(engine, "gone") and get_attempts(engine, "gone") == []
+    counts = delete_finished_before(engine, datetime(2025, 1, 1))
+    assert counts == {"tasks": 1, "task_attempts": 1, "outbox": 0}
+    assert get_task(engine, "old") is None and get_attempts(engine, "old") == []
+    assert [len(get_attempts(engine, task_id)) for task_id in ("new", "live")] == [1, 1], (
+        "their tasks are kept"
+    )

@@ -121,14 +121,43 @@ def jobs_list(
 def jobs_show(
     task_id: Annotated[str, typer.Argument(help="Message id.")], as_json: JsonOption = False
 ) -> None:
-    """Every field of one task, and its stored result (``result``) when the actor stores results."""
-    from storage import get_task
+    """Every field of one task, its stored result (``result``) when the actor stores results, and
+    every attempt (``attempts``: error, worker, timings, trace id, then each traceback)."""
+    from storage import get_attempts, get_task
 
     settings = load_settings()
-    row = get_task(open_engine(settings), task_id)
+    engine = open_engine(settings)
+    row = get_task(engine, task_id)
     if row is None:
         raise CliError(f"no task with id {task_id!r}")
-    print_record({**row.model_dump(), "result": _stored_result(settings, row)}, as_json=as_json)
+    attempts = [
+        # the ordinal replaces the stored number (the audit seq // 3, with gaps after a dead-letter retry)
+        {"number": number, **{k: plain(v) for k, v in attempt.model_dump().items() if k != "number"}}
+        for number, attempt in enumerate(get_attempts(engine, task_id), 1)
+    ]
+    record = {**row.model_dump(), "result": _stored_result(settings, row)}
+    if as_json:
+        print_record({**record, "attempts": attempts}, as_json=True)
+        return
+    print_record(record, as_json=False)
+    print_rows(attempts, fields=ATTEMPT_FIELDS, as_json=False, title="attempts")
+    for attempt in attempts:
+        if attempt["traceback"]:
+            console.print(f"\nattempt {attempt['number']}:", soft_wrap=True)
+            console.print(attempt["traceback"].rstrip(), soft_wrap=True, markup=False, highlight=False)
+
+
+#: Columns of the attempts table of ``jobs show`` (``--json`` has every field of each attempt).
+ATTEMPT_FIELDS = (
+    "number",
+    "retry_count",
+    "status",
+    "started_at",
+    "duration_ms",
+    "worker_id",
+    "error_message",
+    "trace_id",
+)
 
 
 def _stored_result(settings: Settings, row) -> Any:
