@@ -23,6 +23,7 @@ import pytest
 import redis
 from api_support import Server, api_for_database, wait_until
 from conftest import REPO_ROOT, settings_env
+from otlp_receiver import OTLPReceiver
 
 #: The browser the tests drive: ``TRADEFLOW_TEST_CHROMIUM``, else Debian's.
 CHROMIUM = os.environ.get("TRADEFLOW_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,9 +45,18 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
+@pytest.fixture(scope="module")
+def spans() -> Iterator[OTLPReceiver]:
+    """Where the server's and worker's spans go (the part of Jaeger they talk to)."""
+    with OTLPReceiver() as receiver:
+        yield receiver
+
+
 @pytest.fixture(scope="module", params=["sqlite"])
-def server(request, redis_url, tmp_path_factory) -> Iterator[Server]:
+def server(request, redis_url, tmp_path_factory, spans) -> Iterator[Server]:
     overrides = {
+        "tracing_exporter": "otlp-http",  # each attempt records its trace id; the page links it
+        "tracing_endpoint": spans.url,
         "dashboard_environment": "staging",
         "dashboard_jaeger_url": "http://127.0.0.1:16686",
         "api_max_payload_bytes": 262_144,  # the 500-step run's definition
@@ -367,6 +377,41 @@ def test_retry_a_dead_job_with_edited_arguments(login, server):
     wait_until(lambda: job_status(server, job_id) == "completed", timeout=30, what="the edited retry to run")
     page.wait_for_selector("#job-facts .st-completed", timeout=5_000)  # live, no reload
     assert json.loads(page.inner_text("#job-args"))["args"] == [fixed]
+
+
+def test_job_page_shows_each_attempt_with_traceback_worker_timings_and_trace_link(login, server, spans):
+    key = f"{server.settings.namespace}:third:{uuid.uuid4().hex[:6]}"
+    job_id = submit(server, "api_third_time", key)
+    wait_until(lambda: job_status(server, job_id) == "completed", timeout=30, what="the third attempt")
+    detail = server.client("viewer").get(f"/api/v1/jobs/{job_id}").json()
+    page = login("viewer").new_page()
+    page.goto(f"/jobs/{job_id}")
+    page.wait_for_selector("section.attempt[data-attempt='3']")
+    sections = page.locator("section.attempt")
+    assert sections.count() == 3
+    for number, attempt in enumerate(detail["attempts"], 1):
+        section = page.locator(f"section.attempt[data-attempt='{number}']")
+        text = section.inner_text()
+        assert f"Attempt {number}" in text and f"pid {attempt['worker_pid']}" in text
+        assert attempt["worker_host"] in text and "ms" in text  # how long it took
+        assert section.locator("time").count() == 2  # started, finished
+        link = section.locator("a.trace-link")
+        assert link.get_attribute("href") == f"http://127.0.0.1:16686/trace/{attempt['trace_id']}"
+        if number < 3:
+            assert f"ValueError: attempt {number}" in section.locator("pre.error").inner_text()
+            traceback = section.locator("pre.traceback")
+            assert (
+                traceback.is_visible() and 'raise ValueError(f"attempt {attempt}")' in traceback.inner_text()
+            )
+        else:
+            assert section.locator("pre.traceback").count() == 0 and "completed" in text
+    # the retries continue the first attempt's trace: one trace, which reached the collector
+    trace_ids = {attempt["trace_id"] for attempt in detail["attempts"]}
+    assert len(trace_ids) == 1 and len(trace_ids.pop()) == 32
+    spans.wait_for(
+        lambda got: any(span.trace_id == detail["attempts"][0]["trace_id"] for span in got), timeout=15
+    )
+    assert axe_violations(page) == []
 
 
 def test_pause_a_queue_and_disable_and_run_a_schedule(login, server):

@@ -534,6 +534,31 @@ pages.jobs = async function () {
   });
 };
 
+/** One attempt of a job: its outcome, worker, timings, error with traceback, and trace link. */
+function attemptView(attempt, jaeger) {
+  const worker = attempt.worker_host ? `${attempt.worker_host} (pid ${attempt.worker_pid ?? "?"})` : (attempt.worker_id || "—");
+  const trace = attempt.trace_id
+    ? (jaeger
+      ? el("a", { href: `${jaeger.replace(/\/$/, "")}/trace/${attempt.trace_id}`, rel: "noopener", target: "_blank", class: "trace-link", text: attempt.trace_id })
+      : el("code", { text: attempt.trace_id }))
+    : "—";
+  const facts = [
+    ["Outcome", statusBadge(attempt.status)], ["Worker", worker], ["Started", timeEl(attempt.started_at)],
+    ["Finished", timeEl(attempt.finished_at)], ["Took", fmtMs(attempt.duration_ms)],
+    ["Retries before", String(attempt.retry_count)], ["Trace", trace],
+  ];
+  const parts = [
+    el("h3", { text: `Attempt ${attempt.number}` }),
+    el("dl", { class: "facts" }, facts.flatMap(([name, value]) => [el("dt", { text: name }), el("dd", {}, value)])),
+  ];
+  if (attempt.error) parts.push(el("pre", { class: "code error", text: attempt.error }));
+  if (attempt.traceback) {
+    parts.push(el("details", { class: "traceback-box", open: true },
+      el("summary", { text: "Traceback" }), el("pre", { class: "code traceback", text: attempt.traceback })));
+  }
+  return el("section", { class: "attempt", "data-attempt": attempt.number, "aria-label": `Attempt ${attempt.number}` }, parts);
+}
+
 pages.job = async function () {
   const id = $("#job").dataset.job;
   const jaeger = document.body.dataset.jaeger;
@@ -552,10 +577,11 @@ pages.job = async function () {
     const retryArgs = $("#retry-args");
     if (retryArgs && !retryArgs.dataset.touched) retryArgs.value = JSON.stringify({ args: job.args || [], kwargs: job.kwargs || {} });
     const attempts = [];
-    const count = job.retry_count + (job.started_at ? 1 : 0);
-    attempts.push(el("p", { text: `${count} attempt${count === 1 ? "" : "s"}; the audit trail keeps the last one's error, the dead letter its traceback.` }));
-    if (job.error) attempts.push(el("h3", { text: `Attempt ${Math.max(count, 1)}` }), el("pre", { class: "code error", text: job.error }));
-    if (job.dead_letter && job.dead_letter.traceback) {
+    const tried = job.attempts || [];
+    const count = tried.length;
+    attempts.push(el("p", { text: count ? `${count} attempt${count === 1 ? "" : "s"}, first first.` : "No attempt has run yet." }));
+    for (const attempt of tried) attempts.push(attemptView(attempt, jaeger));
+    if (job.dead_letter && job.dead_letter.traceback && !tried.some((attempt) => attempt.traceback)) {
       attempts.push(el("h3", { text: `Traceback (dead since ${fmtTime(job.dead_letter.failed_at)}, fingerprint ${job.dead_letter.fingerprint})` }),
         el("pre", { class: "code traceback", text: job.dead_letter.traceback }));
     }
