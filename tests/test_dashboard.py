@@ -414,6 +414,40 @@ def test_job_page_shows_each_attempt_with_traceback_worker_timings_and_trace_lin
     assert axe_violations(page) == []
 
 
+def test_api_docs_render_styled_under_the_strict_csp(login, server):
+    context = login(None)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.add_init_script(
+        "window.violations = []; document.addEventListener('securitypolicyviolation', (e) =>"
+        " window.violations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sample}`));"
+    )
+    response = page.goto("/api/docs")
+    csp = response.headers["content-security-policy"]
+    assert "style-src 'self';" in csp and "script-src 'self';" in csp and "unsafe" not in csp
+    page.wait_for_selector(".opblock-summary-method")  # Swagger UI rendered the OpenAPI 3.1 schema
+    page.locator(".opblock-summary").first.click()
+    page.locator(".execute").first.click()  # try it out: a request and its highlighted response
+    page.wait_for_selector(".responses-wrapper .live-responses-table", timeout=10_000)
+    styles = page.evaluate(
+        """() => {
+          const style = (selector, name) => getComputedStyle(document.querySelector(selector))[name];
+          return {
+            method: style(".opblock-summary-method", "backgroundColor"),
+            title: style(".info .title", "fontSize"),
+            rules: Array.from(document.styleSheets).reduce((n, sheet) => n + sheet.cssRules.length, 0),
+          };
+        }"""
+    )
+    assert styles["method"] not in ("rgba(0, 0, 0, 0)", "transparent"), styles
+    assert float(styles["title"].removesuffix("px")) >= 30, styles
+    assert styles["rules"] > 1_000, "swagger-ui.css applied"
+    assert page.evaluate("window.violations") == [] and problems == []
+    shoot(page, "api-docs")
+
+
 def test_pause_a_queue_and_disable_and_run_a_schedule(login, server):
     viewer = server.client("viewer")
     page = login().new_page()
