@@ -29,6 +29,8 @@ class Server:
     url: str
     tokens: dict[str, str]
     log: Path
+    #: The ``tradeflow api`` process.
+    process: subprocess.Popen | None = None
 
     def client(self, role: str | None = "operator", *, headers: dict | None = None) -> httpx.Client:
         auth = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
@@ -73,7 +75,7 @@ def running_api(
         update={"api_port": free_port(), "metrics_port": 0, "metrics_dir": log_dir / "metrics"}
     )
     env = settings_env(settings)
-    log = log_dir / "api.log"
+    log = log_dir / f"api-{settings.api_port}.log"
     tokens = _tokens(settings)
     tradeflow = str(Path(sys.executable).with_name("tradeflow"))
     with open(log, "w") as out:
@@ -106,7 +108,7 @@ def running_api(
                 stdout=out,
                 stderr=out,
             )
-    server = Server(settings, f"http://127.0.0.1:{settings.api_port}", tokens, log)
+    server = Server(settings, f"http://127.0.0.1:{settings.api_port}", tokens, log, api)
     try:
 
         def up() -> bool:

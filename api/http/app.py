@@ -8,6 +8,7 @@ new routes get authentication by depending on :func:`api.http.access.require`.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -77,6 +78,20 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    """While serving: watch the bulk operations (heartbeats of ours, adoption of the orphans of
+    API processes that stopped), from the start, not only once someone reads one."""
+    from .bulk import operations_of
+
+    operations = operations_of(app.state.tradeflow)
+    operations.watch()
+    try:
+        yield
+    finally:
+        operations.stop()
+
+
 def create_app(
     settings: Settings, *, broker: Any = None, workflows: Any = None, dashboard: bool = True
 ) -> FastAPI:
@@ -90,6 +105,7 @@ def create_app(
       dashboard: Serve the web dashboard at ``/`` (``docs/dashboard.md``).
     """
     app = FastAPI(
+        lifespan=_lifespan,
         title="tradeflow",
         version=API_VERSION,
         description="Jobs, workflows, queues and schedules of tradeflow. See docs/api.md.",

@@ -450,9 +450,12 @@ class BulkAccepted(BaseModel):
 
 
 class Operation(BaseModel):
+    """A bulk operation.  ``interrupted``: the API process running it stopped and it could not
+    be resumed (``error`` says how far it got); a resumable one goes on in another API process."""
+
     id: str
     kind: str
-    status: Literal["running", "succeeded", "failed"]
+    status: Literal["running", "succeeded", "failed", "interrupted"]
     total: int | None = Field(description="Items selected (null until counted).")
     done: int
     skipped: int = Field(description="Selected but not acted on (taken by someone else meanwhile).")
@@ -460,6 +463,11 @@ class Operation(BaseModel):
     started_at: Time
     finished_at: Time | None = None
     error: str | None = None
+    owner: str | None = Field(default=None, description="host:pid:instance of the API process running it.")
+    heartbeat_at: Time | None = Field(default=None, description="The owner's last heartbeat (every second).")
+    resumed: int = Field(
+        default=0, description="Times another API process resumed it after its owner stopped."
+    )
 
 
 class ScheduleCreate(BaseModel):

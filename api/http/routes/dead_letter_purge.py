@@ -3,14 +3,15 @@ fingerprint) as a tracked operation, so a dashboard can purge one fingerprint gr
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 
 from ..access import Principal, require
+from ..bulk import Plan, planner
 from ..models import BulkAccepted, DeadLetterSelection
 from ..problems import API_PROBLEMS
-from .dead_letters import bulk_letters
+from .dead_letters import bulk_letters, letters_plan
 
 router = APIRouter(prefix="/api/v1", tags=["dead letters"], responses=API_PROBLEMS)
 
@@ -28,6 +29,11 @@ def purge_many(
     body: DeadLetterSelection,
     principal: Annotated[Principal, require("dlq.purge")],
 ) -> BulkAccepted:
+    return bulk_letters(request, response, body, principal, kind="dead-letters.purge")
+
+
+@planner("dead-letters.purge")
+def _plan_purge(context, params: dict[str, Any]) -> Plan:
     from actors.middleware import purge_letters
 
-    return bulk_letters(request, response, body, principal, kind="dead-letters.purge", apply=purge_letters)
+    return letters_plan(context, params, apply=purge_letters)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from ..access import Principal, Viewer, note_target, require
-from ..bulk import bulk_action, operations_of
+from ..bulk import Plan, bulk_action, operations_of, planner
 from ..context import broker_of, context_of
 from ..models import (
     BulkAccepted,
@@ -190,38 +190,42 @@ def retry_many(
     body: DeadLetterSelection,
     principal: Annotated[Principal, require("dlq.retry")],
 ) -> BulkAccepted:
+    return bulk_letters(request, response, body, principal, kind="dead-letters.retry")
+
+
+@planner("dead-letters.retry")
+def _plan_retry(context, params: dict[str, Any]) -> Plan:
     from actors.middleware import retry_dead_letters
 
-    return bulk_letters(
-        request,
-        response,
-        body,
-        principal,
-        kind="dead-letters.retry",
-        apply=lambda broker, letters: len(retry_dead_letters(broker, letters)),
+    return letters_plan(
+        context, params, apply=lambda broker, letters: len(retry_dead_letters(broker, letters))
+    )
+
+
+def letters_plan(context, params: dict[str, Any], *, apply: Callable[[Any, list], int]) -> Plan:
+    """``apply(broker, letters)`` over the dead letters the selection ``params`` covers.  A
+    letter acted on leaves the dead letters: planned again, the selection is what is left."""
+    broker = broker_of(context)
+    selection = DeadLetterSelection.model_validate(params)
+    return Plan(
+        items=lambda: _selected(broker, selection),
+        apply=lambda letters: apply(broker, letters),
+        count=lambda: _count(broker, selection),
     )
 
 
 def bulk_letters(
-    request: Request,
-    response: Response,
-    body: DeadLetterSelection,
-    principal: Principal,
-    *,
-    kind: str,
-    apply: Callable[[Any, list], int],
+    request: Request, response: Response, body: DeadLetterSelection, principal: Principal, *, kind: str
 ) -> BulkAccepted:
-    """Run ``apply(broker, letters)`` over the selected dead letters as a tracked operation
-    (``dry_run``: only their count)."""
-    broker = _broker(request)
+    """Run ``kind``'s plan over the selected dead letters as a tracked operation (``dry_run``:
+    only their count)."""
+    _broker(request)  # 503 before anything, without a broker
     return bulk_action(
         request,
         response,
         dry_run=body.dry_run,
         kind=kind,
-        items=lambda: _selected(broker, body),
-        apply=lambda letters: apply(broker, letters),
-        count=lambda: _count(broker, body),
+        params=body.model_dump(mode="json", by_alias=True, exclude={"dry_run"}),
         principal=principal,
     )
 
@@ -234,6 +238,7 @@ def get_operation(request: Request, operation_id: str, principal: Viewer) -> Ope
     if record is None:
         raise Problem("not-found", f"no operation {operation_id!r} (kept 7 days)")
     total = int(record["total"])
+    heartbeat = record.get("heartbeat")
     return Operation(
         id=record["id"],
         kind=record["kind"],
@@ -247,4 +252,7 @@ def get_operation(request: Request, operation_id: str, principal: Viewer) -> Ope
         if "finished_at" in record
         else None,
         error=record.get("error"),
+        owner=record.get("owner"),
+        heartbeat_at=datetime.fromtimestamp(float(heartbeat), UTC) if heartbeat else None,
+        resumed=int(record.get("resumed") or 0),
     )

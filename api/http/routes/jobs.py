@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from ..access import Principal, Viewer, note_target, require
-from ..bulk import bulk_action
+from ..bulk import Plan, bulk_action, planner
 from ..context import ApiContext, broker_of, context_of
 from ..models import (
     BulkAccepted,
@@ -337,10 +337,25 @@ def cancel_many(
     body: JobSelection,
     principal: Annotated[Principal, require("jobs.cancel")],
 ) -> BulkAccepted:
+    broker_of(context_of(request))  # 503 before anything, without a broker
+    return bulk_action(
+        request,
+        response,
+        dry_run=body.dry_run,
+        kind="jobs.cancel",
+        params=body.model_dump(mode="json", by_alias=True, exclude={"dry_run"}),
+        principal=principal,
+    )
+
+
+@planner("jobs.cancel")
+def _plan_cancel(context: ApiContext, params: dict) -> Plan:
+    """Cancel the jobs the selection ``params`` covers that may still run.  A cancelled job
+    leaves the selection: planned again, it is what is left."""
     from actors.middleware import cancel_job as cancel
     from storage import TaskFilter, count_tasks, iter_tasks
 
-    context = context_of(request)
+    body = JobSelection.model_validate(params)
     broker = broker_of(context)
     task_filter = TaskFilter(
         statuses=CANCELLABLE,
@@ -360,14 +375,9 @@ def cancel_many(
         outcomes = [cancel(broker, row.task_id, engine=context.database, ttl=ttl) for row in rows]
         return sum(1 for outcome in outcomes if outcome.state.value in ("cancelled", "cancelling"))
 
-    return bulk_action(
-        request,
-        response,
-        dry_run=body.dry_run,
-        kind="jobs.cancel",
+    return Plan(
         # a keyset walk: a cancelled row leaves the selection without shifting the next page
         items=lambda: iter_tasks(context.database, task_filter),
         apply=apply,
         count=lambda: count_tasks(context.database, task_filter),
-        principal=principal,
     )

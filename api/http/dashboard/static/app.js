@@ -293,7 +293,7 @@ async function followOperation(operationId, verb) {
     if (op.status !== "running") {
       text.textContent = op.status === "succeeded"
         ? `Done: ${op.done} ${verb}` + (op.skipped ? `, ${op.skipped} skipped` : "")
-        : `Failed after ${op.done}: ${op.error || "error"}`;
+        : `${op.status === "interrupted" ? "Interrupted" : "Failed"} after ${op.done}: ${op.error || "error"}`;
       box.dataset.status = op.status;
       return op;
     }
