@@ -96,6 +96,7 @@ class TaskEvent:
     completed_at: datetime | None = None
     processing_time_ms: float | None = None
     worker_id: str | None = None
+    trace_id: str | None = None
     #: The attempt this event starts or ends (its row in ``task_attempts``), if it ran.
     attempt: AttemptEvent | None = None
 

@@ -63,10 +63,14 @@ class TaskRecord(SQLModel, table=True):
     completed_at: datetime | None = Field(default=None, sa_column=Column(DateTime))
     processing_time_ms: float | None = None
     worker_id: str | None = Field(default=None, max_length=200)
+    trace_id: str | None = Field(default=None, max_length=32)  # audit_0001: the last attempt's trace
 
 
 class AttemptRecord(SQLModel, table=True):
     """One row per attempt (delivery that ran) of a message: what ``tasks`` keeps only for the last.
+
+    The first attempt of a message has a row only if it failed: most messages succeed at
+    once, and for them the ``tasks`` row says all (:func:`storage.get_attempts` reads it so).
 
     ``number`` is the attempt's audit ``seq // 3``: it grows with each retry and past
     the attempts of a dead letter that was retried, so it orders a message's attempts

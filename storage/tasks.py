@@ -37,8 +37,15 @@ def get_task(engine: Engine, task_id: str) -> TaskRecord | None:
         return session.get(TaskRecord, task_id)
 
 
-def get_attempts(engine: Engine, task_id: str, *, limit: int = 100) -> list[AttemptRecord]:
-    """The attempts of ``task_id``, first first (at most ``limit``: the newest of them)."""
+def get_attempts(
+    engine: Engine, task_id: str, *, task: TaskRecord | None = None, limit: int = 100
+) -> list[AttemptRecord]:
+    """The attempts of ``task_id``, first first (at most ``limit``: the newest of them).
+
+    A first attempt that did not fail has no row of its own (the writer spares most
+    messages a second row): it is read from the task's row (``task``, else read here),
+    which holds it while it is the message's only attempt.
+    """
     query = (
         select(AttemptRecord)
         .where(AttemptRecord.task_id == task_id)
@@ -46,7 +53,25 @@ def get_attempts(engine: Engine, task_id: str, *, limit: int = 100) -> list[Atte
         .limit(limit)
     )
     with Session(engine) as session:
-        return list(reversed(session.exec(query).all()))
+        rows = list(reversed(session.exec(query).all()))
+        if rows and rows[0].number == 0:
+            return rows
+        task = task if task is not None else session.get(TaskRecord, task_id)
+    if task is None or task.started_at is None or task.seq // 3 != 0:
+        return rows  # never ran, or past its first attempt (whose row exists if it ran)
+    first = AttemptRecord(
+        task_id=task_id,
+        number=0,
+        seq=task.seq,
+        retry_count=0,
+        status=task.status,
+        started_at=task.started_at,
+        finished_at=task.completed_at,
+        duration_ms=task.processing_time_ms,
+        worker_id=task.worker_id,
+        trace_id=task.trace_id,
+    )
+    return [first]  # seq // 3 == 0: no other attempt
 
 
 def status_counts(engine: Engine, *, task_ids: list[str] | None = None) -> dict[str, int]:

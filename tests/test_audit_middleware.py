@@ -8,6 +8,7 @@ from collections import Counter
 
 import dramatiq
 import pytest
+from sqlalchemy import text
 
 from actors import build_broker
 from storage import TERMINAL_STATUSES, create_db_engine, get_attempts, get_task, list_tasks
@@ -184,8 +185,14 @@ def test_an_attempt_records_the_trace_id_its_message_carries(harness):
     message = actors["add"].send_with_options(
         args=(1, 2), trace_context={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
     )
-    wait_for_terminal(engine, message.message_id)
-    assert [a.trace_id for a in get_attempts(engine, message.message_id)] == [trace_id]
+    row = wait_for_terminal(engine, message.message_id)
+    (attempt,) = get_attempts(engine, message.message_id)
+    assert (attempt.trace_id, attempt.status, attempt.worker_id) == (trace_id, "completed", row.worker_id)
+    assert (attempt.started_at, attempt.finished_at) == (row.started_at, row.completed_at)
+    # a first attempt that succeeded costs no second row: the task's row holds it
+    with engine.connect() as connection:
+        query = text("SELECT count(*) FROM task_attempts WHERE task_id = :id")
+        assert connection.execute(query, {"id": message.message_id}).scalar() == 0
 
 
 def test_trace_id_of_prefers_the_current_span():

@@ -166,9 +166,10 @@ class Audit(Middleware):
         event = self._event(broker, message, TaskStatus.RUNNING, seq=attempt * 3 + 1)
         event.started_at = utc_now()
         event.worker_id = worker_id()
-        trace_id = trace_id_of(message)
+        event.trace_id = trace_id = trace_id_of(message)
         self._started[message.message_id] = (time.perf_counter(), attempt, event.started_at, trace_id)
-        event.attempt = self._attempt(event, trace_id=trace_id)
+        if event.seq // 3:  # a first attempt gets a row only if it fails: its task's row says the rest
+            event.attempt = self._attempt(event)
         self.writer.submit(event, defer=self.running_delay)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
@@ -195,7 +196,13 @@ class Audit(Middleware):
             event.completed_at = utc_now()
         if started is not None:
             event.processing_time_ms = (time.perf_counter() - started) * 1000
-        record = event.attempt = self._attempt(event, trace_id=trace_id or trace_id_of(message))
+        event.trace_id = trace_id or trace_id_of(message)
+        if exception is None and not event.seq // 3:
+            # the common case, a first attempt that succeeded: the task's row holds all of it
+            # (storage.get_attempts reads it so), and the writer spares a second row
+            self._commit(broker, message, event)
+            return
+        record = event.attempt = self._attempt(event)
         record.retry_count = attempt  # the attempt's own number within its budget, not the next one's
         record.started_at = started_at
         record.finished_at = event.completed_at or utc_now()
@@ -257,7 +264,7 @@ class Audit(Middleware):
             )
 
     @staticmethod
-    def _attempt(event: TaskEvent, *, trace_id: str | None) -> AttemptEvent:
+    def _attempt(event: TaskEvent) -> AttemptEvent:
         """The row of the attempt ``event`` starts or ends (its number: the attempt's ``seq // 3``)."""
         return AttemptEvent(
             task_id=event.task_id,
@@ -267,7 +274,7 @@ class Audit(Middleware):
             retry_count=event.retry_count,
             started_at=event.started_at,
             worker_id=event.worker_id,
-            trace_id=trace_id,
+            trace_id=event.trace_id,
         )
 
     def _is_expected(self, broker: Broker, message: Message, exception: BaseException) -> bool:

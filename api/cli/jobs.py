@@ -133,7 +133,7 @@ def jobs_show(
     attempts = [
         # the ordinal replaces the stored number (the audit seq // 3, with gaps after a dead-letter retry)
         {"number": number, **{k: plain(v) for k, v in attempt.model_dump().items() if k != "number"}}
-        for number, attempt in enumerate(get_attempts(engine, task_id), 1)
+        for number, attempt in enumerate(get_attempts(engine, task_id, task=row), 1)
     ]
     record = {**row.model_dump(), "result": _stored_result(settings, row)}
     if as_json:

@@ -251,10 +251,10 @@ def get_job(request: Request, job_id: str, principal: Viewer) -> JobDetail:
     from storage import get_attempts
 
     context = context_of(request)
-    detail = job_view(_task(context, job_id), JobDetail)
-    detail.attempts = [
-        attempt_view(row, number) for number, row in enumerate(get_attempts(context.database, job_id), 1)
-    ]
+    task = _task(context, job_id)
+    detail = job_view(task, JobDetail)
+    attempts = get_attempts(context.database, job_id, task=task)
+    detail.attempts = [attempt_view(row, number) for number, row in enumerate(attempts, 1)]
     if detail.status == "dead_letter" and context.broker is not None:
         with contextlib.suppress(UnknownDeadLetter):  # retried or purged meanwhile
             detail.dead_letter = dead_letter_view(find_dead_letter(context.broker, job_id))

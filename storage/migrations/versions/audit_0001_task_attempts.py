@@ -1,5 +1,6 @@
 """The audit trail's attempts: one row per attempt of a message (error, traceback, worker,
-timings, trace id), written by the audit writer in the same transaction as the ``tasks`` row.
+timings, trace id), written by the audit writer in the same transaction as the ``tasks`` row;
+and the trace id of the ``tasks`` row (a first attempt that succeeded has no attempt row).
 
 Revision ID: audit_0001
 Revises: 0001
@@ -34,7 +35,11 @@ def upgrade() -> None:
     )
     # housekeeping deletes finished attempts by age
     op.create_index("ix_task_attempts_finished_at", "task_attempts", ["finished_at"])
+    # the trace of a first attempt that succeeded (which has no attempt row)
+    op.add_column("tasks", sa.Column("trace_id", sa.String(32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("trace_id")
     op.drop_table("task_attempts")
