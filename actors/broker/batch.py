@@ -229,22 +229,27 @@ class EnqueueBatch:
         client = self.broker.client_for(chunks[0].queue_name)
         script = self.broker.dispatcher_for(chunks[0].queue_name)
         try:
-            results = self._pipeline(client, script.sha, chunks)
-            missing = [
-                index
-                for index, result in enumerate(results)
-                if isinstance(result, redis.exceptions.NoScriptError)
-            ]
-            if missing:  # the script cache was flushed: nothing ran, load it and send those again
-                client.script_load(script.script)
-                again = self._pipeline(client, script.sha, [chunks[i] for i in missing])
-                for index, result in zip(missing, again, strict=True):
-                    results[index] = result
+            results = self._run_scripts(client, script, chunks)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # Chunks are idempotent and leave a marker: asking is exact.
             return self._ask_markers(client, [chunk.marker for chunk in chunks]), exc
         errors = [result for result in results if isinstance(result, Exception)]
         return [not isinstance(result, Exception) for result in results], (errors[0] if errors else None)
+
+    def _run_scripts(self, client: redis.Redis, script, chunks: list[Chunk]) -> list:
+        """:meth:`_pipeline`, and again for the chunks that found the script cache flushed."""
+        results = self._pipeline(client, script.sha, chunks)
+        missing = [
+            index
+            for index, result in enumerate(results)
+            if isinstance(result, redis.exceptions.NoScriptError)
+        ]
+        if missing:  # nothing of those ran: load the script and send them again
+            client.script_load(script.script)
+            again = self._pipeline(client, script.sha, [chunks[i] for i in missing])
+            for index, result in zip(missing, again, strict=True):
+                results[index] = result
+        return results
 
     def _pipeline(self, client: redis.Redis, sha: str, chunks: list[Chunk]) -> list:
         """One result per chunk.  With critical messages and ``confirm_replicas``, a ``WAIT``
@@ -274,3 +279,116 @@ class EnqueueBatch:
         except redis.RedisError as exc:
             self.logger.warning("Cannot tell which send_many chunks were stored: %s", exc)
             return [None] * len(markers)
+
+
+class ReviveBatch(EnqueueBatch):
+    """One ``revive_many`` call of a :class:`~actors.broker.redis_broker.WakeupRedisBroker`: dead
+    letters of one queue back on it as fresh messages.
+
+    Each dispatch-script call (:data:`ENQUEUE_CHUNK` letters) takes its letters out of the
+    dead-letter queue and enqueues their fresh messages atomically, so a crash or a broken
+    connection leaves every letter either still dead (retry it again) or enqueued once: none
+    is lost, none runs twice.  A letter someone else retried or purged first is skipped.
+
+    Parameters:
+      broker(WakeupRedisBroker): Where the messages go.
+      queue_name(str): The queue the letters died on (and go back to).
+      letters(Sequence[tuple[str, Message]]): Each letter's Redis id in the dead-letter queue,
+        and its fresh message.
+      reasons_key(str): The hash of the letters' reasons (deleted with them).
+    """
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        *,
+        queue_name: str,
+        letters: Sequence[tuple[str, Message]],
+        reasons_key: str,
+    ) -> None:
+        super().__init__(broker, [message for _, message in letters], delay=None)
+        self.queue_name = queue_name
+        self.dead_ids = [dead_id for dead_id, _ in letters]
+        self.reasons_key = reasons_key
+
+    def run(self) -> list[Message]:
+        """The messages revived, in order; :class:`SendManyError` if a call failed (``not_enqueued``:
+        still dead, ``unknown``: dead or enqueued once, Redis could not tell)."""
+        lanes = [lane_of(message) for message in self.messages]
+        stored = [self.broker._prepare(message, None)[0] for message in self.messages]
+        for message in stored:
+            try:
+                self.broker.emit_before("enqueue", message, None)
+            except Exception as exc:
+                raise SendManyError(enqueued=[], not_enqueued=stored, unknown=[], cause=exc) from exc
+        chunks = []
+        for start in range(0, len(stored), ENQUEUE_CHUNK):
+            end = start + ENQUEUE_CHUNK
+            marker = f"{self.broker.namespace}:__batches__.{uuid4().hex}"
+            quads: list[Any] = []
+            for dead_id, message, lane in zip(
+                self.dead_ids[start:end], stored[start:end], lanes[start:end], strict=True
+            ):
+                quads += [dead_id, message.options["redis_message_id"], message.encode(), lane]
+            argv = self.broker._dispatch_args(
+                "revive_many", self.queue_name, marker, BATCH_MARKER_TTL, self.reasons_key, *quads
+            )
+            chunks.append(
+                Chunk(
+                    messages=stored[start:end],
+                    marker=marker,
+                    argv=argv,
+                    queue_name=self.queue_name,
+                    critical="critical" in lanes[start:end],
+                )
+            )
+        answers, cause = self._answers(chunks)
+        revived, not_enqueued, unknown = [], [], []
+        for chunk, answer in zip(chunks, answers, strict=True):
+            if answer is None:
+                unknown += chunk.messages
+            elif answer is False:
+                not_enqueued += chunk.messages
+            else:
+                revived += [
+                    message for message, flag in zip(chunk.messages, answer, strict=True) if flag == "1"
+                ]
+        for message in revived:
+            self.broker.emit_after("enqueue", message, None)
+        if cause is not None:
+            raise SendManyError(enqueued=revived, not_enqueued=not_enqueued, unknown=unknown, cause=cause)
+        return revived
+
+    def _answers(self, chunks: list[Chunk]) -> tuple[list[str | bool | None], BaseException | None]:
+        """Per chunk its answer (``"1"`` revived or ``"0"`` gone already, per letter), False (the call
+        did not run: its letters are still dead) or None (cannot tell), and the first error.  The
+        chunks' queue is one: one Redis, one pipeline."""
+        client = self.broker.client_for(self.queue_name)
+        script = self.broker.dispatcher_for(self.queue_name)
+        try:
+            results = self._run_scripts(client, script, chunks)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return self._ask(client, chunks), exc  # a call that ran left its answer in its marker
+        answers: list[str | bool | None] = []
+        cause: BaseException | None = None
+        for chunk, result in zip(chunks, results, strict=True):
+            if isinstance(result, ReplicationTimeout):  # ran, not confirmed on a replica: ask its marker
+                answers += self._ask(client, [chunk])
+            elif isinstance(result, Exception):
+                answers.append(False)
+            else:
+                answers.append(result.decode() if isinstance(result, bytes) else result)
+            if isinstance(result, Exception):
+                cause = cause or result
+        return answers, cause
+
+    def _ask(self, client: redis.Redis, chunks: list[Chunk]) -> list[str | bool | None]:
+        """The answers the chunks' calls left in their markers (False: the call did not run)."""
+        try:
+            return [
+                False if value is None else value.decode()
+                for value in client.mget([c.marker for c in chunks])
+            ]
+        except redis.RedisError as exc:
+            self.logger.warning("Cannot tell which dead letters were revived: %s", exc)
+            return [None] * len(chunks)

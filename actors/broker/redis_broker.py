@@ -45,7 +45,7 @@ from dramatiq.message import Message
 
 from .acks import ACK_HOLD_ATTRIBUTE, PendingAcks
 from .admission import ADMISSION_ATTRIBUTE, Admission, Verdict, cancel_channel
-from .batch import EnqueueBatch
+from .batch import EnqueueBatch, ReviveBatch
 from .hooks import HookTable
 from .lanes import DEFAULT_LANE, LanePolicy, lane_of
 from .options import dead_letter_reasons_key
@@ -693,6 +693,15 @@ class WakeupRedisBroker(HookTable, RedisBroker):
         enqueued and unknown messages) if anything fails part way.
         """
         return EnqueueBatch(self, messages, delay=delay).run()
+
+    def revive_many(self, queue_name: str, letters: Sequence[tuple[str, Message]]) -> list[Message]:
+        """Dead letters of ``queue_name`` back on it: ``letters`` are (Redis id in the dead-letter
+        queue, fresh message); returns the messages revived (not those retried or purged
+        meanwhile), in order.  Atomic per :data:`~actors.broker.batch.ENQUEUE_CHUNK` letters: see
+        :class:`actors.broker.batch.ReviveBatch`.
+        """
+        reasons_key = dead_letter_reasons_key(self.namespace)
+        return ReviveBatch(self, queue_name=queue_name, letters=letters, reasons_key=reasons_key).run()
 
     def _prepare(self, message: Message, delay: int | None) -> tuple[Message, str]:
         """The message as stored (own Redis id, eta when delayed) and the queue it goes to."""

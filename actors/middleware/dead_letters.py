@@ -157,13 +157,32 @@ def retry_dead_letter(broker: RedisBroker, letter: DeadLetter) -> Message | None
 
 
 def retry_dead_letters(broker: RedisBroker, letters: list[DeadLetter]) -> list[str]:
-    """:func:`retry_dead_letter` for many at once: one ``ZREM`` pipeline, one batch enqueue
-    (``send_many``'s), one cleanup pipeline; the ids retried (not those someone else took first).
+    """:func:`retry_dead_letter` for many at once; the ids retried (not those someone else took first).
 
-    If the enqueue fails, the letters it did not store go back to their dead-letter queues.
+    With a broker that has ``revive_many`` (tradeflow's), each queue's letters go back in one
+    round trip of atomic dispatch-script calls: a crash or a failure part way leaves each
+    letter either still dead (retry it again) or enqueued once.  With any other broker: one
+    ``ZREM`` pipeline, one batch enqueue (``send_many``'s), one cleanup pipeline, and the
+    letters the enqueue did not store go back to their dead-letter queues (a crash between
+    the steps loses the letters taken).
     """
     if not letters:
         return []
+    revive = getattr(broker, "revive_many", None)
+    if revive is None:
+        return _retry_taken(broker, letters)
+    retried: list[Message] = []
+    for group in _by_queue(broker, letters).values():
+        try:
+            retried += revive(group[0].queue, [(letter.redis_id, _fresh(letter)) for letter in group])
+        except SendManyError as exc:
+            exc.enqueued[:0] = retried  # the earlier queues' too; the later queues' stay dead
+            raise
+    return [message.message_id for message in retried]
+
+
+def _retry_taken(broker: RedisBroker, letters: list[DeadLetter]) -> list[str]:
+    """:func:`retry_dead_letters` without ``revive_many``: take, enqueue, forget."""
     taken = []
     for xq, group in _by_queue(broker, letters).items():
         with _xq_client(broker, xq).pipeline(transaction=False) as pipe:

@@ -236,6 +236,41 @@ elseif command == "enqueue_many" then
     end
 
 
+-- revive_many(marker_key, marker_ttl_ms, reasons_key, dead_id, message_id, message_data, lane, ...)
+-- Dead letters of this queue back on it as fresh messages, all in one atomic call
+-- (a crash leaves each letter either dead or enqueued, never both nor neither):
+-- a letter still in the dead-letter queue leaves it, with its body and its reason,
+-- and its fresh message is stored and pushed; one retried or purged meanwhile by
+-- someone else is left alone.  Returns one character per letter, "1" revived or
+-- "0" gone already, and keeps that answer in the marker, which makes a client
+-- retry idempotent and tells a client whose connection broke what happened.
+elseif command == "revive_many" then
+    local done = redis.call("get", ARGS[1])
+    if done then
+        return done
+    end
+    local reasons = ARGS[3]
+    local outcome = {}
+    local woken = false
+    for i = 4, #ARGS, 4 do
+        if redis.call("zrem", xqueue_full_name, ARGS[i]) == 1 then
+            redis.call("hdel", xqueue_messages, ARGS[i])
+            redis.call("hdel", reasons, ARGS[i])
+            redis.call("hset", queue_messages, ARGS[i + 1], ARGS[i + 2])
+            woken = push(ARGS[i + 3], ARGS[i + 1]) or woken
+            outcome[#outcome + 1] = "1"
+        else
+            outcome[#outcome + 1] = "0"
+        end
+    end
+    local answer = table.concat(outcome)
+    redis.call("set", ARGS[1], answer, "PX", ARGS[2])
+    if woken then
+        wake()
+    end
+    return answer
+
+
 -- fetch(prefetch[, admit_ttl, max_deliveries, n_acks, ack_id * n_acks, lane, ...]):
 -- first ack the messages named (the consumer's deferred acks), then take up
 -- to $prefetch messages, taking the lanes in the order given (default:
