@@ -15,15 +15,17 @@ Runs a real ``tradeflow api`` (uvicorn, one process) against PostgreSQL (a schem
   retried with ``POST /api/v1/dead-letters:retry`` (no rate limit), while another client keeps
   listing jobs: retries a second and that client's p50/p99.
 
-Usage: ``python bench/api.py [--rows 1000000] [--dead 100000] [--requests 200] [--events 200]``.
+Usage: ``python bench/api.py [--rows 1000000] [--dead 100000] [--requests 200] [--events 200]
+[--only lists|events|bulk] [--bulk-batch N] [--bulk-rate N] [--smoke]``.  ``--only bulk`` fills the
+tasks table too (the retries' audit rows go into it); ``--smoke``: 2,000 rows, 500 dead letters, a
+few requests and events, a few seconds.  Each figure is also printed as a ``figure:`` line
+(``bench.harness``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/: the PostgreSQL schema and port helpers
 
 from actors.settings import Settings  # noqa: E402
+from bench import harness  # noqa: E402
 from storage import create_api_key, create_db_engine, upgrade  # noqa: E402
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -55,11 +58,12 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def report(name: str, millis: list[float]) -> None:
-    print(
-        f"  {name:<44} p50 {percentile(millis, 0.5):7.2f} ms"
-        f"   p99 {percentile(millis, 0.99):7.2f} ms   (n={len(millis)})"
-    )
+def report(name: str, millis: list[float], *, figure: str) -> None:
+    """Print p50 and p99 of ``millis``, and as the figures ``<figure>.p50_ms`` and ``.p99_ms``."""
+    p50, p99 = percentile(millis, 0.5), percentile(millis, 0.99)
+    print(f"  {name:<44} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   (n={len(millis)})")
+    harness.figure(f"{figure}.p50_ms", p50, "ms")
+    harness.figure(f"{figure}.p99_ms", p99, "ms")
 
 
 def fill_tasks(url: str, rows: int) -> float:
@@ -103,10 +107,18 @@ def fill_tasks(url: str, rows: int) -> float:
 
 
 @contextmanager
-def api_server(settings: Settings, log: Path):
+def api_server(settings: Settings, log: Path, *, bulk_batch: int, bulk_rate: int):
+    """A ``tradeflow api`` and a one-process ``system`` worker; the API's URL and settings."""
     from obs_support import free_port  # tests/ helper
 
-    settings = settings.model_copy(update={"api_port": free_port(), "api_bulk_rate": 0, "metrics_port": 0})
+    settings = settings.model_copy(
+        update={
+            "api_port": free_port(),
+            "api_bulk_batch": bulk_batch,
+            "api_bulk_rate": bulk_rate,
+            "metrics_port": 0,
+        }
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEFLOW_")}
     for name, value in settings.model_dump().items():
         if value is not None:
@@ -114,8 +126,8 @@ def api_server(settings: Settings, log: Path):
     env["PYTHONPATH"] = str(ROOT)
     tradeflow = str(Path(sys.executable).with_name("tradeflow"))
     with open(log, "w") as out:
-        process = subprocess.Popen([tradeflow, "api"], env=env, cwd=ROOT, stdout=out, stderr=out)
-        worker = subprocess.Popen(
+        process = harness.start([tradeflow, "api"], env=env, cwd=ROOT, stdout=out, stderr=out)
+        worker = harness.start(
             [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "8", "-Q", "system"],
             env=env,
             cwd=ROOT,
@@ -136,30 +148,28 @@ def api_server(settings: Settings, log: Path):
             time.sleep(0.2)
         yield url, settings
     finally:
-        for child in (process, worker):
-            child.terminate()
-        for child in (process, worker):
-            child.wait(30)
+        harness.finish(worker)
+        harness.finish(process)
 
 
 def bench_lists(client: httpx.Client, requests: int) -> None:
     print(f"list and filter, page of 50 ({requests} requests each):")
     shapes = {
-        "newest": {},
-        "status=failed": {"status": "failed"},
-        "actor=ping&status=completed": {"actor": "ping", "status": "completed"},
-        "queue=portfolio": {"queue": "portfolio"},
-        "args.symbol=S042 (JSON path, indexed)": {"args.symbol": "S042"},
-        "user=user7": {"user": "user7"},
+        ("newest", "newest"): {},
+        ("status=failed", "status"): {"status": "failed"},
+        ("actor=ping&status=completed", "actor_status"): {"actor": "ping", "status": "completed"},
+        ("queue=portfolio", "queue"): {"queue": "portfolio"},
+        ("args.symbol=S042 (JSON path, indexed)", "args_symbol"): {"args.symbol": "S042"},
+        ("user=user7", "user"): {"user": "user7"},
     }
-    for name, params in shapes.items():
+    for (name, slug), params in shapes.items():
         millis = []
         for _ in range(requests):
             started = time.perf_counter()
             response = client.get("/api/v1/jobs", params={**params, "limit": 50})
             millis.append((time.perf_counter() - started) * 1000)
             assert response.status_code == 200 and response.json()["items"], response.text[:300]
-        report(name, millis)
+        report(name, millis, figure=f"lists.{slug}")
     millis, cursor = [], None
     for _ in range(requests):  # deep pages: follow the cursor
         started = time.perf_counter()
@@ -168,7 +178,7 @@ def bench_lists(client: httpx.Client, requests: int) -> None:
         ).json()
         millis.append((time.perf_counter() - started) * 1000)
         cursor = page["next_cursor"]
-    report(f"cursor walk, pages 1..{requests}", millis)
+    report(f"cursor walk, pages 1..{requests}", millis, figure="lists.cursor_walk")
 
 
 def bench_events(url: str, token: str, count: int):
@@ -210,7 +220,7 @@ def bench_events(url: str, token: str, count: int):
         for job, at in submitted.items()
         if ("job.pending", job) in received
     ]
-    report("submitted -> job.pending received", pending)
+    report("submitted -> job.pending received", pending, figure="events.pending")
     return submitted, received
 
 
@@ -229,7 +239,7 @@ def completed_latency(database_url: str, submitted, received) -> None:
         if completed_at is not None and ("job.completed", job) in received:
             finished = completed_at.replace(tzinfo=__import__("datetime").UTC).timestamp()
             millis.append((received[("job.completed", job)] - finished) * 1000)
-    report("completed (row's completed_at) -> received", millis)
+    report("completed (row's completed_at) -> received", millis, figure="events.completed")
 
 
 def fill_dead_letters(client: redis.Redis, namespace: str, count: int) -> None:
@@ -256,7 +266,11 @@ def fill_dead_letters(client: redis.Redis, namespace: str, count: int) -> None:
 
 
 def bench_bulk_retry(url: str, token: str, settings: Settings, dead: int) -> None:
-    print(f"bulk retry of {dead:,} dead letters (no rate limit), a reader listing jobs meanwhile:")
+    rate = f"at most {settings.api_bulk_rate:,}/s" if settings.api_bulk_rate else "no rate limit"
+    print(
+        f"bulk retry of {dead:,} dead letters (batches of {settings.api_bulk_batch}, {rate}),"
+        " a reader listing jobs meanwhile:"
+    )
     client = redis.Redis.from_url(settings.redis_url)
     fill_dead_letters(client, settings.namespace, dead)
     headers = {"Authorization": f"Bearer {token}"}
@@ -284,19 +298,33 @@ def bench_bulk_retry(url: str, token: str, settings: Settings, dead: int) -> Non
         f"  {state['done']:,} retried in {elapsed:.2f} s:"
         f" {state['done'] / elapsed:,.0f} retries/s ({state['status']})"
     )
-    report("GET /jobs meanwhile", reads)
+    if state["status"] != "succeeded" or state["done"] != dead:
+        raise SystemExit(f"the bulk retry did not retry every letter: {state}")
+    harness.figure("bulk.retries_per_s", state["done"] / elapsed, "/s")
+    report("GET /jobs meanwhile", reads, figure="bulk.reads")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = harness.parser(__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dead", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--events", type=int, default=200)
+    parser.add_argument(
+        "--bulk-batch", type=int, default=Settings().api_bulk_batch, help="Letters per batch."
+    )
+    parser.add_argument("--bulk-rate", type=int, default=0, help="Most retries a second (0: no limit).")
     parser.add_argument("--postgres", default=POSTGRES)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--only", choices=["lists", "events", "bulk"], help="Run one part only.")
-    args = parser.parse_args()
+    args = harness.parse(parser)
+    if args.smoke:
+        args.rows, args.dead, args.requests, args.events = 2_000, 500, 5, 5
+    with harness.supervised():
+        run(args)
+
+
+def run(args) -> None:
     namespace = f"bench-api-{uuid.uuid4().hex[:8]}"
     from conftest import _postgres_schema_url  # a schema of its own, dropped afterwards
 
@@ -305,13 +333,15 @@ def main() -> None:
         upgrade(engine)
         _, token = create_api_key(engine, name="bench", role="admin")
         engine.dispose()
-        if args.only in (None, "lists"):
+        if args.only in (None, "lists", "bulk"):
             print(f"filled {args.rows:,} task rows in {fill_tasks(url, args.rows):.1f} s")
         settings = Settings(
             redis_url=args.redis, namespace=namespace, database_url=url, metrics_dir=Path(tmp) / "m"
         )
         try:
-            with api_server(settings, Path(tmp) / "api.log") as (base, running):
+            with api_server(
+                settings, Path(tmp) / "api.log", bulk_batch=args.bulk_batch, bulk_rate=args.bulk_rate
+            ) as (base, running):
                 if args.only in (None, "lists"):
                     headers = {"Authorization": f"Bearer {token}"}
                     with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
@@ -326,6 +356,7 @@ def main() -> None:
             client = redis.Redis.from_url(args.redis)
             for key in client.scan_iter(match=f"{namespace}*", count=1000):
                 client.delete(key)
+            client.close()
 
 
 if __name__ == "__main__":
