@@ -39,7 +39,8 @@ class TaskRecord(SQLModel, table=True):
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_status_created_at", "status", "created_at"),
-        Index("ix_tasks_task_type_status", "task_type", "status"),
+        Index("ix_tasks_task_type_status_created_at", "task_type", "status", "created_at"),  # api_0002
+        Index("ix_tasks_task_type_created_at", "task_type", "created_at"),  # api_0002
         Index("ix_tasks_user_id_created_at", "user_id", "created_at"),
         Index("ix_tasks_created_at_task_id", "created_at", "task_id"),  # api_0001: keyset pages
         Index("ix_tasks_queue_created_at", "queue", "created_at"),

@@ -35,7 +35,7 @@ def test_upgrade_creates_tasks_table_with_indexes(migrated_url):
     assert current_revisions(engine) == head_revisions()
     indexes = {index["name"]: index["column_names"] for index in inspect(engine).get_indexes("tasks")}
     assert indexes["ix_tasks_status_created_at"] == ["status", "created_at"]
-    assert indexes["ix_tasks_task_type_status"] == ["task_type", "status"]
+    assert indexes["ix_tasks_task_type_status_created_at"] == ["task_type", "status", "created_at"]
     assert indexes["ix_tasks_user_id_created_at"] == ["user_id", "created_at"]
 
 

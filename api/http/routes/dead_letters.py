@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -27,6 +28,17 @@ router = APIRouter(prefix="/api/v1", tags=["dead letters"], responses=API_PROBLE
 
 #: ``older_than`` of a purge: a whole number and a unit.
 DURATION_PATTERN = r"^\d+[smhd]$"
+
+#: Letters a bulk retry moves in one go (one atomic dispatch-script call) before it pauses.
+RETRY_SLICE = 100
+
+#: The pause after each slice, as a share of the time the slice took (at least
+#: :data:`MIN_RETRY_PAUSE_S`): the operation's thread holds the GIL while it works, and short
+#: bursts with pauses between let the API's other requests through (see docs/api.md's figures).
+RETRY_PAUSE_SHARE = 0.25
+
+#: Shortest pause after a slice, in seconds.
+MIN_RETRY_PAUSE_S = 0.001
 
 
 def dead_letter_view(letter) -> DeadLetter:
@@ -195,11 +207,7 @@ def retry_many(
 
 @planner("dead-letters.retry")
 def _plan_retry(context, params: dict[str, Any]) -> Plan:
-    from actors.middleware import retry_dead_letters
-
-    return letters_plan(
-        context, params, apply=lambda broker, letters: len(retry_dead_letters(broker, letters))
-    )
+    return letters_plan(context, params, apply=retry_gently)
 
 
 def letters_plan(context, params: dict[str, Any], *, apply: Callable[[Any, list], int]) -> Plan:
@@ -212,6 +220,20 @@ def letters_plan(context, params: dict[str, Any], *, apply: Callable[[Any, list]
         apply=lambda letters: apply(broker, letters),
         count=lambda: _count(broker, selection),
     )
+
+
+def retry_gently(broker, letters: list) -> int:
+    """Retry ``letters`` :data:`RETRY_SLICE` at a time, pausing after each slice; how many were
+    retried (not those someone else retried or purged first).  A crash leaves each letter either
+    dead or enqueued once (``actors.middleware.retry_dead_letters``): rerun what is left."""
+    from actors.middleware import retry_dead_letters
+
+    done = 0
+    for start in range(0, len(letters), RETRY_SLICE):
+        began = time.monotonic()
+        done += len(retry_dead_letters(broker, letters[start : start + RETRY_SLICE]))
+        time.sleep(max(MIN_RETRY_PAUSE_S, RETRY_PAUSE_SHARE * (time.monotonic() - began)))
+    return done
 
 
 def bulk_letters(
