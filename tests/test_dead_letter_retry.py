@@ -199,3 +199,18 @@ def test_a_bulk_retry_killed_part_way_loses_nothing_and_the_rest_can_be_retried(
     assert sorted(retry_all(broker, queue="bulk_kill")) == sorted(dead), "the rest retried"
     dead, live = where(client, settings.namespace, "bulk_kill")
     assert not dead and set(live) == set(ids) and set(live.values()) == {1}
+
+
+@sqlite_only
+def test_dramatiqs_stock_broker_retries_each_letter_once_too(settings):
+    """Without ``revive_many`` (``STOCK_BROKER``): take, enqueue, forget, per batch."""
+    broker = build_broker(settings.model_copy(update={"stock_broker": True}))
+    try:
+        assert not hasattr(broker, "revive_many")
+        client = redis.Redis.from_url(settings.redis_url)
+        ids = bury(client, settings.namespace, "bulk_stock", 1_200)
+        assert sorted(retry_all(broker, batch=500)) == sorted(ids)
+        dead, live = where(client, settings.namespace, "bulk_stock")
+        assert not dead and set(live) == set(ids) and set(live.values()) == {1}
+    finally:
+        audit_writer_of(broker).close(5)

@@ -142,8 +142,14 @@ def find_dead_letter(broker: RedisBroker, message_id: str) -> DeadLetter:
 def retry_dead_letter(broker: RedisBroker, letter: DeadLetter) -> Message | None:
     """Enqueue ``letter`` again with a fresh retry budget; None if someone else took it first.
 
-    The audit row continues (same id) from ``pending`` with a higher ``seq``.
+    The audit row continues (same id) from ``pending`` with a higher ``seq``.  With a broker that
+    has ``revive_many`` (tradeflow's) the letter leaves the dead-letter queue and is enqueued in
+    one atomic call (see :func:`retry_dead_letters`).
     """
+    revive = getattr(broker, "revive_many", None)
+    if revive is not None:
+        revived = revive(letter.queue, [(letter.redis_id, _fresh(letter))])
+        return revived[0] if revived else None
     xq = f"{broker.namespace}:{letter.queue}.XQ"
     if not _xq_client(broker, xq).zrem(xq, letter.redis_id):
         return None

@@ -476,19 +476,25 @@ def dlq_show(
     print_record(_letter_record(_find(broker, message_id), full=True), as_json=as_json)
 
 
+#: Dead letters ``dlq retry --all`` moves back per round trip.
+DLQ_RETRY_BATCH = 500
+
+
 @dlq_app.command("retry")
 def dlq_retry(
     message_id: Annotated[str | None, typer.Argument(help="Message id (or --all).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Retry every dead letter.")] = False,
 ) -> None:
     """Enqueue dead letters again with a fresh retry budget."""
-    from actors.middleware import list_dead_letters, retry_dead_letter
+    from actors.middleware import list_dead_letters, retry_dead_letters
 
     if (message_id is None) == (not all_):
         raise CliError("give either a message id or --all")
     broker, settings = _broker()
     letters = list_dead_letters(broker) if all_ else [_find(broker, message_id)]
-    retried = [letter.message_id for letter in letters if retry_dead_letter(broker, letter) is not None]
+    retried = []
+    for start in range(0, len(letters), DLQ_RETRY_BATCH):  # each batch one atomic call a queue
+        retried += retry_dead_letters(broker, letters[start : start + DLQ_RETRY_BATCH])
     _flush_audit(settings)
     for retried_id in retried:
         console.print(retried_id, soft_wrap=True)
