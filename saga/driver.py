@@ -55,6 +55,9 @@ class DriverStatement:
         self.json_columns = json_columns if self.sqlite else ()
         self.prefix = param_prefix
         self.defaults = {name: self._param(name, value) for name, value in compiled.params.items()}
+        #: The names of the columns the statement returns, read from the first result: psycopg
+        #: builds a description object per column and call, a tenth of a step's CPU.
+        self._names: list[str] | None = None
 
     def executemany(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
         """Run the statement once per parameter set (psycopg pipelines them)."""
@@ -84,7 +87,9 @@ class DriverStatement:
         """The rows of a cursor from :meth:`send` (in pipeline mode: once the pipeline synced), as dicts."""
         try:
             fetched = cursor.fetchall()
-            names = [column[0] for column in cursor.description]
+            names = self._names
+            if fetched and (names is None or len(names) != len(fetched[0])):
+                names = self._names = [column[0] for column in cursor.description]
             rows = [dict(zip(names, row, strict=True)) for row in fetched]
         finally:
             cursor.close()

@@ -43,7 +43,7 @@ from storage import (
     utc_now,
 )
 
-from . import children, waits
+from . import children, transitions, waits
 from . import history as log
 from . import statements as sql
 from .definition import Workflow, step_rows
@@ -122,6 +122,10 @@ class Claim:
     #: When this delivery started (recorded with the outcome: a step claimed at its
     #: dispatch has no start time until then).
     started_at: datetime | None = None
+    #: On PostgreSQL, what the claim's read learnt for recording the success in one statement
+    #: (the run's ``inputs``, the eligible dependents as ``successors``: see
+    #: :mod:`saga.transitions`); None when unknown.
+    advance: dict[str, Any] | None = None
 
 
 def describe(exception: BaseException) -> str:
@@ -249,6 +253,11 @@ class SagaEngine:
         # that, on PostgreSQL, are pipelined (they read nothing).
         self._group = GroupCommit(transaction=self._transaction, dispatch=self._dispatch)
         self._starts = GroupCommit(transaction=functools.partial(self._transaction, pipelined=True))
+        # On PostgreSQL, successes recorded in one statement each (saga.transitions) share a
+        # pipelined transaction: BEGIN, every thread's statement and COMMIT in one round trip.
+        self._advancing = GroupCommit(
+            transaction=functools.partial(self._transaction, pipelined=True), dispatch=self._dispatch
+        )
 
     # -- starting runs -------------------------------------------------------------------------
 
@@ -513,7 +522,12 @@ class SagaEngine:
         row = rows[0]
         attempt = row["attempts"] if step_kind else retry + 1
         dependents = tuple(row["dependents"] or ())
-        return Claim(run_id, step, kind, token, attempt, row["checkpoint"], row["progress"], dependents, now)
+        advance = None
+        if "successors" in row:
+            advance = {"inputs": row["run_inputs"], "successors": row["successors"]}
+        return Claim(
+            run_id, step, kind, token, attempt, row["checkpoint"], row["progress"], dependents, now, advance
+        )
 
     def _refused(self, run_id: str, step: str, dispatch: str | None) -> None:
         """A delivery could not claim: a run past its deadline fails; and a step whose run stopped
@@ -534,7 +548,8 @@ class SagaEngine:
         comes in time."""
         params = {"b_run": run_id, "b_step": step, "b_epoch": epoch, "b_dispatch": dispatch}
         params.update(b_lease_floor=now + self.lease / 2, b_now=now)
-        return self._read(self._hot.dispatched_step, params)
+        # On PostgreSQL the same read also brings what recording the success in one statement needs.
+        return self._read(self._hot.dispatched_successors or self._hot.dispatched_step, params)
 
     def lease_left_ms(self, *, run_id: str, step: str, kind: str, epoch: int) -> int | None:
         """Milliseconds until the live claim on this dispatch of a step (or compensation) runs
@@ -645,6 +660,8 @@ class SagaEngine:
             if claim.kind == COMPENSATE:
                 with self._locked(claim.run_id) as (connection, run):
                     outgoing = self._record_compensated(connection, run, claim)
+            elif claim.advance is not None and self._record_success_advancing(claim, result):
+                return  # recorded, and its next steps sent, by one statement
             elif claim.dependents is not None:
                 try:
                     self._record_success_pipelined(claim, result)
@@ -722,6 +739,64 @@ class SagaEngine:
         )
         run, status = self._group.run(operation, order=claim.run_id, sends=True)
         self._trace_end(run, status)
+
+    def _record_success_advancing(self, claim: Claim, result: Any) -> bool:
+        """Record a success with one statement (:data:`saga.transitions.SUCCEED_AND_ADVANCE`) if
+        the claim's read showed everything it decides can be planned here; in a transaction
+        shared with this process's concurrent successes, whose leader sends all their next steps
+        at once.  False (nothing recorded) when the general path must do it: a dependent that
+        needs it, a stale delivery, a run no longer running, a statement that failed."""
+        plan = transitions.plan_dependents(
+            step=claim.step,
+            result=result,
+            dependents=claim.dependents or (),
+            advance=claim.advance,
+            declared=self.broker.actors.__contains__,
+        )
+        if plan is None:
+            return False
+        now = utc_now()
+        tokens = [uuid.uuid4().hex for _ in plan]
+        params = {"b_run": claim.run_id, "b_step": claim.step, "b_token": claim.token, "b_result": result}
+        params.update(b_now=now, b_started=claim.started_at, b_attempt=claim.attempt)
+        params.update(
+            b_names=[step["name"] for step in plan],
+            b_args=[json.dumps(step["call_args"]) for step in plan],
+            b_tokens=tokens,
+            b_lease_until=now + self.lease,
+        )
+        statement, sender = self._hot.succeed_and_advance, sender_carrier()
+        positions = {step["name"]: index for index, step in enumerate(plan)}
+
+        def operation(connection):
+            cursor = statement.send(connection, params)  # queued: read once the commit synced
+
+            def settle() -> tuple[dict[str, Any] | None, list[Message]]:
+                rows = statement.fetch(cursor)
+                if not rows:
+                    return None, []
+                run = rows[0]
+                outgoing = []
+                for row in run.pop("dispatched") or ():
+                    index = positions[row["name"]]
+                    step = {**plan[index], "epoch": row["epoch"]}
+                    outgoing.append(self._message(run, step, STEP, token=tokens[index]))
+                address(outgoing, sender)
+                return run, outgoing
+
+            return settle
+
+        try:
+            run = self._advancing.run(operation, order=claim.run_id, sends=True, deferred=True)
+        except Exception as exc:  # the general path records it (or raises what the database says)
+            self.logger.debug("A one-statement success failed (%s); the general path records it.", exc)
+            return False
+        if run is None:
+            return False
+        if run["status"] != RunStatus.RUNNING:
+            self._release_slot(run)  # its last step: the run succeeded
+        self._trace_end(run, RunStatus.RUNNING)
+        return True
 
     def _record_success_on(
         self, connection, *, claim: Claim, result: Any, sender: dict[str, str] | None
@@ -1550,7 +1625,9 @@ class SagaEngine:
                 try:
                     with driver.pipeline():
                         yield connection
-                        driver.commit()
+                        # Queued like the statements: the pipeline's one sync carries it.
+                        # (``driver.commit()`` would sync on its own, and the exit once more.)
+                        driver.execute("COMMIT")
                 except self._driver_error as exc:
                     # What SQLAlchemy would raise (IntegrityError, a lost connection invalidated).
                     lost = driver.closed
@@ -1695,6 +1772,13 @@ class HotStatements:
         self.dispatched_step = DriverStatement(
             sql.DISPATCHED_STEP, dialect, json_columns=("checkpoint", "dependents")
         )
+        # One statement per step success (saga.transitions): PostgreSQL only.
+        self.dispatched_successors = self.succeed_and_advance = None
+        if dialect.name == "postgresql":
+            self.dispatched_successors = DriverStatement(transitions.DISPATCHED_WITH_SUCCESSORS, dialect)
+            self.succeed_and_advance = DriverStatement(
+                transitions.SUCCEED_AND_ADVANCE, dialect, json_params=("b_result",)
+            )
         self.insert_run = DriverStatement(
             sql.INSERT_RUN, dialect, json_params=sql.json_params(RUNS), param_prefix="b_"
         )

@@ -40,6 +40,7 @@ class _Pending:
     operation: Operation
     order: str
     sends: bool = False
+    deferred: bool = False
     done: bool = False
     value: Any = None
     error: BaseException | None = None
@@ -97,18 +98,23 @@ class GroupCommit:
         self.batches = 0
         self.operations = 0
 
-    def run(self, operation: Operation[T], *, order: str = "", sends: bool = False) -> T:
+    def run(
+        self, operation: Operation[T], *, order: str = "", sends: bool = False, deferred: bool = False
+    ) -> T:
         """Run ``operation`` in a transaction, shared with other threads' when they wait too.
 
         A shared transaction runs its operations sorted by ``order`` (e.g. the id of the row
         each locks first), so the transactions of two processes take their row locks in one
         order and cannot deadlock each other (PostgreSQL would abort one after a second).
         With ``sends``, ``operation`` returns ``(value, messages)``; ``value`` is returned and
-        the messages go to ``dispatch`` after the commit (see the class).
+        the messages go to ``dispatch`` after the commit (see the class).  With ``deferred``,
+        ``operation`` returns a function called once the transaction committed, which returns
+        what ``operation`` would have (for a pipelined transaction, whose results are read at
+        its commit).
         """
         if self._leader_thread == threading.get_ident():
             raise RuntimeError("an operation of a group commit started another one: it would wait for itself")
-        pending = _Pending(operation, order, sends)
+        pending = _Pending(operation, order, sends, deferred)
         with self._queue_lock:
             self._queue.append(pending)
         while not pending.done:
@@ -187,6 +193,13 @@ class GroupCommit:
 
 def _settle(pending: _Pending, value: Any, outgoing: list[Any]) -> None:
     """``pending`` committed with ``value``: its result, its messages added to ``outgoing``."""
+    if pending.deferred:
+        try:
+            value = value()
+        except Exception as exc:  # committed: the caller learns what reading the outcome raised
+            pending.error = exc
+            pending.done = True
+            return
     if pending.sends:
         value, messages = value
         outgoing += messages

@@ -12,7 +12,7 @@ from saga_actors import declare_actors
 
 from actors import audit_writer_of, build_broker
 from actors.settings import Settings
-from saga import engine_of
+from saga import SAGA_OPTION, engine_of
 from storage import FINAL_RUN_STATUSES, RunStatus, get_run, get_steps
 
 #: Workflow settings that make recovery quick enough for tests.
@@ -117,3 +117,18 @@ def log_of(broker) -> list[str]:
 def counts_of(broker) -> dict[str, int]:
     raw = broker.client.hgetall(f"{broker.namespace}:count")
     return {key.decode(): int(value) for key, value in raw.items()}
+
+
+def deliver(stack, message, *, first_delivery: bool | None):
+    """Claim ``message`` as a worker would (``first_delivery``: what admission says of it)."""
+    marker = message.options[SAGA_OPTION]
+    return stack.engine.claim(
+        run_id=marker["run"],
+        step=marker["step"],
+        kind=marker["kind"],
+        epoch=marker["epoch"],
+        retry=message.options.get("retries", 0),
+        worker="test",
+        dispatch=marker.get("token"),
+        first_delivery=first_delivery,
+    )

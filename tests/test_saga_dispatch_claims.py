@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from saga_helpers import fast, running_stack, steps_of, wait_for_run
+from saga_helpers import deliver, fast, running_stack, steps_of, wait_for_run
 
 from actors.broker import ADMISSION_ATTRIBUTE, admission_key
 from saga import SAGA_OPTION, Step, Workflow
@@ -23,22 +23,8 @@ def stack(settings):
     with running_stack(fast(settings), worker=False) as running:
         running.sent = []
         running.engine._send = running.sent.extend
-        running.engine._group.dispatch = running.sent.extend
+        running.engine._group.dispatch = running.engine._advancing.dispatch = running.sent.extend
         yield running
-
-
-def _deliver(stack, message, *, first_delivery: bool | None):
-    marker = message.options[SAGA_OPTION]
-    return stack.engine.claim(
-        run_id=marker["run"],
-        step=marker["step"],
-        kind=marker["kind"],
-        epoch=marker["epoch"],
-        retry=message.options.get("retries", 0),
-        worker="test",
-        dispatch=marker.get("token"),
-        first_delivery=first_delivery,
-    )
 
 
 def _started(stack, workflow: Workflow = LINEAR):
@@ -59,7 +45,7 @@ def test_a_dispatched_step_is_claimed_for_its_message(stack):
 def test_a_first_delivery_runs_on_the_dispatch_claim_without_writing(stack):
     run_id, message = _started(stack)
     before = steps_of(stack.db, run_id)["a"]
-    claim = _deliver(stack, message, first_delivery=True)
+    claim = deliver(stack, message, first_delivery=True)
     after = steps_of(stack.db, run_id)["a"]
     assert claim is not None and claim.token == message.options[SAGA_OPTION]["token"]
     assert claim.attempt == 1 and claim.dependents == ("b",)
@@ -76,10 +62,10 @@ def test_a_first_delivery_runs_on_the_dispatch_claim_without_writing(stack):
 def test_a_redelivery_waits_for_the_lease_of_the_dispatch_claim(stack):
     # Its first delivery may still be running: only the lease running out lets it claim.
     run_id, message = _started(stack)
-    assert _deliver(stack, message, first_delivery=False) is None
+    assert deliver(stack, message, first_delivery=False) is None
     assert steps_of(stack.db, run_id)["a"].status == "running"
     time.sleep(1.6)  # the test settings' lease: 1.5 s
-    claim = _deliver(stack, message, first_delivery=False)
+    claim = deliver(stack, message, first_delivery=False)
     assert claim is not None and claim.token != message.options[SAGA_OPTION]["token"]
     assert steps_of(stack.db, run_id)["a"].attempts == 2
 
@@ -87,11 +73,11 @@ def test_a_redelivery_waits_for_the_lease_of_the_dispatch_claim(stack):
 def test_without_admission_a_delivery_takes_the_dispatch_claim_once(stack):
     # No admission count: the claim is written, so a duplicate delivery finds it taken.
     run_id, message = _started(stack)
-    claim = _deliver(stack, message, first_delivery=None)
+    claim = deliver(stack, message, first_delivery=None)
     assert claim is not None and claim.token != message.options[SAGA_OPTION]["token"]
     assert steps_of(stack.db, run_id)["a"].claim == claim.token
-    assert _deliver(stack, message, first_delivery=None) is None
-    assert _deliver(stack, message, first_delivery=True) is None, "the dispatch claim is gone"
+    assert deliver(stack, message, first_delivery=None) is None
+    assert deliver(stack, message, first_delivery=True) is None, "the dispatch claim is gone"
     stack.engine.succeeded(claim, None)
     assert steps_of(stack.db, run_id)["a"].status == "succeeded"
 
@@ -100,7 +86,7 @@ def test_a_first_delivery_near_the_end_of_the_lease_writes_a_fresh_claim(stack):
     # Less than half the lease left: the first heartbeat might come too late, so it claims anew.
     run_id, message = _started(stack)
     time.sleep(0.9)
-    claim = _deliver(stack, message, first_delivery=True)
+    claim = deliver(stack, message, first_delivery=True)
     step = steps_of(stack.db, run_id)["a"]
     assert claim is not None and claim.token != message.options[SAGA_OPTION]["token"]
     assert step.claim == claim.token and step.worker_id == "test"
@@ -108,9 +94,9 @@ def test_a_first_delivery_near_the_end_of_the_lease_writes_a_fresh_claim(stack):
 
 def test_a_message_after_its_run_completed_does_not_run(stack):
     run_id, message = _started(stack)
-    claim = _deliver(stack, message, first_delivery=True)
+    claim = deliver(stack, message, first_delivery=True)
     stack.engine.succeeded(claim, None)
-    assert _deliver(stack, message, first_delivery=True) is None
+    assert deliver(stack, message, first_delivery=True) is None
     assert steps_of(stack.db, run_id)["a"].status == "succeeded"
 
 
@@ -143,7 +129,7 @@ def test_a_dispatched_step_a_worker_took_is_settled_by_its_delivery(stack):
     )
     stack.engine.cancel(run_id)
     assert wait_for_run(stack.db, run_id, {"running", "compensating"}).status == "compensating"
-    assert _deliver(stack, message, first_delivery=True) is None
+    assert deliver(stack, message, first_delivery=True) is None
     run, step = wait_for_run(stack.db, run_id, timeout=1), steps_of(stack.db, run_id)["a"]
     assert run.status == "cancelled"
     assert (step.status, step.error) == ("cancelled", "not started: the run was stopping")
@@ -159,7 +145,7 @@ def test_a_stop_is_recorded_when_the_broker_cannot_withdraw_queued_steps(stack):
     run_id, message = _started(stack, workflow)
     stack.engine.cancel(run_id)
     assert wait_for_run(stack.db, run_id, {"running", "compensating"}).status == "compensating"
-    assert _deliver(stack, message, first_delivery=True) is None
+    assert deliver(stack, message, first_delivery=True) is None
     assert wait_for_run(stack.db, run_id, timeout=1).status == "cancelled"
 
 
@@ -167,9 +153,9 @@ def test_a_retry_claims_even_before_its_failed_attempt_is_recorded(stack):
     # Retries enqueues the retry before the Saga middleware records the failure: the retry
     # must write its claim, so the late failure record cannot undo the retry's attempt.
     run_id, message = _started(stack)
-    first = _deliver(stack, message, first_delivery=True)
+    first = deliver(stack, message, first_delivery=True)
     retry = message.copy(options={**message.options, "retries": 1})
-    second = _deliver(stack, retry, first_delivery=True)
+    second = deliver(stack, retry, first_delivery=True)
     assert second is not None and second.token != first.token
     stack.engine.failed(first, "boom", retry=1)  # recorded late: the claim moved on
     stack.engine.succeeded(second, 3)
