@@ -23,6 +23,10 @@ unless the delivery is current and the run running; then the engine takes the ge
 (which handles a stale delivery, an unwinding run and everything else).  The facts the plan
 needs (the run's inputs, the dependents' definitions) come with the claim's read
 (:data:`DISPATCHED_WITH_SUCCESSORS`), which a first delivery makes anyway.
+
+A status test is written ``(status = ...) IS TRUE``, which no index serves: on a young table
+(no statistics yet) the planner would otherwise scan the status index over every running run
+instead of the primary key, and replan the statement each time (two milliseconds of server CPU).
 """
 
 from __future__ import annotations
@@ -53,9 +57,9 @@ SELECT s.attempts, s.checkpoint, s.progress, s.dependents,
            AND d.group_name IS NULL) AS successors
   FROM workflow_steps AS s JOIN workflow_runs AS r ON r.run_id = s.run_id
  WHERE s.run_id = :b_run AND s.name = :b_step AND s.epoch = :b_epoch
-   AND s.status = '{StepStatus.RUNNING}' AND s.claim = :b_dispatch
+   AND (s.status = '{StepStatus.RUNNING}') IS TRUE AND s.claim = :b_dispatch
    AND s.lease_until > :b_lease_floor
-   AND r.status = '{RunStatus.RUNNING}'
+   AND (r.status = '{RunStatus.RUNNING}') IS TRUE
    AND (r.deadline_at IS NULL OR r.deadline_at > :b_now)
 """
 )
@@ -77,7 +81,7 @@ SUCCEED_AND_ADVANCE = text(
     f"""
 WITH run AS (
     SELECT run_id, completions FROM workflow_runs
-     WHERE run_id = :b_run AND status = '{RunStatus.RUNNING}'
+     WHERE run_id = :b_run AND (status = '{RunStatus.RUNNING}') IS TRUE
        FOR NO KEY UPDATE
 ), step AS (
     UPDATE workflow_steps
@@ -86,7 +90,7 @@ WITH run AS (
            lease_until = NULL, started_at = coalesce(started_at, CAST(:b_started AS TIMESTAMP)),
            finished_at = :b_now
      WHERE run_id = (SELECT run_id FROM run) AND name = :b_step AND claim = :b_token
-       AND status = '{StepStatus.RUNNING}'
+       AND (status = '{StepStatus.RUNNING}') IS TRUE
     RETURNING run_id
 ), counted AS (
     UPDATE workflow_runs
