@@ -61,18 +61,21 @@ def _while_leading(group: GroupCommit, database, others: list, *, sends: bool = 
         except Exception as exc:
             outcomes[key] = exc
 
-    lead = _insert("first", before=lambda: (inside.set(), release.wait(5)), sends=sends)
+    # generous waits: on a loaded machine the other threads may take seconds to queue
+    lead = _insert("first", before=lambda: (inside.set(), release.wait(60)), sends=sends)
     first = threading.Thread(target=call, args=("first", lead))
     first.start()
     assert inside.wait(5)
     threads = [threading.Thread(target=call, args=(str(i), op)) for i, op in enumerate(others)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 60
     while len(group._queue) < len(others):  # every other operation is queued behind the leader
+        assert time.monotonic() < deadline, "the other operations never queued"
         time.sleep(0.005)
     release.set()
     for thread in [first, *threads]:
-        thread.join(5)
+        thread.join(60)
     return outcomes
 
 
