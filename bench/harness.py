@@ -114,6 +114,30 @@ def parse_figures(text: str) -> dict[str, float]:
     return figures
 
 
+#: The PostgreSQL server the benches use (its ``test`` database); ``BENCH_POSTGRES_URL`` overrides.
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def scratch_schema(prefix: str, *, url: str = POSTGRES_URL, query: str = "") -> Iterator[str]:
+    """The URL of a PostgreSQL schema of this run alone (``query``: more URL parameters), dropped
+    afterwards: a bench never migrates a schema that tests or other runs share.  Stop the
+    processes using it first, or their connections hold the drop."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"{prefix}_{os.urandom(4).hex()}"
+    admin = create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{url}?options=-csearch_path%3D{schema}{'&' + query if query else ''}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text("SET LOCAL lock_timeout = '10s'"))  # a straggler's lock: say so
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
 def start(command: Sequence[str], *, metrics: bool = False, **popen: object) -> subprocess.Popen:
     """``subprocess.Popen(command, **popen)`` leading a process group of its own (a terminal's
     Ctrl-C reaches only the bench, which stops it), registered to be stopped by :func:`supervised`.

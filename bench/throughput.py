@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +171,9 @@ def main() -> None:
     parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument(
-        "--database-url", action="append", help="audit database(s); default: SQLite and PostgreSQL"
+        "--database-url",
+        action="append",
+        help="audit database(s); default: SQLite and a scratch schema of PostgreSQL (dropped afterwards)",
     )
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2)
@@ -181,14 +184,13 @@ def main() -> None:
     args = harness.parse(parser)
     idle = 3.0
     tmp = tempfile.mkdtemp(prefix="tradeflow-bench-")
-    database_urls = args.database_url or [
-        f"sqlite:///{tmp}/bench.db",
-        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    ]
     if args.smoke:  # SQLite only, unless asked: PostgreSQL runs the same code
         args.messages, args.processes, args.threads, args.rounds = 100, 1, 2, 1
         args.latency_samples, args.latency_gap, idle = 3, 0.05, 0.5
-        database_urls = args.database_url or database_urls[:1]
+    scratch = ExitStack()
+    database_urls = args.database_url or [f"sqlite:///{tmp}/bench.db"]
+    if not args.database_url and not args.smoke:
+        database_urls.append(scratch.enter_context(harness.scratch_schema("throughput")))
     for url in database_urls:
         prepare_database(url)
     client = redis.Redis.from_url(args.redis_url)
@@ -218,6 +220,7 @@ def main() -> None:
     finally:
         for side in sides:
             cleanup(client, side.namespace)
+        scratch.close()  # the workers are stopped: nothing holds the schema
     raw_rate = results[sides[0].name][0]
     for side in sides[1:]:
         print(f"ratio {side.name} / raw dramatiq throughput: {results[side.name][0] / raw_rate:.2f}")

@@ -38,19 +38,9 @@ def database_url(kind: str, folder: str) -> tuple[str, callable]:
     """A scratch database and the function that drops it."""
     if kind == "sqlite":
         return f"sqlite:///{folder}/bench.db", lambda: None
-    from sqlalchemy import create_engine, text
-
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-
-    def drop() -> None:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-
     # The application name marks the benchmark's backends, whose CPU it counts.
-    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}&application_name={BACKEND_TAG}", drop
+    scratch = harness.scratch_schema("bench", url=POSTGRES_URL, query=f"application_name={BACKEND_TAG}")
+    return scratch.__enter__(), lambda: scratch.__exit__(None, None, None)
 
 
 def child_env(settings) -> dict[str, str]:

@@ -57,6 +57,16 @@ SKIPS: dict[str, str] = {
     ),
 }
 
+#: Tests of the suite that race a worker thread against the consumer thread's ack, with why: they
+#: get two more tries, so a loaded machine does not fail them while a real break still does.
+RACY: dict[str, str] = {
+    "test_redis_join_race_condition": (
+        "counts the queue from the next message's actor right after the previous one finished; the "
+        "consumer thread sends that ack (Dramatiq's too, through its acks queue), and on a loaded "
+        "machine the next message can start first: 4 counted instead of 2"
+    ),
+}
+
 #: Where upstream's ``tests/common.py`` would be: the one helper test_redis.py imports.
 COMMON_MODULE = (
     '"""Stand-in for upstream\'s tests/common.py."""\nfrom dramatiq_suite import worker  # noqa: F401\n'
@@ -111,9 +121,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.environ.get(STOCK_VARIABLE):
         return
     for item in items:
-        reason = SKIPS.get(item.originalname if isinstance(item, pytest.Function) else item.name)
-        if reason:
-            item.add_marker(pytest.mark.skip(reason=reason))
+        name = item.originalname if isinstance(item, pytest.Function) else item.name
+        if name in SKIPS:
+            item.add_marker(pytest.mark.skip(reason=SKIPS[name]))
+        if name in RACY:
+            item.add_marker(pytest.mark.flaky(reruns=2, reruns_delay=1))
 
 
 # --- the parent side: fetch, lay out and run the suite --------------------------------------------
