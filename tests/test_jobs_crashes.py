@@ -72,20 +72,35 @@ def _send(broker, actor: str, queue: str, *args) -> Message:
 
 @sqlite_only
 @pytest.mark.e2e
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(260)
 def test_poison_message_is_dead_lettered_after_n_crashes_without_hurting_others(
     producer, workers, crash_settings
 ):
+    # Usually 5 s; twice in a full parallel run about 96 s passed before the first worker
+    # logged anything (cause not found yet), so the wait is long and the failure says where
+    # the time went.
+    began = time.monotonic()
+    timeline = []
+
+    def mark(what: str) -> None:
+        timeline.append(f"{time.monotonic() - began:6.1f}s {what}")
+
     key, client = _marks(crash_settings)
     poison = _send(producer, "crash", "crashing", key)
     _send(producer, "healthy", "crashing", key)
-    deadline = time.monotonic() + 100
+    mark("sent both")
+    deadline = time.monotonic() + 220
     worker = workers.start("crashing")
-    while not list_dead_letters(producer) and time.monotonic() < deadline:
+    mark(f"started worker {worker.pid}")
+    while not (letters := list_dead_letters(producer)) and time.monotonic() < deadline:
         if worker.poll() is not None:  # it crashed: the next one must recover its message
+            mark(f"worker {worker.pid} exited {worker.returncode}")
             worker = workers.start("crashing")
+            mark(f"started worker {worker.pid}")
         time.sleep(0.2)
-    [letter] = list_dead_letters(producer)
+    mark(f"dead letters: {len(letters)}, crash starts: {client.get(f'{key}:starts')}")
+    assert len(letters) == 1, "\n".join(timeline)
+    [letter] = letters
     assert letter.message_id == poison.message_id
     assert letter.reason == "worker crashed 2 times"
     assert int(client.get(f"{key}:starts")) == 2  # never a third time
