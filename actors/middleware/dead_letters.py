@@ -98,16 +98,19 @@ class DeadLetterLog(Middleware):
             queue=q_name(message.queue_name),
             job=message.message_id,
             actor=message.actor_name,
-            reason=self._record(message)["reason"],
+            reason=self._reason(message),
         )
 
     @staticmethod
-    def _record(message: Message) -> dict:
+    def _reason(message: Message) -> str:
         exception = getattr(message, "_exception", None)
-        reason = message.options.get(DEAD_LETTER_REASON) or (
+        return message.options.get(DEAD_LETTER_REASON) or (
             describe_exception(exception) if exception is not None else "failed"
         )
-        record = {"reason": reason, "attempts": message.options.get("retries", 0) + 1}
+
+    def _record(self, message: Message) -> dict:
+        record = {"reason": self._reason(message), "attempts": message.options.get("retries", 0) + 1}
+        exception = getattr(message, "_exception", None)
         if exception is not None and exception.__traceback__ is not None:
             lines = traceback.format_exception(type(exception), exception, exception.__traceback__)
             record["traceback"] = "".join(lines)[-MAX_TRACEBACK_CHARS:]
