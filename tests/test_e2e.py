@@ -91,16 +91,19 @@ def test_sigkill_mid_task_is_redelivered_and_audited_once(settings, tmp_path: Pa
     env = settings_env(settings)
     starts, finishes = tmp_path / "starts", tmp_path / "finishes"
     first = start_worker(env)
-    # the first run outlasts any wait for its row under load; the redelivered one is quick
-    task_id = send(env, "slow_marker", f'["{tmp_path}", 60.0, 0.5]')
-    victim = int(
-        wait_until(lambda: starts.exists() and starts.read_text().split(), 60, "the task to start")[0]
-    )
-    engine = create_db_engine(settings.database_url)
-    wait_until(lambda: getattr(get_task(engine, task_id), "status", None) == "running", 30, "a running row")
-
-    os.kill(victim, signal.SIGKILL)
-    stop_worker(first, signal.SIGKILL)
+    try:
+        # the first run outlasts any wait for its row under load; the redelivered one is quick
+        task_id = send(env, "slow_marker", f'["{tmp_path}", 60.0, 0.5]')
+        victim = int(
+            wait_until(lambda: starts.exists() and starts.read_text().split(), 60, "the task to start")[0]
+        )
+        engine = create_db_engine(settings.database_url)
+        status = lambda: getattr(get_task(engine, task_id), "status", None)  # noqa: E731
+        wait_until(lambda: status() == "running", 30, "a running row")
+        os.kill(victim, signal.SIGKILL)
+    finally:
+        # a failed wait must not leave the worker (and its 60 s task) running past the test
+        stop_worker(first, signal.SIGKILL)
     killed_at = time.monotonic()
     assert not finishes.exists()
 
