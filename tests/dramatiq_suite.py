@@ -79,7 +79,7 @@ CONFTEST_MODULE = (
 )
 
 #: The child run's own ini file, so the repository's pytest options do not apply to it.
-PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider -p no:rerunfailures\ntimeout = 200\n"
+PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\ntimeout = 200\n"
 
 
 # --- fixtures of the child run (upstream's conftest.py, with our broker) -------------------------
