@@ -174,8 +174,10 @@ class Settings(BaseSettings):
       api_session_ttl_s: Lifetime of a browser session cookie obtained with a key.
       api_bulk_batch / api_bulk_rate: Items a bulk operation handles per batch, and at most
         per second (0: no limit).
-      api_operation_orphan_s: Seconds a bulk operation's API process may go without a
-        heartbeat (renewed every second) before another API process resumes the operation.
+      api_operation_orphan_s: Seconds a bulk operation's process may go without a
+        heartbeat (renewed every second) before another process resumes the operation.
+      api_operations_runner: ``tradeflow api`` runs bulk operations in a child process of its
+        own (``tradeflow api-operations``), not in the threads that answer requests.
       events_enabled / events_maxlen: The live-events Redis Stream (``GET /api/v1/events``):
         whether processes append to it, and the approximate length it is capped at.
       dashboard_environment: The badge the web dashboard shows in its header (e.g.
@@ -304,9 +306,10 @@ class Settings(BaseSettings):
     api_max_payload_bytes: int = Field(default=1_048_576, ge=1_024)
     api_idempotency_ttl_s: int = Field(default=86_400, gt=0)
     api_session_ttl_s: int = Field(default=43_200, gt=0)
-    api_bulk_batch: int = Field(default=500, gt=0, le=10_000)
+    api_bulk_batch: int = Field(default=2_000, gt=0, le=10_000)
     api_bulk_rate: int = Field(default=10_000, ge=0)
     api_operation_orphan_s: float = Field(default=15.0, ge=2.0)
+    api_operations_runner: bool = True
     events_enabled: bool = True
     events_maxlen: int = Field(default=100_000, gt=0)
     dashboard_environment: str = Field(default="development", min_length=1, max_length=40)

@@ -275,6 +275,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runner_of(api_pid: int) -> int:
+    """The operations runner child of the API process ``api_pid``."""
+    children = Path(f"/proc/{api_pid}/task/{api_pid}/children").read_text().split()
+    if len(children) != 1:
+        raise SystemExit(f"expected one operations runner under the API, found {children}")
+    return int(children[0])
+
+
 def list_jobs_for(url: str, headers: dict[str, str], reads: list[float], stop: threading.Event) -> None:
     """GET a page of failed jobs again and again until ``stop``; each request's milliseconds."""
     with httpx.Client(base_url=url, headers=headers, timeout=30) as api:
@@ -308,24 +316,26 @@ def bench_bulk_retry(
     thread = threading.Thread(target=list_jobs_for, args=(url, headers, reads, stop), daemon=True)
     with httpx.Client(base_url=url, headers=headers, timeout=60) as api:
         thread.start()
-        cpu = cpu_seconds(api_pid)
+        runner = runner_of(api_pid)
+        cpu, runner_cpu = cpu_seconds(api_pid), cpu_seconds(runner)
         started = time.perf_counter()
         operation = api.post("/api/v1/dead-letters:retry", json={"queue": DEAD_QUEUE}).json()["operation_id"]
         while (state := api.get(f"/api/v1/operations/{operation}").json())["status"] == "running":
             time.sleep(0.1)
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(api_pid) - cpu
+        cpu, runner_cpu = cpu_seconds(api_pid) - cpu, cpu_seconds(runner) - runner_cpu
     stop.set()
     thread.join(30)
     print(
         f"  {state['done']:,} retried in {elapsed:.2f} s: {state['done'] / elapsed:,.0f} retries/s"
-        f" ({state['status']}); the API process's CPU: {cpu:.1f} s"
-        f" ({cpu / max(state['done'], 1) * 1e6:.0f} µs a letter, the reader's requests included)"
+        f" ({state['status']}); CPU of the operations runner {runner_cpu:.1f} s"
+        f" ({runner_cpu / max(state['done'], 1) * 1e6:.0f} µs a letter), of the API process"
+        f" {cpu:.1f} s (the reader's requests)"
     )
     if state["status"] != "succeeded" or state["done"] != dead:
         raise SystemExit(f"the bulk retry did not retry every letter: {state}")
     harness.figure("bulk.retries_per_s", state["done"] / elapsed, "/s")
-    harness.figure("bulk.api_cpu_us_per_letter", cpu / state["done"] * 1e6, "us")
+    harness.figure("bulk.runner_cpu_us_per_letter", runner_cpu / state["done"] * 1e6, "us")
     report("GET /jobs meanwhile", reads, figure="bulk.reads")
 
 

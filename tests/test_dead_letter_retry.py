@@ -87,11 +87,12 @@ def broker(settings):
 
 
 def retry_all(broker, *, queue: str | None = None, batch: int = 500) -> list[str]:
-    """What the API's bulk operation does: read the letters a chunk at a time, retry each chunk."""
-    from api.http.bulk import batches
+    """What the API's bulk operation does: read the letters a chunk at a time (the next chunks
+    while it retries this one), retry each chunk."""
+    from api.http.bulk import batches, read_ahead
 
     retried = []
-    for chunk in batches(iter_dead_letters(broker, queue=queue), batch):
+    for chunk in read_ahead(batches(iter_dead_letters(broker, queue=queue), batch)):
         retried += retry_dead_letters(broker, chunk)
     return retried
 

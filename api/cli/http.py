@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -58,7 +59,23 @@ def api(
 
     url = url_of(settings)
     console.print(f"api: {url}  (docs: {url.removesuffix('/v1')}/docs)", soft_wrap=True)
-    serve(settings, broker=actors.current_broker, workflows=registry)
+    runner = [sys.executable, "-m", "api.cli", "api-operations"] if settings.api_operations_runner else None
+    serve(settings, broker=actors.current_broker, workflows=registry, runner_command=runner)
+
+
+@http_app.command("api-operations")
+def api_operations(
+    parent_pid: Annotated[
+        int | None, typer.Option(help="Stop when this process (the API that started it) is gone.")
+    ] = None,
+) -> None:
+    """Run the API's bulk operations (``tradeflow api`` starts one itself; more can run anywhere)."""
+    settings = load_settings()
+    actors = load_actors(settings)
+    from api.http.runner import run_operations
+    from orchestration import registry
+
+    run_operations(settings, broker=actors.current_broker, workflows=registry, parent_pid=parent_pid)
 
 
 @api_keys_app.command("create")

@@ -93,7 +93,12 @@ async def _lifespan(app: FastAPI):
 
 
 def create_app(
-    settings: Settings, *, broker: Any = None, workflows: Any = None, dashboard: bool = True
+    settings: Settings,
+    *,
+    broker: Any = None,
+    workflows: Any = None,
+    dashboard: bool = True,
+    runs_operations: bool = True,
 ) -> FastAPI:
     """The API of the deployment ``settings`` describes.
 
@@ -103,6 +108,8 @@ def create_app(
         without it the routes that send messages answer 503.
       workflows: The workflow registry (``orchestration.registry``).
       dashboard: Serve the web dashboard at ``/`` (``docs/dashboard.md``).
+      runs_operations: Run the bulk operations this app accepts in its own threads (True), or
+        only queue them for an operations runner process (``api/http/runner.py``).
     """
     app = FastAPI(
         lifespan=_lifespan,
@@ -113,7 +120,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.tradeflow = ApiContext.build(settings, broker=broker, workflows=workflows)
+    app.state.tradeflow = ApiContext.build(
+        settings, broker=broker, workflows=workflows, runs_operations=runs_operations
+    )
     problems.install(app)
     for module in (system, jobs, dead_letters, workflow_routes, operations, strategies, events):
         if hasattr(module, "open_router"):

@@ -1,10 +1,14 @@
 """Bulk actions as tracked operations: run server-side in batches, throttled, with progress in Redis.
 
-A bulk request answers at once with an operation id; a thread of the API process
-works through the selection ``batch`` items at a time, at most ``rate`` items a
-second (so retrying 100,000 dead letters neither blocks a request nor floods
-Redis), and records its progress in ``<ns>:api:operation:<id>`` (kept 7 days),
-which ``GET /api/v1/operations/{id}`` reads.
+A bulk request answers at once with an operation id; a thread works through the
+selection ``batch`` items at a time, at most ``rate`` items a second (so retrying
+100,000 dead letters neither blocks a request nor floods Redis), and records its
+progress in ``<ns>:api:operation:<id>`` (kept 7 days), which
+``GET /api/v1/operations/{id}`` reads.  That thread runs in the operations runner
+process ``tradeflow api`` starts beside itself (``runs=False`` in the API: it only
+queues the operation on ``<ns>:api:operations:queued``), so that an operation's
+work never competes with the API's requests for one interpreter lock; without a
+runner (an app made by ``create_app`` alone) it runs in the API process.
 
 An operation outlives the process that runs it: its record names its owner (this
 process) and a heartbeat the owner renews every :data:`HEARTBEAT_INTERVAL_S`; the
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -38,8 +43,14 @@ OPERATION_KEY = "{namespace}:api:operation:{operation_id}"
 #: Redis sorted set of the running operations, scored by their last heartbeat (seconds).
 RUNNING_KEY = "{namespace}:api:operations:running"
 
+#: Redis list of the operations the API accepted and no runner took yet (ids).
+QUEUED_KEY = "{namespace}:api:operations:queued"
+
 #: How long an operation's record is kept after its last update, in seconds.
 OPERATION_TTL_S = 7 * 86_400
+
+#: Batches an operation reads ahead of the one it works on (:func:`read_ahead`).
+READ_AHEAD = 2
 
 #: Seconds between two heartbeats of the operations a process runs (and two sweeps for orphans).
 HEARTBEAT_INTERVAL_S = 1.0
@@ -59,6 +70,17 @@ redis.call('HSET', KEYS[2], 'owner', ARGV[4], 'heartbeat', ARGV[3])
 return 1
 """
 
+#: Takes a queued operation no one owns yet: KEYS running set, record; ARGV id, now, new owner.
+#: 1 if taken; 0 if its record expired, finished, or someone (an orphan sweep) took it first.
+_TAKE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local fields = redis.call('HMGET', KEYS[2], 'owner', 'status')
+if fields[1] ~= '' or fields[2] ~= 'running' then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'heartbeat', ARGV[2])
+return 1
+"""
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,7 +88,7 @@ logger = logging.getLogger(__name__)
 class Throttle:
     """Items per batch, and most items a second (0: no limit)."""
 
-    batch: int = 500
+    batch: int = 2_000
     rate: int = 10_000
 
 
@@ -101,6 +123,45 @@ def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def read_ahead(chunks: Iterator[list[Any]], *, depth: int = READ_AHEAD) -> Iterator[list[Any]]:
+    """``chunks``, read by a thread of their own up to ``depth`` ahead: the next batch's reads
+    (Redis, the database) overlap the current batch's work.  An error reading them is raised
+    here, where the next chunk was due; closing this generator stops the reader."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stopping = threading.Event()
+
+    def offer(item: tuple[str, Any]) -> bool:
+        """Hand ``item`` to the consumer; False once it stopped listening."""
+        while not stopping.is_set():
+            try:
+                ready.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not offer(("chunk", chunk)):
+                    return
+            offer(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer(("error", exc))
+
+    threading.Thread(target=read, name="tradeflow-operation-reader", daemon=True).start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stopping.set()
+
+
 class Operations:
     """Starts, reads, heart-beats and adopts tracked operations.
 
@@ -111,6 +172,9 @@ class Operations:
       context: The app's context, handed to the planners when an orphan is resumed
         (None: orphans are marked ``interrupted``, never resumed).
       orphan_after: Seconds without a heartbeat after which an operation is adopted.
+      runs: Whether this process runs operations (True, the default), or only queues them
+        for a runner process (:meth:`take`) and reads them: then it neither heart-beats
+        nor adopts orphans, which the runners do.
     """
 
     def __init__(
@@ -121,6 +185,7 @@ class Operations:
         throttle: Throttle,
         context: Any = None,
         orphan_after: float = ORPHAN_AFTER_S,
+        runs: bool = True,
     ) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.client = client
@@ -128,9 +193,12 @@ class Operations:
         self.throttle = throttle
         self.context = context
         self.orphan_after = orphan_after
+        self.runs = runs
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running_key = RUNNING_KEY.format(namespace=namespace)
+        self.queued_key = QUEUED_KEY.format(namespace=namespace)
         self._claim = client.register_script(_CLAIM)
+        self._take = client.register_script(_TAKE)
         self._mine: set[str] = set()  # ids of the operations this process runs
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -140,8 +208,9 @@ class Operations:
         return OPERATION_KEY.format(namespace=self.namespace, operation_id=operation_id)
 
     def start(self, *, kind: str, plan: Plan, requested_by: str, params: dict[str, Any] | None = None) -> str:
-        """Run ``plan`` in a thread (its ``count`` first, for the total); the id at once.
-        ``params`` (JSON) let another process plan it again if this one stops."""
+        """Run ``plan`` in a thread (its ``count`` first, for the total), or queue it for a
+        runner (``runs=False``, which plans it again from ``kind`` and ``params``); the id at
+        once.  ``params`` (JSON) let another process plan it again if this one stops."""
         operation_id = uuid.uuid4().hex
         now = time.time()
         record = {
@@ -153,7 +222,7 @@ class Operations:
             "skipped": 0,
             "requested_by": requested_by,
             "started_at": now,
-            "owner": self.owner,
+            "owner": self.owner if self.runs else "",
             "heartbeat": now,
             "resumed": 0,
             "params": json.dumps(params) if params is not None else "",
@@ -163,8 +232,28 @@ class Operations:
             pipe.hset(key, mapping=record)
             pipe.expire(key, OPERATION_TTL_S)
             pipe.zadd(self.running_key, {operation_id: now})
+            if not self.runs:
+                pipe.rpush(self.queued_key, operation_id)
             pipe.execute()
-        self._launch(operation_id, plan.items, plan.apply, plan.count)
+        if self.runs:
+            self._launch(operation_id, plan.items, plan.apply, plan.count)
+        return operation_id
+
+    def take(self, *, timeout: float = 1.0) -> str | None:
+        """Wait up to ``timeout`` seconds for a queued operation and run it here; its id, or None.
+
+        A runner that dies between taking the id and claiming the operation loses only the
+        queue entry: the operation, never heart-beaten, is adopted as an orphan."""
+        popped = self.client.blpop([self.queued_key], timeout=timeout)
+        if popped is None:
+            return None
+        operation_id = popped[1].decode()
+        taken = self._take(
+            keys=[self.running_key, self.key(operation_id)], args=[operation_id, time.time(), self.owner]
+        )
+        if taken != 1:
+            return None
+        self._resume(operation_id, self._read(operation_id) or {}, adopted=False)
         return operation_id
 
     def _launch(self, operation_id: str, items, apply, count) -> None:
@@ -186,7 +275,7 @@ class Operations:
             if count is not None:
                 self.client.hset(key, "total", count())
             started = time.monotonic()
-            for chunk in batches(items(), self.throttle.batch):
+            for chunk in read_ahead(batches(items(), self.throttle.batch)):
                 done = apply(chunk)
                 processed += len(chunk)
                 with self.client.pipeline(transaction=False) as pipe:
@@ -221,7 +310,7 @@ class Operations:
         """The record of ``operation_id`` (None: unknown or expired), after adopting it if its
         owner stopped (so a reader never waits for a sweep to learn the truth)."""
         record = self._read(operation_id)
-        if record is not None and record["status"] == "running" and self._stale(record):
+        if self.runs and record is not None and record["status"] == "running" and self._stale(record):
             self.adopt(operation_id)
             record = self._read(operation_id)
         return record
@@ -238,7 +327,9 @@ class Operations:
 
     def watch(self) -> None:
         """Start this process's watcher thread (once): it renews the heartbeat of the operations
-        this process runs and adopts the orphans of stopped processes."""
+        this process runs and adopts the orphans of stopped processes (not if it runs none)."""
+        if not self.runs:
+            return
         with self._lock:
             if self._watcher is not None and self._watcher.is_alive():
                 return
@@ -287,24 +378,36 @@ class Operations:
         )
         if claimed != 1:
             return False
-        record = self._read(operation_id) or {}
+        self._resume(operation_id, self._read(operation_id) or {}, adopted=True)
+        return True
+
+    def _resume(self, operation_id: str, record: dict[str, str], *, adopted: bool) -> None:
+        """Run the operation this process just claimed (``adopted``: from a stopped process),
+        planned again from its record, or mark it ``interrupted`` if nothing here can plan it."""
         previous = f"{record.get('done', 0)} done, {record.get('skipped', 0)} skipped"
         plan = self._plan(record)
         if plan is None:
-            self.logger.warning("Operation %s lost its process (%s): interrupted.", operation_id, previous)
+            why = (
+                f"the process running it stopped ({previous})"
+                if adopted
+                else f"this process cannot run operations of kind {record.get('kind')!r}"
+            )
+            self.logger.warning("Operation %s: %s; interrupted.", operation_id, why)
             self._finish(
                 operation_id,
                 {
                     "status": "interrupted",
-                    "error": f"the API process running it stopped ({previous}); start it again "
-                    "for the rest (the selection no longer holds what was done)",
+                    "error": f"{why}; start it again for the rest "
+                    "(the selection no longer holds what was done)",
                 },
             )
-            return True
-        self.logger.warning("Operation %s lost its process (%s): resuming it here.", operation_id, previous)
-        self.client.hincrby(self.key(operation_id), "resumed", 1)
-        self._launch(operation_id, plan.items, plan.apply, None)  # the total stays the first count
-        return True
+            return
+        if adopted:
+            self.logger.warning("Operation %s lost its process (%s): resuming it.", operation_id, previous)
+            self.client.hincrby(self.key(operation_id), "resumed", 1)
+        # the total stays the first count; an operation never counted (queued) is counted now
+        counted = record.get("total", "-1") != "-1"
+        self._launch(operation_id, plan.items, plan.apply, None if counted else plan.count)
 
     def _plan(self, record: dict[str, str]) -> Plan | None:
         make = PLANNERS.get(record.get("kind", ""))
@@ -328,6 +431,7 @@ def operations_of(context) -> Operations:
             throttle=Throttle(batch=settings.api_bulk_batch, rate=settings.api_bulk_rate),
             context=context,
             orphan_after=settings.api_operation_orphan_s,
+            runs=context.runs_operations,
         )
         context.extras["operations"] = operations
     return operations

@@ -23,6 +23,10 @@ class ApiContext:
       broker: The process's Dramatiq broker, with every actor registered (``None``: the
         routes that send messages answer 503).
       workflows: The workflow registry (``orchestration.registry``).
+      runs_operations: Whether this process runs the bulk operations it accepts (False: an
+        operations runner process does, see ``api/http/runner.py``).
+      serves_requests: Whether this process answers requests (False: an operations runner,
+        whose operations need not pause to let requests through).
     """
 
     settings: Settings
@@ -30,10 +34,20 @@ class ApiContext:
     redis: redis.Redis
     broker: Any = None
     workflows: Any = None
+    runs_operations: bool = True
+    serves_requests: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings, *, broker: Any = None, workflows: Any = None) -> ApiContext:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        broker: Any = None,
+        workflows: Any = None,
+        runs_operations: bool = True,
+        serves_requests: bool = True,
+    ) -> ApiContext:
         from actors.broker import redis_client
         from storage import create_db_engine
 
@@ -48,6 +62,8 @@ class ApiContext:
             redis=client,
             broker=broker,
             workflows=workflows,
+            runs_operations=runs_operations,
+            serves_requests=serves_requests,
         )
         if settings.events_enabled:
             from actors.broker import EventLog

@@ -33,8 +33,9 @@ DURATION_PATTERN = r"^\d+[smhd]$"
 RETRY_SLICE = 100
 
 #: The pause after each slice, as a share of the time the slice took (at least
-#: :data:`MIN_RETRY_PAUSE_S`): the operation's thread holds the GIL while it works, and short
-#: bursts with pauses between let the API's other requests through (see docs/api.md's figures).
+#: :data:`MIN_RETRY_PAUSE_S`), where the operation runs in a process that also answers requests:
+#: its thread holds the GIL while it works, and short bursts with pauses between let the
+#: other requests through.  An operations runner (``api/http/runner.py``) does not pause.
 RETRY_PAUSE_SHARE = 0.25
 
 #: Shortest pause after a slice, in seconds.
@@ -207,7 +208,7 @@ def retry_many(
 
 @planner("dead-letters.retry")
 def _plan_retry(context, params: dict[str, Any]) -> Plan:
-    return letters_plan(context, params, apply=retry_gently)
+    return letters_plan(context, params, apply=retry_gently if context.serves_requests else retry_at_once)
 
 
 def letters_plan(context, params: dict[str, Any], *, apply: Callable[[Any, list], int]) -> Plan:
@@ -234,6 +235,14 @@ def retry_gently(broker, letters: list) -> int:
         done += len(retry_dead_letters(broker, letters[start : start + RETRY_SLICE]))
         time.sleep(max(MIN_RETRY_PAUSE_S, RETRY_PAUSE_SHARE * (time.monotonic() - began)))
     return done
+
+
+def retry_at_once(broker, letters: list) -> int:
+    """Retry ``letters`` in one go (one atomic dispatch-script call per queue); how many were
+    retried.  What an operations runner does, with no requests to let through."""
+    from actors.middleware import retry_dead_letters
+
+    return len(retry_dead_letters(broker, letters))
 
 
 def bulk_letters(
