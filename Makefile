@@ -20,10 +20,10 @@ demo: install
 
 ## The test suite against the real Redis and PostgreSQL of this machine.
 ## Three pytest-xdist workers (most tests wait on worker processes, not the CPU): ~15 min, not ~25.
-## A failed test is run once more; a rerun shows as "R" and in the summary, so flakes stay visible.
+## A failed test is run once more; a rerun shows as "R" and by name in the summary (-rfER), so flakes stay visible.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n 3 --reruns 1 --reruns-delay 2 --durations=20
+	$(BIN)/pytest -n 3 --reruns 1 --reruns-delay 2 --durations=20 -rfER
 
 lint: install
 	$(BIN)/ruff check .
