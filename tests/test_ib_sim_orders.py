@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import ib_async
 import pytest
 
@@ -16,13 +18,21 @@ def _connected(gateway, client_id: int) -> ib_async.IB:
     return ib
 
 
+def _until(ib: ib_async.IB, *trades: ib_async.Trade, status: str, timeout: float = 10.0) -> None:
+    """Let ``ib`` process the gateway's messages until every trade has ``status`` (orders are
+    sent without an answer; on a loaded machine a fixed pause was too short)."""
+    deadline = time.monotonic() + timeout
+    while any(trade.orderStatus.status != status for trade in trades):
+        assert time.monotonic() < deadline, [trade.orderStatus.status for trade in trades]
+        ib.sleep(0.05)
+
+
 def test_an_order_fills_at_the_mark_and_another_client_sees_the_execution():
     with GatewaySimulator(scenario=demo_scenario(holdings=2)) as gateway:
         ib = _connected(gateway, 5)
         try:
             trade = ib.placeOrder(ib_async.Stock("SYM1", "SMART", "USD"), ib_async.MarketOrder("BUY", 3))
-            ib.sleep(0.5)
-            assert trade.orderStatus.status == "Filled"
+            _until(ib, trade, status="Filled")
             assert [(f.execution.shares, f.execution.price) for f in trade.fills] == [(3.0, 51.0)]
             other = _connected(gateway, 6)
             fills = other.reqExecutions(ib_async.ExecutionFilter(acctCode="DU1"))
@@ -41,15 +51,14 @@ def test_a_held_order_is_cancelled_and_a_rejected_one_is_inactive():
         ib = _connected(gateway, 5)
         try:
             trade = ib.placeOrder(ib_async.Stock("SYM0", "SMART", "USD"), ib_async.LimitOrder("BUY", 1, 49.0))
-            ib.sleep(0.3)
+            _until(ib, trade, status="Submitted")
+            ib.sleep(0.2)  # a held order stays unfilled
             assert trade.orderStatus.status == "Submitted" and not trade.fills
             ib.cancelOrder(trade.order)
-            ib.sleep(0.3)
-            assert trade.orderStatus.status == "Cancelled"
+            _until(ib, trade, status="Cancelled")
             scenario.order_fills = "reject"
             rejected = ib.placeOrder(ib_async.Stock("SYM0", "SMART", "USD"), ib_async.MarketOrder("SELL", 1))
-            ib.sleep(0.3)
-            assert rejected.orderStatus.status == "Inactive"
+            _until(ib, rejected, status="Inactive")
             assert any(entry.errorCode == 201 for entry in rejected.log)
         finally:
             ib.disconnect()
@@ -63,11 +72,11 @@ def test_open_and_completed_orders_are_listed_with_their_order_ref_to_any_client
         other = _connected(gateway, 6)
         try:
             held = ib_async.LimitOrder("BUY", 3, 49.5, account="DU1", orderRef="run:place:step:1")
-            ib.placeOrder(ib_async.Stock("SYM1", "SMART", "USD"), held)
+            # the gateway must take the first order while orders are held, before fills resume
+            _until(ib, ib.placeOrder(ib_async.Stock("SYM1", "SMART", "USD"), held), status="Submitted")
             scenario.order_fills = "fill"
             filled = ib_async.MarketOrder("SELL", 2, account="DU1", orderRef="run:place:step:2")
-            ib.placeOrder(ib_async.Stock("SYM0", "SMART", "USD"), filled)
-            ib.sleep(0.3)
+            _until(ib, ib.placeOrder(ib_async.Stock("SYM0", "SMART", "USD"), filled), status="Filled")
             (working,) = other.reqAllOpenOrders()
             assert other.reqOpenOrders() == []  # reqOpenOrders: this client's orders only
             (done,) = other.reqCompletedOrders(apiOnly=True)
@@ -99,10 +108,11 @@ def test_a_delayed_ack_leaves_the_order_accepted_and_filled_at_the_gateway():
         ib = _connected(gateway, 5)
         try:
             trade = ib.placeOrder(ib_async.Stock("SYM0", "SMART", "USD"), ib_async.MarketOrder("BUY", 1))
-            ib.sleep(0.3)
-            assert trade.orderStatus.status == "PendingSubmit"  # no answer yet ...
-            assert [o.status for o in gateway.orders.orders.values()] == ["Filled"]  # ... but done there
-            ib.sleep(0.6)
-            assert trade.orderStatus.status == "Filled"
+            deadline = time.monotonic() + 10
+            while [o.status for o in gateway.orders.orders.values()] != ["Filled"]:  # done there ...
+                assert time.monotonic() < deadline, "the gateway never filled the order"
+                ib.sleep(0.02)
+            assert trade.orderStatus.status == "PendingSubmit"  # ... with no answer for 600 ms yet
+            _until(ib, trade, status="Filled")
         finally:
             ib.disconnect()
