@@ -19,17 +19,10 @@ from typing import Any
 
 from actors.settings import Settings
 
+from .. import stack
+
 #: Seconds between two looks at the queue (and at whether the parent process lives).
 TAKE_TIMEOUT_S = 1.0
-
-#: Seconds between two looks of the API at its runner, and the first restart delay (doubling).
-RESTART_BACKOFF_S = 0.5
-
-#: Longest delay before a dead runner is started again, in seconds.
-MAX_RESTART_BACKOFF_S = 30.0
-
-#: Seconds a runner must have lived for its next restart to come after the first delay again.
-STABLE_AFTER_S = 60.0
 
 #: Seconds a runner gets to finish after SIGTERM before it is killed.
 STOP_TIMEOUT_S = 5.0
@@ -65,8 +58,9 @@ def run_operations(settings: Settings, *, broker: Any, workflows: Any, parent_pi
 
 
 class RunnerProcess:
-    """Keeps one operations runner child alive while the API serves: started by :meth:`start`,
-    started again after a backoff (0.5 s doubling to 30 s) when it exits, stopped by :meth:`stop`.
+    """Keeps one operations runner child alive while the API serves, with the supervisor
+    ``tradeflow up`` uses (:class:`api.stack.Supervisor`: restarted after a backoff of 0.5 s
+    doubling to 30 s), polled by a thread of its own; stopped by :meth:`stop`.
 
     Parameters:
       command: The runner's command line (``tradeflow api-operations``), to which
@@ -76,50 +70,29 @@ class RunnerProcess:
 
     def __init__(self, *, command: list[str], log: Callable[[str], None] | None = None) -> None:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
-        self.command = command
+        self.command = [*command, "--parent-pid", str(os.getpid())]
         self.log = log or self.logger.warning
-        self.process: subprocess.Popen | None = None
-        self.started_at = 0.0
+        self.supervisor: stack.Supervisor | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.process = self._spawn()
+        env = dict(os.environ)
+        process = subprocess.Popen(self.command, env=env, start_new_session=True)  # the API's stdout
+        self.supervisor = stack.Supervisor(
+            processes=[process], names=["operations runner"], env=env, log=self.log
+        )
         self._thread = threading.Thread(target=self._watch, name="tradeflow-operations-runner", daemon=True)
         self._thread.start()
 
-    def _spawn(self) -> subprocess.Popen:
-        self.started_at = time.monotonic()
-        command = [*self.command, "--parent-pid", str(os.getpid())]
-        return subprocess.Popen(command)  # the API's stdout and stderr
-
     def _watch(self) -> None:
-        backoff = RESTART_BACKOFF_S
-        while not self._stopping.wait(RESTART_BACKOFF_S):
-            if self.process is None or self.process.poll() is None:
-                continue
-            if time.monotonic() - self.started_at > STABLE_AFTER_S:
-                backoff = RESTART_BACKOFF_S
-            self.log(
-                f"warning: operations runner (pid {self.process.pid}) exited with code "
-                f"{self.process.returncode}; restarting in {backoff:.1f}s"
-            )
-            if self._stopping.wait(backoff):
-                return
-            self.process = self._spawn()
-            backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S)
+        while not self._stopping.wait(stack.POLL_INTERVAL):
+            self.supervisor.poll()
 
     def stop(self) -> None:
         """SIGTERM to the runner, SIGKILL after :data:`STOP_TIMEOUT_S` seconds."""
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(RESTART_BACKOFF_S * 2)
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self._thread.join(stack.POLL_INTERVAL * 4)
+        if self.supervisor is not None:
+            stack.stop(self.supervisor.processes, timeout=STOP_TIMEOUT_S)
