@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -20,6 +19,7 @@ from jobs_support import WorkerProcesses, sqlite_only, wait_for
 
 from actors import audit_writer_of, build_broker
 from actors.middleware import list_dead_letters
+from api.stack import process_alive
 from storage import create_db_engine, get_task
 
 #: Heartbeat timeout and recovery interval of these tests, in milliseconds.
@@ -55,8 +55,7 @@ def _wedged(worker: subprocess.Popen) -> bool:
     """
     if worker.poll() is not None:
         return False
-    children = children_of(worker.pid)
-    return all(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z" for pid in children)
+    return not any(process_alive(pid) for pid in children_of(worker.pid))
 
 
 class _Workers(WorkerProcesses):
